@@ -1,0 +1,59 @@
+"""What every stage's `main(argv)` shares: the config flag, loading, and error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from repo2model.config import PipelineConfig, load_config
+from repo2model.errors import UserError
+from repo2model.logs import setup_logging
+from repo2model.paths import ArtifactPaths
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: built-in defaults; paths in it are relative to its folder)",
+    )
+    parser.add_argument("--output-dir", type=Path, default=None, help="override pipeline.output_dir")
+
+
+def load_stage(args: argparse.Namespace, section: str, cls: type) -> tuple[Any, PipelineConfig, ArtifactPaths]:
+    """The stage's section, the pipeline section and the artifact paths, from `--config` or defaults.
+
+    Sets up logging to the console (and to the pipeline log file when a config is given).
+    """
+    if args.config is not None:
+        loaded = load_config(args.config, {"pipeline": PipelineConfig, section: cls}, strict_sections=False)
+        pipeline, cfg = loaded["pipeline"], loaded[section]
+    else:
+        pipeline, cfg = PipelineConfig(output_dir=Path("outputs").resolve()), cls()
+    output_dir = args.output_dir.resolve() if getattr(args, "output_dir", None) else pipeline.output_dir
+    paths = ArtifactPaths.under(output_dir, pipeline.log_file if args.config is not None else None)
+    setup_logging(paths.pipeline_log if args.config is not None else None, pipeline.log_level)
+    return cfg, pipeline, paths
+
+
+def user_errors_to_exit(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Decorator for `main(argv)`: a UserError becomes one line on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv) or 0
+        except UserError as exc:
+            logging.getLogger(main.__module__).debug("user error", exc_info=True)
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper

@@ -1,0 +1,73 @@
+"""Where each artifact lives, derived from the pipeline's output folder.
+
+Stage CLIs override single paths (`--output`, `--commits`, ...) with
+`dataclasses.replace(paths, commits=...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactPaths:
+    output_dir: Path
+    commits: Path
+    chunks: Path
+    chunking_stats: Path
+    tokenizer_dir: Path
+    vocab: Path
+    tokens: Path
+    tokenizer_stats: Path
+    train_data: Path
+    val_data: Path
+    test_data: Path
+    dataset_stats: Path
+    model_dir: Path
+    checkpoints_dir: Path
+    training_logs: Path
+    evaluation: Path
+    pipeline_log: Path
+    pipeline_results: Path
+    state: Path
+
+    @classmethod
+    def under(cls, output_dir: Path | str, log_file: Path | None = None) -> "ArtifactPaths":
+        out = Path(output_dir)
+        return cls(
+            output_dir=out,
+            commits=out / "commits.json",
+            chunks=out / "chunks.jsonl",
+            chunking_stats=out / "chunking_stats.json",
+            tokenizer_dir=out / "tokenizer",
+            vocab=out / "vocab.json",
+            tokens=out / "tokens.pt",
+            tokenizer_stats=out / "tokenizer_stats.json",
+            train_data=out / "training_data_train.pt",
+            val_data=out / "training_data_val.pt",
+            test_data=out / "training_data_test.pt",
+            dataset_stats=out / "dataset_stats.json",
+            model_dir=out / "model",
+            checkpoints_dir=out / "checkpoints",
+            training_logs=out / "training_logs",
+            evaluation=out / "evaluation.json",
+            pipeline_log=log_file or out / "pipeline.log",
+            pipeline_results=out / "pipeline_results.json",
+            state=out / ".pipeline_state.json",
+        )
+
+    def split_data(self, split: str) -> Path:
+        return {"train": self.train_data, "val": self.val_data, "test": self.test_data}[split]
+
+
+def tokenizer_dir_for_vocab(vocab: Path) -> Path:
+    """The tokenizer folder that goes with a `vocab.json` given on a command line.
+
+    The tokenizer stage writes `<out>/vocab.json` and `<out>/tokenizer/`; a
+    vocab inside a tokenizer folder (beside `tokenizer.json`) names its folder.
+    """
+    vocab = Path(vocab)
+    if (vocab.parent / "tokenizer.json").is_file():
+        return vocab.parent
+    return vocab.parent / "tokenizer"

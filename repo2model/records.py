@@ -1,0 +1,130 @@
+"""The records passed between stages: one definition each, shared by writer and readers.
+
+Field names follow `DESIGN.md` (they are the artifact contract); stages may
+add fields, readers ignore fields they do not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Why a file's patch is null.
+PATCH_BINARY = "binary"
+PATCH_TOO_LARGE = "too_large"  # the file (blob) is over git_scraper.max_file_size
+PATCH_FILTERED = "filtered"  # excluded by extension / glob filters
+PATCH_UNAVAILABLE = "unavailable"  # the object is missing (partial clone, pruned mirror)
+PATCH_SKIP_REASONS = (PATCH_BINARY, PATCH_TOO_LARGE, PATCH_FILTERED, PATCH_UNAVAILABLE)
+
+# Semantic unit kinds (chunk.kind) and the change-type prefixes built on them.
+KINDS = (
+    "function", "method", "test", "struct", "enum", "trait", "impl", "module",
+    "macro", "const", "type", "import", "class", "hunk",
+)
+CHANGE_PREFIXES = ("NEW", "MODIFIED", "DELETED", "MOVED", "RENAMED")
+
+
+def change_type(prefix: str, kind: str) -> str:
+    """`change_type("NEW", "function") == "NEW_FUNCTION"`."""
+    assert prefix in CHANGE_PREFIXES and kind in KINDS, (prefix, kind)
+    return f"{prefix}_{kind.upper()}"
+
+
+ALL_CHANGE_TYPES = tuple(change_type(p, k) for p in CHANGE_PREFIXES for k in KINDS)
+
+
+@dataclass
+class Person:
+    name: str
+    email: str
+
+
+@dataclass
+class FileChange:
+    """One file touched by one commit (diffed against the first parent)."""
+
+    path: str
+    old_path: str | None  # the path before a rename or copy, else None
+    status: str  # A, M, D, R, C or T
+    additions: int
+    deletions: int
+    binary: bool
+    old_blob: str | None  # object id on the parent's side, None for added files
+    new_blob: str | None  # object id on the commit's side, None for deleted files
+    patch: str | None  # unified diff of this file, None with `patch_skipped` saying why
+    patch_skipped: str | None = None  # one of PATCH_SKIP_REASONS
+    truncated: bool = False  # patch cut at git_scraper.max_patch_bytes
+    non_utf8: bool = False  # patch text decoded with replacement characters
+    similarity: int | None = None  # rename/copy score
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FileChange":
+        return cls(**{k: v for k, v in d.items() if k in _FILE_FIELDS})
+
+
+@dataclass
+class Commit:
+    hash: str
+    parents: list[str]
+    author: Person
+    committer: Person
+    authored_at: str  # ISO 8601 with offset
+    committed_at: str
+    message: str
+    branches: list[str] = field(default_factory=list)  # branches that contain it
+    on_default_first_parent: bool = False  # on the default branch's first-parent line
+    is_merge: bool = False
+    files: list[FileChange] = field(default_factory=list)
+    message_non_utf8: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Commit":
+        values = {k: v for k, v in d.items() if k in _COMMIT_FIELDS}
+        values["author"] = Person(**d["author"])
+        values["committer"] = Person(**d["committer"])
+        values["files"] = [FileChange.from_dict(f) for f in d.get("files", [])]
+        return cls(**values)
+
+
+@dataclass
+class Chunk:
+    """One semantic unit touched by one commit (a line of `chunks.jsonl`)."""
+
+    commit: str
+    timestamp: str  # the commit's authored_at
+    author: str  # the author's name (after .mailmap)
+    file: str  # path on the commit's side (the old path for deletions)
+    language: str  # rust, python, markdown, toml, ... or text
+    module: str | None  # rust: crate::mod::path; python: dotted module
+    kind: str  # one of KINDS
+    symbol: str | None  # qualified name, e.g. Market::settle; None for hunks
+    change_type: str  # e.g. NEW_FUNCTION, MODIFIED_METHOD, NEW_HUNK
+    before: str | None  # the unit's code before the commit, None where absent
+    after: str | None  # the unit's code after the commit, None where absent
+    diff: str  # the unit's own changed lines, unified-diff style (+/-/space)
+    old_span: list[int] | None = None  # [first, last] 1-based lines in the old file
+    new_span: list[int] | None = None  # [first, last] 1-based lines in the new file
+    old_file: str | None = None  # for MOVED units and renamed files: where it was
+    parse_error: bool = False  # the file had tree-sitter ERROR nodes: chunk degraded to hunk
+    part: int | None = None  # index when a large unit was split at inner boundaries
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Chunk":
+        return cls(**{k: v for k, v in d.items() if k in _CHUNK_FIELDS})
+
+
+_FILE_FIELDS = {f.name for f in dataclasses.fields(FileChange)}
+_COMMIT_FIELDS = {f.name for f in dataclasses.fields(Commit)}
+_CHUNK_FIELDS = {f.name for f in dataclasses.fields(Chunk)}
+
+
+def plain(value: Any) -> Any:
+    """dataclass -> dict, recursively; anything else unchanged."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
