@@ -1,0 +1,104 @@
+"""Config loading: strict keys, types, required values, path resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from repo2model.config import PipelineConfig, load_config
+from repo2model.errors import UserError
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    name: str  # required
+    size: int = 3
+    ratio: float = 0.5
+    enabled: bool = True
+    mode: Literal["train", "extend"] = "train"
+    extensions: list[str] = dataclasses.field(default_factory=lambda: [".rs"])
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    repo: Path = Path(".")
+    base: Path | None = None
+    limit: int | None = None
+
+    def __post_init__(self):
+        if self.size < 1:
+            raise ValueError(f"size: must be at least 1, got {self.size}")
+
+
+SECTIONS = {"pipeline": PipelineConfig, "tokenizer": DemoConfig}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "conf" / "config.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_values_types_and_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(
+        tmp_path,
+        "pipeline:\n  output_dir: out\ntokenizer:\n  name: x\n  size: 7\n  ratio: 1\n  mode: extend\n"
+        "  extensions: [.py]\n  weights: {a: 2}\n  repo: ../src\n  base: ~/models/llama\n  limit: null\n",
+    )
+    loaded = load_config(path, SECTIONS)
+    cfg = loaded["tokenizer"]
+    assert (cfg.name, cfg.size, cfg.ratio, cfg.mode) == ("x", 7, 1.0, "extend")
+    assert isinstance(cfg.ratio, float)
+    assert cfg.extensions == [".py"] and cfg.weights == {"a": 2.0}
+    assert cfg.repo == tmp_path / "conf" / ".." / "src"
+    assert cfg.base == tmp_path / "home" / "models" / "llama"
+    assert cfg.limit is None
+    assert loaded["pipeline"].output_dir == tmp_path / "conf" / "out"
+
+
+def test_default_paths_resolve_against_config_folder(tmp_path):
+    path = write(tmp_path, "tokenizer:\n  name: x\n")
+    loaded = load_config(path, SECTIONS)
+    assert loaded["pipeline"].output_dir == tmp_path / "conf" / "outputs"
+    assert loaded["tokenizer"].repo == tmp_path / "conf"
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("tokenizer:\n  name: x\n  vocab_sise: 3\n", "unknown key 'vocab_sise' in section 'tokenizer' (allowed: base, enabled,"),
+        ("tokenizer:\n  name: x\n  size: big\n", "tokenizer.size: expected int, got str ('big')"),
+        ("tokenizer:\n  name: x\n  size: true\n", "tokenizer.size: expected int, got bool"),
+        ("tokenizer:\n  name: x\n  mode: fancy\n", "tokenizer.mode: expected one of 'train', 'extend'"),
+        ("tokenizer:\n  name: x\n  extensions: .rs\n", "tokenizer.extensions: expected a list of str"),
+        ("tokenizer:\n  name: x\n  extensions: [.rs, 3]\n", "tokenizer.extensions[1]: expected str, got int"),
+        ("tokenizer:\n  size: 2\n", "missing required key 'tokenizer.name' (str)"),
+        ("tokenizer:\n  name: x\n  size: 0\n", "tokenizer.size: must be at least 1, got 0"),
+        ("tokeniser:\n  name: x\n", "unknown section 'tokeniser'"),
+        ("tokenizer: [1, 2]\n", "section 'tokenizer' must be a mapping"),
+        ("tokenizer:\n  name: [unclosed\n", "not valid YAML"),
+        ("- a\n- b\n", "expected a mapping of sections"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, body, expected):
+    path = write(tmp_path, body)
+    with pytest.raises(UserError) as info:
+        load_config(path, SECTIONS)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+    assert message.startswith("config.yaml") or message.startswith(str(path))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml", SECTIONS)
+
+
+def test_known_sections_of_other_stages_are_accepted_when_not_strict(tmp_path):
+    path = write(tmp_path, "tokenizer:\n  name: x\nmodel_training:\n  anything: 1\n")
+    with pytest.raises(UserError, match="unknown section 'model_training'"):
+        load_config(path, SECTIONS)
+    assert load_config(path, SECTIONS, strict_sections=False)["tokenizer"].name == "x"
