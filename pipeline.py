@@ -42,7 +42,7 @@ from types import ModuleType
 
 from repo2model.artifacts import file_sizes, write_json
 from repo2model.cli import user_errors_to_exit
-from repo2model.config import PipelineConfig, load_config, load_yaml, section_dict
+from repo2model.config import PipelineConfig, load_config, section_dict
 from repo2model.errors import UserError
 from repo2model.logs import setup_logging
 from repo2model.paths import ArtifactPaths
@@ -59,6 +59,9 @@ STAGES = (
     ("train_model", "train_model"),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)
+# Tools that use the trained model have config sections too; validated here so
+# that a typo in them surfaces before hours of training, not after.
+TOOLS = ("predict", "evaluate", "serve")
 SHARED_CODE = sorted((ROOT / "repo2model").glob("*.py"))
 
 
@@ -73,14 +76,14 @@ class Stage:
         return self.module.SECTION
 
 
-def load_stage(name: str, module_name: str) -> Stage:
+def load_stage(name: str, module_name: str, needs=("SECTION", "Config", "run", "stage_inputs", "stage_outputs")) -> Stage:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
             return Stage(name, None, f"{module_name}.py does not exist yet")
         raise
-    missing = [attr for attr in ("SECTION", "Config", "run", "stage_inputs", "stage_outputs") if not hasattr(module, attr)]
+    missing = [attr for attr in needs if not hasattr(module, attr)]
     if missing:
         return Stage(name, None, f"{module_name}.py lacks {', '.join(missing)}")
     return Stage(name, module)
@@ -118,8 +121,13 @@ def run_pipeline(config_path: Path, only: str | None = None, force: bool = False
     stages = [load_stage(name, module) for name, module in STAGES]
     sections = {"pipeline": PipelineConfig}
     sections.update({s.section: s.module.Config for s in stages if s.module})
-    data = load_yaml(config_path)
-    loaded = load_config(config_path, sections, strict_sections=not _has_unbuilt_section(stages, data))
+    for tool in TOOLS:
+        module = load_stage(tool, tool, needs=("SECTION", "Config")).module
+        if module is not None:
+            sections[module.SECTION] = module.Config
+    # Not strict: a section of a tool not built yet is accepted unvalidated; a
+    # section name the project does not know is still refused.
+    loaded = load_config(config_path, sections, strict_sections=False)
     pipeline: PipelineConfig = loaded["pipeline"]
     paths = ArtifactPaths.under(pipeline.output_dir, pipeline.log_file)
     paths.output_dir.mkdir(parents=True, exist_ok=True)
@@ -153,11 +161,6 @@ def run_pipeline(config_path: Path, only: str | None = None, force: bool = False
         paths.pipeline_results,
     )
     return exit_code
-
-
-def _has_unbuilt_section(stages: list[Stage], data: dict) -> bool:
-    """Sections of stages not built yet cannot be validated; accept them meanwhile."""
-    return any(s.module is None for s in stages)
 
 
 def run_stage(stage: Stage, loaded: dict, paths: ArtifactPaths, seed: int, state: dict, force: bool) -> dict:
