@@ -1,0 +1,194 @@
+"""evaluate.py: baselines checked by hand on a fixture history; metrics; the report files; the model path."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import evaluate
+from repo2model.artifacts import CommitsWriter, write_jsonl
+from repo2model.paths import ArtifactPaths
+
+# A history where every baseline's answer can be worked out by hand.
+#   pos  commit  files (chunk: change type, symbol, module)
+#   0    A       a.py (NEW_FUNCTION f pkg.a), b.py (NEW_FUNCTION g pkg.b)
+#   1    B       a.py (MODIFIED_FUNCTION f), c.py (NEW_CLASS C pkg.c)
+#   2    C       a.py (MODIFIED_FUNCTION f, NEW_FUNCTION h), b.py (MODIFIED_FUNCTION g)
+#   3    D       d.md (NEW_HUNK, no symbol, no module)
+#   ---- targets from position 4 (mined history: positions 0..3)
+#   4    E       b.py (MODIFIED_FUNCTION g), c.py (MODIFIED_CLASS C)
+#   5    F       a.py (MODIFIED_FUNCTION f)
+HISTORY = [
+    ("A", [("a.py", "NEW_FUNCTION", "f", "pkg.a"), ("b.py", "NEW_FUNCTION", "g", "pkg.b")]),
+    ("B", [("a.py", "MODIFIED_FUNCTION", "f", "pkg.a"), ("c.py", "NEW_CLASS", "C", "pkg.c")]),
+    ("C", [("a.py", "MODIFIED_FUNCTION", "f", "pkg.a"), ("a.py", "NEW_FUNCTION", "h", "pkg.a"),
+           ("b.py", "MODIFIED_FUNCTION", "g", "pkg.b")]),
+    ("D", [("d.md", "NEW_HUNK", None, None)]),
+    ("E", [("b.py", "MODIFIED_FUNCTION", "g", "pkg.b"), ("c.py", "MODIFIED_CLASS", "C", "pkg.c")]),
+    ("F", [("a.py", "MODIFIED_FUNCTION", "f", "pkg.a")]),
+]
+
+
+def sha(name: str) -> str:
+    return (name.lower() * 40)[:40] if name in "ABCDEF" else name
+
+
+def write_history(out, history=HISTORY) -> ArtifactPaths:
+    paths = ArtifactPaths.under(out)
+    out.mkdir(parents=True, exist_ok=True)
+    chunks = []
+    with CommitsWriter(paths.commits) as writer:
+        for i, (name, units) in enumerate(history):
+            when = f"2024-01-0{1 + i // 9}T{10 + i % 9:02d}:00:00+00:00"
+            files = []
+            for path, *_ in units:
+                if path not in [f["path"] for f in files]:
+                    files.append({"path": path, "old_path": None, "status": "M", "additions": 1, "deletions": 0,
+                                  "binary": False, "old_blob": None, "new_blob": None, "patch": "@@ -1 +1 @@\n+x\n"})
+            person = {"name": "Alice", "email": "alice@example.com"}
+            writer.add({"hash": sha(name), "parents": [sha(history[i - 1][0])] if i else [], "author": person,
+                        "committer": person, "authored_at": when, "committed_at": when, "message": f"commit {name}",
+                        "files": files})
+            for path, change_type, symbol, module in units:
+                chunks.append({"commit": sha(name), "timestamp": when, "author": "Alice", "file": path,
+                               "language": "python" if path.endswith(".py") else "markdown", "module": module,
+                               "kind": change_type.split("_", 1)[1].lower(), "symbol": symbol,
+                               "change_type": change_type, "before": None, "after": None, "diff": "+x"})
+        writer.metadata = {"total_commits": len(history), "total_authors": 1}
+    write_jsonl(paths.chunks, chunks)
+    return paths
+
+
+def baseline_rows(tmp_path, **overrides):
+    paths = write_history(tmp_path / "out")
+    cfg = evaluate.Config(recent_commits=1, **overrides)
+    mined_until = None if cfg.mine_from == "before_target" else 3
+    return evaluate.run_baselines(cfg, paths, {sha("E"), sha("F")}, mined_until)
+
+
+def test_baseline_rankings_match_hand_computed_answers(tmp_path):
+    paths = write_history(tmp_path / "out")
+    history = evaluate.History(evaluate.Config(recent_commits=1))
+    for position, commit, chunks in evaluate.iter_history(paths.commits, paths.chunks):
+        if position == 5:
+            break
+        files = [f["path"] for f in commit["files"]]
+        if position <= 3:
+            history.mine(files, chunks)
+        history.observe(files)
+    # Before F: mined A..D, observed A..E.
+    assert [p for p, _ in history.frequent(10)] == ["a.py", "b.py", "c.py", "d.md"]
+    assert history.frequent(10)[0][1] == pytest.approx(3 / 5)
+    assert [p for p, _ in history.most_recent(10)] == ["b.py", "c.py", "d.md", "a.py"]
+    # Antecedent = E's files {b, c}; rules b->a (2/2) and c->a (1/1); b and c never co-changed in A..D.
+    assert history.cochange(10) == [("a.py", 1.0)]
+    prediction = history.predict("frequent")
+    assert prediction.change_types == {"a.py": "MODIFIED_FUNCTION", "b.py": "MODIFIED_FUNCTION",
+                                       "c.py": "NEW_CLASS", "d.md": "NEW_HUNK"}
+    assert prediction.modules == ["pkg.a", "pkg.b", "pkg.c"]
+    assert prediction.symbols == ["f", "h", "g", "C"]
+
+
+def test_baseline_metrics_on_the_fixture(tmp_path):
+    result = baseline_rows(tmp_path)
+    rows = result["rows"]
+    e, f = sha("E"), sha("F")
+    # frequent: [a, b, c, d] for both targets.
+    assert rows["frequent"][e]["recall@1"] == 0.0 and rows["frequent"][e]["recall@5"] == 1.0
+    assert rows["frequent"][f]["recall@1"] == 1.0
+    assert rows["frequent"][e]["change_type_hits"] == 2 and rows["frequent"][e]["change_type_correct"] == 1
+    assert rows["frequent"][e]["module_acc"] == 0.0 and rows["frequent"][f]["module_acc"] == 1.0
+    assert rows["frequent"][e]["symbol_recall"] == 1.0
+    # recent before E: [d, a, b, c]; before F: [b, c, d, a].
+    assert rows["recent"][e]["recall@1"] == 0.0 and rows["recent"][e]["recall@5"] == 1.0
+    assert rows["recent"][f]["recall@1"] == 0.0 and rows["recent"][f]["recall@5"] == 1.0
+    # cochange before E: antecedent {d.md}, which never co-changed: no candidates at all.
+    assert rows["cochange"][e]["recall@10"] == 0.0 and rows["cochange"][e]["module_acc"] == 0.0
+    assert rows["cochange"][f]["recall@1"] == 1.0
+    totals = {name: evaluate.aggregate([by[e], by[f]]) for name, by in rows.items()}
+    assert totals["frequent"]["recall@1"] == 0.5 and totals["recent"]["recall@1"] == 0.0
+    assert totals["frequent"]["change_type_acc"] == pytest.approx(2 / 3)
+    assert totals["cochange"]["recall@5"] == 0.5
+
+
+def test_mining_from_every_commit_before_the_target(tmp_path):
+    paths = write_history(tmp_path / "out")
+    history = evaluate.History(evaluate.Config(recent_commits=1))
+    for position, commit, chunks in evaluate.iter_history(paths.commits, paths.chunks):
+        if position == 5:
+            break
+        files = [f["path"] for f in commit["files"]]
+        history.mine(files, chunks)
+        history.observe(files)
+    # E mined too: b->a 2/3, c->a 1/2, c->b 1/2, b->c 1/3.
+    assert history.cochange(10) == [("a.py", pytest.approx(2 / 3)), ("b.py", 0.5), ("c.py", pytest.approx(1 / 3))]
+    rows = baseline_rows(tmp_path / "again", mine_from="before_target")["rows"]
+    assert rows["cochange"][sha("F")]["recall@1"] == 1.0
+
+
+def test_rule_thresholds_and_large_commits_are_left_out(tmp_path):
+    paths = write_history(tmp_path / "out")
+    for cfg, expected in [
+        (evaluate.Config(recent_commits=1, rules_min_support=2), [("a.py", 1.0)]),  # c->a has support 1
+        (evaluate.Config(recent_commits=1, rules_max_commit_files=2), [("a.py", 1.0)]),
+    ]:
+        history = evaluate.History(cfg)
+        for position, commit, chunks in evaluate.iter_history(paths.commits, paths.chunks):
+            if position == 5:
+                break
+            if position <= 3:
+                history.mine([f["path"] for f in commit["files"]], chunks)
+            history.observe([f["path"] for f in commit["files"]])
+        assert history.cochange(10) == expected
+    history = evaluate.History(evaluate.Config(recent_commits=1, rules_max_commit_files=2))
+    history.mine(["x", "y", "z"], [])
+    assert history.pairs == {}
+
+
+def test_score_recall_uses_the_best_possible_denominator():
+    truth = evaluate.Truth("c", ["a", "b", "c"], {"a": {"NEW_FUNCTION"}}, {"m"}, {"s", "t"})
+    pred = evaluate.Prediction(files=[("a", 1.0), ("x", 0.5), ("b", 0.2)], change_types={"a": "NEW_FUNCTION"},
+                               modules=["m"], symbols=["t"])
+    row = evaluate.score(pred, truth)
+    assert row["recall@1"] == 1.0
+    assert row["recall@5"] == pytest.approx(2 / 3)
+    assert row["change_type_correct"] == 1 and row["change_type_hits"] == 1
+    assert row["module_acc"] == 1.0 and row["symbol_recall"] == 0.5
+
+
+def test_run_writes_json_markdown_and_chart(tmp_path):
+    paths = write_history(tmp_path / "out")
+    summary = evaluate.run(evaluate.Config(recent_commits=1, test_from=4), paths)
+    result = json.loads(paths.evaluation.read_text())
+    assert result["targets"] == 2 and set(result["metrics"]) == {"frequent", "recent", "cochange"}
+    assert result["metrics"]["frequent"]["recall@1"] == 0.5
+    assert [row["commit"] for row in result["per_commit"]] == [sha("E"), sha("F")]
+    table = evaluate.report_path(paths).read_text()
+    assert "| recall@1 | **0.500** | 0.000 | **0.500** |" in table
+    assert evaluate.chart_path(paths).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["targets"] == 2
+    first = paths.evaluation.read_bytes()
+    evaluate.run(evaluate.Config(recent_commits=1, test_from=4), paths)
+    assert paths.evaluation.read_bytes() == first
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    paths = write_history(tmp_path / "out")
+    code = evaluate.main(["--output-dir", str(tmp_path / "out"), "--test-from", "99"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test_from" in err[0]
+    code = evaluate.main(["--output-dir", str(tmp_path / "nothing"), "--test-from", "2"])
+    assert code == 2 and "run the git_scraper stage" in capsys.readouterr().err
+    code = evaluate.main(["--output-dir", str(tmp_path / "out"), "--baselines-only"])
+    assert code == 2 and "dataset_builder" in capsys.readouterr().err
+    assert paths.commits.exists()
+
+
+def test_evenly_spaced():
+    assert evaluate.evenly_spaced(10, 0) == list(range(10))
+    assert evaluate.evenly_spaced(10, 3) == [0, 4, 9]  # round(4.5) == 4 (banker's rounding)
+    assert evaluate.evenly_spaced(3, 5) == [0, 1, 2]
+    assert math.isclose(len(evaluate.evenly_spaced(100, 7)), 7)
