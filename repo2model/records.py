@@ -111,6 +111,7 @@ class Chunk:
     old_file: str | None = None  # for MOVED units and renamed files: where it was
     parse_error: bool = False  # the file had tree-sitter ERROR nodes: chunk degraded to hunk
     part: int | None = None  # index when a large unit was split at inner boundaries
+    old_symbol: str | None = None  # for RENAMED units: the name before
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

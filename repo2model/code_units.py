@@ -1,0 +1,271 @@
+"""Semantic units of one file version, found with tree-sitter (Rust and Python).
+
+    units = extract_units("rust", source_bytes)
+    units.parse_error        # the tree has ERROR/MISSING nodes
+    units.units[i]           # Unit(kind, symbol, name, start, end, depth, modpath, ...)
+    units.owner_of_line()    # innermost unit index for every line (-1: no unit)
+
+A unit spans whole lines (1-based, inclusive) and includes the attributes,
+decorators and doc comments directly above it. Units nest (an `impl` holds its
+methods, a `mod` its items); a changed line belongs to the innermost unit that
+contains it. Unit kinds are `repo2model.records.KINDS`.
+
+Rust: free functions, methods in `impl` blocks (`Type::method`, trait impls
+`<Type as Trait>::method`), trait items (`Trait::method`), tests (`#[test]`,
+`#[tokio::test]`, ... and everything inside a `#[cfg(test)]` module), structs
+(and unions), enums, traits, impls (`Type`, `<Type as Trait>`), type aliases,
+consts and statics, `macro_rules!`, `mod` blocks and declarations, `use` and
+`extern crate`. `modpath` holds the nested `mod` names around a unit.
+
+Python: functions, methods (`Class.method`), classes (nested: `Outer.Inner`),
+`test_*` functions and `Test*` classes (and everything in them) as tests,
+imports, module-level UPPER_CASE constants. Functions nested in functions stay
+part of their outer function.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+# Which languages have a parser here, by the `language` name the chunker uses.
+PARSED_LANGUAGES = ("rust", "python")
+
+_TEST_ATTRIBUTE = re.compile(rb"#\[\s*(?:[A-Za-z_][\w]*\s*::\s*)*(?:test|rstest|test_case|quickcheck|proptest)\b")
+_CFG_TEST = re.compile(rb"#\[\s*cfg\s*\(\s*test\s*\)\s*\]")
+_GENERICS = re.compile(r"<[^<>]*>")
+_SPACES = re.compile(r"\s+")
+_CONST_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+@dataclass
+class Unit:
+    kind: str  # one of records.KINDS (tests already classified as "test")
+    base_kind: str  # the structural kind before test classification (function, class, ...)
+    symbol: str  # qualified within its module: Market::settle, <Foo as Display>::fmt, A.m
+    name: str  # the bare identifier that names it (for rename detection); "" if none
+    start: int  # first line, 1-based, including leading attributes / doc comments
+    end: int  # last line, inclusive
+    depth: int  # nesting depth (0: top level)
+    modpath: tuple[str, ...] = ()  # Rust: enclosing `mod` names
+    inner: tuple[int, ...] = ()  # start lines of the unit's direct children (split points)
+
+
+@dataclass
+class FileUnits:
+    units: list[Unit] = field(default_factory=list)
+    parse_error: bool = False
+    line_count: int = 0
+
+    def owner_of_line(self) -> list[int]:
+        """`owner[line]` = index of the innermost unit holding that 1-based line, or -1."""
+        owner = [-1] * (self.line_count + 2)
+        for index in sorted(range(len(self.units)), key=lambda i: self.units[i].depth):
+            unit = self.units[index]
+            owner[unit.start : unit.end + 1] = [index] * (unit.end - unit.start + 1)
+        return owner
+
+
+@lru_cache(maxsize=None)
+def _parser(language: str):
+    import tree_sitter
+
+    if language == "rust":
+        import tree_sitter_rust as grammar
+    elif language == "python":
+        import tree_sitter_python as grammar
+    else:
+        raise ValueError(f"no parser for {language}")
+    return tree_sitter.Parser(tree_sitter.Language(grammar.language()))
+
+
+def parse(language: str, source: bytes):
+    """The tree-sitter tree of `source` (the parse alone; what the benchmark calls the floor)."""
+    return _parser(language).parse(source)
+
+
+def extract_units(language: str, source: bytes, split_threshold: int = 200) -> FileUnits:
+    """Parse `source` and list its units; `inner` split points only for units over `split_threshold` lines."""
+    tree = parse(language, source)
+    root = tree.root_node
+    result = FileUnits(parse_error=root.has_error, line_count=source.count(b"\n") + (0 if source.endswith(b"\n") or not source else 1))
+    walker = _RustWalker if language == "rust" else _PythonWalker
+    walker(result.units, split_threshold).walk(root)
+    return result
+
+
+def _text(node) -> str:
+    return node.text.decode("utf-8", "replace") if node is not None else ""
+
+
+def _last_row(node) -> int:
+    """0-based last row that holds text of `node` (a node ending at column 0 ends on the row before)."""
+    row, column = node.end_point
+    if column == 0 and row > node.start_point[0]:
+        return row - 1
+    return row
+
+
+def _compact(text: str) -> str:
+    return _SPACES.sub(" ", text).strip()
+
+
+def _strip_generics(text: str) -> str:
+    previous = None
+    while previous != text:
+        previous, text = text, _GENERICS.sub("", text)
+    return text
+
+
+class _Walker:
+    LEADING = ()  # node types that attach to the item below them (attributes, comments)
+
+    def __init__(self, units: list[Unit], split_threshold: int):
+        self.units = units
+        self.split_threshold = split_threshold
+
+    def items(self, container):
+        """(item, first_row, leading) for the named children of `container`.
+
+        `leading`: the attribute/comment nodes directly above the item (no blank line between),
+        folded into it; `first_row` is where they start.
+        """
+        leading = []
+        previous_end = None
+        for child in container.named_children:
+            if child.type in self.LEADING:
+                if previous_end is not None and child.start_point[0] > previous_end + 1:
+                    leading = []
+                leading.append(child)
+                previous_end = _last_row(child)
+                continue
+            first = child.start_point[0]
+            if leading and first <= previous_end + 1:
+                first = leading[0].start_point[0]
+            else:
+                leading = []
+            yield child, first, leading
+            leading = []
+            previous_end = None
+
+    def add(self, kind, base_kind, symbol, name, first_row, node, depth, modpath=(), body=None) -> Unit:
+        unit = Unit(kind, base_kind, symbol, name, first_row + 1, _last_row(node) + 1, depth, modpath)
+        if unit.end - unit.start + 1 > self.split_threshold:
+            unit.inner = self.split_points(body if body is not None else node)
+        self.units.append(unit)
+        return unit
+
+    def split_points(self, node) -> tuple[int, ...]:
+        """Start lines of the statements/items directly inside the unit's body."""
+        body = node
+        for field_name in ("body", "value"):
+            candidate = node.child_by_field_name(field_name)
+            if candidate is not None:
+                body = candidate
+                break
+        return tuple(sorted({child.start_point[0] + 1 for child in body.named_children}))
+
+
+class _RustWalker(_Walker):
+    LEADING = ("attribute_item", "line_comment", "block_comment")
+    SIMPLE = {
+        "struct_item": "struct",
+        "union_item": "struct",
+        "enum_item": "enum",
+        "type_item": "type",
+        "const_item": "const",
+        "static_item": "const",
+        "macro_definition": "macro",
+        "associated_type": "type",
+    }
+
+    def walk(self, root) -> None:
+        self.container(root, depth=0, modpath=(), owner=None, in_tests=False, source=root)
+
+    def container(self, node, depth, modpath, owner, in_tests, source) -> None:
+        """Items of a source file, `mod` body, `impl` body or `trait` body.
+
+        `owner` is the qualifier for associated items: "Foo", "<Foo as Trait>" or a trait name.
+        """
+        for item, first, leading in self.items(node):
+            attrs = b"\n".join(n.text for n in leading if n.type == "attribute_item")
+            kind_type = item.type
+            if kind_type in ("function_item", "function_signature_item"):
+                name = _text(item.child_by_field_name("name"))
+                base = "method" if owner is not None else "function"
+                symbol = f"{owner}::{name}" if owner is not None else name
+                is_test = in_tests or bool(_TEST_ATTRIBUTE.search(attrs))
+                self.add("test" if is_test else base, base, symbol, name, first, item, depth, modpath)
+            elif kind_type in self.SIMPLE:
+                base = self.SIMPLE[kind_type]
+                name = _text(item.child_by_field_name("name"))
+                symbol = f"{owner}::{name}" if owner is not None else name
+                self.add("test" if in_tests else base, base, symbol, name, first, item, depth, modpath)
+            elif kind_type == "impl_item":
+                self_type = _compact(_strip_generics(_text(item.child_by_field_name("type"))))
+                trait = item.child_by_field_name("trait")
+                symbol = f"<{self_type} as {_compact(_text(trait))}>" if trait is not None else self_type
+                self.add("test" if in_tests else "impl", "impl", symbol, self_type, first, item, depth, modpath)
+                body = item.child_by_field_name("body")
+                if body is not None:
+                    self.container(body, depth + 1, modpath, symbol, in_tests, source)
+            elif kind_type == "trait_item":
+                name = _text(item.child_by_field_name("name"))
+                self.add("test" if in_tests else "trait", "trait", name, name, first, item, depth, modpath)
+                body = item.child_by_field_name("body")
+                if body is not None:
+                    self.container(body, depth + 1, modpath, name, in_tests, source)
+            elif kind_type == "mod_item":
+                name = _text(item.child_by_field_name("name"))
+                tests = in_tests or bool(_CFG_TEST.search(attrs))
+                self.add("test" if tests else "module", "module", name, name, first, item, depth, modpath)
+                body = item.child_by_field_name("body")
+                if body is not None:
+                    self.container(body, depth + 1, (*modpath, name), None, tests, source)
+            elif kind_type in ("use_declaration", "extern_crate_declaration"):
+                if kind_type == "use_declaration":
+                    symbol = _compact(_text(item.child_by_field_name("argument")))
+                else:
+                    symbol = _text(item.child_by_field_name("name"))
+                self.add("test" if in_tests else "import", "import", symbol, "", first, item, depth, modpath)
+            # anything else (item-level macro calls, stray tokens) stays outside units: hunk lines
+
+
+class _PythonWalker(_Walker):
+    LEADING = ("comment",)
+
+    def walk(self, root) -> None:
+        self.block(root, depth=0, owner=None, in_tests=False)
+
+    def block(self, node, depth, owner, in_tests) -> None:
+        for item, first, _ in self.items(node):
+            definition = item
+            if item.type == "decorated_definition":
+                definition = item.child_by_field_name("definition")
+            if definition.type in ("function_definition", "class_definition"):
+                name = _text(definition.child_by_field_name("name"))
+                symbol = f"{owner}.{name}" if owner else name
+                if definition.type == "class_definition":
+                    tests = in_tests or name.startswith("Test")
+                    self.add("test" if tests else "class", "class", symbol, name, first, item, depth,
+                             body=definition)
+                    body = definition.child_by_field_name("body")
+                    if body is not None:
+                        self.block(body, depth + 1, symbol, tests)
+                else:
+                    base = "method" if owner else "function"
+                    is_test = in_tests or name.startswith("test")
+                    self.add("test" if is_test else base, base, symbol, name, first, item, depth, body=definition)
+            elif item.type in ("import_statement", "import_from_statement", "future_import_statement") and owner is None:
+                if item.type == "import_statement":
+                    symbol = ", ".join(_text(n) for n in item.children_by_field_name("name"))
+                else:
+                    symbol = _text(item.child_by_field_name("module_name")) or "__future__"
+                self.add("test" if in_tests else "import", "import", symbol, "", first, item, depth)
+            elif item.type == "expression_statement" and owner is None:
+                target = item.named_children[0] if item.named_children else None
+                if target is not None and target.type == "assignment":
+                    left = _text(target.child_by_field_name("left"))
+                    if _CONST_NAME.match(left):
+                        self.add("test" if in_tests else "const", "const", left, left, first, item, depth)
