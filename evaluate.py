@@ -22,7 +22,9 @@ Predictors, all scored on the same target commits:
 The baselines predict a file's change type as its most frequent one in the mined history, its module
 as the one its chunks last had, and its symbols as those most often changed in it.
 
-Metrics (per target commit, then averaged over target commits):
+The changed files of a commit are those with chunks (what the commit language renders; binary and
+filtered files are invisible to the model and count for no predictor). Metrics (per target commit,
+then averaged over the target commits where they apply):
     recall@k            |top-k predicted files ∩ changed files| / min(k, |changed files|)
                         (1.0 means the k slots were used as well as possible)
     change_type_acc     over the changed files a predictor named in its top 10: the share whose
@@ -138,11 +140,19 @@ class Truth:
             change_types.setdefault(chunk["file"], set()).add(chunk["change_type"])
         return cls(
             commit=commit["hash"],
-            files=[f["path"] for f in commit.get("files", [])],
+            files=rendered_files(chunks),
             change_types=change_types,
             modules={c["module"] for c in chunks if c.get("module")},
             symbols={c["symbol"] for c in chunks if c.get("symbol")},
         )
+
+
+def rendered_files(chunks: list[dict]) -> list[str]:
+    """The files of a commit as the commit language renders them (those with chunks), in order.
+
+    Files without chunks (binary, filtered) are invisible to the model, so they count for no predictor.
+    """
+    return list(dict.fromkeys(chunk["file"] for chunk in chunks))
 
 
 def score(pred: Prediction, truth: Truth, ks: Iterable[int] = KS) -> dict:
@@ -292,7 +302,7 @@ def run_baselines(cfg: Config, paths: ArtifactPaths, targets: set[str], mined_un
     truths: dict[str, Truth] = {}
     rows: dict[str, dict[str, dict]] = {name: {} for name in BASELINES}
     for position, commit, chunks in iter_history(paths.commits, paths.chunks):
-        files = [f["path"] for f in commit.get("files", [])]
+        files = rendered_files(chunks)
         if commit["hash"] in targets:
             truth = Truth.of(commit, chunks)
             truths[commit["hash"]] = truth

@@ -74,7 +74,7 @@ def test_baseline_rankings_match_hand_computed_answers(tmp_path):
     for position, commit, chunks in evaluate.iter_history(paths.commits, paths.chunks):
         if position == 5:
             break
-        files = [f["path"] for f in commit["files"]]
+        files = evaluate.rendered_files(chunks)
         if position <= 3:
             history.mine(files, chunks)
         history.observe(files)
@@ -119,7 +119,7 @@ def test_mining_from_every_commit_before_the_target(tmp_path):
     for position, commit, chunks in evaluate.iter_history(paths.commits, paths.chunks):
         if position == 5:
             break
-        files = [f["path"] for f in commit["files"]]
+        files = evaluate.rendered_files(chunks)
         history.mine(files, chunks)
         history.observe(files)
     # E mined too: b->a 2/3, c->a 1/2, c->b 1/2, b->c 1/3.
@@ -139,8 +139,8 @@ def test_rule_thresholds_and_large_commits_are_left_out(tmp_path):
             if position == 5:
                 break
             if position <= 3:
-                history.mine([f["path"] for f in commit["files"]], chunks)
-            history.observe([f["path"] for f in commit["files"]])
+                history.mine(evaluate.rendered_files(chunks), chunks)
+            history.observe(evaluate.rendered_files(chunks))
         assert history.cochange(10) == expected
     history = evaluate.History(evaluate.Config(recent_commits=1, rules_max_commit_files=2))
     history.mine(["x", "y", "z"], [])
