@@ -1,0 +1,555 @@
+"""The commit language: how a commit is written as text, defined once for every stage.
+
+Stages 3 (tokenizer), 4 (dataset builder), training and prediction all read and
+write commits through this module, so the special tokens, the rendering and the
+parser cannot drift apart.
+
+Rendering (`render_commit(commit, chunks, form="full")`):
+
+    <COMMIT_START><AUTHOR:Alice Example><DATE>2024-01-02
+    <MSG>Settle markets at the close
+    <FILE>crates/core/src/market.rs<MODULE:core>::market
+    <CHANGE:new_function>Market::settle
+    <CODE>pub fn settle(&mut self) {}
+
+    <CHANGE:modified_method>Market::open
+    <DIFF> fn open() {
+    -    old();
+    +    new();
+     }
+
+    <COMMIT_END>
+
+- Header: the author as `<AUTHOR:name>` for the K most frequent authors, else
+  `<AUTHOR>name` spelled out; the author date (day); the message after `<MSG>`.
+- Per file (in the chunks' order): `<FILE>path`, then the module: `<MODULE:top>rest`
+  when the module's top segment (Rust crate / Python package) is one of the K
+  most frequent, else `<MODULE>module`; nothing when the file has no module.
+- Per chunk: `<CHANGE:new_function>` (one token per change type in
+  `records.ALL_CHANGE_TYPES`; an unknown type is spelled `<CHANGE>TYPE`), the
+  symbol, `<FROM>old_file` for moved units; then the code: `<CODE>` + the unit's
+  new code for NEW_* changes, `<DIFF>` + its own changed lines for the rest,
+  nothing for DELETED_* changes.
+- Every free-text field (message, path, symbol, code) is followed by one
+  newline that the parser strips, so text ending with or without a newline
+  survives exactly. Text that happens to spell one of our tokens (this very
+  file, say) is escaped with a word joiner (U+2060) after the `<`, which the
+  parser removes; nothing else is touched.
+- The compact form (for history) is the same without the code blocks.
+
+Training example (`build_prompt` + the target, see `dataset_builder.py`):
+
+    <BOS> compact rendering of the previous N commits, oldest first
+    <TASK>the target commit's message
+    ---- target (the only positions with labels) ----
+    <FILE>...<CHANGE:...>...<CODE>... [<TRUNCATED>] <COMMIT_END>\\n <EOS>
+
+The commit language object (`CommitLanguage`) carries the chosen author and
+module families and is saved as `commit_language.json` in the tokenizer folder.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from repo2model.artifacts import iter_chunks, iter_commits, require, write_json
+from repo2model.errors import UserError
+from repo2model.records import ALL_CHANGE_TYPES, Chunk, Commit
+
+LANGUAGE_FILE = "commit_language.json"
+FORMAT_VERSION = 1
+
+PAD = "<PAD>"
+BOS = "<BOS>"
+EOS = "<EOS>"
+
+COMMIT_START = "<COMMIT_START>"
+COMMIT_END = "<COMMIT_END>"
+AUTHOR = "<AUTHOR>"  # followed by a name spelled out (not among the top K)
+DATE = "<DATE>"
+MSG = "<MSG>"
+FILE = "<FILE>"
+MODULE = "<MODULE>"  # followed by a module spelled out
+CHANGE = "<CHANGE>"  # followed by a change type we have no token for
+FROM = "<FROM>"
+CODE = "<CODE>"
+DIFF = "<DIFF>"
+TASK = "<TASK>"
+TRUNCATED = "<TRUNCATED>"
+
+STRUCTURE_TOKENS = (COMMIT_START, COMMIT_END, AUTHOR, DATE, MSG, FILE, MODULE, CHANGE, FROM, CODE, DIFF, TASK, TRUNCATED)
+CHANGE_TOKENS = tuple(f"<CHANGE:{c.lower()}>" for c in ALL_CHANGE_TYPES)
+
+_STRUCTURE_NAMES = "|".join(t[1:-1] for t in STRUCTURE_TOKENS + (PAD, BOS, EOS))
+# Anything in free text that spells one of our tokens (or a family prefix): escaped on render.
+_ESCAPE_RE = re.compile(r"<(?=(?:" + _STRUCTURE_NAMES + r")>|(?:CHANGE|AUTHOR|MODULE):)")
+_ESC = "\u2060"
+_UNESCAPE_RE = re.compile("<" + _ESC + "(" + _ESC + "?)")
+# The tokens as the parser sees them.
+_TOKEN_RE = re.compile(r"(<(?:" + _STRUCTURE_NAMES + r")>|<(?:CHANGE|AUTHOR|MODULE):[^<>\n]*>)")
+
+MAX_FAMILY_NAME = 64
+
+
+def escape(text: str) -> str:
+    """Make free text unable to spell a token: `<FILE>` -> `<\\u2060FILE>` (reversible)."""
+    if "<" not in text:
+        return text
+    text = text.replace("<" + _ESC, "<" + _ESC + _ESC)
+    return _ESCAPE_RE.sub("<" + _ESC, text)
+
+
+def unescape(text: str) -> str:
+    if _ESC not in text:
+        return text
+    return _UNESCAPE_RE.sub(lambda m: "<" + m.group(1), text)
+
+
+def module_top(module: str) -> tuple[str, str]:
+    """`core::market::x` -> (`core`, `::market::x`); `pkg.mod` -> (`pkg`, `.mod`)."""
+    cut = len(module)
+    for sep in ("::", "."):
+        i = module.find(sep)
+        if 0 < i < cut:
+            cut = i
+    return module[:cut], module[cut:]
+
+
+def _family_safe(name: str) -> bool:
+    return bool(name) and len(name) <= MAX_FAMILY_NAME and not any(c in name for c in "<>\n\r") and name == name.strip()
+
+
+# ------------------------------------------------------------------ parsed structure
+
+
+@dataclasses.dataclass
+class ParsedChunk:
+    change_type: str  # e.g. NEW_FUNCTION
+    symbol: str | None
+    code: str | None  # the code (after `<CODE>`) or diff lines (after `<DIFF>`)
+    code_form: str | None  # "code", "diff" or None
+    old_file: str | None = None
+
+
+@dataclasses.dataclass
+class ParsedFile:
+    path: str
+    module: str | None
+    chunks: list[ParsedChunk] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class ParsedCommit:
+    """What `parse_commit` recovers; `problems` lists what was malformed (empty when well formed)."""
+
+    author: str | None = None
+    date: str | None = None
+    message: str | None = None
+    task: str | None = None
+    files: list[ParsedFile] = dataclasses.field(default_factory=list)
+    truncated: bool = False  # the text carries the <TRUNCATED> marker
+    complete: bool = False  # <COMMIT_END> was reached
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def well_formed(self) -> bool:
+        return self.complete and not self.problems
+
+    @property
+    def changes(self) -> list[tuple[str, str, str | None]]:
+        """(path, change type, symbol) for every chunk, in order."""
+        return [(f.path, c.change_type, c.symbol) for f in self.files for c in f.chunks]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------ the language
+
+
+@dataclasses.dataclass
+class CommitLanguage:
+    """The special tokens and the rendering, with the author/module families chosen for one history."""
+
+    authors: list[str] = dataclasses.field(default_factory=list)  # names with an <AUTHOR:x> token
+    modules: list[str] = dataclasses.field(default_factory=list)  # top segments with a <MODULE:x> token
+    tokenizer_info: dict = dataclasses.field(default_factory=dict)  # mode, base, added_tokens, ...
+
+    def __post_init__(self) -> None:
+        self._authors = set(self.authors)
+        self._modules = set(self.modules)
+
+    # ---- construction and storage
+
+    @classmethod
+    def from_counts(cls, author_counts: dict[str, int], module_counts: dict[str, int], top_authors: int, top_modules: int) -> "CommitLanguage":
+        """The K most frequent of each family (ties by name, so the choice is deterministic)."""
+
+        def top(counts: dict[str, int], k: int) -> list[str]:
+            eligible = [(n, c) for n, c in counts.items() if _family_safe(n)]
+            eligible.sort(key=lambda nc: (-nc[1], nc[0]))
+            return [n for n, _ in eligible[:k]]
+
+        return cls(authors=top(author_counts, top_authors), modules=top(module_counts, top_modules))
+
+    def save(self, folder: Path | str) -> Path:
+        return write_json(
+            Path(folder) / LANGUAGE_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "authors": self.authors,
+                "modules": self.modules,
+                "tokenizer": self.tokenizer_info,
+                "special_tokens": self.special_tokens(),
+            },
+        )
+
+    @classmethod
+    def load(cls, tokenizer_dir: Path | str) -> "CommitLanguage":
+        """The language saved beside a tokenizer by the tokenizer stage."""
+        path = Path(tokenizer_dir) / LANGUAGE_FILE
+        if not Path(tokenizer_dir).exists():
+            require(Path(tokenizer_dir), "tokenizer")
+        if not path.is_file():
+            raise UserError(f"{tokenizer_dir}: no {LANGUAGE_FILE}: not a tokenizer folder written by the tokenizer stage (rerun it)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format_version") != FORMAT_VERSION:
+                raise UserError(
+                    f"{path}: commit language format {data.get('format_version')}, this code reads {FORMAT_VERSION}: rerun the tokenizer stage"
+                )
+            lang = cls(authors=list(data["authors"]), modules=list(data["modules"]), tokenizer_info=dict(data.get("tokenizer") or {}))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: corrupt commit language file ({type(exc).__name__}): rerun the tokenizer stage") from None
+        return lang
+
+    # ---- special tokens
+
+    def special_tokens(self) -> list[str]:
+        """Every special token, in the order they get ids in a trained tokenizer."""
+        return [
+            PAD, BOS, EOS,
+            *STRUCTURE_TOKENS,
+            *CHANGE_TOKENS,
+            *(f"<AUTHOR:{a}>" for a in self.authors),
+            *(f"<MODULE:{m}>" for m in self.modules),
+        ]
+
+    def check_tokenizer(self, tokenizer: Any, where: str = "the tokenizer") -> None:
+        """UserError unless every special token of this language is one id in `tokenizer`."""
+        missing = []
+        vocab = tokenizer.get_vocab()
+        for token in self.special_tokens():
+            if token in (PAD, BOS, EOS):
+                continue  # an extended base tokenizer keeps its own bos/eos/pad
+            if token not in vocab or encode_texts(tokenizer, [token])[0] != [vocab[token]]:
+                missing.append(token)
+        if missing:
+            raise UserError(
+                f"{where} does not match the commit language: {len(missing)} special token(s) missing or split "
+                f"(e.g. {missing[0]}): rerun the tokenizer stage (python pipeline.py --stage tokenizer --force)"
+            )
+        for name in ("bos", "eos", "pad"):
+            if special_id(tokenizer, name) is None:
+                raise UserError(f"{where} has no {name} token: rerun the tokenizer stage")
+
+    # ---- rendering
+
+    def render_header(self, commit: Commit) -> str:
+        name = commit.author.name
+        author = f"<AUTHOR:{name}>" if name in self._authors else AUTHOR + escape(name).replace("\n", " ")
+        return f"{COMMIT_START}{author}{DATE}{commit.authored_at[:10]}\n{MSG}{escape(commit.message)}\n"
+
+    def render_file_header(self, path: str, module: str | None) -> str:
+        text = FILE + escape(path)
+        if module:
+            top, rest = module_top(module)
+            text += f"<MODULE:{top}>{escape(rest)}" if top in self._modules else MODULE + escape(module)
+        return text + "\n"
+
+    def render_chunk(self, chunk: Chunk, form: str = "full") -> str:
+        """One chunk: its change line (and code block in the full form); starts with a token."""
+        ctype = chunk.change_type
+        token = f"<CHANGE:{ctype.lower()}>"
+        # a change type we have no token for is spelled out, then a space, then the symbol
+        text = (token if ctype in _CHANGE_TYPE_SET else CHANGE + escape(ctype) + " ") + escape(chunk.symbol or "")
+        if chunk.old_file and chunk.old_file != chunk.file:
+            text += FROM + escape(chunk.old_file)
+        text += "\n"
+        if form == "full":
+            prefix = ctype.split("_", 1)[0]
+            if prefix == "NEW" and chunk.after is not None:
+                text += CODE + escape(chunk.after) + "\n"
+            elif prefix != "DELETED" and chunk.diff:
+                text += DIFF + escape(chunk.diff) + "\n"
+        return text
+
+    def render_segments(self, chunks: Sequence[Chunk], form: str = "full") -> list[str]:
+        """The commit's changes as pieces, one per chunk (the file header joins its first chunk).
+
+        Every piece starts with a special token, so encoding the pieces one by one
+        gives the same ids as encoding their concatenation: the dataset builder cuts
+        targets between pieces.
+        """
+        segments = []
+        for path, module, file_chunks in group_by_file(chunks):
+            header = self.render_file_header(path, module)
+            for i, chunk in enumerate(file_chunks):
+                segments.append((header if i == 0 else "") + self.render_chunk(chunk, form))
+        return segments
+
+    def render_commit(self, commit: Commit, chunks: Sequence[Chunk], form: str = "compact") -> str:
+        """The commit as text: "compact" (no code, for history) or "full" (with code, for targets)."""
+        if form not in ("compact", "full"):
+            raise ValueError(f"form must be 'compact' or 'full', not {form!r}")
+        return self.render_header(commit) + "".join(self.render_segments(chunks, form)) + COMMIT_END + "\n"
+
+    def render_task(self, task: str) -> str:
+        return TASK + escape(task) + "\n"
+
+    # ---- parsing
+
+    def parse_commit(self, text: str) -> ParsedCommit:
+        """Structure back from rendered or generated text; never raises, lists problems instead.
+
+        Accepts a whole rendering, a target (starting at `<FILE>`), or a prompt's
+        tail followed by generated text; stops at `<COMMIT_END>`.
+        """
+        return parse_commit(text)
+
+    # ---- prompts (the dataset builder's code path)
+
+    def build_prompt(
+        self,
+        history: Sequence[tuple[Commit, Sequence[Chunk]]],
+        task: str,
+        tokenizer: Any,
+        context_window: int,
+        cache: dict[str, list[int]] | None = None,
+    ) -> list[int]:
+        """The ids of the context the model continues: <BOS>, compact history, <TASK> message.
+
+        `history` is oldest first; when `context_window` is short the most recent
+        commits are kept (a contiguous run ending at the last one). The task is cut
+        to fit when it alone is too long. `cache` (commit hash -> ids of its compact
+        rendering) lets the dataset builder encode each commit once.
+        """
+        prompt, _ = self.build_prompt_with_stats(history, task, tokenizer, context_window, cache)
+        return prompt
+
+    def build_prompt_with_stats(self, history, task, tokenizer, context_window, cache=None, task_ids=None):
+        """`build_prompt`, also returning how many history commits were dropped for lack of room."""
+        if cache is None:
+            cache = {}
+        missing = [(c, ch) for c, ch in history if c.hash not in cache]
+        if missing:
+            encoded = encode_texts(tokenizer, [self.render_commit(c, ch, "compact") for c, ch in missing])
+            cache.update((c.hash, ids) for (c, _), ids in zip(missing, encoded))
+        if task_ids is None:
+            task_ids = encode_texts(tokenizer, [self.render_task(task)])[0]
+        return assemble_prompt([cache[c.hash] for c, _ in history], task_ids, special_id(tokenizer, "bos"), context_window)
+
+
+def assemble_prompt(history_ids: Sequence[Sequence[int]], task_ids: Sequence[int], bos_id: int, budget: int) -> tuple[list[int], int]:
+    """<BOS> + the most recent history that fits + the task; returns (ids, history commits dropped)."""
+    if budget < 2:
+        raise ValueError(f"prompt budget {budget} is below 2 tokens")
+    task_ids = list(task_ids[: budget - 1])
+    room = budget - 1 - len(task_ids)
+    kept = 0
+    for ids in reversed(history_ids):
+        if len(ids) > room:
+            break
+        room -= len(ids)
+        kept += 1
+    prompt = [bos_id]
+    for ids in history_ids[len(history_ids) - kept :]:
+        prompt.extend(ids)
+    prompt.extend(task_ids)
+    return prompt, len(history_ids) - kept
+
+
+_CHANGE_TYPE_SET = frozenset(ALL_CHANGE_TYPES)
+
+
+def group_by_file(chunks: Sequence[Chunk]) -> list[tuple[str, str | None, list[Chunk]]]:
+    """Consecutive chunks of one file, with the file's module (its first chunk's)."""
+    groups: list[tuple[str, str | None, list[Chunk]]] = []
+    for chunk in chunks:
+        if groups and groups[-1][0] == chunk.file:
+            groups[-1][2].append(chunk)
+        else:
+            groups.append((chunk.file, chunk.module, [chunk]))
+    return groups
+
+
+def parse_commit(text: str) -> ParsedCommit:
+    """See `CommitLanguage.parse_commit` (the parser needs no family list: tokens carry their value)."""
+    parsed = ParsedCommit()
+    if TASK in text:  # a prompt followed by its continuation: the commit starts at the task
+        text = text[text.rindex(TASK) :]
+    pieces = _TOKEN_RE.split(text)
+    # pieces alternate: text, token, text, token, ..., text
+    current_file: ParsedFile | None = None
+    current_chunk: ParsedChunk | None = None
+    i = 1
+    if pieces[0].strip():
+        parsed.problems.append(f"text before the first token: {pieces[0][:40]!r}")
+    while i < len(pieces):
+        token, body = pieces[i], pieces[i + 1]
+        i += 2
+        if token == COMMIT_END:
+            parsed.complete = True
+            break
+        line, _, rest = body.partition("\n")
+        if token in (BOS, PAD, EOS, COMMIT_START):
+            _expect_empty(parsed, token, body)
+        elif token == AUTHOR or token.startswith("<AUTHOR:"):
+            parsed.author = token[8:-1] if token != AUTHOR else unescape(line)
+            if token != AUTHOR:
+                _expect_empty(parsed, token, body)
+        elif token == DATE:
+            parsed.date = line
+            _expect_empty(parsed, token, rest)
+        elif token in (MSG, TASK):
+            value = unescape(_strip_one_newline(body))
+            if token == MSG:
+                parsed.message = value
+            else:
+                parsed.task = value
+        elif token == FILE:
+            current_file = ParsedFile(path=unescape(line), module=None)
+            current_chunk = None
+            parsed.files.append(current_file)
+            if "\n" not in body and i < len(pieces) and not pieces[i].startswith("<MODULE"):
+                _expect_newline(parsed, token, body)
+            _expect_empty(parsed, token, rest)
+        elif token == MODULE or token.startswith("<MODULE:"):
+            value = unescape(line) if token == MODULE else token[8:-1] + unescape(line)
+            if current_file is None:
+                parsed.problems.append(f"{token} outside a file")
+            else:
+                current_file.module = value
+            _expect_empty(parsed, token, rest)
+        elif token == CHANGE or token.startswith("<CHANGE:"):
+            if token == CHANGE:
+                change, _, symbol = line.partition(" ")
+                change = unescape(change)
+            else:
+                change, symbol = token[8:-1].upper(), line
+            symbol = unescape(symbol) or None
+            if current_file is None:
+                parsed.problems.append(f"{token} before any {FILE}")
+                current_file = ParsedFile(path="", module=None)
+                parsed.files.append(current_file)
+            current_chunk = ParsedChunk(change_type=change, symbol=symbol, code=None, code_form=None)
+            current_file.chunks.append(current_chunk)
+            if "\n" not in body and not (i < len(pieces) and pieces[i] == FROM):
+                _expect_newline(parsed, token, body)
+            _expect_empty(parsed, token, rest)
+        elif token == FROM:
+            if current_chunk is None:
+                parsed.problems.append(f"{FROM} outside a change")
+            else:
+                current_chunk.old_file = unescape(line)
+            _expect_empty(parsed, token, rest)
+        elif token in (CODE, DIFF):
+            if current_chunk is None:
+                parsed.problems.append(f"{token} outside a change")
+            else:
+                current_chunk.code = unescape(_strip_one_newline(body))
+                current_chunk.code_form = "code" if token == CODE else "diff"
+        elif token == TRUNCATED:
+            parsed.truncated = True
+            _expect_empty(parsed, token, body)
+    if not parsed.complete:
+        parsed.problems.append(f"no {COMMIT_END}: the text stops early")
+    return parsed
+
+
+def _strip_one_newline(text: str) -> str:
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _expect_empty(parsed: ParsedCommit, token: str, text: str) -> None:
+    if text.strip():
+        parsed.problems.append(f"unexpected text after {token}: {text.strip()[:40]!r}")
+
+
+def _expect_newline(parsed: ParsedCommit, token: str, body: str) -> None:
+    parsed.problems.append(f"line after {token} does not end: {body[:40]!r}")
+
+
+# ------------------------------------------------------------------ tokenizers
+
+
+def backend(tokenizer: Any) -> Any:
+    """The `tokenizers.Tokenizer` behind a transformers tokenizer (or the object itself)."""
+    return getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None) or tokenizer
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of each text, without bos/eos, through the library's batch encoder."""
+    if not texts:
+        return []
+    return [e.ids for e in backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)]
+
+
+def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Text of `ids`, special tokens kept, no space clean-up (the exact inverse of `encode_texts`)."""
+    return backend(tokenizer).decode(list(ids), skip_special_tokens=False)
+
+
+_DEFAULT_SPECIAL = {"bos": BOS, "eos": EOS, "pad": PAD}
+
+
+def special_id(tokenizer: Any, name: str) -> int | None:
+    """The id of the tokenizer's bos/eos/pad token (a transformers tokenizer's own, else ours)."""
+    value = getattr(tokenizer, f"{name}_token_id", None)
+    if value is not None:
+        return int(value)
+    raw = backend(tokenizer)
+    value = raw.token_to_id(_DEFAULT_SPECIAL[name]) if hasattr(raw, "token_to_id") else None
+    return None if value is None else int(value)
+
+
+# ------------------------------------------------------------------ reading a history
+
+
+def iter_history(commits_path: Path, chunks_path: Path) -> Iterator[tuple[Commit, list[Chunk]]]:
+    """Each commit of `commits.json` with its chunks from `chunks.jsonl`, in file order, streaming.
+
+    Both files are in the commits' order (chunks grouped by commit); a chunk whose
+    commit is not next in `commits.json` means the two files do not belong together.
+    """
+    require(Path(commits_path), "git_scraper")
+    chunks = iter_chunks(chunks_path)
+    pending = next(chunks, None)
+    for commit in iter_commits(commits_path):
+        mine: list[Chunk] = []
+        while pending is not None and pending.commit == commit.hash:
+            mine.append(pending)
+            pending = next(chunks, None)
+        yield commit, mine
+    if pending is not None:
+        raise UserError(
+            f"{chunks_path}: chunk of commit {pending.commit[:12]} is not in {commits_path} in that order: "
+            "the two files do not belong together (rerun the semantic_chunker stage)"
+        )
+
+
+def count_families(history: Iterable[tuple[Commit, Sequence[Chunk]]]) -> tuple[dict[str, int], dict[str, int]]:
+    """Commits per author name, chunks per module top segment."""
+    authors: collections.Counter = collections.Counter()
+    modules: collections.Counter = collections.Counter()
+    for commit, chunks in history:
+        authors[commit.author.name] += 1
+        for chunk in chunks:
+            if chunk.module:
+                modules[module_top(chunk.module)[0]] += 1
+    return dict(authors), dict(modules)
