@@ -136,13 +136,14 @@ def with_options(cfg: Config, options: dict | None) -> Config:
 
 def history_from_repo(repo: Path, count: int, scraper_cfg=None, chunker_cfg=None) -> list[tuple[Commit, list[Chunk]]]:
     """The last `count` commits of `repo` (oldest first) with their chunks, as the stages would make them."""
-    import git_scraper
-    import semantic_chunker
     from repo2model.gitio import CatFile, open_repository
 
     top = open_repository(repo)
     if count == 0:
         return []
+    import git_scraper
+    import semantic_chunker
+
     commits = git_scraper.scrape_recent(top, count, scraper_cfg)
     with CatFile(top) as objects:
         return [(commit, semantic_chunker.chunk_commit(commit, objects, chunker_cfg)) for commit in commits]

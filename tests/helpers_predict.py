@@ -100,7 +100,7 @@ def train_on(model, examples: list[tuple[list[int], list[int]]], steps: int = 15
         loss.backward()
         optimizer.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def trained_predictor_parts(folder: Path, steps: int = 150):

@@ -1,0 +1,110 @@
+"""predict.py on a tiny real model trained in the test: generation, parsing, ranking, options, history."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import helpers_predict as H
+import predict
+from repo2model.artifacts import CommitsWriter, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("learned")
+    model, tokenizer, lang, prompt, target = H.trained_predictor_parts(folder)
+    return {"folder": folder, "model": model, "tokenizer": tokenizer, "lang": lang, "prompt": prompt,
+            "target": target}
+
+
+def predictor(learned, **cfg):
+    return predict.Predictor(learned["model"], learned["tokenizer"], learned["lang"],
+                             predict.Config(max_new_tokens=120, **cfg))
+
+
+def test_greedy_prediction_recovers_the_learned_change(learned):
+    out = predictor(learned).predict(H.fixture_history(), H.TASK)
+    assert [(f["path"], f["score"]) for f in out["files"]] == [("pkg/parse.py", 1.0), ("pkg/strip.py", 1.0)]
+    assert [f["change_types"][0]["type"] for f in out["files"]] == ["MODIFIED_FUNCTION", "NEW_FUNCTION"]
+    assert out["modules"] == ["pkg.parse", "pkg.strip"] and out["symbols"] == ["parse", "strip"]
+    assert "def strip(s):\n    return s.strip()" in out["code_sketch"]
+    (candidate,) = out["candidates"]
+    assert candidate["text"] == H.target_text(learned["lang"]).rstrip("\n")  # stops at <COMMIT_END>
+    assert candidate["malformed"] is False and candidate["problems"] == []
+    assert out["prompt_tokens"] == len(learned["prompt"])
+    assert [h["message"] for h in out["history"]] == ["Add the parser", "Add tests for the parser"]
+    json.dumps(out)  # JSON-able as is
+
+
+def test_sampling_ranks_across_candidates_and_is_seeded(learned):
+    p = predictor(learned)
+    options = {"decoding": "sample", "num_candidates": 4, "temperature": 1.5}
+    first = p.predict(H.fixture_history(), H.TASK, options, seed=7)
+    again = p.predict(H.fixture_history(), H.TASK, options, seed=7)
+    assert [c["text"] for c in first["candidates"]] == [c["text"] for c in again["candidates"]]
+    assert len(first["candidates"]) == 4
+    scores = [f["score"] for f in first["files"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 1.0 for s in scores)
+    assert first["files"][0]["path"] == "pkg/parse.py"
+    beam = p.predict(H.fixture_history(), H.TASK, {"decoding": "beam", "num_candidates": 2})
+    assert len(beam["candidates"]) == 2 and beam["files"][0]["path"] == "pkg/parse.py"
+
+
+def test_untrained_model_gives_malformed_candidates_not_a_crash(learned):
+    model = H.tiny_llama(learned["tokenizer"], seed=3)
+    p = predict.Predictor(model, learned["tokenizer"], learned["lang"],
+                          predict.Config(max_new_tokens=30, decoding="sample", num_candidates=3))
+    out = p.predict(H.fixture_history(), H.TASK)
+    assert len(out["candidates"]) == 3
+    assert out["malformed_candidates"] == 3
+    assert all(c["problems"] for c in out["candidates"])
+
+
+def test_parse_generation_reports_problems():
+    from repo2model.commit_language import CommitLanguage
+
+    lang = CommitLanguage()
+    cut = predict.parse_generation(lang, "<FILE>a.py\n<CHANGE:new_function>f\n<CODE>def f(")
+    assert cut["malformed"] and cut["files"][0]["path"] == "a.py"
+    assert any("COMMIT_END" in p for p in cut["problems"])
+    empty = predict.parse_generation(lang, "garbage")
+    assert empty["malformed"] and empty["files"] == []
+
+
+def test_rank_candidates_by_hand():
+    def cand(score, *paths, malformed=False):
+        return {"score": score, "malformed": malformed, "files": [
+            {"path": p, "module": None, "changes": [{"change_type": "NEW_FUNCTION", "symbol": p[0], "code": "x"}]}
+            for p in paths]}
+
+    ranked = predict.rank_candidates([cand(0.6, "a", "b"), cand(0.2, "b", "c"), cand(0.2, "a")], max_files=2)
+    assert [(f["path"], f["score"], f["votes"]) for f in ranked["files"]] == [("a", 0.8, 2), ("b", 0.8, 2)]
+    assert ranked["symbols"] == ["a", "b"]
+    assert ranked["code_sketch"].startswith("# a NEW_FUNCTION a")
+
+
+def test_options_are_validated():
+    cfg = predict.Config()
+    assert predict.with_options(cfg, {"max_new_tokens": 10}).max_new_tokens == 10
+    for options, word in [({"bogus": 1}, "options.bogus"), ({"max_new_tokens": "5"}, "options.max_new_tokens"),
+                          ({"max_new_tokens": 0}, "options.max_new_tokens"), ({"decoding": "magic"}, "decoding"),
+                          ({"top_p": 2.0}, "options.top_p"), ([1], "options")]:
+        with pytest.raises(ValueError, match=word.replace(".", r"\.")):
+            predict.with_options(cfg, options)
+
+
+def test_history_from_artifacts_takes_the_last_commits_with_their_chunks(tmp_path):
+    history = H.fixture_history()
+    with CommitsWriter(tmp_path / "commits.json") as writer:
+        for c, _ in history:
+            writer.add(c)
+        writer.metadata = {"total_commits": 2}
+    write_jsonl(tmp_path / "chunks.jsonl", [ch for _, chunks in history for ch in chunks])
+    last = predict.history_from_artifacts(tmp_path / "commits.json", tmp_path / "chunks.jsonl", 1)
+    assert [(c.hash, [ch.symbol for ch in chunks]) for c, chunks in last] == [(history[1][0].hash, ["test_parse"])]
+    records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]} for c, chunks in history]
+    assert predict.history_from_records(records) == history
+    with pytest.raises(ValueError, match=r"commits\[0\]"):
+        predict.history_from_records([{"hash": "x"}])

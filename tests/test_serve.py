@@ -1,0 +1,154 @@
+"""serve.py over real HTTP on a free localhost port, with a tiny real model trained in the test."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+
+import pytest
+
+import helpers_predict as H
+import predict
+import serve
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("learned")
+    model, tokenizer, lang, _, _ = H.trained_predictor_parts(folder)
+    return predict.Predictor(model, tokenizer, lang, predict.Config(max_new_tokens=120), model_dir=folder)
+
+
+def start(predictor, **cfg):
+    service = serve.Service(predictor, serve.Config(port=0, max_body_bytes=20_000, **cfg))
+    server = serve.make_server(service)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(learned):
+    server = start(learned)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def call(server, method, path, body=None, headers=None, raw: bytes | None = None):
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    conn.request(method, path, body=data, headers=hdrs)
+    response = conn.getresponse()
+    payload = json.loads(response.read().decode())
+    conn.close()
+    return response.status, payload, response
+
+
+def records():
+    return [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]} for c, chunks in H.fixture_history()]
+
+
+def test_binds_localhost_by_default():
+    assert serve.Config().host == "127.0.0.1"
+
+
+def test_health(server):
+    status, body, _ = call(server, "GET", "/health")
+    assert status == 200 and body["status"] == "ok"
+    assert body["model"]["parameters"] > 0 and body["model"]["defaults"]["decoding"] == "greedy"
+
+
+def test_predict_with_commit_records(server):
+    status, body, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records()})
+    assert status == 200, body
+    assert [f["path"] for f in body["files"]] == ["pkg/parse.py", "pkg/strip.py"]
+    assert body["files"][1]["change_types"][0]["type"] == "NEW_FUNCTION"
+    assert body["malformed_candidates"] == 0
+    status, sampled, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records(), "seed": 3,
+                                                           "options": {"decoding": "sample", "num_candidates": 3}})
+    assert status == 200 and len(sampled["candidates"]) == 3
+
+
+@pytest.mark.parametrize("body, status, word", [
+    ({"commits": []}, 422, "task"),
+    ({"task": "  ", "commits": []}, 422, "task"),
+    ({"task": "x"}, 422, "exactly one"),
+    ({"task": "x", "commits": [], "repo": "."}, 422, "exactly one"),
+    ({"task": "x", "commits": "nope"}, 422, "commits"),
+    ({"task": "x", "commits": [{"hash": "abc"}]}, 422, "commits[0]"),
+    ({"task": "x", "commits": [], "options": {"max_new_tokens": 5000}}, 422, "options.max_new_tokens"),
+    ({"task": "x", "commits": [], "options": {"num_candidates": 99}}, 422, "options.num_candidates"),
+    ({"task": "x", "commits": [], "options": {"nope": 1}}, 422, "options.nope"),
+    ({"task": "x", "commits": [], "seed": "1"}, 422, "seed"),
+    ({"task": "x", "commits": [], "extra": 1}, 422, "extra"),
+    ([1, 2], 422, "object"),
+    ({"task": "x" * 5000, "commits": []}, 422, "task"),
+])
+def test_invalid_requests_get_clear_4xx(server, body, status, word):
+    got, payload, _ = call(server, "POST", "/predict", body)
+    assert got == status and word in payload["error"] and payload["status"] == status
+
+
+def test_malformed_oversized_and_wrong_requests(server):
+    status, payload, _ = call(server, "POST", "/predict", raw=b'{"task": ')
+    assert status == 400 and "invalid JSON" in payload["error"]
+    status, payload, _ = call(server, "POST", "/predict", raw=b"\xff\xfe")
+    assert status == 400
+    status, payload, response = call(server, "POST", "/predict", raw=b"x" * 30_000)
+    assert status == 413 and "30000" in payload["error"]
+    status, payload, _ = call(server, "POST", "/predict", raw=b"{}", headers={"Content-Type": "text/plain"})
+    assert status == 415
+    assert call(server, "GET", "/nowhere")[0] == 404
+    status, _, response = call(server, "GET", "/predict")
+    assert status == 405 and response.getheader("Allow") == "POST"
+    assert call(server, "PUT", "/predict", {})[0] == 405
+    # The service still answers after all that.
+    assert call(server, "GET", "/health")[0] == 200
+
+
+def test_repository_checks(server, learned, tmp_path):
+    status, payload, _ = call(server, "POST", "/predict", {"task": "x", "repo": str(tmp_path)})
+    assert status == 422 and "not a git repository" in payload["error"]
+    restricted = start(learned, allowed_repo_roots=[tmp_path / "allowed"])
+    try:
+        status, payload, _ = call(restricted, "POST", "/predict", {"task": "x", "repo": str(tmp_path / "other")})
+        assert status == 403 and "outside" in payload["error"]
+    finally:
+        restricted.shutdown()
+        restricted.server_close()
+
+
+def test_bearer_token(learned, monkeypatch):
+    monkeypatch.setenv("TEST_SERVE_TOKEN", TOKEN)
+    secured = start(learned, token_env="TEST_SERVE_TOKEN")
+    try:
+        body = {"task": H.TASK, "commits": records()}
+        status, payload, response = call(secured, "POST", "/predict", body)
+        assert status == 401 and response.getheader("WWW-Authenticate").startswith("Bearer")
+        assert call(secured, "POST", "/predict", body, {"Authorization": "Bearer wrong"})[0] == 401
+        assert call(secured, "POST", "/predict", body, {"Authorization": f"Basic {TOKEN}"})[0] == 401
+        status, payload, _ = call(secured, "POST", "/predict", body, {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and payload["files"][0]["path"] == "pkg/parse.py"
+        assert call(secured, "GET", "/health")[0] == 200  # health needs no token
+    finally:
+        secured.shutdown()
+        secured.server_close()
+
+
+def test_config_token_and_port_in_use(learned):
+    assert serve.Config(token="abc", token_env="NO_SUCH_VARIABLE_X").bearer_token() == "abc"
+    first = start(learned)
+    try:
+        from repo2model.errors import UserError
+
+        with pytest.raises(UserError, match="choose another --port"):
+            serve.make_server(serve.Service(learned, serve.Config(port=first.server_address[1])))
+    finally:
+        first.shutdown()
+        first.server_close()
