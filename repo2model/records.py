@@ -77,6 +77,7 @@ class Commit:
     is_merge: bool = False
     files: list[FileChange] = field(default_factory=list)
     message_non_utf8: bool = False
+    redactions: dict[str, int] = field(default_factory=dict)  # secrets replaced in this commit, per type
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,1055 @@
+"""Stage 1: a repository's whole history -> `commits.json`, from one streaming `git log`.
+
+Reads a git repository (opened with GitPython) and writes `<output_dir>/commits.json`
+(repo2model.artifacts layout: metadata on the first line, then one commit per
+line, so `json.load` reads it whole and `iter_commits` reads it commit by commit).
+
+    python git_scraper.py --repo ~/projects/the-block --output outputs/commits.json
+    python git_scraper.py --config config.yaml --incremental
+
+How: `git rev-list --date-order --reverse` fixes the commits and their order
+(topological, parents first, ties by commit time); one `git log --no-walk
+--stdin --raw -p -z --diff-merges=first-parent -M` streams headers, tree diffs
+(full blob ids) and patches for all of them; Python splits the stream commit by
+commit and file by file, counts `+`/`-` lines from the patch (no --numstat: that
+would diff everything twice), filters, truncates, redacts and writes as it goes.
+Branch membership comes from one `git rev-list --topo-order --parents` pass with
+a bitset per commit. Missing objects (partial clone, pruned mirror) make `git log
+-p` die part-way: the scraper notices the exit code, finds the commits whose
+blobs are missing (`git log --raw --no-renames` + `git cat-file --batch-check`),
+diffs the files it can per commit, records the others with `patch: null,
+patch_skipped: "unavailable"`, and finishes with a warning.
+
+Per commit: hash, parents, author/committer (after .mailmap), authored_at,
+committed_at (ISO 8601 with offset), message (without trailing newlines;
+redacted), branches (the local branches that contain it, plus remote-tracking
+ones with include_remotes), on_default_first_parent, is_merge, files,
+message_non_utf8, redactions (per type). Per file: path, old_path, status
+(A/M/D/R/C/T), additions, deletions, binary, old_blob, new_blob (full ids),
+patch (from the first `@@` hunk header, -U3, redacted; null with
+patch_skipped = binary | too_large | filtered | unavailable), truncated,
+non_utf8, similarity.
+
+Config keys (section `git_scraper`):
+  repo              the repository's top folder (default: .)
+  branches          branches to scrape; [] = every local branch (names, remote names like origin/main, or full refs)
+  include_tags      also scrape commits reachable only from tags (default false)
+  include_remotes   also scrape remote-tracking branches, and count them in `branches` (default false)
+  rev_range         a git revision range (e.g. "v1.0..main"); replaces branches/tags for choosing commits
+  default_branch    the branch for on_default_first_parent; null = HEAD's branch (else main/master)
+  skip_merges       leave merge commits out entirely (default false: diff them against the first parent)
+  detect_renames    rename detection (-M) (default true)
+  file_filters      keep patches only for files whose name ends with one of these (e.g. [.rs]); [] = all
+  exclude_globs     patches of matching paths are dropped (patch_skipped: filtered); `dir/` matches a
+                    folder anywhere, a pattern without `/` matches the file name, else the whole path
+  max_file_size     files (blobs) larger than this many bytes get no patch (too_large) (default 1000000)
+  max_patch_bytes   a file's patch is cut (at a line end) after this many bytes, truncated=true (default 100000)
+  redact_secrets    replace secrets in patches and messages by <REDACTED:type> (default true)
+  redact_patterns   extra {type: regex} to redact (a group named `secret` limits what is replaced)
+  redact_allowlist  regexes: a found value that one of them matches in full is kept
+  incremental       reuse the commits of an existing commits.json scraped with the same settings (default false)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import IO, Iterator
+
+from tqdm import tqdm
+
+from repo2model.artifacts import CommitsWriter, read_commits_metadata
+from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.errors import UserError
+from repo2model.paths import ArtifactPaths
+from repo2model.records import (
+    PATCH_BINARY,
+    PATCH_FILTERED,
+    PATCH_TOO_LARGE,
+    PATCH_UNAVAILABLE,
+    Commit,
+    FileChange,
+    Person,
+)
+from repo2model.redact import Redactor
+
+SECTION = "git_scraper"
+log = logging.getLogger("git_scraper")
+
+FORMAT_VERSION = 1  # bump when the records' content changes: incremental runs then rescrape
+
+DEFAULT_EXCLUDE_GLOBS = [
+    # build output and vendored code
+    "target/", "vendor/", "node_modules/", "__pycache__/", "dist/", ".venv/",
+    # lock files
+    "*.lock", "package-lock.json", "npm-shrinkwrap.json", "pnpm-lock.yaml", "go.sum",
+    # minified and generated files
+    "*.min.js", "*.min.css", "*.js.map", "*.css.map", "*.pyc",
+    "*.pb.go", "*_pb2.py", "*_pb2_grpc.py", "*.generated.*", "*_generated.*",
+]
+
+
+@dataclass
+class Config:
+    repo: Path = Path(".")
+    branches: list[str] = field(default_factory=list)
+    include_tags: bool = False
+    include_remotes: bool = False
+    rev_range: str | None = None
+    default_branch: str | None = None
+    skip_merges: bool = False
+    detect_renames: bool = True
+    file_filters: list[str] = field(default_factory=list)
+    exclude_globs: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE_GLOBS))
+    max_file_size: int = 1_000_000
+    max_patch_bytes: int = 100_000
+    redact_secrets: bool = True
+    redact_patterns: dict[str, str] = field(default_factory=dict)
+    redact_allowlist: list[str] = field(default_factory=list)
+    incremental: bool = False
+
+    def __post_init__(self):
+        if self.max_file_size < 1:
+            raise ValueError("max_file_size: must be at least 1 (bytes)")
+        if self.max_patch_bytes < 1:
+            raise ValueError("max_patch_bytes: must be at least 1 (bytes)")
+        self.redactor()  # validates the patterns
+
+
+    def redactor(self) -> Redactor | None:
+        if not self.redact_secrets:
+            return None
+        return Redactor(self.redact_patterns, self.redact_allowlist)
+
+
+# ====================================================================== stage protocol
+
+
+def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
+    """Scrape the repository into `paths.commits`; returns the summary."""
+    started = time.perf_counter()
+    repo = Repository.open(cfg.repo)
+    refs = select_refs(repo, cfg)
+    hashes = list_commits(repo, refs.scrape, cfg)
+    graph = BranchGraph.build(repo, refs)
+    scraper = Scraper(repo, cfg)
+    reuse = ReusableCommits.open(paths.commits, scraper.digest) if cfg.incremental else None
+    totals = Totals()
+
+    new_hashes = [h for h in hashes if reuse is None or h not in reuse]
+    new_commits = scraper.commits(new_hashes)
+    with CommitsWriter(paths.commits) as writer, tqdm(
+        total=len(hashes), unit="commit", desc="git_scraper", disable=None, mininterval=0.5
+    ) as progress:
+        for sha in hashes:
+            record = reuse.read(sha) if reuse is not None and sha in reuse else next(new_commits).to_dict()
+            assert record["hash"] == sha, (record["hash"], sha)
+            record["branches"] = graph.branches_of(sha)
+            record["on_default_first_parent"] = sha in graph.first_parent
+            writer.add(record)
+            totals.add(record)
+            progress.update()
+        writer.metadata = totals.metadata(repo, refs, cfg, scraper)
+    if reuse is not None:
+        reuse.close()
+
+    seconds = time.perf_counter() - started
+    summary = totals.summary(seconds, reused=len(hashes) - len(new_hashes), missing=scraper.missing_objects)
+    if scraper.missing_objects:
+        log.warning(
+            "git_scraper: warning: %d objects missing from the repository (partial clone or pruned mirror): "
+            "%d files recorded without a patch (patch_skipped: unavailable)",
+            len(scraper.missing_objects), totals.skipped[PATCH_UNAVAILABLE],
+        )
+    log.info(
+        "git_scraper: %d commits (%d reused), %d authors, %d file changes, %d redactions, "
+        "%d skipped objects in %.1fs -> %s",
+        summary["commits"], summary["reused_commits"], summary["authors"], summary["file_changes"],
+        summary["redactions"], summary["missing_objects"], seconds, paths.commits,
+    )
+    return summary
+
+
+def scrape_recent(repo: Path, max_commits: int, cfg: Config | None = None, ref: str = "HEAD") -> list[Commit]:
+    """The last `max_commits` commits of `ref`, oldest first, processed exactly like a full scrape."""
+    cfg = cfg or Config(repo=Path(repo))
+    repository = Repository.open(repo)
+    args = ["--date-order", f"--max-count={max_commits}"] + (["--no-merges"] if cfg.skip_merges else [])
+    hashes = repository.rev_list(*args, ref, what=f"ref '{ref}'")[::-1]
+    refs = select_refs(repository, dataclasses.replace(cfg, rev_range=None, branches=[]))
+    graph = BranchGraph.build(repository, refs)
+    commits = list(Scraper(repository, cfg).commits(hashes))
+    for commit in commits:
+        commit.branches = graph.branches_of(commit.hash)
+        commit.on_default_first_parent = commit.hash in graph.first_parent
+    return commits
+
+
+def stage_inputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
+    return []  # the repository is not a file: input_state() fingerprints it
+
+
+def stage_outputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
+    return [paths.commits]
+
+
+def input_state(cfg: Config, paths: ArtifactPaths) -> str:
+    """Changes whenever the scrape would: refs, HEAD, .mailmap, git version."""
+    try:
+        repo = Repository.open(cfg.repo)
+    except UserError as exc:
+        return f"unavailable: {exc}"
+    parts = [
+        repo.git("for-each-ref", "--format=%(refname) %(objectname)", check=False),
+        repo.git("rev-parse", "HEAD", check=False),
+        repo.git("symbolic-ref", "-q", "HEAD", check=False),
+        repo.mailmap_digest(),
+        repo.version,
+    ]
+    return "\n".join(parts)
+
+
+# ====================================================================== the repository
+
+
+class Repository:
+    """A repository opened with GitPython, and the git commands the scraper runs in it."""
+
+    def __init__(self, handle, top: Path):
+        self.handle = handle  # git.Repo
+        self.top = top
+        self.version = handle.git.version()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_GIT_ENV}
+
+    @classmethod
+    def open(cls, path: Path | str) -> "Repository":
+        import git
+
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise UserError(f"{path}: no such folder (git_scraper.repo / --repo must name a git repository)")
+        try:
+            handle = git.Repo(path)
+        except git.InvalidGitRepositoryError:
+            try:
+                outer = git.Repo(path, search_parent_directories=True)
+                top = outer.working_tree_dir
+            except git.InvalidGitRepositoryError:
+                top = None
+            hint = f": it is inside the repository {top}, give that folder" if top else ""
+            raise UserError(f"{path}: not a git repository{hint}") from None
+        except git.NoSuchPathError:
+            raise UserError(f"{path}: no such folder") from None
+        top = Path(handle.working_tree_dir or handle.git_dir).resolve()
+        repo = cls(handle, top)
+        if not repo.git("rev-parse", "--verify", "-q", "HEAD", check=False) and not repo.git(
+            "for-each-ref", "--count=1", "refs/heads", "refs/remotes", "refs/tags", check=False
+        ):
+            raise UserError(f"{top}: the repository has no commits yet: nothing to scrape")
+        return repo
+
+    def git(self, *args: str, check: bool = True) -> str:
+        """One small git command through GitPython; output stripped."""
+        import git
+
+        try:
+            return self.handle.git.execute(["git", *args], env=self.env, strip_newline_in_stdout=True)
+        except git.GitCommandError as exc:
+            if not check:
+                return ""
+            stderr = (exc.stderr or "").strip().splitlines()
+            last = stderr[-1].strip().removeprefix("stderr: ").strip("'") if stderr else f"exit {exc.status}"
+            raise UserError(f"git {' '.join(args[:2])} failed in {self.top}: {last}") from None
+
+    def rev_list(self, *args: str, what: str) -> list[str]:
+        import git
+
+        try:
+            out = self.handle.git.execute(["git", "rev-list", *args, "--"], env=self.env)
+        except git.GitCommandError as exc:
+            lines = [l for l in (exc.stderr or "").splitlines() if l.strip()]
+            detail = lines[-1].strip().removeprefix("stderr: ").strip("'") if lines else f"exit {exc.status}"
+            raise UserError(f"{self.top}: cannot list the commits of {what}: {detail}") from None
+        return out.split()
+
+    def popen(self, args: list[str], stdin: IO | int | None = None, stderr: IO | int | None = None) -> subprocess.Popen:
+        """A streaming git process (GitPython's own runner buffers stderr in a pipe, which can
+        fill up and stall a long `git log`)."""
+        return subprocess.Popen(
+            ["git", "-C", str(self.top), *args],
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr if stderr is not None else subprocess.DEVNULL,
+            env=self.env,
+        )
+
+    def mailmap_digest(self) -> str:
+        digest = hashlib.blake2b(digest_size=12)
+        mailmap = self.top / ".mailmap"
+        if mailmap.is_file():
+            digest.update(mailmap.read_bytes())
+        else:
+            digest.update(self.git("cat-file", "blob", "HEAD:.mailmap", check=False).encode())
+        for key in ("mailmap.file", "mailmap.blob"):
+            value = self.git("config", "--get", key, check=False)
+            digest.update(value.encode())
+            if key == "mailmap.file" and value and Path(value).expanduser().is_file():
+                digest.update(Path(value).expanduser().read_bytes())
+        return digest.hexdigest()
+
+
+_KEEP_GIT_ENV = {"GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_EXEC_PATH", "GIT_PYTHON_GIT_EXECUTABLE"}
+
+
+# ====================================================================== refs and commits
+
+
+@dataclass
+class Refs:
+    scrape: list[str]  # what rev-list walks (refs, or the rev range's words)
+    branches: dict[str, str]  # branch name -> tip, for membership
+    default_branch: str | None
+    scraped_refs: list[str]  # for the metadata
+    tips: dict[str, str]  # every scraped ref -> object id, for the metadata
+
+
+def select_refs(repo: Repository, cfg: Config) -> Refs:
+    """The refs to scrape, the branches for membership, the default branch: all checked."""
+    listing = repo.git(
+        "for-each-ref", "--format=%(refname)%00%(objectname)%00%(*objectname)%00%(symref)",
+        "refs/heads", "refs/remotes", "refs/tags",
+    )
+    local: dict[str, str] = {}
+    remote: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    for line in listing.splitlines():
+        refname, oid, peeled, symref = line.split("\0")
+        if symref:
+            continue  # origin/HEAD
+        if refname.startswith("refs/heads/"):
+            local[refname[len("refs/heads/"):]] = oid
+        elif refname.startswith("refs/remotes/"):
+            remote[refname[len("refs/remotes/"):]] = oid
+        else:
+            tags[refname] = peeled or oid
+
+    if cfg.branches:
+        chosen: dict[str, str] = {}
+        for name in cfg.branches:
+            short = name.removeprefix("refs/heads/").removeprefix("refs/remotes/")
+            if short in local and not name.startswith("refs/remotes/"):
+                chosen[f"refs/heads/{short}"] = local[short]
+            elif short in remote:
+                chosen[f"refs/remotes/{short}"] = remote[short]
+            else:
+                known = ", ".join(sorted(local) + sorted(remote)) or "none"
+                raise UserError(f"{repo.top}: unknown branch '{name}' (git_scraper.branches; branches: {known})")
+    else:
+        chosen = {f"refs/heads/{n}": oid for n, oid in local.items()}
+    if cfg.include_remotes:
+        chosen.update({f"refs/remotes/{n}": oid for n, oid in remote.items()})
+    if cfg.include_tags:
+        chosen.update(tags)
+
+    head = repo.git("symbolic-ref", "-q", "--short", "HEAD", check=False)
+    if not chosen:  # a detached HEAD and no branches (e.g. a CI checkout)
+        chosen = {"HEAD": repo.git("rev-parse", "HEAD")}
+
+    membership = dict(local)
+    if cfg.include_remotes or any(r.startswith("refs/remotes/") for r in chosen):
+        membership.update(remote)
+
+    default = cfg.default_branch
+    if default is not None:
+        if default not in local and default not in remote:
+            known = ", ".join(sorted(local) + sorted(remote)) or "none"
+            raise UserError(f"{repo.top}: unknown default branch '{default}' (git_scraper.default_branch; branches: {known})")
+        membership.setdefault(default, local.get(default) or remote[default])
+    else:
+        default = next((b for b in (head, "main", "master") if b and b in local), None) or (min(local) if local else None)
+
+    if cfg.rev_range:
+        scrape = cfg.rev_range.split()
+        scraped_refs = [cfg.rev_range]
+        tips = {}
+    else:
+        scrape = sorted(chosen.values())
+        scraped_refs = sorted(chosen)
+        tips = dict(sorted(chosen.items()))
+    return Refs(scrape, dict(sorted(membership.items())), default, scraped_refs, tips)
+
+
+def list_commits(repo: Repository, scrape: list[str], cfg: Config) -> list[str]:
+    """Every commit to scrape, once each, parents first, ties by commit time."""
+    args = ["--date-order", "--reverse"] + (["--no-merges"] if cfg.skip_merges else [])
+    what = f"rev_range '{cfg.rev_range}'" if cfg.rev_range else "the selected refs"
+    hashes = repo.rev_list(*args, *scrape, what=what)
+    if not hashes:
+        raise UserError(f"{repo.top}: {what} select no commits: nothing to scrape")
+    return hashes
+
+
+@dataclass
+class BranchGraph:
+    """Which branches contain each commit (a bitset per commit), and the default first-parent line."""
+
+    names: list[str]
+    bits: dict[str, int]
+    first_parent: set[str]
+
+    @classmethod
+    def build(cls, repo: Repository, refs: Refs) -> "BranchGraph":
+        names = list(refs.branches)
+        bits: dict[str, int] = {}
+        for i, name in enumerate(names):
+            tip = refs.branches[name]
+            bits[tip] = bits.get(tip, 0) | (1 << i)
+        if names:
+            # children before parents: each commit's bits are final when it is reached
+            out = repo.git("rev-list", "--topo-order", "--parents", *sorted(set(refs.branches.values())), "--")
+            for line in out.splitlines():
+                sha, *parents = line.split()
+                mine = bits.get(sha, 0)
+                for parent in parents:
+                    bits[parent] = bits.get(parent, 0) | mine
+        first_parent: set[str] = set()
+        if refs.default_branch and refs.default_branch in refs.branches:
+            tip = refs.branches[refs.default_branch]
+            first_parent = set(repo.rev_list("--first-parent", tip, what=f"branch '{refs.default_branch}'"))
+        return cls(names, bits, first_parent)
+
+    def branches_of(self, sha: str) -> list[str]:
+        mask = self.bits.get(sha, 0)
+        return [name for i, name in enumerate(self.names) if mask >> i & 1]
+
+
+# ====================================================================== the stream
+
+
+MARKER = b"\x00\x00\x1eR2M\x1e"  # starts every commit in the stream; cannot occur in git's -z output
+LOG_FORMAT = "%x00%x00%x1eR2M%x1e%H%x00%P%x00%aN%x00%aE%x00%aI%x00%cN%x00%cE%x00%cI%x00%B%x00"
+HEADER_FIELDS = 9
+ZERO_OIDS = {"0" * 40, "0" * 64}
+SUBMODULE_MODE = "160000"
+
+
+@dataclass
+class RawFile:
+    """One line of `git log --raw -z`: the tree-level facts of a file change."""
+
+    old_mode: str
+    new_mode: str
+    old_oid: str | None
+    new_oid: str | None
+    status: str
+    similarity: int | None
+    path: str
+    old_path: str | None
+
+
+@dataclass
+class RawCommit:
+    hash: str
+    parents: list[str]
+    fields: list[bytes]  # aN, aE, aI, cN, cE, cI, B
+    files: list[RawFile]
+    sections: list[bytes]  # the `diff --git` sections, in the files' order
+
+
+def parse_block(block: bytes) -> RawCommit:
+    """One commit of the stream (header, raw entries, patch) into its parts."""
+    parts = block.split(b"\0", HEADER_FIELDS)
+    sha = parts[0].decode()
+    parents = parts[1].decode().split()
+    files, patch = parse_raw(parts[HEADER_FIELDS].lstrip(b"\0\n"))
+    return RawCommit(sha, parents, parts[2:HEADER_FIELDS], files, split_sections(patch))
+
+
+def parse_raw(data: bytes) -> tuple[list[RawFile], bytes]:
+    """`:mode mode oid oid status\\0path\\0[path2\\0]` entries; returns them and what follows."""
+    files = []
+    pos = 0
+    while data.startswith(b":", pos):
+        end = data.index(b"\0", pos)
+        old_mode, new_mode, old_oid, new_oid, status = data[pos + 1:end].decode().split(" ")
+        pos = end + 1
+        end = data.index(b"\0", pos)
+        first = data[pos:end].decode("utf-8", "replace")
+        pos = end + 1
+        old_path = None
+        if status[0] in "RC":
+            end = data.index(b"\0", pos)
+            old_path, first = first, data[pos:end].decode("utf-8", "replace")
+            pos = end + 1
+        files.append(RawFile(
+            old_mode, new_mode,
+            None if old_oid in ZERO_OIDS else old_oid,
+            None if new_oid in ZERO_OIDS else new_oid,
+            status[0], int(status[1:]) if len(status) > 1 else None, first, old_path,
+        ))
+    return files, data[pos:].lstrip(b"\0\n")
+
+
+def split_sections(patch: bytes) -> list[bytes]:
+    """The patch text cut at each `diff --git` line (hunk lines never start with `d`)."""
+    if not patch:
+        return []
+    sections = patch.split(b"\ndiff --git ")
+    sections[0] = sections[0].removeprefix(b"diff --git ")
+    return sections
+
+
+def stream_blocks(proc: subprocess.Popen) -> Iterator[bytes]:
+    """The stream cut at MARKER; the last block only if the process ended well."""
+    buf = bytearray()
+    scan = 0
+    read = proc.stdout.read1 if hasattr(proc.stdout, "read1") else proc.stdout.read
+    while chunk := read(1 << 20):
+        buf += chunk
+        while (i := buf.find(MARKER, scan)) >= 0:
+            if i:
+                yield bytes(buf[:i])
+            del buf[:i + len(MARKER)]
+            scan = 0
+        scan = max(0, len(buf) - len(MARKER) + 1)
+    if proc.wait() == 0 and buf:
+        yield bytes(buf)
+
+
+# ====================================================================== commits
+
+
+class Scraper:
+    """Turns commit hashes into `Commit` records, streaming, in the given order."""
+
+    def __init__(self, repo: Repository, cfg: Config):
+        self.repo = repo
+        self.cfg = cfg
+        self.redactor = cfg.redactor()
+        self.filters = PathFilter(cfg.file_filters, cfg.exclude_globs)
+        self.missing_objects: set[str] = set()
+        self._sizes: ObjectSizes | None = None
+        self.digest = self._digest()
+
+    def _digest(self) -> str:
+        """Everything besides the commit itself that a record's content depends on."""
+        keys = ("detect_renames", "file_filters", "exclude_globs", "max_file_size", "max_patch_bytes",
+                "redact_secrets", "redact_patterns", "redact_allowlist")
+        settings = {k: getattr(self.cfg, k) for k in keys}
+        blob = json.dumps({"v": FORMAT_VERSION, "cfg": settings, "mailmap": self.repo.mailmap_digest(),
+                           "git": self.repo.version}, sort_keys=True)
+        return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+    # ---------------------------------------------------------------- git options
+
+    def diff_options(self) -> list[str]:
+        return [
+            "--raw", "-p", "-z", "--no-abbrev", "--full-index", "-U3", "--no-color", "--no-ext-diff",
+            "--no-textconv", "--diff-algorithm=myers", "--src-prefix=a/", "--dst-prefix=b/",
+            "-M" if self.cfg.detect_renames else "--no-renames",
+        ]
+
+    def config_options(self) -> list[str]:
+        settings = {
+            "core.quotePath": "false", "diff.noprefix": "false", "diff.mnemonicPrefix": "false",
+            "diff.orderFile": "/dev/null", "diff.relative": "false", "log.showSignature": "false",
+            "log.showRoot": "true", "color.ui": "never", "diff.suppressBlankEmpty": "false",
+            # larger files are diffed as binary (git skips reading them into a diff): patch_skipped too_large
+            "core.bigFileThreshold": str(self.cfg.max_file_size),
+        }
+        return [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
+
+    # ---------------------------------------------------------------- the loop
+
+    def commits(self, hashes: list[str]) -> Iterator[Commit]:
+        """The commits in `hashes`' order. Streams runs of commits through one `git log`;
+        commits whose objects are missing are built file by file instead."""
+        pos = 0
+        suspects: set[str] | None = None  # commits with missing blobs, known after the first failure
+        try:
+            while pos < len(hashes):
+                if suspects and hashes[pos] in suspects:
+                    yield self._commit_without_log(hashes[pos])
+                    pos += 1
+                    continue
+                end = pos
+                while end < len(hashes) and not (suspects and hashes[end] in suspects):
+                    end += 1
+                start = pos
+                failure = None
+                for raw in self._log(hashes[pos:end]):
+                    if raw is None:
+                        failure = True
+                        break
+                    if raw.hash != hashes[pos]:
+                        raise RuntimeError(f"git log returned {raw.hash}, expected {hashes[pos]}")
+                    yield self._build(raw)
+                    pos += 1
+                if failure is None:
+                    continue
+                # git log -p died part-way (exit 128): at hashes[pos], or before it produced anything
+                if suspects is None:
+                    log.warning("git_scraper: git log stopped at commit %s (missing objects?): "
+                                "finding the commits whose objects are missing", hashes[pos][:12])
+                    suspects = self._commits_with_missing_blobs(hashes[pos:])
+                if hashes[pos] not in suspects:
+                    suspects.add(hashes[pos])  # failed though its blobs exist: build it file by file
+                del start
+        finally:
+            if self._sizes is not None:
+                self._sizes.close()
+                self._sizes = None
+
+    def _log(self, hashes: list[str], diff: bool = True) -> Iterator[RawCommit | None]:
+        """One `git log` over exactly `hashes`, in order; None at the end if git failed."""
+        with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
+            stdin.write("\n".join(hashes).encode() + b"\n")
+            stdin.seek(0)
+            options = self.diff_options() if diff else [
+                "--raw", "-z", "--no-abbrev", "--no-renames", "--no-color"]
+            args = [*self.config_options(), "log", "--no-walk=unsorted", "--stdin", "--encoding=UTF-8",
+                    f"--format={LOG_FORMAT}", *options]
+            if not self.cfg.skip_merges:
+                args.append("--diff-merges=first-parent")
+            proc = self.repo.popen(args, stdin=stdin, stderr=stderr)
+            try:
+                for block in stream_blocks(proc):
+                    yield parse_block(block)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                proc.stdout.close()
+            if proc.returncode != 0:
+                stderr.seek(0)
+                lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
+                log.debug("git log exited %d: %s", proc.returncode, lines[-3:])
+                if not diff:
+                    raise UserError(f"git log failed in {self.repo.top}: {lines[-1] if lines else proc.returncode}")
+                yield None
+
+    # ---------------------------------------------------------------- building records
+
+    def _build(self, raw: RawCommit, patches: dict[int, list[bytes]] | None = None,
+               unavailable: set[int] = frozenset()) -> Commit:
+        """A Commit from its stream parts. `patches` overrides the sections (per file index)."""
+        a_name, a_email, a_date, c_name, c_email, c_date, body = raw.fields
+        message, message_non_utf8 = decode(body)
+        message = message.rstrip("\n")
+        redactions: Counter = Counter()
+        if self.redactor is not None:
+            message, counts = self.redactor.redact(message)
+            redactions.update(counts)
+        sections = iter(raw.sections)
+        files = []
+        for index, entry in enumerate(raw.files):
+            if index in unavailable:
+                files.append(self._unavailable(entry))
+                continue
+            own = patches.get(index, []) if patches is not None else self._take_sections(raw, entry, sections)
+            files.append(self._file(entry, own, redactions))
+        if patches is None and next(sections, None) is not None:
+            raise RuntimeError(f"commit {raw.hash}: more patch sections than changed files")
+        return Commit(
+            hash=raw.hash,
+            parents=raw.parents,
+            author=Person(decode(a_name)[0], decode(a_email)[0]),
+            committer=Person(decode(c_name)[0], decode(c_email)[0]),
+            authored_at=a_date.decode(),
+            committed_at=c_date.decode(),
+            message=message,
+            is_merge=len(raw.parents) > 1,
+            files=files,
+            message_non_utf8=message_non_utf8,
+            redactions=dict(sorted(redactions.items())),
+        )
+
+    @staticmethod
+    def _take_sections(raw: RawCommit, entry: RawFile, sections: Iterator[bytes]) -> list[bytes]:
+        """The patch sections of one raw entry: one, or two for a type change (delete + add)."""
+        first = next(sections, None)
+        if first is None:
+            raise RuntimeError(f"commit {raw.hash}: no patch section for {entry.path}")
+        taken = [first]
+        if entry.status == "T" and entry.old_oid and entry.new_oid:
+            second = next(sections, None)
+            if second is None:
+                raise RuntimeError(f"commit {raw.hash}: type change of {entry.path} without its second section")
+            taken.append(second)
+        index_line = _index_oids(first)
+        if index_line and index_line[0] != (entry.old_oid or index_line[0]) and entry.status != "T":
+            raise RuntimeError(f"commit {raw.hash}: patch section of {index_line} does not match {entry.path}")
+        return taken
+
+    def _file(self, entry: RawFile, sections: list[bytes], redactions: Counter) -> FileChange:
+        change = FileChange(
+            path=entry.path, old_path=entry.old_path, status=entry.status, additions=0, deletions=0,
+            binary=False, old_blob=entry.old_oid, new_blob=entry.new_oid, patch=None,
+            similarity=entry.similarity,
+        )
+        body = b""
+        for section in sections:
+            header, hunks = _split_header(section)
+            if b"\nBinary files " in header or header.startswith(b"Binary files "):
+                change.binary = True
+            body += hunks
+        change.additions = body.count(b"\n+") + body.startswith(b"+")
+        change.deletions = body.count(b"\n-") + body.startswith(b"-")
+        if self.filters.excluded(entry.path):
+            change.patch_skipped = PATCH_FILTERED
+        elif change.binary:
+            too_large = any(
+                self._size(oid) > self.cfg.max_file_size
+                for oid, mode in ((entry.old_oid, entry.old_mode), (entry.new_oid, entry.new_mode))
+                if oid and mode != SUBMODULE_MODE
+            )
+            change.patch_skipped = PATCH_TOO_LARGE if too_large else PATCH_BINARY
+            change.binary = not too_large  # git did not look inside: we cannot tell
+        else:
+            if len(body) > self.cfg.max_patch_bytes:
+                cut = body.rfind(b"\n", 0, self.cfg.max_patch_bytes) + 1 or self.cfg.max_patch_bytes
+                body = body[:cut] if body[cut - 1:cut] == b"\n" else body[:cut] + b"\n"
+                change.truncated = True
+            text, change.non_utf8 = decode(body)
+            if self.redactor is not None:
+                text, counts = self.redactor.redact(text)
+                redactions.update(counts)
+            change.patch = text
+        return change
+
+    def _unavailable(self, entry: RawFile) -> FileChange:
+        return FileChange(
+            path=entry.path, old_path=entry.old_path, status=entry.status, additions=0, deletions=0,
+            binary=False, old_blob=entry.old_oid, new_blob=entry.new_oid, patch=None,
+            patch_skipped=PATCH_FILTERED if self.filters.excluded(entry.path) else PATCH_UNAVAILABLE,
+            similarity=entry.similarity,
+        )
+
+    def _size(self, oid: str) -> int:
+        if self._sizes is None:
+            self._sizes = ObjectSizes(self.repo)
+        size = self._sizes.size(oid)
+        if size is None:
+            self.missing_objects.add(oid)
+            return 0
+        return size
+
+    # ---------------------------------------------------------------- missing objects
+
+    def _commits_with_missing_blobs(self, hashes: list[str]) -> set[str]:
+        """Tree diffs only (no blob is read), then every blob looked up: commits with a missing one."""
+        suspects = set()
+        for raw in self._log(hashes, diff=False):
+            for entry in raw.files:
+                if self._missing_blobs(entry):
+                    suspects.add(raw.hash)
+        log.info("git_scraper: %d commits have missing objects; their other files are diffed one by one",
+                 len(suspects))
+        return suspects
+
+    def _missing_blobs(self, entry: RawFile) -> list[str]:
+        missing = []
+        for oid, mode in ((entry.old_oid, entry.old_mode), (entry.new_oid, entry.new_mode)):
+            if oid and mode != SUBMODULE_MODE:
+                if self._sizes is None:
+                    self._sizes = ObjectSizes(self.repo)
+                if self._sizes.size(oid) is None:
+                    missing.append(oid)
+        return missing
+
+    def _commit_without_log(self, sha: str) -> Commit:
+        """A commit whose `git log -p` fails: header and tree diff without blobs, then the
+        files whose blobs exist diffed by one `git diff-tree`, the rest recorded unavailable."""
+        (raw,) = list(self._log([sha], diff=False))
+        unavailable = set()
+        for index, entry in enumerate(raw.files):
+            missing = self._missing_blobs(entry)
+            if missing:
+                unavailable.add(index)
+                self.missing_objects.update(missing)
+        available = [i for i in range(len(raw.files)) if i not in unavailable]
+        patches: dict[int, list[bytes]] = {}
+        if available:
+            base = raw.parents[0] if raw.parents else self.repo.git("hash-object", "-t", "tree", "/dev/null")
+            paths = []
+            for i in available:
+                paths += [p for p in (raw.files[i].old_path, raw.files[i].path) if p]
+            args = [*self.config_options(), "--literal-pathspecs", "diff-tree", "-r", "--no-commit-id",
+                    *[o for o in self.diff_options() if o not in ("-M",)], "--no-renames", base, sha, "--", *paths]
+            proc = self.repo.popen(args, stderr=subprocess.PIPE)
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise UserError(f"git diff-tree failed for commit {sha} in {self.repo.top}: "
+                                f"{err.decode('utf-8', 'replace').strip().splitlines()[-1:]}")
+            entries, patch = parse_raw(out)
+            sections = iter(split_sections(patch))
+            fake = RawCommit(sha, raw.parents, raw.fields, entries, [])
+            by_path = {e.path: self._take_sections(fake, e, sections) for e in entries}
+            for i in available:
+                patches[i] = by_path.get(raw.files[i].path, [])
+        return self._build(raw, patches, unavailable)
+
+
+def _split_header(section: bytes) -> tuple[bytes, bytes]:
+    """A `diff --git` section into its header and its hunks (from the first `@@ `)."""
+    i = section.find(b"\n@@ ")
+    if i < 0:
+        return section, b""
+    hunks = section[i + 1:]
+    if not hunks.endswith(b"\n"):
+        hunks += b"\n"
+    return section[:i], hunks
+
+
+def _index_oids(section: bytes) -> tuple[str, str] | None:
+    i = section.find(b"\nindex ")
+    if i < 0:
+        return None
+    line = section[i + 7:section.find(b"\n", i + 1) if section.find(b"\n", i + 1) > 0 else None]
+    old, _, new = line.split(b" ")[0].partition(b"..")
+    old_s, new_s = old.decode(), new.decode()
+    return (None if old_s in ZERO_OIDS else old_s), (None if new_s in ZERO_OIDS else new_s)
+
+
+def decode(data: bytes) -> tuple[str, bool]:
+    """UTF-8 text, or replacement-decoded text flagged as not UTF-8."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace"), True
+
+
+class ObjectSizes:
+    """One `git cat-file --batch-check`: object sizes, None for missing objects."""
+
+    def __init__(self, repo: Repository):
+        self._proc = subprocess.Popen(
+            ["git", "-C", str(repo.top), "cat-file", "--batch-check"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=repo.env,
+        )
+        self._cache: dict[str, int | None] = {}
+
+    def size(self, oid: str) -> int | None:
+        if oid in self._cache:
+            return self._cache[oid]
+        self._proc.stdin.write(oid.encode() + b"\n")
+        self._proc.stdin.flush()
+        parts = self._proc.stdout.readline().split()
+        size = int(parts[2]) if len(parts) == 3 else None
+        if len(self._cache) < 100_000:
+            self._cache[oid] = size
+        return size
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        self._proc.wait()
+
+
+class PathFilter:
+    """file_filters (name endings) and exclude_globs."""
+
+    def __init__(self, endings: list[str], globs: list[str]):
+        self.endings = tuple(endings)
+        self.folders = tuple(g.rstrip("/") for g in globs if g.endswith("/"))
+        self.names = tuple(g for g in globs if "/" not in g)
+        self.paths = tuple(g for g in globs if "/" in g.rstrip("/") and not g.endswith("/"))
+
+    def excluded(self, path: str) -> bool:
+        if self.endings and not path.endswith(self.endings):
+            return True
+        parts = path.split("/")
+        name = parts[-1]
+        if any(fnmatchcase(part, folder) for part in parts[:-1] for folder in self.folders):
+            return True
+        if any(fnmatchcase(name, pattern) for pattern in self.names):
+            return True
+        return any(fnmatchcase(path, pattern) for pattern in self.paths)
+
+
+# ====================================================================== incremental
+
+
+class ReusableCommits:
+    """The commits of an existing commits.json, by hash, read back one at a time."""
+
+    def __init__(self, path: Path, offsets: dict[str, int]):
+        self.path = path
+        self.offsets = offsets
+        self._fh = open(path, "rb")
+
+    @classmethod
+    def open(cls, path: Path, digest: str) -> "ReusableCommits | None":
+        if not path.is_file():
+            log.info("git_scraper: incremental: no %s yet: scraping everything", path)
+            return None
+        try:
+            metadata = read_commits_metadata(path)
+        except UserError as exc:
+            log.warning("git_scraper: incremental: %s: scraping everything", exc)
+            return None
+        if metadata.get("scrape_digest") != digest:
+            log.info("git_scraper: incremental: settings, .mailmap or git changed since %s: scraping everything", path)
+            return None
+        offsets = {}
+        with open(path, "rb") as fh:
+            fh.readline()
+            fh.readline()
+            offset = fh.tell()
+            for line in fh:
+                if line.startswith(b'{"hash": "') and b'"patch_skipped": "unavailable"' not in line:
+                    offsets[line[10:line.index(b'"', 10)].decode()] = offset
+                offset += len(line)
+        return cls(path, offsets)
+
+    def __contains__(self, sha: str) -> bool:
+        return sha in self.offsets
+
+    def read(self, sha: str) -> dict:
+        self._fh.seek(self.offsets[sha])
+        line = self._fh.readline().decode("utf-8").rstrip("\n")
+        return json.loads(line[:-1] if line.endswith(",") else line)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+# ====================================================================== totals
+
+
+class Totals:
+    """What the metadata counts, accumulated one commit at a time."""
+
+    def __init__(self):
+        self.commits = 0
+        self.merges = 0
+        self.authors: set[str] = set()
+        self.file_changes = 0
+        self.additions = 0
+        self.deletions = 0
+        self.redactions: Counter = Counter()
+        self.skipped: Counter = Counter()
+        self.truncated = 0
+        self.non_utf8 = 0
+        self.first: tuple[datetime, str] | None = None
+        self.last: tuple[datetime, str] | None = None
+
+    def add(self, record: dict) -> None:
+        self.commits += 1
+        self.merges += record["is_merge"]
+        author = record["author"]
+        self.authors.add((author["email"] or author["name"]).lower())
+        moment = (datetime.fromisoformat(record["authored_at"]), record["authored_at"])
+        if self.first is None or moment[0] < self.first[0]:
+            self.first = moment
+        if self.last is None or moment[0] > self.last[0]:
+            self.last = moment
+        self.redactions.update(record.get("redactions") or {})
+        for change in record["files"]:
+            self.file_changes += 1
+            self.additions += change["additions"]
+            self.deletions += change["deletions"]
+            if change["patch_skipped"]:
+                self.skipped[change["patch_skipped"]] += 1
+            self.truncated += change["truncated"]
+            self.non_utf8 += change["non_utf8"]
+
+    def metadata(self, repo: Repository, refs: Refs, cfg: Config, scraper: Scraper) -> dict:
+        return {
+            "repository": str(repo.top),
+            "refs": refs.scraped_refs,
+            "ref_tips": refs.tips,
+            "branches": list(refs.branches),
+            "default_branch": refs.default_branch,
+            "total_commits": self.commits,
+            "total_merges": self.merges,
+            "total_authors": len(self.authors),
+            "total_file_changes": self.file_changes,
+            "total_additions": self.additions,
+            "total_deletions": self.deletions,
+            "date_range": {"first": self.first[1] if self.first else None, "last": self.last[1] if self.last else None},
+            "redactions": dict(sorted(self.redactions.items())),
+            "patches_skipped": {k: self.skipped.get(k, 0) for k in (PATCH_BINARY, PATCH_TOO_LARGE, PATCH_FILTERED, PATCH_UNAVAILABLE)},
+            "unavailable_files": self.skipped.get(PATCH_UNAVAILABLE, 0),
+            "truncated_patches": self.truncated,
+            "non_utf8_patches": self.non_utf8,
+            "settings": {
+                "skip_merges": cfg.skip_merges, "detect_renames": cfg.detect_renames,
+                "file_filters": cfg.file_filters, "exclude_globs": cfg.exclude_globs,
+                "max_file_size": cfg.max_file_size, "max_patch_bytes": cfg.max_patch_bytes,
+                "redact_secrets": cfg.redact_secrets,
+            },
+            "git_version": repo.version,
+            "format_version": FORMAT_VERSION,
+            "scrape_digest": scraper.digest,
+        }
+
+    def summary(self, seconds: float, reused: int, missing: set[str]) -> dict:
+        return {
+            "commits": self.commits,
+            "reused_commits": reused,
+            "authors": len(self.authors),
+            "file_changes": self.file_changes,
+            "redactions": sum(self.redactions.values()),
+            "redactions_by_type": dict(sorted(self.redactions.items())),
+            "unavailable_files": self.skipped.get(PATCH_UNAVAILABLE, 0),
+            "missing_objects": len(missing),
+            "seconds": round(seconds, 3),
+        }
+
+
+# ====================================================================== CLI
+
+
+@user_errors_to_exit
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_argument(parser)
+    parser.add_argument("--repo", type=Path, help="the repository to scrape (overrides git_scraper.repo)")
+    parser.add_argument("--output", type=Path, help="commits.json to write (default: <output_dir>/commits.json)")
+    parser.add_argument("--branches", nargs="+", metavar="BRANCH", help="branches to scrape (default: all local)")
+    parser.add_argument("--include-tags", action="store_true", default=None, help="also scrape commits only tags reach")
+    parser.add_argument("--include-remotes", action="store_true", default=None, help="also scrape remote-tracking branches")
+    parser.add_argument("--rev-range", help='a revision range instead of branches, e.g. "v1.0..main"')
+    parser.add_argument("--default-branch", help="branch for on_default_first_parent (default: HEAD's)")
+    parser.add_argument("--skip-merges", action="store_true", default=None, help="leave merge commits out")
+    parser.add_argument("--file-filters", nargs="+", metavar="SUFFIX", help="keep patches only for these endings (.rs ...)")
+    parser.add_argument("--max-file-size", type=int, help="bytes; larger files get no patch")
+    parser.add_argument("--max-patch-bytes", type=int, help="bytes; longer patches are cut")
+    parser.add_argument("--no-redact", action="store_true", help="do not redact secrets (not recommended)")
+    parser.add_argument("--incremental", action="store_true", default=None,
+                        help="add only the commits missing from an existing commits.json")
+    args = parser.parse_args(argv)
+    cfg, pipeline, paths = load_stage(args, SECTION, Config)
+    overrides = {
+        "repo": args.repo.expanduser().resolve() if args.repo else None,
+        "branches": args.branches, "include_tags": args.include_tags, "include_remotes": args.include_remotes,
+        "rev_range": args.rev_range, "default_branch": args.default_branch, "skip_merges": args.skip_merges,
+        "file_filters": args.file_filters, "max_file_size": args.max_file_size,
+        "max_patch_bytes": args.max_patch_bytes, "incremental": args.incremental,
+        "redact_secrets": False if args.no_redact else None,
+    }
+    try:
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise UserError(f"{SECTION}.{exc}") from None
+    if args.output:
+        paths = dataclasses.replace(paths, commits=args.output.expanduser().resolve())
+    run(cfg, paths, seed=pipeline.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

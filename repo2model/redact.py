@@ -1,0 +1,255 @@
+"""Secret redaction for text that leaves the repository (patches, commit messages).
+
+A found secret is replaced by a typed placeholder, `<REDACTED:aws_access_key>`,
+before anything is written. Redaction never changes the number of lines of the
+text, and keeps each line's first character when it is a unified-diff marker
+(`+`, `-`, space), so a redacted patch is still a well-formed patch.
+
+    redactor = Redactor(extra_patterns={"internal_token": r"itk_[0-9a-f]{32}"},
+                        allowlist=[r".*EXAMPLE.*"])
+    text, counts = redactor.redact(text)     # counts: {"aws_access_key": 1, ...}
+
+What is found (the type names are the placeholders' and the metadata's keys):
+- `private_key`: PEM/OpenSSH private key blocks, from the BEGIN line to the END
+  line (or to the end of the hunk when the END line is not in it).
+- `key_material`: a line that is nothing but 60+ characters of high-entropy
+  base64 (the body of a key whose BEGIN line is outside the hunk).
+- Cloud and API tokens with a recognisable shape: `aws_access_key`,
+  `github_token`, `gitlab_token`, `slack_token`, `slack_webhook`, `stripe_key`,
+  `google_api_key`, `openai_api_key`, `anthropic_api_key`, `huggingface_token`,
+  `npm_token`, `pypi_token`, `sendgrid_key`, `jwt`.
+- `url_password`: the password in `scheme://user:password@host` (the user name
+  stays).
+- Values assigned to key-like names (`password`, `secret`, `token`, `api_key`,
+  `access_key`, `private_key`, `credentials`, ...; as `name = "v"`, `name: "v"`,
+  `NAME=v`, `const NAME: &str = "v"`): `password` for password-like names (a
+  quoted value of 6+ characters, or an unquoted one that is not a plain
+  identifier), `aws_secret_key` next to an `aws` name, else `generic_secret`
+  when the value looks random (16+ characters, Shannon entropy >= 3.2 bits per
+  character, at least two character classes).
+
+Extra patterns (config `redact_patterns: {type: regex}`) are applied first; the
+named group `secret` is replaced if the regex has one, else the whole match.
+The allowlist (config `redact_allowlist: [regex, ...]`) keeps a found value that
+one of its regexes matches in full (`re.fullmatch`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+PLACEHOLDER = "<REDACTED:{}>"
+_DIFF_MARKERS = ("+", "-", " ")
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str
+    pattern: re.Pattern
+    hints: tuple[str, ...] = ()  # the rule runs only on text containing one of these (fast pre-check)
+    check: Callable[[str, re.Match], str | None] | None = None  # -> kind to use, or None to keep the value
+
+
+# ---------------------------------------------------------------- shaped tokens
+
+_SHAPED = (
+    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}\b", ()),
+    ("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+     ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
+    ("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}", ("glpat-",)),
+    ("slack_webhook", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+", ("hooks.slack.com",)),
+    ("slack_token", r"\bxox[abposr]-[A-Za-z0-9\-]{10,}", ("xox",)),
+    ("stripe_key", r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b", ("k_live_", "k_test_")),
+    ("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}", ("AIza",)),
+    ("anthropic_api_key", r"\bsk-ant-[A-Za-z0-9_\-]{20,}", ("sk-ant-",)),
+    ("openai_api_key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,}"
+     r"|\bsk-(?:proj-)?[A-Za-z0-9]{48}\b", ("sk-",)),
+    ("huggingface_token", r"\bhf_[A-Za-z0-9]{34,}\b", ("hf_",)),
+    ("npm_token", r"\bnpm_[A-Za-z0-9]{36}\b", ("npm_",)),
+    ("pypi_token", r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,}", ("pypi-",)),
+    ("sendgrid_key", r"\bSG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}\b", ("SG.",)),
+    ("jwt", r"\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}", ("eyJ",)),
+)
+
+# ---------------------------------------------------------------- key = value
+
+_KEY_WORDS = (
+    r"pass(?:word|wd|phrase)?|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|private[_\-]?key"
+    r"|auth[_\-]?key|signing[_\-]?key|encryption[_\-]?key|credentials?"
+)
+_ASSIGNMENT = re.compile(
+    r"(?i)(?P<name>" + _KEY_WORDS + r")[A-Za-z0-9_\-]*[\"']?[ \t]*"
+    r"(?::[ \t]*&?[ \t]*(?:'static[ \t]+)?(?:str|string)[ \t]*)?"  # Rust/TS type annotation
+    r"(?:=>|:=|=|:)[ \t]*(?:b?r#*)?(?P<quote>[\"'`]?)(?P<secret>[^\s\"'`;,)\]}>]{6,})"
+)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::)[A-Za-z_][A-Za-z0-9_]*)*(?:\(\))?[?!]?")
+_PLACEHOLDER_START = ("$", "{", "<", "%", "#{", "@")
+
+
+def entropy(value: str) -> float:
+    """Shannon entropy in bits per character."""
+    if not value:
+        return 0.0
+    counts = Counter(value)
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def looks_random(value: str, min_length: int = 16, min_entropy: float = 3.2) -> bool:
+    if len(value) < min_length or entropy(value) < min_entropy:
+        return False
+    classes = sum((any(c.islower() for c in value), any(c.isupper() for c in value), any(c.isdigit() for c in value)))
+    return classes >= 2
+
+
+def _is_placeholder(value: str) -> bool:
+    low = value.lower()
+    return (
+        value.startswith(_PLACEHOLDER_START)
+        or "{{" in value
+        or "${" in value
+        or "redacted" in low
+        or len(set(value)) <= 2  # "********", "xxxxxxxx"
+        or low.startswith(("example", "changeme", "dummy", "placeholder", "your_", "your-", "<"))
+    )
+
+
+def _check_assignment(value: str, match: re.Match) -> str | None:
+    if _is_placeholder(value):
+        return None
+    name = match.group("name").lower()
+    quoted = bool(match.group("quote"))
+    before = match.string[max(0, match.start() - 24):match.start()].lower()
+    if name.startswith(("pass", "pwd")):
+        if quoted:
+            return "password"
+        # unquoted: a variable, a type or a call is code, not a password
+        if _IDENTIFIER.fullmatch(value) and not any(c.isdigit() for c in value):
+            return None
+        return "password" if not _IDENTIFIER.fullmatch(value) or looks_random(value, 8, 2.5) else None
+    if not looks_random(value):
+        return None
+    if _IDENTIFIER.fullmatch(value) and not quoted and "_" in value:
+        return None  # SOME_CONSTANT_NAME2
+    return "aws_secret_key" if "aws" in before or "aws" in name else "generic_secret"
+
+
+def _check_url(value: str, match: re.Match) -> str | None:
+    return None if _is_placeholder(value) else "url_password"
+
+
+_URL_PASSWORD = re.compile(
+    r"\b[A-Za-z][A-Za-z0-9+.\-]{1,20}://[^\s/:@'\"<>]{1,100}:(?P<secret>[^\s/@'\"<>]{1,200})@"
+)
+_KEY_MATERIAL = re.compile(r"(?m)^[+\- ]?[ \t]*(?P<secret>[A-Za-z0-9+/]{60,}={0,2})[ \t]*$")
+_PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+_PEM_BODY = re.compile(r"[\s\"'\\]*(?:[A-Za-z0-9+/=]*|(?:Proc-Type|DEK-Info|Comment): .*)[\s\"'\\n,+]*")
+
+
+def _check_key_material(value: str, match: re.Match) -> str | None:
+    return "key_material" if entropy(value) >= 4.5 else None
+
+
+BUILTIN_RULES: tuple[Rule, ...] = (
+    *(Rule(kind, re.compile(pattern), hints) for kind, pattern, hints in _SHAPED),
+    Rule("url_password", _URL_PASSWORD, ("://",), _check_url),
+    Rule("key_material", _KEY_MATERIAL, (), _check_key_material),
+    Rule("generic_secret", _ASSIGNMENT, (), _check_assignment),
+)
+
+
+class Redactor:
+    """Finds secrets in text and replaces them with typed placeholders."""
+
+    def __init__(self, extra_patterns: dict[str, str] | None = None, allowlist: list[str] | None = None):
+        extra = []
+        for kind, pattern in (extra_patterns or {}).items():
+            if not re.fullmatch(r"[a-z0-9_]+", kind):
+                raise ValueError(f"redact_patterns: type name '{kind}' must be lowercase letters, digits, _")
+            try:
+                extra.append(Rule(kind, re.compile(pattern)))
+            except re.error as exc:
+                raise ValueError(f"redact_patterns.{kind}: not a valid regular expression ({exc})") from None
+        self.rules: tuple[Rule, ...] = (*extra, *BUILTIN_RULES)
+        try:
+            self.allowlist = [re.compile(p) for p in (allowlist or [])]
+        except re.error as exc:
+            raise ValueError(f"redact_allowlist: not a valid regular expression ({exc})") from None
+
+    def allowed(self, value: str) -> bool:
+        return any(p.fullmatch(value) for p in self.allowlist)
+
+    def redact(self, text: str) -> tuple[str, dict[str, int]]:
+        """The text with secrets replaced, and how many of each type were replaced."""
+        counts: Counter = Counter()
+        if "PRIVATE KEY" in text:
+            text = self._redact_private_keys(text, counts)
+        for rule in self.rules:
+            if rule.hints and not any(h in text for h in rule.hints):
+                continue
+            text = rule.pattern.sub(lambda m, rule=rule: self._replace(m, rule, counts), text)
+        return text, dict(sorted(counts.items()))
+
+    def _replace(self, match: re.Match, rule: Rule, counts: Counter) -> str:
+        group = "secret" if "secret" in match.re.groupindex else 0
+        value = match.group(group)
+        if value is None or self.allowed(value):
+            return match.group(0)
+        kind = rule.kind
+        if rule.check is not None:
+            kind = rule.check(value, match)
+            if kind is None:
+                return match.group(0)
+        counts[kind] += 1
+        start, end = match.start(group) - match.start(), match.end(group) - match.start()
+        whole = match.group(0)
+        return whole[:start] + _line_preserving(value, kind) + whole[end:]
+
+    def _redact_private_keys(self, text: str, counts: Counter) -> str:
+        """PEM blocks span lines: redact line by line so the patch keeps its shape."""
+        placeholder = PLACEHOLDER.format("private_key")
+        lines = text.split("\n")
+        in_key = False
+        for i, line in enumerate(lines):
+            if in_key:
+                end = _PEM_END.search(line)
+                marker = line[:1] if line[:1] in _DIFF_MARKERS else ""
+                if end:
+                    lines[i] = marker + placeholder + line[end.end():]
+                    in_key = False
+                elif line.startswith("@@") or not _PEM_BODY.fullmatch(line[len(marker):]):
+                    in_key = False  # the block ends with the hunk (END line not shown)
+                else:
+                    lines[i] = marker + placeholder
+                continue
+            begin = _PEM_BEGIN.search(line)
+            if not begin:
+                continue
+            rest = line[begin.end():]
+            end = _PEM_END.search(rest)
+            if self.allowed(line[begin.start():begin.end() + (end.end() if end else len(rest))]):
+                continue
+            counts["private_key"] += 1
+            if end:  # the whole key on one line (e.g. "\n" escapes in a string literal)
+                lines[i] = line[:begin.start()] + placeholder + rest[end.end():]
+            else:
+                lines[i] = line[:begin.start()] + placeholder
+                in_key = True
+        return "\n".join(lines)
+
+
+def _line_preserving(value: str, kind: str) -> str:
+    """The placeholder, once per line of `value`, keeping newlines and diff markers."""
+    placeholder = PLACEHOLDER.format(kind)
+    if "\n" not in value:
+        return placeholder
+    parts = value.split("\n")
+    out = [placeholder]
+    for part in parts[1:]:
+        out.append((part[:1] if part[:1] in _DIFF_MARKERS else "") + placeholder)
+    return "\n".join(out)
