@@ -860,7 +860,13 @@ def _diff_text(patch: list[PatchLine], members: list[int], member_set: set[int],
     """The piece's changed lines, with the patch's context lines that fall inside its spans
     (hunk pieces: every context line between its first and last changed line)."""
     out = []
-    for index in range(members[0], members[-1] + 1):
+    first, last = members[0], members[-1]
+    if not all_context:  # context lines inside the unit may precede or follow its changed lines
+        while first > 0 and patch[first - 1].tag == " " and patch[first - 1].hunk == patch[first].hunk:
+            first -= 1
+        while last + 1 < len(patch) and patch[last + 1].tag == " " and patch[last + 1].hunk == patch[last].hunk:
+            last += 1
+    for index in range(first, last + 1):
         line = patch[index]
         if index in member_set:
             keep = True
@@ -916,8 +922,10 @@ def _split_unit(members, patch, old_unit, new_unit, max_size):
             olds = [patch[i].old for i in part] + [patch[index].old]
             news = [patch[i].new for i in part] + [patch[index].new]
             if max(olds) - min(olds) + 1 > max_size or max(news) - min(news) + 1 > max_size:
-                cut = max((p for p, i in enumerate(part) if p > 0 and _starts_child(patch[i], old_unit, new_unit)),
-                          default=None)
+                cut = None
+                if not _starts_child(patch[index], old_unit, new_unit) and patch[index].hunk == patch[part[-1]].hunk:
+                    cut = max((p for p, i in enumerate(part) if p > 0 and _starts_child(patch[i], old_unit, new_unit)
+                               and not (patch[part[p - 1]].tag == "-" and patch[i].tag == "+")), default=None)
                 if cut is not None:
                     parts[-1], rest = part[:cut], part[cut:]
                     parts.append(rest)

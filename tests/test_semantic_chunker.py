@@ -1,0 +1,582 @@
+"""Tests for the semantic chunker: real repositories built with git, real tree-sitter parses.
+
+The expected chunk lists were worked out by hand from the file contents below
+(line numbers count from 1 in the version shown).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import semantic_chunker as sc
+from helpers_chunker import commit_record, coverage_problems, history, summary
+from repo2model import code_units
+from repo2model.artifacts import CommitsWriter, iter_chunks
+from repo2model.errors import UserError
+from repo2model.gitio import CatFile
+from repo2model.paths import ArtifactPaths
+from repo2model.records import KINDS, Chunk
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------- the Rust workspace fixture
+
+MARKET_TOML = '[package]\nname = "energy-market"\nversion = "0.1.0"\nedition = "2021"\n'
+LEDGER_TOML = '[package]\nname = "ledger"\nversion = "0.1.0"\nedition = "2021"\n'
+LEDGER_TOML_2 = '[package]\nname = "ledger"\nversion = "0.2.0"\nedition = "2021"\n'
+
+MARKET_LIB = """\
+pub mod dispute;
+
+pub fn fee(amount: u64) -> u64 {
+    amount / 100
+}
+
+pub fn helper(x: u64) -> u64 {
+    x * 2
+}
+"""
+
+DISPUTE = """\
+use crate::fee;
+
+pub struct Market {
+    pub volume: u64,
+}
+
+impl Market {
+    pub fn settle(&self) -> u64 {
+        fee(self.volume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settles() {
+        assert_eq!(Market { volume: 100 }.settle(), 1);
+    }
+}
+"""
+
+LEDGER = """\
+pub struct Account {
+    pub balance: i64,
+}
+
+pub struct Obsolete;
+
+pub fn transfer(from: &mut Account, to: &mut Account, amount: i64) {
+    from.balance -= amount;
+    to.balance += amount;
+}
+"""
+
+BALANCE = """
+pub fn balance(account: &Account) -> i64 {
+    account.balance
+}
+"""
+
+NEW_TEST = """
+    #[test]
+    fn settles_zero() {
+        assert_eq!(Market { volume: 0 }.settle(), 0);
+    }
+}
+"""
+
+HELPER = """
+pub fn helper(x: u64) -> u64 {
+    x * 2
+}
+"""
+
+MACRO = """\
+macro_rules! ensure {
+    ($cond:expr) => {
+        assert!($cond)
+    };
+}
+
+"""
+
+DISPLAY = """
+impl std::fmt::Display for Market {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.volume)
+    }
+}
+"""
+
+RATES = """
+pub mod rates {
+    pub fn base() -> u64 {
+        5
+    }
+}
+"""
+
+
+def build_rust_workspace(make_repo):
+    """(repo, [(sha, expected summary)]) for the Rust workspace history of issue 3."""
+    repo = make_repo("workspace")
+    steps = []
+    market_lib, dispute, ledger = MARKET_LIB, DISPUTE, LEDGER
+    M, D, L = "crates/energy-market/src/lib.rs", "crates/energy-market/src/dispute.rs", "crates/ledger/src/lib.rs"
+
+    sha = repo.commit("workspace with two crates", {
+        "Cargo.toml": '[workspace]\nmembers = ["crates/*"]\n',
+        "README.md": "# Exchange\n",
+        "crates/energy-market/Cargo.toml": MARKET_TOML,
+        M: market_lib, D: dispute,
+        "crates/ledger/Cargo.toml": LEDGER_TOML,
+        L: ledger,
+    })
+    steps.append((sha, [
+        ("Cargo.toml", "hunk", None, "NEW_HUNK", None, None, (1, 2)),
+        ("README.md", "hunk", None, "NEW_HUNK", None, None, (1, 1)),
+        ("crates/energy-market/Cargo.toml", "hunk", None, "NEW_HUNK", "energy_market", None, (1, 4)),
+        (D, "import", "crate::fee", "NEW_IMPORT", "energy_market::dispute", None, (1, 1)),
+        (D, "struct", "Market", "NEW_STRUCT", "energy_market::dispute", None, (3, 5)),
+        (D, "impl", "Market", "NEW_IMPL", "energy_market::dispute", None, (7, 11)),
+        (D, "method", "Market::settle", "NEW_METHOD", "energy_market::dispute", None, (8, 10)),
+        (D, "test", "tests", "NEW_TEST", "energy_market::dispute", None, (13, 21)),
+        (D, "test", "super::*", "NEW_TEST", "energy_market::dispute::tests", None, (15, 15)),
+        (D, "test", "settles", "NEW_TEST", "energy_market::dispute::tests", None, (17, 20)),
+        (M, "module", "dispute", "NEW_MODULE", "energy_market", None, (1, 1)),
+        (M, "function", "fee", "NEW_FUNCTION", "energy_market", None, (3, 5)),
+        (M, "function", "helper", "NEW_FUNCTION", "energy_market", None, (7, 9)),
+        ("crates/ledger/Cargo.toml", "hunk", None, "NEW_HUNK", "ledger", None, (1, 4)),
+        (L, "struct", "Account", "NEW_STRUCT", "ledger", None, (1, 3)),
+        (L, "struct", "Obsolete", "NEW_STRUCT", "ledger", None, (5, 5)),
+        (L, "function", "transfer", "NEW_FUNCTION", "ledger", None, (7, 10)),
+    ]))
+
+    ledger += BALANCE
+    steps.append((repo.commit("add balance", {L: ledger}), [
+        (L, "function", "balance", "NEW_FUNCTION", "ledger", None, (12, 14)),
+    ]))
+
+    dispute = dispute.replace("fee(self.volume)\n", "fee(self.volume) + 1\n")
+    steps.append((repo.commit("settle adds one", {D: dispute}), [
+        (D, "method", "Market::settle", "MODIFIED_METHOD", "energy_market::dispute", (8, 10), (8, 10)),
+    ]))
+
+    dispute = dispute[: dispute.rindex("}\n")] + NEW_TEST
+    steps.append((repo.commit("test settling zero", {D: dispute}), [
+        (D, "test", "settles_zero", "NEW_TEST", "energy_market::dispute::tests", None, (22, 25)),
+    ]))
+
+    ledger = ledger.replace("pub struct Obsolete;\n\n", "")
+    steps.append((repo.commit("drop Obsolete", {L: ledger}), [
+        (L, "struct", "Obsolete", "DELETED_STRUCT", "ledger", (5, 5), None),
+    ]))
+
+    ledger = ledger.replace("pub fn transfer(", "pub fn move_funds(")
+    steps.append((repo.commit("rename transfer", {L: ledger}), [
+        (L, "function", "move_funds", "RENAMED_FUNCTION", "ledger", (5, 8), (5, 8)),
+    ]))
+
+    market_lib = market_lib.replace(HELPER, "")
+    dispute += HELPER
+    steps.append((repo.commit("move helper into dispute", {M: market_lib, D: dispute}), [
+        (D, "function", "helper", "MOVED_FUNCTION", "energy_market::dispute", (7, 9), (28, 30)),
+    ]))
+
+    ledger = MACRO + ledger
+    dispute += DISPLAY
+    market_lib += RATES
+    steps.append((repo.commit("macro, Display, rates", {L: ledger, D: dispute, M: market_lib}), [
+        (D, "impl", "<Market as std::fmt::Display>", "NEW_IMPL", "energy_market::dispute", None, (32, 36)),
+        (D, "method", "<Market as std::fmt::Display>::fmt", "NEW_METHOD", "energy_market::dispute", None, (33, 35)),
+        (M, "module", "rates", "NEW_MODULE", "energy_market", None, (7, 11)),
+        (M, "function", "base", "NEW_FUNCTION", "energy_market::rates", None, (8, 10)),
+        (L, "macro", "ensure", "NEW_MACRO", "ledger", None, (1, 5)),
+    ]))
+
+    ledger = ledger.replace("    account.balance\n", "    account.balance +\n")
+    steps.append((repo.commit("broken balance", {L: ledger}), [
+        (L, "hunk", None, "MODIFIED_HUNK", "ledger", (17, 17), (17, 17)),
+    ]))
+
+    steps.append((repo.commit("ledger 0.2 and docs", {
+        "crates/ledger/Cargo.toml": LEDGER_TOML_2,
+        "README.md": "# Exchange\n\nTwo crates: energy-market and ledger.\n",
+    }), [
+        ("README.md", "hunk", None, "NEW_HUNK", None, None, (2, 3)),
+        ("crates/ledger/Cargo.toml", "hunk", None, "MODIFIED_HUNK", "ledger", (3, 3), (3, 3)),
+    ]))
+    return repo, steps
+
+
+# ---------------------------------------------------------------- the Python fixture
+
+CART = """\
+import os
+
+
+class Cart:
+    def __init__(self):
+        self.items = []
+
+    def add(self, item):
+        self.items.append(item)
+
+
+def total(cart):
+    return len(cart.items)
+"""
+
+TEST_CART = """\
+from shop.cart import Cart
+
+
+def test_add():
+    cart = Cart()
+    cart.add(1)
+    assert cart.items == [1]
+"""
+
+
+def build_python_history(make_repo):
+    repo = make_repo("python")
+    C, T = "src/shop/cart.py", "tests/test_cart.py"
+    cart, tests = CART, TEST_CART
+    steps = []
+    sha = repo.commit("cart", {C: cart, T: tests, "src/shop/__init__.py": ""})
+    steps.append((sha, [
+        (C, "import", "os", "NEW_IMPORT", "shop.cart", None, (1, 1)),
+        (C, "class", "Cart", "NEW_CLASS", "shop.cart", None, (4, 9)),
+        (C, "method", "Cart.__init__", "NEW_METHOD", "shop.cart", None, (5, 6)),
+        (C, "method", "Cart.add", "NEW_METHOD", "shop.cart", None, (8, 9)),
+        (C, "function", "total", "NEW_FUNCTION", "shop.cart", None, (12, 13)),
+        (T, "import", "shop.cart", "NEW_IMPORT", "tests.test_cart", None, (1, 1)),
+        (T, "test", "test_add", "NEW_TEST", "tests.test_cart", None, (4, 7)),
+    ]))
+
+    cart = cart.replace(
+        "        self.items.append(item)\n",
+        "        self.items.append(item)\n        return self\n\n    def clear(self):\n        self.items = []\n",
+    )
+    steps.append((repo.commit("add returns self; clear", {C: cart}), [
+        (C, "method", "Cart.add", "MODIFIED_METHOD", "shop.cart", (8, 9), (8, 10)),
+        (C, "method", "Cart.clear", "NEW_METHOD", "shop.cart", None, (12, 13)),
+    ]))
+
+    tests += "\n\nclass TestCart:\n    def test_empty(self):\n        assert Cart().items == []\n"
+    steps.append((repo.commit("test class", {T: tests}), [
+        (T, "test", "TestCart", "NEW_TEST", "tests.test_cart", None, (10, 12)),
+        (T, "test", "TestCart.test_empty", "NEW_TEST", "tests.test_cart", None, (11, 12)),
+    ]))
+
+    cart = cart.replace("\n\ndef total(cart):\n    return len(cart.items)\n", "")
+    steps.append((repo.commit("drop total", {C: cart}), [
+        (C, "function", "total", "DELETED_FUNCTION", "shop.cart", (16, 17), None),
+    ]))
+
+    tests = tests.replace("def test_add():", "def test_add_one():")
+    steps.append((repo.commit("rename test", {T: tests}), [
+        (T, "test", "test_add_one", "RENAMED_TEST", "tests.test_cart", (4, 7), (4, 7)),
+    ]))
+
+    cart = cart.replace("        self.items = []\n", "        self.items = [\n", 1)
+    steps.append((repo.commit("broken", {C: cart}), [
+        (C, "hunk", None, "MODIFIED_HUNK", "shop.cart", (6, 6), (6, 6)),
+    ]))
+    return repo, steps
+
+
+def chunks_of(repo, sha, cfg=None) -> tuple:
+    commit = commit_record(repo.path, sha)
+    with CatFile(repo.path) as objects:
+        chunks = sc.chunk_commit(commit, objects, cfg)
+    return commit, chunks
+
+
+# ---------------------------------------------------------------- unit extraction
+
+
+def test_rust_units_cover_every_kind():
+    source = (MACRO + DISPUTE + DISPLAY + RATES + "type Price = u64;\nconst MAX: u64 = 9;\nstatic NAME: &str = \"x\";\n"
+              "pub enum Side { Buy, Sell }\npub trait Quote { fn quote(&self) -> u64; }\nmod decl;\n"
+              "extern crate core;\n#[tokio::test]\nasync fn runs() {}\n").encode()
+    units = code_units.extract_units("rust", source)
+    assert not units.parse_error
+    got = {(u.kind, u.symbol) for u in units.units}
+    assert got >= {
+        ("macro", "ensure"), ("import", "crate::fee"), ("struct", "Market"), ("impl", "Market"),
+        ("method", "Market::settle"), ("test", "tests"), ("test", "super::*"), ("test", "settles"),
+        ("impl", "<Market as std::fmt::Display>"), ("method", "<Market as std::fmt::Display>::fmt"),
+        ("module", "rates"), ("function", "base"), ("type", "Price"), ("const", "MAX"), ("const", "NAME"),
+        ("enum", "Side"), ("trait", "Quote"), ("method", "Quote::quote"), ("module", "decl"),
+        ("import", "core"), ("test", "runs"),
+    }
+    assert all(u.kind in KINDS for u in units.units)
+    base = next(u for u in units.units if u.symbol == "base")
+    assert base.modpath == ("rates",)
+
+
+def test_rust_unit_spans_include_attributes_and_doc_comments():
+    source = b"/// Docs.\n#[inline]\npub fn a() {}\n\n// loose comment\n\nfn b() {}\n"
+    units = code_units.extract_units("rust", source).units
+    assert [(u.symbol, u.start, u.end) for u in units] == [("a", 1, 3), ("b", 7, 7)]
+
+
+def test_python_units():
+    source = (CART + "\n\n@decorator\nclass TestThing:\n    def helper(self):\n        pass\n\n\nMAX_ITEMS = 3\n").encode()
+    units = code_units.extract_units("python", source).units
+    assert [(u.kind, u.symbol, u.start, u.end) for u in units] == [
+        ("import", "os", 1, 1), ("class", "Cart", 4, 9), ("method", "Cart.__init__", 5, 6),
+        ("method", "Cart.add", 8, 9), ("function", "total", 12, 13), ("test", "TestThing", 16, 19),
+        ("test", "TestThing.helper", 18, 19), ("const", "MAX_ITEMS", 22, 22),
+    ]
+
+
+def test_parse_errors_are_flagged():
+    assert code_units.extract_units("rust", b"fn a( {\n").parse_error
+    assert code_units.extract_units("python", b"def f(:\n").parse_error
+
+
+def test_parse_patch_line_numbers():
+    patch = "@@ -2,3 +2,4 @@ fn a\n x\n-y\n+y2\n+y3\n z\n\\ No newline at end of file\n"
+    lines = sc.parse_patch(patch)
+    assert [(l.tag, l.old, l.new) for l in lines] == [(" ", 2, 2), ("-", 3, 3), ("+", 4, 3), ("+", 4, 4), (" ", 4, 5)]
+    assert lines[-1].tail == "\\ No newline at end of file"
+
+
+def test_module_names():
+    assert sc.python_module("src/shop/cart.py") == "shop.cart"
+    assert sc.python_module("pkg/__init__.py") == "pkg"
+    assert sc.rust_module_path("crates/m/src/a/b.rs", "crates/m") == ["a", "b"]
+    assert sc.rust_module_path("crates/m/src/a/mod.rs", "crates/m") == ["a"]
+    assert sc.rust_module_path("crates/m/tests/it.rs", "crates/m") == ["tests", "it"]
+    assert sc.crate_from_manifest(b'[package]\nname = "energy-market"\n') == "energy_market"
+    assert sc.crate_from_manifest(b'[package]\nname = "a"\n[lib]\nname = "b_lib"\n') == "b_lib"
+    assert sc.crate_from_manifest(b"[workspace]\n") is None
+    assert sc.crate_from_manifest(b"not toml [") is None
+
+
+# ---------------------------------------------------------------- exact chunk lists
+
+
+def test_rust_workspace_chunks(make_repo):
+    repo, steps = build_rust_workspace(make_repo)
+    for sha, expected in steps:
+        commit, chunks = chunks_of(repo, sha)
+        assert summary(chunks) == expected, commit.message
+        assert coverage_problems(commit, chunks) == [], commit.message
+        for chunk in chunks:
+            assert chunk.commit == commit.hash and chunk.author == "Alice Example"
+            assert chunk.timestamp == commit.authored_at
+            assert chunk.language in ("rust", "toml", "markdown")
+
+
+def test_rust_chunk_texts(make_repo):
+    repo, steps = build_rust_workspace(make_repo)
+    # the modified method: before/after are the whole method, the diff its own lines
+    _, (settle,) = chunks_of(repo, steps[2][0])
+    assert settle.before == "    pub fn settle(&self) -> u64 {\n        fee(self.volume)\n    }"
+    assert settle.after == "    pub fn settle(&self) -> u64 {\n        fee(self.volume) + 1\n    }"
+    assert settle.diff == (
+        "     pub fn settle(&self) -> u64 {\n-        fee(self.volume)\n+        fee(self.volume) + 1\n     }"
+    )
+    # the moved function records where it came from
+    _, (moved,) = chunks_of(repo, steps[6][0])
+    assert moved.old_file == "crates/energy-market/src/lib.rs"
+    assert moved.before == moved.after == HELPER.strip("\n")
+    # the renamed function records its old name
+    _, (renamed,) = chunks_of(repo, steps[5][0])
+    assert renamed.old_symbol == "transfer"
+    # the syntax error degrades the file to hunks, flagged
+    _, (broken,) = chunks_of(repo, steps[8][0])
+    assert broken.parse_error and broken.diff == "-    account.balance\n+    account.balance +"
+
+
+def test_python_chunks(make_repo):
+    repo, steps = build_python_history(make_repo)
+    for sha, expected in steps:
+        commit, chunks = chunks_of(repo, sha)
+        assert summary(chunks) == expected, commit.message
+        assert coverage_problems(commit, chunks) == [], commit.message
+
+
+def test_deleted_and_renamed_files(make_repo):
+    repo = make_repo()
+    source = "def f():\n    return 1\n\n\ndef g():\n    return 1\n"
+    repo.commit("a", {"src/a.py": source, "notes.md": "x\n"})
+    repo.move("src/a.py", "src/b.py")
+    repo.write("src/b.py", source[: -len("1\n")] + "2\n")
+    sha = repo.commit("rename file and change g")
+    commit, chunks = chunks_of(repo, sha)
+    assert summary(chunks) == [("src/b.py", "function", "g", "MODIFIED_FUNCTION", "b", (5, 6), (5, 6))]
+    assert chunks[0].old_file == "src/a.py"
+    sha = repo.commit("delete", {"src/b.py": None, "notes.md": None})
+    commit, chunks = chunks_of(repo, sha)
+    assert summary(chunks) == [
+        ("notes.md", "hunk", None, "DELETED_HUNK", None, (1, 1), None),
+        ("src/b.py", "function", "f", "DELETED_FUNCTION", "b", (1, 2), None),
+        ("src/b.py", "function", "g", "DELETED_FUNCTION", "b", (5, 6), None),
+    ]
+    assert coverage_problems(commit, chunks) == []
+
+
+# ---------------------------------------------------------------- splitting and merging
+
+
+def test_large_unit_is_split_at_statements(make_repo):
+    repo = make_repo()
+    body = "".join(f"    let v{i} = {i};\n" for i in range(40))
+    repo.commit("big", {"src/lib.rs": f"pub fn big() {{\n{body}}}\n"})
+    changed = body.replace("let v1 = 1;", "let v1 = 100;").replace("let v35 = 35;", "let v35 = 350;")
+    sha = repo.commit("change two far lines", {"src/lib.rs": f"pub fn big() {{\n{changed}}}\n"})
+    commit, chunks = chunks_of(repo, sha, sc.Config(max_chunk_size=10))
+    assert [(c.symbol, c.change_type, c.part) for c in chunks] == [
+        ("big", "MODIFIED_FUNCTION", 0), ("big", "MODIFIED_FUNCTION", 1),
+    ]
+    for chunk in chunks:
+        assert len(chunk.before.split("\n")) <= 10 and len(chunk.after.split("\n")) <= 10
+    assert "let v1 = 100;" in chunks[0].after and "let v35 = 350;" in chunks[1].after
+    assert coverage_problems(commit, chunks) == []
+    # the same change under the default limit is one chunk with the whole function
+    _, (whole,) = chunks_of(repo, sha)
+    assert whole.part is None and whole.after.count("\n") == 41
+
+
+def test_new_large_text_file_splits_at_blank_lines(make_repo):
+    repo = make_repo()
+    text = "".join(f"para {i} line 1\npara {i} line 2\npara {i} line 3\n\n" for i in range(10))
+    sha = repo.commit("docs", {"docs/guide.md": text})
+    commit, chunks = chunks_of(repo, sha, sc.Config(max_chunk_size=10))
+    # 40 lines, at most 10 a part, cut after a blank line: five parts of two paragraphs
+    assert [c.part for c in chunks] == [0, 1, 2, 3, 4]
+    assert [c.new_span for c in chunks] == [[1, 8], [9, 16], [17, 24], [25, 32], [33, 40]]
+    assert all(c.after.endswith("line 3\n") for c in chunks)
+    assert coverage_problems(commit, chunks) == []
+
+
+def test_tiny_neighbouring_hunks_merge(make_repo):
+    repo = make_repo()
+    lines = [f"line {i}\n" for i in range(40)]
+    repo.commit("notes", {"notes.md": "".join(lines)})
+    for i in (5, 15, 25):
+        lines[i] = f"changed {i}\n"
+    sha = repo.commit("three tiny edits", {"notes.md": "".join(lines)})
+    commit, merged = chunks_of(repo, sha, sc.Config(min_chunk_size=3))
+    commit, separate = chunks_of(repo, sha, sc.Config(min_chunk_size=1))
+    assert [(c.old_span, c.new_span) for c in separate] == [([6, 6], [6, 6]), ([16, 16], [16, 16]), ([26, 26], [26, 26])]
+    assert len(merged) == 1
+    assert sum(line.startswith("+changed") for line in merged[0].diff.split("\n")) == 3
+    assert coverage_problems(commit, merged) == []
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def write_commits_json(path: Path, repo_path: Path, commits) -> None:
+    with CommitsWriter(path) as writer:
+        for commit in commits:
+            writer.add(commit)
+        writer.metadata = {"repository": str(repo_path), "total_commits": len(commits)}
+
+
+def test_stage_matches_chunk_commit_and_is_deterministic(make_repo, tmp_path):
+    repo, steps = build_rust_workspace(make_repo)
+    commits = [commit_record(repo.path, sha) for sha in history(repo.path)]
+    out = tmp_path / "out"
+    paths = ArtifactPaths.under(out)
+    write_commits_json(paths.commits, repo.path, commits)
+    summary_ = sc.run(sc.Config(workers=2, batch_size=2), paths)
+    first = paths.chunks.read_bytes()
+    sc.run(sc.Config(workers=1), paths)
+    assert paths.chunks.read_bytes() == first
+    with CatFile(repo.path) as objects:
+        expected = [c for commit in commits for c in sc.chunk_commit(commit, objects)]
+    assert list(iter_chunks(paths.chunks)) == expected
+    stats = json.loads(paths.chunking_stats.read_text())
+    assert stats["uncovered_lines"] == 0 and stats["duplicated_lines"] == 0
+    assert stats["commits"] == len(commits) == summary_["commits"]
+    assert stats["chunks"] == len(expected)
+    assert stats["parse_error_files"] == 1 and stats["parsed_files"] == 14
+    assert stats["chunks_by_kind"]["hunk"] == 7
+    assert stats["chunks_by_change_type"]["MOVED_FUNCTION"] == 1
+
+
+def test_missing_objects_and_moved_repository_degrade(make_repo, tmp_path):
+    repo, steps = build_rust_workspace(make_repo)
+    commits = [commit_record(repo.path, sha) for sha in history(repo.path)]
+    commits[1].files[0].new_blob = "f" * 40  # an object the repository does not have
+    paths = ArtifactPaths.under(tmp_path / "out")
+    write_commits_json(paths.commits, repo.path, commits)
+    sc.run(sc.Config(workers=1), paths)
+    stats = json.loads(paths.chunking_stats.read_text())
+    assert stats["degraded_files"]["missing_object"] == 1 and stats["uncovered_lines"] == 0
+    moved = tmp_path / "moved-away"
+    shutil.move(str(repo.path), moved)
+    sc.run(sc.Config(workers=1), paths)
+    stats = json.loads(paths.chunking_stats.read_text())
+    assert stats["degraded_files"]["no_repository"] == 14 and stats["uncovered_lines"] == 0
+    assert {c.kind for c in iter_chunks(paths.chunks)} == {"hunk"}
+    assert sc.main(["--commits", str(paths.commits), "--output", str(tmp_path / "c2.jsonl"), "--repo", str(moved)]) == 0
+    assert json.loads((tmp_path / "chunking_stats.json").read_text())["degraded_files"] == {
+        "missing_object": 1, "parse_error": 1,
+    }
+
+
+def test_skipped_files_are_counted(make_repo, tmp_path):
+    repo = make_repo()
+    sha = repo.commit("binary", {"logo.png": b"\x89PNG\x00\x01", "a.rs": "fn a() {}\n"})
+    commit = commit_record(repo.path, sha)
+    paths = ArtifactPaths.under(tmp_path / "out")
+    write_commits_json(paths.commits, repo.path, [commit])
+    sc.run(sc.Config(workers=1), paths)
+    stats = json.loads(paths.chunking_stats.read_text())
+    assert stats["skipped_files"] == {"binary": 1}
+    assert [c.symbol for c in iter_chunks(paths.chunks)] == ["a"]
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "nope" / "commits.json"
+    assert sc.main(["--commits", str(missing), "--output", str(tmp_path / "c.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "git_scraper" in err
+    truncated = tmp_path / "commits.json"
+    truncated.write_text('{"metadata": {"repository": "."},\n"commits": [\n{"hash": "ab', encoding="utf-8")
+    output = tmp_path / "c.jsonl"
+    output.write_text("previous\n")
+    assert sc.main(["--commits", str(truncated), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated" in err and "git_scraper" in err
+    assert output.read_text() == "previous\n"  # nothing already written is lost
+    with pytest.raises(ValueError, match="max_chunk_size"):
+        sc.Config(max_chunk_size=1)
+
+
+def test_config_yaml_section_loads():
+    from repo2model.config import load_config
+
+    loaded = load_config(ROOT / "config.yaml", {"semantic_chunker": sc.Config}, strict_sections=False)
+    assert isinstance(loaded["semantic_chunker"], sc.Config)
+
+
+# ---------------------------------------------------------------- coverage on real histories
+
+
+def test_coverage_on_this_repository():
+    """Every +/- line of every commit of this project's own history lands in exactly one chunk."""
+    repo = ROOT
+    shas = history(repo)
+    with CatFile(repo) as objects:
+        for sha in shas:
+            commit = commit_record(repo, sha)
+            chunks = sc.chunk_commit(commit, objects)
+            assert coverage_problems(commit, chunks) == [], sha
+            small = sc.chunk_commit(commit, objects, sc.Config(max_chunk_size=10, min_chunk_size=4))
+            assert coverage_problems(commit, small) == [], sha
+            assert all(isinstance(c, Chunk) and c.kind in KINDS for c in chunks)
