@@ -87,6 +87,11 @@ _ASSIGNMENT = re.compile(
     r"(?:=>|:=|=|:)[ \t]*(?:b?r#*)?(?P<quote>[\"'`]?)(?P<secret>[^\s\"'`;,)\]}>]{6,})"
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::)[A-Za-z_][A-Za-z0-9_]*)*(?:\(\))?[?!]?")
+_WORDS = re.compile(r"[A-Z0-9]+(?:[_\-.][A-Z0-9]+)+|[a-z0-9]+(?:[_\-.][a-z0-9]+)+")
+_BARE_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")
+_BARE_PASSWORD = re.compile(r"[^\s(){}\[\]<>,;\"'`.:]+")
+_COMMON_WORDS = {"password", "passwd", "pass", "secret", "token", "user", "username", "pw", "pwd", "apikey",
+                 "api_key", "key", "none", "null", "true", "false"}
 _PLACEHOLDER_START = ("$", "{", "<", "%", "#{", "@")
 
 
@@ -113,6 +118,7 @@ def _is_placeholder(value: str) -> bool:
         or "{{" in value
         or "${" in value
         or "redacted" in low
+        or low in _COMMON_WORDS
         or len(set(value)) <= 2  # "********", "xxxxxxxx"
         or low.startswith(("example", "changeme", "dummy", "placeholder", "your_", "your-", "<"))
     )
@@ -127,14 +133,14 @@ def _check_assignment(value: str, match: re.Match) -> str | None:
     if name.startswith(("pass", "pwd")):
         if quoted:
             return "password"
-        # unquoted: a variable, a type or a call is code, not a password
-        if _IDENTIFIER.fullmatch(value) and not any(c.isdigit() for c in value):
+        # unquoted: a variable, a type or a call is code, not a password (NAME=hunter2 in a .env file is)
+        if not _BARE_PASSWORD.fullmatch(value) or _IDENTIFIER.fullmatch(value) and not any(c.isdigit() for c in value):
             return None
-        return "password" if not _IDENTIFIER.fullmatch(value) or looks_random(value, 8, 2.5) else None
-    if not looks_random(value):
-        return None
-    if _IDENTIFIER.fullmatch(value) and not quoted and "_" in value:
-        return None  # SOME_CONSTANT_NAME2
+        return "password"
+    if not looks_random(value) or _WORDS.fullmatch(value):
+        return None  # too regular, or SOME_CONSTANT_NAME / some_variable_name
+    if not quoted and not (_BARE_TOKEN.fullmatch(value) and any(c.isdigit() for c in value)):
+        return None  # unquoted: code (calls, attributes, types), unless it is a bare token as in a .env file
     return "aws_secret_key" if "aws" in before or "aws" in name else "generic_secret"
 
 
