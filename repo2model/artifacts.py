@@ -256,7 +256,10 @@ def save_pt(obj: Any, path: Path | str) -> Path:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        # through a file object: torch names the archive inside after a path's (random temp) name,
+        # which would make the same data give different bytes each run
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
     return Path(path)
 
 

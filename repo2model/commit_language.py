@@ -205,6 +205,8 @@ class CommitLanguage:
                 "authors": self.authors,
                 "modules": self.modules,
                 "tokenizer": self.tokenizer_info,
+                # rows training must add to a base model's embeddings (0 for a trained tokenizer)
+                "added_tokens": int(self.tokenizer_info.get("added_tokens", 0)),
                 "special_tokens": self.special_tokens(),
             },
         )

@@ -1,0 +1,180 @@
+"""The commit language: escaping, rendering, parsing, prompts (no tokenizer training here)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from helpers_data import chunk, commit, linear_history, tricky_commit
+from repo2model.commit_language import (
+    BOS,
+    COMMIT_END,
+    CommitLanguage,
+    assemble_prompt,
+    escape,
+    module_top,
+    unescape,
+)
+from repo2model.errors import UserError
+from repo2model.records import ALL_CHANGE_TYPES
+
+
+def structure(chunks):
+    """What a rendering must carry back: per file path and module, per chunk type/symbol/code."""
+    files = []
+    for c in chunks:
+        if not files or files[-1][0] != c.file:
+            files.append((c.file, c.module, []))
+        prefix = c.change_type.split("_", 1)[0]
+        if prefix == "NEW" and c.after is not None:
+            code = (c.after, "code")
+        elif prefix != "DELETED" and c.diff:
+            code = (c.diff, "diff")
+        else:
+            code = (None, None)
+        old = c.old_file if c.old_file and c.old_file != c.file else None
+        files[-1][2].append((c.change_type, c.symbol, *code, old))
+    return files
+
+
+def parsed_structure(parsed):
+    return [(f.path, f.module, [(c.change_type, c.symbol, c.code, c.code_form, c.old_file) for c in f.chunks]) for f in parsed.files]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", "<FILE>", "a<FILE>b<COMMIT_END>", "<\u2060FILE>", "<\u2060\u2060x", "<\u2060", "x<", "<AUTHOR:bob>",
+     "<MODULE:core>", "<CHANGE:new_function>", "Vec<T>", "<BOS><EOS><PAD>", "\u2060<FILE>\u2060"],
+)
+def test_escape_is_reversible_and_hides_tokens(text):
+    escaped = escape(text)
+    assert unescape(escaped) == text
+    for token in ("<FILE>", "<COMMIT_END>", "<AUTHOR:", "<MODULE:", "<CHANGE:", "<BOS>", "<EOS>", "<PAD>"):
+        assert token not in escaped
+    if "<" not in text or text == "Vec<T>":
+        assert escaped == text  # ordinary text, Rust generics included, is left alone
+
+
+def test_module_top():
+    assert module_top("core::market::x") == ("core", "::market::x")
+    assert module_top("pkg.mod.sub") == ("pkg", ".mod.sub")
+    assert module_top("solo") == ("solo", "")
+
+
+def test_families_are_top_k_by_frequency_with_ties_by_name():
+    lang = CommitLanguage.from_counts({"b": 3, "a": 3, "c": 5, "bad<name>": 9, "d": 1}, {"x": 1, "y": 2}, 3, 1)
+    assert lang.authors == ["c", "a", "b"]  # "bad<name>" cannot be a token
+    assert lang.modules == ["y"]
+    tokens = lang.special_tokens()
+    assert len(tokens) == len(set(tokens))
+    assert "<AUTHOR:c>" in tokens and "<MODULE:y>" in tokens and "<MODULE:x>" not in tokens
+    assert sum(t.startswith("<CHANGE:") for t in tokens) == len(ALL_CHANGE_TYPES)
+
+
+@pytest.mark.parametrize("top", [0, 5])
+def test_full_rendering_parses_back_to_the_commit(top):
+    c, chunks = tricky_commit()
+    lang = CommitLanguage.from_counts({c.author.name: 1, "Alice Example": 2}, {"core": 3, "net": 1, "pkg": 1}, top, top)
+    parsed = lang.parse_commit(lang.render_commit(c, chunks, "full"))
+    assert parsed.well_formed, parsed.problems
+    assert parsed.author == c.author.name
+    assert parsed.date == c.authored_at[:10]
+    assert parsed.message == c.message
+    assert parsed_structure(parsed) == structure(chunks)
+    assert not parsed.truncated
+
+
+def test_compact_rendering_has_structure_but_no_code():
+    c, chunks = tricky_commit()
+    lang = CommitLanguage.from_counts({}, {"core": 1}, 0, 1)
+    text = lang.render_commit(c, chunks, "compact")
+    parsed = lang.parse_commit(text)
+    assert parsed.well_formed, parsed.problems
+    assert parsed.changes == [(ch.file, ch.change_type, ch.symbol) for ch in chunks]
+    assert all(ch.code is None for f in parsed.files for ch in f.chunks)
+    assert "<CODE>" not in text and "<DIFF>" not in text
+    assert len(text) < len(lang.render_commit(c, chunks, "full"))
+
+
+def test_message_and_code_keep_their_final_newlines_exactly():
+    c = commit("nl", message="no newline")
+    pieces = [chunk(c, "a.rs", "NEW_FUNCTION", "a", after="fn a() {}"), chunk(c, "a.rs", "NEW_FUNCTION", "b", after="fn b() {}\n\n")]
+    lang = CommitLanguage()
+    for message in ("no newline", "one\n", "two\n\n", ""):
+        c.message = message
+        parsed = lang.parse_commit(lang.render_commit(c, pieces, "full"))
+        assert parsed.message == message
+        assert [ch.code for ch in parsed.files[0].chunks] == ["fn a() {}", "fn b() {}\n\n"]
+
+
+def test_segments_start_with_a_token_and_join_to_the_body():
+    c, chunks = tricky_commit()
+    lang = CommitLanguage()
+    segments = lang.render_segments(chunks, "full")
+    assert len(segments) == len(chunks)
+    assert all(s.startswith(("<FILE>", "<CHANGE")) for s in segments)
+    assert [s.startswith("<FILE>") for s in segments] == [True, False, False, True, True, True]
+    assert lang.render_header(c) + "".join(segments) + COMMIT_END + "\n" == lang.render_commit(c, chunks, "full")
+
+
+def test_parser_never_raises_on_cut_or_garbled_text():
+    c, chunks = tricky_commit()
+    lang = CommitLanguage.from_counts({}, {"core": 1}, 0, 1)
+    text = lang.render_commit(c, chunks, "full")
+    for end in range(text.rindex(COMMIT_END) + len(COMMIT_END)):
+        parsed = lang.parse_commit(text[:end])
+        assert not parsed.complete and parsed.problems  # cut before <COMMIT_END>: flagged
+    rng = random.Random(0)
+    tokens = ["<FILE>", "<CHANGE:new_function>", "<CODE>", "<DIFF>", "<COMMIT_END>", "<MODULE:x>", "<FROM>", "<MSG>",
+              "<TRUNCATED>", "<AUTHOR>", "<DATE>", "<CHANGE>", "text", "\n", "<MODULE>", "<", ">"]
+    for _ in range(300):
+        garbage = "".join(rng.choice(tokens) for _ in range(rng.randint(0, 30)))
+        parsed = lang.parse_commit(garbage)  # must not raise
+        assert parsed.well_formed == (parsed.complete and not parsed.problems)
+
+
+def test_parser_flags_structure_errors():
+    lang = CommitLanguage()
+    parsed = lang.parse_commit("<CHANGE:new_function>f\n<CODE>x\n<COMMIT_END>\n")
+    assert parsed.complete and not parsed.well_formed
+    assert any("before any <FILE>" in p for p in parsed.problems)
+    assert parsed.changes == [("", "NEW_FUNCTION", "f")]
+
+
+def test_parse_of_a_prompt_plus_generation_reads_the_target_commit():
+    pairs = linear_history(3)
+    lang = CommitLanguage()
+    target_commit, target_chunks = pairs[-1]
+    prompt_text = "".join(lang.render_commit(c, ch, "compact") for c, ch in pairs[:-1]) + lang.render_task(target_commit.message)
+    generated = "".join(lang.render_segments(target_chunks, "full")) + COMMIT_END + "\n"
+    parsed = lang.parse_commit(BOS + prompt_text + generated)
+    assert parsed.well_formed, parsed.problems
+    assert parsed.task == target_commit.message
+    assert parsed.changes == [(ch.file, ch.change_type, ch.symbol) for ch in target_chunks]
+
+
+def test_assemble_prompt_keeps_the_most_recent_history_that_fits():
+    history = [[10] * 5, [11] * 5, [12] * 5, [13] * 5]
+    task = [7, 7, 7]
+    prompt, dropped = assemble_prompt(history, task, 1, 1 + 3 + 10)
+    assert prompt == [1] + [12] * 5 + [13] * 5 + task and dropped == 2
+    prompt, dropped = assemble_prompt(history, task, 1, 1 + 3 + 9)  # one short: only the last commit
+    assert prompt == [1] + [13] * 5 + task and dropped == 3
+    prompt, dropped = assemble_prompt(history, list(range(50)), 1, 8)  # the task alone is too long: cut
+    assert prompt == [1] + list(range(7)) and dropped == 4
+    prompt, dropped = assemble_prompt([], task, 1, 100)
+    assert prompt == [1] + task and dropped == 0
+
+
+def test_load_needs_a_language_file(tmp_path):
+    with pytest.raises(UserError, match="run the tokenizer stage"):
+        CommitLanguage.load(tmp_path / "missing")
+    with pytest.raises(UserError, match="not a tokenizer folder"):
+        CommitLanguage.load(tmp_path)
+    lang = CommitLanguage(authors=["a"], modules=["m"], tokenizer_info={"mode": "train", "added_tokens": 0})
+    lang.save(tmp_path)
+    assert CommitLanguage.load(tmp_path) == lang
+    (tmp_path / "commit_language.json").write_text("{broken", encoding="utf-8")
+    with pytest.raises(UserError, match="corrupt"):
+        CommitLanguage.load(tmp_path)
