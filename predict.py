@@ -346,7 +346,7 @@ def generated_length(ids: list[int], stop_ids: list[int]) -> int:
 
 def language_dir(model_dir: Path, paths: ArtifactPaths | None) -> Path:
     """Where the commit language lives: beside the model, else the pipeline's tokenizer folder."""
-    candidates = [Path(model_dir), Path(model_dir) / "tokenizer"]
+    candidates = [Path(model_dir), Path(model_dir).parent]  # model/merged: the language is in model/
     if paths is not None:
         candidates.append(paths.tokenizer_dir)
     candidates.append(Path(model_dir).parent / "tokenizer")

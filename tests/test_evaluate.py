@@ -192,3 +192,71 @@ def test_evenly_spaced():
     assert evaluate.evenly_spaced(10, 3) == [0, 4, 9]  # round(4.5) == 4 (banker's rounding)
     assert evaluate.evenly_spaced(3, 5) == [0, 1, 2]
     assert math.isclose(len(evaluate.evenly_spaced(100, 7)), 7)
+
+
+# ---------------------------------------------------------------- with a model trained in the test
+
+
+def patterned_history(n: int = 36) -> list:
+    """Commits that follow a learnable cycle: a.py+test, then b.py, then a.py+c.py."""
+    cycle = [
+        [("src/a.py", "MODIFIED_FUNCTION", "run", "src.a"), ("tests/test_a.py", "NEW_TEST", "test_run", "tests.test_a")],
+        [("src/b.py", "MODIFIED_FUNCTION", "build", "src.b")],
+        [("src/a.py", "MODIFIED_FUNCTION", "run", "src.a"), ("src/c.py", "NEW_FUNCTION", "check", "src.c")],
+    ]
+    return [(f"{i + 1:040x}", cycle[i % 3]) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained_pipeline(tmp_path_factory):
+    """commits.json + chunks.jsonl -> the real tokenizer, dataset builder and train_model stages (tiny)."""
+    dataset_builder = pytest.importorskip("dataset_builder")
+    tokenizer = pytest.importorskip("tokenizer")
+    train_model = pytest.importorskip("train_model")
+    out = tmp_path_factory.mktemp("pipeline")
+    paths = write_history(out, patterned_history())
+    tokenizer.run(tokenizer.Config(vocab_size=420, min_frequency=1, top_authors=2, top_modules=4), paths)
+    dataset_builder.run(dataset_builder.Config(context_window=192, target_window=64, history_commits=3,
+                                               val_ratio=0.15, test_ratio=0.2), paths)
+    train_model.run(train_model.Config(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                                       max_steps=40, eval_every=20, save_every=20, warmup_steps=2,
+                                       micro_batch_size=4, effective_batch_size=4, learning_rate=3e-3,
+                                       max_minutes=None, device="cpu", precision="fp32"), paths)
+    return paths
+
+
+@pytest.mark.slow
+def test_evaluate_model_beside_baselines(trained_pipeline):
+    import predict
+
+    paths = trained_pipeline
+    summary = evaluate.run(evaluate.Config(max_examples=3), paths,
+                           prediction=predict.Config(max_new_tokens=48, decoding="greedy"))
+    result = json.loads(paths.evaluation.read_text())
+    assert list(result["metrics"]) == ["model", "frequent", "recent", "cochange"]
+    model = result["metrics"]["model"]
+    assert model["commits"] == result["metrics"]["frequent"]["commits"] == result["targets"] <= 3
+    assert math.isfinite(model["loss"]) and model["perplexity"] == pytest.approx(math.exp(model["loss"]))
+    assert result["model"]["target_tokens"] > 0 and result["model"]["candidates"] == result["targets"]
+    for name, metrics in result["metrics"].items():
+        for k in (1, 5, 10):
+            assert 0.0 <= metrics[f"recall@{k}"] <= 1.0, name
+    table = evaluate.report_path(paths).read_text()
+    assert "## Where the model loses" in table and "| target perplexity |" in table
+    assert evaluate.chart_path(paths).stat().st_size > 1000
+    assert summary["targets"] == result["targets"]
+
+
+@pytest.mark.slow
+def test_predict_cli_loads_the_trained_model(trained_pipeline, capsys):
+    import predict
+
+    paths = trained_pipeline
+    code = predict.main(["--model", str(paths.model_dir), "--commits", str(paths.commits), "--task", "Work on b",
+                         "--max-new-tokens", "40", "--history", "3", "--output-dir", str(paths.output_dir)])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "Work on b" and len(out["history"]) == 3 and len(out["candidates"]) == 1
+    assert isinstance(out["candidates"][0]["malformed"], bool)
+    code = predict.main(["--model", str(paths.output_dir / "nope"), "--commits", str(paths.commits), "--task", "x"])
+    assert code == 2 and "run the train_model stage" in capsys.readouterr().err
