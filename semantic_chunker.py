@@ -44,6 +44,9 @@ Config (`semantic_chunker:` section):
     detect_moves       pair deleted and added units of one commit into MOVED_/RENAMED_ chunks
     parse_cache_size   parsed file versions kept per worker (deduplicated by blob id)
     batch_size         commits sent to a worker at a time
+    redact_secrets     redact secrets in the file versions shown in `before`/`after` (patches are
+                       already redacted by the scraper); follows the scraper: off when commits.json
+                       says it scraped without redaction, its redact_patterns/allowlist when recorded
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from repo2model.errors import UserError
 from repo2model.gitio import CatFile, open_repository
 from repo2model.paths import ArtifactPaths
 from repo2model.records import Chunk, Commit, FileChange, change_type
+from repo2model.redact import Redactor
 
 SECTION = "semantic_chunker"
 log = logging.getLogger("semantic_chunker")
@@ -93,6 +97,7 @@ class Config:
     detect_moves: bool = True
     parse_cache_size: int = 1024
     batch_size: int = 8
+    redact_secrets: bool = True
 
     def __post_init__(self):
         if self.workers < 0:
@@ -131,13 +136,14 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = N
     started = time.perf_counter()
     metadata = read_commits_metadata(paths.commits)
     repo_path = find_repository(repo, metadata, paths.commits)
+    redactor = redactor_for(cfg, metadata)
     workers = cfg.workers or os.cpu_count() or 1
     total = metadata.get("total_commits")
     stats = ChunkingStats()
     with atomic_open(paths.chunks) as out:
         batches = _batches(iter_commit_dicts(paths.commits), cfg.batch_size)
         progress = tqdm(total=total, unit="commit", desc="chunking", disable=None)
-        for text, batch_stats, count in _map_batches(batches, cfg, repo_path, workers):
+        for text, batch_stats, count in _map_batches(batches, cfg, repo_path, workers, redactor):
             out.write(text)
             stats.merge(batch_stats)
             progress.update(count)
@@ -175,6 +181,29 @@ def find_repository(override: Path | None, metadata: dict, commits_path: Path) -
         return None
 
 
+def redactor_for(cfg: Config, metadata: dict) -> Redactor | None:
+    """The redaction the scraper applied to the patches, for the file versions the chunker reads."""
+    settings = metadata.get("settings") or {}
+    if not cfg.redact_secrets or settings.get("redact_secrets") is False:
+        return None
+    patterns, allowlist = settings.get("redact_patterns"), settings.get("redact_allowlist")
+    if not patterns and not allowlist:
+        return _default_redactor()
+    try:
+        return Redactor(patterns, allowlist)
+    except ValueError as exc:
+        raise UserError(f"commits.json metadata: {exc}") from None
+
+
+_DEFAULT_REDACTOR: list[Redactor] = []
+
+
+def _default_redactor() -> Redactor:
+    if not _DEFAULT_REDACTOR:
+        _DEFAULT_REDACTOR.append(Redactor())
+    return _DEFAULT_REDACTOR[0]
+
+
 # ---------------------------------------------------------------- parallel map, ordered and bounded
 
 
@@ -189,17 +218,18 @@ def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
-def _map_batches(batches: Iterator[list[dict]], cfg: Config, repo: Path | None, workers: int):
+def _map_batches(batches: Iterator[list[dict]], cfg: Config, repo: Path | None, workers: int,
+                 redactor: Redactor | None):
     """Yield (jsonl text, stats, commit count) per batch, in input order, with few batches in flight."""
     if workers <= 1:
-        _init_worker(repo, cfg)
+        _init_worker(repo, cfg, redactor)
         try:
             for batch in batches:
                 yield _chunk_batch(batch)
         finally:
             _close_worker()
         return
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(repo, cfg))
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(repo, cfg, redactor))
     try:
         in_flight = collections.deque()
         limit = workers * 4  # bounded: the reader never runs far ahead of the writer
@@ -218,9 +248,10 @@ def _map_batches(batches: Iterator[list[dict]], cfg: Config, repo: Path | None, 
 _WORKER: dict = {}
 
 
-def _init_worker(repo: Path | None, cfg: Config) -> None:
+def _init_worker(repo: Path | None, cfg: Config, redactor: Redactor | None) -> None:
     _WORKER["objects"] = CatFile(repo) if repo is not None else None
     _WORKER["cfg"] = cfg
+    _WORKER["redactor"] = redactor
     _WORKER["degraded"] = DEGRADED_NO_REPOSITORY if repo is None else None
 
 
@@ -235,7 +266,8 @@ def _chunk_batch(batch: list[dict]) -> tuple[str, "ChunkingStats", int]:
     lines = []
     for record in batch:
         commit = Commit.from_dict(record)
-        chunks = _chunk_commit(commit, _WORKER["objects"], _WORKER["cfg"], stats, _WORKER["degraded"])
+        chunks = _chunk_commit(commit, _WORKER["objects"], _WORKER["cfg"], stats, _WORKER["degraded"],
+                               _WORKER["redactor"])
         lines.extend(json.dumps(chunk.to_dict(), ensure_ascii=False) + "\n" for chunk in chunks)
     return "".join(lines), stats, len(batch)
 
@@ -304,12 +336,13 @@ def chunk_commit(commit: Commit, objects: CatFile | None, cfg: Config | None = N
     """
     cfg = cfg or Config()
     degraded = DEGRADED_NO_REPOSITORY if objects is None else None
-    return _chunk_commit(commit, objects, cfg, ChunkingStats(), degraded)
+    redactor = _default_redactor() if cfg.redact_secrets else None
+    return _chunk_commit(commit, objects, cfg, ChunkingStats(), degraded, redactor)
 
 
 def _chunk_commit(commit: Commit, objects: CatFile | None, cfg: Config, stats: ChunkingStats,
-                  degraded: str | None) -> list[Chunk]:
-    context = _CommitContext(commit, objects, cfg, stats, degraded)
+                  degraded: str | None, redactor: Redactor | None) -> list[Chunk]:
+    context = _CommitContext(commit, objects, cfg, stats, degraded, redactor)
     chunks: list[Chunk] = []
     for change in commit.files:
         chunks.extend(context.chunk_file(change))
@@ -412,9 +445,12 @@ class _ParseCache:
     def __init__(self):
         self.entries: collections.OrderedDict = collections.OrderedDict()
 
-    def get(self, objects: CatFile, blob: str, language: str, cfg: Config):
-        """(FileUnits, lines) for a blob, or None when the object is missing."""
-        key = (blob, language, cfg.max_chunk_size)
+    def get(self, objects: CatFile, blob: str, language: str, cfg: Config, redactor: Redactor | None):
+        """(FileUnits, lines) for a blob, or None when the object is missing.
+
+        The lines (for `before`/`after`) are redacted; redaction keeps the line count.
+        """
+        key = (blob, language, cfg.max_chunk_size, id(redactor))
         entry = self.entries.get(key)
         if entry is not None:
             self.entries.move_to_end(key)
@@ -423,7 +459,10 @@ class _ParseCache:
         if data is None:
             return None
         units = code_units.extract_units(language, data, split_threshold=cfg.max_chunk_size)
-        entry = (units, data.decode("utf-8", "replace").split("\n"))
+        text = data.decode("utf-8", "replace")
+        if redactor is not None:
+            text = redactor.redact(text)[0]
+        entry = (units, text.split("\n"))
         self.entries[key] = entry
         while len(self.entries) > cfg.parse_cache_size:
             self.entries.popitem(last=False)
@@ -512,8 +551,9 @@ class _Piece:
 
 class _CommitContext:
     def __init__(self, commit: Commit, objects: CatFile | None, cfg: Config, stats: ChunkingStats,
-                 degraded: str | None):
+                 degraded: str | None, redactor: Redactor | None):
         self.commit = commit
+        self.redactor = redactor
         self.objects = objects
         self.cfg = cfg
         self.stats = stats
@@ -604,7 +644,7 @@ class _CommitContext:
             if not blob or set(blob) == {"0"}:
                 sides.append(None)
                 continue
-            entry = _PARSE_CACHE.get(self.objects, blob, language, self.cfg)
+            entry = _PARSE_CACHE.get(self.objects, blob, language, self.cfg, self.redactor)
             if entry is None:
                 return None, None, True
             units, lines = entry

@@ -580,3 +580,70 @@ def test_coverage_on_this_repository():
             small = sc.chunk_commit(commit, objects, sc.Config(max_chunk_size=10, min_chunk_size=4))
             assert coverage_problems(commit, small) == [], sha
             assert all(isinstance(c, Chunk) and c.kind in KINDS for c in chunks)
+
+
+def test_file_versions_are_redacted(make_repo):
+    repo = make_repo()
+    sha = repo.commit("config", {"settings.py": 'def connect():\n    password = "hunter2hunter2"\n    return password\n'})
+    _, (chunk,) = chunks_of(repo, sha)
+    assert "hunter2" not in chunk.after and "<REDACTED:password>" in chunk.after
+    commit = commit_record(repo.path, sha)
+    with CatFile(repo.path) as objects:
+        (plain,) = sc.chunk_commit(commit, objects, sc.Config(redact_secrets=False))
+    assert "hunter2hunter2" in plain.after
+
+
+# ---------------------------------------------------------------- with the real scraper
+
+
+def scrape_and_chunk(repo_path: Path, out: Path, workers: int = 2):
+    import git_scraper
+    from repo2model.artifacts import iter_commits
+
+    paths = ArtifactPaths.under(out)
+    git_scraper.run(git_scraper.Config(repo=repo_path), paths)
+    sc.run(sc.Config(workers=workers), paths)
+    by_commit: dict[str, list[Chunk]] = {}
+    for chunk in iter_chunks(paths.chunks):
+        by_commit.setdefault(chunk.commit, []).append(chunk)
+    commits = list(iter_commits(paths.commits))
+    order = [c.commit for c in iter_chunks(paths.chunks)]
+    assert order == sorted(order, key=[c.hash for c in commits].index)  # grouped, in the commits' order
+    return commits, by_commit, json.loads(paths.chunking_stats.read_text())
+
+
+@pytest.mark.slow
+def test_scraped_rust_workspace_with_a_merge(make_repo, tmp_path):
+    repo, steps = build_rust_workspace(make_repo)
+    repo.checkout("feature", create=True)
+    quote = "pub fn quote() -> u64 {\n    3\n}\n"
+    feature = repo.commit("quote", {"crates/ledger/src/quote.rs": quote})
+    repo.checkout("main")
+    repo.commit("docs", {"README.md": "# Exchange\n\nTwo crates: energy-market and ledger.\nMore.\n"})
+    merge = repo.merge("feature")
+    commits, by_commit, stats = scrape_and_chunk(repo.path, tmp_path / "out")
+    for sha, expected in steps:
+        assert summary(by_commit[sha]) == expected
+    new_quote = [("crates/ledger/src/quote.rs", "function", "quote", "NEW_FUNCTION", "ledger::quote", None, (1, 3))]
+    assert summary(by_commit[feature]) == new_quote
+    assert summary(by_commit[merge]) == new_quote  # merges are diffed against the first parent
+    for commit in commits:
+        assert coverage_problems(commit, by_commit.get(commit.hash, [])) == [], commit.message
+    assert stats["uncovered_lines"] == 0 and stats["commits"] == len(steps) + 3
+
+
+@pytest.mark.slow
+def test_scraped_python_history(make_repo, tmp_path):
+    repo, steps = build_python_history(make_repo)
+    commits, by_commit, stats = scrape_and_chunk(repo.path, tmp_path / "out", workers=1)
+    for sha, expected in steps:
+        assert summary(by_commit[sha]) == expected
+    assert stats["parse_error_files"] == 1 and stats["uncovered_lines"] == 0
+
+
+@pytest.mark.slow
+def test_scraped_own_history_coverage(tmp_path):
+    commits, by_commit, stats = scrape_and_chunk(ROOT, tmp_path / "out")
+    assert stats["uncovered_lines"] == 0 and stats["duplicated_lines"] == 0
+    for commit in commits:
+        assert coverage_problems(commit, by_commit.get(commit.hash, [])) == [], commit.hash
