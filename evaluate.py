@@ -69,6 +69,7 @@ from typing import Iterable, Iterator, Literal
 
 from repo2model.artifacts import atomic_open, atomic_path, iter_commit_dicts, iter_jsonl, require, write_json
 from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.config import load_config
 from repo2model.errors import UserError
 from repo2model.paths import ArtifactPaths
 
@@ -583,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines-only", action="store_true", help="score the baselines only (no model)")
     parser.add_argument("--test-from", type=int, help="targets from this commit position on (baselines only)")
     parser.add_argument("--device", help="override evaluation.device")
+    parser.add_argument("--max-new-tokens", type=int, help="override prediction.max_new_tokens")
     parser.add_argument("--seed", type=int, help="override pipeline.seed")
     args = parser.parse_args(argv)
     cfg, pipeline_cfg, paths = load_stage(args, SECTION, Config)
@@ -599,7 +601,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, attr in (("model", "model_dir"), ("commits", "commits"), ("chunks", "chunks"), ("output", "evaluation")):
         if getattr(args, name) is not None:
             paths = dataclasses.replace(paths, **{attr: getattr(args, name).resolve()})
-    run(cfg, paths, seed=args.seed if args.seed is not None else pipeline_cfg.seed)
+    prediction = None
+    if not cfg.baselines_only:
+        import predict
+
+        prediction = predict.Config()
+        if args.config is not None:
+            prediction = load_config(args.config, {"prediction": predict.Config}, strict_sections=False)["prediction"]
+        if args.max_new_tokens is not None:
+            try:
+                prediction = dataclasses.replace(prediction, max_new_tokens=args.max_new_tokens)
+            except ValueError as exc:
+                raise UserError(f"prediction.{exc}") from None
+        if prediction.model_dir is not None and args.model is None:
+            paths = dataclasses.replace(paths, model_dir=prediction.model_dir)
+    run(cfg, paths, seed=args.seed if args.seed is not None else pipeline_cfg.seed, prediction=prediction)
     return 0
 
 
