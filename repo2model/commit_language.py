@@ -27,7 +27,7 @@ Rendering (`render_commit(commit, chunks, form="full")`):
   most frequent, else `<MODULE>module`; nothing when the file has no module.
 - Per chunk: `<CHANGE:new_function>` (one token per change type in
   `records.ALL_CHANGE_TYPES`; an unknown type is spelled `<CHANGE>TYPE`), the
-  symbol, `<FROM>old_file` for moved units; then the code: `<CODE>` + the unit's
+  symbol, `<WAS>old_name` for renamed units, `<FROM>old_file` for moved ones; then the code: `<CODE>` + the unit's
   new code for NEW_* changes, `<DIFF>` + its own changed lines for the rest,
   nothing for DELETED_* changes.
 - Every free-text field (message, path, symbol, code) is followed by one
@@ -76,13 +76,14 @@ MSG = "<MSG>"
 FILE = "<FILE>"
 MODULE = "<MODULE>"  # followed by a module spelled out
 CHANGE = "<CHANGE>"  # followed by a change type we have no token for
-FROM = "<FROM>"
+FROM = "<FROM>"  # a moved unit's old file
+WAS = "<WAS>"  # a renamed unit's old name
 CODE = "<CODE>"
 DIFF = "<DIFF>"
 TASK = "<TASK>"
 TRUNCATED = "<TRUNCATED>"
 
-STRUCTURE_TOKENS = (COMMIT_START, COMMIT_END, AUTHOR, DATE, MSG, FILE, MODULE, CHANGE, FROM, CODE, DIFF, TASK, TRUNCATED)
+STRUCTURE_TOKENS = (COMMIT_START, COMMIT_END, AUTHOR, DATE, MSG, FILE, MODULE, CHANGE, FROM, WAS, CODE, DIFF, TASK, TRUNCATED)
 CHANGE_TOKENS = tuple(f"<CHANGE:{c.lower()}>" for c in ALL_CHANGE_TYPES)
 
 _STRUCTURE_NAMES = "|".join(t[1:-1] for t in STRUCTURE_TOKENS + (PAD, BOS, EOS))
@@ -134,6 +135,7 @@ class ParsedChunk:
     code: str | None  # the code (after `<CODE>`) or diff lines (after `<DIFF>`)
     code_form: str | None  # "code", "diff" or None
     old_file: str | None = None
+    old_symbol: str | None = None
 
 
 @dataclasses.dataclass
@@ -280,6 +282,8 @@ class CommitLanguage:
         token = f"<CHANGE:{ctype.lower()}>"
         # a change type we have no token for is spelled out, then a space, then the symbol
         text = (token if ctype in _CHANGE_TYPE_SET else CHANGE + escape(ctype) + " ") + escape(chunk.symbol or "")
+        if chunk.old_symbol and chunk.old_symbol != chunk.symbol:
+            text += WAS + escape(chunk.old_symbol)
         if chunk.old_file and chunk.old_file != chunk.file:
             text += FROM + escape(chunk.old_file)
         text += "\n"
@@ -451,14 +455,18 @@ def parse_commit(text: str) -> ParsedCommit:
                 parsed.files.append(current_file)
             current_chunk = ParsedChunk(change_type=change, symbol=symbol, code=None, code_form=None)
             current_file.chunks.append(current_chunk)
-            if "\n" not in body and not (i < len(pieces) and pieces[i] == FROM):
+            if "\n" not in body and not (i < len(pieces) and pieces[i] in (FROM, WAS)):
                 _expect_newline(parsed, token, body)
             _expect_empty(parsed, token, rest)
-        elif token == FROM:
+        elif token in (FROM, WAS):
             if current_chunk is None:
-                parsed.problems.append(f"{FROM} outside a change")
-            else:
+                parsed.problems.append(f"{token} outside a change")
+            elif token == FROM:
                 current_chunk.old_file = unescape(line)
+            else:
+                current_chunk.old_symbol = unescape(line)
+            if "\n" not in body and not (i < len(pieces) and pieces[i] == FROM):
+                _expect_newline(parsed, token, body)
             _expect_empty(parsed, token, rest)
         elif token in (CODE, DIFF):
             if current_chunk is None:

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import tokenizer as stage
-from helpers_data import linear_history, tricky_commit, write_history
-from repo2model.commit_language import CommitLanguage, decode_ids, encode_texts, iter_history
+from conftest import GitRepo
+from helpers_data import build_fixture_repo, linear_history, scrape_and_chunk, tricky_commit, write_history
+from repo2model.commit_language import CommitLanguage, decode_ids, encode_texts, group_by_file, iter_history
 from repo2model.config import build_section
 from repo2model.errors import UserError
 from repo2model.paths import ArtifactPaths
@@ -193,3 +194,36 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "git_scraper" in proc.stderr
+
+
+def test_round_trips_on_real_chunks_of_a_fixture_repository(tmp_path):
+    """git_scraper + semantic_chunker on a real repository: render/parse and encode/decode are exact."""
+    from transformers import AutoTokenizer
+
+    repo = GitRepo(tmp_path / "repo")
+    build_fixture_repo(repo)
+    paths = scrape_and_chunk(repo.path, tmp_path / "out")
+    stats = stage.run(stage.Config(vocab_size=800, top_authors=1, top_modules=1), paths)
+    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
+    lang = CommitLanguage.load(paths.tokenizer_dir)
+    assert lang.modules == ["net"]  # the crate with the most chunks; "core" is spelled out
+    seen_kinds = set()
+    for commit, chunks in iter_history(paths.commits, paths.chunks):
+        full = lang.render_commit(commit, chunks, "full")
+        assert decode_ids(tok, encode_texts(tok, [full])[0]) == full
+        parsed = lang.parse_commit(full)
+        assert parsed.well_formed, parsed.problems
+        assert (parsed.author, parsed.message, parsed.date) == (commit.author.name, commit.message, commit.authored_at[:10])
+        assert parsed.changes == [(c.file, c.change_type, c.symbol) for c in chunks]
+        parsed_chunks = [pc for f in parsed.files for pc in f.chunks]
+        for pc, c in zip(parsed_chunks, chunks):
+            seen_kinds.add(c.change_type)
+            expected = c.after if c.change_type.startswith("NEW_") and c.after is not None else (
+                None if c.change_type.startswith("DELETED_") else c.diff or None)
+            assert pc.code == expected
+            assert pc.old_symbol == (c.old_symbol if c.old_symbol != c.symbol else None)
+        assert [f.module for f in parsed.files] == [module for _, module, _ in group_by_file(chunks)]
+        compact = lang.parse_commit(lang.render_commit(commit, chunks, "compact"))
+        assert compact.well_formed and compact.changes == parsed.changes
+    assert {"NEW_FUNCTION", "NEW_METHOD", "NEW_TEST", "MODIFIED_FUNCTION", "RENAMED_FUNCTION"} <= seen_kinds
+    assert stats["roundtrip"]["exact"] == stats["roundtrip"]["parsed"] == stats["roundtrip"]["checked"] == 19
