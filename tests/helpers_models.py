@@ -1,0 +1,109 @@
+"""Tiny real tokenizers, training data and LLaMA models, built offline in tmp_path for the training tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from repo2model.examples import ExampleSet
+
+SPECIALS = ["<pad>", "<bos>", "<eos>"]
+COMMIT_TOKENS = ["<COMMIT_START>", "<COMMIT_END>", "<FILE>", "<CHANGE:new_function>"]
+
+
+def corpus_lines(n: int = 400, seed: int = 0) -> list[str]:
+    """Commit-like text with a learnable structure."""
+    rng = random.Random(seed)
+    crates = ["core", "net", "store", "vm", "cli"]
+    verbs = ["add", "fix", "refactor", "remove", "test"]
+    lines = []
+    for i in range(n):
+        crate = rng.choice(crates)
+        verb = rng.choice(verbs)
+        lines.append(f"{verb} {crate}: fn {crate}_{verb}_{i % 7}() -> Result<(), Error> {{ Ok(()) }}")
+    return lines
+
+
+def make_tokenizer(folder: Path, vocab_size: int = 320, specials: list[str] | None = None) -> Path:
+    """A byte-level BPE tokenizer trained on `corpus_lines`, saved as a transformers tokenizer folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = specials or SPECIALS
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus_lines(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    folder = Path(folder)
+    fast.save_pretrained(str(folder))
+    (folder / "vocab.json").write_text(json.dumps(tok.get_vocab(), sort_keys=True), encoding="utf-8")
+    return folder
+
+
+def extend_tokenizer(base_folder: Path, folder: Path, new_tokens: list[str] | None = None) -> Path:
+    """The base tokenizer plus commit special tokens, as the tokenizer stage does in extend mode."""
+    from transformers import AutoTokenizer
+
+    new_tokens = new_tokens or COMMIT_TOKENS
+    tok = AutoTokenizer.from_pretrained(str(base_folder))
+    added = tok.add_tokens(new_tokens, special_tokens=True)
+    folder = Path(folder)
+    tok.save_pretrained(str(folder))
+    (folder / "commit_language.json").write_text(json.dumps({"added_tokens": added}), encoding="utf-8")
+    return folder
+
+
+def make_examples(tokenizer_dir: Path, path: Path, n: int, split: str, seed: int = 0,
+                  context_lines: int = 2, extra_ids: list[int] | None = None) -> ExampleSet:
+    """n examples: a few context lines (masked) then one target line, as dataset_builder writes them."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    lines = corpus_lines(n * (context_lines + 1) + 10, seed=seed)
+    ids, offsets, starts = [], [0], []
+    for i in range(n):
+        chunk = lines[i * (context_lines + 1): (i + 1) * (context_lines + 1)]
+        context = [tok.bos_token_id] + tok.encode("\n".join(chunk[:-1]) + "\n", add_special_tokens=False)
+        if extra_ids:
+            context += extra_ids
+        target = tok.encode(chunk[-1], add_special_tokens=False) + [tok.eos_token_id]
+        ids.extend(context + target)
+        starts.append(len(context))
+        offsets.append(len(ids))
+    examples = ExampleSet(
+        input_ids=torch.tensor(ids, dtype=torch.int32),
+        offsets=torch.tensor(offsets, dtype=torch.int64),
+        target_starts=torch.tensor(starts, dtype=torch.int64),
+        commits=[f"{split}{i:040d}"[-40:] for i in range(n)],
+        timestamps=[f"2024-01-{1 + i % 28:02d}T00:00:00+00:00" for i in range(n)],
+        meta={"split": split, "tokenizer_dir": str(tokenizer_dir), "pad_token_id": tok.pad_token_id,
+              "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "context_window": 256,
+              "target_window": 64, "vocab_size": len(tok)},
+    )
+    examples.save(path)
+    return examples
+
+
+def make_dataset(out: Path, tokenizer_dir: Path, n_train: int = 48, n_val: int = 12, n_test: int = 12, **kwargs) -> None:
+    """training_data_{train,val,test}.pt in `out` (the pipeline's output-folder layout)."""
+    for split, n, seed in (("train", n_train, 1), ("val", n_val, 2), ("test", n_test, 3)):
+        make_examples(tokenizer_dir, out / f"training_data_{split}.pt", n, split, seed=seed, **kwargs)
+
+
+def make_base_model(folder: Path, vocab_size: int, tie: bool = False, hidden: int = 32, layers: int = 2) -> Path:
+    """A tiny untied LLaMA (like LLaMA-2) saved with save_pretrained: a stand-in for a hub base model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=512, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    return Path(folder)

@@ -1,0 +1,365 @@
+"""train_model: tiny real LLaMA models trained for a few steps on the CPU, offline, in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train_model
+from repo2model.errors import UserError
+from repo2model.examples import IGNORE_INDEX, ExampleSet
+from repo2model.paths import ArtifactPaths
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers_models import extend_tokenizer, make_base_model, make_dataset, make_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, micro_batch_size=4,
+            effective_batch_size=8, warmup_steps=2, max_minutes=None, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A trained BPE tokenizer and train/val/test splits, built once."""
+    root = tmp_path_factory.mktemp("shared")
+    tok = make_tokenizer(root / "tokenizer")
+    make_dataset(root, tok)
+    return root
+
+
+def outputs(shared: Path, tmp_path: Path) -> ArtifactPaths:
+    out = tmp_path / "outputs"
+    out.mkdir(parents=True)
+    for name in ("training_data_train.pt", "training_data_val.pt", "training_data_test.pt"):
+        shutil.copy(shared / name, out / name)
+    shutil.copytree(shared / "tokenizer", out / "tokenizer")
+    return ArtifactPaths.under(out)
+
+
+def read_steps(paths: ArtifactPaths) -> list[dict]:
+    return [json.loads(line) for line in (paths.training_logs / "steps.jsonl").read_text().splitlines()]
+
+
+def write_config(path: Path, output_dir: Path, **training) -> Path:
+    path.write_text(yaml.safe_dump({"pipeline": {"output_dir": str(output_dir), "seed": 7},
+                                    "model_training": training}))
+    return path
+
+
+def cpu_hw(precision: str = "fp32") -> train_model.Hardware:
+    return train_model.Hardware(torch.device("cpu"), precision)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def test_packing_fills_rows_and_places_every_example_once(shared):
+    examples = ExampleSet.load(shared / "training_data_train.pt")
+    rows = train_model.pack_rows(examples, 256, packing=True)
+    placed = sorted(i for row in rows for i in row)
+    assert placed == list(range(len(examples)))
+    lengths = examples.lengths().tolist()
+    assert all(sum(lengths[i] for i in row) <= 256 for row in rows)
+    assert len(rows) < len(examples) / 2  # short examples share rows
+    # A realistic spread of lengths: the waste in training order stays under 5%.
+    torch.manual_seed(0)
+    sizes = torch.randint(20, 700, (400,))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+    varied = ExampleSet(torch.ones(int(offsets[-1]), dtype=torch.int32), offsets, torch.zeros(400, dtype=torch.long),
+                        ["c"] * 400, ["t"] * 400, {})
+    packed = train_model.pack_rows(varied, 1024, packing=True)
+    assert train_model.padding_waste(varied, packed, 1024, 8, seed=1) < 0.05
+    unpacked = train_model.pack_rows(varied, 1024, packing=False)
+    assert train_model.padding_waste(varied, unpacked, 1024, 8, seed=1) > 0.2
+
+
+def test_collate_masks_context_and_restarts_positions(shared):
+    examples = ExampleSet.load(shared / "training_data_train.pt")
+    batch = train_model.collate(examples, [[0, 1], [2]], 256, pad_id=0)
+    n0, n1, n2 = (int(examples.lengths()[i]) for i in range(3))
+    labels, positions = batch["labels"], batch["position_ids"]
+    assert batch["input_ids"].shape == (2, n0 + n1)
+    assert positions[0, :n0].tolist() == list(range(n0)) and positions[0, n0:].tolist() == list(range(n1))
+    start0, start1 = int(examples.target_starts[0]), int(examples.target_starts[1])
+    assert (labels[0, :start0] == IGNORE_INDEX).all()
+    assert labels[0, start0:n0].tolist() == examples.ids(0)[start0:].tolist()
+    assert labels[0, n0] == IGNORE_INDEX and labels[0, n0 + start1:].tolist() == examples.ids(1)[start1:].tolist()
+    assert (labels[1, n2:] == IGNORE_INDEX).all() and (batch["input_ids"][1, n2:] == 0).all()
+
+
+def test_packed_loss_equals_the_examples_alone(shared):
+    """Position ids restart per example, so attention does not cross examples: packing changes no loss."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    examples = ExampleSet.load(shared / "training_data_val.pt")
+    tokenizer = AutoTokenizer.from_pretrained(str(shared / "tokenizer"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(train_model.scratch_config(train_model.Config(**TINY), tokenizer, 256)).eval()
+    hw = cpu_hw()
+    with torch.no_grad():
+        packed, n_packed = train_model.token_loss_sum(model, train_model.collate(examples, [[0, 1, 2]], 256, 0), hw)
+        alone = [train_model.token_loss_sum(model, train_model.collate(examples, [[i]], 256, 0), hw) for i in range(3)]
+    assert n_packed == sum(n for _, n in alone)
+    assert float(packed) == pytest.approx(sum(float(loss) for loss, _ in alone), rel=1e-5)
+
+
+def test_data_order_is_a_function_of_the_step():
+    rows = [[i] for i in range(10)]
+    first = [train_model.step_rows(rows, s, 4, seed=3, cache={}) for s in range(6)]
+    again = [train_model.step_rows(rows, s, 4, seed=3, cache={}) for s in (5, 2, 0, 1, 4, 3)]
+    assert again == [first[s] for s in (5, 2, 0, 1, 4, 3)]
+    epoch0 = [r[0] for s in range(2) for r in first[s]] + [r[0] for r in first[2][:2]]
+    assert sorted(epoch0) == list(range(10))  # each row once per epoch
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = train_model.Config(learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [train_model.learning_rate(cfg, s, 100) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[100] == pytest.approx(1e-4)
+    assert lrs[55] == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+
+
+# ----------------------------------------------------------------------------- scratch
+
+
+def test_scratch_trains_logs_and_reloads(shared, tmp_path):
+    paths = outputs(shared, tmp_path)
+    cfg = train_model.Config(**TINY, precision="fp32", max_steps=30, eval_every=10, save_every=10,
+                             learning_rate=3e-3)
+    final = train_model.run(cfg, paths, seed=5)
+
+    assert final["best_val_loss"] < final["initial_val_loss"] - 1.0
+    assert final["test_perplexity"] == pytest.approx(math.exp(final["test_loss"]))
+    assert final["padding_waste"] < 0.05
+    saved = json.loads((paths.training_logs / "final_eval.json").read_text())
+    assert saved["test_loss"] == final["test_loss"]
+    steps = read_steps(paths)
+    assert [r["step"] for r in steps if "val_loss" in r] == [0, 10, 20, 30]
+    assert all({"loss", "lr", "tokens_per_s", "memory_gib"} <= r.keys() for r in steps if r["step"] % 5 == 0 and r["step"])
+    assert (paths.training_logs / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((paths.training_logs / "tb").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in paths.checkpoints_dir.iterdir()) == ["best", "step-000020", "step-000030"]
+    assert (paths.model_dir / "model.safetensors").is_file() and (paths.model_dir / "tokenizer.json").is_file()
+
+    model, tokenizer = train_model.load_trained_model(paths.model_dir)
+    assert not model.training and len(tokenizer) == model.config.vocab_size
+    test = ExampleSet.load(paths.test_data)
+    loss, _ = train_model.evaluate_loss(model, test, train_model.pack_rows(test, final["seq_len"], True), 4, cpu_hw(),
+                                        final["seq_len"])
+    assert loss == pytest.approx(final["test_loss"], abs=1e-4)
+
+
+def test_early_stopping_keeps_the_best_weights(shared, tmp_path):
+    paths = outputs(shared, tmp_path)
+    # A learning rate far too high: validation loss gets worse after the first evaluations.
+    cfg = train_model.Config(**{**TINY, "warmup_steps": 0}, precision="fp32", max_steps=40, eval_every=2,
+                             save_every=2, learning_rate=0.3, max_grad_norm=100.0, early_stopping_patience=2)
+    final = train_model.run(cfg, paths, seed=5)
+    assert final["stop_reason"] == "early_stopping"
+    assert final["steps"] == final["best_step"] + 4
+    model, _ = train_model.load_trained_model(paths.model_dir)
+    val = ExampleSet.load(paths.val_data)
+    loss, _ = train_model.evaluate_loss(model, val, train_model.pack_rows(val, final["seq_len"], True), 4, cpu_hw(),
+                                        final["seq_len"])
+    assert loss == pytest.approx(final["best_val_loss"], abs=1e-4)
+
+
+def test_gpu_only_settings_are_refused_without_a_gpu(shared, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="precision: fp16 needs a CUDA GPU"):
+        train_model.setup_hardware(train_model.Config(precision="fp16"))
+    paths = outputs(shared, tmp_path)
+    config = write_config(tmp_path / "c.yaml", paths.output_dir, device="cuda")
+    proc = subprocess.run([sys.executable, str(ROOT / "train_model.py"), "--config", str(config)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: model_training.device: cuda, but PyTorch sees no CUDA GPU: set device: auto (or cpu)"]
+
+
+def test_missing_data_names_the_stage_to_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train_model.py"), "--output-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "run the dataset_builder stage first" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_seed_command_line(shared, tmp_path):
+    paths = outputs(shared, tmp_path)
+    out = paths.output_dir
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train_model.py"), "--vocab", str(out / "tokenizer" / "vocab.json"),
+         "--train-data", str(out / "training_data_train.pt"), "--val-data", str(out / "training_data_val.pt"),
+         "--output-dir", str(out), "--max-steps", "2"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "train_model: 2 steps (max_steps)" in proc.stderr
+    assert json.loads((paths.training_logs / "final_eval.json").read_text())["steps"] == 2
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_matches_an_uninterrupted_run(shared, tmp_path):
+    settings = dict(**{k: v for k, v in TINY.items() if k != "max_minutes"}, precision="fp32", max_steps=24,
+                    eval_every=6, save_every=4, log_every=1, learning_rate=3e-3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "train_model.py"), "--config"]
+
+    straight = outputs(shared, tmp_path / "a")
+    config_a = write_config(tmp_path / "a.yaml", straight.output_dir, **settings)
+    subprocess.run(command + [str(config_a)], check=True, capture_output=True, env=env)
+
+    killed = outputs(shared, tmp_path / "b")
+    config_b = write_config(tmp_path / "b.yaml", killed.output_dir, **settings)
+    proc = subprocess.Popen(command + [str(config_b)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not (killed.checkpoints_dir / "step-000008").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed.checkpoints_dir / "step-000024").exists()
+    resumed = subprocess.run(command + [str(config_b), "--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+
+    a, b = read_steps(straight), read_steps(killed)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "val_loss"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], abs=1e-5), (ra, rb)
+    final_a = json.loads((straight.training_logs / "final_eval.json").read_text())
+    final_b = json.loads((killed.training_logs / "final_eval.json").read_text())
+    assert final_b["test_loss"] == pytest.approx(final_a["test_loss"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- LoRA / QLoRA
+
+
+@pytest.fixture(scope="module")
+def extended(shared, tmp_path_factory):
+    """A tiny untied base model, its tokenizer extended with 4 commit tokens, data that uses them."""
+    root = tmp_path_factory.mktemp("extended")
+    base_tok = make_tokenizer(root / "base_tokenizer")
+    from transformers import AutoTokenizer
+
+    base_vocab = len(AutoTokenizer.from_pretrained(str(base_tok)))
+    base = make_base_model(root / "base", base_vocab, hidden=64)  # bitsandbytes' CPU NF4 needs >= 64 inputs
+    tok_dir = extend_tokenizer(base_tok, root / "out" / "tokenizer")
+    new_ids = list(range(base_vocab, base_vocab + 4))
+    make_dataset(root / "out", tok_dir, extra_ids=new_ids)
+    return {"root": root, "base": base, "out": root / "out", "new_ids": new_ids, "base_vocab": base_vocab}
+
+
+def adapter_outputs(extended, tmp_path) -> ArtifactPaths:
+    out = tmp_path / "outputs"
+    shutil.copytree(extended["out"], out)
+    return ArtifactPaths.under(out)
+
+
+def test_lora_trains_only_adapters_and_new_rows_and_reloads(extended, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    paths = adapter_outputs(extended, tmp_path)
+    cfg = train_model.Config(**TINY, mode="lora", base_model=str(extended["base"]), precision="fp32", max_steps=12,
+                             eval_every=6, save_every=6, learning_rate=1e-2, merge=True)
+    hw = cpu_hw()
+    tokenizer, tok_dir = train_model.load_tokenizer(ExampleSet.load(paths.train_data), paths, None)
+    model, new_ids = train_model.build_model(cfg, tokenizer, tok_dir, 256, hw)
+    assert new_ids == extended["new_ids"]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or "trainable_tokens" in n for n in names)
+    assert any("embed_tokens" in n and "trainable_tokens" in n for n in names)
+    assert any("lm_head" in n and "trainable_tokens" in n for n in names)
+
+    final = train_model.run(cfg, paths, seed=5)
+    assert final["best_val_loss"] < final["initial_val_loss"]
+    info = json.loads((paths.model_dir / "training_info.json").read_text())
+    assert info["mode"] == "lora" and info["base_model"] == str(extended["base"].resolve())
+    assert (paths.model_dir / "adapter_model.safetensors").is_file()
+    assert not (paths.model_dir / "model.safetensors").exists()
+
+    reloaded, tokenizer = train_model.load_trained_model(paths.model_dir)
+    assert isinstance(reloaded, PeftModel) and not reloaded.training
+    base = AutoModelForCausalLM.from_pretrained(str(extended["base"]))
+    embed = reloaded.get_input_embeddings()
+    ids = torch.tensor([extended["new_ids"] + [5, 6]])
+    rows = embed(ids)[0]
+    assert torch.equal(rows[-2:], base.get_input_embeddings()(torch.tensor([5, 6])))  # old rows untouched
+    test = ExampleSet.load(paths.test_data)
+    packed = train_model.pack_rows(test, final["seq_len"], True)
+    loss, _ = train_model.evaluate_loss(reloaded, test, packed, 4, hw, final["seq_len"])
+    assert loss == pytest.approx(final["test_loss"], abs=1e-4)
+
+    merged, _ = train_model.load_trained_model(paths.model_dir / "merged")
+    assert not isinstance(merged, PeftModel)
+    merged_loss, _ = train_model.evaluate_loss(merged, test, packed, 4, hw, final["seq_len"])
+    assert merged_loss == pytest.approx(loss, abs=1e-4)
+
+
+def test_qlora_nf4_on_cpu_with_paged_8bit_adamw(extended, tmp_path):
+    import bitsandbytes as bnb
+
+    paths = adapter_outputs(extended, tmp_path)
+    cfg = train_model.Config(**TINY, mode="qlora", base_model=str(extended["base"]), precision="bf16", max_steps=4,
+                             eval_every=2, save_every=2, optimizer="paged_adamw_8bit", learning_rate=1e-2,
+                             gradient_checkpointing=True)
+    hw = cpu_hw("bf16")
+    tokenizer, tok_dir = train_model.load_tokenizer(ExampleSet.load(paths.train_data), paths, None)
+    model, _ = train_model.build_model(cfg, tokenizer, tok_dir, 256, hw)
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
+    assert q_proj.base_layer.weight.quant_state.quant_type == "nf4"
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for _, p in trainable)
+    assert isinstance(train_model.build_optimizer(cfg, trainable, hw), bnb.optim.PagedAdamW8bit)
+    del model
+
+    final = train_model.run(cfg, paths, seed=5)
+    assert final["steps"] == 4 and math.isfinite(final["test_loss"]) and final["precision"] == "bf16"
+    assert (paths.model_dir / "adapter_model.safetensors").is_file()
+    reloaded, _ = train_model.load_trained_model(paths.model_dir)
+    lora_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapter was trained (B starts at zero)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_agree_and_match_one_process(shared, tmp_path):
+    settings = dict(**TINY, precision="fp32", max_steps=6, eval_every=3, save_every=3, log_every=1,
+                    learning_rate=3e-3)
+    single = outputs(shared, tmp_path / "one")
+    train_model.run(train_model.Config(**settings), single, seed=7)
+    double = outputs(shared, tmp_path / "two")
+    config = write_config(tmp_path / "two.yaml", double.output_dir, **settings)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(ROOT / "train_model.py"), "--config", str(config)],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((double.training_logs / "final_eval.json").read_text())
+    assert final["processes"] == 2 and final["ranks_agree"] is True
+    # The same rows per step, split over two processes, give the same losses as one process.
+    for one, two in zip(read_steps(single), read_steps(double)):
+        assert one["step"] == two["step"]
+        assert two.get("loss", 0) == pytest.approx(one.get("loss", 0), abs=2e-4)
