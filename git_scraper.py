@@ -155,7 +155,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
         total=len(hashes), unit="commit", desc="git_scraper", disable=None, mininterval=0.5
     ) as progress:
         for sha in hashes:
-            record = reuse.read(sha) if reuse is not None and sha in reuse else next(new_commits).to_dict()
+            record = reuse.read(sha) if reuse is not None and sha in reuse else record_of(next(new_commits))
             assert record["hash"] == sha, (record["hash"], sha)
             record["branches"] = graph.branches_of(sha)
             record["on_default_first_parent"] = sha in graph.first_parent
@@ -803,6 +803,15 @@ class Scraper:
         return self._build(raw, patches, unavailable)
 
 
+def record_of(commit: Commit) -> dict:
+    """`commit.to_dict()`, without dataclasses.asdict's deep copies (a third of the run time)."""
+    record = dict(commit.__dict__)
+    record["author"] = dict(commit.author.__dict__)
+    record["committer"] = dict(commit.committer.__dict__)
+    record["files"] = [dict(change.__dict__) for change in commit.files]
+    return record
+
+
 def _split_header(section: bytes) -> tuple[bytes, bytes]:
     """A `diff --git` section into its header and its hunks (from the first `@@ `)."""
     i = section.find(b"\n@@ ")
@@ -867,7 +876,15 @@ class PathFilter:
         self.names = tuple(g for g in globs if "/" not in g)
         self.paths = tuple(g for g in globs if "/" in g.rstrip("/") and not g.endswith("/"))
 
+        self._cache: dict[str, bool] = {}
+
     def excluded(self, path: str) -> bool:
+        known = self._cache.get(path)
+        if known is None:
+            known = self._cache[path] = self._excluded(path)
+        return known
+
+    def _excluded(self, path: str) -> bool:
         if self.endings and not path.endswith(self.endings):
             return True
         parts = path.split("/")

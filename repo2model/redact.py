@@ -57,7 +57,8 @@ class Rule:
 # ---------------------------------------------------------------- shaped tokens
 
 _SHAPED = (
-    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}\b", ()),
+    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}\b",
+     ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA")),
     ("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
      ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
     ("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}", ("glpat-",)),
@@ -77,12 +78,12 @@ _SHAPED = (
 
 # ---------------------------------------------------------------- key = value
 
-_KEY_WORDS = (
-    r"pass(?:word|wd|phrase)?|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|private[_\-]?key"
-    r"|auth[_\-]?key|signing[_\-]?key|encryption[_\-]?key|credentials?"
-)
+# Where a key-like name starts: found with str.find on the lowered text (fast), then the assignment
+# regex is tried at each such place only. "key" counts only after api/access/private/... .
+_KEY_STEMS = ("pass", "pwd", "secret", "token", "credential", "key")
+_KEY_PREFIX = re.compile(r"(?:api|access|private|auth|signing|encryption|secret|master|client)[_\-]?$")
 _ASSIGNMENT = re.compile(
-    r"(?i)(?P<name>" + _KEY_WORDS + r")[A-Za-z0-9_\-]*[\"']?[ \t]*"
+    r"(?i)(?P<name>pass(?:word|wd|phrase)?|pwd|secret|token|credentials?|key)[A-Za-z0-9_\-]*[\"']?[ \t]*"
     r"(?::[ \t]*&?[ \t]*(?:'static[ \t]+)?(?:str|string)[ \t]*)?"  # Rust/TS type annotation
     r"(?:=>|:=|=|:)[ \t]*(?:b?r#*)?(?P<quote>[\"'`]?)(?P<secret>[^\s\"'`;,)\]}>]{6,})"
 )
@@ -165,8 +166,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     *(Rule(kind, re.compile(pattern), hints) for kind, pattern, hints in _SHAPED),
     Rule("url_password", _URL_PASSWORD, ("://",), _check_url),
     Rule("key_material", _KEY_MATERIAL, (), _check_key_material),
-    Rule("generic_secret", _ASSIGNMENT, (), _check_assignment),
 )
+_ASSIGNMENT_RULE = Rule("generic_secret", _ASSIGNMENT, (), _check_assignment)
+_AWS_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA")
 
 
 class Redactor:
@@ -181,7 +183,14 @@ class Redactor:
                 extra.append(Rule(kind, re.compile(pattern)))
             except re.error as exc:
                 raise ValueError(f"redact_patterns.{kind}: not a valid regular expression ({exc})") from None
-        self.rules: tuple[Rule, ...] = (*extra, *BUILTIN_RULES)
+        self.extra: tuple[Rule, ...] = tuple(extra)
+        self.rules: tuple[Rule, ...] = BUILTIN_RULES
+        # one scan for every rule's hint says which rules can match at all
+        self._hint_rules: dict[str, list[Rule]] = {}
+        for rule in BUILTIN_RULES:
+            for hint in rule.hints:
+                self._hint_rules.setdefault(hint, []).append(rule)
+        self._hints = re.compile("|".join(re.escape(h) for h in sorted(self._hint_rules, key=len, reverse=True)))
         try:
             self.allowlist = [re.compile(p) for p in (allowlist or [])]
         except re.error as exc:
@@ -193,13 +202,47 @@ class Redactor:
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         """The text with secrets replaced, and how many of each type were replaced."""
         counts: Counter = Counter()
+        for rule in self.extra:
+            text = self._sub(rule, text, counts)
         if "PRIVATE KEY" in text:
             text = self._redact_private_keys(text, counts)
+        hinted = {id(r) for hint in set(self._hints.findall(text)) for r in self._hint_rules[hint]}
         for rule in self.rules:
-            if rule.hints and not any(h in text for h in rule.hints):
-                continue
-            text = rule.pattern.sub(lambda m, rule=rule: self._replace(m, rule, counts), text)
+            if not rule.hints or id(rule) in hinted:
+                text = self._sub(rule, text, counts)
+        text = self._redact_assignments(text, counts)
         return text, dict(sorted(counts.items()))
+
+    def _sub(self, rule: Rule, text: str, counts: Counter) -> str:
+        return rule.pattern.sub(lambda m: self._replace(m, rule, counts), text)
+
+    def _redact_assignments(self, text: str, counts: Counter) -> str:
+        """`name = value` for key-like names, tried only where such a name starts."""
+        low = text.lower()
+        if len(low) != len(text):  # lowering changed offsets (rare Unicode): plain regex scan
+            return self._sub(_ASSIGNMENT_RULE, text, counts)
+        starts = []
+        for stem in _KEY_STEMS:
+            i = low.find(stem)
+            while i >= 0:
+                if stem == "key" or i == 0 or not text[i - 1].isalpha() or (text[i].isupper() and text[i - 1].islower()):
+                    starts.append(i)
+                i = low.find(stem, i + 1)
+        if not starts:
+            return text
+        out, last = [], 0
+        for start in sorted(starts):
+            if start < last:
+                continue
+            if low.startswith("key", start) and not _KEY_PREFIX.search(low, max(0, start - 12), start):
+                continue
+            match = _ASSIGNMENT.match(text, start)
+            if match is None:
+                continue
+            out += [text[last:start], self._replace(match, _ASSIGNMENT_RULE, counts)]
+            last = match.end()
+        out.append(text[last:])
+        return "".join(out)
 
     def _replace(self, match: re.Match, rule: Rule, counts: Counter) -> str:
         group = "secret" if "secret" in match.re.groupindex else 0
