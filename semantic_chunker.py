@@ -264,11 +264,13 @@ def _close_worker() -> None:
 def _chunk_batch(batch: list[dict]) -> tuple[str, "ChunkingStats", int]:
     stats = ChunkingStats()
     lines = []
-    for record in batch:
-        commit = Commit.from_dict(record)
-        chunks = _chunk_commit(commit, _WORKER["objects"], _WORKER["cfg"], stats, _WORKER["degraded"],
-                               _WORKER["redactor"])
-        lines.extend(json.dumps(chunk.to_dict(), ensure_ascii=False) + "\n" for chunk in chunks)
+    commits = [Commit.from_dict(record) for record in batch]
+    objects = _WORKER["objects"]
+    prefetched = prefetch(objects, commits, _WORKER["cfg"]) if objects is not None else {}
+    for commit in commits:
+        chunks = _chunk_commit(commit, objects, _WORKER["cfg"], stats, _WORKER["degraded"],
+                               _WORKER["redactor"], prefetched)
+        lines.extend(json.dumps(vars(chunk), ensure_ascii=False) + "\n" for chunk in chunks)  # flat: no asdict copy
     return "".join(lines), stats, len(batch)
 
 
@@ -341,8 +343,8 @@ def chunk_commit(commit: Commit, objects: CatFile | None, cfg: Config | None = N
 
 
 def _chunk_commit(commit: Commit, objects: CatFile | None, cfg: Config, stats: ChunkingStats,
-                  degraded: str | None, redactor: Redactor | None) -> list[Chunk]:
-    context = _CommitContext(commit, objects, cfg, stats, degraded, redactor)
+                  degraded: str | None, redactor: Redactor | None, prefetched: dict | None = None) -> list[Chunk]:
+    context = _CommitContext(commit, objects, cfg, stats, degraded, redactor, prefetched)
     chunks: list[Chunk] = []
     for change in commit.files:
         chunks.extend(context.chunk_file(change))
@@ -350,6 +352,36 @@ def _chunk_commit(commit: Commit, objects: CatFile | None, cfg: Config, stats: C
         chunks = _pair_moves(chunks)
     _count_chunks(commit, chunks, stats)
     return chunks
+
+
+def prefetch(objects: CatFile, commits: list[Commit], cfg: Config) -> dict[str, bytes | None]:
+    """Read the objects some commits need in one pipelined round trip: the file versions to parse
+    (unless cached) and the Cargo.toml candidates above each changed file."""
+    wanted: dict[str, None] = {}
+    for commit in commits:
+        parent = commit.parents[0] if commit.parents else None
+        for change in commit.files:
+            if change.patch is None:
+                continue
+            language = language_of(change.path)
+            sides = []
+            if change.old_blob:
+                sides.append((change.old_blob, parent, change.old_path or change.path))
+            if change.new_blob:
+                sides.append((change.new_blob, commit.hash, change.path))
+            for blob, rev, path in sides:
+                if language in cfg.parse_languages and not _PARSE_CACHE.has(blob, language, cfg):
+                    wanted[blob] = None
+                if language == "python" or rev is None or "\n" in path:
+                    continue
+                folder = PurePosixPath(path).parent
+                while True:
+                    wanted[f"{rev}:Cargo.toml" if str(folder) == "." else f"{rev}:{folder}/Cargo.toml"] = None
+                    if str(folder) == ".":
+                        break
+                    folder = folder.parent
+    names = list(wanted)
+    return dict(zip(names, objects.read_many(names)))
 
 
 def _count_chunks(commit: Commit, chunks: list[Chunk], stats: ChunkingStats) -> None:
@@ -445,24 +477,21 @@ class _ParseCache:
     def __init__(self):
         self.entries: collections.OrderedDict = collections.OrderedDict()
 
-    def get(self, objects: CatFile, blob: str, language: str, cfg: Config, redactor: Redactor | None):
-        """(FileUnits, lines) for a blob, or None when the object is missing.
+    def has(self, blob: str, language: str, cfg: Config) -> bool:
+        return (blob, language, cfg.max_chunk_size) in self.entries
 
-        The lines (for `before`/`after`) are redacted; redaction keeps the line count.
-        """
-        key = (blob, language, cfg.max_chunk_size, id(redactor))
+    def get(self, read, blob: str, language: str, cfg: Config):
+        """(FileUnits, lines, owner of each line, unit keys) for a blob, or None when the object is missing."""
+        key = (blob, language, cfg.max_chunk_size)
         entry = self.entries.get(key)
         if entry is not None:
             self.entries.move_to_end(key)
             return entry
-        data = objects.read(blob)
+        data = read(blob)
         if data is None:
             return None
         units = code_units.extract_units(language, data, split_threshold=cfg.max_chunk_size)
-        text = data.decode("utf-8", "replace")
-        if redactor is not None:
-            text = redactor.redact(text)[0]
-        entry = (units, text.split("\n"))
+        entry = (units, data.decode("utf-8", "replace").split("\n"), units.owner_of_line(), _unit_keys(units))
         self.entries[key] = entry
         while len(self.entries) > cfg.parse_cache_size:
             self.entries.popitem(last=False)
@@ -551,7 +580,7 @@ class _Piece:
 
 class _CommitContext:
     def __init__(self, commit: Commit, objects: CatFile | None, cfg: Config, stats: ChunkingStats,
-                 degraded: str | None, redactor: Redactor | None):
+                 degraded: str | None, redactor: Redactor | None, prefetched: dict | None = None):
         self.commit = commit
         self.redactor = redactor
         self.objects = objects
@@ -560,6 +589,14 @@ class _CommitContext:
         self.degraded = degraded
         self.parent = commit.parents[0] if commit.parents else None
         self._crates: dict[tuple[str, str], tuple[str | None, str] | None] = {}
+        if prefetched is None and objects is not None:
+            prefetched = prefetch(objects, [commit], cfg)
+        self._prefetched = prefetched or {}
+
+    def _read(self, name: str) -> bytes | None:
+        if name in self._prefetched:
+            return self._prefetched[name]
+        return self.objects.read(name) if self.objects is not None else None
 
     # -- modules
 
@@ -576,7 +613,7 @@ class _CommitContext:
                 break
             chain.append(key)
             manifest_path = "Cargo.toml" if str(folder) == "." else f"{folder}/Cargo.toml"
-            data = self.objects.read(f"{rev}:{manifest_path}")
+            data = self._read(f"{rev}:{manifest_path}")
             name = crate_from_manifest(data) if data is not None else None
             if name is not None:
                 found = (name, "" if str(folder) == "." else str(folder))
@@ -644,13 +681,19 @@ class _CommitContext:
             if not blob or set(blob) == {"0"}:
                 sides.append(None)
                 continue
-            entry = _PARSE_CACHE.get(self.objects, blob, language, self.cfg, self.redactor)
+            entry = _PARSE_CACHE.get(self._read, blob, language, self.cfg)
             if entry is None:
                 return None, None, True
-            units, lines = entry
-            owner = units.owner_of_line()
-            sides.append(_Side(path, units, lines, owner, _unit_keys(units), self.file_module(rev, path, language)))
+            units, lines, owner, keys = entry
+            sides.append(_Side(path, units, lines, owner, keys, self.file_module(rev, path, language)))
         return sides[0], sides[1], False
+
+    def _text(self, side: _Side | None, span: tuple[int, int] | None) -> str | None:
+        """Lines `span` of a file version, secrets redacted (patches come redacted from the scraper)."""
+        if side is None or span is None:
+            return None
+        text = _slice(side.lines, span)
+        return self.redactor.redact(text)[0] if self.redactor is not None else text
 
     def _to_chunks(self, piece: _Piece, patch: list[PatchLine], old: _Side | None, new: _Side | None,
                    change: FileChange, language: str, parse_error: bool) -> list[Chunk]:
@@ -689,8 +732,8 @@ class _CommitContext:
         new_range = (new_unit.start, new_unit.end) if new_unit else None
         size = max((r[1] - r[0] + 1) for r in (old_range, new_range) if r)
         if size <= self.cfg.max_chunk_size:
-            before = _slice(old.lines, old_range) if old_range else None
-            after = _slice(new.lines, new_range) if new_range else None
+            before = self._text(old, old_range)
+            after = self._text(new, new_range)
             if prefix == "MODIFIED" and before == after and old_range != new_range:
                 prefix = "MOVED"  # the same text, elsewhere in the file
             return [Chunk(
@@ -704,8 +747,8 @@ class _CommitContext:
         for index, (part, old_window, new_window) in enumerate(parts):
             chunks.append(Chunk(
                 **base, change_type=change_type(prefix, piece.kind),
-                before=_slice(old.lines, old_window) if old_window else None,
-                after=_slice(new.lines, new_window) if new_window else None,
+                before=self._text(old, old_window),
+                after=self._text(new, new_window),
                 diff=_diff_text(patch, part, set(part), old_window, new_window),
                 old_span=list(old_window) if old_window else None, new_span=list(new_window) if new_window else None,
                 part=index,

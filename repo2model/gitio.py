@@ -75,6 +75,34 @@ class CatFile:
         proc.stdout.read(1)  # the newline after the content
         return data
 
+    def read_many(self, oids: list[str]) -> list[bytes | None]:
+        """`read` for many objects with one round trip per 256: requests written ahead, then answers read.
+
+        Saves a process switch per object when the machine is busy. Requests are
+        sent in groups small enough to fit the pipe buffer, so git never blocks on
+        its input while we wait for its output.
+        """
+        if self._proc is None:
+            self._start()
+        proc = self._proc
+        results: list[bytes | None] = []
+        for start in range(0, len(oids), 256):
+            group = oids[start : start + 256]
+            proc.stdin.write(b"".join(oid.encode() + b"\n" for oid in group))
+            proc.stdin.flush()
+            for _ in group:
+                header = proc.stdout.readline()
+                if not header:
+                    raise UserError(f"git cat-file stopped unexpectedly in {self.repo}")
+                parts = header.split()
+                if len(parts) < 3 or parts[1] == b"missing":
+                    results.append(None)
+                    continue
+                size = int(parts[2])
+                results.append(proc.stdout.read(size))
+                proc.stdout.read(1)
+        return results
+
     def close(self) -> None:
         if self._proc is not None:
             try:

@@ -1,0 +1,230 @@
+"""Benchmark the semantic chunker against the parse-only floor, measured in the same run.
+
+    python bench/bench_chunker.py                      # 2,000 generated commits, workers = cores
+    python bench/bench_chunker.py --commits 5000 --workers 1 --keep /tmp/bench-repo
+
+1. Generates a Rust + Python workspace history with `git fast-import` (seeded, so
+   every run sees the same history): 6 crates, files that grow to several hundred
+   lines, commits that add, modify, delete and rename functions and tests, move
+   functions between files, touch TOML and Markdown.
+2. Scrapes it with the real `git_scraper.run` (not timed as part of the chunker).
+3. Floor: every distinct changed file version (Rust/Python blobs of patched files)
+   read into memory first, then parsed once with tree-sitter and nothing else, in
+   one process.
+4. The chunker stage (`semantic_chunker.run`), wall time.
+
+Prints the figures and `ratio = chunker wall / floor` (target: at most 3 on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import git_scraper  # noqa: E402
+import semantic_chunker as sc  # noqa: E402
+from repo2model import code_units  # noqa: E402
+from repo2model.artifacts import iter_commits, read_json  # noqa: E402
+from repo2model.gitio import CatFile  # noqa: E402
+from repo2model.paths import ArtifactPaths  # noqa: E402
+
+CRATES = ["energy-market", "ledger", "consensus", "network", "storage", "rpc"]
+
+
+class Workspace:
+    """The generated repository's files, as lists of items (functions) per file."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.counter = 0
+        self.files: dict[str, dict] = {}
+        for crate in CRATES:
+            for module in ("lib", "types", "engine", "service"):
+                path = f"crates/{crate}/src/{module}.rs"
+                self.files[path] = {"kind": "rust", "items": [self.rust_fn() for _ in range(rng.randint(8, 20))],
+                                    "tests": [self.rust_test() for _ in range(rng.randint(1, 4))]}
+        for module in ("cli", "report", "tools"):
+            path = f"scripts/{module}.py"
+            self.files[path] = {"kind": "python", "items": [self.py_fn() for _ in range(rng.randint(6, 14))], "tests": []}
+        self.docs = ["# Workspace", ""]
+        self.version = 0
+
+    def name(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}_{self.counter}"
+
+    def rust_fn(self) -> list[str]:
+        name = self.name("compute")
+        body = [f"    let v{i} = input.wrapping_mul({self.rng.randint(2, 99)}) + {i};" for i in range(self.rng.randint(3, 12))]
+        return [f"/// Computes {name}.", f"pub fn {name}(input: u64) -> u64 {{", *body, "    input", "}"]
+
+    def rust_test(self) -> list[str]:
+        name = self.name("checks")
+        return ["    #[test]", f"    fn {name}() {{", f"        assert_eq!({self.rng.randint(1, 9)}, {self.rng.randint(1, 9)});", "    }"]
+
+    def py_fn(self) -> list[str]:
+        name = self.name("step")
+        body = [f"    total += value * {self.rng.randint(2, 99)}" for _ in range(self.rng.randint(2, 10))]
+        return [f"def {name}(value):", "    total = 0", *body, "    return total"]
+
+    def render(self, path: str) -> str:
+        spec = self.files[path]
+        if spec["kind"] == "python":
+            return "import math\n\n\n" + "\n\n\n".join("\n".join(i) for i in spec["items"]) + "\n"
+        out = "use std::collections::HashMap;\n\n" + "\n\n".join("\n".join(i) for i in spec["items"]) + "\n"
+        if spec["tests"]:
+            out += "\n#[cfg(test)]\nmod tests {\n    use super::*;\n\n" + "\n\n".join("\n".join(t) for t in spec["tests"]) + "\n}\n"
+        return out
+
+    def change(self) -> dict[str, str]:
+        """Apply one random commit's worth of edits; returns {path: new content}."""
+        rng = self.rng
+        touched = {}
+        for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
+            path = rng.choice(sorted(self.files))
+            spec = self.files[path]
+            op = rng.random()
+            items = spec["items"]
+            if op < 0.35 or len(items) < 3:
+                items.insert(rng.randrange(len(items) + 1), self.rust_fn() if spec["kind"] == "rust" else self.py_fn())
+            elif op < 0.70:
+                item = rng.choice(items)
+                line = rng.randrange(2, len(item) - 1)
+                item[line] = item[line].replace("+", "^", 1) if "+" in item[line] else item[line] + "  // tweak"
+            elif op < 0.78:
+                items.pop(rng.randrange(len(items)))
+            elif op < 0.84:
+                item = rng.choice(items)
+                old = item[1].split("(")[0].split()[-1] if spec["kind"] == "rust" else item[0][4:].split("(")[0]
+                new = self.name("renamed")
+                items[items.index(item)] = [l.replace(old, new) for l in item]
+            elif op < 0.90 and spec["kind"] == "rust":
+                spec["tests"].append(self.rust_test())
+            else:
+                other = rng.choice([p for p in self.files if self.files[p]["kind"] == spec["kind"] and p != path])
+                self.files[other]["items"].append(items.pop(rng.randrange(len(items))))
+                touched[other] = self.render(other)
+            touched[path] = self.render(path)
+        if rng.random() < 0.1:
+            self.docs.append(f"- change {self.counter}")
+            touched["README.md"] = "\n".join(self.docs) + "\n"
+        if rng.random() < 0.05:
+            self.version += 1
+            crate = rng.choice(CRATES)
+            touched[f"crates/{crate}/Cargo.toml"] = cargo_toml(crate, self.version)
+        return touched
+
+
+def cargo_toml(crate: str, version: int = 0) -> str:
+    return f'[package]\nname = "{crate}"\nversion = "0.{version}.0"\nedition = "2021"\n'
+
+
+def generate(repo: Path, commits: int, seed: int) -> None:
+    """A history of `commits` commits written with one `git fast-import`."""
+    rng = random.Random(seed)
+    workspace = Workspace(rng)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    stream = []
+
+    def blob_cmds(files: dict[str, str]) -> None:
+        for path, content in sorted(files.items()):
+            data = content.encode()
+            stream.append(f"M 100644 inline {path}\ndata {len(data)}\n".encode() + data + b"\n")
+
+    authors = [("Alice Example", "alice@example.com"), ("Bob Builder", "bob@example.com"), ("Carol Coder", "carol@example.com")]
+    start = 1_700_000_000
+    for index in range(commits):
+        if index == 0:
+            files = {path: workspace.render(path) for path in workspace.files}
+            files.update({f"crates/{c}/Cargo.toml": cargo_toml(c) for c in CRATES})
+            files["Cargo.toml"] = '[workspace]\nmembers = ["crates/*"]\n'
+            files["README.md"] = "# Workspace\n"
+        else:
+            files = workspace.change()
+        name, email = authors[index % len(authors)]
+        when = start + index * 600
+        message = f"commit {index}".encode()
+        stream.append(
+            f"commit refs/heads/main\nauthor {name} <{email}> {when} +0000\ncommitter {name} <{email}> {when} +0000\n"
+            f"data {len(message)}\n".encode() + message + b"\n"
+        )
+        blob_cmds(files)
+        stream.append(b"\n")
+    subprocess.run(["git", "-C", str(repo), "fast-import", "--quiet"], input=b"".join(stream), check=True)
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "main"], check=True)
+
+
+def measure_floor(paths: ArtifactPaths, repo: Path, languages) -> tuple[int, int, float, float]:
+    """(versions, bytes, read seconds, parse seconds): every distinct changed version parsed once."""
+    blobs: dict[str, str] = {}
+    for commit in iter_commits(paths.commits):
+        for change in commit.files:
+            language = sc.language_of(change.path)
+            if change.patch is None or language not in languages:
+                continue
+            for blob in (change.old_blob, change.new_blob):
+                if blob:
+                    blobs[blob] = language
+    started = time.perf_counter()
+    with CatFile(repo) as objects:
+        sources = [(language, objects.read(blob)) for blob, language in blobs.items()]
+    read_seconds = time.perf_counter() - started
+    for language in set(blobs.values()):
+        code_units.parse(language, b"")  # build the parsers outside the timing
+    started = time.perf_counter()
+    for language, source in sources:
+        code_units.parse(language, source)
+    parse_seconds = time.perf_counter() - started
+    return len(sources), sum(len(s) for _, s in sources), read_seconds, parse_seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--commits", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=0, help="chunker workers (0 = one per core)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", type=Path, help="generate into this folder and keep it (default: a temp folder)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench-chunker-") as tmp:
+        base = args.keep or Path(tmp)
+        repo = base / "repo"
+        paths = ArtifactPaths.under(base / "outputs")
+        if not (repo / ".git").exists():
+            started = time.perf_counter()
+            generate(repo, args.commits, args.seed)
+            print(f"generated {args.commits} commits in {time.perf_counter() - started:.1f}s")
+        started = time.perf_counter()
+        git_scraper.run(git_scraper.Config(repo=repo), paths)
+        print(f"scraped in {time.perf_counter() - started:.1f}s")
+
+        cfg = sc.Config(workers=args.workers)
+        versions, size, read_s, parse_s = measure_floor(paths, repo, cfg.parse_languages)
+        started = time.perf_counter()
+        sc.run(cfg, paths)
+        wall = time.perf_counter() - started
+        stats = read_json(paths.chunking_stats)
+
+    print(f"commits                 {stats['commits']}")
+    print(f"file changes            {stats['files']}  (parsed {stats['parsed_files']}, parse errors {stats['parse_error_files']})")
+    print(f"distinct versions       {versions}  ({size / 1e6:.1f} MB)")
+    print(f"chunks                  {stats['chunks']}  (uncovered lines {stats['uncovered_lines']})")
+    print(f"floor: read blobs       {read_s:.2f}s")
+    print(f"floor: parse once       {parse_s:.2f}s  ({size / 1e6 / parse_s:.1f} MB/s, one process)")
+    print(f"chunker ({stats['workers']} workers)     {wall:.2f}s  ({stats['chunks'] / wall:.0f} chunks/s, "
+          f"{stats['commits'] / wall:.0f} commits/s)")
+    print(f"ratio chunker / parse floor = {wall / parse_s:.2f}  (target <= 3)")
+    print(f"ratio chunker / (read + parse) = {wall / (read_s + parse_s):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
