@@ -256,38 +256,46 @@ def build_examples(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: Art
     end_ids = encode_texts(tokenizer, [COMMIT_END + "\n"])[0]
     marker_ids = encode_texts(tokenizer, [TRUNCATED + "\n"])[0]
     built = Built()
-    compact: dict[int, list[int]] = {}  # rank -> ids of its compact rendering
-    targets: dict[int, tuple[list[list[int]], list[int]] | None] = {}  # rank -> (segment ids, task ids)
+    # Text longer than window * (most bytes one token spells) cannot fit in `window` tokens: such
+    # text is not encoded at all (a huge initial or vendoring commit would cost minutes and GBs).
+    longest = max_token_bytes(tokenizer)
+    context_chars, target_chars = cfg.context_window * longest, cfg.target_window * longest
+    compact: dict[int, list[int] | None] = {}  # rank -> ids of its compact rendering (None: too long to fit)
+    targets: dict[int, tuple | None] = {}  # rank -> (segment ids, task ids, all segments kept, first one partial)
     next_rank = 0
     history = iter_history(paths.commits, paths.chunks)
     progress = tqdm(total=len(order.hashes), desc="building examples", unit=" commits", disable=None, leave=False)
     while block := list(itertools.islice(history, cfg.encode_batch)):
         texts: list[str] = []
-        plan = []  # (rank, number of segments or None)
+        plan = []  # (rank, compact encoded?, target plan or None)
         for commit, chunks in block:
             rank = order.rank.get(commit.hash)
             if rank is None:
                 continue  # not on the first-parent line
-            texts.append(lang.render_commit(commit, chunks, "compact"))
+            text = lang.render_commit(commit, chunks, "compact")
+            fits = len(text) <= context_chars
+            if fits:
+                texts.append(text)
             if not chunks:
                 built.skipped_no_chunks += 1
-                plan.append((rank, None))
+                plan.append((rank, fits, None))
             elif commit.is_merge and not include_merges:
                 built.skipped_merges += 1
-                plan.append((rank, None))
+                plan.append((rank, fits, None))
             else:
-                segments = lang.render_segments(chunks, "full")
+                segments, complete, partial = within_chars(lang.render_segments(chunks, "full"), target_chars)
                 texts.extend(segments)
                 texts.append(lang.render_task(commit.message))
-                plan.append((rank, len(segments)))
+                plan.append((rank, fits, (len(segments), complete, partial)))
         encoded = iter(encode_texts(tokenizer, texts))
-        for rank, n_segments in plan:
-            compact[rank] = next(encoded)
-            if n_segments is None:
+        for rank, fits, target_plan in plan:
+            compact[rank] = next(encoded) if fits else None
+            if target_plan is None:
                 targets[rank] = None
             else:
+                n_segments, complete, partial = target_plan
                 segments = [next(encoded) for _ in range(n_segments)]
-                targets[rank] = (segments, next(encoded))
+                targets[rank] = (segments, next(encoded), complete, partial)
         while next_rank in targets:
             target = targets.pop(next_rank)
             if target is not None:
@@ -303,9 +311,34 @@ def build_examples(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: Art
     return built
 
 
+def within_chars(segments: list[str], limit: int) -> tuple[list[str], bool, bool]:
+    """(the segments worth encoding, all of them?, first one cut short?): those within `limit` characters."""
+    kept, used = [], 0
+    for segment in segments:
+        if used + len(segment) > limit:
+            break
+        kept.append(segment)
+        used += len(segment)
+    if kept:
+        return kept, len(kept) == len(segments), False
+    head = segments[0][:limit]
+    return [head[: head.rfind("\n") + 1] or head], False, True
+
+
+def max_token_bytes(tokenizer: Any) -> int:
+    """The most UTF-8 bytes any single token decodes to (at least 1)."""
+    from repo2model.commit_language import backend
+
+    raw = backend(tokenizer)
+    texts = raw.decode_batch([[i] for i in range(raw.get_vocab_size(with_added_tokens=True))], skip_special_tokens=False)
+    return max([1, *(len(t.encode("utf-8")) for t in texts)])
+
+
 def add_example(built: Built, cfg: Config, tokenizer: Any, rank: int, history_ids, target, bos, eos, end_ids, marker_ids) -> None:
-    segments, task_ids = target
-    target_ids, truncated, cut_inside = fit_target(segments, end_ids + [eos], marker_ids, cfg.target_window, tokenizer)
+    segments, task_ids, complete, partial = target
+    target_ids, truncated, cut_inside = fit_target(
+        segments, end_ids + [eos], marker_ids, cfg.target_window, tokenizer, complete=complete, first_partial=partial
+    )
     if target_ids is None:
         return
     prompt, dropped = assemble_prompt(history_ids, task_ids, bos, cfg.context_window - len(target_ids))
@@ -319,14 +352,19 @@ def add_example(built: Built, cfg: Config, tokenizer: Any, rank: int, history_id
     built.cut_inside_chunk += cut_inside
 
 
-def fit_target(segments: list[list[int]], tail: list[int], marker: list[int], window: int, tokenizer: Any):
-    """(ids, truncated, cut inside a chunk): whole chunks while they fit, then <TRUNCATED>, then the tail."""
+def fit_target(segments: list[list[int]], tail: list[int], marker: list[int], window: int, tokenizer: Any,
+               complete: bool = True, first_partial: bool = False):
+    """(ids, truncated, cut inside a chunk): whole chunks while they fit, then <TRUNCATED>, then the tail.
+
+    `complete` False: segments after these were left unencoded (they could not fit);
+    `first_partial`: the only segment is the head of a longer one (usable only cut at a line).
+    """
     total = sum(len(s) for s in segments)
-    if total + len(tail) <= window:
+    if complete and total + len(tail) <= window:
         return [i for s in segments for i in s] + tail, False, False
     room = window - len(tail) - len(marker)
     kept: list[int] = []
-    for segment in segments:
+    for segment in [] if first_partial else segments:
         if len(kept) + len(segment) > room:
             break
         kept.extend(segment)

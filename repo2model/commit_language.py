@@ -361,7 +361,7 @@ class CommitLanguage:
         return assemble_prompt([cache[c.hash] for c, _ in history], task_ids, special_id(tokenizer, "bos"), context_window)
 
 
-def assemble_prompt(history_ids: Sequence[Sequence[int]], task_ids: Sequence[int], bos_id: int, budget: int) -> tuple[list[int], int]:
+def assemble_prompt(history_ids: Sequence[Sequence[int] | None], task_ids: Sequence[int], bos_id: int, budget: int) -> tuple[list[int], int]:
     """<BOS> + the most recent history that fits + the task; returns (ids, history commits dropped)."""
     if budget < 2:
         raise ValueError(f"prompt budget {budget} is below 2 tokens")
@@ -369,7 +369,7 @@ def assemble_prompt(history_ids: Sequence[Sequence[int]], task_ids: Sequence[int
     room = budget - 1 - len(task_ids)
     kept = 0
     for ids in reversed(history_ids):
-        if len(ids) > room:
+        if ids is None or len(ids) > room:  # None: a rendering known to be longer than any budget
             break
         room -= len(ids)
         kept += 1

@@ -245,3 +245,21 @@ def test_padding_waste_by_hand():
     assert waste["unpacked"] == round(1 - 150 / 170, 4)
     # rows: [10,20,30] [40] [50] -> 3 rows of 64
     assert waste["packed_rows"] == 3 and waste["packed"] == round(1 - 150 / 192, 4)
+
+
+def test_huge_commits_are_cut_without_encoding_all_of_them_and_give_the_same_examples(tmp_path, monkeypatch):
+    pairs = linear_history(12)
+    giant, many = pairs[4][0], pairs[7][0]
+    body = "".join(f"    let value_{i} = compute({i});\n" for i in range(6000))  # one ~200 KB chunk
+    pairs[4] = (giant, [chunk(giant, "src/big.rs", "NEW_FUNCTION", "big", after="fn big() {\n" + body + "}\n")])
+    pairs[7] = (many, [chunk(many, f"src/m{i}.rs", "NEW_FUNCTION", f"f{i}", after=f"fn f{i}() {{}}\n") for i in range(3000)])
+    write_history(tmp_path / "out", pairs)
+    paths = ArtifactPaths.under(tmp_path / "out")
+    tokenizer_stage.run(tokenizer_stage.Config(vocab_size=600, top_authors=1, top_modules=1), paths)
+    stats = stage.run(stage.Config(**CFG), paths)
+    files = [paths.train_data, paths.val_data, paths.test_data]
+    capped = [p.read_bytes() for p in files]
+    assert stats["truncation"]["targets_truncated"] >= 2 and stats["truncation"]["cut_inside_first_chunk"] >= 1
+    monkeypatch.setattr(stage, "max_token_bytes", lambda tokenizer: 10**9)  # encode everything in full
+    stage.run(stage.Config(**CFG), paths)
+    assert [p.read_bytes() for p in files] == capped
