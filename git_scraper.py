@@ -329,16 +329,16 @@ class Refs:
 def select_refs(repo: Repository, cfg: Config) -> Refs:
     """The refs to scrape, the branches for membership, the default branch: all checked."""
     listing = repo.git(
-        "for-each-ref", "--format=%(refname)%00%(objectname)%00%(*objectname)%00%(symref)",
+        "for-each-ref", "--format=%(refname)%00%(objectname)%00%(*objectname)%00%(symref)%00%(objecttype)%00%(*objecttype)",
         "refs/heads", "refs/remotes", "refs/tags",
     )
     local: dict[str, str] = {}
     remote: dict[str, str] = {}
     tags: dict[str, str] = {}
     for line in listing.splitlines():
-        refname, oid, peeled, symref = line.split("\0")
-        if symref:
-            continue  # origin/HEAD
+        refname, oid, peeled, symref, kind, peeled_kind = line.split("\0")
+        if symref or (peeled_kind or kind) != "commit":
+            continue  # origin/HEAD; tags of trees or blobs
         if refname.startswith("refs/heads/"):
             local[refname[len("refs/heads/"):]] = oid
         elif refname.startswith("refs/remotes/"):

@@ -79,6 +79,20 @@ def build_history(repo: GitRepo) -> dict:
     h["merge"] = repo.merge("feature", "Merge branch 'feature'")
     h["delete"] = repo.commit("drop the deploy key", {"deploy/key.pem": None})
     h["empty"] = repo.commit("an empty commit", allow_empty=True)
+    # a symlink that becomes a file (type change), a mode change, a path with a space and non-ASCII
+    (repo.path / "link").symlink_to("README.md")
+    repo.commit("add link", {"docs/naïve notes.md": "# naïve\n", "run.sh": "echo hi\n"})
+    (repo.path / "link").unlink()
+    (repo.path / "run.sh").chmod(0o755)
+    h["typechange"] = repo.commit("link becomes a file; run.sh executable", {"link": "now a file\n"})
+    # a raw Latin-1 message without an encoding header (git commit would re-encode it): write the object
+    tree, parent = repo.git("rev-parse", "HEAD^{tree}", "HEAD").split()
+    raw = (f"tree {tree}\nparent {parent}\nauthor Bob Builder <bob@example.com> 1709251200 +0100\n"
+           f"committer Bob Builder <bob@example.com> 1709251200 +0100\n\n").encode() + b"latin-1 message: caf\xe9\n"
+    (repo.path.parent / "commit.raw").write_bytes(raw)
+    sha = repo.git("hash-object", "-t", "commit", "-w", str(repo.path.parent / "commit.raw")).strip()
+    repo.git("update-ref", "refs/heads/main", sha)
+    h["latin1_message"] = sha
     big = "".join(f"line {i} of a large generated table\n" for i in range(1200))  # > 20 kB: too_large
     long = "".join(f"fn f{i}() {{}}\n" for i in range(400))  # patch > 3 kB: truncated
     h["large"] = repo.commit("large files", {"data/table.txt": big, "src/long.rs": long})
@@ -106,6 +120,12 @@ def history(tmp_path_factory):
 
 def by_hash(paths: ArtifactPaths) -> dict:
     return {c["hash"]: c for c in json.loads(paths.commits.read_text())["commits"]}
+
+
+def hunks_only(diff: str) -> str:
+    """The contract's patch: each `diff --git` section of git's output from its first `@@ ` line."""
+    sections = diff.split("\ndiff --git ")
+    return "".join(sec[sec.index("\n@@ ") + 1:].rstrip("\n") + "\n" for sec in sections if "\n@@ " in sec)
 
 
 def git_lines(repo: GitRepo, *args: str) -> list[str]:
@@ -192,7 +212,7 @@ def test_file_fields_match_git(history):
             assert (f["additions"], f["deletions"]) == (int(added), int(deleted)), (sha, f["path"])
             if f["patch"] is not None and not f["truncated"] and "REDACTED" not in f["patch"] and not f["non_utf8"]:
                 diff = repo.git("diff", "-M", "--full-index", base, sha, "--", *filter(None, [f["old_path"], f["path"]]))
-                assert f["patch"] == diff[diff.index("\n@@ ") + 1:], (sha, f["path"])
+                assert f["patch"] == hunks_only(diff), (sha, f["path"])
                 checked_patches += 1
     assert checked_patches >= 8
 
@@ -222,6 +242,17 @@ def test_special_cases(history):
 
     merge = commits[hashes["merge"]]
     assert merge["is_merge"] and sorted(f["path"] for f in merge["files"]) == ["README.md", "src/mul.rs"]
+
+    changed = {f["path"]: f for f in commits[hashes["typechange"]]["files"]}
+    assert changed["link"]["status"] == "T" and changed["link"]["patch"] == (
+        "@@ -1 +0,0 @@\n-README.md\n\\ No newline at end of file\n@@ -0,0 +1 @@\n+now a file\n")
+    assert (changed["link"]["additions"], changed["link"]["deletions"]) == (1, 1)
+    assert changed["run.sh"]["status"] == "M" and changed["run.sh"]["patch"] == ""
+    added = {f["path"] for c in commits.values() for f in c["files"]}
+    assert "docs/naïve notes.md" in added
+
+    latin1 = commits[hashes["latin1_message"]]
+    assert latin1["message_non_utf8"] and latin1["message"] == "latin-1 message: caf\ufffd"
 
     large = {f["path"]: f for f in commits[hashes["large"]]["files"]}
     assert large["data/table.txt"]["patch_skipped"] == "too_large" and large["data/table.txt"]["patch"] is None
@@ -273,6 +304,21 @@ def test_tags_remotes_and_rev_range(history, tmp_path):
     for commit in commits.values():
         for f in commit["files"]:
             assert (f["patch"] is not None) == f["path"].endswith(".rs") or f["binary"], f
+
+
+def test_remote_branches(history, tmp_path):
+    repo, hashes, _, _ = history
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(repo.path), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "tag", "tree-tag", "main^{tree}"], check=True)  # not a commit
+    paths = ArtifactPaths.under(tmp_path / "out")
+    git_scraper.run(Config(repo=clone, include_remotes=True, include_tags=True), paths)
+    commits = by_hash(paths)
+    assert set(commits) == set(git_lines(repo, "rev-list", "--branches", "--tags"))
+    assert commits[hashes["topic"]]["branches"] == ["origin/topic"]
+    assert commits[hashes["secrets"]]["branches"] == ["main", "origin/feature", "origin/main", "origin/topic"]
+    git_scraper.run(Config(repo=clone, branches=["origin/feature"]), paths)
+    assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "feature"))
 
 
 def test_deterministic_and_scrape_recent(history, tmp_path):
@@ -375,6 +421,7 @@ def test_bad_input_is_one_line_and_exit_2(make_repo, tmp_path):
         (["--repo", str(empty.path), "--output", out], "no commits"),
         (["--repo", str(good.path), "--branches", "nope", "--output", out], "unknown branch 'nope'"),
         (["--repo", str(good.path), "--rev-range", "nope..main", "--output", out], "nope"),
+        (["--repo", str(good.path), "--default-branch", "trunk", "--output", out], "unknown default branch 'trunk'"),
         (["--repo", str(good.path), "--output", str(tmp_path / "afile" / "commits.json")], "output folder"),
         (["--repo", str(good.path), "--max-patch-bytes", "0", "--output", out], "max_patch_bytes"),
     ]
