@@ -96,7 +96,7 @@ class Config:
     parse_languages: list[str] = field(default_factory=lambda: list(code_units.PARSED_LANGUAGES))
     detect_moves: bool = True
     parse_cache_size: int = 1024
-    batch_size: int = 8
+    batch_size: int = 32
     redact_secrets: bool = True
 
     def __post_init__(self):
@@ -289,6 +289,7 @@ class ChunkingStats:
     degraded_files: collections.Counter = field(default_factory=collections.Counter)
     parsed_files: int = 0  # file changes whose versions were parsed
     parse_error_files: int = 0
+    parsed_versions: int = 0  # tree-sitter parses run (parse cache misses, summed over workers)
     split_units: int = 0
     changed_lines: int = 0
     uncovered_lines: int = 0  # changed lines of a patch that no chunk's diff carries
@@ -314,6 +315,7 @@ class ChunkingStats:
             "chunks_by_change_type": dict(sorted(self.chunks_by_change_type.items())),
             "parsed_files": self.parsed_files,
             "parse_error_files": self.parse_error_files,
+            "parsed_versions": self.parsed_versions,
             "parse_error_rate": round(self.parse_error_files / self.parsed_files, 4) if self.parsed_files else 0.0,
             "degraded_files": dict(sorted(self.degraded_files.items())),
             "skipped_files": dict(sorted(self.skipped_files.items())),
@@ -644,6 +646,8 @@ class _CommitContext:
             return []
         self.stats.files_by_language[language] += 1
         patch = parse_patch(change.patch)
+        if not any(line.tag != " " for line in patch):
+            return []  # a pure rename or mode change: no changed line to place
         old_path = change.old_path or change.path
         old = new = None
         parse_error = False
@@ -681,6 +685,7 @@ class _CommitContext:
             if not blob or set(blob) == {"0"}:
                 sides.append(None)
                 continue
+            self.stats.parsed_versions += not _PARSE_CACHE.has(blob, language, self.cfg)
             entry = _PARSE_CACHE.get(self._read, blob, language, self.cfg)
             if entry is None:
                 return None, None, True
@@ -762,7 +767,8 @@ def _unit_keys(units: code_units.FileUnits) -> list[tuple]:
     keys = []
     for unit in units.units:
         family = "fn" if unit.base_kind in ("function", "method") else unit.base_kind
-        key = (family, unit.modpath, unit.symbol)
+        # an import block's symbol lists its imports, which the commit may change: pair blocks by position
+        key = (family, unit.modpath, "" if family == "import" else unit.symbol)
         keys.append((*key, seen[key]))
         seen[key] += 1
     return keys

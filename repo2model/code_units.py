@@ -15,11 +15,11 @@ Rust: free functions, methods in `impl` blocks (`Type::method`, trait impls
 `#[tokio::test]`, ... and everything inside a `#[cfg(test)]` module), structs
 (and unions), enums, traits, impls (`Type`, `<Type as Trait>`), type aliases,
 consts and statics, `macro_rules!`, `mod` blocks and declarations, `use` and
-`extern crate`. `modpath` holds the nested `mod` names around a unit.
+`extern crate` (a block of consecutive imports is one unit). `modpath` holds the nested `mod` names around a unit.
 
 Python: functions, methods (`Class.method`), classes (nested: `Outer.Inner`),
 `test_*` functions and `Test*` classes (and everything in them) as tests,
-imports, module-level UPPER_CASE constants. Functions nested in functions stay
+import blocks, module-level UPPER_CASE constants. Functions nested in functions stay
 part of their outer function.
 """
 
@@ -107,6 +107,18 @@ def _last_row(node) -> int:
     return row
 
 
+def _join_symbols(joined: str, symbol: str, limit: int = 4) -> str:
+    """"a, b, c, d, +3 more": the first `limit` imports of a block by name, then a count."""
+    names, _, more = joined.partition(" +")
+    parts = [p for p in names.rstrip(",").split(", ") if p] if joined else []
+    extra = int(more.split()[0]) if more else 0
+    if len(parts) < limit:
+        parts.append(symbol)
+    else:
+        extra += 1
+    return ", ".join(parts) + (f", +{extra} more" if extra else "")
+
+
 def _compact(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
@@ -156,6 +168,15 @@ class _Walker:
         self.units.append(unit)
         return unit
 
+    def add_import(self, kind, symbol, first_row, node, depth, modpath, previous: Unit | None) -> Unit:
+        """An import; consecutive imports of one block (nothing but comments and blank lines
+        between) form one unit, symbol listing what they import."""
+        if previous is not None:
+            previous.end = _last_row(node) + 1
+            previous.symbol = _join_symbols(previous.symbol, symbol)
+            return previous
+        return self.add(kind, "import", _join_symbols("", symbol), "", first_row, node, depth, modpath)
+
     def split_points(self, node) -> tuple[int, ...]:
         """Start lines of the statements/items directly inside the unit's body."""
         body = node
@@ -188,9 +209,12 @@ class _RustWalker(_Walker):
 
         `owner` is the qualifier for associated items: "Foo", "<Foo as Trait>" or a trait name.
         """
+        previous_import = None
         for item, first, leading in self.items(node):
             attrs = b"\n".join(n.text for n in leading if n.type == "attribute_item")
             kind_type = item.type
+            if kind_type not in ("use_declaration", "extern_crate_declaration"):
+                previous_import = None
             if kind_type in ("function_item", "function_signature_item"):
                 name = _text(item.child_by_field_name("name"))
                 base = "method" if owner is not None else "function"
@@ -228,7 +252,8 @@ class _RustWalker(_Walker):
                     symbol = _compact(_text(item.child_by_field_name("argument")))
                 else:
                     symbol = _text(item.child_by_field_name("name"))
-                self.add("test" if in_tests else "import", "import", symbol, "", first, item, depth, modpath)
+                previous_import = self.add_import("test" if in_tests else "import", symbol, first, item, depth,
+                                                  modpath, previous_import)
             # anything else (item-level macro calls, stray tokens) stays outside units: hunk lines
 
 
@@ -239,8 +264,11 @@ class _PythonWalker(_Walker):
         self.block(root, depth=0, owner=None, in_tests=False)
 
     def block(self, node, depth, owner, in_tests) -> None:
+        previous_import = None
         for item, first, _ in self.items(node):
             definition = item
+            if item.type not in ("import_statement", "import_from_statement", "future_import_statement"):
+                previous_import = None
             if item.type == "decorated_definition":
                 definition = item.child_by_field_name("definition")
             if definition.type in ("function_definition", "class_definition"):
@@ -262,7 +290,8 @@ class _PythonWalker(_Walker):
                     symbol = ", ".join(_text(n) for n in item.children_by_field_name("name"))
                 else:
                     symbol = _text(item.child_by_field_name("module_name")) or "__future__"
-                self.add("test" if in_tests else "import", "import", symbol, "", first, item, depth)
+                previous_import = self.add_import("test" if in_tests else "import", symbol, first, item, depth, (),
+                                                  previous_import)
             elif item.type == "expression_statement" and owner is None:
                 target = item.named_children[0] if item.named_children else None
                 if target is not None and target.type == "assignment":

@@ -339,6 +339,32 @@ def test_python_units():
     ]
 
 
+def test_import_blocks_are_one_unit(make_repo):
+    repo = make_repo()
+    repo.commit("a", {"tool.py": "import os\nimport sys\n\n\ndef main():\n    pass\n",
+                      "src/lib.rs": "use std::fmt;\nuse std::io;\n\nfn a() {}\n"})
+    sha = repo.commit("more imports", {
+        "tool.py": "import os\nimport re\nimport sys\n\n\ndef main():\n    pass\n",
+        "src/lib.rs": "use std::fmt;\n// io too\nuse std::io;\nuse std::mem;\n\nfn a() {}\n",
+    })
+    commit, chunks = chunks_of(repo, sha)
+    assert summary(chunks) == [
+        ("src/lib.rs", "import", "std::fmt, std::io, std::mem", "MODIFIED_IMPORT", None, (1, 2), (1, 4)),
+        ("tool.py", "import", "os, re, sys", "MODIFIED_IMPORT", "tool", (1, 2), (1, 3)),
+    ]
+    units = code_units.extract_units("python", "".join(f"import m{i}\n" for i in range(7)).encode()).units
+    assert [(u.symbol, u.start, u.end) for u in units] == [("m0, m1, m2, m3, +3 more", 1, 7)]
+
+
+def test_cat_file_read_many(make_repo):
+    repo = make_repo()
+    sha = repo.commit("a", {"a.txt": "alpha\n", "b.txt": "beta\n"})
+    with CatFile(repo.path) as objects:
+        names = [f"{sha}:a.txt", "f" * 40, f"{sha}:b.txt", f"{sha}:nope"] * 100
+        assert objects.read_many(names) == [objects.read(n) for n in names]
+        assert objects.read_many(names)[:4] == [b"alpha\n", None, b"beta\n", None]
+
+
 def test_parse_errors_are_flagged():
     assert code_units.extract_units("rust", b"fn a( {\n").parse_error
     assert code_units.extract_units("python", b"def f(:\n").parse_error
