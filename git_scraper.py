@@ -9,8 +9,9 @@ line, so `json.load` reads it whole and `iter_commits` reads it commit by commit
 
 How: `git rev-list --date-order --reverse` fixes the commits and their order
 (topological, parents first, ties by commit time); one `git log --no-walk
---stdin --raw -p -z --diff-merges=first-parent -M` streams headers, tree diffs
-(full blob ids) and patches for all of them; Python splits the stream commit by
+--stdin --raw -p -z --diff-merges=first-parent -M` per 1,000 commits streams
+headers, tree diffs (full blob ids) and patches (git keeps what it parsed until
+it exits: batches keep its memory flat); Python splits the stream commit by
 commit and file by file, counts `+`/`-` lines from the patch (no --numstat: that
 would diff everything twice), filters, truncates, redacts and writes as it goes.
 Branch membership comes from one `git rev-list --topo-order --parents` pass with
@@ -53,6 +54,7 @@ Config keys (section `git_scraper`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -151,7 +153,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
 
     new_hashes = [h for h in hashes if reuse is None or h not in reuse]
     new_commits = scraper.commits(new_hashes)
-    with CommitsWriter(paths.commits) as writer, tqdm(
+    with contextlib.closing(new_commits), CommitsWriter(paths.commits) as writer, tqdm(
         total=len(hashes), unit="commit", desc="git_scraper", disable=None, mininterval=0.5
     ) as progress:
         for sha in hashes:
@@ -442,6 +444,9 @@ class BranchGraph:
 MARKER = b"\x00\x00\x1eR2M\x1e"  # starts every commit in the stream; cannot occur in git's -z output
 LOG_FORMAT = "%x00%x00%x1eR2M%x1e%H%x00%P%x00%aN%x00%aE%x00%aI%x00%cN%x00%cE%x00%cI%x00%B%x00"
 HEADER_FIELDS = 9
+# Commits per `git log` process: git keeps every object it parsed until it exits (169 MB at
+# 10,000 commits in one process, 57 MB per 1,000-commit batch), so batches keep git's memory flat too.
+LOG_BATCH = 1000
 ZERO_OIDS = {"0" * 40, "0" * 64}
 SUBMODULE_MODE = "160000"
 
@@ -586,9 +591,8 @@ class Scraper:
                     pos += 1
                     continue
                 end = pos
-                while end < len(hashes) and not (suspects and hashes[end] in suspects):
+                while end < min(len(hashes), pos + LOG_BATCH) and not (suspects and hashes[end] in suspects):
                     end += 1
-                start = pos
                 failure = None
                 for raw in self._log(hashes[pos:end]):
                     if raw is None:
@@ -606,8 +610,7 @@ class Scraper:
                                 "finding the commits whose objects are missing", hashes[pos][:12])
                     suspects = self._commits_with_missing_blobs(hashes[pos:])
                 if hashes[pos] not in suspects:
-                    suspects.add(hashes[pos])  # failed though its blobs exist: build it file by file
-                del start
+                    suspects.add(hashes[pos])  # failed though its blobs exist: built on its own
         finally:
             if self._sizes is not None:
                 self._sizes.close()
@@ -780,6 +783,10 @@ class Scraper:
             if missing:
                 unavailable.add(index)
                 self.missing_objects.update(missing)
+        if not unavailable:  # it only ended where git stopped: a log of its own gives the full record
+            alone = list(self._log([sha]))
+            if alone and alone[0] is not None and alone[0].hash == sha:
+                return self._build(alone[0])
         available = [i for i in range(len(raw.files)) if i not in unavailable]
         patches: dict[int, list[bytes]] = {}
         if available:

@@ -239,7 +239,9 @@ def main() -> None:
         print("peak RSS (MB)      python   git children")
         print(f"  1,000 commits   {small['self_rss_mb']:7.1f}   {small['children_rss_mb']:7.1f}")
         print(f"  {n:,} commits  {large['self_rss_mb']:7.1f}   {large['children_rss_mb']:7.1f}")
-        print(f"python RSS growth 1k -> {n // 1000}k commits: {large['self_rss_mb'] / small['self_rss_mb']:.2f}x")
+        print(f"python RSS growth 1k -> {n // 1000}k commits: {large['self_rss_mb'] / small['self_rss_mb']:.2f}x; "
+              f"for comparison, git log --all -p --numstat itself peaks at "
+              f"{min(r['children_rss_mb'] for r in git_runs):.1f} MB on {n:,} commits")
 
 
 if __name__ == "__main__":

@@ -321,9 +321,10 @@ def test_remote_branches(history, tmp_path):
     assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "feature"))
 
 
-def test_deterministic_and_scrape_recent(history, tmp_path):
+def test_deterministic_and_scrape_recent(history, tmp_path, monkeypatch):
     repo, hashes, paths, _ = history
     again = ArtifactPaths.under(tmp_path)
+    monkeypatch.setattr(git_scraper, "LOG_BATCH", 4)  # several git log processes: same bytes
     git_scraper.run(Config(repo=repo.path, **SMALL), again)
     assert again.commits.read_bytes() == paths.commits.read_bytes()
 
