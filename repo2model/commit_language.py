@@ -507,7 +507,9 @@ def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """Ids of each text, without bos/eos, through the library's batch encoder."""
     if not texts:
         return []
-    return [e.ids for e in backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)]
+    raw = backend(tokenizer)
+    encode = getattr(raw, "encode_batch_fast", None) or raw.encode_batch  # _fast: no character offsets (~1.6x faster)
+    return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
 
 def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
