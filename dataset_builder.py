@@ -129,9 +129,10 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     bounds = split_bounds(cfg, built, order)
     stats = save_splits(cfg, paths, tokenizer, built, bounds, order)
     counts = stats["examples"]
+    latest = next((stats["splits"][s]["effective_time"]["first"] for s in ("test", "val", "train") if counts[s]), None)
     log.info(
         "dataset_builder: %d/%d/%d train/val/test examples from %d commits; %.1f%% targets truncated; "
-        "padding waste %.0f%% (%.0f%% packed); test from %s",
+        "padding waste %.0f%% (%.0f%% packed); latest split from %s",
         counts["train"],
         counts["val"],
         counts["test"],
@@ -139,7 +140,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
         100 * stats["truncation"]["target_rate"],
         100 * stats["padding_waste"]["train"]["unpacked"],
         100 * stats["padding_waste"]["train"]["packed"],
-        stats["splits"]["test"]["effective_time"]["first"],
+        latest,
     )
     return stats
 
@@ -416,8 +417,8 @@ def split_bounds(cfg: Config, built: Built, order: Order) -> tuple[int, int]:
 
 def _untie(boundary: int, lo: int, hi: int, times: list[float]) -> int:
     """Move a split boundary off a run of equal effective times when the splits stay non-empty."""
-    if boundary >= len(times) or boundary <= 0 or times[boundary] != times[boundary - 1]:
-        return boundary
+    if boundary >= hi or boundary <= 0 or times[boundary] != times[boundary - 1]:
+        return boundary  # no tie, or the later split is empty (ratio 0)
     forward = boundary
     while forward < hi - 1 and times[forward] == times[forward - 1]:
         forward += 1

@@ -263,3 +263,19 @@ def test_huge_commits_are_cut_without_encoding_all_of_them_and_give_the_same_exa
     monkeypatch.setattr(stage, "max_token_bytes", lambda tokenizer: 10**9)  # encode everything in full
     stage.run(stage.Config(**CFG), paths)
     assert [p.read_bytes() for p in files] == capped
+
+
+def test_a_zero_ratio_leaves_that_split_empty(history, tmp_path):
+    repo, hashes, paths = history
+    out, stats, splits = build(paths, tmp_path, val_ratio=0.0, test_ratio=0.3)
+    assert len(splits["val"]) == 0 and stats["examples"]["val"] == 0
+    assert stats["examples"]["test"] == round(17 * 0.3) and stats["examples"]["train"] == 17 - round(17 * 0.3)
+
+
+def test_split_boundaries_move_off_equal_times():
+    times = [1, 2, 2, 2, 3, 4, 5]
+    assert stage._untie(2, 1, 6, times) == 4  # forward past the run of 2s
+    assert stage._untie(2, 1, 4, times) == 1  # forward would empty the next split: backward instead
+    assert stage._untie(4, 1, 6, times) == 4  # no tie
+    assert stage._untie(2, 2, 4, [2, 2, 2, 2, 2]) == 2  # cannot separate: left as is (stats show it)
+    assert stage._untie(3, 1, 3, times) == 3  # the next split is empty (ratio 0): untouched
