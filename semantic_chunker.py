@@ -58,6 +58,7 @@ import json
 import logging
 import multiprocessing
 import os
+import posixpath
 import re
 import sys
 import time
@@ -290,6 +291,7 @@ class ChunkingStats:
     parsed_files: int = 0  # file changes whose versions were parsed
     parse_error_files: int = 0
     parsed_versions: int = 0  # tree-sitter parses run (parse cache misses, summed over workers)
+    parse_seconds: float = 0.0  # time in tree-sitter parses and unit extraction, summed over workers
     split_units: int = 0
     changed_lines: int = 0
     uncovered_lines: int = 0  # changed lines of a patch that no chunk's diff carries
@@ -316,6 +318,7 @@ class ChunkingStats:
             "parsed_files": self.parsed_files,
             "parse_error_files": self.parse_error_files,
             "parsed_versions": self.parsed_versions,
+            "parse_seconds": round(self.parse_seconds, 3),
             "parse_error_rate": round(self.parse_error_files / self.parsed_files, 4) if self.parsed_files else 0.0,
             "degraded_files": dict(sorted(self.degraded_files.items())),
             "skipped_files": dict(sorted(self.skipped_files.items())),
@@ -376,12 +379,12 @@ def prefetch(objects: CatFile, commits: list[Commit], cfg: Config) -> dict[str, 
                     wanted[blob] = None
                 if language == "python" or rev is None or "\n" in path:
                     continue
-                folder = PurePosixPath(path).parent
+                folder = posixpath.dirname(path)
                 while True:
-                    wanted[f"{rev}:Cargo.toml" if str(folder) == "." else f"{rev}:{folder}/Cargo.toml"] = None
-                    if str(folder) == ".":
+                    wanted[f"{rev}:{folder}/Cargo.toml" if folder else f"{rev}:Cargo.toml"] = None
+                    if not folder:
                         break
-                    folder = folder.parent
+                    folder = posixpath.dirname(folder)
     names = list(wanted)
     return dict(zip(names, objects.read_many(names)))
 
@@ -420,10 +423,10 @@ LANGUAGE_BY_NAME = {"Dockerfile": "dockerfile", "Makefile": "make", "Cargo.lock"
 
 
 def language_of(path: str) -> str:
-    name = PurePosixPath(path).name
+    name = posixpath.basename(path)
     if name in LANGUAGE_BY_NAME:
         return LANGUAGE_BY_NAME[name]
-    return LANGUAGE_BY_SUFFIX.get(PurePosixPath(name).suffix.lower(), "text")
+    return LANGUAGE_BY_SUFFIX.get(posixpath.splitext(name)[1].lower(), "text")
 
 
 def python_module(path: str) -> str | None:
@@ -606,24 +609,23 @@ class _CommitContext:
         """(crate name, crate folder) of the nearest Cargo.toml with a [package] at `rev`."""
         if rev is None or self.objects is None:
             return None, None
-        folder = PurePosixPath(path).parent
+        folder = posixpath.dirname(path)
         chain = []
         while True:
-            key = (rev, str(folder))
+            key = (rev, folder)
             if key in self._crates:
                 found = self._crates[key]
                 break
             chain.append(key)
-            manifest_path = "Cargo.toml" if str(folder) == "." else f"{folder}/Cargo.toml"
-            data = self._read(f"{rev}:{manifest_path}")
+            data = self._read(f"{rev}:{folder}/Cargo.toml" if folder else f"{rev}:Cargo.toml")
             name = crate_from_manifest(data) if data is not None else None
             if name is not None:
-                found = (name, "" if str(folder) == "." else str(folder))
+                found = (name, folder)
                 break
-            if str(folder) == ".":
+            if not folder:
                 found = None
                 break
-            folder = folder.parent
+            folder = posixpath.dirname(folder)
         for key in chain:
             self._crates[key] = found
         return found if found is not None else (None, None)
@@ -686,7 +688,9 @@ class _CommitContext:
                 sides.append(None)
                 continue
             self.stats.parsed_versions += not _PARSE_CACHE.has(blob, language, self.cfg)
+            started = time.perf_counter()
             entry = _PARSE_CACHE.get(self._read, blob, language, self.cfg)
+            self.stats.parse_seconds += time.perf_counter() - started
             if entry is None:
                 return None, None, True
             units, lines, owner, keys = entry

@@ -107,6 +107,10 @@ def _last_row(node) -> int:
     return row
 
 
+def _has_attribute(leading, pattern: re.Pattern) -> bool:
+    return any(node.type == "attribute_item" and pattern.search(node.text) for node in leading)
+
+
 def _join_symbols(joined: str, symbol: str, limit: int = 4) -> str:
     """"a, b, c, d, +3 more": the first `limit` imports of a block by name, then a count."""
     names, _, more = joined.partition(" +")
@@ -211,7 +215,6 @@ class _RustWalker(_Walker):
         """
         previous_import = None
         for item, first, leading in self.items(node):
-            attrs = b"\n".join(n.text for n in leading if n.type == "attribute_item")
             kind_type = item.type
             if kind_type not in ("use_declaration", "extern_crate_declaration"):
                 previous_import = None
@@ -219,7 +222,7 @@ class _RustWalker(_Walker):
                 name = _text(item.child_by_field_name("name"))
                 base = "method" if owner is not None else "function"
                 symbol = f"{owner}::{name}" if owner is not None else name
-                is_test = in_tests or bool(_TEST_ATTRIBUTE.search(attrs))
+                is_test = in_tests or _has_attribute(leading, _TEST_ATTRIBUTE)
                 self.add("test" if is_test else base, base, symbol, name, first, item, depth, modpath)
             elif kind_type in self.SIMPLE:
                 base = self.SIMPLE[kind_type]
@@ -242,7 +245,7 @@ class _RustWalker(_Walker):
                     self.container(body, depth + 1, modpath, name, in_tests, source)
             elif kind_type == "mod_item":
                 name = _text(item.child_by_field_name("name"))
-                tests = in_tests or bool(_CFG_TEST.search(attrs))
+                tests = in_tests or _has_attribute(leading, _CFG_TEST)
                 self.add("test" if tests else "module", "module", name, name, first, item, depth, modpath)
                 body = item.child_by_field_name("body")
                 if body is not None:

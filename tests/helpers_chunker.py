@@ -37,7 +37,6 @@ def commit_record(repo: Path, sha: str) -> Commit:
         text = patch[at + 1 :] if at >= 0 else ""
         additions = sum(1 for l in text.split("\n") if l.startswith("+"))
         deletions = sum(1 for l in text.split("\n") if l.startswith("-"))
-        zero = set(old_blob) == {"0"}
         files.append(FileChange(
             path=path, old_path=old_path, status=status_letter, additions=additions, deletions=deletions,
             binary=binary, old_blob=None if set(old_blob) == {"0"} else old_blob,

@@ -582,6 +582,14 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert output.read_text() == "previous\n"  # nothing already written is lost
     with pytest.raises(ValueError, match="max_chunk_size"):
         sc.Config(max_chunk_size=1)
+    # a --repo that is not a repository is the user's mistake: one line, nothing written
+    commits = tmp_path / "ok" / "commits.json"
+    write_commits_json(commits, tmp_path, [])
+    with pytest.raises(UserError, match="no such folder"):
+        sc.run(sc.Config(workers=1), ArtifactPaths.under(commits.parent), repo=tmp_path / "gone")
+    assert not (commits.parent / "chunks.jsonl").exists()
+    assert sc.main(["--commits", str(commits), "--repo", str(tmp_path / "gone")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_config_yaml_section_loads():
