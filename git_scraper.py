@@ -143,6 +143,7 @@ class Config:
 def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     """Scrape the repository into `paths.commits`; returns the summary."""
     started = time.perf_counter()
+    check_output_folder(paths.commits)
     repo = Repository.open(cfg.repo)
     refs = select_refs(repo, cfg)
     hashes = list_commits(repo, refs.scrape, cfg)
@@ -183,6 +184,17 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
         summary["redactions"], summary["missing_objects"], seconds, paths.commits,
     )
     return summary
+
+
+def check_output_folder(target: Path) -> None:
+    """Refuse an output folder that cannot be written before any work is done."""
+    folder = Path(target).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot create output folder ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{folder}: output folder is not writable")
 
 
 def scrape_recent(repo: Path, max_commits: int, cfg: Config | None = None, ref: str = "HEAD") -> list[Commit]:
