@@ -185,14 +185,16 @@ def test_file_fields_match_git(history):
         i = 0
         while i < len(raw) - 1:
             old_mode, new_mode, old, new, status = raw[i][1:].split(" ")
+            score = int(status[1:]) if len(status) > 1 else None
             if status[0] in "RC":
-                expected.append((status[0], raw[i + 2], raw[i + 1], old, new))
+                expected.append((status[0], raw[i + 2], raw[i + 1], old, new, score))
                 i += 3
             else:
-                expected.append((status[0], raw[i + 1], None, old, new))
+                expected.append((status[0], raw[i + 1], None, old, new, score))
                 i += 2
         zero = "0" * 40
-        got = [(f["status"], f["path"], f["old_path"], f["old_blob"] or zero, f["new_blob"] or zero) for f in commit["files"]]
+        got = [(f["status"], f["path"], f["old_path"], f["old_blob"] or zero, f["new_blob"] or zero, f["similarity"])
+               for f in commit["files"]]
         assert got == expected, sha
         counts = {}
         j = 0
