@@ -127,6 +127,17 @@ def stage_outputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
     return [paths.chunks, paths.chunking_stats]
 
 
+def input_state(cfg: Config, paths: ArtifactPaths) -> str:
+    """Whether the repository is reachable: a run without it degrades to hunks, so a later run
+    with it back is not 'up to date'."""
+    try:
+        metadata = read_commits_metadata(paths.commits)
+        repo = metadata.get("repository")
+        return f"{repo}: {'available' if repo and open_repository(repo) else 'unavailable'}"
+    except UserError as exc:
+        return f"unavailable: {exc}"
+
+
 def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = None) -> dict:
     """Chunk every commit of `paths.commits` into `paths.chunks`; stats into `paths.chunking_stats`.
 
