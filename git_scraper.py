@@ -447,7 +447,12 @@ class BranchGraph:
 
     def branches_of(self, sha: str) -> list[str]:
         mask = self.bits.get(sha, 0)
-        return [name for i, name in enumerate(self.names) if mask >> i & 1]
+        names = []
+        while mask:
+            low = mask & -mask
+            names.append(self.names[low.bit_length() - 1])
+            mask ^= low
+        return names
 
 
 # ====================================================================== the stream
