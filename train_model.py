@@ -207,7 +207,11 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, tokenizer_dir: Path |
     shape, setup = describe_model(cfg, tokenizer, tok_dir, seq_len, hw)
     plan = plan_batches(cfg, shape, setup, hw)
     rows = {split: pack_rows(data[split], seq_len, cfg.packing) for split in data}
-    waste = padding_waste(data["train"], rows["train"], seq_len, plan["micro_batch"], seed)
+    for split in ("val", "test"):  # evaluation order does not matter: longest first, least padding
+        if split in rows:
+            lengths = row_lengths(data[split], rows[split], seq_len)
+            rows[split] = [rows[split][i] for i in sorted(range(len(lengths)), key=lambda i: -lengths[i])]
+    waste = padding_waste(row_lengths(data["train"], rows["train"], seq_len), plan["micro_batch"], seed)
     log.info("train_model: %d train examples packed into %d rows of %d tokens (padding waste %.1f%%)",
              len(data["train"]), len(rows["train"]), seq_len, 100 * waste)
 
@@ -360,11 +364,11 @@ def check_vocab(data: dict[str, ExampleSet], tokenizer) -> None:
 
 
 def choose_seq_len(cfg: Config, train: ExampleSet) -> int:
-    """cfg.seq_len, else the dataset's full window (context + target) or the longest example if longer."""
+    """cfg.seq_len, else the dataset's example window (context_window: context + target), or the longest example."""
     if cfg.seq_len:
         return cfg.seq_len
     longest = int(train.lengths().max()) if len(train) else 64
-    window = int(train.meta.get("context_window") or 0) + int(train.meta.get("target_window") or 0)
+    window = int(train.meta.get("context_window") or 0)
     return max(64, math.ceil(max(longest, window) / 64) * 64)
 
 
@@ -390,13 +394,17 @@ def pack_rows(examples: ExampleSet, seq_len: int, packing: bool) -> list[list[in
     return rows
 
 
-def padding_waste(examples: ExampleSet, rows: list[list[int]], seq_len: int, micro: int, seed: int) -> float:
-    """Share of pad positions in one epoch of micro-batches (each padded to its longest row), in training order."""
+def row_lengths(examples: ExampleSet, rows: list[list[int]], seq_len: int) -> list[int]:
+    """Real (non-pad) tokens of each row."""
     lengths = [min(int(n), seq_len) for n in examples.lengths().tolist()]
-    row_len = [sum(lengths[i] for i in row) for row in rows]
+    return [sum(lengths[i] for i in row) for row in rows]
+
+
+def padding_waste(row_len: list[int], micro: int, seed: int) -> float:
+    """Share of pad positions in the first epoch's micro-batches (each padded to its longest row)."""
     if not row_len:
         return 0.0
-    ordered = [row_len[r] for r in epoch_order(len(rows), seed, 0)]
+    ordered = [row_len[r] for r in epoch_order(row_len, micro, seed, 0)]
     padded = sum(max(ordered[i:i + micro]) * len(ordered[i:i + micro]) for i in range(0, len(ordered), micro))
     return 1 - sum(row_len) / padded
 
@@ -444,19 +452,40 @@ def row_tokens(examples: ExampleSet, rows: list[list[int]], seq_len: int) -> int
     return sum(min(int(examples.offsets[i + 1] - examples.offsets[i]), seq_len) for row in rows for i in row)
 
 
-def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
+MEGABATCH = 50  # micro-batches per length-sorted group, as in transformers' group_by_length
+
+
+def epoch_order(row_len: list[int], micro: int, seed: int, epoch: int) -> list[int]:
+    """The rows of one epoch: a seeded shuffle, then length bucketing that keeps the shuffle's randomness.
+
+    Inside each group of MEGABATCH micro-batches the rows are sorted by length and cut into
+    micro-batches (so a micro-batch holds rows of similar length: little padding), and those
+    micro-batches are shuffled again.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_rows, generator=generator).tolist()
+    perm = torch.randperm(len(row_len), generator=generator).tolist()
+    order: list[int] = []
+    group = MEGABATCH * micro
+    for start in range(0, len(perm), group):
+        chunk = sorted(perm[start:start + group], key=lambda r: -row_len[r])
+        batches = [chunk[i:i + micro] for i in range(0, len(chunk), micro)]
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            order.extend(batches[b])
+    return order
 
 
-def step_rows(rows: list[list[int]], step: int, global_batch: int, seed: int, cache: dict) -> list[list[int]]:
-    """The rows of optimizer step `step` (0-based): a pure function of the step, so resuming replays the order."""
+def step_rows(rows: list[list[int]], row_len: list[int], micro: int, step: int, global_batch: int, seed: int,
+              cache: dict) -> list[list[int]]:
+    """The rows of optimizer step `step` (0-based): a pure function of the step, so resuming replays the order.
+
+    The epochs follow each other without a gap; consecutive slices of `micro` rows are the micro-batches.
+    """
     picked = []
     for position in range(step * global_batch, (step + 1) * global_batch):
         epoch, offset = divmod(position, len(rows))
         if epoch not in cache:
             cache.clear()
-            cache[epoch] = epoch_order(len(rows), seed, epoch)
+            cache[epoch] = epoch_order(row_len, micro, seed, epoch)
         picked.append(rows[cache[epoch][offset]])
     return picked
 
@@ -471,6 +500,7 @@ def describe_model(cfg: Config, tokenizer, tok_dir: Path, seq_len: int, hw: Hard
         new_tokens = 0
     else:
         config = load_base_config(cfg.base_model)
+        check_tokenizer_extends_base(tok_dir)
         new_tokens = count_new_tokens(tok_dir, tokenizer, config.vocab_size)
     try:
         shape = dataclasses.replace(ModelShape.from_config(config), vocab_size=max(len(tokenizer), config.vocab_size))
@@ -531,6 +561,17 @@ def load_base_config(base_model: str):
 def resolve_base(base_model: str) -> str:
     path = Path(base_model).expanduser()
     return str(path.resolve()) if path.exists() else base_model
+
+
+def check_tokenizer_extends_base(tok_dir: Path) -> None:
+    """LoRA needs the base model's own tokenizer (extended); a tokenizer trained here numbers tokens differently."""
+    info_path = tok_dir / "commit_language.json"
+    if info_path.is_file():
+        mode = (json.loads(info_path.read_text(encoding="utf-8")).get("tokenizer") or {}).get("mode")
+        if mode == "train":
+            raise UserError(f"{tok_dir}: this tokenizer was trained from scratch; model_training.mode lora/qlora "
+                            "needs the base model's tokenizer extended: set tokenizer.mode: extend and "
+                            "tokenizer.base_tokenizer to the base model, then rerun the tokenizer stage")
 
 
 def count_new_tokens(tok_dir: Path, tokenizer, base_vocab: int) -> int:
@@ -837,6 +878,8 @@ def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: i
     trained = [p for p in model.parameters() if p.requires_grad]
     pad = pad_id(train_set)
     order_cache: dict = {}
+    train_lengths = row_lengths(train_set, rows["train"], seq_len)
+    per_rank = micro * accumulation
     model.train()
 
     if state["initial_val_loss"] is None:
@@ -860,7 +903,8 @@ def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: i
             group["lr"] = lr
         # Dropout draws depend only on (seed, rank, step): a resumed run replays them exactly.
         torch.manual_seed(seed * 7919 + hw.rank * 104729 + step)
-        my_rows = step_rows(rows["train"], step, global_batch, seed, order_cache)[hw.rank::hw.world_size]
+        everyone = step_rows(rows["train"], train_lengths, micro, step, global_batch, seed, order_cache)
+        my_rows = everyone[hw.rank * per_rank:(hw.rank + 1) * per_rank]
         batches = [collate(train_set, my_rows[i:i + micro], seq_len, pad) for i in range(0, len(my_rows), micro)]
         local_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
         global_targets = all_reduce_sum([float(local_targets)], hw)[0]

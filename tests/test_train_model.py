@@ -79,9 +79,12 @@ def test_packing_fills_rows_and_places_every_example_once(shared):
     varied = ExampleSet(torch.ones(int(offsets[-1]), dtype=torch.int32), offsets, torch.zeros(400, dtype=torch.long),
                         ["c"] * 400, ["t"] * 400, {})
     packed = train_model.pack_rows(varied, 1024, packing=True)
-    assert train_model.padding_waste(varied, packed, 1024, 8, seed=1) < 0.05
-    unpacked = train_model.pack_rows(varied, 1024, packing=False)
-    assert train_model.padding_waste(varied, unpacked, 1024, 8, seed=1) > 0.2
+    assert train_model.padding_waste(train_model.row_lengths(varied, packed, 1024), 8, seed=1) < 0.05
+    # One example per row, length-bucketed: little waste; the same rows in plain random order waste a lot.
+    unpacked = train_model.row_lengths(varied, train_model.pack_rows(varied, 1024, packing=False), 1024)
+    assert train_model.padding_waste(unpacked, 8, seed=1) < 0.05
+    shuffled = [unpacked[i] for i in torch.randperm(400).tolist()]
+    assert 1 - sum(unpacked) / sum(max(shuffled[i:i + 8]) * 8 for i in range(0, 400, 8)) > 0.2
 
 
 def test_collate_masks_context_and_restarts_positions(shared):
@@ -116,11 +119,13 @@ def test_packed_loss_equals_the_examples_alone(shared):
 
 def test_data_order_is_a_function_of_the_step():
     rows = [[i] for i in range(10)]
-    first = [train_model.step_rows(rows, s, 4, seed=3, cache={}) for s in range(6)]
-    again = [train_model.step_rows(rows, s, 4, seed=3, cache={}) for s in (5, 2, 0, 1, 4, 3)]
+    lengths = [5, 9, 1, 7, 3, 8, 2, 6, 4, 10]
+    first = [train_model.step_rows(rows, lengths, 2, s, 4, seed=3, cache={}) for s in range(6)]
+    again = [train_model.step_rows(rows, lengths, 2, s, 4, seed=3, cache={}) for s in (5, 2, 0, 1, 4, 3)]
     assert again == [first[s] for s in (5, 2, 0, 1, 4, 3)]
     epoch0 = [r[0] for s in range(2) for r in first[s]] + [r[0] for r in first[2][:2]]
     assert sorted(epoch0) == list(range(10))  # each row once per epoch
+    assert first[0] != train_model.step_rows(rows, lengths, 2, 0, 4, seed=4, cache={})  # the seed matters
 
 
 def test_cosine_schedule_with_warmup():
@@ -164,12 +169,14 @@ def test_scratch_trains_logs_and_reloads(shared, tmp_path):
 
 def test_early_stopping_keeps_the_best_weights(shared, tmp_path):
     paths = outputs(shared, tmp_path)
-    # A learning rate far too high: validation loss gets worse after the first evaluations.
-    cfg = train_model.Config(**{**TINY, "warmup_steps": 0}, precision="fp32", max_steps=40, eval_every=2,
-                             save_every=2, learning_rate=0.3, max_grad_norm=100.0, early_stopping_patience=2)
+    # Only an improvement by 10 nats counts: the first evaluation is the best, two more end the run.
+    cfg = train_model.Config(**TINY, precision="fp32", max_steps=40, eval_every=2, save_every=2,
+                             learning_rate=3e-3, early_stopping_patience=2, early_stopping_min_delta=10.0)
     final = train_model.run(cfg, paths, seed=5)
     assert final["stop_reason"] == "early_stopping"
-    assert final["steps"] == final["best_step"] + 4
+    assert final["best_step"] == 2 and final["steps"] == 6
+    last_val = [r["val_loss"] for r in read_steps(paths) if "val_loss" in r][-1]
+    assert last_val < final["best_val_loss"] - 0.1  # the weights kept are not the last ones
     model, _ = train_model.load_trained_model(paths.model_dir)
     val = ExampleSet.load(paths.val_data)
     loss, _ = train_model.evaluate_loss(model, val, train_model.pack_rows(val, final["seq_len"], True), 4, cpu_hw(),
