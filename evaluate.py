@@ -513,7 +513,8 @@ def markdown_report(result: dict) -> str:
         values = [metrics[n].get(key) for n in names]
         present = [v for v in values if v is not None]
         best = max(present) if present else None
-        cells = [f"**{fmt(v)}**" if v is not None and v == best and len(present) > 1 else fmt(v) for v in values]
+        bold = len(present) > 1 and min(present) < best  # no bold when every predictor ties
+        cells = [f"**{fmt(v)}**" if bold and v == best else fmt(v) for v in values]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     if "model" in metrics:
         model = metrics["model"]

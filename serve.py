@@ -42,6 +42,7 @@ import hmac
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -286,6 +287,10 @@ def make_server(service: Service) -> ThreadingHTTPServer:
     return server
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 @user_errors_to_exit
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -313,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.server_address[:2]
     log.info("serving %s on http://%s:%d (POST /predict, GET /health)%s", predictor.model_dir, host, port,
              ", bearer token required" if cfg.bearer_token() else "")
+    signal.signal(signal.SIGTERM, _stop)  # `kill` (systemd, docker stop) shuts down like Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -40,14 +40,19 @@ def test_greedy_prediction_recovers_the_learned_change(learned):
 
 def test_sampling_ranks_across_candidates_and_is_seeded(learned):
     p = predictor(learned)
-    options = {"decoding": "sample", "num_candidates": 4, "temperature": 1.5}
+    options = {"decoding": "sample", "num_candidates": 4, "temperature": 1.2}
     first = p.predict(H.fixture_history(), H.TASK, options, seed=7)
     again = p.predict(H.fixture_history(), H.TASK, options, seed=7)
     assert [c["text"] for c in first["candidates"]] == [c["text"] for c in again["candidates"]]
     assert len(first["candidates"]) == 4
     scores = [f["score"] for f in first["files"]]
     assert scores == sorted(scores, reverse=True) and all(0 < s <= 1.0 for s in scores)
-    assert first["files"][0]["path"] == "pkg/parse.py"
+    total = sum(c["score"] for c in first["candidates"])
+    for f in first["files"]:  # a file's score: the weight share of the candidates naming it
+        share = sum(c["score"] for c in first["candidates"] if f["path"] in c["files"]) / total
+        assert f["score"] == pytest.approx(share, abs=1e-5)
+        assert f["votes"] == sum(f["path"] in c["files"] for c in first["candidates"])
+    assert max(f["votes"] for f in first["files"]) == first["files"][0]["votes"] or first["files"][0]["score"] > 0.5
     beam = p.predict(H.fixture_history(), H.TASK, {"decoding": "beam", "num_candidates": 2})
     assert len(beam["candidates"]) == 2 and beam["files"][0]["path"] == "pkg/parse.py"
 
@@ -108,3 +113,70 @@ def test_history_from_artifacts_takes_the_last_commits_with_their_chunks(tmp_pat
     assert predict.history_from_records(records) == history
     with pytest.raises(ValueError, match=r"commits\[0\]"):
         predict.history_from_records([{"hash": "x"}])
+
+
+# ---------------------------------------------------------------- every model folder train_model writes
+
+
+def save_model_folder(learned, folder):
+    learned["model"].save_pretrained(str(folder))
+    learned["tokenizer"].save_pretrained(str(folder))
+    learned["lang"].save(folder)
+    return folder
+
+
+def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
+    train_model = pytest.importorskip("train_model")
+    from peft import LoraConfig, get_peft_model
+
+    expected = predictor(learned).predict(H.fixture_history(), H.TASK)["files"]
+    cfg = predict.Config(max_new_tokens=120)
+
+    scratch = save_model_folder(learned, tmp_path / "scratch")
+    base = save_model_folder(learned, tmp_path / "base")
+    adapter_dir = tmp_path / "adapter"
+    peft_model = get_peft_model(H.tiny_llama(learned["tokenizer"]), LoraConfig(r=4, target_modules=["q_proj"]))
+    peft_model.base_model.model.load_state_dict(learned["model"].state_dict(), strict=False)
+    peft_model.save_pretrained(str(adapter_dir))  # LoRA B starts at zero: the adapter changes nothing
+    learned["tokenizer"].save_pretrained(str(adapter_dir))
+    learned["lang"].save(adapter_dir)
+    (adapter_dir / train_model.INFO_FILE).write_text(json.dumps({"mode": "lora", "base_model": str(base)}))
+    merged = train_model.merge_adapter(adapter_dir, adapter_dir / "merged")
+
+    for folder in (scratch, adapter_dir, merged):
+        loaded = predict.Predictor.load(folder, cfg)
+        out = loaded.predict(H.fixture_history(), H.TASK)
+        assert out["files"] == expected, folder
+        assert out["model"] == str(folder)
+
+
+def test_cli_predicts_from_commits_json(learned, tmp_path, capsys):
+    folder = save_model_folder(learned, tmp_path / "model")
+    history = H.fixture_history()
+    with CommitsWriter(tmp_path / "commits.json") as writer:
+        for c, _ in history:
+            writer.add(c)
+        writer.metadata = {"total_commits": 2}
+    write_jsonl(tmp_path / "chunks.jsonl", [ch for _, chunks in history for ch in chunks])
+    out_file = tmp_path / "prediction.json"
+    code = predict.main(["--model", str(folder), "--commits", str(tmp_path / "commits.json"), "--task", H.TASK,
+                         "--max-new-tokens", "120", "--output", str(out_file)])
+    assert code == 0
+    result = json.loads(out_file.read_text())
+    assert [f["path"] for f in result["files"]] == ["pkg/parse.py", "pkg/strip.py"]
+    bare = tmp_path / "bare" / "model"  # a model folder without its commit language
+    learned["model"].save_pretrained(str(bare))
+    learned["tokenizer"].save_pretrained(str(bare))
+    capsys.readouterr()
+    for argv, word in [
+        (["--task", "", "--commits", str(tmp_path / "commits.json")], "--task"),
+        (["--task", "x", "--commits", str(tmp_path / "missing.json")], "git_scraper"),
+        (["--task", "x", "--commits", str(tmp_path / "commits.json"), "--num-candidates", "0"], "num_candidates"),
+        (["--task", "x", "--repo", str(tmp_path)], "not a git repository"),
+        (["--task", "x", "--commits", str(tmp_path / "commits.json"), "--model", str(tmp_path)], "not a model folder"),
+        (["--task", "x", "--commits", str(tmp_path / "commits.json"), "--model", str(bare),
+          "--output-dir", str(tmp_path / "out")], "commit_language.json"),
+    ]:
+        assert predict.main(["--model", str(folder), *argv] if "--model" not in argv else argv) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and word in errors[0], errors

@@ -152,3 +152,47 @@ def test_config_token_and_port_in_use(learned):
     finally:
         first.shutdown()
         first.server_close()
+
+
+def test_cli_serves_a_model_folder_and_stops_on_sigterm(learned, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder = tmp_path / "model"
+    learned.model.save_pretrained(str(folder))
+    learned.tokenizer.save_pretrained(str(folder))
+    learned.language.save(folder)
+    root = Path(serve.__file__).resolve().parent
+    env = {**os.environ, "REPO2MODEL_SERVE_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, str(root / "serve.py"), "--model", str(folder), "--port", "0",
+                             "--max-new-tokens", "120", "--output-dir", str(tmp_path / "out")],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        port = None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "serve.py exited early"
+            match = re.search(r"on http://127\.0\.0\.1:(\d+) .*bearer token required", line)
+            port = int(match.group(1)) if match else None
+        assert port
+        server = type("Address", (), {"server_address": ("127.0.0.1", port)})
+        status, body, _ = call(server, "GET", "/health")
+        assert status == 200 and body["model"]["defaults"]["max_new_tokens"] == 120
+        status, body, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records()},
+                               {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and [f["path"] for f in body["files"]] == ["pkg/parse.py", "pkg/strip.py"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    bad = subprocess.run([sys.executable, str(root / "serve.py"), "--model", str(tmp_path / "none")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "run the train_model stage" in bad.stderr
