@@ -672,7 +672,8 @@ class Scraper:
         redactions: Counter = Counter()
         if self.redactor is not None:
             message, counts = self.redactor.redact(message)
-            redactions.update(counts)
+            if counts:
+                redactions.update(counts)
         sections = iter(raw.sections)
         files = []
         for index, entry in enumerate(raw.files):
@@ -746,7 +747,8 @@ class Scraper:
             text, change.non_utf8 = decode(body)
             if self.redactor is not None:
                 text, counts = self.redactor.redact(text)
-                redactions.update(counts)
+                if counts:
+                    redactions.update(counts)
             change.patch = text
         return change
 
@@ -997,7 +999,8 @@ class Totals:
             self.first = moment
         if self.last is None or moment[0] > self.last[0]:
             self.last = moment
-        self.redactions.update(record.get("redactions") or {})
+        if record.get("redactions"):
+            self.redactions.update(record["redactions"])
         for change in record["files"]:
             self.file_changes += 1
             self.additions += change["additions"]
