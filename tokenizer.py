@@ -53,6 +53,7 @@ from repo2model.artifacts import atomic_path, read_commits_metadata, require, sa
 from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
 from repo2model.commit_language import (
     BOS,
+    backend,
     EOS,
     LANGUAGE_FILE,
     PAD,
@@ -127,6 +128,8 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
         tokenizer = extend_tokenizer(cfg, lang)
     lang.check_tokenizer(tokenizer, "the new tokenizer")
     save_tokenizer(tokenizer, lang, paths)
+    tokenizer = reload(paths.tokenizer_dir)  # check and encode with what later stages will load
+    lang.check_tokenizer(tokenizer, f"the tokenizer saved in {paths.tokenizer_dir}")
 
     roundtrip = check_roundtrip(lang, tokenizer, paths, cfg.roundtrip_sample)
     stats = encode_chunks(cfg, lang, tokenizer, paths, total_commits)
@@ -221,15 +224,66 @@ def extend_tokenizer(cfg: Config, lang: CommitLanguage) -> Any:
             tokenizer.add_tokens([AddedToken(ours, special=True, normalized=False)], special_tokens=True)
             setattr(tokenizer, f"{name}_token", ours)
     added = len(tokenizer) - base_size
+    fixed = exact_after_tokens(tokenizer)
     lang.tokenizer_info = {
         "mode": "extend",
         "base_tokenizer": str(base),
         "base_vocab_size": base_size,
         "vocab_size": len(tokenizer),
         "added_tokens": added,  # training resizes the embeddings by this many rows
+        "prefix_space_removed": fixed,
     }
     log.info("tokenizer: extended %s (%d tokens) with %d special tokens", base, base_size, added)
     return tokenizer
+
+
+PROBE = "<FILE>src/a.rs<MODULE>a\n<CHANGE:new_function>f\n<DIFF> fn f() {\n+    x();\n }\n<COMMIT_END>\n"
+
+
+def exact_after_tokens(tokenizer: Any) -> bool:
+    """Make text after a special token round-trip exactly; True if the base tokenizer had to change.
+
+    SentencePiece-style tokenizers (LLaMA-2 "legacy") put a word-start marker before every text
+    segment, so after each of our tokens a space would appear on decoding (`<FILE> src/a.rs`) and
+    parsed paths would be wrong. Text in the commit language always follows a special token, so
+    the marker is only prepended at the very start of a text ("first"), as transformers does for
+    non-legacy LLaMA tokenizers.
+    """
+    from tokenizers import Tokenizer
+
+    if decode_ids(tokenizer, encode_texts(tokenizer, [PROBE])[0]) == PROBE:
+        return False
+    spec = json.loads(backend(tokenizer).to_str())
+
+    def edit(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("type") == "Sequence":
+                key = "normalizers" if "normalizers" in node else "pretokenizers" if "pretokenizers" in node else None
+                if key:
+                    node[key] = [edit(n) for n in node[key] if not (isinstance(n, dict) and n.get("type") == "Prepend")]
+                    return node
+            if node.get("type") == "Metaspace" and node.get("prepend_scheme") == "always":
+                node["prepend_scheme"] = "first"
+        return node
+
+    for key in ("normalizer", "pre_tokenizer"):
+        if isinstance(spec.get(key), dict) and spec[key].get("type") == "Prepend":
+            spec[key] = None
+        else:
+            spec[key] = edit(spec.get(key))
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))
+    if "legacy" in tokenizer.init_kwargs or hasattr(tokenizer, "legacy"):
+        tokenizer.init_kwargs["legacy"] = False  # a LLaMA tokenizer class rebuilds its pre-tokenizer from this
+        tokenizer.legacy = False
+    if decode_ids(tokenizer, encode_texts(tokenizer, [PROBE])[0]) != PROBE:
+        log.warning("tokenizer: the base tokenizer changes text around special tokens; decoded text will differ")
+    return True
+
+
+def reload(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def save_tokenizer(tokenizer: Any, lang: CommitLanguage, paths: ArtifactPaths) -> None:

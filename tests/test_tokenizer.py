@@ -227,3 +227,34 @@ def test_round_trips_on_real_chunks_of_a_fixture_repository(tmp_path):
         assert compact.well_formed and compact.changes == parsed.changes
     assert {"NEW_FUNCTION", "NEW_METHOD", "NEW_TEST", "MODIFIED_FUNCTION", "RENAMED_FUNCTION"} <= seen_kinds
     assert stats["roundtrip"]["exact"] == stats["roundtrip"]["parsed"] == stats["roundtrip"]["checked"] == 19
+
+
+def make_sentencepiece_style_base(folder: Path) -> None:
+    """A LLaMA-2 "legacy"-style base: prepend-▁ normalizer, byte fallback, <s>/</s>/<unk>."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    raw.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)],
+                                  show_progress=False)
+    raw.train_from_iterator(["fn main() { let x = 1; }\n", "def f(x):\n    return x\n"] * 50, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(str(folder))
+
+
+def test_extend_mode_keeps_text_after_special_tokens_exact_with_a_sentencepiece_base(tmp_path):
+    from transformers import AutoTokenizer
+
+    make_sentencepiece_style_base(tmp_path / "base")
+    base = AutoTokenizer.from_pretrained(str(tmp_path / "base"))
+    ids = encode_texts(base, ["<s>x = 1"])[0]
+    assert decode_ids(base, ids) == "<s> x = 1"  # the base alone puts a space after a special token
+    paths, stats = trained(tmp_path, mode="extend", base_tokenizer=str(tmp_path / "base"))
+    assert stats["roundtrip"]["exact"] == stats["roundtrip"]["checked"] == stats["roundtrip"]["parsed"] == 25
+    lang = CommitLanguage.load(paths.tokenizer_dir)
+    assert lang.tokenizer_info["prefix_space_removed"] is True
+    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
+    text = lang.render_commit(*small_history()[-1], "full")
+    assert decode_ids(tok, encode_texts(tok, [text])[0]) == text
+    assert tok.bos_token == "<s>" and tok.pad_token == "<PAD>"
