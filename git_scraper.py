@@ -247,6 +247,9 @@ class Repository:
         self.top = top
         self.version = handle.git.version()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_GIT_ENV}
+        # a partial clone would fetch each missing blob from its remote, one at a time (git >= 2.44
+        # honours this): record them unavailable instead
+        self.env["GIT_NO_LAZY_FETCH"] = "1"
 
     @classmethod
     def open(cls, path: Path | str) -> "Repository":
