@@ -17,12 +17,12 @@ chunk per (commit, file, unit) touched. Writes:
 
 Units (see `repo2model/code_units.py`): Rust functions, methods (`Type::method`,
 `<Type as Trait>::method`), tests, structs, enums, traits, impls, type aliases,
-consts/statics, `macro_rules!`, `mod`, `use`; Python functions, methods
-(`Class.method`), classes, tests, imports, constants. Every other text file,
+consts/statics, `macro_rules!`, `mod`, `use` blocks; Python functions, methods
+(`Class.method`), classes, tests, import blocks, constants. Every other text file,
 a file that does not parse cleanly (tree-sitter ERROR nodes) and a file whose
 objects are missing give `hunk` chunks from the patch alone. Changed lines
-outside every unit (blank lines between items, item-level macro calls) become
-`hunk` chunks too, so that every `+`/`-` line of every patch lands in exactly one
+outside every unit (a module docstring, an item-level macro call) become `hunk`
+chunks too (a blank line between units joins its neighbour), so that every `+`/`-` line of every patch lands in exactly one
 chunk (checked and counted in the stats).
 
 change_type: unit only in the new version -> NEW_<KIND>; only in the old ->
@@ -97,7 +97,7 @@ class Config:
     parse_languages: list[str] = field(default_factory=lambda: list(code_units.PARSED_LANGUAGES))
     detect_moves: bool = True
     parse_cache_size: int = 1024
-    batch_size: int = 32
+    batch_size: int = 64
     redact_secrets: bool = True
 
     def __post_init__(self):
@@ -244,7 +244,7 @@ def _map_batches(batches: Iterator[list[dict]], cfg: Config, repo: Path | None, 
     pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(repo, cfg, redactor))
     try:
         in_flight = collections.deque()
-        limit = workers * 4  # bounded: the reader never runs far ahead of the writer
+        limit = workers * 2  # bounded: the reader never runs far ahead of the writer
         for batch in batches:
             in_flight.append(pool.apply_async(_chunk_batch, (batch,)))
             if len(in_flight) >= limit:
