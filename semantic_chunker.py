@@ -923,6 +923,7 @@ def _hunk_pieces(patch: list[PatchLine], indices: Iterable[int], module: str | N
 
 def _merge_small_hunks(pieces: list[_Piece], patch: list[PatchLine], cfg: Config) -> list[_Piece]:
     """Neighbouring hunk pieces with fewer than min_chunk_size changed lines merge (within max size)."""
+    unit_lines = {i for piece in pieces if piece.kind != "hunk" for i in piece.members}
     merged: list[_Piece] = []
     for piece in pieces:
         last = merged[-1] if merged else None
@@ -930,6 +931,7 @@ def _merge_small_hunks(pieces: list[_Piece], patch: list[PatchLine], cfg: Config
             last is not None and last.kind == "hunk" and piece.kind == "hunk"
             and (len(last.members) < cfg.min_chunk_size or len(piece.members) < cfg.min_chunk_size)
             and piece.members[-1] - last.members[0] < cfg.max_chunk_size
+            and not any(i in unit_lines for i in range(last.members[-1] + 1, piece.members[0]))
         ):
             last.members.extend(piece.members)
             continue
@@ -948,9 +950,10 @@ def _patch_side(patch: list[PatchLine], members: list[int], tag: str) -> tuple[s
     """The text of one side of a hunk piece, from its first to its last changed line, and its span."""
     lines = []
     numbers = []
+    member_set = set(members)
     for index in range(members[0], members[-1] + 1):
         line = patch[index]
-        if line.tag == tag or line.tag == " ":
+        if line.tag == " " or (line.tag == tag and index in member_set):
             lines.append(line.text[1:])
             numbers.append(line.old if tag == "-" else line.new)
     if not lines:
