@@ -11,9 +11,10 @@ How: `git rev-list --date-order --reverse` fixes the commits and their order
 (topological, parents first, ties by commit time); one `git log --no-walk
 --stdin --raw -p -z --diff-merges=first-parent -M` per 1,000 commits streams
 headers, tree diffs (full blob ids) and patches (git keeps what it parsed until
-it exits: batches keep its memory flat); Python splits the stream commit by
-commit and file by file, counts `+`/`-` lines from the patch (no --numstat: that
-would diff everything twice), filters, truncates, redacts and writes as it goes.
+it exits: batches keep its memory flat); Python reads the stream one file
+section at a time (a commit that adds 100 MB of vendored code never sits in
+memory whole), counts `+`/`-` lines from the patch (no --numstat: that would
+diff everything twice), filters, truncates, redacts and writes as it goes.
 Branch membership comes from one `git rev-list --topo-order --parents` pass with
 a bitset per commit. Missing objects (partial clone, pruned mirror) make `git log
 -p` die part-way: the scraper notices the exit code, finds the commits whose
@@ -491,16 +492,7 @@ class RawCommit:
     parents: list[str]
     fields: list[bytes]  # aN, aE, aI, cN, cE, cI, B
     files: list[RawFile]
-    sections: list[bytes]  # the `diff --git` sections, in the files' order
-
-
-def parse_block(block: bytes) -> RawCommit:
-    """One commit of the stream (header, raw entries, patch) into its parts."""
-    parts = block.split(b"\0", HEADER_FIELDS)
-    sha = parts[0].decode()
-    parents = parts[1].decode().split()
-    files, patch = parse_raw(parts[HEADER_FIELDS].lstrip(b"\0\n"))
-    return RawCommit(sha, parents, parts[2:HEADER_FIELDS], files, split_sections(patch))
+    sections: Iterator[bytes]  # the `diff --git` sections, in the files' order (read lazily)
 
 
 def parse_raw(data: bytes) -> tuple[list[RawFile], bytes]:
@@ -537,21 +529,145 @@ def split_sections(patch: bytes) -> list[bytes]:
     return sections
 
 
-def stream_blocks(proc: subprocess.Popen) -> Iterator[bytes]:
-    """The stream cut at MARKER; the last block only if the process ended well."""
-    buf = bytearray()
-    scan = 0
-    read = proc.stdout.read1 if hasattr(proc.stdout, "read1") else proc.stdout.read
-    while chunk := read(1 << 20):
-        buf += chunk
-        while (i := buf.find(MARKER, scan)) >= 0:
-            if i:
-                yield bytes(buf[:i])
-            del buf[:i + len(MARKER)]
-            scan = 0
-        scan = max(0, len(buf) - len(MARKER) + 1)
-    if proc.wait() == 0 and buf:
-        yield bytes(buf)
+class StreamCut(Exception):
+    """git stopped before the end of a commit (a missing object: exit 128)."""
+
+
+class LogReader:
+    """Reads the `git log -z --raw [-p]` stream one piece at a time: a commit's header and
+    tree diff, then its patch sections one by one. Memory holds one section (at most about
+    twice max_file_size), never a whole commit or the whole history."""
+
+    SECTION = b"diff --git "
+    NEXT_SECTION = b"\n" + SECTION
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self._read = proc.stdout.read1 if hasattr(proc.stdout, "read1") else proc.stdout.read
+        self.buf = bytearray()
+        self.pos = 0
+        self.eof = False
+
+    # -- buffer
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self._read(1 << 20)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def _compact(self) -> None:
+        """Drop what was parsed (only where no buffer index is held)."""
+        if self.pos:
+            del self.buf[:self.pos]
+            self.pos = 0
+
+    def _available(self, n: int) -> bool:
+        while len(self.buf) - self.pos < n:
+            if not self._fill():
+                return False
+        return True
+
+    def _at(self, prefix: bytes) -> bool:
+        self._available(len(prefix))
+        return self.buf.startswith(prefix, self.pos)
+
+    def _find(self, needle: bytes, start: int) -> int:
+        while (i := self.buf.find(needle, start)) < 0:
+            start = max(start, len(self.buf) - len(needle) + 1)
+            if not self._fill():
+                return -1
+        return i
+
+    def _section_end(self, start: int) -> int:
+        """Where the section starting before `start` ends: the next section or commit; -1 at EOF."""
+        while True:
+            ends = [i for i in (self.buf.find(self.NEXT_SECTION, start), self.buf.find(MARKER, start)) if i >= 0]
+            if ends:
+                return min(ends)
+            start = max(start, len(self.buf) - len(self.NEXT_SECTION) + 1)
+            if not self._fill():
+                return -1
+
+    def _skip_separators(self) -> None:
+        while self._available(1) and self.buf[self.pos] in (0, 10) and not self._at(MARKER):
+            self.pos += 1
+
+    def _finished_well(self) -> None:
+        """At the end of the stream: a commit that ends here is complete only if git succeeded."""
+        if self.proc.wait() != 0:
+            raise StreamCut
+
+    # -- records
+
+    def commits(self) -> Iterator[RawCommit]:
+        while self._at(MARKER):
+            self.pos += len(MARKER)
+            self._compact()
+            end = self.pos
+            for _ in range(HEADER_FIELDS):
+                end = self._find(b"\0", end)
+                if end < 0:
+                    raise StreamCut
+                end += 1
+            parts = bytes(self.buf[self.pos:end]).split(b"\0")
+            self.pos = end
+            self._skip_separators()
+            files = self._raw_entries()
+            self._skip_separators()
+            raw = RawCommit(parts[0].decode(), parts[1].decode().split(), parts[2:HEADER_FIELDS], files,
+                            self._sections())
+            yield raw
+            for _ in raw.sections:  # what the reader of `raw` left
+                pass
+        if self._available(1):
+            raise RuntimeError(f"unexpected git log output: {bytes(self.buf[self.pos:self.pos + 80])!r}")
+        self._finished_well()
+
+    def _raw_entries(self) -> list[RawFile]:
+        files = []
+        while self._at(b":"):
+            ends = []
+            end = self.pos
+            for _ in range(2):
+                end = self._find(b"\0", end)
+                if end < 0:
+                    raise StreamCut
+                ends.append(end)
+                end += 1
+            if chr(self.buf[ends[0] - 1]) in "0123456789":  # R075 / C100: a second path follows
+                status = bytes(self.buf[self.pos:ends[0]]).split(b" ")[-1]
+                if status[:1] in (b"R", b"C"):
+                    end = self._find(b"\0", end)
+                    if end < 0:
+                        raise StreamCut
+                    ends.append(end)
+            entry, _ = parse_raw(bytes(self.buf[self.pos:ends[-1] + 1]))
+            files += entry
+            self.pos = ends[-1] + 1
+        return files
+
+    def _sections(self) -> Iterator[bytes]:
+        while True:
+            if not self._at(self.SECTION):
+                if not self._available(1):
+                    self._finished_well()
+                return
+            self._compact()
+            end = self._section_end(len(self.SECTION))
+            if end < 0:  # the last section of the stream
+                self._finished_well()
+                section = bytes(self.buf[len(self.SECTION):])
+                self.pos = len(self.buf)
+                yield section
+                return
+            section = bytes(self.buf[len(self.SECTION):end])
+            self.pos = end + 1 if self.buf.startswith(self.NEXT_SECTION, end) else end
+            yield section
 
 
 # ====================================================================== commits
@@ -613,17 +729,19 @@ class Scraper:
                 end = pos
                 while end < min(len(hashes), pos + LOG_BATCH) and not (suspects and hashes[end] in suspects):
                     end += 1
-                failure = None
-                for raw in self._log(hashes[pos:end]):
-                    if raw is None:
-                        failure = True
-                        break
-                    if raw.hash != hashes[pos]:
-                        raise RuntimeError(f"git log returned {raw.hash}, expected {hashes[pos]}")
-                    yield self._build(raw)
-                    pos += 1
-                if failure is None:
+                stream = self._log(hashes[pos:end])
+                try:
+                    for raw in stream:
+                        if raw.hash != hashes[pos]:
+                            raise RuntimeError(f"git log returned {raw.hash}, expected {hashes[pos]}")
+                        commit = self._build(raw)
+                        pos += 1
+                        yield commit
                     continue
+                except StreamCut:
+                    pass
+                finally:
+                    stream.close()
                 # git log -p died part-way (exit 128): at hashes[pos], or before it produced anything
                 if suspects is None:
                     log.warning("git_scraper: git log stopped at commit %s (missing objects?): "
@@ -636,8 +754,9 @@ class Scraper:
                 self._sizes.close()
                 self._sizes = None
 
-    def _log(self, hashes: list[str], diff: bool = True) -> Iterator[RawCommit | None]:
-        """One `git log` over exactly `hashes`, in order; None at the end if git failed."""
+    def _log(self, hashes: list[str], diff: bool = True) -> Iterator[RawCommit]:
+        """One `git log` over exactly `hashes`, in order. StreamCut (raised here or while a
+        commit's sections are read) when git stopped part-way."""
         with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
             stdin.write("\n".join(hashes).encode() + b"\n")
             stdin.seek(0)
@@ -649,20 +768,19 @@ class Scraper:
                 args.append("--diff-merges=first-parent")
             proc = self.repo.popen(args, stdin=stdin, stderr=stderr)
             try:
-                for block in stream_blocks(proc):
-                    yield parse_block(block)
+                yield from LogReader(proc).commits()
+            except StreamCut:
+                stderr.seek(0)
+                lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
+                log.debug("git log exited %d: %s", proc.returncode, lines[-3:])
+                if not diff:
+                    raise UserError(f"git log failed in {self.repo.top}: {lines[-1] if lines else proc.returncode}") from None
+                raise
             finally:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
                 proc.stdout.close()
-            if proc.returncode != 0:
-                stderr.seek(0)
-                lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
-                log.debug("git log exited %d: %s", proc.returncode, lines[-3:])
-                if not diff:
-                    raise UserError(f"git log failed in {self.repo.top}: {lines[-1] if lines else proc.returncode}")
-                yield None
 
     # ---------------------------------------------------------------- building records
 
@@ -806,9 +924,14 @@ class Scraper:
                 unavailable.add(index)
                 self.missing_objects.update(missing)
         if not unavailable:  # it only ended where git stopped: a log of its own gives the full record
-            alone = list(self._log([sha]))
-            if alone and alone[0] is not None and alone[0].hash == sha:
-                return self._build(alone[0])
+            stream = self._log([sha])
+            try:
+                for alone in stream:
+                    return self._build(alone)
+            except StreamCut:
+                pass
+            finally:
+                stream.close()
         available = [i for i in range(len(raw.files)) if i not in unavailable]
         patches: dict[int, list[bytes]] = {}
         if available:
