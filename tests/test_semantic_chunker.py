@@ -453,6 +453,24 @@ def test_deleted_and_renamed_files(make_repo):
     assert coverage_problems(commit, chunks) == []
 
 
+def test_crate_name_is_read_at_each_commit(make_repo):
+    repo = make_repo()
+    first = repo.commit("ledger", {"ledger/Cargo.toml": LEDGER_TOML, "ledger/src/lib.rs": "pub fn a() {}\n"})
+    second = repo.commit("renamed crate", {
+        "ledger/Cargo.toml": LEDGER_TOML.replace('"ledger"', '"bank-core"'),
+        "ledger/src/lib.rs": "pub fn a() {}\n\npub fn b() {}\n",
+    })
+    third = repo.commit("drop a", {"ledger/src/lib.rs": "pub fn b() {}\n"})
+    assert [c.module for c in chunks_of(repo, first)[1]] == ["ledger", "ledger"]
+    assert summary(chunks_of(repo, second)[1]) == [
+        ("ledger/Cargo.toml", "hunk", None, "MODIFIED_HUNK", "bank_core", (2, 2), (2, 2)),
+        ("ledger/src/lib.rs", "function", "b", "NEW_FUNCTION", "bank_core", None, (3, 3)),
+    ]
+    assert summary(chunks_of(repo, third)[1]) == [
+        ("ledger/src/lib.rs", "function", "a", "DELETED_FUNCTION", "bank_core", (1, 1), None),
+    ]
+
+
 # ---------------------------------------------------------------- splitting and merging
 
 
