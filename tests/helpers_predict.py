@@ -103,8 +103,21 @@ def train_on(model, examples: list[tuple[list[int], list[int]]], steps: int = 15
     return float(loss.detach())
 
 
+_TRAINED: dict[int, tuple] = {}
+
+
 def trained_predictor_parts(folder: Path, steps: int = 150):
-    """(model, tokenizer, language, prompt ids, target ids) for the fixture: the model has learned the target."""
+    """(model, tokenizer, language, prompt ids, target ids) for the fixture: the model has learned the target.
+
+    Trained once per test session (the test files share it; nothing mutates it); `folder` receives the
+    tokenizer the first time.
+    """
+    if steps not in _TRAINED:
+        _TRAINED[steps] = _train(folder, steps)
+    return _TRAINED[steps]
+
+
+def _train(folder: Path, steps: int):
     lang = CommitLanguage(authors=["Alice"], modules=["pkg"])
     history = fixture_history()
     corpus = [lang.render_commit(c, ch, "full") for c, ch in history] + [target_text(lang), lang.render_task(TASK)]

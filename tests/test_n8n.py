@@ -68,7 +68,7 @@ def test_http_request_matches_the_service():
 def test_workflow_runs_in_real_n8n(tmp_path, make_repo):
     import helpers_predict as H
 
-    model, tokenizer, lang, _, _ = H.trained_predictor_parts(tmp_path / "model", steps=60)
+    model, tokenizer, lang, _, _ = H.trained_predictor_parts(tmp_path / "model")
     predictor = predict.Predictor(model, tokenizer, lang, predict.Config(max_new_tokens=40), model_dir=tmp_path)
     server = serve.make_server(serve.Service(predictor, serve.Config(port=0)))
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -196,3 +196,16 @@ def test_cli_serves_a_model_folder_and_stops_on_sigterm(learned, tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
     assert "run the train_model stage" in bad.stderr
+
+
+def test_predict_from_a_real_repository(server, make_repo):
+    repo = make_repo("project")
+    first = repo.commit("Add the parser", {"pkg/parse.py": "def parse(s):\n    return s\n"})
+    repo.commit("Add tests for the parser", {"tests/test_parse.py": "def test_parse():\n    assert parse('x') == 'x'\n"})
+    repo.commit("Add notes", {"NOTES.md": "# notes\n"})
+    status, body, _ = call(server, "POST", "/predict", {"task": H.TASK, "repo": str(repo.path),
+                                                        "options": {"history_commits": 2}})
+    assert status == 200, body
+    assert [h["message"] for h in body["history"]] == ["Add tests for the parser", "Add notes"]
+    assert first not in [h["hash"] for h in body["history"]]
+    assert body["prompt_tokens"] > 0 and len(body["candidates"]) == 1
