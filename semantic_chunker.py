@@ -149,8 +149,10 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = N
     metadata = read_commits_metadata(paths.commits)
     repo_path = find_repository(repo, metadata, paths.commits)
     redactor = redactor_for(cfg, metadata)
-    workers = cfg.workers or os.cpu_count() or 1
     total = metadata.get("total_commits")
+    workers = cfg.workers or _cores()
+    if isinstance(total, int):  # no more processes than batches to give them
+        workers = max(1, min(workers, -(-total // cfg.batch_size)))
     stats = ChunkingStats()
     with atomic_open(paths.chunks) as out:
         batches = _batches(iter_commit_dicts(paths.commits), cfg.batch_size)
@@ -171,6 +173,13 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = N
         paths.chunks,
     )
     return {k: summary[k] for k in ("commits", "chunks", "files", "parse_error_rate", "uncovered_lines", "seconds")}
+
+
+def _cores() -> int:
+    """CPU cores this process may use (the affinity mask, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def find_repository(override: Path | None, metadata: dict, commits_path: Path) -> Path | None:
