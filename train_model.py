@@ -620,7 +620,10 @@ def build_adapter_model(cfg: Config, tokenizer, tok_dir: Path, hw: Hardware):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": hw.device.index if hw.device.type == "cuda" else "cpu"}
+    if hw.device.type == "cuda":  # load straight onto the GPU, not through host memory
+        kwargs["device_map"] = {"": hw.device.index}
+    elif cfg.mode == "qlora":
+        kwargs["device_map"] = {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(resolve_base(cfg.base_model), **kwargs)
     base_vocab = model.get_input_embeddings().weight.shape[0]
     n_new = count_new_tokens(tok_dir, tokenizer, base_vocab)

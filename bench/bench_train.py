@@ -1,0 +1,136 @@
+"""Training-loop throughput against a bare PyTorch loop, and padding waste with packing.
+
+    python bench/bench_train.py [--steps 20] [--repeats 3] [--data outputs/training_data_train.pt]
+
+1. tokens/s of `train_model.run` (packing, schedule, clipping, per-step seeding, logging,
+   evaluation hooks: everything but checkpoint writes) against a bare loop - the same tiny LLaMA,
+   initial weights, precision, optimizer and the very same batches, collated before timing - in the
+   same process, alternating runs; the best of each is compared. Target: ratio >= 0.9.
+2. Padding waste of the batches train_model forms (packing + length bucketing), on a spread of
+   example lengths like dataset_builder's (20..700 tokens, rows of 512), and on a real
+   training_data_train.pt if one is given or found. Target: < 5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import train_model  # noqa: E402
+from helpers_models import make_dataset, make_tokenizer  # noqa: E402
+from repo2model.examples import IGNORE_INDEX, ExampleSet  # noqa: E402
+from repo2model.paths import ArtifactPaths  # noqa: E402
+
+WORK = ROOT / "bench" / "_work" / "train"
+MODEL = dict(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=344)
+BATCH = dict(micro_batch_size=8, effective_batch_size=8, seq_len=256)
+
+
+def prepare() -> ArtifactPaths:
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    tok = make_tokenizer(WORK / "tokenizer", vocab_size=400)
+    make_dataset(WORK, tok, n_train=400, n_val=4, n_test=4, context_lines=6)
+    return ArtifactPaths.under(WORK)
+
+
+def loop_run(paths: ArtifactPaths, cfg: train_model.Config) -> float:
+    """tokens/s of train_model's loop (checkpoint writes excluded: elapsed is taken before them)."""
+    shutil.rmtree(paths.checkpoints_dir, ignore_errors=True)
+    final = train_model.run(cfg, paths, seed=3, resume=False)
+    return final["tokens_seen"] / final["train_seconds"]
+
+
+def bare_run(paths: ArtifactPaths, cfg: train_model.Config) -> float:
+    """The same steps in a minimal loop: forward, loss, backward, clip, step, on pre-collated batches."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    train = ExampleSet.load(paths.train_data)
+    tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
+    seq_len = cfg.seq_len
+    rows = train_model.pack_rows(train, seq_len, True)
+    lengths = train_model.row_lengths(train, rows, seq_len)
+    micro = cfg.micro_batch_size
+    batches, tokens = [], 0
+    for step in range(cfg.max_steps):
+        step_rows = train_model.step_rows(rows, lengths, micro, step, micro, 3, {})
+        batches.append(train_model.collate(train, step_rows, seq_len, tokenizer.pad_token_id))
+        tokens += train_model.row_tokens(train, step_rows, seq_len)
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(train_model.scratch_config(cfg, tokenizer, seq_len)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    start = time.perf_counter()
+    for batch in batches:
+        with autocast:
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return tokens / (time.perf_counter() - start)
+
+
+def waste_figures(real: Path | None) -> list[tuple[str, float]]:
+    torch.manual_seed(0)
+    sizes = torch.randint(20, 700, (2000,))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+    spread = ExampleSet(torch.ones(int(offsets[-1]), dtype=torch.int32), offsets, torch.zeros(2000, dtype=torch.long),
+                        ["c"] * 2000, ["t"] * 2000, {})
+    figures = []
+    for label, examples, seq_len in [("synthetic 20..700 tokens, rows of 1024", spread, 1024)] + (
+            [(f"{real}", ExampleSet.load(real), None)] if real else []):
+        seq_len = seq_len or train_model.choose_seq_len(train_model.Config(), examples)
+        for packing in (True, False):
+            lengths = train_model.row_lengths(examples, train_model.pack_rows(examples, seq_len, packing), seq_len)
+            naive = [lengths[i] for i in torch.randperm(len(lengths)).tolist()]
+            naive_waste = 1 - sum(naive) / sum(max(naive[i:i + 8]) * len(naive[i:i + 8]) for i in range(0, len(naive), 8))
+            figures.append((f"{label}, {'packed' if packing else 'one example per row'}, bucketed",
+                            train_model.padding_waste(lengths, 8, seed=1)))
+            figures.append((f"{label}, {'packed' if packing else 'one example per row'}, random order", naive_waste))
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--data", type=Path, default=ROOT / "outputs" / "training_data_train.pt")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    paths = prepare()
+    cfg = train_model.Config(**MODEL, **BATCH, precision=args.precision, max_steps=args.steps, warmup_steps=2,
+                             eval_every=10_000, save_every=10_000, log_every=5, max_minutes=None,
+                             early_stopping_patience=0)
+    loop, bare = [], []
+    bare_run(paths, train_model.Config(**{**cfg.__dict__, "max_steps": 3}))  # warm-up
+    for _ in range(args.repeats):
+        bare.append(bare_run(paths, cfg))
+        loop.append(loop_run(paths, cfg))
+    print(f"model: {MODEL}, rows {BATCH['micro_batch_size']} x {BATCH['seq_len']}, {args.steps} steps, "
+          f"{args.precision}, {torch.get_num_threads()} threads")
+    print(f"bare PyTorch loop: {max(bare):,.0f} tokens/s (runs: {', '.join(f'{x:,.0f}' for x in bare)})")
+    print(f"train_model loop:  {max(loop):,.0f} tokens/s (runs: {', '.join(f'{x:,.0f}' for x in loop)})")
+    print(f"ratio train_model / bare: {max(loop) / max(bare):.3f} (target >= 0.9)")
+    for label, waste in waste_figures(args.data if args.data.is_file() else None):
+        print(f"padding waste, {label}: {100 * waste:.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
