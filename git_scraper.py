@@ -131,7 +131,6 @@ class Config:
             raise ValueError("max_patch_bytes: must be at least 1 (bytes)")
         self.redactor()  # validates the patterns
 
-
     def redactor(self) -> Redactor | None:
         if not self.redact_secrets:
             return None
@@ -154,10 +153,13 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     totals = Totals()
 
     new_hashes = [h for h in hashes if reuse is None or h not in reuse]
-    new_commits = scraper.commits(new_hashes)
-    with contextlib.closing(new_commits), CommitsWriter(paths.commits) as writer, tqdm(
-        total=len(hashes), unit="commit", desc="git_scraper", disable=None, mininterval=0.5
-    ) as progress:
+    with contextlib.ExitStack() as stack:
+        new_commits = stack.enter_context(contextlib.closing(scraper.commits(new_hashes)))
+        if reuse is not None:
+            stack.callback(reuse.close)
+        writer = stack.enter_context(CommitsWriter(paths.commits))
+        progress = stack.enter_context(
+            tqdm(total=len(hashes), unit="commit", desc="git_scraper", disable=None, mininterval=0.5))
         for sha in hashes:
             record = reuse.read(sha) if reuse is not None and sha in reuse else record_of(next(new_commits))
             assert record["hash"] == sha, (record["hash"], sha)
@@ -167,8 +169,6 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
             totals.add(record)
             progress.update()
         writer.metadata = totals.metadata(repo, refs, cfg, scraper)
-    if reuse is not None:
-        reuse.close()
 
     seconds = time.perf_counter() - started
     summary = totals.summary(seconds, reused=len(hashes) - len(new_hashes), missing=scraper.missing_objects)
