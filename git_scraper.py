@@ -540,6 +540,7 @@ class LogReader:
 
     SECTION = b"diff --git "
     NEXT_SECTION = b"\n" + SECTION
+    CHUNK = 1 << 20  # bytes per read
 
     def __init__(self, proc: subprocess.Popen):
         self.proc = proc
@@ -553,7 +554,7 @@ class LogReader:
     def _fill(self) -> bool:
         if self.eof:
             return False
-        chunk = self._read(1 << 20)
+        chunk = self._read(self.CHUNK)
         if not chunk:
             self.eof = True
             return False

@@ -329,6 +329,11 @@ def test_deterministic_and_scrape_recent(history, tmp_path, monkeypatch):
     monkeypatch.setattr(git_scraper, "LOG_BATCH", 4)  # several git log processes: same bytes
     git_scraper.run(Config(repo=repo.path, **SMALL), again)
     assert again.commits.read_bytes() == paths.commits.read_bytes()
+    for chunk in (1, 7):  # the stream read a few bytes at a time: every boundary falls mid-token somewhere
+        monkeypatch.setattr(git_scraper.LogReader, "CHUNK", chunk)
+        git_scraper.run(Config(repo=repo.path, **SMALL), again)
+        assert again.commits.read_bytes() == paths.commits.read_bytes()
+    monkeypatch.undo()
 
     recent = git_scraper.scrape_recent(repo.path, 3, Config(repo=repo.path, **SMALL), ref="main")
     expected = git_lines(repo, "rev-list", "--date-order", "-n", "3", "main")[::-1]
