@@ -251,6 +251,10 @@ class Repository:
         # a partial clone would fetch each missing blob from its remote, one at a time (git >= 2.44
         # honours this): record them unavailable instead
         self.env["GIT_NO_LAZY_FETCH"] = "1"
+        # the repository asked for, even when run from a git hook that exported another GIT_DIR
+        self.env["GIT_DIR"] = str(Path(handle.git_dir).resolve())
+        if handle.working_tree_dir:
+            self.env["GIT_WORK_TREE"] = str(top)
 
     @classmethod
     def open(cls, path: Path | str) -> "Repository":
