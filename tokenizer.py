@@ -330,7 +330,8 @@ def encode_chunks(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: Arti
     """tokens.pt: each chunk's ids (file header + full rendering), encoded in batches."""
     import torch
 
-    special_ids = np.array(sorted({tokenizer.get_vocab()[t] for t in lang.special_tokens() if t in tokenizer.get_vocab()}), dtype=np.int64)
+    vocab = tokenizer.get_vocab()
+    special_ids = np.array(sorted({vocab[t] for t in lang.special_tokens() if t in vocab}), dtype=np.int64)
     parts: list[np.ndarray] = []
     lengths: list[int] = []
     commit_index: list[int] = []
