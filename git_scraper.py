@@ -208,7 +208,7 @@ def scrape_recent(repo: Path, max_commits: int, cfg: Config | None = None, ref: 
     graph = BranchGraph.build(repository, refs)
     commits = list(Scraper(repository, cfg).commits(hashes))
     for commit in commits:
-        commit.branches = graph.branches_of(commit.hash)
+        commit.branches = list(graph.branches_of(commit.hash))
         commit.on_default_first_parent = commit.hash in graph.first_parent
     return commits
 
@@ -431,6 +431,7 @@ class BranchGraph:
     names: list[str]
     bits: dict[str, int]
     first_parent: set[str]
+    _names_by_mask: dict[int, list[str]] = field(default_factory=dict)  # few distinct masks, many commits
 
     @classmethod
     def build(cls, repo: Repository, refs: Refs) -> "BranchGraph":
@@ -454,12 +455,11 @@ class BranchGraph:
         return cls(names, bits, first_parent)
 
     def branches_of(self, sha: str) -> list[str]:
+        """The branch names (sorted) that contain `sha`; the list is shared: do not modify it."""
         mask = self.bits.get(sha, 0)
-        names = []
-        while mask:
-            low = mask & -mask
-            names.append(self.names[low.bit_length() - 1])
-            mask ^= low
+        names = self._names_by_mask.get(mask)
+        if names is None:
+            names = self._names_by_mask[mask] = [name for i, name in enumerate(self.names) if mask >> i & 1]
         return names
 
 
