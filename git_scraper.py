@@ -276,12 +276,14 @@ class Repository:
         except git.NoSuchPathError:
             raise UserError(f"{path}: no such folder") from None
         top = Path(handle.working_tree_dir or handle.git_dir).resolve()
-        repo = cls(handle, top)
-        if not repo.git("rev-parse", "--verify", "-q", "HEAD", check=False) and not repo.git(
-            "for-each-ref", "--count=1", "refs/heads", "refs/remotes", "refs/tags", check=False
-        ):
-            raise UserError(f"{top}: the repository has no commits yet: nothing to scrape")
-        return repo
+        return cls(handle, top)
+
+    def head_branch(self) -> str | None:
+        """The branch HEAD points to (read by GitPython from HEAD itself), None when detached."""
+        try:
+            return None if self.handle.head.is_detached else self.handle.head.reference.name
+        except (TypeError, ValueError):
+            return None
 
     def git(self, *args: str, check: bool = True) -> str:
         """One small git command through GitPython; output stripped."""
@@ -325,10 +327,11 @@ class Repository:
             digest.update(mailmap.read_bytes())
         else:
             digest.update(self.git("cat-file", "blob", "HEAD:.mailmap", check=False).encode())
-        for key in ("mailmap.file", "mailmap.blob"):
-            value = self.git("config", "--get", key, check=False)
-            digest.update(value.encode())
-            if key == "mailmap.file" and value and Path(value).expanduser().is_file():
+        settings = self.git("config", "--get-regexp", r"^mailmap\.", check=False)
+        digest.update(settings.encode())
+        for line in settings.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "mailmap.file" and Path(value).expanduser().is_file():
                 digest.update(Path(value).expanduser().read_bytes())
         return digest.hexdigest()
 
@@ -386,9 +389,12 @@ def select_refs(repo: Repository, cfg: Config) -> Refs:
     if cfg.include_tags:
         chosen.update(tags)
 
-    head = repo.git("symbolic-ref", "-q", "--short", "HEAD", check=False)
-    if not chosen:  # a detached HEAD and no branches (e.g. a CI checkout)
-        chosen = {"HEAD": repo.git("rev-parse", "HEAD")}
+    head = repo.head_branch()
+    if not chosen:  # a detached HEAD and no branches (e.g. a CI checkout), or no commits at all
+        head_commit = repo.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+        if not head_commit:
+            raise UserError(f"{repo.top}: the repository has no commits yet: nothing to scrape")
+        chosen = {"HEAD": head_commit}
 
     membership = dict(local)
     if cfg.include_remotes or any(r.startswith("refs/remotes/") for r in chosen):
