@@ -731,8 +731,8 @@ def restore_checkpoint(cfg: Config, paths: ArtifactPaths, fingerprint: str, mode
                        resume: bool | None) -> dict:
     """The state to start from: the latest checkpoint of this same run, or a fresh one."""
     if hw.is_main and paths.checkpoints_dir.is_dir():
-        for leftover in paths.checkpoints_dir.glob(".*.tmp"):  # a checkpoint write cut by a kill
-            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in [*paths.checkpoints_dir.glob(".*.tmp"), *paths.checkpoints_dir.glob(".*.old-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)  # a checkpoint write cut by a kill
     barrier(hw)
     found = checkpoint_dirs(paths)
     want = cfg.resume if resume is None else resume
@@ -947,7 +947,12 @@ def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: i
                       "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
                       "epoch": round(step * global_batch / len(rows["train"]), 3), "memory_gib": round(memory_gib(hw), 3)}
             window_tokens, window_start = 0, time.perf_counter()
-        if step % cfg.eval_every == 0 or step >= steps:
+        if step >= steps:
+            state["stop_reason"] = "max_steps"
+        elif cfg.max_minutes is not None and all_reduce_sum(
+                [float(state["elapsed_s"] >= cfg.max_minutes * 60)], hw)[0] > 0:  # every process stops together
+            state["stop_reason"] = "time_budget"
+        if step % cfg.eval_every == 0 or state["stop_reason"]:  # the last step is always evaluated
             val_loss, _ = evaluate_loss(model, val_set, rows["val"], micro, hw, seq_len, cfg.eval_max_rows)
             record = record or {"step": step, "loss": loss_value}
             record["val_loss"] = val_loss
@@ -960,14 +965,9 @@ def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: i
             else:
                 state["bad_evals"] += 1
                 if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
-                    state["stop_reason"] = "early_stopping"
+                    state["stop_reason"] = state["stop_reason"] or "early_stopping"
         if record is not None:
             logs.write(record)
-        if state["stop_reason"] is None:
-            if step >= steps:
-                state["stop_reason"] = "max_steps"
-            elif cfg.max_minutes is not None and state["elapsed_s"] >= cfg.max_minutes * 60:
-                state["stop_reason"] = "time_budget"
         if step % cfg.save_every == 0 or state["stop_reason"]:
             state["fingerprint"] = fingerprint
             if hw.is_main:
