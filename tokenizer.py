@@ -29,6 +29,9 @@ Config section `tokenizer`:
     base_tokenizer  extend: a local tokenizer/model folder or a hub id
     top_authors     K: the most frequent authors that get an <AUTHOR:name> token
     top_modules     K: the most frequent crates/top-level modules with a <MODULE:x> token
+    compact_max_files    history (compact) renderings list at most this many files (0 = all)
+    compact_max_changes  ... and at most this many change lines (0 = all); saved in
+                    commit_language.json so prediction renders history the same way
     batch_size      texts per encode_batch call (bounds memory)
     roundtrip_sample commits checked for decode(encode(render)) == render after training
 
@@ -83,6 +86,8 @@ class Config:
     base_tokenizer: str | None = None
     top_authors: int = 32
     top_modules: int = 64
+    compact_max_files: int = 32
+    compact_max_changes: int = 16
     batch_size: int = 1024
     roundtrip_sample: int = 200
 
@@ -94,6 +99,8 @@ class Config:
             raise ValueError(
                 f"vocab_size: must be at least {smallest} (256 bytes + {smallest - BYTE_ALPHABET} special tokens), got {self.vocab_size}"
             )
+        if self.compact_max_files < 0 or self.compact_max_changes < 0:
+            raise ValueError("compact_max_files/compact_max_changes: must be >= 0 (0 = no limit)")
         if self.min_frequency < 1:
             raise ValueError("min_frequency: must be >= 1")
         if self.batch_size < 1:
@@ -168,7 +175,10 @@ def choose_language(cfg: Config, paths: ArtifactPaths, total_commits: int | None
     authors, modules = count_families(_progress(iter_history(paths.commits, paths.chunks), total_commits, "counting authors/modules"))
     if not authors:
         raise UserError(f"{paths.commits}: no commits: nothing to learn a tokenizer from (check the git_scraper settings)")
-    lang = CommitLanguage.from_counts(authors, modules, cfg.top_authors, cfg.top_modules)
+    lang = CommitLanguage.from_counts(
+        authors, modules, cfg.top_authors, cfg.top_modules,
+        compact_max_files=cfg.compact_max_files, compact_max_changes=cfg.compact_max_changes,
+    )
     log.debug("tokenizer: %d authors, %d modules; tokens for %d and %d", len(authors), len(modules), len(lang.authors), len(lang.modules))
     return lang
 

@@ -35,7 +35,9 @@ Rendering (`render_commit(commit, chunks, form="full")`):
   survives exactly. Text that happens to spell one of our tokens (this very
   file, say) is escaped with a word joiner (U+2060) after the `<`, which the
   parser removes; nothing else is touched.
-- The compact form (for history) is the same without the code blocks.
+- The compact form (for history) is the same without the code blocks, and with at
+  most `compact_max_files` files and `compact_max_changes` change lines (later files
+  keep their path line; `<TRUNCATED>` marks what was left out).
 
 Training example (`build_prompt` + the target, see `dataset_builder.py`):
 
@@ -181,6 +183,8 @@ class CommitLanguage:
     authors: list[str] = dataclasses.field(default_factory=list)  # names with an <AUTHOR:x> token
     modules: list[str] = dataclasses.field(default_factory=list)  # top segments with a <MODULE:x> token
     tokenizer_info: dict = dataclasses.field(default_factory=dict)  # mode, base, added_tokens, ...
+    compact_max_files: int = 32  # compact form: files listed at most (0 = all), then <TRUNCATED>
+    compact_max_changes: int = 16  # compact form: change lines at most (0 = all); later files get their path only
 
     def __post_init__(self) -> None:
         self._authors = set(self.authors)
@@ -189,7 +193,8 @@ class CommitLanguage:
     # ---- construction and storage
 
     @classmethod
-    def from_counts(cls, author_counts: dict[str, int], module_counts: dict[str, int], top_authors: int, top_modules: int) -> "CommitLanguage":
+    def from_counts(cls, author_counts: dict[str, int], module_counts: dict[str, int], top_authors: int, top_modules: int,
+                    **limits: int) -> "CommitLanguage":
         """The K most frequent of each family (ties by name, so the choice is deterministic)."""
 
         def top(counts: dict[str, int], k: int) -> list[str]:
@@ -197,7 +202,7 @@ class CommitLanguage:
             eligible.sort(key=lambda nc: (-nc[1], nc[0]))
             return [n for n, _ in eligible[:k]]
 
-        return cls(authors=top(author_counts, top_authors), modules=top(module_counts, top_modules))
+        return cls(authors=top(author_counts, top_authors), modules=top(module_counts, top_modules), **limits)
 
     def save(self, folder: Path | str) -> Path:
         return write_json(
@@ -206,6 +211,8 @@ class CommitLanguage:
                 "format_version": FORMAT_VERSION,
                 "authors": self.authors,
                 "modules": self.modules,
+                "compact_max_files": self.compact_max_files,
+                "compact_max_changes": self.compact_max_changes,
                 "tokenizer": self.tokenizer_info,
                 # rows training must add to a base model's embeddings (0 for a trained tokenizer)
                 "added_tokens": int(self.tokenizer_info.get("added_tokens", 0)),
@@ -227,7 +234,13 @@ class CommitLanguage:
                 raise UserError(
                     f"{path}: commit language format {data.get('format_version')}, this code reads {FORMAT_VERSION}: rerun the tokenizer stage"
                 )
-            lang = cls(authors=list(data["authors"]), modules=list(data["modules"]), tokenizer_info=dict(data.get("tokenizer") or {}))
+            lang = cls(
+                authors=list(data["authors"]),
+                modules=list(data["modules"]),
+                tokenizer_info=dict(data.get("tokenizer") or {}),
+                compact_max_files=int(data.get("compact_max_files", 0)),
+                compact_max_changes=int(data.get("compact_max_changes", 0)),
+            )
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"{path}: corrupt commit language file ({type(exc).__name__}): rerun the tokenizer stage") from None
         return lang
@@ -313,7 +326,31 @@ class CommitLanguage:
         """The commit as text: "compact" (no code, for history) or "full" (with code, for targets)."""
         if form not in ("compact", "full"):
             raise ValueError(f"form must be 'compact' or 'full', not {form!r}")
-        return self.render_header(commit) + "".join(self.render_segments(chunks, form)) + COMMIT_END + "\n"
+        body = self.render_segments(chunks, "full") if form == "full" else self.render_compact_body(chunks)
+        return self.render_header(commit) + "".join(body) + COMMIT_END + "\n"
+
+    def render_compact_body(self, chunks: Sequence[Chunk]) -> list[str]:
+        """Files with their change lines, within `compact_max_files` / `compact_max_changes`.
+
+        A huge commit (a merge carrying a branch, a vendoring) would otherwise fill the
+        whole context and push every older commit out of it. What is left out is
+        marked with <TRUNCATED>.
+        """
+        out: list[str] = []
+        changes_left = self.compact_max_changes or len(chunks)
+        omitted = False
+        for n, (path, module, file_chunks) in enumerate(group_by_file(chunks)):
+            if self.compact_max_files and n >= self.compact_max_files:
+                omitted = True
+                break
+            out.append(self.render_file_header(path, module))
+            shown = file_chunks[: max(changes_left, 0)]
+            out.extend(self.render_chunk(chunk, "compact") for chunk in shown)
+            changes_left -= len(shown)
+            omitted |= len(shown) < len(file_chunks)
+        if omitted:
+            out.append(TRUNCATED + "\n")
+        return out
 
     def render_task(self, task: str) -> str:
         return TASK + escape(task) + "\n"

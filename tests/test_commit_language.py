@@ -34,12 +34,13 @@ def structure(chunks):
         else:
             code = (None, None)
         old = c.old_file if c.old_file and c.old_file != c.file else None
-        files[-1][2].append((c.change_type, c.symbol, *code, old))
+        was = c.old_symbol if c.old_symbol and c.old_symbol != c.symbol else None
+        files[-1][2].append((c.change_type, c.symbol, *code, old, was))
     return files
 
 
 def parsed_structure(parsed):
-    return [(f.path, f.module, [(c.change_type, c.symbol, c.code, c.code_form, c.old_file) for c in f.chunks]) for f in parsed.files]
+    return [(f.path, f.module, [(c.change_type, c.symbol, c.code, c.code_form, c.old_file, c.old_symbol) for c in f.chunks]) for f in parsed.files]
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,7 @@ def test_segments_start_with_a_token_and_join_to_the_body():
     segments = lang.render_segments(chunks, "full")
     assert len(segments) == len(chunks)
     assert all(s.startswith(("<FILE>", "<CHANGE")) for s in segments)
-    assert [s.startswith("<FILE>") for s in segments] == [True, False, False, True, True, True]
+    assert [s.startswith("<FILE>") for s in segments] == [True, False, False, True, False, True, True]
     assert lang.render_header(c) + "".join(segments) + COMMIT_END + "\n" == lang.render_commit(c, chunks, "full")
 
 
@@ -127,7 +128,7 @@ def test_parser_never_raises_on_cut_or_garbled_text():
         assert not parsed.complete and parsed.problems  # cut before <COMMIT_END>: flagged
     rng = random.Random(0)
     tokens = ["<FILE>", "<CHANGE:new_function>", "<CODE>", "<DIFF>", "<COMMIT_END>", "<MODULE:x>", "<FROM>", "<MSG>",
-              "<TRUNCATED>", "<AUTHOR>", "<DATE>", "<CHANGE>", "text", "\n", "<MODULE>", "<", ">"]
+              "<TRUNCATED>", "<AUTHOR>", "<DATE>", "<CHANGE>", "<WAS>", "text", "\n", "<MODULE>", "<", ">"]
     for _ in range(300):
         garbage = "".join(rng.choice(tokens) for _ in range(rng.randint(0, 30)))
         parsed = lang.parse_commit(garbage)  # must not raise
@@ -178,3 +179,20 @@ def test_load_needs_a_language_file(tmp_path):
     (tmp_path / "commit_language.json").write_text("{broken", encoding="utf-8")
     with pytest.raises(UserError, match="corrupt"):
         CommitLanguage.load(tmp_path)
+
+
+def test_compact_form_of_a_huge_commit_is_capped_and_marked():
+    c = commit("huge")
+    chunks = [chunk(c, f"src/f{i // 5}.rs", "NEW_FUNCTION", f"f{i}", after="fn x() {}\n") for i in range(100)]  # 20 files
+    lang = CommitLanguage(compact_max_files=8, compact_max_changes=12)
+    parsed = lang.parse_commit(lang.render_commit(c, chunks, "compact"))
+    assert parsed.well_formed and parsed.truncated
+    assert [f.path for f in parsed.files] == [f"src/f{i}.rs" for i in range(8)]
+    assert parsed.changes == [(ch.file, ch.change_type, ch.symbol) for ch in chunks[:12]]
+    unlimited = CommitLanguage(compact_max_files=0, compact_max_changes=0)
+    parsed = unlimited.parse_commit(unlimited.render_commit(c, chunks, "compact"))
+    assert not parsed.truncated and len(parsed.changes) == 100 and len(parsed.files) == 20
+    full = lang.parse_commit(lang.render_commit(c, chunks, "full"))  # targets are never capped here
+    assert not full.truncated and len(full.changes) == 100
+    small = lang.render_commit(c, chunks[:3], "compact")
+    assert "<TRUNCATED>" not in small and lang.parse_commit(small).changes == [(ch.file, ch.change_type, ch.symbol) for ch in chunks[:3]]
