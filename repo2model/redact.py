@@ -83,10 +83,14 @@ _SHAPED = (
 _KEY_STEMS = ("pass", "pwd", "secret", "token", "credential", "key")
 _KEY_PREFIX = re.compile(r"(?:api|access|private|auth|signing|encryption|secret|master|client)[_\-]?$")
 _ASSIGNMENT = re.compile(
-    r"(?i)(?P<name>pass(?:word|wd|phrase)?|pwd|secret|token|credentials?|key)[A-Za-z0-9_\-]*[\"']?[ \t]*"
+    r"(?i)(?P<name>pass(?:word|wd|phrase)?|pwd|secret|token|credentials?|key)(?P<suffix>[A-Za-z0-9_\-]*)[\"']?[ \t]*"
     r"(?::[ \t]*&?[ \t]*(?:'static[ \t]+)?(?:str|string)[ \t]*)?"  # Rust/TS type annotation
-    r"(?:=>|:=|=|:)[ \t]*(?:b?r#*)?(?P<quote>[\"'`]?)(?P<secret>[^\s\"'`;,)\]}>]{6,})"
+    r"(?P<op>=>|:=|=|:)[ \t]*(?:b?r#*)?(?P<quote>[\"'`]?)(?P<secret>[^\s\"'`;,)\]}>]{6,})"
 )
+# db_password, PASSWORD_2, passwd_plain: a password; pass_name, passage, password_reset_url: not
+_PASSWORD_SUFFIX = re.compile(r"(?i)(?:[_\-]?(?:\d+|s|value|str|string|plain|plaintext|text|raw))?")
+# identifiers made of words (RobertaTokenizer, DebertaV2Converter, token_classification): code, not secrets
+_WORD_SEGMENTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::)[A-Za-z_][A-Za-z0-9_]*)*(?:\(\))?[?!]?")
 _WORDS = re.compile(r"[A-Z0-9]+(?:[_\-.][A-Z0-9]+)+|[a-z0-9]+(?:[_\-.][a-z0-9]+)+")
 _BARE_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")
@@ -131,18 +135,30 @@ def _check_assignment(value: str, match: re.Match) -> str | None:
     name = match.group("name").lower()
     quoted = bool(match.group("quote"))
     before = match.string[max(0, match.start() - 24):match.start()].lower()
-    if name.startswith(("pass", "pwd")):
+    if name.startswith(("pass", "pwd")) and _PASSWORD_SUFFIX.fullmatch(match.group("suffix")):
         if quoted:
             return "password"
+        if name == "pass" and match.group("op") != "=":
+            return None  # "first pass: ..." is prose; PASS=... in a .env file is not
         # unquoted: a variable, a type or a call is code, not a password (NAME=hunter2 in a .env file is)
-        if not _BARE_PASSWORD.fullmatch(value) or _IDENTIFIER.fullmatch(value) and not any(c.isdigit() for c in value):
+        if not _BARE_PASSWORD.fullmatch(value) or "==" in value:
+            return None
+        if _IDENTIFIER.fullmatch(value) and not any(c.isdigit() for c in value):
             return None
         return "password"
-    if not looks_random(value) or _WORDS.fullmatch(value):
-        return None  # too regular, or SOME_CONSTANT_NAME / some_variable_name
+    if not looks_random(value) or _WORDS.fullmatch(value) or _made_of_words(value):
+        return None  # too regular, SOME_CONSTANT_NAME / some_variable_name, or CamelCaseWords
     if not quoted and not (_BARE_TOKEN.fullmatch(value) and any(c.isdigit() for c in value)):
         return None  # unquoted: code (calls, attributes, types), unless it is a bare token as in a .env file
     return "aws_secret_key" if "aws" in before or "aws" in name else "generic_secret"
+
+
+def _made_of_words(value: str) -> bool:
+    """An identifier whose pieces are words (mean length >= 3.5), unlike a random string."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return False
+    segments = _WORD_SEGMENTS.findall(value)
+    return bool(segments) and sum(map(len, segments)) / len(segments) >= 3.5
 
 
 def _check_url(value: str, match: re.Match) -> str | None:

@@ -71,6 +71,9 @@ def test_private_key_cut_by_the_hunk_and_orphan_key_lines():
     [
         ('+let password = "Tr0ub4dor&3xq";', "password", "Tr0ub4dor&3xq"),
         ("+DB_PASSWORD=s3cret!x9", "password", "s3cret!x9"),
+        ("+DB_PASSWORD=Summer2024", "password", "Summer2024"),
+        ('+    db_pass = "x9y8z7w6"', "password", "x9y8z7w6"),
+        ("+PASS=hunter22", "password", "hunter22"),
         ('+    "dbPassword": "correct-horse-9",', "password", "correct-horse-9"),
         ('+const SIGNING_KEY: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b";', "generic_secret",
          "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"),
@@ -107,6 +110,16 @@ def test_values_assigned_to_key_like_names(line, kind, secret):
         "+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)",
         "+    let token_amount = 1000000000000000000u128;",
         "+    monkey_patch = f3a9c2e81b7d4c6a9e0f1b2c3d4e5f6a",
+        # seen in transformers / torch sources
+        '+    "token_classification_class": "ForTokenClassification",',
+        '+    "DebertaV2Tokenizer": DebertaV2Converter,',
+        '+_TOKENIZER_FOR_DOC = "RobertaTokenizer"',
+        '+    token_key = "RpcGroupManagementToken"',
+        "+LayoutLMv2TokenizerFast = LayoutLMv2Tokenizer",
+        '+    pass_name="partitioned_scatter_optimization"',
+        '+    backward_pass_autocast = "same_as_forward"',
+        "+    # First pass: decided_mask==0, every element participates.",
+        '+PASSAGE_FILENAME = "psgs_w100.tsv.pkl"',
     ],
 )
 def test_ordinary_code_is_left_alone(line):
