@@ -154,11 +154,12 @@ def _check_assignment(value: str, match: re.Match) -> str | None:
 
 
 def _made_of_words(value: str) -> bool:
-    """An identifier whose pieces are words (mean length >= 3.5), unlike a random string."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+    """A (dotted) identifier mostly made of words of 3+ letters (RobertaTokenizer,
+    Qwen2_5OmniToken2WavConfig, tokenizers.Tokenizer), unlike a random string."""
+    if not _IDENTIFIER.fullmatch(value):
         return False
-    segments = _WORD_SEGMENTS.findall(value)
-    return bool(segments) and sum(map(len, segments)) / len(segments) >= 3.5
+    in_words = sum(len(w) for w in _WORD_SEGMENTS.findall(value) if len(w) >= 3 and w.isalpha())
+    return in_words >= 0.6 * sum(c.isalnum() for c in value)
 
 
 def _check_url(value: str, match: re.Match) -> str | None:

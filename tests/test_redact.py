@@ -120,6 +120,8 @@ def test_values_assigned_to_key_like_names(line, kind, secret):
         '+    backward_pass_autocast = "same_as_forward"',
         "+    # First pass: decided_mask==0, every element participates.",
         '+PASSAGE_FILENAME = "psgs_w100.tsv.pkl"',
+        '+    "token2wav_config": Qwen2_5OmniToken2WavConfig,',
+        '+    tokenizer: "tokenizers.Tokenizer",',
     ],
 )
 def test_ordinary_code_is_left_alone(line):
