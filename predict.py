@@ -31,6 +31,8 @@ Config keys (section `prediction`):
     context_window      token budget of the prompt (default: the model's positions - max_new_tokens)
     max_files           files reported at most (20)
     device              cpu, cuda, cuda:0 ... (cpu)
+    num_threads         torch CPU threads (null: torch's default, one per core); 1 is much faster for a small
+                        model on a loaded machine (token-by-token decoding is latency-bound)
 
     python predict.py --model outputs/model --repo . --task "Add a retry to the scraper"
     python predict.py --commits outputs/commits.json --task "..." --decoding sample --num-candidates 8
@@ -76,6 +78,7 @@ class Config:
     context_window: int | None = None
     max_files: int = 20
     device: str = "cpu"
+    num_threads: int | None = None
 
     def __post_init__(self):
         if self.history_commits < 0:
@@ -94,6 +97,8 @@ class Config:
             raise ValueError("context_window: must be >= 16 tokens")
         if self.max_files < 1:
             raise ValueError("max_files: must be >= 1")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError("num_threads: must be >= 1 (or null)")
 
     @property
     def candidates(self) -> int:
@@ -200,6 +205,10 @@ class Predictor:
 
         model_dir = require(Path(model_dir), "train_model")
         device = device or cfg.device
+        if cfg.num_threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.num_threads)
         if device.startswith("cuda"):
             import torch
 
@@ -461,12 +470,13 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, help="override prediction.top_p")
     parser.add_argument("--top-k", type=int, help="override prediction.top_k")
     parser.add_argument("--device", help="override prediction.device (cpu, cuda, cuda:0)")
+    parser.add_argument("--threads", type=int, dest="num_threads", help="override prediction.num_threads")
 
 
 def config_from_args(cfg: Config, args: argparse.Namespace) -> Config:
     overrides = {name: getattr(args, name) for name in
                  ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
-                  "device") if getattr(args, name, None) is not None}
+                  "device", "num_threads") if getattr(args, name, None) is not None}
     if args.model is not None:
         overrides["model_dir"] = args.model.resolve()
     try:

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--history-commits", type=int, default=2000)
+    parser.add_argument("--main-thread", action="store_true", help="run the direct reference on the main thread")
     args = parser.parse_args()
 
     import helpers_predict as H
@@ -45,10 +46,23 @@ def main() -> None:
         conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
         body = json.dumps({"task": H.TASK, "commits": records})
         direct_s = http_s = 0.0
-        for _ in range(args.requests):  # alternate, so that load from elsewhere hits both alike
+
+        def call_direct() -> None:
+            nonlocal direct_s, direct
             started = time.perf_counter()
             direct = predictor.predict(predict.history_from_records(records), H.TASK)
             direct_s += time.perf_counter() - started
+
+        direct = None
+        for _ in range(args.requests):  # alternate, so that load from elsewhere hits both alike
+            # The reference runs on a worker thread, like the service's handlers: on a busy CPU, torch's
+            # thread pool makes the main thread's tiny-model decoding many times slower (see --main-thread).
+            if args.main_thread:
+                call_direct()
+            else:
+                worker = threading.Thread(target=call_direct)
+                worker.start()
+                worker.join()
             started = time.perf_counter()
             conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
             reply = json.loads(conn.getresponse().read())
