@@ -1171,6 +1171,8 @@ class Totals:
                 "file_filters": cfg.file_filters, "exclude_globs": cfg.exclude_globs,
                 "max_file_size": cfg.max_file_size, "max_patch_bytes": cfg.max_patch_bytes,
                 "redact_secrets": cfg.redact_secrets,
+                # the semantic chunker redacts the file versions it reads with the same rules
+                "redact_patterns": cfg.redact_patterns, "redact_allowlist": cfg.redact_allowlist,
             },
             "git_version": repo.version,
             "format_version": FORMAT_VERSION,
