@@ -491,3 +491,37 @@ def test_killed_write_leaves_old_file_intact(make_repo, tmp_path, monkeypatch):
         git_scraper.run(Config(repo=repo.path), paths)
     assert paths.commits.read_bytes() == before
     assert [p.name for p in paths.commits.parent.iterdir()] == ["commits.json"]
+
+
+def test_extra_patterns_and_allowlist_reach_patches_messages_and_metadata(make_repo, tmp_path):
+    repo = make_repo("extra")
+    repo.commit("deploy with itk_0123456789abcdef (internal token)",
+                {"deploy.sh": "export TOKEN=itk_fedcba9876543210\nexport KEY=AKIAIOSFODNN7EXAMPLE\n"})
+    paths = ArtifactPaths.under(tmp_path)
+    cfg = Config(repo=repo.path, redact_patterns={"internal_token": r"itk_[0-9a-f]{16}"},
+                 redact_allowlist=[r"AKIA\w*EXAMPLE"])
+    git_scraper.run(cfg, paths)
+    data = paths.commits.read_text()
+    assert "itk_0123456789abcdef" not in data and "itk_fedcba9876543210" not in data
+    assert "AKIAIOSFODNN7EXAMPLE" in data  # allowed
+    meta = read_commits_metadata(paths.commits)
+    assert meta["redactions"] == {"internal_token": 2}
+    assert meta["settings"]["redact_patterns"] == {"internal_token": r"itk_[0-9a-f]{16}"}
+    assert meta["settings"]["redact_allowlist"] == [r"AKIA\w*EXAMPLE"]
+    (commit,) = by_hash(paths).values()
+    assert commit["message"] == "deploy with <REDACTED:internal_token> (internal token)"
+
+
+def test_config_errors_name_the_key(make_repo, tmp_path):
+    repo = make_repo("cfg")
+    repo.commit("one", {"a.rs": "fn a() {}\n"})
+    for section, message in [
+        ("  redact_patterns: {broken: '('}\n", "git_scraper.redact_patterns.broken: not a valid regular expression"),
+        ("  max_file_size: 0\n", "git_scraper.max_file_size: must be at least 1"),
+        ("  branchs: [main]\n", "unknown key 'branchs' in section 'git_scraper'"),
+        ("  skip_merges: sometimes\n", "git_scraper.skip_merges: expected bool"),
+    ]:
+        config = tmp_path / "config.yaml"
+        config.write_text(f"git_scraper:\n  repo: {repo.path}\n{section}")
+        proc = run_cli("--config", str(config), cwd=tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
