@@ -471,6 +471,32 @@ def test_crate_name_is_read_at_each_commit(make_repo):
     ]
 
 
+def test_no_newline_at_end_truncated_patch_and_crlf(make_repo):
+    repo = make_repo()
+    repo.commit("a", {"a.py": "def f():\n    return 1", "b.rs": "fn a() {\r\n    1\r\n}\r\n"})
+    sha = repo.commit("b", {"a.py": "def f():\n    return 2", "b.rs": "fn a() {\r\n    2\r\n}\r\n"})
+    commit, chunks = chunks_of(repo, sha)
+    assert summary(chunks) == [
+        ("a.py", "function", "f", "MODIFIED_FUNCTION", "a", (1, 2), (1, 2)),
+        ("b.rs", "function", "a", "MODIFIED_FUNCTION", "b", (1, 3), (1, 3)),
+    ]
+    assert chunks[0].diff.endswith("+    return 2\n\\ No newline at end of file")
+    assert chunks[1].after == "fn a() {\r\n    2\r\n}\r"
+    assert coverage_problems(commit, chunks) == []
+    # a patch the scraper cut at max_patch_bytes: what is there is placed, nothing invented
+    body = "".join(f"    x{i} = {i}\n" for i in range(60))
+    repo.commit("c", {"c.py": f"def g():\n{body}"})
+    sha = repo.commit("d", {"c.py": f"def g():\n{body.replace('= ', '== ')}"})
+    commit = commit_record(repo.path, sha)
+    change = commit.files[0]
+    change.patch = "\n".join(change.patch.split("\n")[:40]) + "\n"
+    change.truncated = True
+    with CatFile(repo.path) as objects:
+        (chunk,) = sc.chunk_commit(commit, objects)
+    assert (chunk.symbol, chunk.change_type) == ("g", "MODIFIED_FUNCTION")
+    assert coverage_problems(commit, [chunk]) == []
+
+
 # ---------------------------------------------------------------- splitting and merging
 
 
