@@ -258,7 +258,11 @@ class Repository:
 
     @classmethod
     def open(cls, path: Path | str) -> "Repository":
-        import git
+        try:
+            import git
+        except ImportError as exc:  # GitPython refuses to load without a working git executable
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot run git ({first}): install git, or set GIT_PYTHON_GIT_EXECUTABLE") from None
 
         path = Path(path).expanduser()
         if not path.exists():

@@ -438,6 +438,10 @@ def test_bad_input_is_one_line_and_exit_2(make_repo, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, proc.stderr)
+    # no git on the PATH at all
+    proc = subprocess.run([sys.executable, str(ROOT / "git_scraper.py"), "--repo", str(good.path), "--output", out],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PATH": str(tmp_path / "plain")})
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot run git"), proc.stderr
     assert not (tmp_path / "out" / "commits.json").exists()
 
 
