@@ -153,6 +153,9 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     totals = Totals()
 
     new_hashes = [h for h in hashes if reuse is None or h not in reuse]
+    log.info("git_scraper: %s: %d commits from %s (%d to scrape, %d reused)", repo.top, len(hashes),
+             ", ".join(refs.scraped_refs[:5]) + (f" and {len(refs.scraped_refs) - 5} more" if len(refs.scraped_refs) > 5 else ""),
+             len(new_hashes), len(hashes) - len(new_hashes))
     with contextlib.ExitStack() as stack:
         new_commits = stack.enter_context(contextlib.closing(scraper.commits(new_hashes)))
         if reuse is not None:
