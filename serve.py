@@ -14,7 +14,8 @@ Endpoints
                     on the fly) and `commits` (commits.json records, oldest first, each optionally with
                     its "chunks"); reply: predict.py's JSON.
 Errors are JSON {"error": "...", "status": code}: 400 invalid JSON, 401 missing/wrong bearer token,
-403 repository outside allowed_repo_roots, 404, 405, 411 no Content-Length, 413 body too large,
+403 repository outside allowed_repo_roots, 404, 405, 408 body shorter than its Content-Length (after
+socket_timeout_s), 411 no Content-Length, 413 body too large,
 415 not application/json, 422 a field is invalid (the message names it), 500 internal error (logged).
 
 The model is loaded once; requests are served by threads, generations one at a time (a lock).
@@ -107,7 +108,12 @@ class Service:
     chunker_cfg: Any = None
     started: float = field(default_factory=time.monotonic)
     requests: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time
+    _count_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_request(self) -> None:
+        with self._count_lock:
+            self.requests += 1
 
     def handle_predict(self, body: Any) -> dict:
         if not isinstance(body, dict):
@@ -204,7 +210,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self.check_token()
             body = self.read_json()
-            self.service.requests += 1
+            self.service.count_request()
             started = time.monotonic()
             result = self.service.handle_predict(body)
         except RequestError as exc:
@@ -245,11 +251,22 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is not read: the connection cannot be reused
             raise RequestError(413, f"body of {size} bytes is over the limit of {self.service.cfg.max_body_bytes}")
         ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        data = self.rfile.read(size)
+        data = bytearray()
+        try:
+            while len(data) < size:
+                piece = self.rfile.read1(size - len(data))
+                if not piece:
+                    break
+                data += piece
+        except (TimeoutError, ConnectionError):
+            pass
+        if len(data) < size:
+            self.close_connection = True
+            raise RequestError(408, f"the body stopped after {len(data)} of {size} bytes")
         if ctype != "application/json":
             raise RequestError(415, f"Content-Type: expected application/json, got {ctype or 'none'}")
         try:
-            return json.loads(data.decode("utf-8"))
+            return json.loads(bytes(data).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RequestError(400, f"body: invalid JSON ({getattr(exc, 'msg', exc)})") from None
 

@@ -209,3 +209,19 @@ def test_predict_from_a_real_repository(server, make_repo):
     assert [h["message"] for h in body["history"]] == ["Add tests for the parser", "Add notes"]
     assert first not in [h["hash"] for h in body["history"]]
     assert body["prompt_tokens"] > 0 and len(body["candidates"]) == 1
+
+
+def test_a_stalled_body_gets_408_and_the_service_carries_on(learned):
+    import socket
+
+    stalling = start(learned, socket_timeout_s=1.0)
+    try:
+        with socket.create_connection(stalling.server_address[:2], timeout=30) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"task\":")
+            reply = sock.makefile("rb").read().decode()
+        assert reply.startswith("HTTP/1.1 408") and "stopped after 8 of 100 bytes" in reply
+        assert call(stalling, "GET", "/health")[0] == 200
+    finally:
+        stalling.shutdown()
+        stalling.server_close()
