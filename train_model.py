@@ -404,8 +404,8 @@ def padding_waste(row_len: list[int], micro: int, seed: int) -> float:
     """Share of pad positions in the first epoch's micro-batches (each padded to its longest row)."""
     if not row_len:
         return 0.0
-    ordered = [row_len[r] for r in epoch_order(row_len, micro, seed, 0)]
-    padded = sum(max(ordered[i:i + micro]) * len(ordered[i:i + micro]) for i in range(0, len(ordered), micro))
+    batches = epoch_batches(row_len, micro, seed, 0)
+    padded = sum(max(row_len[r] for r in batch) * len(batch) for batch in batches)
     return 1 - sum(row_len) / padded
 
 
@@ -455,38 +455,41 @@ def row_tokens(examples: ExampleSet, rows: list[list[int]], seq_len: int) -> int
 MEGABATCH = 50  # micro-batches per length-sorted group, as in transformers' group_by_length
 
 
-def epoch_order(row_len: list[int], micro: int, seed: int, epoch: int) -> list[int]:
-    """The rows of one epoch: a seeded shuffle, then length bucketing that keeps the shuffle's randomness.
+def epoch_batches(row_len: list[int], micro: int, seed: int, epoch: int) -> list[list[int]]:
+    """The micro-batches (row indices) of one epoch: a seeded shuffle, then length bucketing.
 
     Inside each group of MEGABATCH micro-batches the rows are sorted by length and cut into
-    micro-batches (so a micro-batch holds rows of similar length: little padding), and those
-    micro-batches are shuffled again.
+    micro-batches, so that a micro-batch holds rows of similar length (little padding); the
+    micro-batches of a group are then shuffled again. Only the epoch's last micro-batch can be short.
     """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(len(row_len), generator=generator).tolist()
-    order: list[int] = []
+    batches: list[list[int]] = []
     group = MEGABATCH * micro
     for start in range(0, len(perm), group):
         chunk = sorted(perm[start:start + group], key=lambda r: -row_len[r])
-        batches = [chunk[i:i + micro] for i in range(0, len(chunk), micro)]
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            order.extend(batches[b])
-    return order
+        cut = [chunk[i:i + micro] for i in range(0, len(chunk), micro)]
+        full = [b for b in cut if len(b) == micro]
+        batches.extend(full[i] for i in torch.randperm(len(full), generator=generator).tolist())
+        batches.extend(b for b in cut if len(b) < micro)
+    return batches
 
 
-def step_rows(rows: list[list[int]], row_len: list[int], micro: int, step: int, global_batch: int, seed: int,
-              cache: dict) -> list[list[int]]:
-    """The rows of optimizer step `step` (0-based): a pure function of the step, so resuming replays the order.
+def step_batches(rows: list[list[int]], row_len: list[int], micro: int, step: int, per_step: int, seed: int,
+                 cache: dict) -> list[list[list[int]]]:
+    """The `per_step` micro-batches (lists of rows) of optimizer step `step` (0-based).
 
-    The epochs follow each other without a gap; consecutive slices of `micro` rows are the micro-batches.
+    A pure function of the step, so a resumed run replays the order; the epochs follow each other
+    without a gap.
     """
     picked = []
-    for position in range(step * global_batch, (step + 1) * global_batch):
-        epoch, offset = divmod(position, len(rows))
+    per_epoch = math.ceil(len(rows) / micro)
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch, offset = divmod(position, per_epoch)
         if epoch not in cache:
             cache.clear()
-            cache[epoch] = epoch_order(row_len, micro, seed, epoch)
-        picked.append(rows[cache[epoch][offset]])
+            cache[epoch] = epoch_batches(row_len, micro, seed, epoch)
+        picked.append([rows[r] for r in cache[epoch][offset]])
     return picked
 
 
@@ -882,7 +885,6 @@ def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: i
     pad = pad_id(train_set)
     order_cache: dict = {}
     train_lengths = row_lengths(train_set, rows["train"], seq_len)
-    per_rank = micro * accumulation
     model.train()
 
     if state["initial_val_loss"] is None:
@@ -906,9 +908,11 @@ def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: i
             group["lr"] = lr
         # Dropout draws depend only on (seed, rank, step): a resumed run replays them exactly.
         torch.manual_seed(seed * 7919 + hw.rank * 104729 + step)
-        everyone = step_rows(rows["train"], train_lengths, micro, step, global_batch, seed, order_cache)
-        my_rows = everyone[hw.rank * per_rank:(hw.rank + 1) * per_rank]
-        batches = [collate(train_set, my_rows[i:i + micro], seq_len, pad) for i in range(0, len(my_rows), micro)]
+        everyone = step_batches(rows["train"], train_lengths, micro, step, accumulation * hw.world_size, seed,
+                                order_cache)
+        mine = everyone[hw.rank * accumulation:(hw.rank + 1) * accumulation]
+        my_rows = [row for batch in mine for row in batch]
+        batches = [collate(train_set, batch, seq_len, pad) for batch in mine]
         local_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
         global_targets = all_reduce_sum([float(local_targets)], hw)[0]
         loss_total = 0.0

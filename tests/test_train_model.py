@@ -83,7 +83,7 @@ def test_packing_fills_rows_and_places_every_example_once(shared):
     # One example per row, length-bucketed: little waste; the same rows in plain random order waste a lot.
     unpacked = train_model.row_lengths(varied, train_model.pack_rows(varied, 1024, packing=False), 1024)
     assert train_model.padding_waste(unpacked, 8, seed=1) < 0.05
-    shuffled = [unpacked[i] for i in torch.randperm(400).tolist()]
+    shuffled = [unpacked[i] for i in torch.randperm(400).tolist()]  # what the bucketing avoids
     assert 1 - sum(unpacked) / sum(max(shuffled[i:i + 8]) * 8 for i in range(0, 400, 8)) > 0.2
 
 
@@ -120,12 +120,18 @@ def test_packed_loss_equals_the_examples_alone(shared):
 def test_data_order_is_a_function_of_the_step():
     rows = [[i] for i in range(10)]
     lengths = [5, 9, 1, 7, 3, 8, 2, 6, 4, 10]
-    first = [train_model.step_rows(rows, lengths, 2, s, 4, seed=3, cache={}) for s in range(6)]
-    again = [train_model.step_rows(rows, lengths, 2, s, 4, seed=3, cache={}) for s in (5, 2, 0, 1, 4, 3)]
+    first = [train_model.step_batches(rows, lengths, 3, s, 2, seed=3, cache={}) for s in range(6)]
+    again = [train_model.step_batches(rows, lengths, 3, s, 2, seed=3, cache={}) for s in (5, 2, 0, 1, 4, 3)]
     assert again == [first[s] for s in (5, 2, 0, 1, 4, 3)]
-    epoch0 = [r[0] for s in range(2) for r in first[s]] + [r[0] for r in first[2][:2]]
-    assert sorted(epoch0) == list(range(10))  # each row once per epoch
-    assert first[0] != train_model.step_rows(rows, lengths, 2, 0, 4, seed=4, cache={})  # the seed matters
+    epoch0 = [b for s in range(2) for b in first[s]]  # 4 micro-batches of 3, 3, 3 and 1 rows
+    assert [len(b) for b in epoch0] == [3, 3, 3, 1]
+    assert sorted(r[0] for b in epoch0 for r in b) == list(range(10))  # each row once per epoch
+    assert all(len(b) == 3 for b in first[2])  # the next epoch starts with full micro-batches again
+    assert first[0] != train_model.step_batches(rows, lengths, 3, 0, 2, seed=4, cache={})  # the seed matters
+    # Length bucketing: the rows of a micro-batch have neighbouring lengths.
+    for batch in epoch0[:3]:
+        spread = [lengths[r[0]] for r in batch]
+        assert max(spread) - min(spread) == len(batch) - 1
 
 
 def test_cosine_schedule_with_warmup():
