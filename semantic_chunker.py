@@ -395,7 +395,8 @@ def prefetch(objects: CatFile, commits: list[Commit], cfg: Config) -> dict[str, 
             if change.new_blob:
                 sides.append((change.new_blob, commit.hash, change.path))
             for blob, rev, path in sides:
-                if language in cfg.parse_languages and not _PARSE_CACHE.has(blob, language, cfg):
+                test_file = code_units.is_test_file(language, path)
+                if language in cfg.parse_languages and not _PARSE_CACHE.has(blob, language, cfg, test_file):
                     wanted[blob] = None
                 if language == "python" or rev is None or "\n" in path:
                     continue
@@ -502,12 +503,12 @@ class _ParseCache:
     def __init__(self):
         self.entries: collections.OrderedDict = collections.OrderedDict()
 
-    def has(self, blob: str, language: str, cfg: Config) -> bool:
-        return (blob, language, cfg.max_chunk_size) in self.entries
+    def has(self, blob: str, language: str, cfg: Config, test_file: bool) -> bool:
+        return (blob, language, cfg.max_chunk_size, test_file) in self.entries
 
-    def get(self, read, blob: str, language: str, cfg: Config):
+    def get(self, read, blob: str, language: str, cfg: Config, test_file: bool):
         """(FileUnits, lines, owner of each line, unit keys) for a blob, or None when the object is missing."""
-        key = (blob, language, cfg.max_chunk_size)
+        key = (blob, language, cfg.max_chunk_size, test_file)
         entry = self.entries.get(key)
         if entry is not None:
             self.entries.move_to_end(key)
@@ -515,7 +516,7 @@ class _ParseCache:
         data = read(blob)
         if data is None:
             return None
-        units = code_units.extract_units(language, data, split_threshold=cfg.max_chunk_size)
+        units = code_units.extract_units(language, data, split_threshold=cfg.max_chunk_size, test_file=test_file)
         entry = (units, data.decode("utf-8", "replace").split("\n"), units.owner_of_line(), _unit_keys(units))
         self.entries[key] = entry
         while len(self.entries) > cfg.parse_cache_size:
@@ -707,9 +708,10 @@ class _CommitContext:
             if not blob or set(blob) == {"0"}:
                 sides.append(None)
                 continue
-            self.stats.parsed_versions += not _PARSE_CACHE.has(blob, language, self.cfg)
+            test_file = code_units.is_test_file(language, path)
+            self.stats.parsed_versions += not _PARSE_CACHE.has(blob, language, self.cfg, test_file)
             started = time.perf_counter()
-            entry = _PARSE_CACHE.get(self._read, blob, language, self.cfg)
+            entry = _PARSE_CACHE.get(self._read, blob, language, self.cfg, test_file)
             self.stats.parse_seconds += time.perf_counter() - started
             if entry is None:
                 return None, None, True

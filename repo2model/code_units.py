@@ -12,7 +12,8 @@ contains it. Unit kinds are `repo2model.records.KINDS`.
 
 Rust: free functions, methods in `impl` blocks (`Type::method`, trait impls
 `<Type as Trait>::method`), trait items (`Trait::method`), tests (`#[test]`,
-`#[tokio::test]`, ... and everything inside a `#[cfg(test)]` module), structs
+`#[tokio::test]`, ... and everything inside a `#[cfg(test)]` module, in a
+`tests.rs` file or under a `tests/` folder), structs
 (and unions), enums, traits, impls (`Type`, `<Type as Trait>`), type aliases,
 consts and statics, `macro_rules!`, `mod` blocks and declarations, `use` and
 `extern crate` (a block of consecutive imports is one unit). `modpath` holds the nested `mod` names around a unit.
@@ -85,14 +86,27 @@ def parse(language: str, source: bytes):
     return _parser(language).parse(source)
 
 
-def extract_units(language: str, source: bytes, split_threshold: int = 200) -> FileUnits:
-    """Parse `source` and list its units; `inner` split points only for units over `split_threshold` lines."""
+def extract_units(language: str, source: bytes, split_threshold: int = 200, test_file: bool = False) -> FileUnits:
+    """Parse `source` and list its units; `inner` split points only for units over `split_threshold` lines.
+
+    `test_file`: the whole file is test code (Rust: the body of an out-of-line `mod tests;`,
+    integration tests), so every unit in it is a test.
+    """
     tree = parse(language, source)
     root = tree.root_node
     result = FileUnits(parse_error=root.has_error, line_count=source.count(b"\n") + (0 if source.endswith(b"\n") or not source else 1))
     walker = _RustWalker if language == "rust" else _PythonWalker
-    walker(result.units, split_threshold).walk(root)
+    walker(result.units, split_threshold).walk(root, test_file)
     return result
+
+
+def is_test_file(language: str, path: str) -> bool:
+    """Rust files that hold only test code: `tests.rs` (`#[cfg(test)] mod tests;`) and anything
+    under a `tests/` folder. (Python test files keep their helpers as functions.)"""
+    if language != "rust":
+        return False
+    parts = path.split("/")
+    return parts[-1] == "tests.rs" or "tests" in parts[:-1]
 
 
 def _text(node) -> str:
@@ -205,8 +219,8 @@ class _RustWalker(_Walker):
         "associated_type": "type",
     }
 
-    def walk(self, root) -> None:
-        self.container(root, depth=0, modpath=(), owner=None, in_tests=False, source=root)
+    def walk(self, root, in_tests: bool = False) -> None:
+        self.container(root, depth=0, modpath=(), owner=None, in_tests=in_tests, source=root)
 
     def container(self, node, depth, modpath, owner, in_tests, source) -> None:
         """Items of a source file, `mod` body, `impl` body or `trait` body.
@@ -263,8 +277,8 @@ class _RustWalker(_Walker):
 class _PythonWalker(_Walker):
     LEADING = ("comment",)
 
-    def walk(self, root) -> None:
-        self.block(root, depth=0, owner=None, in_tests=False)
+    def walk(self, root, in_tests: bool = False) -> None:
+        self.block(root, depth=0, owner=None, in_tests=in_tests)
 
     def block(self, node, depth, owner, in_tests) -> None:
         previous_import = None

@@ -329,6 +329,24 @@ def test_rust_unit_spans_include_attributes_and_doc_comments():
     assert [(u.symbol, u.start, u.end) for u in units] == [("a", 1, 3), ("b", 7, 7)]
 
 
+def test_rust_test_files_hold_tests(make_repo):
+    repo = make_repo()
+    sha = repo.commit("tests", {
+        "crates/m/Cargo.toml": MARKET_TOML,
+        "crates/m/src/tests.rs": "use super::*;\n\nfn setup() -> u64 {\n    1\n}\n",
+        "crates/m/tests/it.rs": "#[test]\nfn works() {}\n",
+        "crates/m/src/lib.rs": "#[cfg(test)]\nmod tests;\n",
+    })
+    _, chunks = chunks_of(repo, sha)
+    assert summary(chunks)[1:] == [
+        ("crates/m/src/lib.rs", "test", "tests", "NEW_TEST", "energy_market", None, (1, 2)),
+        ("crates/m/src/tests.rs", "test", "super::*", "NEW_TEST", "energy_market::tests", None, (1, 1)),
+        ("crates/m/src/tests.rs", "test", "setup", "NEW_TEST", "energy_market::tests", None, (3, 5)),
+        ("crates/m/tests/it.rs", "test", "works", "NEW_TEST", "energy_market::tests::it", None, (1, 2)),
+    ]
+    assert code_units.is_test_file("rust", "src/a/tests.rs") and not code_units.is_test_file("python", "tests/t.py")
+
+
 def test_python_units():
     source = (CART + "\n\n@decorator\nclass TestThing:\n    def helper(self):\n        pass\n\n\nMAX_ITEMS = 3\n").encode()
     units = code_units.extract_units("python", source).units
