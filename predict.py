@@ -28,7 +28,8 @@ Config keys (section `prediction`):
     num_candidates      candidates generated with sample or beam; greedy makes 1 (4)
     max_new_tokens      tokens generated per candidate at most (256)
     temperature, top_p, top_k   sampling settings (0.8, 0.95, 0 = off)
-    context_window      token budget of the prompt (default: the model's positions - max_new_tokens)
+    context_window      token budget of the prompt (default: the sequence length the model was trained on,
+                        from training_info.json, else its positions, less max_new_tokens)
     max_files           files reported at most (20)
     device              cpu, cuda, cuda:0 ... (cpu)
     num_threads         torch CPU threads (null: torch's default, one per core); 1 is much faster for a small
@@ -190,12 +191,15 @@ def history_from_records(records: list) -> list[tuple[Commit, list[Chunk]]]:
 class Predictor:
     """A model loaded once; `predict` turns (history, task) into the prediction JSON."""
 
-    def __init__(self, model, tokenizer, language, cfg: Config, model_dir: Path | None = None):
+    def __init__(self, model, tokenizer, language, cfg: Config, model_dir: Path | None = None,
+                 trained_length: int | None = None):
         self.model, self.tokenizer, self.language, self.cfg = model, tokenizer, language, cfg
         self.model_dir = model_dir
         self.device = next(model.parameters()).device
         self.stop_ids = stop_token_ids(tokenizer)
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        # The sequence length training used: prompts beyond it reach positions the model never saw.
+        self.trained_length = min(trained_length or self.max_positions, self.max_positions)
 
     @classmethod
     def load(cls, model_dir: Path, cfg: Config, device: str | None = None,
@@ -218,7 +222,7 @@ class Predictor:
         model, tokenizer = train_model.load_trained_model(model_dir, device=device)
         language = CommitLanguage.load(language_dir(model_dir, paths))
         log.info("loaded %s on %s in %.1fs", model_dir, device, time.monotonic() - started)
-        return cls(model, tokenizer, language, cfg, model_dir)
+        return cls(model, tokenizer, language, cfg, model_dir, trained_length(model_dir))
 
     def info(self) -> dict:
         return {
@@ -226,15 +230,17 @@ class Predictor:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
             "max_positions": self.max_positions,
+            "trained_length": self.trained_length,
             "vocab_size": len(self.tokenizer),
             "defaults": {k: getattr(self.cfg, k) for k in OPTION_KEYS},
         }
 
     def context_window(self, cfg: Config) -> int:
-        budget = cfg.context_window or (self.max_positions - cfg.max_new_tokens)
+        """The prompt's token budget: as set, else the trained sequence length less the generated tokens."""
+        budget = cfg.context_window or (self.trained_length - cfg.max_new_tokens)
         if budget < 16:
-            raise ValueError(f"max_new_tokens: {cfg.max_new_tokens} leaves no room for a prompt in the model's "
-                             f"{self.max_positions} positions")
+            raise ValueError(f"max_new_tokens: {cfg.max_new_tokens} leaves no room for a prompt in the "
+                             f"{self.trained_length} positions the model was trained on (lower it or set context_window)")
         return budget
 
     def predict(self, history: list[tuple[Commit, list[Chunk]]], task: str, options: dict | None = None,
@@ -326,6 +332,19 @@ class Predictor:
         ids = ids[: generated_length(ids, self.stop_ids)]
         drop = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.tokenizer.bos_token_id} - {None}
         return decode_ids(self.tokenizer, [i for i in ids if i not in drop])
+
+
+def trained_length(model_dir: Path) -> int | None:
+    """`seq_len` from the model folder's training_info.json (train_model writes it), if there."""
+    for folder in (Path(model_dir), Path(model_dir).parent):
+        info = folder / "training_info.json"
+        if info.is_file():
+            try:
+                value = json.loads(info.read_text(encoding="utf-8")).get("seq_len")
+            except (json.JSONDecodeError, AttributeError):
+                return None
+            return int(value) if isinstance(value, int) and value > 0 else None
+    return None
 
 
 def stop_token_ids(tokenizer) -> list[int]:

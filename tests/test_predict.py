@@ -180,3 +180,14 @@ def test_cli_predicts_from_commits_json(learned, tmp_path, capsys):
         assert predict.main(["--model", str(folder), *argv] if "--model" not in argv else argv) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and word in errors[0], errors
+
+
+def test_prompt_budget_follows_the_trained_length(learned, tmp_path):
+    (tmp_path / "training_info.json").write_text(json.dumps({"seq_len": 200}))
+    assert predict.trained_length(tmp_path) == 200
+    assert predict.trained_length(tmp_path / "merged") == 200  # merged weights sit inside the adapter folder
+    p = predict.Predictor(learned["model"], learned["tokenizer"], learned["lang"], predict.Config(max_new_tokens=120),
+                          trained_length=200)
+    assert p.context_window(p.cfg) == 80
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        p.predict(H.fixture_history(), H.TASK, {"max_new_tokens": 190})
