@@ -15,15 +15,18 @@ from conftest import ROOT
 
 @pytest.mark.slow
 def test_default_pipeline_on_own_history(tmp_path):
-    """`python pipeline.py --config config.yaml`, outputs redirected to tmp_path.
+    """`python pipeline.py --config config.yaml`, on a clone, outputs redirected to tmp_path.
 
     Every stage runs, the model's validation loss ends clearly below where it
     started, the model reloads offline and predicts, and a second run skips
     every stage as up to date.
     """
+    # A frozen copy of this repository's history, so commits made meanwhile change nothing.
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", "--no-local", str(ROOT), str(repo)], check=True)
     text = (ROOT / "config.yaml").read_text(encoding="utf-8")
     text, n_out = re.subn(r"(?m)^  output_dir: outputs\b", f"  output_dir: {tmp_path / 'out'}", text)
-    text, n_repo = re.subn(r"(?m)^  repo: \.(\s)", rf"  repo: {ROOT}\1", text)
+    text, n_repo = re.subn(r"(?m)^  repo: \.(\s)", rf"  repo: {repo}\1", text)
     assert n_out == 1 and n_repo == 1, "config.yaml no longer has the default output_dir / repo lines"
     config = tmp_path / "config.yaml"
     config.write_text(text, encoding="utf-8")
@@ -50,7 +53,7 @@ def test_default_pipeline_on_own_history(tmp_path):
 
     # The model reloads offline and answers a task in the commit language.
     predicted = subprocess.run(
-        [sys.executable, str(ROOT / "predict.py"), "--config", str(config), "--repo", str(ROOT),
+        [sys.executable, str(ROOT / "predict.py"), "--config", str(config), "--repo", str(repo),
          "--task", "Add a test for the tokenizer", "--max-new-tokens", "48"],
         capture_output=True, text=True, cwd=tmp_path,
     )
