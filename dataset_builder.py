@@ -332,7 +332,8 @@ def max_token_bytes(tokenizer: Any) -> int:
 
     raw = backend(tokenizer)
     texts = raw.decode_batch([[i] for i in range(raw.get_vocab_size(with_added_tokens=True))], skip_special_tokens=False)
-    return max([1, *(len(t.encode("utf-8")) for t in texts)])
+    # +1: a decoder may strip a token's leading space when it stands alone (SentencePiece)
+    return max([1, *(len(t.encode("utf-8")) for t in texts)]) + 1
 
 
 def add_example(built: Built, cfg: Config, tokenizer: Any, rank: int, history_ids, target, bos, eos, end_ids, marker_ids) -> None:

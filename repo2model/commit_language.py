@@ -375,27 +375,23 @@ class CommitLanguage:
         context_window: int,
         cache: dict[str, list[int]] | None = None,
     ) -> list[int]:
-        """The ids of the context the model continues: <BOS>, compact history, <TASK> message.
+        """The ids of the context the model continues: <BOS>, compact history, <TASK> task.
 
         `history` is oldest first; when `context_window` is short the most recent
         commits are kept (a contiguous run ending at the last one). The task is cut
         to fit when it alone is too long. `cache` (commit hash -> ids of its compact
-        rendering) lets the dataset builder encode each commit once.
+        rendering) saves encoding a commit again across calls. The dataset builder
+        makes its contexts with the same steps: render_commit(compact), render_task,
+        encode_texts, assemble_prompt.
         """
-        prompt, _ = self.build_prompt_with_stats(history, task, tokenizer, context_window, cache)
-        return prompt
-
-    def build_prompt_with_stats(self, history, task, tokenizer, context_window, cache=None, task_ids=None):
-        """`build_prompt`, also returning how many history commits were dropped for lack of room."""
-        if cache is None:
-            cache = {}
+        cache = {} if cache is None else cache
         missing = [(c, ch) for c, ch in history if c.hash not in cache]
         if missing:
             encoded = encode_texts(tokenizer, [self.render_commit(c, ch, "compact") for c, ch in missing])
             cache.update((c.hash, ids) for (c, _), ids in zip(missing, encoded))
-        if task_ids is None:
-            task_ids = encode_texts(tokenizer, [self.render_task(task)])[0]
-        return assemble_prompt([cache[c.hash] for c, _ in history], task_ids, special_id(tokenizer, "bos"), context_window)
+        task_ids = encode_texts(tokenizer, [self.render_task(task)])[0]
+        prompt, _ = assemble_prompt([cache[c.hash] for c, _ in history], task_ids, special_id(tokenizer, "bos"), context_window)
+        return prompt
 
 
 def assemble_prompt(history_ids: Sequence[Sequence[int] | None], task_ids: Sequence[int], bos_id: int, budget: int) -> tuple[list[int], int]:

@@ -6,13 +6,14 @@ import random
 
 import pytest
 
-from helpers_data import chunk, commit, linear_history, tricky_commit
+from helpers_data import chunk, commit, linear_history, tricky_commit, write_history
 from repo2model.commit_language import (
     BOS,
     COMMIT_END,
     CommitLanguage,
     assemble_prompt,
     escape,
+    iter_history,
     module_top,
     unescape,
 )
@@ -196,3 +197,15 @@ def test_compact_form_of_a_huge_commit_is_capped_and_marked():
     assert not full.truncated and len(full.changes) == 100
     small = lang.render_commit(c, chunks[:3], "compact")
     assert "<TRUNCATED>" not in small and lang.parse_commit(small).changes == [(ch.file, ch.change_type, ch.symbol) for ch in chunks[:3]]
+
+
+def test_history_reader_pairs_commits_with_their_chunks_and_refuses_a_mismatch(tmp_path):
+    pairs = linear_history(4)
+    pairs[1] = (pairs[1][0], [])  # a commit without chunks
+    commits_path, chunks_path = write_history(tmp_path / "ok", pairs)
+    read = list(iter_history(commits_path, chunks_path))
+    assert [(c.hash, [ch.symbol for ch in chunks]) for c, chunks in read] == [(c.hash, [ch.symbol for ch in chunks]) for c, chunks in pairs]
+    swapped = [pairs[0], (pairs[2][0], pairs[3][1]), (pairs[3][0], pairs[2][1])]  # chunks out of the commits' order
+    commits_path, chunks_path = write_history(tmp_path / "bad", swapped)
+    with pytest.raises(UserError, match="do not belong together"):
+        list(iter_history(commits_path, chunks_path))
