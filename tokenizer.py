@@ -58,7 +58,6 @@ from repo2model.commit_language import (
     BOS,
     backend,
     EOS,
-    LANGUAGE_FILE,
     PAD,
     STRUCTURE_TOKENS,
     CHANGE_TOKENS,

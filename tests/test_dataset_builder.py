@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import dataset_builder as stage
 import tokenizer as tokenizer_stage
 from conftest import GitRepo
 from helpers_data import build_fixture_repo, commit, chunk, linear_history, scrape_and_chunk, write_history
-from repo2model.commit_language import CommitLanguage, decode_ids, encode_texts, iter_history
+from repo2model.commit_language import CommitLanguage, decode_ids, iter_history
 from repo2model.errors import UserError
 from repo2model.examples import IGNORE_INDEX, ExampleSet
 from repo2model.paths import ArtifactPaths
