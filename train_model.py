@@ -1043,8 +1043,12 @@ def save_model(cfg: Config, model, tokenizer, tok_dir: Path, model_dir: Path, fi
     log.info("train_model: saved %s to %s", "the model" if cfg.mode == "scratch" else "the adapter", model_dir)
 
 
-def load_base_for_adapter(model_dir: Path, device: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_base_for_adapter(model_dir: Path, device: str, dtype: torch.dtype, quantize: bool = False):
+    """The adapter's base model (resized to the saved tokenizer) and that tokenizer.
+
+    quantize: load the base in 4-bit NF4 as QLoRA trained it (a 7B base then fits an 8 GB GPU).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     info = read_json(model_dir / INFO_FILE) if (model_dir / INFO_FILE).is_file() else {}
     adapter = read_json(model_dir / "adapter_config.json")
@@ -1052,20 +1056,26 @@ def load_base_for_adapter(model_dir: Path, device: str, dtype: torch.dtype):
     if not base:
         raise UserError(f"{model_dir}: the adapter does not record its base model: add base_model to {INFO_FILE}")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    kwargs: dict = {"dtype": dtype}
+    if quantize:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": torch.device(device).index or 0} if device.startswith("cuda") else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except OSError as exc:
         raise UserError(f"{model_dir}: its base model {base!r} cannot be loaded ({str(exc).splitlines()[0]})") from None
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
-    return model.to(device), tokenizer
+    return (model if quantize else model.to(device)), tokenizer
 
 
 def load_trained_model(model_dir: Path, device: str = "cpu"):
     """(model, tokenizer) from a model folder this stage wrote: scratch, LoRA/QLoRA adapter or merged; eval mode.
 
-    An adapter is applied over its base model (path or hub id recorded in training_info.json),
-    loaded unquantised in fp32 on the CPU (fp16/bf16 on a GPU).
+    An adapter is applied over its base model (path or hub id recorded in training_info.json):
+    on the CPU unquantised in fp32; on a GPU in bf16/fp16, and for a QLoRA adapter in 4-bit NF4 as
+    it was trained.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -1073,11 +1083,15 @@ def load_trained_model(model_dir: Path, device: str = "cpu"):
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        dtype = torch.float32
+        dtype, quantize = torch.float32, False
         if device.startswith("cuda"):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        base, tokenizer = load_base_for_adapter(model_dir, device, dtype)
-        model = PeftModel.from_pretrained(base, str(model_dir)).to(device)
+            info = read_json(model_dir / INFO_FILE) if (model_dir / INFO_FILE).is_file() else {}
+            quantize = info.get("mode") == "qlora"
+        base, tokenizer = load_base_for_adapter(model_dir, device, dtype, quantize)
+        model = PeftModel.from_pretrained(base, str(model_dir))
+        if not quantize:
+            model = model.to(device)
     elif (model_dir / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)

@@ -352,6 +352,16 @@ def test_qlora_nf4_on_cpu_with_paged_8bit_adamw(extended, tmp_path):
     reloaded, _ = train_model.load_trained_model(paths.model_dir)
     lora_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapter was trained (B starts at zero)
+    # As on a GPU: the adapter over the base re-quantised to NF4, as it was trained.
+    from peft import PeftModel
+
+    base, _ = train_model.load_base_for_adapter(paths.model_dir, "cpu", torch.bfloat16, quantize=True)
+    quantized = PeftModel.from_pretrained(base, str(paths.model_dir)).eval()
+    assert isinstance(quantized.base_model.model.model.layers[0].self_attn.q_proj.base_layer, bnb.nn.Linear4bit)
+    test = ExampleSet.load(paths.test_data)
+    loss, _ = train_model.evaluate_loss(quantized, test, train_model.pack_rows(test, final["seq_len"], True), 4,
+                                        cpu_hw("bf16"), final["seq_len"])
+    assert loss == pytest.approx(final["test_loss"], rel=0.05)
 
 
 # ----------------------------------------------------------------------------- two processes
@@ -376,3 +386,17 @@ def test_two_processes_under_torchrun_agree_and_match_one_process(shared, tmp_pa
     for one, two in zip(read_steps(single), read_steps(double)):
         assert one["step"] == two["step"]
         assert two.get("loss", 0) == pytest.approx(one.get("loss", 0), abs=2e-4)
+
+
+def test_qlora_with_prepare_model_for_kbit_training(extended, tmp_path):
+    """The HF-default set-up: embeddings and head upcast to fp32 by peft, checkpointing on."""
+    paths = adapter_outputs(extended, tmp_path)
+    cfg = train_model.Config(**TINY, mode="qlora", base_model=str(extended["base"]), precision="bf16", max_steps=2,
+                             eval_every=2, save_every=2, optimizer="adamw_8bit", prepare_kbit_training=True,
+                             gradient_checkpointing=True)
+    tokenizer, tok_dir = train_model.load_tokenizer(ExampleSet.load(paths.train_data), paths, None)
+    model, _ = train_model.build_model(cfg, tokenizer, tok_dir, 256, cpu_hw("bf16"))
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    del model
+    final = train_model.run(cfg, paths, seed=5)
+    assert final["steps"] == 2 and math.isfinite(final["test_loss"])
