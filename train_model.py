@@ -761,7 +761,7 @@ def restore_checkpoint(cfg: Config, paths: ArtifactPaths, fingerprint: str, mode
     return fresh_state()
 
 
-def save_checkpoint(paths: ArtifactPaths, model, optimizer, state: dict, keep: int, scaler) -> None:
+def save_checkpoint(paths: ArtifactPaths, model, optimizer, state: dict, keep: int) -> None:
     folder = paths.checkpoints_dir / f"step-{state['step']:06d}"
     from safetensors.torch import save_file
 
@@ -880,7 +880,9 @@ def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: i
     if hw.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[hw.local_rank] if hw.device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler("cuda") if hw.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None  # fp16: loss scaling
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])  # the resumed run scales as the interrupted one did
     trained = [p for p in model.parameters() if p.requires_grad]
     pad = pad_id(train_set)
     order_cache: dict = {}
@@ -974,8 +976,11 @@ def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: i
             logs.write(record)
         if step % cfg.save_every == 0 or state["stop_reason"]:
             state["fingerprint"] = fingerprint
+            if scaler is not None:
+                state["scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v
+                                   for k, v in scaler.state_dict().items()}
             if hw.is_main:
-                save_checkpoint(paths, model, optimizer, state, cfg.keep_checkpoints, scaler)
+                save_checkpoint(paths, model, optimizer, state, cfg.keep_checkpoints)
             barrier(hw)
     progress.close()
     if hw.device.type == "cuda":

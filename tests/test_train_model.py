@@ -400,3 +400,20 @@ def test_qlora_with_prepare_model_for_kbit_training(extended, tmp_path):
     del model
     final = train_model.run(cfg, paths, seed=5)
     assert final["steps"] == 2 and math.isfinite(final["test_loss"])
+
+
+def test_fp16_loss_scaling_path(shared, tmp_path, monkeypatch):
+    """The Turing path (fp16 autocast + GradScaler), run on the CPU's fp16 kernels.
+
+    setup_hardware refuses fp16 without a GPU; here it is bypassed to exercise the same loop.
+    """
+    paths = outputs(shared, tmp_path)
+    monkeypatch.setattr(train_model, "setup_hardware", lambda cfg: cpu_hw("fp16"))
+    cfg = train_model.Config(**TINY, max_steps=12, eval_every=6, save_every=6, learning_rate=3e-3)
+    final = train_model.run(cfg, paths, seed=5)
+    assert final["precision"] == "fp16"
+    assert final["best_val_loss"] < final["initial_val_loss"] - 0.5
+    model, _ = train_model.load_trained_model(paths.model_dir)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+    saved = json.loads((paths.checkpoints_dir / "step-000012" / "train_state.json").read_text())
+    assert saved["scaler"]["scale"] > 0  # the loss scale is kept for a resume
