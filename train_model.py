@@ -4,6 +4,7 @@
     python train_model.py --vocab outputs/vocab.json --train-data outputs/training_data_train.pt \\
         --val-data outputs/training_data_val.pt [--resume] [--merge]
     torchrun --nproc_per_node 2 train_model.py --config config.yaml      # DDP, unchanged code
+    (or accelerate launch --multi_gpu ...; FSDP/DeepSpeed are not supported: checkpoints hold full tensors)
 
 Reads `training_data_{train,val,test}.pt` (repo2model.examples.ExampleSet) and
 the tokenizer folder (the data's `meta["tokenizer_dir"]`, the folder of
@@ -38,11 +39,12 @@ Features, and the keys of the `model_training` section that switch them:
   rest.  The estimate is printed before training, and the measured peak logged beside it.  A
   set-up that cannot fit stops with one line naming the setting to lower.
   Without a budget: micro_batch_size.  effective_batch_size: sequences per optimizer step.
-- seq_len (null: the longest training example) and packing: examples are packed whole into
-  rows of seq_len tokens (best-fit decreasing); position ids restart at 0 for each example and
-  transformers derives a block-diagonal causal mask from them, so no token attends across an
-  example boundary and each example's loss is the same as unpacked.  Longer examples keep their
-  last seq_len tokens.  packing: false puts one example per row (padded per micro-batch).
+- seq_len (null: the data's context_window, or the longest example) and packing: examples are
+  packed whole into rows of seq_len tokens (best-fit decreasing); position ids restart at 0 for
+  each example and transformers derives a block-diagonal causal mask from them, so no token
+  attends across an example boundary and each example's loss is the same as unpacked.  Longer
+  examples keep their last seq_len tokens.  packing: false puts one example per row.  Either way
+  rows are length-bucketed into micro-batches, each padded to its longest row.
 - gradient_checkpointing, optimizer (adamw | adamw_8bit | paged_adamw_8bit), learning_rate,
   weight_decay, adam_beta1, adam_beta2, max_grad_norm (clipping), warmup_steps + cosine decay to
   min_lr_ratio * learning_rate, max_steps, max_epochs, max_minutes (time budget), num_threads.
