@@ -57,6 +57,14 @@ def write_config(path: Path, output_dir: Path, **training) -> Path:
     return path
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def cpu_hw(precision: str = "fp32") -> train_model.Hardware:
     return train_model.Hardware(torch.device("cpu"), precision)
 
@@ -376,7 +384,7 @@ def test_two_processes_under_torchrun_agree_and_match_one_process(shared, tmp_pa
     double = outputs(shared, tmp_path / "two")
     config = write_config(tmp_path / "two.yaml", double.output_dir, **settings)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          str(ROOT / "train_model.py"), "--config", str(config)],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
