@@ -74,6 +74,8 @@ from repo2model.errors import UserError
 from repo2model.paths import ArtifactPaths
 
 SECTION = "evaluation"
+# The pipeline runs this as its last stage and passes the `prediction` section as run(prediction=...).
+USES_SECTIONS = {"prediction": "prediction"}
 log = logging.getLogger("evaluate")
 
 KS = (1, 5, 10)

@@ -7,7 +7,9 @@
 
 Stages run in-process, in order, through each stage script's `run(cfg, paths, seed=...)`:
 
-    git_scraper -> semantic_chunker -> tokenizer -> dataset_builder -> train_model
+    git_scraper -> semantic_chunker -> tokenizer -> dataset_builder -> train_model -> evaluate
+
+(`evaluate` scores the trained model on the test split beside model-free baselines.)
 
 Up to date means skipped: a stage whose inputs (files and, for the scraper, the
 repository's refs), config section, seed and code are unchanged since its last
@@ -24,6 +26,7 @@ Stage protocol (each stage script provides):
     stage_inputs(cfg, paths)       files it reads
     stage_outputs(cfg, paths)      files it writes
     input_state(cfg, paths)        optional: a string for inputs that are not files
+    USES_SECTIONS                  optional: {run() keyword: section} of other sections it reads
 """
 
 from __future__ import annotations
@@ -57,11 +60,12 @@ STAGES = (
     ("tokenizer", "tokenizer"),
     ("dataset_builder", "dataset_builder"),
     ("train_model", "train_model"),
+    ("evaluate", "evaluate"),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)
 # Tools that use the trained model have config sections too; validated here so
 # that a typo in them surfaces before hours of training, not after.
-TOOLS = ("predict", "evaluate", "serve")
+TOOLS = ("predict", "serve")
 SHARED_CODE = sorted((ROOT / "repo2model").glob("*.py"))
 
 
@@ -89,10 +93,17 @@ def load_stage(name: str, module_name: str, needs=("SECTION", "Config", "run", "
     return Stage(name, module)
 
 
-def fingerprint(stage: Stage, cfg, paths: ArtifactPaths, seed: int) -> str:
+def extra_sections(stage: Stage, loaded: dict) -> dict:
+    """The other config sections a stage reads, as keyword arguments of its run()."""
+    return {keyword: loaded[section] for keyword, section in getattr(stage.module, "USES_SECTIONS", {}).items()}
+
+
+def fingerprint(stage: Stage, cfg, paths: ArtifactPaths, seed: int, extras: dict) -> str:
     """A digest of everything a stage's result depends on: inputs, config, seed, code."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps({"stage": stage.name, "config": section_dict(cfg), "seed": seed}, sort_keys=True).encode())
+    settings = {"stage": stage.name, "config": section_dict(cfg), "seed": seed}
+    settings.update({k: section_dict(v) for k, v in extras.items()})
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in sorted(Path(p) for p in stage.module.stage_inputs(cfg, paths)):
         digest.update(str(path).encode())
         hash_path(path, digest)
@@ -168,17 +179,18 @@ def run_stage(stage: Stage, loaded: dict, paths: ArtifactPaths, seed: int, state
         log.warning("%s: not implemented yet (%s)", stage.name, stage.why_missing)
         return {"status": "not_implemented", "reason": stage.why_missing}
     cfg = loaded[stage.section]
+    extras = extra_sections(stage, loaded)
     outputs = [Path(p) for p in stage.module.stage_outputs(cfg, paths)]
     started = time.perf_counter()
     try:
-        print_ = fingerprint(stage, cfg, paths, seed)
+        print_ = fingerprint(stage, cfg, paths, seed, extras)
         if not force and state.get(stage.name) == print_ and all(p.exists() for p in outputs):
             log.info("%s: up to date (inputs, config and code unchanged since its last success): skipped", stage.name)
             return {"status": "skipped", "reason": "up to date", "outputs": file_sizes(outputs)}
         log.info("%s: running", stage.name)
-        summary = stage.module.run(cfg, paths, seed=seed)
+        summary = stage.module.run(cfg, paths, seed=seed, **extras)
         # Fingerprint again after the run: a stage may legitimately read inputs it also refreshed.
-        state[stage.name] = fingerprint(stage, cfg, paths, seed)
+        state[stage.name] = fingerprint(stage, cfg, paths, seed, extras)
         seconds = time.perf_counter() - started
         log.info("%s: done in %.1fs", stage.name, seconds)
         return {"status": "ok", "seconds": round(seconds, 3), "outputs": file_sizes(outputs), "summary": summary}

@@ -33,7 +33,7 @@ def test_list_stages_in_order():
     proc = run_pipeline("--list-stages")
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["git_scraper", "semantic_chunker", "tokenizer", "dataset_builder", "train_model"]
+    assert names == ["git_scraper", "semantic_chunker", "tokenizer", "dataset_builder", "train_model", "evaluate"]
     assert "not implemented" not in proc.stdout
 
 
