@@ -29,7 +29,7 @@ V = vocabulary):
     overhead     0.5 GiB: CUDA context, cuBLAS workspaces, allocator slack.
 
 Checked against published LLaMA-2-7B QLoRA figures (tests/test_memory.py and
-docs/training.md list them with their sources); the difference stays under 15%.
+the README's training section lists them with their sources); the difference stays under 15%.
 """
 
 from __future__ import annotations
