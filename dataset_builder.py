@@ -61,7 +61,7 @@ from typing import Any, Literal
 import numpy as np
 
 from repo2model.artifacts import iter_commit_dicts, require, write_json
-from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.commit_language import (
     COMMIT_END,
     TRUNCATED,
@@ -589,11 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if value is not None
     }
-    if overrides:
-        try:
-            cfg = dataclasses.replace(cfg, **overrides)
-        except ValueError as exc:
-            raise UserError(f"dataset_builder.{exc}") from None
+    cfg = apply_overrides(cfg, SECTION, overrides)
     changes: dict[str, Path] = {}
     if args.vocab:
         require(args.vocab.resolve(), "tokenizer")

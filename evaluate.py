@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
 from repo2model.artifacts import atomic_open, atomic_path, iter_commit_dicts, iter_jsonl, require, write_json
-from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.config import load_config
 from repo2model.errors import UserError
 from repo2model.paths import ArtifactPaths
@@ -597,10 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides[name] = getattr(args, name)
     if args.baselines_only or args.test_from is not None:
         overrides["baselines_only"] = True
-    try:
-        cfg = dataclasses.replace(cfg, **overrides)
-    except ValueError as exc:
-        raise UserError(f"evaluation.{exc}") from None
+    cfg = apply_overrides(cfg, SECTION, overrides)
     for name, attr in (("model", "model_dir"), ("commits", "commits"), ("chunks", "chunks"), ("output", "evaluation")):
         if getattr(args, name) is not None:
             paths = dataclasses.replace(paths, **{attr: getattr(args, name).resolve()})

@@ -75,7 +75,7 @@ from typing import IO, Iterator
 from tqdm import tqdm
 
 from repo2model.artifacts import CommitsWriter, read_commits_metadata
-from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.errors import UserError
 from repo2model.paths import ArtifactPaths
 from repo2model.records import (
@@ -1231,10 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_patch_bytes": args.max_patch_bytes, "incremental": args.incremental,
         "redact_secrets": False if args.no_redact else None,
     }
-    try:
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        raise UserError(f"{SECTION}.{exc}") from None
+    cfg = apply_overrides(cfg, SECTION, overrides)
     if args.output:
         paths = dataclasses.replace(paths, commits=args.output.expanduser().resolve())
     run(cfg, paths, seed=pipeline.seed)

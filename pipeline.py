@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_stages:
         for name, module_name in STAGES:
             stage = load_stage(name, module_name)
-            doc = (stage.module.__doc__ or "").strip().splitlines()[0] if stage.module else f"not implemented yet"
+            doc = (stage.module.__doc__ or "").strip().splitlines()[0] if stage.module else "not implemented yet"
             print(f"{name:18} {doc}")
         return 0
     return run_pipeline(args.config.expanduser().resolve(), args.stage, args.force, args.continue_on_error)

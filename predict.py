@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from repo2model.artifacts import atomic_open, iter_commits, iter_jsonl, require
-from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.config import load_config
 from repo2model.errors import UserError
 from repo2model.paths import ArtifactPaths
@@ -498,10 +498,7 @@ def config_from_args(cfg: Config, args: argparse.Namespace) -> Config:
                   "device", "num_threads") if getattr(args, name, None) is not None}
     if args.model is not None:
         overrides["model_dir"] = args.model.resolve()
-    try:
-        return dataclasses.replace(cfg, **overrides)
-    except ValueError as exc:
-        raise UserError(f"prediction.{exc}") from None
+    return apply_overrides(cfg, SECTION, overrides)
 
 
 @user_errors_to_exit

@@ -38,7 +38,6 @@ Decoding defaults and the model folder come from the `prediction` section.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hmac
 import json
 import logging
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import predict
-from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.config import load_config
 from repo2model.errors import UserError
 
@@ -322,10 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         prediction = load_config(args.config, {"prediction": predict.Config}, strict_sections=False)["prediction"]
     prediction = predict.config_from_args(prediction, args)
     overrides = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k) is not None}
-    try:
-        cfg = dataclasses.replace(cfg, **overrides)
-    except ValueError as exc:
-        raise UserError(f"serve.{exc}") from None
+    cfg = apply_overrides(cfg, SECTION, overrides)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.bearer_token():
         log.warning("listening on %s without a bearer token: anyone who can reach it can use the model "
                     "(set %s)", cfg.host, cfg.token_env)

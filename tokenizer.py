@@ -53,7 +53,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from repo2model.artifacts import atomic_path, read_commits_metadata, require, save_pt, write_json
-from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.commit_language import (
     BOS,
     backend,
@@ -433,11 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["vocab_size"] = args.vocab_size
     if args.base_tokenizer:
         overrides.update(base_tokenizer=args.base_tokenizer, mode="extend")
-    if overrides:
-        try:
-            cfg = dataclasses.replace(cfg, **overrides)
-        except ValueError as exc:
-            raise UserError(f"tokenizer.{exc}") from None
+    cfg = apply_overrides(cfg, SECTION, overrides)
 
     changes: dict[str, Path] = {}
     if args.chunks:

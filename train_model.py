@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 
 from repo2model.artifacts import atomic_path, read_json, require, write_json
-from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.config import section_dict
 from repo2model.errors import UserError
 from repo2model.examples import IGNORE_INDEX, ExampleSet
@@ -1179,11 +1179,7 @@ def main(argv: list[str] | None = None) -> int:
                  if v is not None}
     if args.merge:
         overrides["merge"] = True
-    if overrides:
-        try:
-            cfg = dataclasses.replace(cfg, **overrides)
-        except ValueError as exc:
-            raise UserError(f"{SECTION}.{exc}") from None
+    cfg = apply_overrides(cfg, SECTION, overrides)
     replaced = {"train_data": args.train_data, "val_data": args.val_data, "test_data": args.test_data,
                 "model_dir": args.model_dir}
     paths = dataclasses.replace(paths, **{k: v.resolve() for k, v in replaced.items() if v is not None})

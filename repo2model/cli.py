@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import sys
@@ -39,6 +40,20 @@ def load_stage(args: argparse.Namespace, section: str, cls: type) -> tuple[Any, 
     paths = ArtifactPaths.under(output_dir, pipeline.log_file if args.config is not None else None)
     setup_logging(paths.pipeline_log if args.config is not None else None, pipeline.log_level)
     return cfg, pipeline, paths
+
+
+def apply_overrides(cfg: Any, section: str, overrides: dict[str, Any]) -> Any:
+    """`cfg` with command-line values replacing its own (None = flag not given).
+
+    A value the section's `__post_init__` refuses becomes a UserError naming `section.key`.
+    """
+    values = {key: value for key, value in overrides.items() if value is not None}
+    if not values:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, **values)
+    except ValueError as exc:
+        raise UserError(f"{section}.{exc}") from None
 
 
 def user_errors_to_exit(main: Callable[..., int | None]) -> Callable[..., int]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from typing import Literal
 
 GIB = 1024**3
