@@ -210,9 +210,10 @@ def patterned_history(n: int = 36) -> list:
 @pytest.fixture(scope="module")
 def trained_pipeline(tmp_path_factory):
     """commits.json + chunks.jsonl -> the real tokenizer, dataset builder and train_model stages (tiny)."""
-    dataset_builder = pytest.importorskip("dataset_builder")
-    tokenizer = pytest.importorskip("tokenizer")
-    train_model = pytest.importorskip("train_model")
+    import dataset_builder
+    import tokenizer
+    import train_model
+
     out = tmp_path_factory.mktemp("pipeline")
     paths = write_history(out, patterned_history())
     tokenizer.run(tokenizer.Config(vocab_size=420, min_frequency=1, top_authors=2, top_modules=4), paths)

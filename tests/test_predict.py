@@ -126,7 +126,8 @@ def save_model_folder(learned, folder):
 
 
 def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
-    train_model = pytest.importorskip("train_model")
+    import train_model
+
     from peft import LoraConfig, get_peft_model
 
     expected = predictor(learned).predict(H.fixture_history(), H.TASK)["files"]
