@@ -295,12 +295,19 @@ def iter_history(commits_path: Path, chunks_path: Path) -> Iterator[tuple[int, d
         )
 
 
-def run_baselines(cfg: Config, paths: ArtifactPaths, targets: set[str], mined_until: int | None) -> dict:
+def run_baselines(cfg: Config, paths: ArtifactPaths, targets: set[str], mined_until: int | None,
+                  candidate_limit: int = 0) -> dict:
     """Score every baseline on `targets`, in one streaming pass over the history.
 
     `mined_until`: the last position whose commit belongs to the mined history (None: every commit
-    before each target, i.e. `mine_from: before_target`). Returns {"truths", "rows"}.
+    before each target, i.e. `mine_from: before_target`). `candidate_limit` > 0: also the model's
+    likelihood candidates of each target (`predict.CandidatePool.top` over every commit before it).
+    Returns {"truths", "rows", "candidates"}.
     """
+    import predict
+
+    pool = predict.CandidatePool() if candidate_limit else None
+    candidates: dict[str, list] = {}
     history = History(cfg)
     truths: dict[str, Truth] = {}
     rows: dict[str, dict[str, dict]] = {name: {} for name in BASELINES}
@@ -311,16 +318,20 @@ def run_baselines(cfg: Config, paths: ArtifactPaths, targets: set[str], mined_un
             truths[commit["hash"]] = truth
             for name in BASELINES:
                 rows[name][commit["hash"]] = score(history.predict(name), truth)
+            if pool is not None:
+                candidates[commit["hash"]] = pool.top(candidate_limit)
         if mined_until is None or position <= mined_until:
             history.mine(files, chunks)
         history.observe(files)
+        if pool is not None:
+            pool.add_chunks(chunks)
     missing = targets - truths.keys()
     if missing:
         raise UserError(
             f"{len(missing)} target commits (e.g. {sorted(missing)[0][:12]}) are not in {paths.commits}: "
             "the dataset is older or newer than commits.json; rerun the dataset_builder stage"
         )
-    return {"truths": truths, "rows": rows}
+    return {"truths": truths, "rows": rows, "candidates": candidates}
 
 
 # ---------------------------------------------------------------- the model
@@ -364,8 +375,9 @@ def prediction_from_output(output: dict) -> Prediction:
 
 
 def run_model(cfg: Config, paths: ArtifactPaths, examples, chosen: list[int], truths: dict[str, Truth], seed: int,
-              prediction=None):
-    """Target loss over the whole split, and the model's scored generations on the chosen examples."""
+              prediction=None, file_candidates: dict[str, list] | None = None):
+    """Target loss over the whole split, and the model's scored predictions on the chosen examples
+    (`file_candidates`: commit -> the files the likelihood ranking scores, see `run_baselines`)."""
     from tqdm import tqdm
 
     import predict
@@ -375,7 +387,7 @@ def run_model(cfg: Config, paths: ArtifactPaths, examples, chosen: list[int], tr
     rows, malformed, candidates, samples = {}, 0, 0, []
     for i in tqdm(chosen, desc="generating", unit="commit"):
         prompt = examples.ids(i)[: int(examples.target_starts[i])].tolist()
-        output = predictor.predict_ids(prompt, seed=seed)
+        output = predictor.predict_ids(prompt, seed=seed, candidates=(file_candidates or {}).get(examples.commits[i]))
         malformed += sum(c["malformed"] for c in output["candidates"])
         candidates += len(output["candidates"])
         truth = truths[examples.commits[i]]
@@ -422,11 +434,18 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, prediction=None) -> d
     if cfg.mine_from == "before_target":
         mined_until = None
 
-    baselines = run_baselines(cfg, paths, set(target_order), mined_until)
+    if use_model:
+        import predict
+
+        prediction = prediction or predict.Config()
+    ranks = use_model and prediction.file_ranking != "generation"
+    baselines = run_baselines(cfg, paths, set(target_order), mined_until,
+                              candidate_limit=prediction.rank_candidates if ranks else 0)
     truths, rows = baselines["truths"], baselines["rows"]
     model_info: dict = {}
     if use_model:
-        loss, model_rows, generation = run_model(cfg, paths, examples, chosen, truths, seed, prediction)
+        loss, model_rows, generation = run_model(cfg, paths, examples, chosen, truths, seed, prediction,
+                                                 baselines["candidates"])
         rows = {"model": model_rows, **rows}
         model_info = {**loss, **generation}
 

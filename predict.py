@@ -17,9 +17,23 @@ the recent commits, then the task as the new commit's message; the model generat
 rendering, which `CommitLanguage.parse_commit` turns back into structure. A malformed generation is
 reported (`malformed`, `problems`), never fatal.
 
-Ranking across candidates: each candidate gets the weight exp(mean log-probability of its tokens); a
-file's score is the weight share of the candidates that name it (1.0: every candidate). Ties keep the
-order of first appearance.
+File ranking (`file_ranking`):
+    generation  each generated candidate gets the weight exp(mean log-probability of its tokens); a file's
+                `score` is the weight share of the candidates that name it (1.0: every candidate); ties keep
+                the order of first appearance.
+    likelihood  the model scores candidate files instead of writing them: for each file of the known
+                history (the history commits, or all of commits.json with --commits; at most
+                `rank_candidates`, alternately the most recently and the most frequently changed), the
+                log-probability that the target starts with that file, i.e. of `<FILE>` + path + the token
+                that ends the path in training (`<MODULE:x>`, `<MODULE>`, or the newline of a file without
+                module), after the prompt. The prompt runs once; its KV cache is expanded over batches of
+                `rank_batch_size` files. Files are sorted by that log-probability (`rank_score: sum`) or by it
+                per token (`mean`); each gets `logprob` (the sum, nats) and `logprob_tokens`. Nothing is
+                generated: no candidates, change types, symbols or code sketch.
+    both        (default) both are run: every scored file by likelihood first, then the files that only
+                generation names (not among the scored ones, e.g. a new file), by their generation score.
+                A scored file keeps generation's score/votes/change types/symbols when generation named it
+                (else 0 / none); modules follow the merged order; symbols and the code sketch are generation's.
 
 Config keys (section `prediction`):
     model_dir           the model folder (default: <output_dir>/model)
@@ -34,6 +48,10 @@ Config keys (section `prediction`):
     device              cpu, cuda, cuda:0 ... (cpu)
     num_threads         torch CPU threads (null: torch's default, one per core); 1 is much faster for a small
                         model on a loaded machine (token-by-token decoding is latency-bound)
+    file_ranking        likelihood | generation | both (both), see above
+    rank_candidates     known files scored by likelihood at most (200)
+    rank_score          sum | mean: rank by the continuation's total log-probability or per token (sum)
+    rank_batch_size     files scored per forward pass (32)
 
     python predict.py --model outputs/model --repo . --task "Add a retry to the scraper"
     python predict.py --commits outputs/commits.json --task "..." --decoding sample --num-candidates 8
@@ -80,8 +98,20 @@ class Config:
     max_files: int = 20
     device: str = "cpu"
     num_threads: int | None = None
+    file_ranking: Literal["likelihood", "generation", "both"] = "both"
+    rank_candidates: int = 200
+    rank_score: Literal["sum", "mean"] = "sum"
+    rank_batch_size: int = 32
 
     def __post_init__(self):
+        if self.file_ranking not in ("likelihood", "generation", "both"):
+            raise ValueError("file_ranking: must be likelihood, generation or both")
+        if self.rank_candidates < 1:
+            raise ValueError("rank_candidates: must be >= 1")
+        if self.rank_score not in ("sum", "mean"):
+            raise ValueError("rank_score: must be sum or mean")
+        if self.rank_batch_size < 1:
+            raise ValueError("rank_batch_size: must be >= 1")
         if self.history_commits < 0:
             raise ValueError("history_commits: must be >= 0")
         if not 1 <= self.num_candidates <= 64:
@@ -108,7 +138,7 @@ class Config:
 
 # Settings a caller may change per request (the service's `options`).
 OPTION_KEYS = ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
-               "max_files")
+               "max_files", "file_ranking")
 
 
 def with_options(cfg: Config, options: dict | None) -> Config:
@@ -131,6 +161,8 @@ def with_options(cfg: Config, options: dict | None) -> Config:
             raise ValueError(f"options.{key}: expected {expected if expected in ('int', 'float') else 'a string'}")
     if "decoding" in options and options["decoding"] not in ("greedy", "sample", "beam"):
         raise ValueError("options.decoding: must be greedy, sample or beam")
+    if "file_ranking" in options and options["file_ranking"] not in ("likelihood", "generation", "both"):
+        raise ValueError("options.file_ranking: must be likelihood, generation or both")
     try:
         return dataclasses.replace(cfg, **options)
     except ValueError as exc:
@@ -183,6 +215,75 @@ def history_from_records(records: list) -> list[tuple[Commit, list[Chunk]]]:
             raise ValueError(f"commits[{i}]: not a commit record ({type(exc).__name__}: {exc})") from None
         history.append((commit, chunks))
     return history
+
+
+class CandidatePool:
+    """The files of a known history (oldest commit first), for the likelihood ranking.
+
+    `top(limit)` takes alternately the most recently changed file (the latest commit's files first) and the
+    most frequently changed one (ties: the more recent, then the path) not taken yet, until `limit` files:
+    the candidates the model scores. Each file keeps the module its chunks last had (its `<MODULE…>`).
+    """
+
+    def __init__(self):
+        self.count: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self.module: dict[str, str | None] = {}
+        self.position = 0
+
+    def add_commit(self, files: list[tuple[str, str | None]]) -> None:
+        """One commit's (path, module) pairs, e.g. from its chunks; a path counts once per commit."""
+        for path, module in files:
+            if path not in self.last or self.last[path] != self.position:
+                self.count[path] = self.count.get(path, 0) + 1
+            self.last[path] = self.position
+            if module or path not in self.module:
+                self.module[path] = module or self.module.get(path)
+        self.position += 1
+
+    def add_chunks(self, chunks: list) -> None:
+        """One commit's chunks (`Chunk` objects or their dicts), files in the chunks' order."""
+        pairs = [(c["file"], c.get("module")) if isinstance(c, dict) else (c.file, c.module) for c in chunks]
+        self.add_commit(pairs)
+
+    def top(self, limit: int) -> list[tuple[str, str | None]]:
+        import heapq
+
+        recent = heapq.nsmallest(limit, self.last, key=lambda p: (-self.last[p], p))
+        frequent = heapq.nsmallest(limit, self.count, key=lambda p: (-self.count[p], -self.last[p], p))
+        chosen: dict[str, None] = {}
+        for pair in zip(recent, frequent):
+            for path in pair:
+                if len(chosen) < limit:
+                    chosen.setdefault(path, None)
+        return [(path, self.module.get(path)) for path in chosen]
+
+
+def pool_from_history(history: list[tuple[Commit, list[Chunk]]], pool: CandidatePool | None = None) -> CandidatePool:
+    """The pool of `history`'s files (added to `pool` when given)."""
+    pool = pool or CandidatePool()
+    for _, chunks in history:
+        pool.add_chunks(chunks)
+    return pool
+
+
+def pool_from_artifacts(commits_path: Path, chunks_path: Path) -> CandidatePool:
+    """Every commit of commits.json (the files its chunks render; without chunks.jsonl: its changed files)."""
+    pool = CandidatePool()
+    if Path(chunks_path).exists():
+        current, group = None, []
+        for record in iter_jsonl(chunks_path, "semantic_chunker"):
+            if record["commit"] != current and group:
+                pool.add_chunks(group)
+                group = []
+            current = record["commit"]
+            group.append(record)
+        if group:
+            pool.add_chunks(group)
+    else:
+        for commit in iter_commits(commits_path):
+            pool.add_commit([(f.path, None) for f in commit.files])
+    return pool
 
 
 # ---------------------------------------------------------------- the predictor
@@ -244,8 +345,11 @@ class Predictor:
         return budget
 
     def predict(self, history: list[tuple[Commit, list[Chunk]]], task: str, options: dict | None = None,
-                seed: int = 42) -> dict:
-        """Prediction JSON for `task` after `history` (oldest first). ValueError for bad options or task."""
+                seed: int = 42, pool: CandidatePool | None = None) -> dict:
+        """Prediction JSON for `task` after `history` (oldest first). ValueError for bad options or task.
+
+        `pool`: the files of the known history the likelihood ranking scores (default: those of `history`).
+        """
         cfg = with_options(self.cfg, options)
         if not isinstance(task, str) or not task.strip():
             raise ValueError("task: must be a non-empty string")
@@ -253,7 +357,8 @@ class Predictor:
             raise ValueError(f"task: longer than {MAX_TASK_CHARS} characters")
         history = history[-cfg.history_commits:] if cfg.history_commits else []
         prompt = self.language.build_prompt(history, task, self.tokenizer, self.context_window(cfg))
-        output = self.predict_ids(prompt, seed=seed, cfg=cfg)
+        pool = pool if pool is not None else pool_from_history(history)
+        output = self.predict_ids(prompt, seed=seed, cfg=cfg, candidates=pool.top(cfg.rank_candidates))
         return {
             "task": task,
             "history": [{"hash": c.hash, "message": c.message.splitlines()[0] if c.message else ""}
@@ -261,30 +366,101 @@ class Predictor:
             **output,
         }
 
-    def predict_ids(self, prompt_ids: list[int], seed: int = 42, cfg: Config | None = None) -> dict:
-        """Generate from a ready prompt (token ids), parse and rank the candidates."""
+    def predict_ids(self, prompt_ids: list[int], seed: int = 42, cfg: Config | None = None,
+                    candidates: list[tuple[str, str | None]] | None = None) -> dict:
+        """From a ready prompt (token ids): generate, parse and rank the candidates, and/or rank the candidate
+        files `candidates` ((path, module) pairs) by likelihood, as `cfg.file_ranking` says."""
         cfg = cfg or self.cfg
         started = time.monotonic()
-        texts, weights = self.generate(prompt_ids, cfg, seed)
-        candidates = []
-        for text, weight in zip(texts, weights):
-            parsed = parse_generation(self.language, text)
-            candidates.append({"text": text, "score": weight, **parsed})
-        ranked = rank_candidates(candidates, cfg.max_files)
+        generated: list[dict] = []
+        if cfg.file_ranking != "likelihood":
+            texts, weights = self.generate(prompt_ids, cfg, seed)
+            for text, weight in zip(texts, weights):
+                parsed = parse_generation(self.language, text)
+                generated.append({"text": text, "score": weight, **parsed})
+        scored: list[dict] = []
+        if cfg.file_ranking != "generation" and candidates:
+            scored = self.score_files(prompt_ids, candidates, cfg)
+        if cfg.file_ranking == "generation":
+            ranked = rank_candidates(generated, cfg.max_files)
+        else:
+            ranked = merge_rankings(scored, rank_candidates(generated, 10 ** 9), cfg.max_files)
         return {
             "model": str(self.model_dir) if self.model_dir else None,
             "prompt_tokens": len(prompt_ids),
             "decoding": {k: getattr(cfg, k) for k in ("decoding", "max_new_tokens", "temperature", "top_p", "top_k")}
-            | {"num_candidates": cfg.candidates, "seed": seed},
+            | {"num_candidates": cfg.candidates if cfg.file_ranking != "likelihood" else 0, "seed": seed},
+            "file_ranking": {"method": cfg.file_ranking, "score": cfg.rank_score, "files_scored": len(scored)},
             **ranked,
-            "malformed_candidates": sum(c["malformed"] for c in candidates),
+            "malformed_candidates": sum(c["malformed"] for c in generated),
             "candidates": [
                 {"text": c["text"], "score": round(c["score"], 6), "malformed": c["malformed"],
                  "problems": c["problems"], "truncated": c["truncated"], "files": [f["path"] for f in c["files"]]}
-                for c in candidates
+                for c in generated
             ],
             "seconds": round(time.monotonic() - started, 3),
         }
+
+    def file_continuations(self, candidates: list[tuple[str, str | None]]) -> list[list[int]]:
+        """The ids a target starts with when it changes each file first: `<FILE>` + the path + the token that
+        ends the path in training (`<MODULE:x>`, `<MODULE>`, or the newline when the file has no module)."""
+        from repo2model.commit_language import FILE, encode_texts, escape
+
+        heads = encode_texts(self.tokenizer, [FILE + escape(path) for path, _ in candidates])
+        fulls = encode_texts(self.tokenizer, [self.language.render_file_header(path, module)
+                                              for path, module in candidates])
+        # The path's tokens are the same alone: what follows it is a special token or a newline pre-token.
+        return [full[: len(head) + 1] if full[: len(head)] == head and len(full) > len(head) else full
+                for head, full in zip(heads, fulls)]
+
+    def score_files(self, prompt_ids: list[int], candidates: list[tuple[str, str | None]], cfg: Config) -> list[dict]:
+        """Log-probability of each candidate file's continuation after the prompt, batched over the files with
+        the prompt's KV cache computed once. Returns [{"path", "module", "logprob", "tokens", "rank_value"}] in
+        the candidates' order (files whose continuation does not fit in the model's positions are left out)."""
+        import torch
+        from transformers import DynamicCache
+
+        conts = self.file_continuations(candidates)
+        room = self.max_positions - len(prompt_ids)
+        keep = [i for i, ids in enumerate(conts) if 0 < len(ids) <= room]
+        if not keep:
+            return []
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        totals: dict[int, float] = {}
+        with torch.no_grad():
+            out = self.model(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            layers = [(layer.keys, layer.values) for layer in out.cache.layers]  # transformers 5: `cache`
+            del out
+            for start in range(0, len(keep), cfg.rank_batch_size):
+                batch = keep[start: start + cfg.rank_batch_size]
+                width = max(len(conts[i]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long, device=self.device)
+                mask = torch.zeros((len(batch), width), dtype=torch.long, device=self.device)
+                for row, i in enumerate(batch):
+                    ids[row, : len(conts[i])] = torch.tensor(conts[i], dtype=torch.long)
+                    mask[row, : len(conts[i])] = 1
+                cache = DynamicCache(ddp_cache_data=[(k.expand(len(batch), -1, -1, -1),
+                                                      v.expand(len(batch), -1, -1, -1)) for k, v in layers])
+                attention = torch.cat([torch.ones((len(batch), len(prompt_ids)), dtype=torch.long,
+                                                  device=self.device), mask], dim=1)
+                token_lp = first[ids[:, 0]].unsqueeze(1)
+                if width > 1:
+                    logits = self.model(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
+                                        cache=cache, use_cache=True).logits
+                    rest = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+                    token_lp = torch.cat([token_lp, rest], dim=1)
+                sums = (token_lp * mask).sum(dim=1)
+                for row, i in enumerate(batch):
+                    totals[i] = float(sums[row])
+        scored = []
+        for i in keep:
+            n = len(conts[i])
+            value = totals[i] / n if cfg.rank_score == "mean" else totals[i]
+            scored.append({"path": candidates[i][0], "module": candidates[i][1], "logprob": totals[i], "tokens": n,
+                           "rank_value": value})
+        return scored
 
     def generate(self, prompt_ids: list[int], cfg: Config, seed: int) -> tuple[list[str], list[float]]:
         """Candidate texts (special tokens kept: they are the structure) and their weights."""
@@ -451,6 +627,34 @@ def rank_candidates(candidates: list[dict], max_files: int) -> dict:
     }
 
 
+def merge_rankings(scored: list[dict], generated: dict, max_files: int) -> dict:
+    """The `both`/`likelihood` file list: every scored file by its likelihood (`rank_value`, best first; ties keep
+    the candidates' order), then the files only generation named (not scored: e.g. new files), in generation's
+    order. A file keeps its generation `score`/`votes`/change types/symbols when generation named it (else 0 /
+    none) and gets its `logprob`. Modules follow the merged file order; symbols and the code sketch are
+    generation's."""
+    by_path = {f["path"]: f for f in generated["files"]}
+    files = []
+    for entry in sorted(scored, key=lambda s: -s["rank_value"]):
+        gen = by_path.get(entry["path"])
+        files.append({
+            "path": entry["path"],
+            "score": gen["score"] if gen else 0.0,
+            "votes": gen["votes"] if gen else 0,
+            "module": (gen and gen["module"]) or entry["module"],
+            "change_types": gen["change_types"] if gen else [],
+            "symbols": gen["symbols"] if gen else [],
+            "logprob": round(entry["logprob"], 6),
+            "logprob_tokens": entry["tokens"],
+        })
+    seen = {f["path"] for f in files}
+    files += [f for f in generated["files"] if f["path"] not in seen]
+    files = files[:max_files]
+    modules = list(dict.fromkeys(f["module"] for f in files if f["module"]))
+    return {"files": files, "modules": modules, "symbols": generated["symbols"],
+            "code_sketch": generated["code_sketch"]}
+
+
 def code_sketch(candidate: dict) -> str:
     """The code of one candidate, file by file, each unit headed by its change type and symbol."""
     parts = []
@@ -490,12 +694,15 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="override prediction.top_k")
     parser.add_argument("--device", help="override prediction.device (cpu, cuda, cuda:0)")
     parser.add_argument("--threads", type=int, dest="num_threads", help="override prediction.num_threads")
+    parser.add_argument("--file-ranking", choices=["likelihood", "generation", "both"],
+                        help="override prediction.file_ranking")
+    parser.add_argument("--rank-candidates", type=int, help="override prediction.rank_candidates")
 
 
 def config_from_args(cfg: Config, args: argparse.Namespace) -> Config:
     overrides = {name: getattr(args, name) for name in
                  ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
-                  "device", "num_threads") if getattr(args, name, None) is not None}
+                  "device", "num_threads", "file_ranking", "rank_candidates") if getattr(args, name, None) is not None}
     if args.model is not None:
         overrides["model_dir"] = args.model.resolve()
     return apply_overrides(cfg, SECTION, overrides)
@@ -520,15 +727,19 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--task: must not be empty")
     if len(args.task) > MAX_TASK_CHARS:
         raise UserError(f"--task: longer than {MAX_TASK_CHARS} characters")
+    pool = None  # the history's own files
     if args.repo is not None:
         scraper_cfg, chunker_cfg = load_history_sections(args.config)
         history = history_from_repo(args.repo, cfg.history_commits, scraper_cfg, chunker_cfg)
     else:
         chunks = args.chunks or args.commits.with_name("chunks.jsonl")
         history = history_from_artifacts(require(args.commits, "git_scraper"), chunks, cfg.history_commits)
+        if cfg.file_ranking != "generation":  # every file of commits.json is a candidate, not only the history's
+            pool = pool_from_artifacts(args.commits, chunks)
     predictor = Predictor.load(cfg.model_dir or paths.model_dir, cfg, paths=paths)
     try:
-        result = predictor.predict(history, args.task, seed=args.seed if args.seed is not None else pipeline_cfg.seed)
+        result = predictor.predict(history, args.task, seed=args.seed if args.seed is not None else pipeline_cfg.seed,
+                                   pool=pool)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     text = json.dumps(result, indent=2, ensure_ascii=False)

@@ -9,7 +9,7 @@ Endpoints
     GET  /health    {"status": "ok", "model": {...}, "requests": n, "uptime_s": s}
     POST /predict   body: {"task": str, "repo": str | "commits": [commit records],
                            "options": {history_commits, decoding, num_candidates, max_new_tokens,
-                                       temperature, top_p, top_k, max_files}, "seed": int}
+                                       temperature, top_p, top_k, max_files, file_ranking}, "seed": int}
                     exactly one of `repo` (a local repository: its last commits are scraped and chunked
                     on the fly) and `commits` (commits.json records, oldest first, each optionally with
                     its "chunks"); reply: predict.py's JSON.

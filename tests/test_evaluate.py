@@ -242,6 +242,9 @@ def test_evaluate_model_beside_baselines(trained_pipeline):
     for name, metrics in result["metrics"].items():
         for k in (1, 5, 10):
             assert 0.0 <= metrics[f"recall@{k}"] <= 1.0, name
+    known = {"src/a.py", "tests/test_a.py", "src/b.py", "src/c.py"}  # every file of the history before the targets
+    for sample in result["model"]["samples"]:  # the default ranking scores them all before generation's own
+        assert set(sample["predicted_files"][:4]) == known, sample
     table = evaluate.report_path(paths).read_text()
     assert "## Where the model loses" in table and "| target perplexity |" in table
     assert evaluate.chart_path(paths).stat().st_size > 1000
@@ -261,3 +264,20 @@ def test_predict_cli_loads_the_trained_model(trained_pipeline, capsys):
     assert isinstance(out["candidates"][0]["malformed"], bool)
     code = predict.main(["--model", str(paths.output_dir / "nope"), "--commits", str(paths.commits), "--task", "x"])
     assert code == 2 and "run the train_model stage" in capsys.readouterr().err
+
+
+def test_model_candidates_are_the_files_known_before_each_target(tmp_path):
+    import predict
+
+    history = patterned_history(9)
+    paths = write_history(tmp_path, history)
+    targets = {sha(history[4][0]), sha(history[8][0])}
+    result = evaluate.run_baselines(evaluate.Config(), paths, targets, mined_until=2, candidate_limit=3)
+    assert set(result["candidates"]) == targets
+    for position in (4, 8):
+        pool = predict.CandidatePool()
+        for _, files in history[:position]:
+            pool.add_commit([(path, module) for path, _, _, module in files])
+        assert result["candidates"][sha(history[position][0])] == pool.top(3)
+    assert len(result["candidates"][sha(history[8][0])]) == 3
+    assert evaluate.run_baselines(evaluate.Config(), paths, targets, mined_until=2)["candidates"] == {}

@@ -20,6 +20,8 @@ def learned(tmp_path_factory):
 
 
 def predictor(learned, **cfg):
+    """Generation-only ranking unless asked (the generation tests); the likelihood tests ask for theirs."""
+    cfg.setdefault("file_ranking", "generation")
     return predict.Predictor(learned["model"], learned["tokenizer"], learned["lang"],
                              predict.Config(max_new_tokens=120, **cfg))
 
@@ -130,8 +132,8 @@ def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
 
     from peft import LoraConfig, get_peft_model
 
-    expected = predictor(learned).predict(H.fixture_history(), H.TASK)["files"]
-    cfg = predict.Config(max_new_tokens=120)
+    expected = predictor(learned, file_ranking="both").predict(H.fixture_history(), H.TASK)["files"]
+    cfg = predict.Config(max_new_tokens=120)  # the default ranking: likelihood, then generation's own files
 
     scratch = save_model_folder(learned, tmp_path / "scratch")
     base = save_model_folder(learned, tmp_path / "base")
@@ -147,7 +149,9 @@ def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
     for folder in (scratch, adapter_dir, merged):
         loaded = predict.Predictor.load(folder, cfg)
         out = loaded.predict(H.fixture_history(), H.TASK)
-        assert out["files"] == expected, folder
+        assert [f["path"] for f in out["files"]] == [f["path"] for f in expected], folder
+        for got, want in zip(out["files"], expected):  # the cache path works through peft and merged weights
+            assert got.get("logprob") == pytest.approx(want.get("logprob"), abs=1e-4), folder
         assert out["model"] == str(folder)
 
 
@@ -164,7 +168,13 @@ def test_cli_predicts_from_commits_json(learned, tmp_path, capsys):
                          "--max-new-tokens", "120", "--output", str(out_file)])
     assert code == 0
     result = json.loads(out_file.read_text())
-    assert [f["path"] for f in result["files"]] == ["pkg/parse.py", "pkg/strip.py"]
+    # commits.json's files by likelihood (the learned one first), then the new file only generation names
+    assert [f["path"] for f in result["files"]] == ["pkg/parse.py", "tests/test_parse.py", "pkg/strip.py"]
+    assert result["file_ranking"]["files_scored"] == 2 and "logprob" not in result["files"][2]
+    code = predict.main(["--model", str(folder), "--commits", str(tmp_path / "commits.json"), "--task", H.TASK,
+                         "--max-new-tokens", "120", "--output", str(out_file), "--file-ranking", "generation"])
+    assert code == 0
+    assert [f["path"] for f in json.loads(out_file.read_text())["files"]] == ["pkg/parse.py", "pkg/strip.py"]
     bare = tmp_path / "bare" / "model"  # a model folder without its commit language
     learned["model"].save_pretrained(str(bare))
     learned["tokenizer"].save_pretrained(str(bare))
@@ -192,3 +202,118 @@ def test_prompt_budget_follows_the_trained_length(learned, tmp_path):
     assert p.context_window(p.cfg) == 80
     with pytest.raises(ValueError, match="max_new_tokens"):
         p.predict(H.fixture_history(), H.TASK, {"max_new_tokens": 190})
+
+
+# ---------------------------------------------------------------- likelihood ranking of candidate files
+
+
+CANDIDATES = [("tests/test_parse.py", "tests.test_parse"), ("pkg/strip.py", "pkg.strip"), ("README.md", None),
+              ("pkg/parse.py", "pkg.parse"), ("pkg/other.py", "pkg.other")]
+
+
+def direct_logprob(model, prompt: list[int], continuation: list[int]) -> float:
+    """log P(continuation | prompt) from one plain forward pass over prompt + continuation (no cache, no batch)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + continuation])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return sum(float(logp[len(prompt) - 1 + j, token]) for j, token in enumerate(continuation))
+
+
+def test_likelihood_ranks_the_learned_file_first(learned):
+    out = predictor(learned, file_ranking="likelihood").predict_ids(learned["prompt"], candidates=CANDIDATES)
+    assert out["files"][0]["path"] == "pkg/parse.py"  # the target's first file
+    assert sorted(f["path"] for f in out["files"]) == sorted(p for p, _ in CANDIDATES)
+    logprobs = [f["logprob"] for f in out["files"]]
+    assert logprobs == sorted(logprobs, reverse=True) and logprobs[0] > -1.0 > logprobs[1]
+    assert out["candidates"] == [] and out["malformed_candidates"] == 0  # likelihood alone generates nothing
+    assert out["modules"][0] == "pkg.parse"
+    json.dumps(out)
+
+
+def test_continuation_is_the_training_file_header(learned):
+    from repo2model.commit_language import encode_texts
+
+    p = predictor(learned)
+    conts = p.file_continuations(CANDIDATES)
+    tokens = [learned["tokenizer"].convert_ids_to_tokens(ids) for ids in conts]
+    assert tokens[0][0] == "<FILE>" and tokens[0][-1] == "<MODULE>"  # tests: module spelled out
+    assert tokens[1][-1] == "<MODULE:pkg>" and tokens[2][-1] == "Ċ"  # a top module's token; no module: newline
+    # the target the model was trained on starts with exactly these ids
+    parse = conts[3]
+    assert learned["target"][: len(parse)] == parse
+    header = learned["lang"].render_file_header("pkg/parse.py", "pkg.parse")
+    assert encode_texts(learned["tokenizer"], [header])[0][: len(parse)] == parse
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
+def test_batched_cached_scores_equal_a_direct_computation(learned, batch_size):
+    p = predictor(learned)
+    cfg = predict.Config(rank_batch_size=batch_size, rank_score="sum")
+    scored = p.score_files(learned["prompt"], CANDIDATES, cfg)
+    conts = p.file_continuations(CANDIDATES)
+    assert [s["path"] for s in scored] == [path for path, _ in CANDIDATES]
+    for entry, ids in zip(scored, conts):
+        assert entry["tokens"] == len(ids)
+        assert entry["logprob"] == pytest.approx(direct_logprob(learned["model"], learned["prompt"], ids), abs=1e-4)
+        assert entry["rank_value"] == entry["logprob"]
+    mean = p.score_files(learned["prompt"], CANDIDATES, predict.Config(rank_score="mean"))
+    assert [m["rank_value"] for m in mean] == pytest.approx([s["logprob"] / s["tokens"] for s in scored])
+
+
+def test_both_puts_scored_files_first_then_generation_only_files(learned):
+    history = H.fixture_history()
+    out = predictor(learned, file_ranking="both").predict(history, H.TASK)
+    # the history's files by likelihood, then pkg/strip.py (a new file: only the generation names it)
+    assert [f["path"] for f in out["files"]] == ["pkg/parse.py", "tests/test_parse.py", "pkg/strip.py"]
+    parse, test, strip = out["files"]
+    assert parse["logprob"] > test["logprob"] and "logprob" not in strip
+    assert (parse["score"], parse["votes"], test["score"], test["votes"]) == (1.0, 1, 0.0, 0)
+    assert parse["change_types"][0]["type"] == "MODIFIED_FUNCTION" and test["change_types"] == []
+    assert strip["score"] == 1.0 and strip["change_types"][0]["type"] == "NEW_FUNCTION"
+    assert out["file_ranking"] == {"method": "both", "score": "sum", "files_scored": 2}
+    assert out["modules"] == ["pkg.parse", "tests.test_parse", "pkg.strip"]
+    assert len(out["candidates"]) == 1 and "def strip(s)" in out["code_sketch"]
+    capped = predictor(learned, file_ranking="both", max_files=2).predict(history, H.TASK)
+    assert [f["path"] for f in capped["files"]] == ["pkg/parse.py", "tests/test_parse.py"]
+    wider = predict.CandidatePool()
+    wider.add_commit([("pkg/strip.py", "pkg.strip")])  # known from an older commit: now scored, not appended
+    predict.pool_from_history(history, wider)
+    out = predictor(learned, file_ranking="both").predict(history, H.TASK, pool=wider)
+    assert out["file_ranking"]["files_scored"] == 3 and all("logprob" in f for f in out["files"])
+    assert out["files"][0]["path"] == "pkg/parse.py"
+
+
+def test_merge_rankings_by_hand():
+    generated = {"files": [{"path": "new.py", "score": 0.7, "votes": 2, "module": None, "change_types": [],
+                            "symbols": []},
+                           {"path": "b.py", "score": 0.3, "votes": 1, "module": "b", "change_types": [],
+                            "symbols": ["f"]}],
+                 "symbols": ["f"], "code_sketch": "x"}
+    scored = [{"path": "a.py", "module": "a", "logprob": -3.0, "tokens": 3, "rank_value": -1.0},
+              {"path": "b.py", "module": "b", "logprob": -2.0, "tokens": 1, "rank_value": -2.0}]
+    merged = predict.merge_rankings(scored, generated, max_files=10)
+    assert [(f["path"], f["score"], f.get("logprob")) for f in merged["files"]] == [
+        ("a.py", 0.0, -3.0), ("b.py", 0.3, -2.0), ("new.py", 0.7, None)]
+    assert merged["modules"] == ["a", "b"] and merged["symbols"] == ["f"] and merged["code_sketch"] == "x"
+
+
+def test_candidate_pool_alternates_recent_and_frequent():
+    pool = predict.CandidatePool()
+    for files in (["often.py", "old.py"], ["often.py"], ["often.py", "mid.py"], ["new.py"]):
+        pool.add_commit([(f, None) for f in files])
+    assert [p for p, _ in pool.top(10)] == ["new.py", "often.py", "mid.py", "old.py"]
+    assert [p for p, _ in pool.top(2)] == ["new.py", "often.py"]
+    pool.add_chunks([{"file": "a.py", "module": "a"}, {"file": "a.py", "module": "a"}])
+    assert pool.count["a.py"] == 1 and pool.top(1) == [("a.py", "a")]
+
+
+def test_ranking_options_are_validated():
+    assert predict.with_options(predict.Config(), {"file_ranking": "likelihood"}).file_ranking == "likelihood"
+    with pytest.raises(ValueError, match="options.file_ranking"):
+        predict.with_options(predict.Config(), {"file_ranking": "votes"})
+    for bad, word in [({"rank_candidates": 0}, "rank_candidates"), ({"rank_score": "max"}, "rank_score"),
+                      ({"rank_batch_size": 0}, "rank_batch_size")]:
+        with pytest.raises(ValueError, match=word):
+            predict.Config(**bad)

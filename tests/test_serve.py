@@ -67,9 +67,13 @@ def test_health(server):
 def test_predict_with_commit_records(server):
     status, body, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records()})
     assert status == 200, body
-    assert [f["path"] for f in body["files"]] == ["pkg/parse.py", "pkg/strip.py"]
-    assert body["files"][1]["change_types"][0]["type"] == "NEW_FUNCTION"
+    # the default ranking: the history's files by likelihood, then the new file only generation names
+    assert [f["path"] for f in body["files"]] == ["pkg/parse.py", "tests/test_parse.py", "pkg/strip.py"]
+    assert body["files"][2]["change_types"][0]["type"] == "NEW_FUNCTION" and "logprob" in body["files"][0]
     assert body["malformed_candidates"] == 0
+    status, generated, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records(),
+                                                             "options": {"file_ranking": "generation"}})
+    assert status == 200 and [f["path"] for f in generated["files"]] == ["pkg/parse.py", "pkg/strip.py"]
     status, sampled, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records(), "seed": 3,
                                                            "options": {"decoding": "sample", "num_candidates": 3}})
     assert status == 200 and len(sampled["candidates"]) == 3
@@ -186,7 +190,8 @@ def test_cli_serves_a_model_folder_and_stops_on_sigterm(learned, tmp_path):
         assert status == 200 and body["model"]["defaults"]["max_new_tokens"] == 120
         status, body, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records()},
                                {"Authorization": f"Bearer {TOKEN}"})
-        assert status == 200 and [f["path"] for f in body["files"]] == ["pkg/parse.py", "pkg/strip.py"]
+        assert status == 200 and [f["path"] for f in body["files"]] == ["pkg/parse.py", "tests/test_parse.py",
+                                                                        "pkg/strip.py"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
