@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
-from repo2model.artifacts import atomic_open, atomic_path, iter_commit_dicts, iter_jsonl, require, write_json
+from repo2model.artifacts import atomic_open, atomic_path, iter_commit_dicts, iter_commits_with_chunks, require, write_json
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.config import load_config
 from repo2model.errors import UserError
@@ -280,19 +280,8 @@ class History:
 
 def iter_history(commits_path: Path, chunks_path: Path) -> Iterator[tuple[int, dict, list[dict]]]:
     """(position, commit, its chunks) for every commit of commits.json, streaming both files."""
-    chunks = iter_jsonl(chunks_path, "semantic_chunker")
-    pending = next(chunks, None)
-    for position, commit in enumerate(iter_commit_dicts(commits_path)):
-        group = []
-        while pending is not None and pending["commit"] == commit["hash"]:
-            group.append(pending)
-            pending = next(chunks, None)
-        yield position, commit, group
-    if pending is not None:
-        raise UserError(
-            f"{chunks_path}: has chunks of commit {pending['commit'][:12]} that is not in (or out of order with) "
-            f"{commits_path}: rerun the semantic_chunker stage"
-        )
+    for position, (commit, chunks) in enumerate(iter_commits_with_chunks(commits_path, chunks_path)):
+        yield position, commit, chunks
 
 
 def run_baselines(cfg: Config, paths: ArtifactPaths, targets: set[str], mined_until: int | None,

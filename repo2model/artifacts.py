@@ -248,6 +248,28 @@ def iter_commits(path: Path | str) -> Iterator[Commit]:
         yield Commit.from_dict(record)
 
 
+def iter_commits_with_chunks(commits_path: Path | str, chunks_path: Path | str) -> Iterator[tuple[dict, list[dict]]]:
+    """Each commit of `commits.json` (a dict) with its chunks from `chunks.jsonl`, streaming both.
+
+    Both files are in the commits' order (chunks grouped by commit); a chunk whose
+    commit is not next in `commits.json` means the two files do not belong together.
+    """
+    require(Path(commits_path), "git_scraper")
+    chunks = iter_jsonl(chunks_path, "semantic_chunker")
+    pending = next(chunks, None)
+    for commit in iter_commit_dicts(commits_path):
+        group: list[dict] = []
+        while pending is not None and pending["commit"] == commit["hash"]:
+            group.append(pending)
+            pending = next(chunks, None)
+        yield commit, group
+    if pending is not None:
+        raise UserError(
+            f"{chunks_path}: chunk of commit {pending['commit'][:12]} is not in {commits_path} in that order: "
+            "the two files do not belong together (rerun the semantic_chunker stage)"
+        )
+
+
 # ---------------------------------------------------------------- torch artifacts
 
 

@@ -59,7 +59,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from repo2model.artifacts import iter_chunks, iter_commits, require, write_json
+from repo2model.artifacts import iter_commits_with_chunks, require, write_json
 from repo2model.errors import UserError
 from repo2model.records import ALL_CHANGE_TYPES, Chunk, Commit
 
@@ -567,25 +567,9 @@ def special_id(tokenizer: Any, name: str) -> int | None:
 
 
 def iter_history(commits_path: Path, chunks_path: Path) -> Iterator[tuple[Commit, list[Chunk]]]:
-    """Each commit of `commits.json` with its chunks from `chunks.jsonl`, in file order, streaming.
-
-    Both files are in the commits' order (chunks grouped by commit); a chunk whose
-    commit is not next in `commits.json` means the two files do not belong together.
-    """
-    require(Path(commits_path), "git_scraper")
-    chunks = iter_chunks(chunks_path)
-    pending = next(chunks, None)
-    for commit in iter_commits(commits_path):
-        mine: list[Chunk] = []
-        while pending is not None and pending.commit == commit.hash:
-            mine.append(pending)
-            pending = next(chunks, None)
-        yield commit, mine
-    if pending is not None:
-        raise UserError(
-            f"{chunks_path}: chunk of commit {pending.commit[:12]} is not in {commits_path} in that order: "
-            "the two files do not belong together (rerun the semantic_chunker stage)"
-        )
+    """Each commit of `commits.json` with its chunks from `chunks.jsonl`, as records, streaming."""
+    for commit, chunks in iter_commits_with_chunks(commits_path, chunks_path):
+        yield Commit.from_dict(commit), [Chunk.from_dict(chunk) for chunk in chunks]
 
 
 def count_families(history: Iterable[tuple[Commit, Sequence[Chunk]]]) -> tuple[dict[str, int], dict[str, int]]:
