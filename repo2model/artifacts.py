@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 from repo2model.records import Chunk, Commit
 
 # Which stage produces each artifact, for "run stage X first" messages.
@@ -295,8 +295,7 @@ def load_pt(path: Path | str, stage: str | None = None) -> Any:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: corrupt or unsafe .pt file ({first[:120]}): rerun the stage that writes it") from None
+        raise UserError(f"{path}: corrupt or unsafe .pt file ({first_line(exc, 120)}): rerun the stage that writes it") from None
 
 
 def file_sizes(paths: Iterable[Path]) -> dict[str, int]:

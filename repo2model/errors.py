@@ -1,4 +1,4 @@
-"""The one exception type for problems the user can fix."""
+"""The one exception type for problems the user can fix, and how an exception becomes one line."""
 
 
 class UserError(Exception):
@@ -9,3 +9,15 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of `exc`'s message (at most `limit` characters), or its type name.
+
+    For wrapping a library's multi-line error into a one-line UserError.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return type(exc).__name__

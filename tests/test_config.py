@@ -9,7 +9,7 @@ from typing import Literal
 import pytest
 
 from repo2model.config import PipelineConfig, load_config
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 
 
 @dataclasses.dataclass
@@ -102,3 +102,9 @@ def test_known_sections_of_other_stages_are_accepted_when_not_strict(tmp_path):
     with pytest.raises(UserError, match="unknown section 'model_training'"):
         load_config(path, SECTIONS)
     assert load_config(path, SECTIONS, strict_sections=False)["tokenizer"].name == "x"
+
+
+def test_first_line_of_an_exception():
+    assert first_line(ValueError("\n  cannot load x  \nsecond line")) == "cannot load x"
+    assert first_line(OSError()) == "OSError"
+    assert first_line(RuntimeError("y" * 300), 20) == "y" * 17 + "..."
