@@ -72,7 +72,7 @@ from repo2model.commit_language import (
     iter_history,
     special_id,
 )
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 from repo2model.examples import ExampleSet
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
 
@@ -157,8 +157,7 @@ def load_tokenizer(tokenizer_dir: Path) -> tuple[CommitLanguage, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{tokenizer_dir}: cannot load the tokenizer ({first[:160]}): rerun the tokenizer stage") from None
+        raise UserError(f"{tokenizer_dir}: cannot load the tokenizer ({first_line(exc)}): rerun the tokenizer stage") from None
     lang.check_tokenizer(tokenizer, f"the tokenizer in {tokenizer_dir}")
     return lang, tokenizer
 

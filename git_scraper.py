@@ -76,7 +76,7 @@ from tqdm import tqdm
 
 from repo2model.artifacts import CommitsWriter, read_commits_metadata
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 from repo2model.paths import ArtifactPaths
 from repo2model.records import (
     PATCH_BINARY,
@@ -264,8 +264,7 @@ class Repository:
         try:
             import git
         except ImportError as exc:  # GitPython refuses to load without a working git executable
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot run git ({first}): install git, or set GIT_PYTHON_GIT_EXECUTABLE") from None
+            raise UserError(f"cannot run git ({first_line(exc)}): install git, or set GIT_PYTHON_GIT_EXECUTABLE") from None
 
         path = Path(path).expanduser()
         if not path.exists():

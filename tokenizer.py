@@ -67,7 +67,7 @@ from repo2model.commit_language import (
     encode_texts,
     iter_history,
 )
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
 
 SECTION = "tokenizer"
@@ -219,8 +219,7 @@ def extend_tokenizer(cfg: Config, lang: CommitLanguage) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(Path(base).expanduser()) if Path(base).expanduser().exists() else base)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"tokenizer.base_tokenizer: cannot load {base!r} ({first[:160]}): give a local tokenizer folder") from None
+        raise UserError(f"tokenizer.base_tokenizer: cannot load {base!r} ({first_line(exc)}): give a local tokenizer folder") from None
     if not hasattr(tokenizer, "backend_tokenizer"):
         raise UserError(f"tokenizer.base_tokenizer: {base!r} has no fast (tokenizers) version: convert it first")
     base_size = len(tokenizer)
