@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from repo2model.config import PipelineConfig, load_config
+from repo2model.config import PipelineConfig, check_finite, load_config
 from repo2model.errors import UserError
 from repo2model.logs import setup_logging
 from repo2model.paths import ArtifactPaths
@@ -50,6 +50,10 @@ def apply_overrides(cfg: Any, section: str, overrides: dict[str, Any]) -> Any:
     values = {key: value for key, value in overrides.items() if value is not None}
     if not values:
         return cfg
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in values.items():
+        if key in fields and not fields[key].metadata.get("nonfinite_ok", False):
+            check_finite(value, f"{section}.{key}")
     try:
         return dataclasses.replace(cfg, **values)
     except ValueError as exc:

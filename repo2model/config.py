@@ -13,11 +13,17 @@ Supported field types: bool, int, float (an int is accepted), str, Path
 Optional[X], list[X], dict[str, X], Literal[...]. A field without a default is
 required. A dataclass may check ranges in `__post_init__` by raising
 `UserError` (or `ValueError`) with a message that starts with the key name.
+
+Floats must be finite (`.nan`, `.inf` are refused) unless the field says
+otherwise with `dataclasses.field(default=..., metadata=NONFINITE_OK)`.
+A key given twice in one mapping is refused (YAML would keep the last one
+silently), and so is a file that is not UTF-8.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -26,6 +32,10 @@ from typing import Any, Literal, Mapping, get_args, get_origin
 import yaml
 
 from repo2model.errors import UserError
+
+
+# Field metadata for a float field that may be `.inf` or `.nan` (every other float must be finite).
+NONFINITE_OK = {"nonfinite_ok": True}
 
 
 @dataclasses.dataclass
@@ -44,7 +54,16 @@ def load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}): save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise UserError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -54,6 +73,40 @@ def load_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return data
+
+
+class NonFiniteError(UserError):
+    """A float field given `.nan` or `.inf` (kept apart so that a union type does not swallow it)."""
+
+
+def check_finite(value: Any, key: str) -> None:
+    """Refuse nan/inf for `key` (a float field without NONFINITE_OK), in one line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise NonFiniteError(f"{key}: expected a finite number, got {value!r}")
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (merge keys `<<` aside)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(f"key {key!r} appears twice (lines {seen[key]} and {line}): keep one")
+                    seen[key] = line
+                except TypeError:  # an unhashable key; SafeLoader reports it below
+                    continue
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: Path | str, sections: Mapping[str, type], strict_sections: bool = True) -> dict[str, Any]:
@@ -91,7 +144,8 @@ def build_section(cls: type, values: Any, section: str, source: str, base_dir: P
     kwargs = {}
     for name, field in fields.items():
         if name in values:
-            kwargs[name] = coerce(values[name], hints[name], f"{section}.{name}", source, base_dir)
+            finite = not field.metadata.get("nonfinite_ok", False)
+            kwargs[name] = coerce(values[name], hints[name], f"{section}.{name}", source, base_dir, finite)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise UserError(f"{source}: missing required key '{section}.{name}' ({describe(hints[name])})")
         elif hints[name] is Path or _is_optional_path(hints[name]):
@@ -117,8 +171,8 @@ def _is_union(tp: Any) -> bool:
     return get_origin(tp) in (typing.Union, types.UnionType)
 
 
-def coerce(value: Any, tp: Any, key: str, source: str, base_dir: Path) -> Any:
-    """Check `value` against type `tp`; return it converted (paths resolved)."""
+def coerce(value: Any, tp: Any, key: str, source: str, base_dir: Path, finite: bool = True) -> Any:
+    """Check `value` against type `tp`; return it converted (paths resolved). `finite`: refuse nan/inf."""
 
     def fail() -> typing.NoReturn:
         shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
@@ -136,7 +190,9 @@ def coerce(value: Any, tp: Any, key: str, source: str, base_dir: Path) -> Any:
             if arg is type(None):
                 continue
             try:
-                return coerce(value, arg, key, source, base_dir)
+                return coerce(value, arg, key, source, base_dir, finite)
+            except NonFiniteError:
+                raise
             except UserError:
                 continue
         fail()
@@ -149,12 +205,12 @@ def coerce(value: Any, tp: Any, key: str, source: str, base_dir: Path) -> Any:
         if not isinstance(value, list):
             fail()
         (item,) = get_args(tp) or (Any,)
-        return [coerce(v, item, f"{key}[{i}]", source, base_dir) for i, v in enumerate(value)]
+        return [coerce(v, item, f"{key}[{i}]", source, base_dir, finite) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             fail()
         _, item = get_args(tp) or (str, Any)
-        return {str(k): coerce(v, item, f"{key}.{k}", source, base_dir) for k, v in value.items()}
+        return {str(k): coerce(v, item, f"{key}.{k}", source, base_dir, finite) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -165,6 +221,11 @@ def coerce(value: Any, tp: Any, key: str, source: str, base_dir: Path) -> Any:
         fail()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if finite:
+                try:
+                    check_finite(float(value), key)
+                except NonFiniteError as exc:
+                    raise NonFiniteError(f"{source}: {exc}") from None
             return float(value)
         fail()
     if tp is str:

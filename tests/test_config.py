@@ -8,7 +8,8 @@ from typing import Literal
 
 import pytest
 
-from repo2model.config import PipelineConfig, load_config
+from repo2model.cli import apply_overrides
+from repo2model.config import NONFINITE_OK, PipelineConfig, load_config
 from repo2model.errors import UserError, first_line
 
 
@@ -108,3 +109,74 @@ def test_first_line_of_an_exception():
     assert first_line(ValueError("\n  cannot load x  \nsecond line")) == "cannot load x"
     assert first_line(OSError()) == "OSError"
     assert first_line(RuntimeError("y" * 300), 20) == "y" * 17 + "..."
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("tokenizer:\n  name: x\n  ratio: .nan\n", "tokenizer.ratio: expected a finite number, got nan"),
+        ("tokenizer:\n  name: x\n  ratio: -.inf\n", "tokenizer.ratio: expected a finite number, got -inf"),
+        ("tokenizer:\n  name: x\n  weights: {a: .inf}\n", "tokenizer.weights.a: expected a finite number, got inf"),
+        ("tokenizer:\n  name: x\n  maybe: .NaN\n", "tokenizer.maybe: expected a finite number, got nan"),
+    ],
+)
+def test_non_finite_floats_are_refused(tmp_path, body, expected):
+    @dataclasses.dataclass
+    class Floats(DemoConfig):
+        maybe: float | None = None
+
+    path = write(tmp_path, body)
+    with pytest.raises(UserError) as info:
+        load_config(path, {"tokenizer": Floats})
+    assert str(info.value) == f"config.yaml: {expected}"
+
+
+def test_a_field_may_allow_non_finite_floats(tmp_path):
+    @dataclasses.dataclass
+    class Limits:
+        ceiling: float = dataclasses.field(default=1.0, metadata=NONFINITE_OK)
+
+    path = write(tmp_path, "tokenizer:\n  ceiling: .inf\n")
+    assert load_config(path, {"tokenizer": Limits})["tokenizer"].ceiling == float("inf")
+
+
+def test_cli_overrides_refuse_non_finite_floats():
+    cfg = DemoConfig(name="x")
+    with pytest.raises(UserError, match=r"^tokenizer\.ratio: expected a finite number, got nan$"):
+        apply_overrides(cfg, "tokenizer", {"ratio": float("nan")})
+    assert apply_overrides(cfg, "tokenizer", {"ratio": 2.0, "size": None}).ratio == 2.0
+
+
+@pytest.mark.parametrize(
+    "body, lines",
+    [
+        ("tokenizer:\n  name: x\n  size: 4\n  ratio: 1\n  size: 5\n", (3, 5)),
+        ("tokenizer:\n  name: x\npipeline:\n  seed: 1\ntokenizer:\n  name: y\n", (1, 5)),
+        ("tokenizer: {name: x, name: y}\n", (1, 1)),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_both_lines(tmp_path, body, lines):
+    path = write(tmp_path, body)
+    with pytest.raises(UserError) as info:
+        load_config(path, SECTIONS)
+    message = str(info.value)
+    assert f"appears twice (lines {lines[0]} and {lines[1]})" in message and "\n" not in message
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    path = write(tmp_path, "base: &base\n  name: x\n  size: 4\ntokenizer:\n  <<: *base\n  size: 5\n")
+    @dataclasses.dataclass
+    class Loose:
+        name: str = ""
+        size: int = 0
+    data = load_config(path, {"tokenizer": Loose, "base": Loose})
+    assert (data["tokenizer"].name, data["tokenizer"].size) == ("x", 5)
+
+
+def test_non_utf8_config_is_one_line(tmp_path):
+    path = write(tmp_path, "")
+    path.write_bytes("tokenizer:\n  name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(UserError) as info:
+        load_config(path, SECTIONS)
+    message = str(info.value)
+    assert "not UTF-8 text (byte 0xe9 on line 2): save it as UTF-8" in message and "\n" not in message
