@@ -2,7 +2,7 @@
 
 Reads
     model/                  the trained model (any mode train_model writes: scratch, LoRA/QLoRA adapter over
-                            its base, merged), loaded once with `train_model.load_trained_model`
+                            its base, merged), loaded once with `repo2model.models.load_trained_model`
     tokenizer/              the commit language (`commit_language.json`), from the model folder or
                             <output_dir>/tokenizer
     the recent history      either a repository (its last N commits scraped and chunked on the fly with the
@@ -75,6 +75,7 @@ from repo2model.artifacts import atomic_open, iter_commits, iter_jsonl, require
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.config import load_config
 from repo2model.errors import UserError
+from repo2model.models import language_dir, load_trained_model, trained_length
 from repo2model.paths import ArtifactPaths
 from repo2model.records import Chunk, Commit
 
@@ -174,7 +175,7 @@ def with_options(cfg: Config, options: dict | None) -> Config:
 
 def history_from_repo(repo: Path, count: int, scraper_cfg=None, chunker_cfg=None) -> list[tuple[Commit, list[Chunk]]]:
     """The last `count` commits of `repo` (oldest first) with their chunks, as the stages would make them."""
-    from repo2model.gitio import CatFile, open_repository
+    from repo2model.git import CatFile, open_repository
 
     top = open_repository(repo)
     if count == 0:
@@ -305,7 +306,6 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: Path, cfg: Config, device: str | None = None,
              paths: ArtifactPaths | None = None) -> "Predictor":
-        import train_model
         from repo2model.commit_language import CommitLanguage
 
         model_dir = require(Path(model_dir), "train_model")
@@ -320,7 +320,7 @@ class Predictor:
             if not torch.cuda.is_available():
                 raise UserError(f"device {device}: no CUDA GPU is available here; use --device cpu")
         started = time.monotonic()
-        model, tokenizer = train_model.load_trained_model(model_dir, device=device)
+        model, tokenizer = load_trained_model(model_dir, device=device)
         language = CommitLanguage.load(language_dir(model_dir, paths))
         log.info("loaded %s on %s in %.1fs", model_dir, device, time.monotonic() - started)
         return cls(model, tokenizer, language, cfg, model_dir, trained_length(model_dir))
@@ -510,19 +510,6 @@ class Predictor:
         return decode_ids(self.tokenizer, [i for i in ids if i not in drop])
 
 
-def trained_length(model_dir: Path) -> int | None:
-    """`seq_len` from the model folder's training_info.json (train_model writes it), if there."""
-    for folder in (Path(model_dir), Path(model_dir).parent):
-        info = folder / "training_info.json"
-        if info.is_file():
-            try:
-                value = json.loads(info.read_text(encoding="utf-8")).get("seq_len")
-            except (json.JSONDecodeError, AttributeError):
-                return None
-            return int(value) if isinstance(value, int) and value > 0 else None
-    return None
-
-
 def stop_token_ids(tokenizer) -> list[int]:
     """eos and the commit language's end-of-commit token: generation stops at either."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -546,19 +533,6 @@ def generated_length(ids: list[int], stop_ids: list[int]) -> int:
         if token in stop_ids:
             return i + 1
     return len(ids)
-
-
-def language_dir(model_dir: Path, paths: ArtifactPaths | None) -> Path:
-    """Where the commit language lives: beside the model, else the pipeline's tokenizer folder."""
-    candidates = [Path(model_dir), Path(model_dir).parent]  # model/merged: the language is in model/
-    if paths is not None:
-        candidates.append(paths.tokenizer_dir)
-    candidates.append(Path(model_dir).parent / "tokenizer")
-    for folder in candidates:
-        if (folder / "commit_language.json").is_file():
-            return folder
-    raise UserError(f"{model_dir}: no commit_language.json beside the model or in the tokenizer folder: "
-                    "run the tokenizer stage (python pipeline.py --stage tokenizer)")
 
 
 # ---------------------------------------------------------------- parsing and ranking

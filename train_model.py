@@ -78,19 +78,20 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from repo2model.artifacts import atomic_path, read_json, require, write_json
+from repo2model.artifacts import atomic_path, require, write_json
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.config import section_dict
 from repo2model.errors import UserError
 from repo2model.examples import IGNORE_INDEX, ExampleSet
 from repo2model.memory import ModelShape, TrainingSetup, estimate, largest_micro_batch, setting_to_lower
+from repo2model.models import INFO_FILE, merge_adapter
+from repo2model.models import load_base_for_adapter, load_trained_model  # noqa: F401  (tests call them here)
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
 
 SECTION = "model_training"
 log = logging.getLogger("train_model")
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-INFO_FILE = "training_info.json"
 
 
 @dataclasses.dataclass
@@ -1048,80 +1049,6 @@ def save_model(cfg: Config, model, tokenizer, tok_dir: Path, model_dir: Path, fi
         if cfg.merge and cfg.mode != "scratch":
             merge_adapter(tmp, tmp / "merged")
     log.info("train_model: saved %s to %s", "the model" if cfg.mode == "scratch" else "the adapter", model_dir)
-
-
-def load_base_for_adapter(model_dir: Path, device: str, dtype: torch.dtype, quantize: bool = False):
-    """The adapter's base model (resized to the saved tokenizer) and that tokenizer.
-
-    quantize: load the base in 4-bit NF4 as QLoRA trained it (a 7B base then fits an 8 GB GPU).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    info = read_json(model_dir / INFO_FILE) if (model_dir / INFO_FILE).is_file() else {}
-    adapter = read_json(model_dir / "adapter_config.json")
-    base = info.get("base_model") or adapter.get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"{model_dir}: the adapter does not record its base model: add base_model to {INFO_FILE}")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    kwargs: dict = {"dtype": dtype}
-    if quantize:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-        kwargs["device_map"] = {"": torch.device(device).index or 0} if device.startswith("cuda") else {"": "cpu"}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    except OSError as exc:
-        raise UserError(f"{model_dir}: its base model {base!r} cannot be loaded ({str(exc).splitlines()[0]})") from None
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    return (model if quantize else model.to(device)), tokenizer
-
-
-def load_trained_model(model_dir: Path, device: str = "cpu"):
-    """(model, tokenizer) from a model folder this stage wrote: scratch, LoRA/QLoRA adapter or merged; eval mode.
-
-    An adapter is applied over its base model (path or hub id recorded in training_info.json):
-    on the CPU unquantised in fp32; on a GPU in bf16/fp16, and for a QLoRA adapter in 4-bit NF4 as
-    it was trained.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model_dir = require(Path(model_dir), "train_model")
-    if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        dtype, quantize = torch.float32, False
-        if device.startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            info = read_json(model_dir / INFO_FILE) if (model_dir / INFO_FILE).is_file() else {}
-            quantize = info.get("mode") == "qlora"
-        base, tokenizer = load_base_for_adapter(model_dir, device, dtype, quantize)
-        model = PeftModel.from_pretrained(base, str(model_dir))
-        if not quantize:
-            model = model.to(device)
-    elif (model_dir / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)
-    else:
-        raise UserError(f"{model_dir}: not a model folder written by train_model (no config.json or adapter_config.json)")
-    model.eval()
-    return model, tokenizer
-
-
-def merge_adapter(model_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Write the adapter merged into its (unquantised) base as full safetensors weights + tokenizer in `out_dir`."""
-    from peft import PeftModel
-
-    base, tokenizer = load_base_for_adapter(Path(model_dir), "cpu", dtype)
-    merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        merged.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        info = read_json(Path(model_dir) / INFO_FILE) if (Path(model_dir) / INFO_FILE).is_file() else {}
-        (tmp / INFO_FILE).write_text(json.dumps({**info, "merged": True}, indent=2) + "\n", encoding="utf-8")
-    log.info("train_model: merged weights written to %s", out_dir)
-    return out_dir
 
 
 # ----------------------------------------------------------------------------- the loss curve
