@@ -35,7 +35,7 @@ import git_scraper  # noqa: E402
 import semantic_chunker as sc  # noqa: E402
 from repo2model import code_units  # noqa: E402
 from repo2model.artifacts import iter_commits, read_json  # noqa: E402
-from repo2model.gitio import CatFile  # noqa: E402
+from repo2model.git import CatFile  # noqa: E402
 from repo2model.paths import ArtifactPaths  # noqa: E402
 
 CRATES = ["energy-market", "ledger", "consensus", "network", "storage", "rpc"]
@@ -176,7 +176,7 @@ def measure_floor(paths: ArtifactPaths, repo: Path, languages) -> tuple[int, int
     blobs: dict[str, str] = {}
     for commit in iter_commits(paths.commits):
         for change in commit.files:
-            language = sc.language_of(change.path)
+            language = code_units.language_of(change.path)
             if change.patch is None or language not in languages:
                 continue
             for blob in (change.old_blob, change.new_blob):

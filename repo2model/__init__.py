@@ -4,5 +4,5 @@ Every stage script imports from here and nowhere else for what stages have in
 common: user errors (`errors`), config loading and validation (`config`),
 artifact locations (`paths`), the record types passed between stages
 (`records`), atomic and streaming artifact I/O (`artifacts`), reading git
-objects (`gitio`) and logging (`logs`).
+objects (`git`) and logging (`logs`).
 """

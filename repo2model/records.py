@@ -1,14 +1,14 @@
 """The records passed between stages: one definition each, shared by writer and readers.
 
-Field names follow `DESIGN.md` (they are the artifact contract); stages may
+Field names are the artifact contract (commits.json, chunks.jsonl); stages may
 add fields, readers ignore fields they do not know.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 # Why a file's patch is null.
 PATCH_BINARY = "binary"
@@ -34,6 +34,17 @@ def change_type(prefix: str, kind: str) -> str:
 ALL_CHANGE_TYPES = tuple(change_type(p, k) for p in CHANGE_PREFIXES for k in KINDS)
 
 
+class ChangeStatus(enum.StrEnum):
+    """How a commit changed a file, as git's letter (what commits.json stores: `"status": "R"`)."""
+
+    ADDED = "A"
+    MODIFIED = "M"
+    DELETED = "D"
+    RENAMED = "R"
+    COPIED = "C"
+    TYPE_CHANGED = "T"  # e.g. a symlink that became a file
+
+
 @dataclass
 class Person:
     name: str
@@ -46,7 +57,7 @@ class FileChange:
 
     path: str
     old_path: str | None  # the path before a rename or copy, else None
-    status: str  # A, M, D, R, C or T
+    status: ChangeStatus  # serialised as git's letter: A, M, D, R, C or T
     additions: int
     deletions: int
     binary: bool
@@ -60,7 +71,9 @@ class FileChange:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FileChange":
-        return cls(**{k: v for k, v in d.items() if k in _FILE_FIELDS})
+        values = {k: v for k, v in d.items() if k in _FILE_FIELDS}
+        values["status"] = ChangeStatus(d["status"])
+        return cls(**values)
 
 
 @dataclass
@@ -125,8 +138,3 @@ class Chunk:
 _FILE_FIELDS = {f.name for f in dataclasses.fields(FileChange)}
 _COMMIT_FIELDS = {f.name for f in dataclasses.fields(Commit)}
 _CHUNK_FIELDS = {f.name for f in dataclasses.fields(Chunk)}
-
-
-def plain(value: Any) -> Any:
-    """dataclass -> dict, recursively; anything else unchanged."""
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value

@@ -13,6 +13,7 @@ import pytest
 
 import git_scraper
 from git_scraper import Config
+from repo2model import scraping
 from repo2model.artifacts import iter_commits, read_commits_metadata
 from repo2model.paths import ArtifactPaths
 from tests.conftest import ROOT, GitRepo
@@ -325,16 +326,16 @@ def test_remote_branches(history, tmp_path):
 def test_deterministic_and_scrape_recent(history, tmp_path, monkeypatch):
     repo, hashes, paths, _ = history
     again = ArtifactPaths.under(tmp_path)
-    monkeypatch.setattr(git_scraper, "LOG_BATCH", 4)  # several git log processes: same bytes
+    monkeypatch.setattr(scraping, "LOG_BATCH", 4)  # several git log processes: same bytes
     git_scraper.run(Config(repo=repo.path, **SMALL), again)
     assert again.commits.read_bytes() == paths.commits.read_bytes()
     for chunk in (1, 7):  # the stream read a few bytes at a time: every boundary falls mid-token somewhere
-        monkeypatch.setattr(git_scraper.LogReader, "CHUNK", chunk)
+        monkeypatch.setattr(scraping.LogReader, "CHUNK", chunk)
         git_scraper.run(Config(repo=repo.path, **SMALL), again)
         assert again.commits.read_bytes() == paths.commits.read_bytes()
     monkeypatch.undo()
 
-    recent = git_scraper.scrape_recent(repo.path, 3, Config(repo=repo.path, **SMALL), ref="main")
+    recent = scraping.scrape_recent(repo.path, 3, Config(repo=repo.path, **SMALL), ref="main")
     expected = git_lines(repo, "rev-list", "--date-order", "-n", "3", "main")[::-1]
     assert [c.hash for c in recent] == expected
     full = by_hash(paths)
@@ -469,12 +470,12 @@ def test_killed_write_leaves_old_file_intact(make_repo, tmp_path, monkeypatch):
     before = paths.commits.read_bytes()
     # a real SIGKILL in the middle of the scrape, after some commits were written to the spool
     script = (
-        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import git_scraper\n"
-        "add = git_scraper.Totals.add\n"
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import git_scraper; from repo2model import scraping\n"
+        "add = scraping.Totals.add\n"
         "def dying(self, record):\n"
         "    add(self, record)\n"
         "    if self.commits == 4: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "git_scraper.Totals.add = dying\n"
+        "scraping.Totals.add = dying\n"
         "git_scraper.main(['--repo', sys.argv[2], '--output', sys.argv[3]])\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, str(ROOT), str(repo.path), str(paths.commits)],
@@ -482,14 +483,14 @@ def test_killed_write_leaves_old_file_intact(make_repo, tmp_path, monkeypatch):
     assert proc.returncode == -signal.SIGKILL
     assert paths.commits.read_bytes() == before
     # Ctrl-C half-way also leaves it, and no temporary file behind
-    add = git_scraper.Totals.add
+    add = scraping.Totals.add
 
     def interrupted(self, record):
         add(self, record)
         if self.commits == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(git_scraper.Totals, "add", interrupted)
+    monkeypatch.setattr(scraping.Totals, "add", interrupted)
     with pytest.raises(KeyboardInterrupt):
         git_scraper.run(Config(repo=repo.path), paths)
     assert paths.commits.read_bytes() == before

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+import git_scraper
 import semantic_chunker as sc
 from helpers_chunker import commit_record, coverage_problems, history, summary
-from repo2model import code_units
-from repo2model.artifacts import CommitsWriter, iter_chunks
+from repo2model import chunking, code_units
+from repo2model.artifacts import CommitsWriter, iter_chunks, iter_commits
+from repo2model.config import load_config
 from repo2model.errors import UserError
-from repo2model.gitio import CatFile
+from repo2model.git import CatFile
 from repo2model.paths import ArtifactPaths
 from repo2model.records import KINDS, Chunk
 
@@ -296,7 +298,7 @@ def build_python_history(make_repo):
 def chunks_of(repo, sha, cfg=None) -> tuple:
     commit = commit_record(repo.path, sha)
     with CatFile(repo.path) as objects:
-        chunks = sc.chunk_commit(commit, objects, cfg)
+        chunks = chunking.chunk_commit(commit, objects, cfg)
     return commit, chunks
 
 
@@ -390,21 +392,42 @@ def test_parse_errors_are_flagged():
 
 def test_parse_patch_line_numbers():
     patch = "@@ -2,3 +2,4 @@ fn a\n x\n-y\n+y2\n+y3\n z\n\\ No newline at end of file\n"
-    lines = sc.parse_patch(patch)
+    lines = chunking.parse_patch(patch)
     assert [(l.tag, l.old, l.new) for l in lines] == [(" ", 2, 2), ("-", 3, 3), ("+", 4, 3), ("+", 4, 4), (" ", 4, 5)]
     assert lines[-1].tail == "\\ No newline at end of file"
 
 
 def test_module_names():
-    assert sc.python_module("src/shop/cart.py") == "shop.cart"
-    assert sc.python_module("pkg/__init__.py") == "pkg"
-    assert sc.rust_module_path("crates/m/src/a/b.rs", "crates/m") == ["a", "b"]
-    assert sc.rust_module_path("crates/m/src/a/mod.rs", "crates/m") == ["a"]
-    assert sc.rust_module_path("crates/m/tests/it.rs", "crates/m") == ["tests", "it"]
-    assert sc.crate_from_manifest(b'[package]\nname = "energy-market"\n') == "energy_market"
-    assert sc.crate_from_manifest(b'[package]\nname = "a"\n[lib]\nname = "b_lib"\n') == "b_lib"
-    assert sc.crate_from_manifest(b"[workspace]\n") is None
-    assert sc.crate_from_manifest(b"not toml [") is None
+    assert code_units.python_module("src/shop/cart.py") == "shop.cart"
+    assert code_units.python_module("pkg/__init__.py") == "pkg"
+    assert code_units.rust_module_path("crates/m/src/a/b.rs", "crates/m") == ["a", "b"]
+    assert code_units.rust_module_path("crates/m/src/a/mod.rs", "crates/m") == ["a"]
+    assert code_units.rust_module_path("crates/m/tests/it.rs", "crates/m") == ["tests", "it"]
+    assert code_units.crate_from_manifest(b'[package]\nname = "energy-market"\n') == "energy_market"
+    assert code_units.crate_from_manifest(b'[package]\nname = "a"\n[lib]\nname = "b_lib"\n') == "b_lib"
+    assert code_units.crate_from_manifest(b"[workspace]\n") is None
+    assert code_units.crate_from_manifest(b"not toml [") is None
+
+
+def test_located_units_for_a_code_index(make_repo):
+    """The library entry point of the code index: units of a file at a revision, with modules."""
+    repo, _ = build_rust_workspace(make_repo)
+    path = "crates/energy-market/src/dispute.rs"
+    with CatFile(repo.path) as objects:
+        modules = code_units.ModuleLookup(objects.read)
+        units = code_units.located_units(path, objects.read(f"HEAD:{path}"), modules, rev="HEAD")
+        first = history(repo.path)[0]
+        assert modules.crate_of(first, "crates/ledger/src/lib.rs") == ("ledger", "crates/ledger")
+        assert modules.file_module("HEAD", "README.md") is None
+    got = {(u.kind, u.symbol, u.module) for u in units}
+    assert ("method", "Market::settle", "energy_market::dispute") in got
+    assert ("test", "settles_zero", "energy_market::dispute::tests") in got
+    settle = next(u for u in units if u.symbol == "Market::settle")
+    lines = repo.git("show", f"HEAD:{path}").split("\n")
+    assert lines[settle.start - 1].strip().startswith("pub fn settle") and lines[settle.end - 1].strip() == "}"
+    # without a lookup: the module path from the file path alone (no crate), and no units for text files
+    assert [u.module for u in code_units.located_units("src/dispute.rs", b"fn a() {}\n")] == ["dispute"]
+    assert code_units.located_units("README.md", b"# x\n") == []
 
 
 # ---------------------------------------------------------------- exact chunk lists
@@ -510,7 +533,7 @@ def test_no_newline_at_end_truncated_patch_and_crlf(make_repo):
     change.patch = "\n".join(change.patch.split("\n")[:40]) + "\n"
     change.truncated = True
     with CatFile(repo.path) as objects:
-        (chunk,) = sc.chunk_commit(commit, objects)
+        (chunk,) = chunking.chunk_commit(commit, objects)
     assert (chunk.symbol, chunk.change_type) == ("g", "MODIFIED_FUNCTION")
     assert coverage_problems(commit, [chunk]) == []
 
@@ -585,7 +608,7 @@ def test_stage_matches_chunk_commit_and_is_deterministic(make_repo, tmp_path):
     sc.run(sc.Config(workers=1), paths)
     assert paths.chunks.read_bytes() == first
     with CatFile(repo.path) as objects:
-        expected = [c for commit in commits for c in sc.chunk_commit(commit, objects)]
+        expected = [c for commit in commits for c in chunking.chunk_commit(commit, objects)]
     assert list(iter_chunks(paths.chunks)) == expected
     stats = json.loads(paths.chunking_stats.read_text())
     assert stats["uncovered_lines"] == 0 and stats["duplicated_lines"] == 0
@@ -655,8 +678,6 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_config_yaml_section_loads():
-    from repo2model.config import load_config
-
     loaded = load_config(ROOT / "config.yaml", {"semantic_chunker": sc.Config}, strict_sections=False)
     assert isinstance(loaded["semantic_chunker"], sc.Config)
 
@@ -671,9 +692,9 @@ def test_coverage_on_this_repository():
     with CatFile(repo) as objects:
         for sha in shas:
             commit = commit_record(repo, sha)
-            chunks = sc.chunk_commit(commit, objects)
+            chunks = chunking.chunk_commit(commit, objects)
             assert coverage_problems(commit, chunks) == [], sha
-            small = sc.chunk_commit(commit, objects, sc.Config(max_chunk_size=10, min_chunk_size=4))
+            small = chunking.chunk_commit(commit, objects, sc.Config(max_chunk_size=10, min_chunk_size=4))
             assert coverage_problems(commit, small) == [], sha
             assert all(isinstance(c, Chunk) and c.kind in KINDS for c in chunks)
 
@@ -685,7 +706,7 @@ def test_file_versions_are_redacted(make_repo):
     assert "hunter2" not in chunk.after and "<REDACTED:password>" in chunk.after
     commit = commit_record(repo.path, sha)
     with CatFile(repo.path) as objects:
-        (plain,) = sc.chunk_commit(commit, objects, sc.Config(redact_secrets=False))
+        (plain,) = chunking.chunk_commit(commit, objects, sc.Config(redact_secrets=False))
     assert "hunter2hunter2" in plain.after
 
 
@@ -693,9 +714,6 @@ def test_file_versions_are_redacted(make_repo):
 
 
 def scrape_and_chunk(repo_path: Path, out: Path, workers: int = 2):
-    import git_scraper
-    from repo2model.artifacts import iter_commits
-
     paths = ArtifactPaths.under(out)
     git_scraper.run(git_scraper.Config(repo=repo_path), paths)
     sc.run(sc.Config(workers=workers), paths)
