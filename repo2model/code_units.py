@@ -22,16 +22,38 @@ Python: functions, methods (`Class.method`), classes (nested: `Outer.Inner`),
 `test_*` functions and `Test*` classes (and everything in them) as tests,
 import blocks, module-level UPPER_CASE constants. Functions nested in functions stay
 part of their outer function.
+
+Modules (`ModuleLookup`): Rust: the crate (nearest `Cargo.toml` with a `[package]`,
+`[lib] name` first, `-` -> `_`, read at the file's revision) plus the module path
+from the file path and nested `mod`s (`energy_market::dispute::tests`); Python: the
+dotted module path (`src/` dropped); other files inside a Rust crate: the crate;
+otherwise None.
+
+The whole description of one file version, for a code index of the current tree:
+
+    with CatFile(repo) as objects:
+        modules = ModuleLookup(objects.read)       # reads "<rev>:<folder>/Cargo.toml"
+        for unit in located_units(path, objects.read(f"HEAD:{path}"), modules, rev="HEAD"):
+            unit.kind, unit.symbol, unit.start, unit.end, unit.module
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
+import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import PurePosixPath
+from typing import Callable
+
+import tree_sitter
+import tree_sitter_python
+import tree_sitter_rust
 
 # Which languages have a parser here, by the `language` name the chunker uses.
 PARSED_LANGUAGES = ("rust", "python")
+_GRAMMARS = {"rust": tree_sitter_rust, "python": tree_sitter_python}
 
 _TEST_ATTRIBUTE = re.compile(rb"#\[\s*(?:[A-Za-z_][\w]*\s*::\s*)*(?:test|rstest|test_case|quickcheck|proptest)\b")
 _CFG_TEST = re.compile(rb"#\[\s*cfg\s*\(\s*test\s*\)\s*\]")
@@ -69,16 +91,10 @@ class FileUnits:
 
 
 @lru_cache(maxsize=None)
-def _parser(language: str):
-    import tree_sitter
-
-    if language == "rust":
-        import tree_sitter_rust as grammar
-    elif language == "python":
-        import tree_sitter_python as grammar
-    else:
+def _parser(language: str) -> tree_sitter.Parser:
+    if language not in _GRAMMARS:
         raise ValueError(f"no parser for {language}")
-    return tree_sitter.Parser(tree_sitter.Language(grammar.language()))
+    return tree_sitter.Parser(tree_sitter.Language(_GRAMMARS[language].language()))
 
 
 def parse(language: str, source: bytes):
@@ -315,3 +331,173 @@ class _PythonWalker(_Walker):
                     left = _text(target.child_by_field_name("left"))
                     if _CONST_NAME.match(left):
                         self.add("test" if in_tests else "const", "const", left, left, first, item, depth)
+
+
+# ---------------------------------------------------------------- languages and modules
+
+LANGUAGE_BY_SUFFIX = {
+    ".rs": "rust", ".py": "python", ".pyi": "python", ".md": "markdown", ".markdown": "markdown",
+    ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".js": "javascript",
+    ".mjs": "javascript", ".ts": "typescript", ".tsx": "typescript", ".jsx": "javascript",
+    ".go": "go", ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp",
+    ".sh": "shell", ".bash": "shell", ".sql": "sql", ".proto": "protobuf", ".html": "html",
+    ".css": "css", ".txt": "text", ".rst": "rst", ".cfg": "ini", ".ini": "ini", ".lock": "lockfile",
+    ".sol": "solidity", ".nix": "nix", ".dockerfile": "dockerfile",
+}
+LANGUAGE_BY_NAME = {"Dockerfile": "dockerfile", "Makefile": "make", "Cargo.lock": "lockfile"}
+
+
+def language_of(path: str) -> str:
+    """The chunk `language` of a path: by file name, then by suffix; `text` otherwise."""
+    name = posixpath.basename(path)
+    if name in LANGUAGE_BY_NAME:
+        return LANGUAGE_BY_NAME[name]
+    return LANGUAGE_BY_SUFFIX.get(posixpath.splitext(name)[1].lower(), "text")
+
+
+def python_module(path: str) -> str | None:
+    """src/shop/cart.py -> shop.cart; pkg/__init__.py -> pkg."""
+    parts = list(PurePosixPath(path).with_suffix("").parts)
+    if parts and parts[0] == "src" and len(parts) > 1:
+        parts = parts[1:]
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) or None
+
+
+def rust_module_path(path: str, crate_dir: str | None) -> list[str]:
+    """Module path of a Rust file inside its crate: src/market/dispute.rs -> [market, dispute]."""
+    parts = list(PurePosixPath(path).with_suffix("").parts)
+    if crate_dir:
+        parts = parts[len(PurePosixPath(crate_dir).parts):]
+    if parts and parts[0] == "src":
+        parts = parts[1:]
+    if parts and parts[-1] in ("lib", "main", "mod"):
+        parts = parts[:-1]
+    return parts
+
+
+_CRATE_NAME_CACHE: dict[bytes, str | None] = {}
+
+
+def crate_from_manifest(data: bytes) -> str | None:
+    """The crate name a Cargo.toml declares (`[lib] name` or `[package] name`, `-` -> `_`), else None."""
+    if data in _CRATE_NAME_CACHE:
+        return _CRATE_NAME_CACHE[data]
+    try:
+        manifest = tomllib.loads(data.decode("utf-8", "replace"))
+    except tomllib.TOMLDecodeError:
+        manifest = {}
+    name = None
+    package = manifest.get("package")
+    if isinstance(package, dict) and isinstance(package.get("name"), str):
+        lib = manifest.get("lib")
+        name = lib["name"] if isinstance(lib, dict) and isinstance(lib.get("name"), str) else package["name"]
+        name = name.replace("-", "_")
+    if len(_CRATE_NAME_CACHE) > 4096:
+        _CRATE_NAME_CACHE.clear()
+    _CRATE_NAME_CACHE[data] = name
+    return name
+
+
+def manifest_names(rev: str, path: str) -> list[str]:
+    """The `<rev>:<folder>/Cargo.toml` object names above `path`, nearest first.
+
+    A folder whose name holds a newline cannot be asked for through `git cat-file --batch`
+    (one name per line): it is left out, as if it had no Cargo.toml.
+    """
+    names = []
+    folder = posixpath.dirname(path)
+    while True:
+        if "\n" not in folder:
+            names.append(f"{rev}:{folder}/Cargo.toml" if folder else f"{rev}:Cargo.toml")
+        if not folder:
+            return names
+        folder = posixpath.dirname(folder)
+
+
+def join_module(file_module: str | None, modpath: tuple[str, ...], path: str) -> str | None:
+    """A unit's module: its file's module plus the `mod`s around it (Rust `::`, Python `.`)."""
+    if not modpath:
+        return file_module
+    separator = "::" if path.endswith(".rs") else "."
+    return separator.join(([file_module] if file_module else []) + list(modpath))
+
+
+class ModuleLookup:
+    """Modules of files at revisions, reading each Cargo.toml once per (revision, folder).
+
+    `read(name)` returns the bytes of a `<rev>:<path>` object name, or None when there is
+    none (a `CatFile.read`, or a function reading a working tree).
+    """
+
+    def __init__(self, read: Callable[[str], bytes | None]):
+        self.read = read
+        self._crates: dict[tuple[str, str], tuple[str, str] | None] = {}
+
+    def crate_of(self, rev: str | None, path: str) -> tuple[str | None, str | None]:
+        """(crate name, crate folder) of the nearest Cargo.toml with a [package] at `rev`."""
+        if rev is None:
+            return None, None
+        folder = posixpath.dirname(path)
+        chain = []
+        while True:
+            key = (rev, folder)
+            if key in self._crates:
+                found = self._crates[key]
+                break
+            chain.append(key)
+            data = None if "\n" in folder else self.read(f"{rev}:{folder}/Cargo.toml" if folder else f"{rev}:Cargo.toml")
+            name = crate_from_manifest(data) if data is not None else None
+            if name is not None:
+                found = (name, folder)
+                break
+            if not folder:
+                found = None
+                break
+            folder = posixpath.dirname(folder)
+        for key in chain:
+            self._crates[key] = found
+        return found if found is not None else (None, None)
+
+    def file_module(self, rev: str | None, path: str, language: str | None = None) -> str | None:
+        """The module of the file `path` at `rev` (see the module docstring)."""
+        language = language or language_of(path)
+        if language == "python":
+            return python_module(path)
+        crate, crate_dir = self.crate_of(rev, path)
+        if language == "rust":
+            parts = rust_module_path(path, crate_dir)
+            return "::".join(([crate] if crate else []) + parts) or None
+        return crate
+
+
+@dataclass(frozen=True)
+class LocatedUnit:
+    """One unit of one file version, with the module it lives in."""
+
+    kind: str
+    symbol: str
+    name: str
+    start: int  # 1-based first line, attributes and doc comments included
+    end: int  # last line, inclusive
+    depth: int
+    module: str | None
+
+
+def located_units(path: str, source: bytes, modules: ModuleLookup | None = None, rev: str | None = "HEAD",
+                  split_threshold: int = 200) -> list[LocatedUnit]:
+    """The units of the file `path` with content `source` (at `rev`, for its crate), in file order.
+
+    Files in languages without a parser give no units. Without `modules`, Rust modules
+    lack the crate name (no Cargo.toml is read).
+    """
+    language = language_of(path)
+    if language not in PARSED_LANGUAGES:
+        return []
+    units = extract_units(language, source, split_threshold=split_threshold, test_file=is_test_file(language, path))
+    file_module = (modules or ModuleLookup(lambda name: None)).file_module(rev, path, language)
+    return [
+        LocatedUnit(u.kind, u.symbol, u.name, u.start, u.end, u.depth, join_module(file_module, u.modpath, path))
+        for u in units.units
+    ]
