@@ -1,7 +1,9 @@
 """Where each artifact lives, derived from the pipeline's output folder.
 
 Stage CLIs override single paths (`--output`, `--commits`, ...) with
-`dataclasses.replace(paths, commits=...)`.
+`dataclasses.replace(paths, commits=...)`. Stage code takes every artifact
+path from here (never `out / "commits.json"`): with `pipeline.compress` the
+JSON-lines artifacts are `commits.json.zst` and `chunks.jsonl.zst`.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ class ArtifactPaths:
     state: Path
 
     @classmethod
-    def under(cls, output_dir: Path | str, log_file: Path | None = None) -> "ArtifactPaths":
+    def under(cls, output_dir: Path | str, log_file: Path | None = None, compress: bool | None = None) -> "ArtifactPaths":
+        """The artifacts under `output_dir`. `compress`: zstd names for commits and chunks (True),
+        plain names (False), or None: whichever of the two is there (plain when neither is),
+        for reading a folder without knowing the config that wrote it."""
         out = Path(output_dir)
         return cls(
             output_dir=out,
-            commits=out / "commits.json",
-            chunks=out / "chunks.jsonl",
+            commits=_jsonl_name(out / "commits.json", compress),
+            chunks=_jsonl_name(out / "chunks.jsonl", compress),
             chunking_stats=out / "chunking_stats.json",
             tokenizer_dir=out / "tokenizer",
             vocab=out / "vocab.json",
@@ -59,6 +64,13 @@ class ArtifactPaths:
 
     def split_data(self, split: str) -> Path:
         return {"train": self.train_data, "val": self.val_data, "test": self.test_data}[split]
+
+
+def _jsonl_name(plain: Path, compress: bool | None) -> Path:
+    packed = plain.with_name(plain.name + ".zst")
+    if compress is None:
+        return packed if packed.exists() and not plain.exists() else plain
+    return packed if compress else plain
 
 
 def tokenizer_dir_for_vocab(vocab: Path) -> Path:

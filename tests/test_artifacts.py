@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import pytest
+import zstandard
 
 from repo2model.artifacts import (
     CommitsWriter,
@@ -17,7 +19,10 @@ from repo2model.artifacts import (
     iter_jsonl,
     load_pt,
     read_commits_metadata,
+    read_json,
+    remove_stale_temporaries,
     save_pt,
+    write_json,
     write_jsonl,
 )
 from repo2model.errors import UserError
@@ -82,6 +87,11 @@ def test_killed_writer_leaves_previous_file(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script])
     assert proc.returncode == -9
     assert list(iter_jsonl(path)) == [{"n": 0}]
+    # The killed writer's temporary is what the next run cleans up, and nothing else.
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "out.jsonl")
+    assert len(leftovers) == 1 and leftovers[0].startswith(".out.jsonl.") and leftovers[0].endswith(".tmp")
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / leftovers[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
 
 def test_truncated_artifacts_are_user_errors(tmp_path):
@@ -125,3 +135,105 @@ def test_unwritable_folder_is_user_error(tmp_path):
     with pytest.raises(UserError, match="output folder"):
         with atomic_open(target) as fh:
             fh.write("x")
+
+
+def test_stale_temporaries_only_our_own_names(tmp_path):
+    ours = [".commits.json.k3x_9q2a.tmp", ".model.abcdefgh.tmp", ".adapter.a1b2c3d4.tmp.safetensors", ".tokenizer.old-4242"]
+    theirs = [".pipeline_state.json", ".notes.tmp", ".x.short.tmp", "commits.json", "data.tmp", ".gitignore"]
+    for name in ours[:3] + theirs:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ours[3]).mkdir()
+    (tmp_path / ours[3] / "vocab.json").write_text("{}")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / ours[0]).write_text("x")  # only the folder named, not below it
+    assert sorted(p.name for p in remove_stale_temporaries(tmp_path)) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs + ["sub"])
+    assert (sub / ours[0]).exists()
+    assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+# ---------------------------------------------------------------- zstd
+
+
+def write_commits(path, count: int) -> None:
+    with CommitsWriter(path) as writer:
+        for i in range(count):
+            writer.add(commit_record(i))
+        writer.metadata = {"total_commits": count}
+
+
+def test_zst_artifacts_round_trip_like_plain_ones(tmp_path):
+    plain, packed = tmp_path / "commits.json", tmp_path / "commits.json.zst"
+    write_commits(plain, 5)
+    write_commits(packed, 5)
+    assert zstandard.ZstdDecompressor().stream_reader(packed.open("rb")).read() == plain.read_bytes()
+    assert packed.stat().st_size < plain.stat().st_size
+    assert list(iter_commit_dicts(packed)) == list(iter_commit_dicts(plain)) == [commit_record(i) for i in range(5)]
+    assert read_commits_metadata(packed) == {"total_commits": 5}
+
+    records = [{"commit": f"{i:040x}", "text": "\u00e9" * i} for i in range(50)]
+    assert write_jsonl(tmp_path / "chunks.jsonl.zst", records) == 50
+    assert list(iter_jsonl(tmp_path / "chunks.jsonl.zst")) == records
+    write_json(tmp_path / "stats.json.zst", {"a": [1, 2]})
+    assert read_json(tmp_path / "stats.json.zst") == {"a": [1, 2]}
+    with atomic_open(tmp_path / "blob.bin.zst", "wb") as fh:
+        fh.write(b"\x00\xff" * 1000)
+    assert zstandard.ZstdDecompressor().stream_reader((tmp_path / "blob.bin.zst").open("rb")).read() == b"\x00\xff" * 1000
+
+
+def test_zst_output_is_deterministic(tmp_path):
+    write_commits(tmp_path / "a.json.zst", 200)
+    write_commits(tmp_path / "b.json.zst", 200)
+    assert (tmp_path / "a.json.zst").read_bytes() == (tmp_path / "b.json.zst").read_bytes()
+
+
+def test_cut_off_or_corrupt_zst_is_a_user_error(tmp_path):
+    path = tmp_path / "chunks.jsonl.zst"
+    records = [{"n": i, "pad": f"{i * 7919 % 104729:x}" * 40} for i in range(20000)]
+    write_jsonl(path, records)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # zstandard.open would read this as a shorter file
+    with pytest.raises(UserError, match=r"chunks.jsonl.zst: corrupt or cut-off zstd data .*rerun the semantic_chunker stage"):
+        list(iter_jsonl(path))
+    path.write_bytes(b"not zstd at all\n")
+    with pytest.raises(UserError, match="corrupt or cut-off zstd data"):
+        list(iter_jsonl(path))
+    commits = tmp_path / "commits.json.zst"
+    write_commits(commits, 3)
+    commits.write_bytes(commits.read_bytes()[:-6])  # the checksum is cut
+    with pytest.raises(UserError, match="rerun the git_scraper stage"):
+        list(iter_commit_dicts(commits))
+
+
+def test_failed_zst_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "chunks.jsonl.zst"
+    write_jsonl(path, [{"n": 1}])
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError):
+        with atomic_open(path) as fh:
+            fh.write("{}\n" * 1000)
+            raise RuntimeError("boom")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks.jsonl.zst"]
+
+
+def test_zst_reading_streams_in_constant_memory(tmp_path):
+    """Reading a compressed file holds a block at a time, not the whole file."""
+    path = tmp_path / "chunks.jsonl.zst"
+    line = {"commit": "0" * 40, "text": "x" * 2000}
+    with atomic_open(path) as fh:
+        for _ in range(20000):  # 40 MB of text
+            fh.write(json.dumps(line) + "\n")
+    tracemalloc.start()
+    count = sum(1 for _ in iter_jsonl(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert count == 20000
+    assert peak < 4_000_000, peak
+
+
+def test_missing_artifact_names_its_other_format(tmp_path):
+    write_commits(tmp_path / "commits.json.zst", 1)
+    with pytest.raises(UserError, match=r"commits.json: not found \(commits.json.zst is there: pipeline.compress"):
+        read_commits_metadata(tmp_path / "commits.json")
