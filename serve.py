@@ -1,4 +1,4 @@
-"""An HTTP JSON service around predict.py, for n8n's HTTP Request node (or curl).
+"""An HTTP JSON service around the predictor (repo2model.prediction), for n8n's HTTP Request node (or curl).
 
     python serve.py --model outputs/model --port 8765
     curl -s localhost:8765/health
@@ -12,7 +12,7 @@ Endpoints
                                        temperature, top_p, top_k, max_files, file_ranking}, "seed": int}
                     exactly one of `repo` (a local repository: its last commits are scraped and chunked
                     on the fly) and `commits` (commits.json records, oldest first, each optionally with
-                    its "chunks"); reply: predict.py's JSON.
+                    its "chunks"); reply: the prediction JSON (as predict.py prints it).
 Errors are JSON {"error": "...", "status": code}: 400 invalid JSON, 401 missing/wrong bearer token,
 403 repository outside allowed_repo_roots, 404, 405, 408 body shorter than its Content-Length (after
 socket_timeout_s), 411 no Content-Length, 413 body too large,
@@ -51,10 +51,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import predict
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
-from repo2model.config import load_config
 from repo2model.errors import UserError
+from repo2model.history import history_from_records, history_from_repo, load_history_sections
+from repo2model.prediction import (
+    MAX_TASK_CHARS,
+    Predictor,
+    add_decoding_arguments,
+    config_from_args,
+    load_prediction_config,
+    with_options,
+)
 
 SECTION = "serve"
 log = logging.getLogger("serve")
@@ -124,8 +131,8 @@ class Service:
         task = body.get("task")
         if not isinstance(task, str) or not task.strip():
             raise RequestError(422, "task: required, a non-empty string")
-        if len(task) > predict.MAX_TASK_CHARS:
-            raise RequestError(422, f"task: longer than {predict.MAX_TASK_CHARS} characters")
+        if len(task) > MAX_TASK_CHARS:
+            raise RequestError(422, f"task: longer than {MAX_TASK_CHARS} characters")
         seed = body.get("seed", 42)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
             raise RequestError(422, "seed: must be an integer in [0, 2^32)")
@@ -142,7 +149,7 @@ class Service:
             if len(commits) > self.cfg.max_history_commits:
                 raise RequestError(422, f"commits: more than {self.cfg.max_history_commits} records")
             try:
-                history = predict.history_from_records(commits)
+                history = history_from_records(commits)
             except ValueError as exc:
                 raise RequestError(422, str(exc)) from None
         with self.lock:
@@ -155,7 +162,7 @@ class Service:
         if options is None:
             return {}
         try:
-            predict.with_options(self.predictor.cfg, options)
+            with_options(self.predictor.cfg, options)
         except ValueError as exc:
             raise RequestError(422, str(exc)) from None
         limits = {"max_new_tokens": self.cfg.max_new_tokens_limit, "num_candidates": self.cfg.max_candidates_limit,
@@ -173,7 +180,7 @@ class Service:
         if roots and not any(path == r or r in path.parents for r in roots):
             raise RequestError(403, f"repo: {path} is outside the allowed repository roots")
         try:
-            return predict.history_from_repo(path, count, self.scraper_cfg, self.chunker_cfg)
+            return history_from_repo(path, count, self.scraper_cfg, self.chunker_cfg)
         except UserError as exc:
             raise RequestError(422, f"repo: {exc}") from None
 
@@ -311,22 +318,19 @@ def _stop(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_argument(parser)
-    predict.add_decoding_arguments(parser)
+    add_decoding_arguments(parser)
     parser.add_argument("--host", help="override serve.host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="override serve.port (default 8765)")
     args = parser.parse_args(argv)
     cfg, _, paths = load_stage(args, SECTION, Config)
-    prediction = predict.Config()
-    if args.config is not None:
-        prediction = load_config(args.config, {"prediction": predict.Config}, strict_sections=False)["prediction"]
-    prediction = predict.config_from_args(prediction, args)
+    prediction = config_from_args(load_prediction_config(args.config), args)
     overrides = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k) is not None}
     cfg = apply_overrides(cfg, SECTION, overrides)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.bearer_token():
         log.warning("listening on %s without a bearer token: anyone who can reach it can use the model "
                     "(set %s)", cfg.host, cfg.token_env)
-    scraper_cfg, chunker_cfg = predict.load_history_sections(args.config)
-    predictor = predict.Predictor.load(prediction.model_dir or paths.model_dir, prediction, paths=paths)
+    scraper_cfg, chunker_cfg = load_history_sections(args.config)
+    predictor = Predictor.load(prediction.model_dir or paths.model_dir, prediction, paths=paths)
     server = make_server(Service(predictor, cfg, scraper_cfg, chunker_cfg))
     host, port = server.server_address[:2]
     log.info("serving %s on http://%s:%d (POST /predict, GET /health)%s", predictor.model_dir, host, port,

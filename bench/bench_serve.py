@@ -31,12 +31,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import helpers_predict as H
-    import predict
     import serve
+    from repo2model.history import history_from_records
+    from repo2model.prediction import PredictionConfig, Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer, lang, _, _ = H.trained_predictor_parts(Path(tmp))
-        predictor = predict.Predictor(model, tokenizer, lang, predict.Config(max_new_tokens=args.max_new_tokens))
+        predictor = Predictor(model, tokenizer, lang, PredictionConfig(max_new_tokens=args.max_new_tokens))
         history = H.fixture_history()
         records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]} for c, chunks in history]
         predictor.predict(history, H.TASK)  # warm-up
@@ -50,7 +51,7 @@ def main() -> None:
         def call_direct() -> None:
             nonlocal direct_s, direct
             started = time.perf_counter()
-            direct = predictor.predict(predict.history_from_records(records), H.TASK)
+            direct = predictor.predict(history_from_records(records), H.TASK)
             direct_s += time.perf_counter() - started
 
         direct = None

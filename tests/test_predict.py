@@ -1,4 +1,5 @@
-"""predict.py on a tiny real model trained in the test: generation, parsing, ranking, options, history."""
+"""The prediction library and predict.py on a tiny real model trained in the test: generation, parsing, ranking,
+options, history."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import pytest
 
 import helpers_predict as H
 import predict
+from repo2model import history as history_lib
+from repo2model import prediction
 from repo2model.artifacts import CommitsWriter, write_jsonl
+from repo2model.models import INFO_FILE, merge_adapter, trained_length
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +26,8 @@ def learned(tmp_path_factory):
 def predictor(learned, **cfg):
     """Generation-only ranking unless asked (the generation tests); the likelihood tests ask for theirs."""
     cfg.setdefault("file_ranking", "generation")
-    return predict.Predictor(learned["model"], learned["tokenizer"], learned["lang"],
-                             predict.Config(max_new_tokens=120, **cfg))
+    return prediction.Predictor(learned["model"], learned["tokenizer"], learned["lang"],
+                             prediction.PredictionConfig(max_new_tokens=120, **cfg))
 
 
 def test_greedy_prediction_recovers_the_learned_change(learned):
@@ -61,8 +65,8 @@ def test_sampling_ranks_across_candidates_and_is_seeded(learned):
 
 def test_untrained_model_gives_malformed_candidates_not_a_crash(learned):
     model = H.tiny_llama(learned["tokenizer"], seed=3)
-    p = predict.Predictor(model, learned["tokenizer"], learned["lang"],
-                          predict.Config(max_new_tokens=30, decoding="sample", num_candidates=3))
+    p = prediction.Predictor(model, learned["tokenizer"], learned["lang"],
+                          prediction.PredictionConfig(max_new_tokens=30, decoding="sample", num_candidates=3))
     out = p.predict(H.fixture_history(), H.TASK)
     assert len(out["candidates"]) == 3
     assert out["malformed_candidates"] == 3
@@ -73,10 +77,10 @@ def test_parse_generation_reports_problems():
     from repo2model.commit_language import CommitLanguage
 
     lang = CommitLanguage()
-    cut = predict.parse_generation(lang, "<FILE>a.py\n<CHANGE:new_function>f\n<CODE>def f(")
+    cut = prediction.parse_generation(lang, "<FILE>a.py\n<CHANGE:new_function>f\n<CODE>def f(")
     assert cut["malformed"] and cut["files"][0]["path"] == "a.py"
     assert any("COMMIT_END" in p for p in cut["problems"])
-    empty = predict.parse_generation(lang, "garbage")
+    empty = prediction.parse_generation(lang, "garbage")
     assert empty["malformed"] and empty["files"] == []
 
 
@@ -86,20 +90,20 @@ def test_rank_candidates_by_hand():
             {"path": p, "module": None, "changes": [{"change_type": "NEW_FUNCTION", "symbol": p[0], "code": "x"}]}
             for p in paths]}
 
-    ranked = predict.rank_candidates([cand(0.6, "a", "b"), cand(0.2, "b", "c"), cand(0.2, "a")], max_files=2)
+    ranked = prediction.rank_candidates([cand(0.6, "a", "b"), cand(0.2, "b", "c"), cand(0.2, "a")], max_files=2)
     assert [(f["path"], f["score"], f["votes"]) for f in ranked["files"]] == [("a", 0.8, 2), ("b", 0.8, 2)]
     assert ranked["symbols"] == ["a", "b"]
     assert ranked["code_sketch"].startswith("# a NEW_FUNCTION a")
 
 
 def test_options_are_validated():
-    cfg = predict.Config()
-    assert predict.with_options(cfg, {"max_new_tokens": 10}).max_new_tokens == 10
+    cfg = prediction.PredictionConfig()
+    assert prediction.with_options(cfg, {"max_new_tokens": 10}).max_new_tokens == 10
     for options, word in [({"bogus": 1}, "options.bogus"), ({"max_new_tokens": "5"}, "options.max_new_tokens"),
                           ({"max_new_tokens": 0}, "options.max_new_tokens"), ({"decoding": "magic"}, "decoding"),
                           ({"top_p": 2.0}, "options.top_p"), ([1], "options")]:
         with pytest.raises(ValueError, match=word.replace(".", r"\.")):
-            predict.with_options(cfg, options)
+            prediction.with_options(cfg, options)
 
 
 def test_history_from_artifacts_takes_the_last_commits_with_their_chunks(tmp_path):
@@ -109,12 +113,12 @@ def test_history_from_artifacts_takes_the_last_commits_with_their_chunks(tmp_pat
             writer.add(c)
         writer.metadata = {"total_commits": 2}
     write_jsonl(tmp_path / "chunks.jsonl", [ch for _, chunks in history for ch in chunks])
-    last = predict.history_from_artifacts(tmp_path / "commits.json", tmp_path / "chunks.jsonl", 1)
+    last = history_lib.history_from_artifacts(tmp_path / "commits.json", tmp_path / "chunks.jsonl", 1)
     assert [(c.hash, [ch.symbol for ch in chunks]) for c, chunks in last] == [(history[1][0].hash, ["test_parse"])]
     records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]} for c, chunks in history]
-    assert predict.history_from_records(records) == history
+    assert history_lib.history_from_records(records) == history
     with pytest.raises(ValueError, match=r"commits\[0\]"):
-        predict.history_from_records([{"hash": "x"}])
+        history_lib.history_from_records([{"hash": "x"}])
 
 
 # ---------------------------------------------------------------- every model folder train_model writes
@@ -128,12 +132,10 @@ def save_model_folder(learned, folder):
 
 
 def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
-    import train_model
-
     from peft import LoraConfig, get_peft_model
 
     expected = predictor(learned, file_ranking="both").predict(H.fixture_history(), H.TASK)["files"]
-    cfg = predict.Config(max_new_tokens=120)  # the default ranking: likelihood, then generation's own files
+    cfg = prediction.PredictionConfig(max_new_tokens=120)  # the default ranking: likelihood, then generation's own files
 
     scratch = save_model_folder(learned, tmp_path / "scratch")
     base = save_model_folder(learned, tmp_path / "base")
@@ -143,11 +145,11 @@ def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
     peft_model.save_pretrained(str(adapter_dir))  # LoRA B starts at zero: the adapter changes nothing
     learned["tokenizer"].save_pretrained(str(adapter_dir))
     learned["lang"].save(adapter_dir)
-    (adapter_dir / train_model.INFO_FILE).write_text(json.dumps({"mode": "lora", "base_model": str(base)}))
-    merged = train_model.merge_adapter(adapter_dir, adapter_dir / "merged")
+    (adapter_dir / INFO_FILE).write_text(json.dumps({"mode": "lora", "base_model": str(base)}))
+    merged = merge_adapter(adapter_dir, adapter_dir / "merged")
 
     for folder in (scratch, adapter_dir, merged):
-        loaded = predict.Predictor.load(folder, cfg)
+        loaded = prediction.Predictor.load(folder, cfg)
         out = loaded.predict(H.fixture_history(), H.TASK)
         assert [f["path"] for f in out["files"]] == [f["path"] for f in expected], folder
         for got, want in zip(out["files"], expected):  # the cache path works through peft and merged weights
@@ -195,9 +197,9 @@ def test_cli_predicts_from_commits_json(learned, tmp_path, capsys):
 
 def test_prompt_budget_follows_the_trained_length(learned, tmp_path):
     (tmp_path / "training_info.json").write_text(json.dumps({"seq_len": 200}))
-    assert predict.trained_length(tmp_path) == 200
-    assert predict.trained_length(tmp_path / "merged") == 200  # merged weights sit inside the adapter folder
-    p = predict.Predictor(learned["model"], learned["tokenizer"], learned["lang"], predict.Config(max_new_tokens=120),
+    assert trained_length(tmp_path) == 200
+    assert trained_length(tmp_path / "merged") == 200  # merged weights sit inside the adapter folder
+    p = prediction.Predictor(learned["model"], learned["tokenizer"], learned["lang"], prediction.PredictionConfig(max_new_tokens=120),
                           trained_length=200)
     assert p.context_window(p.cfg) == 80
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -250,7 +252,7 @@ def test_continuation_is_the_training_file_header(learned):
 @pytest.mark.parametrize("batch_size", [1, 2, 16])
 def test_batched_cached_scores_equal_a_direct_computation(learned, batch_size):
     p = predictor(learned)
-    cfg = predict.Config(rank_batch_size=batch_size, rank_score="sum")
+    cfg = prediction.PredictionConfig(rank_batch_size=batch_size, rank_score="sum")
     scored = p.score_files(learned["prompt"], CANDIDATES, cfg)
     conts = p.file_continuations(CANDIDATES)
     assert [s["path"] for s in scored] == [path for path, _ in CANDIDATES]
@@ -258,7 +260,7 @@ def test_batched_cached_scores_equal_a_direct_computation(learned, batch_size):
         assert entry["tokens"] == len(ids)
         assert entry["logprob"] == pytest.approx(direct_logprob(learned["model"], learned["prompt"], ids), abs=1e-4)
         assert entry["rank_value"] == entry["logprob"]
-    mean = p.score_files(learned["prompt"], CANDIDATES, predict.Config(rank_score="mean"))
+    mean = p.score_files(learned["prompt"], CANDIDATES, prediction.PredictionConfig(rank_score="mean"))
     assert [m["rank_value"] for m in mean] == pytest.approx([s["logprob"] / s["tokens"] for s in scored])
 
 
@@ -277,9 +279,9 @@ def test_both_puts_scored_files_first_then_generation_only_files(learned):
     assert len(out["candidates"]) == 1 and "def strip(s)" in out["code_sketch"]
     capped = predictor(learned, file_ranking="both", max_files=2).predict(history, H.TASK)
     assert [f["path"] for f in capped["files"]] == ["pkg/parse.py", "tests/test_parse.py"]
-    wider = predict.CandidatePool()
+    wider = prediction.CandidatePool()
     wider.add_commit([("pkg/strip.py", "pkg.strip")])  # known from an older commit: now scored, not appended
-    predict.pool_from_history(history, wider)
+    prediction.pool_from_history(history, wider)
     out = predictor(learned, file_ranking="both").predict(history, H.TASK, pool=wider)
     assert out["file_ranking"]["files_scored"] == 3 and all("logprob" in f for f in out["files"])
     assert out["files"][0]["path"] == "pkg/parse.py"
@@ -293,14 +295,14 @@ def test_merge_rankings_by_hand():
                  "symbols": ["f"], "code_sketch": "x"}
     scored = [{"path": "a.py", "module": "a", "logprob": -3.0, "tokens": 3, "rank_value": -1.0},
               {"path": "b.py", "module": "b", "logprob": -2.0, "tokens": 1, "rank_value": -2.0}]
-    merged = predict.merge_rankings(scored, generated, max_files=10)
+    merged = prediction.merge_rankings(scored, generated, max_files=10)
     assert [(f["path"], f["score"], f.get("logprob")) for f in merged["files"]] == [
         ("a.py", 0.0, -3.0), ("b.py", 0.3, -2.0), ("new.py", 0.7, None)]
     assert merged["modules"] == ["a", "b"] and merged["symbols"] == ["f"] and merged["code_sketch"] == "x"
 
 
 def test_candidate_pool_alternates_recent_and_frequent():
-    pool = predict.CandidatePool()
+    pool = prediction.CandidatePool()
     for files in (["often.py", "old.py"], ["often.py"], ["often.py", "mid.py"], ["new.py"]):
         pool.add_commit([(f, None) for f in files])
     assert [p for p, _ in pool.top(10)] == ["new.py", "often.py", "mid.py", "old.py"]
@@ -310,10 +312,10 @@ def test_candidate_pool_alternates_recent_and_frequent():
 
 
 def test_ranking_options_are_validated():
-    assert predict.with_options(predict.Config(), {"file_ranking": "likelihood"}).file_ranking == "likelihood"
+    assert prediction.with_options(prediction.PredictionConfig(), {"file_ranking": "likelihood"}).file_ranking == "likelihood"
     with pytest.raises(ValueError, match="options.file_ranking"):
-        predict.with_options(predict.Config(), {"file_ranking": "votes"})
+        prediction.with_options(prediction.PredictionConfig(), {"file_ranking": "votes"})
     for bad, word in [({"rank_candidates": 0}, "rank_candidates"), ({"rank_score": "max"}, "rank_score"),
                       ({"rank_batch_size": 0}, "rank_batch_size")]:
         with pytest.raises(ValueError, match=word):
-            predict.Config(**bad)
+            prediction.PredictionConfig(**bad)

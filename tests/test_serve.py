@@ -9,8 +9,8 @@ import threading
 import pytest
 
 import helpers_predict as H
-import predict
 import serve
+from repo2model.prediction import PredictionConfig, Predictor
 
 TOKEN = "s3cret-token"
 
@@ -19,7 +19,7 @@ TOKEN = "s3cret-token"
 def learned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("learned")
     model, tokenizer, lang, _, _ = H.trained_predictor_parts(folder)
-    return predict.Predictor(model, tokenizer, lang, predict.Config(max_new_tokens=120), model_dir=folder)
+    return Predictor(model, tokenizer, lang, PredictionConfig(max_new_tokens=120), model_dir=folder)
 
 
 def start(predictor, **cfg):
