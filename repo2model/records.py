@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
+import typing
 from dataclasses import dataclass, field
 
 # Why a file's patch is null.
@@ -138,3 +140,85 @@ class Chunk:
 _FILE_FIELDS = {f.name for f in dataclasses.fields(FileChange)}
 _COMMIT_FIELDS = {f.name for f in dataclasses.fields(Commit)}
 _CHUNK_FIELDS = {f.name for f in dataclasses.fields(Chunk)}
+
+
+# ---------------------------------------------------------------- checking records read back
+
+
+def shape_error(cls: type, record: object) -> str | None:
+    """What is wrong with `record` (a dict read from JSON) as a `cls` (Commit, FileChange, Chunk, Person):
+    `"files[2].additions: expected int, got str"`, or None when it fits.
+
+    Checks every field a reader relies on: the required ones are present, and each
+    field present has the declared type (extra fields are allowed).
+    """
+    return _shape_error(cls, record, "")
+
+
+def _shape_error(expected: object, value: object, where: str) -> str | None:
+    name = where or "record"
+    if dataclasses.is_dataclass(expected):
+        if not isinstance(value, dict):
+            return f"{name}: expected an object, got {_json_type(value)}"
+        for f in dataclasses.fields(expected):
+            inner = f"{where}.{f.name}" if where else f.name
+            if f.name not in value:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    return f"{inner}: missing"
+                continue
+            problem = _shape_error(_hints(expected)[f.name], value[f.name], inner)
+            if problem:
+                return problem
+        return None
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        problems = [_shape_error(a, value, where) for a in options]
+        return None if None in problems else problems[0]
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{name}: expected a list, got {_json_type(value)}"
+        for i, item in enumerate(value):
+            problem = _shape_error(args[0], item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{name}: expected an object, got {_json_type(value)}"
+        for key, item in value.items():
+            problem = _shape_error(args[1], item, f"{where}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, type) and issubclass(expected, enum.Enum):
+        if value not in {m.value for m in expected}:
+            allowed = ", ".join(m.value for m in expected)
+            return f"{name}: expected one of {allowed}, got {json_repr(value)}"
+        return None
+    if expected is int and (not isinstance(value, int) or isinstance(value, bool)):
+        return f"{name}: expected int, got {_json_type(value)}"
+    if expected in (str, bool) and not isinstance(value, expected):
+        return f"{name}: expected {expected.__name__}, got {_json_type(value)}"
+    return None
+
+
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "list", str: "str", bool: "bool", int: "int", float: "float",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def json_repr(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_HINTS: dict[type, dict] = {}
+
+
+def _hints(cls: type) -> dict:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]

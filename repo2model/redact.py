@@ -1,4 +1,4 @@
-"""Secret redaction for text that leaves the repository (patches, commit messages).
+"""Secret redaction for text that leaves the repository (patches, commit messages, file paths).
 
 A found secret is replaced by a typed placeholder, `<REDACTED:aws_access_key>`,
 before anything is written. Redaction never changes the number of lines of the
@@ -8,6 +8,9 @@ text, and keeps each line's first character when it is a unified-diff marker
     redactor = Redactor(extra_patterns={"internal_token": r"itk_[0-9a-f]{32}"},
                         allowlist=[r".*EXAMPLE.*"])
     text, counts = redactor.redact(text)     # counts: {"aws_access_key": 1, ...}
+    text, counts = redactor.redact(patch, path="deploy/.env")   # + env-file values (below)
+    path, counts = redactor.redact_path("keys/AKIAQ3EGRSTUV7WXYZ24.txt")
+                                             # -> "keys/<REDACTED:aws_access_key>.txt"
 
 What is found (the type names are the placeholders' and the metadata's keys):
 - `private_key`: PEM/OpenSSH private key blocks, from the BEGIN line to the END
@@ -27,6 +30,16 @@ What is found (the type names are the placeholders' and the metadata's keys):
   identifier), `aws_secret_key` next to an `aws` name, else `generic_secret`
   when the value looks random (16+ characters, Shannon entropy >= 3.2 bits per
   character, at least two character classes).
+- `env_secret`: in env-style files (`.env`, `.env.*`, `*.env`, `.envrc`, and the
+  `environment:` entries of docker-compose/compose files), given by `path`: the
+  value of any `KEY=value` line (`export KEY=value`, `- KEY=value`, `KEY: value`)
+  that looks random, whatever the key's name. URLs, paths and values made of words
+  (host names, image names, identifiers) are kept.
+
+A file path is redacted component by component (`redact_path`): the same path
+always gives the same redacted path, so commits.json, chunks and everything built
+on them name the file alike. (Two secret-named files in one folder may end up with
+the same redacted name.)
 
 Extra patterns (config `redact_patterns: {type: regex}`) are applied first; the
 named group `secret` is replaced if the regex has one, else the whole match.
@@ -99,6 +112,13 @@ _COMMON_WORDS = {"password", "passwd", "pass", "secret", "token", "user", "usern
                  "api_key", "key", "none", "null", "true", "false"}
 _PLACEHOLDER_START = ("$", "{", "<", "%", "#{", "@")
 
+# env-style files: every KEY=value line, whatever the key's name
+_ENV_LINE = re.compile(
+    r"(?m)^(?P<lead>[+\- ]?[ \t]*(?:-[ \t]+)?(?:export[ \t]+)?)"
+    r"(?P<key>[A-Za-z_][A-Za-z0-9_.]*)(?P<op>[ \t]*=[ \t]*|:[ \t]+)(?P<quote>[\"']?)(?P<secret>[^\s\"'`]+)"
+)
+_COMPOSE_FILE = re.compile(r"(?:docker-)?compose(?:[.\-_][\w.\-]*)?\.ya?ml")
+
 
 def entropy(value: str) -> float:
     """Shannon entropy in bits per character."""
@@ -162,6 +182,31 @@ def _made_of_words(value: str) -> bool:
     return in_words >= 0.6 * sum(c.isalnum() for c in value)
 
 
+def is_env_file(path: str | None) -> bool:
+    """`.env`, `.env.local`, `prod.env`, `.envrc`, `docker-compose.yml`, `compose.override.yaml`, ..."""
+    if not path:
+        return False
+    name = path.rsplit("/", 1)[-1].lower()
+    return (name in (".env", ".envrc") or name.startswith(".env.") or name.endswith((".env", ".envrc"))
+            or _COMPOSE_FILE.fullmatch(name) is not None)
+
+
+def _check_env_value(value: str, match: re.Match) -> str | None:
+    if match.group("op").startswith(":") and not re.fullmatch(r"[A-Z][A-Z0-9_]*", match.group("key")):
+        return None  # `image: ...`, `ports:` in a compose file: only ENV_NAME: value entries count
+    if _is_placeholder(value) or "://" in value or value.startswith(("/", "./", "../", "~")):
+        return None
+    if not looks_random(value) or _WORDS.fullmatch(value) or _mostly_words(value):
+        return None
+    return "env_secret"
+
+
+def _mostly_words(value: str) -> bool:
+    """Host names, image names, dotted identifiers: 60% of the letters and digits in words of 3+ letters."""
+    in_words = sum(len(w) for w in _WORD_SEGMENTS.findall(value) if len(w) >= 3 and w.isalpha())
+    return in_words >= 0.6 * sum(c.isalnum() for c in value)
+
+
 def _check_url(value: str, match: re.Match) -> str | None:
     return None if _is_placeholder(value) else "url_password"
 
@@ -185,13 +230,18 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("key_material", _KEY_MATERIAL, (), _check_key_material),
 )
 _ASSIGNMENT_RULE = Rule("generic_secret", _ASSIGNMENT, (), _check_assignment)
+_ENV_RULE = Rule("env_secret", _ENV_LINE, (), _check_env_value)
 _AWS_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA")
 
 
 class Redactor:
     """Finds secrets in text and replaces them with typed placeholders."""
 
-    def __init__(self, extra_patterns: dict[str, str] | None = None, allowlist: list[str] | None = None):
+    def __init__(self, extra_patterns: dict[str, str] | None = None, allowlist: list[str] | None = None,
+                 on_redact: Callable[[str, str], None] | None = None):
+        """`on_redact(kind, value)` is called for every value replaced (to measure what is redacted)."""
+        self.on_redact = on_redact
+        self._paths: dict[str, tuple[str, dict[str, int]]] = {}
         extra = []
         for kind, pattern in (extra_patterns or {}).items():
             if not re.fullmatch(r"[a-z0-9_]+", kind):
@@ -217,8 +267,12 @@ class Redactor:
     def allowed(self, value: str) -> bool:
         return any(p.fullmatch(value) for p in self.allowlist)
 
-    def redact(self, text: str) -> tuple[str, dict[str, int]]:
-        """The text with secrets replaced, and how many of each type were replaced."""
+    def redact(self, text: str, path: str | None = None) -> tuple[str, dict[str, int]]:
+        """The text with secrets replaced, and how many of each type were replaced.
+
+        `path`: the file the text comes from (a patch or a version of it), when
+        known: env-style files get their `KEY=value` values checked too.
+        """
         counts: Counter = Counter()
         for rule in self.extra:
             text = self._sub(rule, text, counts)
@@ -233,7 +287,28 @@ class Redactor:
         for rule in rules:
             text = self._sub(rule, text, counts)
         text = self._redact_assignments(text, counts)
+        if is_env_file(path):
+            text = self._sub(_ENV_RULE, text, counts)
         return text, dict(sorted(counts.items()))
+
+    def redact_path(self, path: str) -> tuple[str, dict[str, int]]:
+        """A file path with secrets replaced, one path component at a time (`a/b` stays `a/b` around them).
+
+        The same path always gives the same result (cached), and so does the same
+        component anywhere: `keys/AKIA...txt` -> `keys/<REDACTED:aws_access_key>.txt`.
+        """
+        known = self._paths.get(path)
+        if known is None:
+            counts: Counter = Counter()
+            parts = []
+            for part in path.split("/"):
+                redacted, found = self.redact(part) if len(part) >= 6 else (part, {})
+                parts.append(redacted)
+                counts.update(found)
+            known = ("/".join(parts), dict(sorted(counts.items())))
+            if len(self._paths) < 200_000:
+                self._paths[path] = known
+        return known
 
     def _sub(self, rule: Rule, text: str, counts: Counter) -> str:
         return rule.pattern.sub(lambda m: self._replace(m, rule, counts), text)
@@ -277,6 +352,8 @@ class Redactor:
             if kind is None:
                 return match.group(0)
         counts[kind] += 1
+        if self.on_redact is not None:
+            self.on_redact(kind, value)
         start, end = match.start(group) - match.start(), match.end(group) - match.start()
         whole = match.group(0)
         return whole[:start] + _line_preserving(value, kind) + whole[end:]

@@ -37,8 +37,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Iterator
 
-from repo2model.artifacts import read_commits_metadata
-from repo2model.errors import UserError
+from repo2model.artifacts import is_compressed, open_text, read_commits_metadata
+from repo2model.errors import UserError, first_line
 from repo2model.git import CatFile, GitError, git, git_error_line, git_popen, git_version, open_repository
 from repo2model.records import (
     PATCH_BINARY,
@@ -49,12 +49,14 @@ from repo2model.records import (
     Commit,
     FileChange,
     Person,
+    shape_error,
 )
 from repo2model.redact import Redactor
 
 log = logging.getLogger("git_scraper")
 
-FORMAT_VERSION = 1  # bump when the records' content changes: incremental runs then rescrape
+FORMAT_VERSION = 2  # bump when the records' content changes: incremental runs then rescrape
+# 2: secrets in file paths and env-file values redacted
 
 DEFAULT_EXCLUDE_GLOBS = [
     # build output and vendored code
@@ -74,7 +76,7 @@ class ScraperConfig:
     repo: Path = Path(".")
     branches: list[str] = field(default_factory=list)
     include_tags: bool = False
-    include_remotes: bool = False
+    include_remotes: bool = True
     rev_range: str | None = None
     default_branch: str | None = None
     skip_merges: bool = False
@@ -183,80 +185,150 @@ class Repository:
 
 @dataclass
 class Refs:
-    scrape: list[str]  # what rev-list walks (refs, or the rev range's words)
-    branches: dict[str, str]  # branch name -> tip, for membership
+    scrape: list[str]  # what rev-list walks (refs' object ids, or the rev range's words)
+    branches: dict[str, list[str]]  # branch name -> its tips (a local branch and its remote twin: two)
     default_branch: str | None
+    default_tip: str | None  # where the default branch's first-parent line starts
     scraped_refs: list[str]  # for the metadata
     tips: dict[str, str]  # every scraped ref -> object id, for the metadata
 
 
-def select_refs(repo: Repository, cfg: ScraperConfig) -> Refs:
-    """The refs to scrape, the branches for membership, the default branch: all checked."""
-    listing = repo.git(
-        "for-each-ref", "--format=%(refname)%00%(objectname)%00%(*objectname)%00%(symref)%00%(objecttype)%00%(*objecttype)",
-        "refs/heads", "refs/remotes", "refs/tags",
-    )
-    local: dict[str, str] = {}
-    remote: dict[str, str] = {}
-    tags: dict[str, str] = {}
-    for line in listing.splitlines():
-        refname, oid, peeled, symref, kind, peeled_kind = line.split("\0")
-        if symref or (peeled_kind or kind) != "commit":
-            continue  # origin/HEAD; tags of trees or blobs
-        if refname.startswith("refs/heads/"):
-            local[refname[len("refs/heads/"):]] = oid
-        elif refname.startswith("refs/remotes/"):
-            remote[refname[len("refs/remotes/"):]] = oid
-        else:
-            tags[refname] = peeled or oid
+@dataclass
+class RefListing:
+    """The repository's branches and tags, and how a remote-tracking branch is named."""
 
-    if cfg.branches:
-        chosen: dict[str, str] = {}
-        for name in cfg.branches:
-            short = name.removeprefix("refs/heads/").removeprefix("refs/remotes/")
-            if short in local and not name.startswith("refs/remotes/"):
-                chosen[f"refs/heads/{short}"] = local[short]
-            elif short in remote:
-                chosen[f"refs/remotes/{short}"] = remote[short]
+    local: dict[str, str]  # main -> oid
+    remote: dict[str, str]  # origin/main -> oid (origin/HEAD left out)
+    tags: dict[str, str]  # refs/tags/v1 -> the commit it points to
+    primary_remote: str | None  # origin (or the only remote): its branches are named like local ones
+
+    @classmethod
+    def read(cls, repo: Repository) -> "RefListing":
+        listing = repo.git(
+            "for-each-ref", "--format=%(refname)%00%(objectname)%00%(*objectname)%00%(symref)%00%(objecttype)%00%(*objecttype)",
+            "refs/heads", "refs/remotes", "refs/tags",
+        )
+        local: dict[str, str] = {}
+        remote: dict[str, str] = {}
+        tags: dict[str, str] = {}
+        for line in listing.splitlines():
+            refname, oid, peeled, symref, kind, peeled_kind = line.split("\0")
+            if symref or (peeled_kind or kind) != "commit":
+                continue  # origin/HEAD; tags of trees or blobs
+            if refname.startswith("refs/heads/"):
+                local[refname[len("refs/heads/"):]] = oid
+            elif refname.startswith("refs/remotes/"):
+                if not refname.endswith("/HEAD"):
+                    remote[refname[len("refs/remotes/"):]] = oid
             else:
-                known = ", ".join(sorted(local) + sorted(remote)) or "none"
-                raise UserError(f"{repo.top}: unknown branch '{name}' (git_scraper.branches; branches: {known})")
-    else:
-        chosen = {f"refs/heads/{n}": oid for n, oid in local.items()}
-    if cfg.include_remotes:
-        chosen.update({f"refs/remotes/{n}": oid for n, oid in remote.items()})
-    if cfg.include_tags:
-        chosen.update(tags)
+                tags[refname] = peeled or oid
+        remotes = repo.git("remote", check=False).split()
+        primary = "origin" if "origin" in remotes else (remotes[0] if len(remotes) == 1 else None)
+        return cls(local, remote, tags, primary)
 
-    head = repo.head_branch()
+    def name_of(self, remote_branch: str) -> str:
+        """`origin/main` -> `main` (the twin of the local `main`); other remotes keep their prefix."""
+        prefix = f"{self.primary_remote}/" if self.primary_remote else None
+        return remote_branch[len(prefix):] if prefix and remote_branch.startswith(prefix) else remote_branch
+
+    def known(self) -> str:
+        names = sorted(set(self.local) | {self.name_of(r) for r in self.remote} | set(self.remote))
+        return ", ".join(names) or "none"
+
+
+def select_refs(repo: Repository, cfg: ScraperConfig) -> Refs:
+    """The refs to scrape, the branches for membership, the default branch: all checked.
+
+    By default every branch: local ones and remote-tracking ones (a fresh clone has
+    its other branches only as origin/*). A branch and its twin on the primary
+    remote (`main`, `origin/main`) are one branch, named `main`.
+    """
+    refs = RefListing.read(repo)
+    with_remotes = cfg.include_remotes
+    chosen: dict[str, str] = {}  # full ref name -> oid
+    if cfg.branches:
+        for name in cfg.branches:
+            matched = _refs_named(refs, name, with_remotes)
+            if not matched:
+                raise UserError(f"{repo.top}: unknown branch '{name}' (git_scraper.branches; branches: {refs.known()})")
+            chosen.update(matched)
+    else:
+        chosen = {f"refs/heads/{n}": oid for n, oid in refs.local.items()}
+        if with_remotes:
+            chosen.update({f"refs/remotes/{n}": oid for n, oid in refs.remote.items()})
+    if cfg.include_tags:
+        chosen.update(refs.tags)
+
     if not chosen:  # a detached HEAD and no branches (e.g. a CI checkout), or no commits at all
         head_commit = repo.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
         if not head_commit:
             raise UserError(f"{repo.top}: the repository has no commits yet: nothing to scrape")
         chosen = {"HEAD": head_commit}
 
-    membership = dict(local)
-    if cfg.include_remotes or any(r.startswith("refs/remotes/") for r in chosen):
-        membership.update(remote)
+    membership: dict[str, set[str]] = {name: {oid} for name, oid in refs.local.items()}
+    if with_remotes or any(r.startswith("refs/remotes/") for r in chosen):
+        for remote_branch, oid in refs.remote.items():
+            membership.setdefault(refs.name_of(remote_branch), set()).add(oid)
 
-    default = cfg.default_branch
-    if default is not None:
-        if default not in local and default not in remote:
-            known = ", ".join(sorted(local) + sorted(remote)) or "none"
-            raise UserError(f"{repo.top}: unknown default branch '{default}' (git_scraper.default_branch; branches: {known})")
-        membership.setdefault(default, local.get(default) or remote[default])
-    else:
-        default = next((b for b in (head, "main", "master") if b and b in local), None) or (min(local) if local else None)
-
+    default, default_tip = _default_branch(repo, refs, cfg, membership)
     if cfg.rev_range:
         scrape = cfg.rev_range.split()
         scraped_refs = [cfg.rev_range]
         tips = {}
     else:
-        scrape = sorted(chosen.values())
+        scrape = sorted(set(chosen.values()))
         scraped_refs = sorted(chosen)
         tips = dict(sorted(chosen.items()))
-    return Refs(scrape, dict(sorted(membership.items())), default, scraped_refs, tips)
+    branches = {name: sorted(oids) for name, oids in sorted(membership.items())}
+    return Refs(scrape, branches, default, default_tip, scraped_refs, tips)
+
+
+def _refs_named(refs: RefListing, name: str, with_remotes: bool) -> dict[str, str]:
+    """The refs a `branches:` entry names: `main` (and, with remotes, its origin/ twin),
+    `origin/main` or `refs/remotes/origin/main` (the remote one), `refs/heads/main` (the local one)."""
+    if name.startswith("refs/heads/"):
+        short = name[len("refs/heads/"):]
+        return {name: refs.local[short]} if short in refs.local else {}
+    if name.startswith("refs/remotes/"):
+        short = name[len("refs/remotes/"):]
+        return {name: refs.remote[short]} if short in refs.remote else {}
+    matched = {}
+    if name in refs.local:
+        matched[f"refs/heads/{name}"] = refs.local[name]
+    elif name in refs.remote:
+        return {f"refs/remotes/{name}": refs.remote[name]}
+    twins = {r: oid for r, oid in refs.remote.items() if refs.name_of(r) == name and r != name}
+    if twins and (with_remotes or not matched):
+        matched.update({f"refs/remotes/{r}": oid for r, oid in twins.items()})
+    return matched
+
+
+def _default_branch(repo: Repository, refs: RefListing, cfg: ScraperConfig,
+                    membership: dict[str, set[str]]) -> tuple[str | None, str | None]:
+    """The default branch's name and the tip its first-parent line starts from (the local one first)."""
+    def tip_of(name: str) -> str | None:
+        if name in refs.local:
+            return refs.local[name]
+        twins = sorted(r for r in refs.remote if refs.name_of(r) == name)
+        return refs.remote[twins[0]] if twins else refs.remote.get(name)
+
+    if cfg.default_branch is not None:
+        name = cfg.default_branch
+        tip = tip_of(name)
+        if tip is None:
+            raise UserError(f"{repo.top}: unknown default branch '{name}' (git_scraper.default_branch; "
+                            f"branches: {refs.known()})")
+        if name in refs.remote and name not in membership:
+            membership.setdefault(name, set()).add(tip)
+        elif name not in membership:
+            membership[name] = {tip}
+        return name, tip
+    head = repo.head_branch()
+    candidates = [b for b in (head, "main", "master") if b]
+    name = next((b for b in candidates if b in refs.local), None)
+    if name is None:
+        name = next((b for b in candidates if b in membership), None) or (min(refs.local) if refs.local else None)
+    return name, (tip_of(name) if name else None)
 
 
 def list_commits(repo: Repository, scrape: list[str], cfg: ScraperConfig) -> list[str]:
@@ -283,20 +355,20 @@ class BranchGraph:
         names = list(refs.branches)
         bits: dict[str, int] = {}
         for i, name in enumerate(names):
-            tip = refs.branches[name]
-            bits[tip] = bits.get(tip, 0) | (1 << i)
+            for tip in refs.branches[name]:
+                bits[tip] = bits.get(tip, 0) | (1 << i)
         if names:
             # children before parents: each commit's bits are final when it is reached
-            out = repo.git("rev-list", "--topo-order", "--parents", *sorted(set(refs.branches.values())), "--")
+            all_tips = sorted({tip for tips in refs.branches.values() for tip in tips})
+            out = repo.git("rev-list", "--topo-order", "--parents", *all_tips, "--")
             for line in out.splitlines():
                 sha, *parents = line.split()
                 mine = bits.get(sha, 0)
                 for parent in parents:
                     bits[parent] = bits.get(parent, 0) | mine
         first_parent: set[str] = set()
-        if refs.default_branch and refs.default_branch in refs.branches:
-            tip = refs.branches[refs.default_branch]
-            first_parent = set(repo.rev_list("--first-parent", tip, what=f"branch '{refs.default_branch}'"))
+        if refs.default_tip:
+            first_parent = set(repo.rev_list("--first-parent", refs.default_tip, what=f"branch '{refs.default_branch}'"))
         return cls(names, bits, first_parent)
 
     def branches_of(self, sha: str) -> list[str]:
@@ -649,10 +721,12 @@ class Scraper:
         files = []
         for index, entry in enumerate(raw.files):
             if index in unavailable:
-                files.append(self._unavailable(entry))
-                continue
-            own = patches.get(index, []) if patches is not None else self._take_sections(raw, entry, sections)
-            files.append(self._file(entry, own, redactions))
+                change = self._unavailable(entry)
+            else:
+                own = patches.get(index, []) if patches is not None else self._take_sections(raw, entry, sections)
+                change = self._file(entry, own, redactions)
+            self._redact_paths(change, redactions)
+            files.append(change)
         if patches is None and next(sections, None) is not None:
             raise RuntimeError(f"commit {raw.hash}: more patch sections than changed files")
         return Commit(
@@ -717,11 +791,23 @@ class Scraper:
                 change.truncated = True
             text, change.non_utf8 = decode(body)
             if self.redactor is not None:
-                text, counts = self.redactor.redact(text)
+                text, counts = self.redactor.redact(text, path=entry.path)
                 if counts:
                     redactions.update(counts)
             change.patch = text
         return change
+
+    def _redact_paths(self, change: FileChange, redactions: Counter) -> None:
+        """A secret in a file name (keys/AKIA....txt) is redacted like any text, the same way everywhere."""
+        if self.redactor is None:
+            return
+        for attr in ("path", "old_path"):
+            value = getattr(change, attr)
+            if value:
+                redacted, counts = self.redactor.redact_path(value)
+                if counts:
+                    setattr(change, attr, redacted)
+                    redactions.update(counts)
 
     def _unavailable(self, entry: RawFile) -> FileChange:
         return FileChange(
@@ -877,48 +963,108 @@ class PathFilter:
 # ====================================================================== incremental
 
 
-class ReusableCommits:
-    """The commits of an existing commits.json, by hash, read back one at a time."""
+class WrongShape(UserError):
+    """A commits.json line that is valid JSON but not a commit record (someone edited the file)."""
 
-    def __init__(self, path: Path, offsets: dict[str, int]):
+
+class PreviousScrape:
+    """The commits of an existing commits.json (an incremental run): which it holds, and their
+    records by hash, read back one at a time.
+
+    `reusable` is False (with `reason`) when the records cannot be reused: no file, a
+    cut-off or corrupt one, or one made with other settings, .mailmap or git. `known`
+    (the hashes it holds) is read whenever the file is readable, reusable or not, so
+    that the run can say which commits are new and which are gone (rewritten history).
+    """
+
+    def __init__(self, path: Path):
         self.path = path
-        self.offsets = offsets
-        self._fh = open(path, "rb")
+        self.known: set[str] = set()
+        self.offsets: dict[str, tuple[int, int]] = {}  # hash -> (byte offset, line number)
+        self.reusable = False
+        self.reason: str | None = None
+        self._fh: IO[bytes] | None = None
 
     @classmethod
-    def open(cls, path: Path, digest: str) -> "ReusableCommits | None":
+    def open(cls, path: Path, digest: str) -> "PreviousScrape":
+        previous = cls(path)
         if not path.is_file():
-            log.info("git_scraper: incremental: no %s yet: scraping everything", path)
-            return None
+            previous.reason = f"no {path.name} yet"
+            return previous
         try:
             metadata = read_commits_metadata(path)
-        except UserError as exc:
-            log.warning("git_scraper: incremental: %s: scraping everything", exc)
-            return None
+            previous._index()
+        except WrongShape:
+            previous.close()
+            raise
+        except (UserError, UnicodeDecodeError, ValueError) as exc:
+            previous.close()
+            previous.known.clear()
+            previous.offsets.clear()
+            previous.reason = f"{path.name} is cut off or corrupt ({first_line(exc, 120)})"
+            return previous
         if metadata.get("scrape_digest") != digest:
-            log.info("git_scraper: incremental: settings, .mailmap or git changed since %s: scraping everything", path)
-            return None
-        offsets = {}
-        with open(path, "rb") as fh:
-            fh.readline()
-            fh.readline()
-            offset = fh.tell()
-            for line in fh:
-                if line.startswith(b'{"hash": "') and b'"patch_skipped": "unavailable"' not in line:
-                    offsets[line[10:line.index(b'"', 10)].decode()] = offset
-                offset += len(line)
-        return cls(path, offsets)
+            previous.close()
+            previous.reason = f"settings, .mailmap, git or the scraper's format changed since {path.name} was written"
+            return previous
+        previous.reusable = True
+        return previous
+
+    def _index(self) -> None:
+        """One pass over the file: each commit line's hash, offset and line number, each record's
+        shape checked (before any work is done), and the end of the file checked."""
+        self._fh = _readable_copy(self.path)
+        fh = self._fh
+        fh.readline()
+        if fh.readline() != b'"commits": [\n':
+            raise ValueError("no commit list on line 2")
+        offset, lineno, complete = fh.tell(), 2, False
+        for line in fh:
+            lineno += 1
+            if line == b"]}\n":
+                complete = True
+                break
+            if not line.endswith(b"\n"):
+                break
+            record = json.loads(line[:-2] if line.endswith(b",\n") else line)
+            problem = shape_error(Commit, record)
+            if problem:
+                raise WrongShape(f"{self.path}: line {lineno}: {problem}: not a commit record git_scraper "
+                                 "wrote (rerun without --incremental to scrape everything again)")
+            self.known.add(record["hash"])
+            # a file git could not read last time is tried again
+            if not any(f["patch_skipped"] == PATCH_UNAVAILABLE for f in record["files"] if "patch_skipped" in f):
+                self.offsets[record["hash"]] = (offset, lineno)
+            offset += len(line)
+        if not complete:
+            raise ValueError(f"ends at line {lineno} without the closing ]}}")
 
     def __contains__(self, sha: str) -> bool:
-        return sha in self.offsets
+        return self.reusable and sha in self.offsets
 
     def read(self, sha: str) -> dict:
-        self._fh.seek(self.offsets[sha])
-        line = self._fh.readline().decode("utf-8").rstrip("\n")
-        return json.loads(line[:-1] if line.endswith(",") else line)
+        """The record of `sha` (checked when the file was opened)."""
+        offset, _ = self.offsets[sha]
+        self._fh.seek(offset)
+        line = self._fh.readline()
+        return json.loads(line[:-2] if line.endswith(b",\n") else line)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _readable_copy(path: Path) -> IO[bytes]:
+    """The file itself, or for a `.zst` one a decompressed temporary copy (records are read by offset)."""
+    if not is_compressed(path):
+        return open(path, "rb")
+    spool = tempfile.TemporaryFile(dir=path.parent)
+    with open_text(path) as fh:
+        for line in fh:
+            spool.write(line.encode("utf-8"))
+    spool.seek(0)
+    return spool
 
 
 # ====================================================================== totals

@@ -308,19 +308,41 @@ def test_tags_remotes_and_rev_range(history, tmp_path):
             assert (f["patch"] is not None) == f["path"].endswith(".rs") or f["binary"], f
 
 
-def test_remote_branches(history, tmp_path):
+def test_a_plain_clone_scrapes_every_branch_by_default(history, tmp_path):
     repo, hashes, _, _ = history
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", "--no-checkout", str(repo.path), str(clone)], check=True)
-    subprocess.run(["git", "-C", str(clone), "tag", "tree-tag", "main^{tree}"], check=True)  # not a commit
+    subprocess.run(["git", "clone", "-q", str(repo.path), str(tmp_path / "clone")], check=True)
+    clone = GitRepo.__new__(GitRepo)  # the GitRepo helpers over the clone (GitRepo() would `git init`)
+    clone.path, clone._tick = tmp_path / "clone", 100
+    clone.git("tag", "tree-tag", "main^{tree}")  # not a commit
     paths = ArtifactPaths.under(tmp_path / "out")
-    git_scraper.run(Config(repo=clone, include_remotes=True, include_tags=True), paths)
+    git_scraper.run(Config(repo=clone.path, include_tags=True), paths)  # the defaults, plus tags
     commits = by_hash(paths)
     assert set(commits) == set(git_lines(repo, "rev-list", "--branches", "--tags"))
-    assert commits[hashes["topic"]]["branches"] == ["origin/topic"]
-    assert commits[hashes["secrets"]]["branches"] == ["main", "origin/feature", "origin/main", "origin/topic"]
-    git_scraper.run(Config(repo=clone, branches=["origin/feature"]), paths)
+    # a branch and its origin/ twin are one branch; origin/HEAD is none
+    assert read_commits_metadata(paths.commits)["branches"] == ["feature", "main", "topic"]
+    assert commits[hashes["topic"]]["branches"] == ["topic"]
+    assert commits[hashes["secrets"]]["branches"] == ["feature", "main", "topic"]
+    assert commits[hashes["feature1"]]["on_default_first_parent"] is False
+    assert commits[hashes["merge"]]["on_default_first_parent"] is True
+
+    # narrowing: one branch (local or only remote), or local branches only
+    git_scraper.run(Config(repo=clone.path, branches=["feature"]), paths)
     assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "feature"))
+    git_scraper.run(Config(repo=clone.path, branches=["origin/topic"]), paths)
+    assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "topic"))
+    git_scraper.run(Config(repo=clone.path, include_remotes=False), paths)
+    assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "main"))
+    assert read_commits_metadata(paths.commits)["branches"] == ["main"]
+
+    # a local branch ahead of its twin, and a second remote (named with its prefix)
+    ahead = clone.commit("local work", {"local.txt": "x\n"})
+    clone.git("remote", "add", "upstream", str(repo.path))
+    clone.git("fetch", "-q", "upstream", "feature")
+    git_scraper.run(Config(repo=clone.path), paths)
+    commits = by_hash(paths)
+    assert read_commits_metadata(paths.commits)["branches"] == ["feature", "main", "topic", "upstream/feature"]
+    assert commits[ahead]["branches"] == ["main"]
+    assert commits[hashes["feature2"]]["branches"] == ["feature", "main", "topic", "upstream/feature"]
 
 
 def test_deterministic_and_scrape_recent(history, tmp_path, monkeypatch):
@@ -366,6 +388,62 @@ def test_incremental_equals_full(make_repo, tmp_path):
     summary = git_scraper.run(Config(repo=repo.path, incremental=True, max_patch_bytes=10), inc)
     git_scraper.run(Config(repo=repo.path, max_patch_bytes=10), full)
     assert summary["reused_commits"] == 0 and inc.commits.read_bytes() == full.commits.read_bytes()
+
+
+def test_incremental_update_reports_new_and_rewritten_history(make_repo, tmp_path):
+    repo = make_repo("update")
+    for i in range(4):
+        repo.commit(f"c{i}", {f"f{i}.rs": f"fn f{i}() {{}}\n"})
+    paths = ArtifactPaths.under(tmp_path)
+    first = git_scraper.run(Config(repo=repo.path, incremental=True), paths)
+    assert (first["new_commits"], first["removed_commits"], first["full_rescrape"]) == (4, 0, "no commits.json yet")
+    before = paths.commits.read_bytes()
+    again = git_scraper.run(Config(repo=repo.path, incremental=True), paths)  # nothing new: a no-op
+    assert paths.commits.read_bytes() == before
+    assert (again["new_commits"], again["removed_commits"], again["reused_commits"], again["full_rescrape"]) == (0, 0, 4, None)
+
+    # a force-push: the last two commits replaced by another one
+    gone = git_lines(repo, "rev-list", "-n", "2", "HEAD")
+    repo.git("reset", "-q", "--hard", "HEAD~2")
+    replacement = repo.commit("rewritten", {"f2.rs": "fn f2() { 2 }\n"})
+    rewritten = git_scraper.run(Config(repo=repo.path, incremental=True), paths)
+    assert (rewritten["new_commits"], rewritten["removed_commits"], rewritten["reused_commits"]) == (1, 2, 2)
+    assert sorted(rewritten["removed_sample"]) == sorted(gone) and rewritten["full_rescrape"] is None
+    assert [c["hash"] for c in iter_commits_dicts(paths)] == git_lines(repo, "rev-list", "--reverse", "HEAD")
+    assert replacement in by_hash(paths)
+    full = ArtifactPaths.under(tmp_path / "full")
+    git_scraper.run(Config(repo=repo.path), full)
+    assert full.commits.read_bytes() == paths.commits.read_bytes()
+
+
+def iter_commits_dicts(paths: ArtifactPaths) -> list[dict]:
+    return json.loads(paths.commits.read_text())["commits"]
+
+
+def test_incremental_with_a_cut_off_or_wrong_shaped_commits_json(make_repo, tmp_path):
+    repo = make_repo("broken")
+    for i in range(3):
+        repo.commit(f"c{i}", {f"f{i}.rs": f"fn f{i}() {{}}\n"})
+    paths = ArtifactPaths.under(tmp_path)
+    git_scraper.run(Config(repo=repo.path), paths)
+    whole = paths.commits.read_bytes()
+    # cut off (a copy that stopped half-way): everything is scraped again, with a warning
+    paths.commits.write_bytes(whole[: len(whole) * 2 // 3])
+    proc = run_cli("--repo", str(repo.path), "--output", str(paths.commits), "--incremental", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "cut off or corrupt" in proc.stderr and "scraping everything" in proc.stderr and "Traceback" not in proc.stderr
+    assert paths.commits.read_bytes() == whole
+    # valid JSON of the wrong shape: one line naming the file, the line and the field; nothing overwritten
+    lines = whole.decode().split("\n")
+    for bad, field in [('"additions": 1', '"additions": "one"'), ('"files": [', '"files": "oops", "x": [')]:
+        broken = "\n".join(lines[:3] + [lines[3].replace(bad, field, 1)] + lines[4:])
+        paths.commits.write_text(broken)
+        proc = run_cli("--repo", str(repo.path), "--output", str(paths.commits), "--incremental", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        (message,) = proc.stderr.strip().splitlines()
+        expected = "files[0].additions: expected int, got str" if "one" in field else "files: expected a list, got str"
+        assert message.startswith(f"error: {paths.commits}: line 4: {expected}"), message
+        assert paths.commits.read_text() == broken
 
 
 def test_input_state_follows_refs_and_mailmap(make_repo, tmp_path):
@@ -514,6 +592,30 @@ def test_extra_patterns_and_allowlist_reach_patches_messages_and_metadata(make_r
     assert meta["settings"]["redact_allowlist"] == [r"AKIA\w*EXAMPLE"]
     (commit,) = by_hash(paths).values()
     assert commit["message"] == "deploy with <REDACTED:internal_token> (internal token)"
+
+
+def test_secrets_in_file_paths_and_env_values_are_redacted_everywhere(make_repo, tmp_path):
+    repo = make_repo("paths")
+    key_path = f"keys/{AWS_KEY}.txt"
+    repo.commit("add a key file", {key_path: "key material\n", "deploy/.env": "SESSION_SALT=Hq7Zp2Lm9Xv4Rt6K\nPORT=80\n"})
+    repo.move(key_path, "keys/renamed.txt")
+    repo.commit("rename it")
+    repo.move("keys/renamed.txt", key_path)
+    repo.commit(f"and back to {key_path}")
+    paths = ArtifactPaths.under(tmp_path)
+    git_scraper.run(Config(repo=repo.path), paths)
+    data = paths.commits.read_text()
+    assert AWS_KEY not in data and "Hq7Zp2Lm9Xv4Rt6K" not in data
+    placeholder = "keys/<REDACTED:aws_access_key>.txt"
+    first, renamed, back = iter_commits_dicts(paths)
+    assert {f["path"] for f in first["files"]} == {placeholder, "deploy/.env"}
+    assert (renamed["files"][0]["old_path"], renamed["files"][0]["path"]) == (placeholder, "keys/renamed.txt")
+    assert (back["files"][0]["old_path"], back["files"][0]["path"]) == ("keys/renamed.txt", placeholder)
+    assert back["message"] == f"and back to {placeholder}"
+    env = next(f for f in first["files"] if f["path"] == "deploy/.env")
+    assert env["patch"] == "@@ -0,0 +1,2 @@\n+SESSION_SALT=<REDACTED:env_secret>\n+PORT=80\n"
+    assert first["redactions"] == {"aws_access_key": 1, "env_secret": 1}
+    assert read_commits_metadata(paths.commits)["redactions"] == {"aws_access_key": 4, "env_secret": 1}
 
 
 def test_config_errors_name_the_key(make_repo, tmp_path):

@@ -166,3 +166,53 @@ def test_redaction_is_idempotent_and_keeps_line_count():
 def test_entropy():
     assert entropy("aaaa") == 0.0
     assert entropy("abcd") == 2.0
+
+
+ENV_PATCH = (
+    "@@ -0,0 +1,9 @@\n"
+    "+SESSION_SALT=Hq7Zp2Lm9Xv4Rt6K\n"
+    "+export COOKIE_SEED='Zx8Qp2LmN4vR7tYu1aB3'\n"
+    "+APP_NAME=MyApplication2024\n"
+    "+IMAGE=ghcr.io/example/app:1.2.3\n"
+    "+DATABASE_HOST=db.internal.example.com\n"
+    "+API_BASE=https://api.example.com/v1/x9\n"
+    "+RUST_LOG=axum=debug,tower_http=info\n"
+    "+CACHE_DIR=/var/cache/app-2024/x9y8z7\n"
+    "+PORT=8080\n"
+)
+
+
+@pytest.mark.parametrize("path", [".env", "deploy/.env.production", "config/prod.env", ".envrc"])
+def test_env_files_lose_random_values_whatever_the_key(path):
+    text, counts = R.redact(ENV_PATCH, path=path)
+    assert counts == {"env_secret": 2}
+    assert "+SESSION_SALT=<REDACTED:env_secret>\n" in text and "+export COOKIE_SEED='<REDACTED:env_secret>'\n" in text
+    kept = ENV_PATCH.splitlines()[3:]
+    assert text.splitlines()[3:] == kept  # names, hosts, images, URLs, paths, numbers stay
+    # the same text in code, or with no path, is left alone: the rule is for env files only
+    assert R.redact(ENV_PATCH, path="src/config.rs") == (ENV_PATCH, {})
+    assert R.redact(ENV_PATCH) == (ENV_PATCH, {})
+
+
+def test_compose_environment_entries_and_the_allowlist():
+    compose = (
+        "services:\n  web:\n    image: ghcr.io/example/app:1.2.3-rc9\n    environment:\n"
+        "      - SESSION_SALT=Hq7Zp2Lm9Xv4Rt6K\n      COOKIE_SEED: Zx8Qp2LmN4vR7tYu1aB3\n      build_id: Zx8Qp2LmN4vR7tYu1aB3\n"
+    )
+    text, counts = R.redact(compose, path="docker-compose.yml")
+    assert counts == {"env_secret": 2} and "Hq7Zp2Lm9Xv4Rt6K" not in text and "COOKIE_SEED: <REDACTED:env_secret>" in text
+    assert "build_id: Zx8Qp2LmN4vR7tYu1aB3" in text  # only ENV_NAME: value entries count
+    allowing = Redactor(allowlist=[r"Hq7Zp2Lm9Xv4Rt6K"])
+    assert allowing.redact("SESSION_SALT=Hq7Zp2Lm9Xv4Rt6K\n", path=".env") == ("SESSION_SALT=Hq7Zp2Lm9Xv4Rt6K\n", {})
+
+
+def test_paths_are_redacted_consistently_one_component_at_a_time():
+    seen = []
+    redactor = Redactor(on_redact=lambda kind, value: seen.append((kind, value)))
+    path = "keys/AKIAQ3EGRSTUV7WXYZ24.txt"
+    assert redactor.redact_path(path) == ("keys/<REDACTED:aws_access_key>.txt", {"aws_access_key": 1})
+    assert redactor.redact_path(path) == redactor.redact_path(path)
+    assert seen == [("aws_access_key", "AKIAQ3EGRSTUV7WXYZ24")]
+    long_path = "src/main/java/com/example/project/service/implementation/UserServiceImplementation.java"
+    for ordinary in (long_path, "docs/naïve notes.md", "-leading dash", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b.json"):
+        assert redactor.redact_path(ordinary) == (ordinary, {})
