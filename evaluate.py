@@ -1,55 +1,54 @@
-"""Evaluate the trained model on held-out, later commits, beside baselines that need no model.
+"""Evaluate every predictor on held-out, later commits: the baselines, the learned ranker, the language model.
 
 Reads
     commits.json, chunks.jsonl          the history and the truth (files, change types, modules, symbols)
     training_data_{train,<split>}.pt    which commits are training history and which are targets
-    model/                              the trained model (skipped with --baselines-only)
-
+    the repository                      (named in commits.json) for code search, the tree and symbols at each
+                                        target's parent; without it those parts are left out
+    ranker/                             the learned ranker (train_ranker.py), if there is one
+    model/                              the trained language model (skipped with --baselines-only)
 Writes
-    evaluation.json                     every metric for the model and each baseline, per-commit rows
-    evaluation.md                       the same as a Markdown table, with where the model loses
-    evaluation.png                      a bar chart: model vs baselines
+    evaluation.json                     every metric of every predictor, per commit-size bucket, per commit
+    evaluation.md                       the same as tables, the ranker's feature importances, where each loses
+    evaluation.png                      every predictor side by side
 
-Predictors, all scored on the same target commits:
-    model       generates the target commit from the exact prompt the dataset builder made for it
-                (the test example's ids up to its target), parsed with the commit language
-    frequent    files changed most often in the mined history
-    recent      files changed most recently before the target
-    cochange    association rules x -> y mined from the history (Zimmermann et al., ROSE):
-                support = commits that changed x and y, confidence = support / commits that changed x;
-                antecedents are the files of the last `recent_commits` commits before the target,
-                a candidate scores its best rule (confidence, then support)
-The baselines predict a file's change type as its most frequent one in the mined history, its module
-as the one its chunks last had, and its symbols as those most often changed in it.
+Predictors, all scored on the same target commits, each knowing only the commits before its target:
+    frequent, recent, cochange, similar_commits, code_search, fusion
+                the baselines of repo2model.baselines (no model), on every target
+    ranker      the LightGBM ranker over their signals (train_ranker.py), on every target
+    ranker_lm   the ranker with the language model's features (when both exist), on every target
+    model       the language model alone: generates the target from the exact prompt the dataset builder made
+                for it and ranks files as `prediction.file_ranking` says; on `max_examples` targets (evenly
+                spaced: generation is slow)
+Structure: a baseline names each predicted file's most frequent change type, the module its chunks last had,
+and its most often changed symbols; the rankers use the change-type classifier (else the most frequent type)
+and rank each predicted file's units at the parent by BM25 against the task, recency and frequency
+(repo2model.ranking.rank_symbols).
 
-The changed files of a commit are those with chunks (what the commit language renders; binary and
-filtered files are invisible to the model and count for no predictor). Metrics (per target commit,
-then averaged over the target commits where they apply):
-    recall@k            |top-k predicted files ∩ changed files| / min(k, |changed files|)
-                        (1.0 means the k slots were used as well as possible)
-    change_type_acc     over the changed files a predictor named in its top 10: the share whose
-                        predicted main change type is one of the file's actual change types (pooled)
-    module_acc          the predictor's first module is one of the commit's modules
-                        (commits whose chunks have a module)
-    symbol_recall       |predicted symbols ∩ changed symbols| / |changed symbols| (commits with symbols)
-    loss, perplexity    the model's mean cross-entropy on target tokens (all examples of the split)
+The changed files of a commit are those with chunks (what the commit language renders; binary and filtered
+files count for no predictor). Metrics are defined in repo2model.ranking (recall@k with min(k, |changed|)
+as denominator, MRR, change-type accuracy, module accuracy, symbol recall); recall@k and MRR are also given
+per commit size (changed files: 1, 2-3, 4-10, 11-30, 31+) so that large commits are not hidden by the mean.
 
 Config keys (section `evaluation`):
-    split                   test | val: the split whose targets are evaluated (default test)
-    max_examples            at most this many targets get a generation (evenly spaced; 0 = all); the
-                            baselines are scored on the same commits (default 40)
+    split                   test | val: the split whose targets are evaluated (test)
+    max_examples            targets that get a generation (evenly spaced; 0 = all) (40)
     recent_commits          commits before the target whose files are the co-change antecedent (3)
-    mine_from               train: frequency, rules, change types and symbols mined from the training
-                            history only; before_target: from every commit before each target (train)
-    rules_min_support       a rule needs this many co-changing commits (1)
+    mine_from               before_target: counts, rules, types and symbols from every commit before each target;
+                            train: frozen at the end of the training history (before_target)
+    rules_min_support       a co-change rule needs this many co-changing commits (1)
     rules_min_confidence    and at least this confidence (0.0)
     rules_max_commit_files  commits touching more files are left out of rule mining, as in ROSE (30)
-    symbols_per_file        baseline symbols predicted per predicted file (5)
-    baselines_only          skip the model (no model needed) (false)
-    test_from               evaluate commits from this 0-based position of commits.json on, mining from
-                            those before; ignores the .pt splits, baselines only (null)
+    similar_commits         similar_commits: the most similar earlier commits whose files score (50)
+    code_path_weight        code_search: a file's path words count this many times in its document (3)
+    fusion_k                fusion: the k of 1 / (k + rank) (60)
+    symbols_per_file        symbols predicted per predicted file (5)
+    baselines_only          skip the language model (no model needed) (false)
+    test_from               evaluate commits from this 0-based position of commits.json on, mining from those
+                            before; ignores the .pt splits, no language model (null)
     device                  cpu, cuda, cuda:0 ... (cpu)
-Generation settings (decoding, max_new_tokens, candidates) come from the `prediction` section.
+The baseline keys also shape the ranker's features (train_ranker reads them). Generation settings
+(decoding, max_new_tokens, file_ranking) come from the `prediction` section.
 
     python evaluate.py --config config.yaml
     python evaluate.py --baselines-only --test-from 200 --commits outputs/commits.json
@@ -62,268 +61,244 @@ import dataclasses
 import logging
 import math
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
 
-from repo2model.artifacts import atomic_open, atomic_path, iter_commit_dicts, iter_commits_with_chunks, require, write_json
+import matplotlib
+import torch
+from tqdm import tqdm
+
+from repo2model.artifacts import atomic_open, atomic_path, iter_commit_dicts, require, write_json
+from repo2model.baselines import BASELINES
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
-from repo2model.config import load_config
+from repo2model.config import section_dict
 from repo2model.errors import UserError
+from repo2model.examples import ExampleSet
+from repo2model.features import FeatureConfig, TargetState, candidate_rows, repository_of, walk_targets
 from repo2model.paths import ArtifactPaths
+from repo2model.prediction import CandidatePool, PredictionConfig, Predictor, load_prediction_config
+from repo2model.ranking import (
+    KS, EvaluationConfig, Prediction, Ranker, Truth, aggregate, by_size, find_ranker, rank_symbols, score,
+    type_example, units_at_parent,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 SECTION = "evaluation"
+Config = EvaluationConfig
 # The pipeline runs this as its last stage and passes the `prediction` section as run(prediction=...).
 USES_SECTIONS = {"prediction": "prediction"}
 log = logging.getLogger("evaluate")
 
-KS = (1, 5, 10)
-BASELINES = ("frequent", "recent", "cochange")
+METRIC_ROWS = ("recall@1", "recall@5", "recall@10", "mrr", "change_type_acc", "module_acc", "symbol_recall")
 
 
 @dataclass
-class Config:
-    split: Literal["test", "val"] = "test"
-    max_examples: int = 40
-    recent_commits: int = 3
-    mine_from: Literal["train", "before_target"] = "train"
-    rules_min_support: int = 1
-    rules_min_confidence: float = 0.0
-    rules_max_commit_files: int = 30
-    symbols_per_file: int = 5
-    baselines_only: bool = False
-    test_from: int | None = None
-    device: str = "cpu"
+class Plan:
+    """Which commits are targets, what is mined, and which targets the language model generates for."""
 
-    def __post_init__(self):
-        if self.max_examples < 0:
-            raise ValueError("max_examples: must be >= 0 (0 = all)")
-        if self.recent_commits < 1:
-            raise ValueError("recent_commits: must be >= 1")
-        if self.rules_min_support < 1:
-            raise ValueError("rules_min_support: must be >= 1")
-        if not 0.0 <= self.rules_min_confidence <= 1.0:
-            raise ValueError("rules_min_confidence: must be between 0 and 1")
-        if self.rules_max_commit_files < 2:
-            raise ValueError("rules_max_commit_files: must be >= 2")
-        if self.symbols_per_file < 0:
-            raise ValueError("symbols_per_file: must be >= 0")
-        if self.test_from is not None and self.test_from < 1:
-            raise ValueError("test_from: must be >= 1 (some history must come before the targets)")
+    order: list[str]  # target commits in history order
+    split: str
+    mined_until: int | None  # last mined position (None: every commit before each target)
+    examples: ExampleSet | None = None  # the split's examples (prompts for the language model)
+    chosen: list[int] = dataclasses.field(default_factory=list)  # example indices that get a generation
 
 
-# ---------------------------------------------------------------- what is compared
+# ---------------------------------------------------------------- the run
 
 
-@dataclass
-class Prediction:
-    """What one predictor says about one target commit."""
+def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42, prediction: PredictionConfig | None = None) -> dict:
+    """Evaluate; `prediction` is the `prediction` section (generation settings, model folder)."""
+    started = time.monotonic()
+    require(paths.commits, "git_scraper")
+    require(paths.chunks, "semantic_chunker")
+    prediction = prediction or PredictionConfig()
+    plan = plan_targets(cfg, paths)
+    model_dir = prediction.model_dir or paths.model_dir
+    ranker = load_ranker(paths, model_dir)
+    predictor = None
+    if plan.examples is not None and not cfg.baselines_only:
+        predictor = Predictor.load(require(Path(model_dir), "train_model"), prediction, device=cfg.device, paths=paths)
+    repo = repository_of(paths.commits)
+    if repo is None:
+        log.warning("the repository of %s is not there: code search, the tree and symbols at the parent are left out",
+                    paths.commits)
+    rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed)
+    model_info: dict = {}
+    if predictor is not None:
+        model_info = {**target_loss(predictor.model, plan.examples, cfg.device), **generation}
 
-    files: list[tuple[str, float]]  # ranked, best first
-    change_types: dict[str, str] = field(default_factory=dict)  # file -> its main predicted change type
-    modules: list[str] = field(default_factory=list)  # ranked
-    symbols: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Truth:
-    """What the target commit really changed."""
-
-    commit: str
-    files: list[str]
-    change_types: dict[str, set[str]]
-    modules: set[str]
-    symbols: set[str]
-
-    @classmethod
-    def of(cls, commit: dict, chunks: list[dict]) -> "Truth":
-        change_types: dict[str, set[str]] = {}
-        for chunk in chunks:
-            change_types.setdefault(chunk["file"], set()).add(chunk["change_type"])
-        return cls(
-            commit=commit["hash"],
-            files=rendered_files(chunks),
-            change_types=change_types,
-            modules={c["module"] for c in chunks if c.get("module")},
-            symbols={c["symbol"] for c in chunks if c.get("symbol")},
-        )
-
-
-def rendered_files(chunks: list[dict]) -> list[str]:
-    """The files of a commit as the commit language renders them (those with chunks), in order.
-
-    Files without chunks (binary, filtered) are invisible to the model, so they count for no predictor.
-    """
-    return list(dict.fromkeys(chunk["file"] for chunk in chunks))
-
-
-def score(pred: Prediction, truth: Truth, ks: Iterable[int] = KS) -> dict:
-    """The per-commit metrics of one prediction (None where a metric does not apply)."""
-    actual = set(truth.files)
-    ranked = [path for path, _ in pred.files]
-    row: dict = {}
-    for k in ks:
-        row[f"recall@{k}"] = len(set(ranked[:k]) & actual) / min(k, len(actual)) if actual else None
-    hits = [path for path in ranked[: max(ks)] if path in actual and truth.change_types.get(path)]
-    row["change_type_hits"] = len(hits)
-    row["change_type_correct"] = sum(pred.change_types.get(path) in truth.change_types[path] for path in hits)
-    row["module_acc"] = (float(bool(pred.modules) and pred.modules[0] in truth.modules) if truth.modules else None)
-    row["symbol_recall"] = (len(set(pred.symbols) & truth.symbols) / len(truth.symbols) if truth.symbols else None)
-    return row
-
-
-def aggregate(rows: list[dict], ks: Iterable[int] = KS) -> dict:
-    """Per-commit rows -> one figure per metric (means over the commits where it applies)."""
-
-    def mean(key: str) -> float | None:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        return sum(values) / len(values) if values else None
-
-    hits = sum(r["change_type_hits"] for r in rows)
-    out = {f"recall@{k}": mean(f"recall@{k}") for k in ks}
-    out["change_type_acc"] = sum(r["change_type_correct"] for r in rows) / hits if hits else None
-    out["change_type_files"] = hits
-    out["module_acc"] = mean("module_acc")
-    out["symbol_recall"] = mean("symbol_recall")
-    out["commits"] = len(rows)
-    return out
+    names = [n for n in ("ranker_lm", "ranker", "model", *BASELINES) if n in rows]
+    metrics = {name: aggregate([rows[name][h] for h in plan.order if h in rows[name]]) for name in names}
+    if predictor is not None:
+        metrics["model"].update(loss=model_info["loss"], perplexity=model_info["perplexity"])
+    result = {
+        "split": plan.split,
+        "targets": len(plan.order),
+        "mined_history": "before_target" if plan.mined_until is None else f"commits 0..{plan.mined_until}",
+        "code_search": repo is not None,
+        "metrics": metrics,
+        "by_size": {name: by_size([rows[name][h] for h in plan.order if h in rows[name]]) for name in names},
+        "ranker": ranker_info(ranker),
+        "model": model_info or None,
+        "config": section_dict(cfg),
+        "per_commit": [
+            {"commit": h, **{name: {k: v for k, v in rows[name][h].items() if not k.startswith("change_type_")}
+                             for name in names if h in rows[name]}}
+            for h in plan.order
+        ],
+    }
+    write_json(paths.evaluation, result)
+    with atomic_open(report_path(paths)) as fh:
+        fh.write(markdown_report(result))
+    write_chart(metrics, chart_path(paths))
+    summary = {
+        "evaluation": str(paths.evaluation),
+        "report": str(report_path(paths)),
+        "chart": str(chart_path(paths)),
+        "targets": len(plan.order),
+        "metrics": {name: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "mrr")} for name, m in metrics.items()},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    log.info("evaluated %d target commits in %.1fs: %s -> %s", len(plan.order), summary["seconds"],
+             ", ".join(f"{name} recall@5 {fmt(m['recall@5'])}" for name, m in metrics.items()), paths.evaluation)
+    return summary
 
 
-# ---------------------------------------------------------------- baselines
-
-
-class History:
-    """What the baselines know: counters mined from past commits, and the recent commits' files.
-
-    `mine(files, chunks)` adds a commit to the mined statistics; `observe(files)` records it as
-    seen (recency and the co-change antecedent). A commit of the mined history does both.
-    """
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.file_commits: Counter[str] = Counter()  # commits that changed each file
-        self.pairs: Counter[tuple[str, str]] = Counter()  # commits that changed both (x, y), x != y
-        self.file_types: dict[str, Counter[str]] = {}
-        self.file_symbols: dict[str, Counter[str]] = {}
-        self.file_module: dict[str, str] = {}
-        self.last_seen: dict[str, int] = {}  # file -> position of the last commit that changed it
-        self.recent: deque[list[str]] = deque(maxlen=cfg.recent_commits)
-        self.position = 0
-        self._cooccurring: dict[str, set[str]] = {}
-
-    def mine(self, files: list[str], chunks: list[dict]) -> None:
-        unique = sorted(set(files))
-        self.file_commits.update(unique)
-        if len(unique) <= self.cfg.rules_max_commit_files:
-            for x in unique:
-                partners = self._cooccurring.setdefault(x, set())
-                for y in unique:
-                    if x != y:
-                        self.pairs[(x, y)] += 1
-                        partners.add(y)
-        for chunk in chunks:
-            path = chunk["file"]
-            self.file_types.setdefault(path, Counter())[chunk["change_type"]] += 1
-            if chunk.get("symbol"):
-                self.file_symbols.setdefault(path, Counter())[chunk["symbol"]] += 1
-            if chunk.get("module"):
-                self.file_module[path] = chunk["module"]
-
-    def observe(self, files: list[str]) -> None:
-        for path in files:
-            self.last_seen[path] = self.position
-        self.recent.append(sorted(set(files)))
-        self.position += 1
-
-    # Each baseline returns at most `limit` files, best first, ties broken by path.
-
-    def frequent(self, limit: int) -> list[tuple[str, float]]:
-        total = max(1, self.position)
-        ranked = sorted(self.file_commits.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-        return [(path, count / total) for path, count in ranked]
-
-    def most_recent(self, limit: int) -> list[tuple[str, float]]:
-        ranked = sorted(self.last_seen.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-        return [(path, 1.0 / (1 + self.position - 1 - seen)) for path, seen in ranked]
-
-    def cochange(self, limit: int) -> list[tuple[str, float]]:
-        antecedents = sorted({path for files in self.recent for path in files})
-        best: dict[str, tuple[float, int]] = {}
-        for x in antecedents:
-            support_x = self.file_commits.get(x, 0)
-            if not support_x:
-                continue
-            for y in self._cooccurring.get(x, ()):
-                support = self.pairs[(x, y)]
-                confidence = support / support_x
-                if support < self.cfg.rules_min_support or confidence < self.cfg.rules_min_confidence:
-                    continue
-                if (confidence, support) > best.get(y, (-1.0, -1)):
-                    best[y] = (confidence, support)
-        ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[:limit]
-        return [(path, conf) for path, (conf, _) in ranked]
-
-    def predict(self, name: str, limit: int = max(KS)) -> Prediction:
-        files = {"frequent": self.frequent, "recent": self.most_recent, "cochange": self.cochange}[name](limit)
-        change_types, modules, symbols = {}, [], []
-        for path, _ in files:
-            if path in self.file_types:
-                change_types[path] = min(self.file_types[path].items(), key=lambda kv: (-kv[1], kv[0]))[0]
-            module = self.file_module.get(path)
-            if module and module not in modules:
-                modules.append(module)
-            ranked = sorted(self.file_symbols.get(path, Counter()).items(), key=lambda kv: (-kv[1], kv[0]))
-            symbols.extend(s for s, _ in ranked[: self.cfg.symbols_per_file] if s not in symbols)
-        return Prediction(files=files, change_types=change_types, modules=modules, symbols=symbols)
-
-
-def iter_history(commits_path: Path, chunks_path: Path) -> Iterator[tuple[int, dict, list[dict]]]:
-    """(position, commit, its chunks) for every commit of commits.json, streaming both files."""
-    for position, (commit, chunks) in enumerate(iter_commits_with_chunks(commits_path, chunks_path)):
-        yield position, commit, chunks
-
-
-def run_baselines(cfg: Config, paths: ArtifactPaths, targets: set[str], mined_until: int | None,
-                  candidate_limit: int = 0) -> dict:
-    """Score every baseline on `targets`, in one streaming pass over the history.
-
-    `mined_until`: the last position whose commit belongs to the mined history (None: every commit
-    before each target, i.e. `mine_from: before_target`). `candidate_limit` > 0: also the model's
-    likelihood candidates of each target (`predict.CandidatePool.top` over every commit before it).
-    Returns {"truths", "rows", "candidates"}.
-    """
-    import predict
-
-    pool = predict.CandidatePool() if candidate_limit else None
-    candidates: dict[str, list] = {}
-    history = History(cfg)
-    truths: dict[str, Truth] = {}
-    rows: dict[str, dict[str, dict]] = {name: {} for name in BASELINES}
-    for position, commit, chunks in iter_history(paths.commits, paths.chunks):
-        files = rendered_files(chunks)
-        if commit["hash"] in targets:
-            truth = Truth.of(commit, chunks)
-            truths[commit["hash"]] = truth
-            for name in BASELINES:
-                rows[name][commit["hash"]] = score(history.predict(name), truth)
-            if pool is not None:
-                candidates[commit["hash"]] = pool.top(candidate_limit)
-        if mined_until is None or position <= mined_until:
-            history.mine(files, chunks)
-        history.observe(files)
-        if pool is not None:
-            pool.add_chunks(chunks)
-    missing = targets - truths.keys()
+def plan_targets(cfg: EvaluationConfig, paths: ArtifactPaths) -> Plan:
+    positions = {c["hash"]: i for i, c in enumerate(iter_commit_dicts(paths.commits))}
+    if cfg.test_from is not None:
+        if cfg.test_from >= len(positions):
+            raise UserError(f"evaluation.test_from: {cfg.test_from} is past the last commit ({len(positions)} commits)")
+        order = [h for h, i in sorted(positions.items(), key=lambda kv: kv[1]) if i >= cfg.test_from]
+        return Plan(order, "positions", None if cfg.mine_from == "before_target" else cfg.test_from - 1)
+    examples = ExampleSet.load(require(paths.split_data(cfg.split), "dataset_builder"))
+    train = ExampleSet.load(require(paths.train_data, "dataset_builder"))
+    if not len(examples):
+        raise UserError(f"{paths.split_data(cfg.split)}: has no examples: the history is too short to evaluate")
+    known = [positions[h] for h in train.commits if h in positions]
+    mined_until = None if cfg.mine_from == "before_target" else (max(known) if known else -1)
+    chosen = [] if cfg.baselines_only else evenly_spaced(len(examples), cfg.max_examples)
+    order = sorted((h for h in examples.commits if h in positions), key=positions.__getitem__)
+    missing = set(examples.commits) - set(order)
     if missing:
-        raise UserError(
-            f"{len(missing)} target commits (e.g. {sorted(missing)[0][:12]}) are not in {paths.commits}: "
-            "the dataset is older or newer than commits.json; rerun the dataset_builder stage"
-        )
-    return {"truths": truths, "rows": rows, "candidates": candidates}
+        raise UserError(f"{len(missing)} target commits (e.g. {sorted(missing)[0][:12]}) are not in {paths.commits}: "
+                        "the dataset is older or newer than commits.json; rerun the dataset_builder stage")
+    return Plan(order, cfg.split, mined_until, examples, chosen)
 
 
-# ---------------------------------------------------------------- the model
+def load_ranker(paths: ArtifactPaths, model_dir: Path) -> Ranker | None:
+    folder = find_ranker(paths.ranker_dir, Path(model_dir) / "ranker")
+    if folder is None:
+        log.info("no ranker in %s: the baselines and the model only (run the train_ranker stage for it)",
+                 paths.ranker_dir)
+        return None
+    return Ranker.load(folder)
+
+
+def ranker_info(ranker: Ranker | None) -> dict | None:
+    if ranker is None:
+        return None
+    metrics = ranker.metrics
+    return {"folder": str(ranker.folder), "feature_importance": metrics.get("feature_importance"),
+            "feature_importance_lm": metrics.get("feature_importance_lm"), "trees": metrics.get("trees"),
+            "fit_seconds": metrics.get("fit_seconds"), "change_types": metrics.get("change_types")}
+
+
+def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo: Path | None, ranker: Ranker | None,
+                  predictor: Predictor | None, prediction: PredictionConfig, seed: int) -> tuple[dict, dict]:
+    """One pass over the history scoring every predictor on every target (the model: on the chosen ones).
+    Returns ({predictor: {commit: row}}, the generation's figures)."""
+    rows: dict[str, dict[str, dict]] = {}
+    prompts = {}
+    if plan.examples is not None and predictor is not None:
+        prompts = {plan.examples.commits[i]: plan.examples.ids(i)[: int(plan.examples.target_starts[i])].tolist()
+                   for i in range(len(plan.examples))}
+    generated = {plan.examples.commits[i] for i in plan.chosen} if predictor is not None else set()
+    generation = {"malformed_candidates": 0, "candidates": 0, "samples": []}
+    pool = CandidatePool()
+    # The ranker's features are computed with the baseline settings it was trained with.
+    baselines = cfg.baselines()
+    if ranker is not None and ranker.settings.get("baselines") != section_dict(baselines):
+        log.warning("the ranker was trained with other baseline settings (%s): its features use those",
+                    ranker.settings.get("baselines"))
+    symbols_cache: dict[str, list] = {}
+    walk = walk_targets(paths.commits, paths.chunks, {h: plan.split for h in plan.order}, baselines, repo,
+                        plan.mined_until, on_commit=lambda commit, chunks: pool.add_chunks(chunks))
+    for state in tqdm(walk, total=len(plan.order), desc="evaluating", unit="target"):
+        target = state.target
+        truth = Truth.of(target.commit, target.chunks)
+        for name, ranking in state.rankings.items():
+            files = [p for p, _ in ranking[: max(KS)]]
+            change_types, modules, symbols = state.past.structure(files)
+            rows.setdefault(name, {})[target.commit] = score(Prediction(ranking[: max(KS)], change_types, modules,
+                                                                         symbols), truth)
+        if ranker is not None:
+            prompt = prompts.get(target.commit)
+            lm = lm_scorer(predictor, prediction, prompt, state.past.file_module) if ranker.booster_lm else None
+            candidates = candidate_rows(state, ranker_candidates(ranker), lm=lm)
+            variants = [("ranker", False)] + ([("ranker_lm", True)] if lm is not None else [])
+            for name, with_lm in variants:
+                ranked = ranker.rank(candidates, lm=with_lm)[: max(KS)]
+                rows.setdefault(name, {})[target.commit] = score(
+                    structured(ranker, state, ranked, cfg.symbols_per_file, symbols_cache), truth)
+        if target.commit in generated:
+            output = predictor.predict_ids(prompts[target.commit], seed=seed,
+                                           candidates=pool.top(prediction.rank_candidates))
+            generation["malformed_candidates"] += sum(c["malformed"] for c in output["candidates"])
+            generation["candidates"] += len(output["candidates"])
+            rows.setdefault("model", {})[target.commit] = score(prediction_from_output(output), truth)
+            if len(generation["samples"]) < 3:
+                generation["samples"].append({
+                    "commit": target.commit, "actual_files": truth.files,
+                    "predicted_files": [f["path"] for f in output["files"][:10]],
+                    "raw_text": output["candidates"][0]["text"][:2000] if output["candidates"] else ""})
+    return rows, generation
+
+
+def ranker_candidates(ranker: Ranker) -> FeatureConfig:
+    """The candidate settings the ranker was trained with."""
+    return FeatureConfig(**ranker.settings["candidates"])
+
+
+def lm_scorer(predictor: Predictor | None, prediction: PredictionConfig, prompt: list[int] | None,
+              modules: dict[str, str]):
+    """path list -> {path: log-probability} from the language model, for the LM ranker (None without one)."""
+    if predictor is None or prompt is None:
+        return None
+
+    def scores(paths: list[str]) -> dict[str, float]:
+        scored = predictor.score_files(prompt, [(p, modules.get(p)) for p in paths], prediction)
+        return {s["path"]: float(s["logprob"]) for s in scored}
+
+    return scores
+
+
+def structured(ranker: Ranker, state: TargetState, ranked: list[tuple[str, float]], symbols_per_file: int,
+               cache: dict[str, list]) -> Prediction:
+    """A ranker's files with their change types (classifier), modules and symbols (units at the parent)."""
+    files = [p for p, _ in ranked]
+    exists = {p: (float(p in state.code.blobs) if state.code is not None else math.nan) for p in files}
+    change_types = ranker.change_types([type_example(state.past, p, state.task_words, exists[p]) for p in files])
+    modules = list(dict.fromkeys(m for m in (state.past.file_module.get(p) for p in files) if m))
+    symbols: list[str] = []
+    for path in files:
+        units = []
+        if state.code is not None and path in state.code.blobs:
+            oid = state.code.blobs[path]
+            if oid not in cache:
+                if len(cache) > 4096:
+                    cache.clear()
+                cache[oid] = units_at_parent(path, state.code.read(path))
+            units = cache[oid]
+        for symbol in rank_symbols(state.past, path, units, state.task_words, symbols_per_file):
+            if symbol not in symbols:
+                symbols.append(symbol)
+    return Prediction(ranked, change_types, modules, symbols)
+
+
+# ---------------------------------------------------------------- the language model
 
 
 def evenly_spaced(n: int, limit: int) -> list[int]:
@@ -335,11 +310,8 @@ def evenly_spaced(n: int, limit: int) -> list[int]:
     return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
 
 
-def target_loss(model, examples, device: str) -> dict:
+def target_loss(model, examples: ExampleSet, device: str) -> dict:
     """Mean cross-entropy (nats/token) and perplexity over the target tokens of every example."""
-    import torch
-    from tqdm import tqdm
-
     total, count = 0.0, 0
     with torch.no_grad():
         for i in tqdm(range(len(examples)), desc="target loss", unit="ex", leave=False):
@@ -356,125 +328,14 @@ def target_loss(model, examples, device: str) -> dict:
 
 
 def prediction_from_output(output: dict) -> Prediction:
-    """predict.py's JSON -> a Prediction."""
+    """The prediction JSON -> a Prediction."""
     files = [(f["path"], float(f["score"])) for f in output["files"]]
     change_types = {f["path"]: f["change_types"][0]["type"] for f in output["files"] if f["change_types"]}
     return Prediction(files=files, change_types=change_types, modules=list(output.get("modules", [])),
                       symbols=list(output.get("symbols", [])))
 
 
-def run_model(cfg: Config, paths: ArtifactPaths, examples, chosen: list[int], truths: dict[str, Truth], seed: int,
-              prediction=None, file_candidates: dict[str, list] | None = None):
-    """Target loss over the whole split, and the model's scored predictions on the chosen examples
-    (`file_candidates`: commit -> the files the likelihood ranking scores, see `run_baselines`)."""
-    from tqdm import tqdm
-
-    import predict
-
-    predictor = predict.Predictor.load(paths.model_dir, prediction or predict.Config(), device=cfg.device, paths=paths)
-    loss = target_loss(predictor.model, examples, cfg.device)
-    rows, malformed, candidates, samples = {}, 0, 0, []
-    for i in tqdm(chosen, desc="generating", unit="commit"):
-        prompt = examples.ids(i)[: int(examples.target_starts[i])].tolist()
-        output = predictor.predict_ids(prompt, seed=seed, candidates=(file_candidates or {}).get(examples.commits[i]))
-        malformed += sum(c["malformed"] for c in output["candidates"])
-        candidates += len(output["candidates"])
-        truth = truths[examples.commits[i]]
-        rows[truth.commit] = score(prediction_from_output(output), truth)
-        if len(samples) < 3:
-            samples.append({"commit": truth.commit, "actual_files": truth.files,
-                            "predicted_files": [f["path"] for f in output["files"][:10]],
-                            "raw_text": output["candidates"][0]["text"][:2000] if output["candidates"] else ""})
-    return loss, rows, {"malformed_candidates": malformed, "candidates": candidates, "samples": samples}
-
-
-# ---------------------------------------------------------------- the run
-
-
-def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, prediction=None) -> dict:
-    """Evaluate; `prediction` is the `prediction` section (predict.Config) for the generation settings."""
-    started = time.monotonic()
-    require(paths.commits, "git_scraper")
-    require(paths.chunks, "semantic_chunker")
-    examples = None
-    if cfg.test_from is not None:
-        positions = {c["hash"]: i for i, c in enumerate(iter_commit_dicts(paths.commits))}
-        if cfg.test_from >= len(positions):
-            raise UserError(f"evaluation.test_from: {cfg.test_from} is past the last commit ({len(positions)} commits)")
-        target_order = [h for h, i in sorted(positions.items(), key=lambda kv: kv[1]) if i >= cfg.test_from]
-        mined_until = cfg.test_from - 1
-        use_model = False
-    else:
-        from repo2model.examples import ExampleSet
-
-        examples = ExampleSet.load(require(paths.split_data(cfg.split), "dataset_builder"))
-        train = ExampleSet.load(require(paths.train_data, "dataset_builder"))
-        if not len(examples):
-            raise UserError(f"{paths.split_data(cfg.split)}: has no examples: the history is too short to evaluate")
-        train_commits = set(train.commits)
-        positions = {c["hash"]: i for i, c in enumerate(iter_commit_dicts(paths.commits))}
-        known = [positions[h] for h in train_commits if h in positions]
-        mined_until = max(known) if known else -1
-        use_model = not cfg.baselines_only
-        if use_model:
-            require(paths.model_dir, "train_model")
-        chosen = evenly_spaced(len(examples), cfg.max_examples if use_model else 0)
-        target_order = [examples.commits[i] for i in chosen]
-    if cfg.mine_from == "before_target":
-        mined_until = None
-
-    if use_model:
-        import predict
-
-        prediction = prediction or predict.Config()
-    ranks = use_model and prediction.file_ranking != "generation"
-    baselines = run_baselines(cfg, paths, set(target_order), mined_until,
-                              candidate_limit=prediction.rank_candidates if ranks else 0)
-    truths, rows = baselines["truths"], baselines["rows"]
-    model_info: dict = {}
-    if use_model:
-        loss, model_rows, generation = run_model(cfg, paths, examples, chosen, truths, seed, prediction,
-                                                 baselines["candidates"])
-        rows = {"model": model_rows, **rows}
-        model_info = {**loss, **generation}
-
-    metrics = {name: aggregate([by_commit[h] for h in target_order]) for name, by_commit in rows.items()}
-    if use_model:
-        metrics["model"]["loss"] = model_info["loss"]
-        metrics["model"]["perplexity"] = model_info["perplexity"]
-    result = {
-        "split": "positions" if cfg.test_from is not None else cfg.split,
-        "targets": len(target_order),
-        "mined_history": "before_target" if mined_until is None else f"commits 0..{mined_until}",
-        "metrics": metrics,
-        "model": model_info or None,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
-        "per_commit": [
-            {"commit": h, **{name: {k: v for k, v in by_commit[h].items() if not k.startswith("change_type_")}
-                              for name, by_commit in rows.items()}}
-            for h in target_order
-        ],
-    }
-    write_json(paths.evaluation, result)
-    table = markdown_report(result)
-    with atomic_open(report_path(paths)) as fh:
-        fh.write(table)
-    write_chart(metrics, chart_path(paths))
-    summary = {
-        "evaluation": str(paths.evaluation),
-        "report": str(report_path(paths)),
-        "chart": str(chart_path(paths)),
-        "targets": len(target_order),
-        "metrics": {name: {k: m[k] for k in ("recall@1", "recall@5", "recall@10")} for name, m in metrics.items()},
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    log.info(
-        "evaluated %d target commits in %.1fs: %s -> %s",
-        len(target_order), summary["seconds"],
-        ", ".join(f"{name} recall@5 {fmt(m['recall@5'])}" for name, m in metrics.items()),
-        paths.evaluation,
-    )
-    return summary
+# ---------------------------------------------------------------- stage protocol
 
 
 def report_path(paths: ArtifactPaths) -> Path:
@@ -485,8 +346,10 @@ def chart_path(paths: ArtifactPaths) -> Path:
     return paths.evaluation.with_suffix(".png")
 
 
-def stage_inputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
+def stage_inputs(cfg: EvaluationConfig, paths: ArtifactPaths) -> list[Path]:
     inputs = [paths.commits, paths.chunks]
+    if paths.ranker_dir.is_dir():
+        inputs.append(paths.ranker_dir)
     if cfg.test_from is None:
         inputs += [paths.train_data, paths.split_data(cfg.split)]
         if not cfg.baselines_only:
@@ -494,14 +357,11 @@ def stage_inputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
     return inputs
 
 
-def stage_outputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
+def stage_outputs(cfg: EvaluationConfig, paths: ArtifactPaths) -> list[Path]:
     return [paths.evaluation, report_path(paths), chart_path(paths)]
 
 
 # ---------------------------------------------------------------- report
-
-
-METRIC_ROWS = ("recall@1", "recall@5", "recall@10", "change_type_acc", "module_acc", "symbol_recall")
 
 
 def fmt(value) -> str:
@@ -514,53 +374,96 @@ def markdown_report(result: dict) -> str:
     lines = [
         f"# Evaluation on {result['targets']} target commits ({result['split']} split)",
         "",
-        f"Baselines mined from: {result['mined_history']}. Higher is better; best of each row in bold.",
+        f"Mined history: {result['mined_history']}; code search: {'on' if result['code_search'] else 'off'}. "
+        "Higher is better; best of each row in bold.",
         "",
         "| metric | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
     for key in METRIC_ROWS:
-        values = [metrics[n].get(key) for n in names]
-        present = [v for v in values if v is not None]
-        best = max(present) if present else None
-        bold = len(present) > 1 and min(present) < best  # no bold when every predictor ties
-        cells = [f"**{fmt(v)}**" if bold and v == best else fmt(v) for v in values]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append(f"| {key} | " + " | ".join(bold_best([metrics[n].get(key) for n in names])) + " |")
+    lines.append("| commits | " + " | ".join(str(metrics[n]["commits"]) for n in names) + " |")
     if "model" in metrics:
         model = metrics["model"]
-        lines.append(f"| target loss (nats/token) | {fmt(model.get('loss'))} |" + " |" * (len(names) - 1))
-        lines.append(f"| target perplexity | {fmt(model.get('perplexity'))} |" + " |" * (len(names) - 1))
-        lines += ["", "## Where the model loses", ""]
-        losses = []
-        for key in METRIC_ROWS:
-            mine = model.get(key)
-            for name in BASELINES:
-                theirs = metrics[name].get(key)
-                if mine is not None and theirs is not None and theirs > mine:
-                    losses.append(f"- {key}: model {fmt(mine)} < {name} {fmt(theirs)}")
-        lines += losses or ["- nowhere: the model matches or beats every baseline on every metric."]
-        info = result.get("model") or {}
-        if info.get("candidates"):
-            lines += ["", f"Malformed generations: {info['malformed_candidates']} of {info['candidates']} candidates."]
+        lines.append("| target loss (nats/token) | " + " | ".join(fmt(model.get("loss")) if n == "model" else ""
+                                                                 for n in names) + " |")
+    lines += ["", "## Recall by commit size (changed files)", "",
+              "recall@5 / recall@10 per bucket; the commits of each bucket in brackets.", "",
+              "| predictor | " + " | ".join(bucket_names(result)) + " |", "|---|" + "---|" * len(bucket_names(result))]
+    for name in names:
+        cells = []
+        for bucket in bucket_names(result):
+            figures = result["by_size"].get(name, {}).get(bucket)
+            cells.append(f"{fmt(figures['recall@5'])} / {fmt(figures['recall@10'])} ({figures['commits']})"
+                         if figures else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Where each predictor loses", ""] + where_each_loses(result)
+    ranker = result.get("ranker")
+    if ranker and ranker.get("feature_importance"):
+        lines += ["", "## The ranker's feature importances (share of split gain)", "",
+                  "| feature | ranker |" + (" ranker_lm |" if ranker.get("feature_importance_lm") else ""),
+                  "|---|---|" + ("---|" if ranker.get("feature_importance_lm") else "")]
+        lm = ranker.get("feature_importance_lm") or {}
+        names_lm = list(dict.fromkeys(list(ranker["feature_importance"]) + list(lm)))
+        for feature in names_lm[:25]:
+            cell = f" {lm.get(feature, 0.0):.3f} |" if lm else ""
+            lines.append(f"| {feature} | {ranker['feature_importance'].get(feature, 0.0):.3f} |{cell}")
+    info = result.get("model") or {}
+    if info.get("candidates"):
+        lines += ["", f"Malformed generations: {info['malformed_candidates']} of {info['candidates']} candidates."]
     lines += [
         "",
-        "recall@k = |top-k ∩ changed| / min(k, |changed|); change_type_acc pools the changed files a predictor "
-        "named in its top 10; module_acc: the first predicted module is one of the commit's modules.",
+        "recall@k = |top-k ∩ changed| / min(k, |changed|); mrr = 1 / rank of the first changed file; change_type_acc "
+        "pools the changed files a predictor named in its top 10; module_acc: the first predicted module is one of "
+        "the commit's modules; symbol_recall = |predicted ∩ changed symbols| / |changed symbols|.",
         "",
     ]
     return "\n".join(lines)
 
 
+def bold_best(values: list) -> list[str]:
+    present = [v for v in values if v is not None]
+    best = max(present) if present else None
+    bold = len(present) > 1 and min(present) < best  # no bold when every predictor ties
+    return [f"**{fmt(v)}**" if bold and v == best else fmt(v) for v in values]
+
+
+def bucket_names(result: dict) -> list[str]:
+    names: dict[str, None] = {}
+    for buckets in result["by_size"].values():
+        names.update(dict.fromkeys(buckets))
+    order = ["1", "2-3", "4-10", "11-30", "31+"]
+    return [b for b in order if b in names]
+
+
+def where_each_loses(result: dict) -> list[str]:
+    """For each predictor: the metrics and commit sizes where another predictor does better, by how much."""
+    metrics = result["metrics"]
+    lines = []
+    for name, mine in metrics.items():
+        losses = []
+        for key in METRIC_ROWS:
+            if mine.get(key) is None:
+                continue
+            best_name = max((n for n in metrics if metrics[n].get(key) is not None), key=lambda n: metrics[n][key])
+            if best_name != name and metrics[best_name][key] > mine[key]:
+                losses.append(f"{key} {fmt(mine[key])} < {best_name} {fmt(metrics[best_name][key])}")
+        for bucket, figures in result["by_size"].get(name, {}).items():
+            rivals = {n: result["by_size"][n][bucket]["recall@10"] for n in metrics
+                      if bucket in result["by_size"].get(n, {}) and result["by_size"][n][bucket]["recall@10"] is not None}
+            best_name = max(rivals, key=rivals.get) if rivals else name
+            if best_name != name and figures["recall@10"] is not None and rivals[best_name] > figures["recall@10"]:
+                losses.append(f"commits of {bucket} files: recall@10 {fmt(figures['recall@10'])} < {best_name} "
+                              f"{fmt(rivals[best_name])}")
+        lines.append(f"- **{name}**: " + ("; ".join(losses) if losses else "nowhere: best or tied on every metric"))
+    return lines
+
+
 def write_chart(metrics: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(metrics)
-    keys = list(METRIC_ROWS)
-    width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    keys = [k for k in METRIC_ROWS if any(metrics[n].get(k) is not None for n in names)]
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(12, 5), dpi=100)
     for j, name in enumerate(names):
         values = [metrics[name].get(k) or 0.0 for k in keys]
         xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(keys))]
@@ -570,8 +473,8 @@ def write_chart(metrics: dict, path: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (higher is better)")
     targets = metrics[names[0]]["commits"] if names else 0
-    ax.set_title(f"Model vs baselines on {targets} target commits")
-    ax.legend()
+    ax.set_title(f"Every predictor on {targets} target commits")
+    ax.legend(ncol=min(5, max(1, len(names))), fontsize=8)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
@@ -587,42 +490,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_argument(parser)
     parser.add_argument("--model", type=Path, help="the trained model folder (default: <output_dir>/model)")
+    parser.add_argument("--ranker", type=Path, help="the ranker folder (default: <output_dir>/ranker)")
     parser.add_argument("--commits", type=Path, help="commits.json (default: <output_dir>/commits.json)")
     parser.add_argument("--chunks", type=Path, help="chunks.jsonl (default: <output_dir>/chunks.jsonl)")
     parser.add_argument("--output", type=Path, help="evaluation.json (the .md and .png go beside it)")
     parser.add_argument("--split", choices=["test", "val"], help="override evaluation.split")
     parser.add_argument("--max-examples", type=int, help="override evaluation.max_examples (0 = all)")
-    parser.add_argument("--baselines-only", action="store_true", help="score the baselines only (no model)")
-    parser.add_argument("--test-from", type=int, help="targets from this commit position on (baselines only)")
+    parser.add_argument("--baselines-only", action="store_true", help="no language model (baselines and ranker)")
+    parser.add_argument("--test-from", type=int, help="targets from this commit position on (no language model)")
     parser.add_argument("--device", help="override evaluation.device")
     parser.add_argument("--max-new-tokens", type=int, help="override prediction.max_new_tokens")
     parser.add_argument("--seed", type=int, help="override pipeline.seed")
     args = parser.parse_args(argv)
     cfg, pipeline_cfg, paths = load_stage(args, SECTION, Config)
-    overrides = {}
-    for name in ("split", "max_examples", "test_from", "device"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
+    overrides = {name: getattr(args, name) for name in ("split", "max_examples", "test_from", "device")}
     if args.baselines_only or args.test_from is not None:
         overrides["baselines_only"] = True
     cfg = apply_overrides(cfg, SECTION, overrides)
-    for name, attr in (("model", "model_dir"), ("commits", "commits"), ("chunks", "chunks"), ("output", "evaluation")):
+    for name, attr in (("model", "model_dir"), ("ranker", "ranker_dir"), ("commits", "commits"), ("chunks", "chunks"),
+                       ("output", "evaluation")):
         if getattr(args, name) is not None:
             paths = dataclasses.replace(paths, **{attr: getattr(args, name).resolve()})
-    prediction = None
-    if not cfg.baselines_only:
-        import predict
-
-        prediction = predict.Config()
-        if args.config is not None:
-            prediction = load_config(args.config, {"prediction": predict.Config}, strict_sections=False)["prediction"]
-        if args.max_new_tokens is not None:
-            try:
-                prediction = dataclasses.replace(prediction, max_new_tokens=args.max_new_tokens)
-            except ValueError as exc:
-                raise UserError(f"prediction.{exc}") from None
-        if prediction.model_dir is not None and args.model is None:
-            paths = dataclasses.replace(paths, model_dir=prediction.model_dir)
+    prediction = load_prediction_config(args.config)
+    prediction = apply_overrides(prediction, "prediction", {"max_new_tokens": args.max_new_tokens})
+    if args.model is not None:
+        prediction = dataclasses.replace(prediction, model_dir=args.model.resolve())
     run(cfg, paths, seed=args.seed if args.seed is not None else pipeline_cfg.seed, prediction=prediction)
     return 0
 

@@ -29,6 +29,7 @@ class ArtifactPaths:
     model_dir: Path
     checkpoints_dir: Path
     training_logs: Path
+    ranker_dir: Path
     evaluation: Path
     pipeline_log: Path
     pipeline_results: Path
@@ -56,6 +57,7 @@ class ArtifactPaths:
             model_dir=out / "model",
             checkpoints_dir=out / "checkpoints",
             training_logs=out / "training_logs",
+            ranker_dir=out / "ranker",
             evaluation=out / "evaluation.json",
             pipeline_log=log_file or out / "pipeline.log",
             pipeline_results=out / "pipeline_results.json",

@@ -7,9 +7,17 @@ import math
 
 import pytest
 
+import dataset_builder
 import evaluate
-from repo2model.artifacts import CommitsWriter, write_jsonl
+import predict
+import tokenizer
+import train_model
+import train_ranker
+from repo2model.artifacts import CommitsWriter, iter_commits_with_chunks, write_jsonl
+from repo2model.baselines import BaselineConfig, PastCommits
+from repo2model.features import walk_targets
 from repo2model.paths import ArtifactPaths
+from repo2model.prediction import CandidatePool, PredictionConfig
 
 # A history where every baseline's answer can be worked out by hand.
 #   pos  commit  files (chunk: change type, symbol, module)
@@ -61,39 +69,42 @@ def write_history(out, history=HISTORY) -> ArtifactPaths:
     return paths
 
 
+def past_before(paths, stop: int, cfg: BaselineConfig, mined_until: int | None = None) -> PastCommits:
+    """The baselines' statistics after observing positions 0..stop-1 (mined up to `mined_until`)."""
+    past = PastCommits(cfg)
+    for position, (commit, chunks) in enumerate(iter_commits_with_chunks(paths.commits, paths.chunks)):
+        if position == stop:
+            break
+        past.observe(commit, chunks, mine=mined_until is None or position <= mined_until)
+    return past
+
+
 def baseline_rows(tmp_path, **overrides):
     paths = write_history(tmp_path / "out")
-    cfg = evaluate.Config(recent_commits=1, **overrides)
-    mined_until = None if cfg.mine_from == "before_target" else 3
-    return evaluate.run_baselines(cfg, paths, {sha("E"), sha("F")}, mined_until)
+    cfg = evaluate.Config(recent_commits=1, baselines_only=True, test_from=4, **overrides)
+    plan = evaluate.plan_targets(cfg, paths)
+    rows, _ = evaluate.score_targets(cfg, paths, plan, None, None, None, PredictionConfig(), 42)
+    return rows
 
 
 def test_baseline_rankings_match_hand_computed_answers(tmp_path):
     paths = write_history(tmp_path / "out")
-    history = evaluate.History(evaluate.Config(recent_commits=1))
-    for position, commit, chunks in evaluate.iter_history(paths.commits, paths.chunks):
-        if position == 5:
-            break
-        files = evaluate.rendered_files(chunks)
-        if position <= 3:
-            history.mine(files, chunks)
-        history.observe(files)
+    past = past_before(paths, 5, BaselineConfig(recent_commits=1), mined_until=3)
     # Before F: mined A..D, observed A..E.
-    assert [p for p, _ in history.frequent(10)] == ["a.py", "b.py", "c.py", "d.md"]
-    assert history.frequent(10)[0][1] == pytest.approx(3 / 5)
-    assert [p for p, _ in history.most_recent(10)] == ["b.py", "c.py", "d.md", "a.py"]
+    assert [p for p, _ in past.frequent(10)] == ["a.py", "b.py", "c.py", "d.md"]
+    assert past.frequent(10)[0][1] == pytest.approx(3 / 5)
+    assert [p for p, _ in past.most_recent(10)] == ["b.py", "c.py", "d.md", "a.py"]
     # Antecedent = E's files {b, c}; rules b->a (2/2) and c->a (1/1); b and c never co-changed in A..D.
-    assert history.cochange(10) == [("a.py", 1.0)]
-    prediction = history.predict("frequent")
-    assert prediction.change_types == {"a.py": "MODIFIED_FUNCTION", "b.py": "MODIFIED_FUNCTION",
-                                       "c.py": "NEW_CLASS", "d.md": "NEW_HUNK"}
-    assert prediction.modules == ["pkg.a", "pkg.b", "pkg.c"]
-    assert prediction.symbols == ["f", "h", "g", "C"]
+    assert past.cochange(10) == [("a.py", 1.0)]
+    change_types, modules, symbols = past.structure([p for p, _ in past.frequent(10)])
+    assert change_types == {"a.py": "MODIFIED_FUNCTION", "b.py": "MODIFIED_FUNCTION", "c.py": "NEW_CLASS",
+                            "d.md": "NEW_HUNK"}
+    assert modules == ["pkg.a", "pkg.b", "pkg.c"]
+    assert symbols == ["f", "h", "g", "C"]
 
 
 def test_baseline_metrics_on_the_fixture(tmp_path):
-    result = baseline_rows(tmp_path)
-    rows = result["rows"]
+    rows = baseline_rows(tmp_path, mine_from="train")
     e, f = sha("E"), sha("F")
     # frequent: [a, b, c, d] for both targets.
     assert rows["frequent"][e]["recall@1"] == 0.0 and rows["frequent"][e]["recall@5"] == 1.0
@@ -101,6 +112,7 @@ def test_baseline_metrics_on_the_fixture(tmp_path):
     assert rows["frequent"][e]["change_type_hits"] == 2 and rows["frequent"][e]["change_type_correct"] == 1
     assert rows["frequent"][e]["module_acc"] == 0.0 and rows["frequent"][f]["module_acc"] == 1.0
     assert rows["frequent"][e]["symbol_recall"] == 1.0
+    assert rows["frequent"][e]["mrr"] == 0.5 and rows["frequent"][f]["mrr"] == 1.0
     # recent before E: [d, a, b, c]; before F: [b, c, d, a].
     assert rows["recent"][e]["recall@1"] == 0.0 and rows["recent"][e]["recall@5"] == 1.0
     assert rows["recent"][f]["recall@1"] == 0.0 and rows["recent"][f]["recall@5"] == 1.0
@@ -111,40 +123,29 @@ def test_baseline_metrics_on_the_fixture(tmp_path):
     assert totals["frequent"]["recall@1"] == 0.5 and totals["recent"]["recall@1"] == 0.0
     assert totals["frequent"]["change_type_acc"] == pytest.approx(2 / 3)
     assert totals["cochange"]["recall@5"] == 0.5
+    # No repository: no code search; fusion of recent, cochange and similar_commits.
+    assert "code_search" not in rows and set(rows) >= {"similar_commits", "fusion"}
 
 
 def test_mining_from_every_commit_before_the_target(tmp_path):
     paths = write_history(tmp_path / "out")
-    history = evaluate.History(evaluate.Config(recent_commits=1))
-    for position, commit, chunks in evaluate.iter_history(paths.commits, paths.chunks):
-        if position == 5:
-            break
-        files = evaluate.rendered_files(chunks)
-        history.mine(files, chunks)
-        history.observe(files)
+    past = past_before(paths, 5, BaselineConfig(recent_commits=1))
     # E mined too: b->a 2/3, c->a 1/2, c->b 1/2, b->c 1/3.
-    assert history.cochange(10) == [("a.py", pytest.approx(2 / 3)), ("b.py", 0.5), ("c.py", pytest.approx(1 / 3))]
-    rows = baseline_rows(tmp_path / "again", mine_from="before_target")["rows"]
+    assert past.cochange(10) == [("a.py", pytest.approx(2 / 3)), ("b.py", 0.5), ("c.py", pytest.approx(1 / 3))]
+    rows = baseline_rows(tmp_path / "again", mine_from="before_target")
     assert rows["cochange"][sha("F")]["recall@1"] == 1.0
 
 
 def test_rule_thresholds_and_large_commits_are_left_out(tmp_path):
     paths = write_history(tmp_path / "out")
     for cfg, expected in [
-        (evaluate.Config(recent_commits=1, rules_min_support=2), [("a.py", 1.0)]),  # c->a has support 1
-        (evaluate.Config(recent_commits=1, rules_max_commit_files=2), [("a.py", 1.0)]),
+        (BaselineConfig(recent_commits=1, rules_min_support=2), [("a.py", 1.0)]),  # c->a has support 1
+        (BaselineConfig(recent_commits=1, rules_max_commit_files=2), [("a.py", 1.0)]),
     ]:
-        history = evaluate.History(cfg)
-        for position, commit, chunks in evaluate.iter_history(paths.commits, paths.chunks):
-            if position == 5:
-                break
-            if position <= 3:
-                history.mine(evaluate.rendered_files(chunks), chunks)
-            history.observe(evaluate.rendered_files(chunks))
-        assert history.cochange(10) == expected
-    history = evaluate.History(evaluate.Config(recent_commits=1, rules_max_commit_files=2))
-    history.mine(["x", "y", "z"], [])
-    assert history.pairs == {}
+        assert past_before(paths, 5, cfg, mined_until=3).cochange(10) == expected
+    past = PastCommits(BaselineConfig(recent_commits=1, rules_max_commit_files=2))
+    past.observe({"hash": "x", "files": []}, [{"file": f, "change_type": "NEW_HUNK"} for f in "xyz"])
+    assert past.partners == {}
 
 
 def test_score_recall_uses_the_best_possible_denominator():
@@ -162,7 +163,8 @@ def test_run_writes_json_markdown_and_chart(tmp_path):
     paths = write_history(tmp_path / "out")
     summary = evaluate.run(evaluate.Config(recent_commits=1, test_from=4), paths)
     result = json.loads(paths.evaluation.read_text())
-    assert result["targets"] == 2 and set(result["metrics"]) == {"frequent", "recent", "cochange"}
+    assert result["targets"] == 2
+    assert set(result["metrics"]) == {"frequent", "recent", "cochange", "similar_commits", "fusion"}
     assert result["metrics"]["frequent"]["recall@1"] == 0.5
     assert [row["commit"] for row in result["per_commit"]] == [sha("E"), sha("F")]
     table = evaluate.report_path(paths).read_text()
@@ -210,10 +212,6 @@ def patterned_history(n: int = 36) -> list:
 @pytest.fixture(scope="module")
 def trained_pipeline(tmp_path_factory):
     """commits.json + chunks.jsonl -> the real tokenizer, dataset builder and train_model stages (tiny)."""
-    import dataset_builder
-    import tokenizer
-    import train_model
-
     out = tmp_path_factory.mktemp("pipeline")
     paths = write_history(out, patterned_history())
     tokenizer.run(tokenizer.Config(vocab_size=420, min_frequency=1, top_authors=2, top_modules=4), paths)
@@ -227,18 +225,22 @@ def trained_pipeline(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_evaluate_model_beside_baselines(trained_pipeline):
-    import predict
-
+def test_evaluate_model_and_rankers_beside_baselines(trained_pipeline):
     paths = trained_pipeline
+    train_ranker.run(train_ranker.Config(min_data_in_leaf=2, num_trees=20), paths,
+                     prediction=PredictionConfig(rank_batch_size=8))
+    settings = json.loads((paths.ranker_dir / "settings.json").read_text())
+    assert settings["lm_features"] and (paths.ranker_dir / "ranker_lm.txt").is_file()
     summary = evaluate.run(evaluate.Config(max_examples=3), paths,
-                           prediction=predict.Config(max_new_tokens=48, decoding="greedy"))
+                           prediction=PredictionConfig(max_new_tokens=48, decoding="greedy"))
     result = json.loads(paths.evaluation.read_text())
-    assert list(result["metrics"]) == ["model", "frequent", "recent", "cochange"]
+    assert list(result["metrics"]) == ["ranker_lm", "ranker", "model", "frequent", "recent", "cochange",
+                                       "similar_commits", "fusion"]
     model = result["metrics"]["model"]
-    assert model["commits"] == result["metrics"]["frequent"]["commits"] == result["targets"] <= 3
+    assert model["commits"] == 3 and result["metrics"]["frequent"]["commits"] == result["targets"] > 3
+    assert result["metrics"]["ranker"]["commits"] == result["metrics"]["ranker_lm"]["commits"] == result["targets"]
     assert math.isfinite(model["loss"]) and model["perplexity"] == pytest.approx(math.exp(model["loss"]))
-    assert result["model"]["target_tokens"] > 0 and result["model"]["candidates"] == result["targets"]
+    assert result["model"]["target_tokens"] > 0 and result["model"]["candidates"] == 3
     for name, metrics in result["metrics"].items():
         for k in (1, 5, 10):
             assert 0.0 <= metrics[f"recall@{k}"] <= 1.0, name
@@ -246,15 +248,14 @@ def test_evaluate_model_beside_baselines(trained_pipeline):
     for sample in result["model"]["samples"]:  # the default ranking scores them all before generation's own
         assert set(sample["predicted_files"][:4]) == known, sample
     table = evaluate.report_path(paths).read_text()
-    assert "## Where the model loses" in table and "| target perplexity |" in table
+    assert "## Where each predictor loses" in table and "| target loss (nats/token) |" in table
+    assert "feature importances" in table and "lm_logprob" in table
     assert evaluate.chart_path(paths).stat().st_size > 1000
     assert summary["targets"] == result["targets"]
 
 
 @pytest.mark.slow
 def test_predict_cli_loads_the_trained_model(trained_pipeline, capsys):
-    import predict
-
     paths = trained_pipeline
     code = predict.main(["--model", str(paths.model_dir), "--commits", str(paths.commits), "--task", "Work on b",
                          "--max-new-tokens", "40", "--history", "3", "--output-dir", str(paths.output_dir)])
@@ -266,18 +267,18 @@ def test_predict_cli_loads_the_trained_model(trained_pipeline, capsys):
     assert code == 2 and "run the train_model stage" in capsys.readouterr().err
 
 
-def test_model_candidates_are_the_files_known_before_each_target(tmp_path):
-    import predict
-
+def test_the_candidate_pool_sees_every_commit_before_each_target(tmp_path):
+    """The language model's likelihood candidates (evaluate's CandidatePool) follow walk_targets' on_commit."""
     history = patterned_history(9)
     paths = write_history(tmp_path, history)
-    targets = {sha(history[4][0]), sha(history[8][0])}
-    result = evaluate.run_baselines(evaluate.Config(), paths, targets, mined_until=2, candidate_limit=3)
-    assert set(result["candidates"]) == targets
+    targets = {sha(history[4][0]): "test", sha(history[8][0]): "test"}
+    pool, seen = CandidatePool(), {}
+    for state in walk_targets(paths.commits, paths.chunks, targets, BaselineConfig(),
+                              on_commit=lambda commit, chunks: pool.add_chunks(chunks)):
+        seen[state.target.commit] = pool.top(3)
     for position in (4, 8):
-        pool = predict.CandidatePool()
+        expected = CandidatePool()
         for _, files in history[:position]:
-            pool.add_commit([(path, module) for path, _, _, module in files])
-        assert result["candidates"][sha(history[position][0])] == pool.top(3)
-    assert len(result["candidates"][sha(history[8][0])]) == 3
-    assert evaluate.run_baselines(evaluate.Config(), paths, targets, mined_until=2)["candidates"] == {}
+            expected.add_commit([(path, module) for path, _, _, module in files])
+        assert seen[sha(history[position][0])] == expected.top(3)
+    assert len(seen[sha(history[8][0])]) == 3
