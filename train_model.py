@@ -12,12 +12,17 @@ the tokenizer folder (the data's `meta["tokenizer_dir"]`, the folder of
 
     model/            save_pretrained safetensors with the tokenizer beside it: the full model
                       (scratch) or the adapter (lora/qlora) + training_info.json (mode, base model
-                      path or hub id); `merged/` inside it with --merge. Load it with
-                      `load_trained_model(model_dir)`.
+                      path or hub id, seq_len, ...), written last; `merged/` inside it with --merge.
+                      Load it with `repo2model.models.load_trained_model(model_dir)`.
     checkpoints/      step-NNNNNN/ every save_every steps (last keep_checkpoints kept) and best/
     training_logs/    steps.jsonl (loss, lr, grad norm, tokens/s, memory per logged step; val loss
                       at evaluations), tb/ TensorBoard events, loss_curve.png, final_eval.json
                       (test loss and perplexity of the best checkpoint)
+
+The recipe, in the order `run()` calls it: validate (hardware, precision, packages, writable
+outputs: before anything expensive) -> setup (data, tokenizer, batch plan, model, optimizer:
+a `TrainingRun`) -> restore a checkpoint (a `TrainState`) -> train (`train_step` per optimizer
+step, evaluations, checkpoints) -> finish (best weights, test loss, the model folder).
 
 Features, and the keys of the `model_training` section that switch them:
 
@@ -63,6 +68,7 @@ import bisect
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -77,15 +83,39 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from safetensors.torch import load_file, save_file
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
-from repo2model.artifacts import atomic_path, require, write_json
-from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
+from repo2model.artifacts import atomic_path, ensure_folder, require, write_json
+from repo2model.cli import (
+    add_config_argument,
+    apply_overrides,
+    load_stage,
+    user_errors_to_exit,
+)
 from repo2model.config import section_dict
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 from repo2model.examples import IGNORE_INDEX, ExampleSet
-from repo2model.memory import ModelShape, TrainingSetup, estimate, largest_micro_batch, setting_to_lower
+from repo2model.memory import (
+    MemoryEstimate,
+    ModelShape,
+    TrainingSetup,
+    estimate,
+    largest_micro_batch,
+    setting_to_lower,
+)
 from repo2model.models import INFO_FILE, merge_adapter
-from repo2model.models import load_base_for_adapter, load_trained_model  # noqa: F401  (tests call them here)
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
 
 SECTION = "model_training"
@@ -203,40 +233,16 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, tokenizer_dir: Path |
         resume: bool | None = None) -> dict:
     """Train as configured; returns the summary. `resume`: None = cfg.resume, True = must resume, False = fresh."""
     hw = setup_hardware(cfg)
-    data = load_data(paths)
-    tokenizer, tok_dir = load_tokenizer(data["train"], paths, tokenizer_dir)
-    check_vocab(data, tokenizer)
-    seq_len = choose_seq_len(cfg, data["train"])
-    shape, setup = describe_model(cfg, tokenizer, tok_dir, seq_len, hw)
-    plan = plan_batches(cfg, shape, setup, hw)
-    rows = {split: pack_rows(data[split], seq_len, cfg.packing) for split in data}
-    for split in ("val", "test"):  # evaluation order does not matter: longest first, least padding
-        if split in rows:
-            lengths = row_lengths(data[split], rows[split], seq_len)
-            rows[split] = [rows[split][i] for i in sorted(range(len(lengths)), key=lambda i: -lengths[i])]
-    waste = padding_waste(row_lengths(data["train"], rows["train"], seq_len), plan["micro_batch"], seed)
-    log.info("train_model: %d train examples packed into %d rows of %d tokens (padding waste %.1f%%)",
-             len(data["train"]), len(rows["train"]), seq_len, 100 * waste)
-
-    torch.manual_seed(seed)
-    model, new_token_ids = build_model(cfg, tokenizer, tok_dir, seq_len, hw)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for _, p in trainable)
-    n_total = sum(p.numel() for p in model.parameters())
-    log.info("train_model: %s model, %.2fM parameters, %.2fM trained, %s on %s%s", cfg.mode, n_total / 1e6,
-             n_trainable / 1e6, hw.precision, hw.device, f" x {hw.world_size} processes" if hw.world_size > 1 else "")
-    optimizer = build_optimizer(cfg, trainable, hw)
-
-    fingerprint = run_fingerprint(cfg, paths, seed, hw, plan, seq_len)
-    state = restore_checkpoint(cfg, paths, fingerprint, model, optimizer, hw, resume)
-    logs = TrainingLogs(paths.training_logs, state["step"], hw.is_main)
+    check_packages(cfg)
+    check_outputs_writable(paths)
+    training = setup(cfg, paths, hw, seed, tokenizer_dir)
+    state = restore_checkpoint(training, resume)
+    logs = TrainingLogs(paths.training_logs, state.step, hw.is_main)
     try:
-        state = train(cfg, model, optimizer, data, rows, plan, hw, seed, state, paths, fingerprint, logs, seq_len)
-        final = finish(cfg, model, data, rows, plan, hw, paths, state, logs, tokenizer, tok_dir, new_token_ids, seq_len)
+        state = train(training, state, logs)
+        final = finish(training, state)
     finally:
         logs.close()
-    final.update(memory_estimate_gib=round(plan["estimate_gib"], 3), padding_waste=round(waste, 4),
-                 trainable_parameters=n_trainable, parameters=n_total)
     if hw.is_main:
         write_json(paths.training_logs / "final_eval.json", final)
         plot_loss_curve(paths.training_logs)
@@ -247,7 +253,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, tokenizer_dir: Path |
     return final
 
 
-# ----------------------------------------------------------------------------- hardware
+# ----------------------------------------------------------------------------- validate: hardware, packages, outputs
 
 
 @dataclasses.dataclass
@@ -313,6 +319,25 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def check_packages(cfg: Config) -> None:
+    """bitsandbytes is needed only for qlora and the 8-bit optimizers: its absence is one line, before any work."""
+    needs = "mode: qlora" if cfg.mode == "qlora" else (f"optimizer: {cfg.optimizer}" if cfg.optimizer != "adamw" else None)
+    if needs and importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"model_training.{needs} needs bitsandbytes, which is not installed: "
+                        "pip install bitsandbytes (or use mode: lora and optimizer: adamw)")
+
+
+def check_outputs_writable(paths: ArtifactPaths) -> None:
+    """Fail in one line before training when an output folder cannot be written (not hours later, when saving)."""
+    for folder, what in ((paths.model_dir, "model"), (paths.checkpoints_dir, "checkpoints"),
+                         (paths.training_logs, "training logs")):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder}: a file is in the way of the {what} folder: move it away or choose another folder")
+        parent = ensure_folder(folder.parent)
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"{parent}: output folder is not writable (it receives the {what} folder)")
+
+
 def barrier(hw: Hardware) -> None:
     if hw.world_size > 1:
         torch.distributed.barrier()
@@ -324,6 +349,118 @@ def all_reduce_sum(values: list[float], hw: Hardware) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=hw.device if hw.device.type == "cuda" else "cpu")
     torch.distributed.all_reduce(tensor)
     return tensor.tolist()
+
+
+# ----------------------------------------------------------------------------- setup: the pieces of a run
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """How the sequences of one optimizer step are split: micro-batches of rows, accumulated, over processes."""
+
+    micro_batch: int  # rows per forward pass
+    accumulation: int  # forward passes per optimizer step and process
+    world_size: int
+    estimate: MemoryEstimate | None  # repo2model/memory.py for this micro-batch; None for a non-LLaMA shape
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.accumulation * self.world_size
+
+    @property
+    def estimate_gib(self) -> float:
+        return self.estimate.total_gib if self.estimate else float("nan")
+
+
+@dataclasses.dataclass
+class PackedSplit:
+    """One split's examples packed into rows (lists of example indices) of at most seq_len tokens."""
+
+    examples: ExampleSet
+    rows: list[list[int]]
+    seq_len: int
+
+    def __post_init__(self):
+        self.lengths = row_lengths(self.examples, self.rows, self.seq_len)  # real tokens per row
+
+    @property
+    def pad_id(self) -> int:
+        return pad_id(self.examples)
+
+    def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        return collate(self.examples, rows, self.seq_len, self.pad_id)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    train: PackedSplit
+    val: PackedSplit
+    test: PackedSplit | None  # None: the final evaluation uses the validation split
+
+    @property
+    def final(self) -> tuple[str, PackedSplit]:
+        return ("test", self.test) if self.test is not None else ("val", self.val)
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """Everything fixed for one run, built by `setup`; `train_step` and `train` read it."""
+
+    cfg: Config
+    hw: Hardware
+    paths: ArtifactPaths
+    seed: int
+    tokenizer: object
+    tok_dir: Path
+    seq_len: int
+    data: TrainingData
+    plan: BatchPlan
+    model: torch.nn.Module
+    forward_model: torch.nn.Module  # the model, wrapped in DDP over several processes
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16: dynamic loss scaling
+    new_token_ids: list[int]
+    total_steps: int
+    fingerprint: str
+    order_cache: dict = dataclasses.field(default_factory=dict)  # the current epoch's micro-batches
+
+    @property
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def setup(cfg: Config, paths: ArtifactPaths, hw: Hardware, seed: int, tokenizer_dir: Path | None = None) -> TrainingRun:
+    """Data, tokenizer, batch plan (and memory estimate), model, optimizer: everything `train_step` needs."""
+    examples = load_data(paths)
+    tokenizer, tok_dir = find_tokenizer(examples["train"], paths, tokenizer_dir)
+    check_vocab(examples, tokenizer)
+    seq_len = choose_seq_len(cfg, examples["train"])
+    shape, memory_setup = describe_model(cfg, tokenizer, tok_dir, seq_len, hw)
+    plan = plan_batches(cfg, shape, memory_setup, hw)
+    data = pack_data(cfg, examples, seq_len)
+    log.info("train_model: %d train examples packed into %d rows of %d tokens (padding waste %.1f%%)",
+             len(data.train.examples), len(data.train.rows), seq_len,
+             100 * padding_share(data.train.lengths, plan.micro_batch, seed))
+
+    torch.manual_seed(seed)
+    model, new_token_ids = build_model(cfg, tokenizer, tok_dir, seq_len, hw)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for _, p in trainable)
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info("train_model: %s model, %.2fM parameters, %.2fM trained, %s on %s%s", cfg.mode, n_total / 1e6,
+             n_trainable / 1e6, hw.precision, hw.device, f" x {hw.world_size} processes" if hw.world_size > 1 else "")
+    optimizer = build_optimizer(cfg, trainable, hw)
+    forward_model = model
+    if hw.world_size > 1:
+        forward_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[hw.local_rank] if hw.device.type == "cuda" else None)
+    return TrainingRun(
+        cfg=cfg, hw=hw, paths=paths, seed=seed, tokenizer=tokenizer, tok_dir=tok_dir, seq_len=seq_len, data=data,
+        plan=plan, model=model, forward_model=forward_model, optimizer=optimizer,
+        scaler=torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None,
+        new_token_ids=new_token_ids, total_steps=total_steps(cfg, len(data.train.rows), plan.global_batch),
+        fingerprint=run_fingerprint(cfg, paths, seed, hw, plan, seq_len),
+    )
 
 
 # ----------------------------------------------------------------------------- data
@@ -345,9 +482,8 @@ def load_data(paths: ArtifactPaths) -> dict[str, ExampleSet]:
     return data
 
 
-def load_tokenizer(train: ExampleSet, paths: ArtifactPaths, tokenizer_dir: Path | None):
-    from transformers import AutoTokenizer
-
+def find_tokenizer(train: ExampleSet, paths: ArtifactPaths, tokenizer_dir: Path | None):
+    """(tokenizer, its folder): `tokenizer_dir`, else the folder the data was encoded with, else <output>/tokenizer."""
     candidates = [tokenizer_dir] if tokenizer_dir else []
     if train.meta.get("tokenizer_dir"):
         candidates.append(Path(train.meta["tokenizer_dir"]))
@@ -373,6 +509,18 @@ def choose_seq_len(cfg: Config, train: ExampleSet) -> int:
     longest = int(train.lengths().max()) if len(train) else 64
     window = int(train.meta.get("context_window") or 0)
     return max(64, math.ceil(max(longest, window) / 64) * 64)
+
+
+def pack_data(cfg: Config, examples: dict[str, ExampleSet], seq_len: int) -> TrainingData:
+    """Every split packed into rows; evaluation rows longest first (their order does not matter: least padding)."""
+    packed = {}
+    for split, split_examples in examples.items():
+        rows = pack_rows(split_examples, seq_len, cfg.packing)
+        if split != "train":
+            lengths = row_lengths(split_examples, rows, seq_len)
+            rows = [rows[i] for i in sorted(range(len(lengths)), key=lambda i: -lengths[i])]
+        packed[split] = PackedSplit(split_examples, rows, seq_len)
+    return TrainingData(packed["train"], packed["val"], packed.get("test"))
 
 
 def pack_rows(examples: ExampleSet, seq_len: int, packing: bool) -> list[list[int]]:
@@ -403,7 +551,7 @@ def row_lengths(examples: ExampleSet, rows: list[list[int]], seq_len: int) -> li
     return [sum(lengths[i] for i in row) for row in rows]
 
 
-def padding_waste(row_len: list[int], micro: int, seed: int) -> float:
+def padding_share(row_len: list[int], micro: int, seed: int) -> float:
     """Share of pad positions in the first epoch's micro-batches (each padded to its longest row)."""
     if not row_len:
         return 0.0
@@ -455,6 +603,11 @@ def row_tokens(examples: ExampleSet, rows: list[list[int]], seq_len: int) -> int
     return sum(min(int(examples.offsets[i + 1] - examples.offsets[i]), seq_len) for row in rows for i in row)
 
 
+def pad_id(examples: ExampleSet) -> int:
+    value = examples.meta.get("pad_token_id")
+    return int(value) if value is not None else 0
+
+
 MEGABATCH = 50  # micro-batches per length-sorted group, as in transformers' group_by_length
 
 
@@ -496,7 +649,7 @@ def step_batches(rows: list[list[int]], row_len: list[int], micro: int, step: in
     return picked
 
 
-# ----------------------------------------------------------------------------- model
+# ----------------------------------------------------------------------------- model, batch plan, optimizer
 
 
 def describe_model(cfg: Config, tokenizer, tok_dir: Path, seq_len: int, hw: Hardware) -> tuple[ModelShape | None, TrainingSetup]:
@@ -522,7 +675,7 @@ def describe_model(cfg: Config, tokenizer, tok_dir: Path, seq_len: int, hw: Hard
     return shape, setup
 
 
-def plan_batches(cfg: Config, shape: ModelShape | None, setup: TrainingSetup, hw: Hardware) -> dict:
+def plan_batches(cfg: Config, shape: ModelShape | None, setup: TrainingSetup, hw: Hardware) -> BatchPlan:
     """Micro-batch and gradient accumulation for the effective batch; the memory estimate, printed."""
     per_rank = max(1, cfg.effective_batch_size // hw.world_size)
     micro = min(cfg.micro_batch_size, per_rank)
@@ -538,13 +691,10 @@ def plan_batches(cfg: Config, shape: ModelShape | None, setup: TrainingSetup, hw
     log.info("train_model: micro-batch %d x accumulation %d x %d process(es) = %d sequences of %d tokens per step; "
              "memory estimate %s", micro, accumulation, hw.world_size, micro * accumulation * hw.world_size,
              setup.seq_len, est.describe() if est else "n/a (not a LLaMA-shaped config)")
-    return {"micro_batch": micro, "accumulation": accumulation, "global_batch": micro * accumulation * hw.world_size,
-            "estimate_gib": est.total_gib if est else float("nan")}
+    return BatchPlan(micro, accumulation, hw.world_size, est)
 
 
-def scratch_config(cfg: Config, tokenizer, seq_len: int):
-    from transformers import LlamaConfig
-
+def scratch_config(cfg: Config, tokenizer, seq_len: int) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
@@ -555,12 +705,10 @@ def scratch_config(cfg: Config, tokenizer, seq_len: int):
 
 
 def load_base_config(base_model: str):
-    from transformers import AutoConfig
-
     try:
         return AutoConfig.from_pretrained(resolve_base(base_model))
     except OSError as exc:
-        raise UserError(f"model_training.base_model: cannot load {base_model!r} ({str(exc).splitlines()[0]}): give a "
+        raise UserError(f"model_training.base_model: cannot load {base_model!r} ({first_line(exc)}): give a "
                         "local folder with config.json and weights, or a hub id reachable from here") from None
 
 
@@ -596,8 +744,6 @@ def count_new_tokens(tok_dir: Path, tokenizer, base_vocab: int) -> int:
 
 def build_model(cfg: Config, tokenizer, tok_dir: Path, seq_len: int, hw: Hardware):
     """The model to train, on its device, with only the parameters to train requiring gradients."""
-    from transformers import LlamaForCausalLM
-
     if cfg.mode == "scratch":
         model = LlamaForCausalLM(scratch_config(cfg, tokenizer, seq_len)).to(hw.device)
         if cfg.gradient_checkpointing:
@@ -615,9 +761,6 @@ def enable_checkpointing(model) -> None:
 
 
 def build_adapter_model(cfg: Config, tokenizer, tok_dir: Path, hw: Hardware):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     # Frozen weights in the compute dtype; on the CPU fp32 unless bf16 autocast is in use.
     dtype = hw.compute_dtype
     kwargs: dict = {"dtype": dtype}
@@ -669,6 +812,8 @@ def build_optimizer(cfg: Config, trainable: list, hw: Hardware):
     kwargs = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2)}
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, **kwargs)
+    # Imported here, not at the top: bitsandbytes ships CUDA kernels and may not install everywhere, and only
+    # qlora and the 8-bit optimizers need it (check_packages refuses those in one line when it is missing).
     import bitsandbytes as bnb
 
     if cfg.optimizer == "paged_adamw_8bit":
@@ -695,11 +840,36 @@ def total_steps(cfg: Config, n_rows: int, global_batch: int) -> int:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def run_fingerprint(cfg: Config, paths: ArtifactPaths, seed: int, hw: Hardware, plan: dict, seq_len: int) -> str:
+@dataclasses.dataclass
+class TrainState:
+    """Where a run is; saved as a checkpoint's train_state.json and restored on resume."""
+
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0  # training-loop time, over every resumed part
+    best_val_loss: float | None = None
+    best_step: int = 0
+    initial_val_loss: float | None = None
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    stop_reason: str | None = None  # max_steps | time_budget | early_stopping
+    last_val_loss: float | None = None
+    fingerprint: str | None = None  # the run a checkpoint belongs to (run_fingerprint)
+    scaler: dict | None = None  # fp16: the loss scaler's state, so a resumed run scales as the interrupted one
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainState:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def run_fingerprint(cfg: Config, paths: ArtifactPaths, seed: int, hw: Hardware, plan: BatchPlan, seq_len: int) -> str:
     settings = {k: v for k, v in section_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
     digest = hashlib.blake2b(digest_size=12)
     digest.update(json.dumps({"settings": settings, "seed": seed, "world_size": hw.world_size, "seq_len": seq_len,
-                              "micro": plan["micro_batch"], "accumulation": plan["accumulation"],
+                              "micro": plan.micro_batch, "accumulation": plan.accumulation,
                               "precision": hw.precision}, sort_keys=True).encode())
     for path in (paths.train_data, paths.val_data):
         digest.update(path.read_bytes())
@@ -719,8 +889,6 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def load_trainable(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
     saved = load_file(str(folder / "trainable.safetensors"))
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -728,14 +896,9 @@ def load_trainable(model, folder: Path) -> None:
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
-def fresh_state() -> dict:
-    return {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val_loss": None, "best_step": 0,
-            "initial_val_loss": None, "bad_evals": 0, "stop_reason": None, "last_val_loss": None}
-
-
-def restore_checkpoint(cfg: Config, paths: ArtifactPaths, fingerprint: str, model, optimizer, hw: Hardware,
-                       resume: bool | None) -> dict:
+def restore_checkpoint(run: TrainingRun, resume: bool | None) -> TrainState:
     """The state to start from: the latest checkpoint of this same run, or a fresh one."""
+    cfg, paths, hw = run.cfg, run.paths, run.hw
     if hw.is_main and paths.checkpoints_dir.is_dir():
         for leftover in [*paths.checkpoints_dir.glob(".*.tmp"), *paths.checkpoints_dir.glob(".*.old-*")]:
             shutil.rmtree(leftover, ignore_errors=True)  # a checkpoint write cut by a kill
@@ -746,11 +909,13 @@ def restore_checkpoint(cfg: Config, paths: ArtifactPaths, fingerprint: str, mode
         raise UserError(f"{paths.checkpoints_dir}: no checkpoint to resume from: run without --resume")
     if want and found:
         latest = found[-1]
-        state = json.loads((latest / "train_state.json").read_text(encoding="utf-8"))
-        if state.get("fingerprint") == fingerprint:
-            load_trainable(model, latest)
-            optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location="cpu", weights_only=True))
-            log.info("train_model: resuming from %s (step %d)", latest, state["step"])
+        state = TrainState.from_json(latest / "train_state.json")
+        if state.fingerprint == run.fingerprint:
+            load_trainable(run.model, latest)
+            run.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location="cpu", weights_only=True))
+            if run.scaler is not None and state.scaler:
+                run.scaler.load_state_dict(state.scaler)
+            log.info("train_model: resuming from %s (step %d)", latest, state.step)
             return state
         if resume is True:
             raise UserError(f"{latest}: this checkpoint belongs to a different run (config, data, seed or number of "
@@ -761,29 +926,31 @@ def restore_checkpoint(cfg: Config, paths: ArtifactPaths, fingerprint: str, mode
     if hw.is_main and paths.checkpoints_dir.is_dir():
         shutil.rmtree(paths.checkpoints_dir)
     barrier(hw)
-    return fresh_state()
+    return TrainState()
 
 
-def save_checkpoint(paths: ArtifactPaths, model, optimizer, state: dict, keep: int) -> None:
-    folder = paths.checkpoints_dir / f"step-{state['step']:06d}"
-    from safetensors.torch import save_file
+def save_checkpoint(run: TrainingRun, state: TrainState) -> None:
+    """Trained weights, optimizer and state of step `state.step` (every process calls it; the main one writes)."""
+    state.fingerprint = run.fingerprint
+    if run.scaler is not None:
+        state.scaler = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in run.scaler.state_dict().items()}
+    if run.hw.is_main:
+        folder = run.paths.checkpoints_dir / f"step-{state.step:06d}"
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            save_file(trainable_state(run.model), str(tmp / "trainable.safetensors"))
+            torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "train_state.json").write_text(state.to_json(), encoding="utf-8")
+        for old in checkpoint_dirs(run.paths)[:-run.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(run.hw)
 
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "train_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    for old in checkpoint_dirs(paths)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
 
-
-def save_best(paths: ArtifactPaths, model, state: dict) -> None:
-    from safetensors.torch import save_file
-
+def save_best(paths: ArtifactPaths, model, state: TrainState) -> None:
     with atomic_path(paths.checkpoints_dir / "best") as tmp:
         tmp.mkdir()
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        (tmp / "best.json").write_text(json.dumps({"step": state["step"], "val_loss": state["best_val_loss"]}) + "\n")
+        (tmp / "best.json").write_text(json.dumps({"step": state.step, "val_loss": state.best_val_loss}) + "\n")
 
 
 # ----------------------------------------------------------------------------- training
@@ -811,8 +978,6 @@ class TrainingLogs:
             tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         if not start_step:
             shutil.rmtree(folder / "tb", ignore_errors=True)
-        from torch.utils.tensorboard import SummaryWriter
-
         self.writer = SummaryWriter(str(folder / "tb"), purge_step=start_step + 1 if start_step else None)
         self.file = open(self.path, "a", encoding="utf-8")
 
@@ -861,9 +1026,10 @@ def evaluate_loss(model, examples: ExampleSet, rows: list[list[int]], micro: int
     return (total / count if count else float("nan")), int(count)
 
 
-def pad_id(examples: ExampleSet) -> int:
-    value = examples.meta.get("pad_token_id")
-    return int(value) if value is not None else 0
+def validation_loss(run: TrainingRun) -> float:
+    val = run.data.val
+    return evaluate_loss(run.model, val.examples, val.rows, run.plan.micro_batch, run.hw, run.seq_len,
+                         run.cfg.eval_max_rows)[0]
 
 
 def memory_gib(hw: Hardware) -> float:
@@ -872,153 +1038,162 @@ def memory_gib(hw: Hardware) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # RSS peak (KiB on Linux)
 
 
-def train(cfg: Config, model, optimizer, data, rows, plan, hw: Hardware, seed: int, state: dict, paths: ArtifactPaths,
-          fingerprint: str, logs: TrainingLogs, seq_len: int) -> dict:
-    from tqdm import tqdm
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    loss: float  # mean loss per target token, over every process's micro-batches
+    grad_norm: float  # before clipping
+    tokens: int  # real (non-pad) tokens of the step, all processes
+    lr: float
 
-    train_set, val_set = data["train"], data["val"]
-    micro, accumulation, global_batch = plan["micro_batch"], plan["accumulation"], plan["global_batch"]
-    steps = total_steps(cfg, len(rows["train"]), global_batch)
-    ddp_model = model
-    if hw.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[hw.local_rank] if hw.device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None  # fp16: loss scaling
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])  # the resumed run scales as the interrupted one did
-    trained = [p for p in model.parameters() if p.requires_grad]
-    pad = pad_id(train_set)
-    order_cache: dict = {}
-    train_lengths = row_lengths(train_set, rows["train"], seq_len)
-    model.train()
 
-    if state["initial_val_loss"] is None:
-        state["initial_val_loss"], _ = evaluate_loss(model, val_set, rows["val"], micro, hw, seq_len, cfg.eval_max_rows)
-        state["last_val_loss"] = state["initial_val_loss"]
-        logs.write({"step": 0, "val_loss": state["initial_val_loss"]})
-    if state["stop_reason"] in ("max_steps", "time_budget"):
-        state["stop_reason"] = None  # limits may have been raised since: re-check them
-    if state["step"] >= steps:
-        state["stop_reason"] = state["stop_reason"] or "max_steps"
-    elif cfg.max_minutes is not None and state["elapsed_s"] >= cfg.max_minutes * 60:
-        state["stop_reason"] = state["stop_reason"] or "time_budget"
-    progress = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not hw.is_main,
+def train_step(run: TrainingRun, step: int) -> StepResult:
+    """Optimizer step `step` (0-based): its micro-batches forward and backward (accumulated), clip, update.
+
+    A function of the step alone (data order, dropout seeds, learning rate), so a resumed run replays it.
+    bench/bench_gpu_qlora.py times this very function at LLaMA-2-7B's shapes.
+    """
+    cfg, hw, plan, train = run.cfg, run.hw, run.plan, run.data.train
+    lr = learning_rate(cfg, step, run.total_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    # Dropout draws depend only on (seed, rank, step): a resumed run replays them exactly.
+    torch.manual_seed(run.seed * 7919 + hw.rank * 104729 + step)
+    everyone = step_batches(train.rows, train.lengths, plan.micro_batch, step, plan.accumulation * hw.world_size,
+                            run.seed, run.order_cache)
+    mine = everyone[hw.rank * plan.accumulation:(hw.rank + 1) * plan.accumulation]
+    batches = [train.collate(rows) for rows in mine]
+    local_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    global_targets = all_reduce_sum([float(local_targets)], hw)[0]
+    loss_total = 0.0
+    for index, batch in enumerate(batches):
+        sync = index == len(batches) - 1
+        context = run.forward_model.no_sync() if (hw.world_size > 1 and not sync) else contextlib.nullcontext()
+        with context:
+            loss_sum, _ = token_loss_sum(run.forward_model, batch, hw)
+            # DDP averages gradients over processes: scale so the result is the mean over all target tokens.
+            loss = loss_sum * hw.world_size / max(global_targets, 1.0)
+            (run.scaler.scale(loss) if run.scaler else loss).backward()
+        loss_total += float(loss_sum.detach())
+    tokens = row_tokens(train.examples, [row for rows in mine for row in rows], run.seq_len)
+    if run.scaler:
+        run.scaler.unscale_(run.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.trained_parameters, cfg.max_grad_norm))
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_value = all_reduce_sum([loss_total], hw)[0] / max(global_targets, 1.0)
+    return StepResult(loss_value, grad_norm, int(all_reduce_sum([float(tokens)], hw)[0]), lr)
+
+
+def train(run: TrainingRun, state: TrainState, logs: TrainingLogs) -> TrainState:
+    """Optimizer steps until max_steps, the time budget or early stopping; evaluations, logs, checkpoints."""
+    cfg, hw = run.cfg, run.hw
+    run.model.train()
+    if state.initial_val_loss is None:
+        state.initial_val_loss = state.last_val_loss = validation_loss(run)
+        logs.write({"step": 0, "val_loss": state.initial_val_loss})
+    if state.stop_reason in ("max_steps", "time_budget"):
+        state.stop_reason = None  # limits may have been raised since: re-check them
+    if state.step >= run.total_steps:
+        state.stop_reason = state.stop_reason or "max_steps"
+    elif cfg.max_minutes is not None and state.elapsed_s >= cfg.max_minutes * 60:
+        state.stop_reason = state.stop_reason or "time_budget"
+    progress = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", disable=not hw.is_main,
                     dynamic_ncols=True)
-    started = time.perf_counter() - state["elapsed_s"]
+    started = time.perf_counter() - state.elapsed_s
     window_tokens, window_start = 0, time.perf_counter()
-    while state["stop_reason"] is None:
-        step = state["step"]
-        lr = learning_rate(cfg, step, steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # Dropout draws depend only on (seed, rank, step): a resumed run replays them exactly.
-        torch.manual_seed(seed * 7919 + hw.rank * 104729 + step)
-        everyone = step_batches(rows["train"], train_lengths, micro, step, accumulation * hw.world_size, seed,
-                                order_cache)
-        mine = everyone[hw.rank * accumulation:(hw.rank + 1) * accumulation]
-        my_rows = [row for batch in mine for row in batch]
-        batches = [collate(train_set, batch, seq_len, pad) for batch in mine]
-        local_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        global_targets = all_reduce_sum([float(local_targets)], hw)[0]
-        loss_total = 0.0
-        for index, batch in enumerate(batches):
-            sync = index == len(batches) - 1
-            context = ddp_model.no_sync() if (hw.world_size > 1 and not sync) else contextlib.nullcontext()
-            with context:
-                loss_sum, _ = token_loss_sum(ddp_model, batch, hw)
-                # DDP averages gradients over processes: scale so the result is the mean over all target tokens.
-                loss = loss_sum * hw.world_size / max(global_targets, 1.0)
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_total += float(loss_sum.detach())
-        step_tokens = row_tokens(train_set, my_rows, seq_len)
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm))
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        loss_value = all_reduce_sum([loss_total], hw)[0] / max(global_targets, 1.0)
-        step_tokens = int(all_reduce_sum([float(step_tokens)], hw)[0])
-        state["step"] = step = step + 1
-        state["tokens_seen"] += step_tokens
-        window_tokens += step_tokens
-        state["elapsed_s"] = time.perf_counter() - started
+    while state.stop_reason is None:
+        result = train_step(run, state.step)
+        state.step += 1
+        state.tokens_seen += result.tokens
+        state.elapsed_s = time.perf_counter() - started
+        window_tokens += result.tokens
         tokens_per_s = window_tokens / max(1e-9, time.perf_counter() - window_start)
         progress.update(1)
-        progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
+        progress.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{result.lr:.2e}")
         record = None
-        if step % cfg.log_every == 0 or step == 1:
-            record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                      "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
-                      "epoch": round(step * global_batch / len(rows["train"]), 3), "memory_gib": round(memory_gib(hw), 3)}
+        if state.step % cfg.log_every == 0 or state.step == 1:
+            record = {"step": state.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                      "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state.tokens_seen,
+                      "epoch": round(state.step * run.plan.global_batch / len(run.data.train.rows), 3),
+                      "memory_gib": round(memory_gib(hw), 3)}
             window_tokens, window_start = 0, time.perf_counter()
-        if step >= steps:
-            state["stop_reason"] = "max_steps"
-        elif cfg.max_minutes is not None and all_reduce_sum(
-                [float(state["elapsed_s"] >= cfg.max_minutes * 60)], hw)[0] > 0:  # every process stops together
-            state["stop_reason"] = "time_budget"
-        if step % cfg.eval_every == 0 or state["stop_reason"]:  # the last step is always evaluated
-            val_loss, _ = evaluate_loss(model, val_set, rows["val"], micro, hw, seq_len, cfg.eval_max_rows)
-            record = record or {"step": step, "loss": loss_value}
-            record["val_loss"] = val_loss
-            state["last_val_loss"] = val_loss
-            best = state["best_val_loss"]
-            if best is None or val_loss < best - cfg.early_stopping_min_delta:
-                state.update(best_val_loss=val_loss, best_step=step, bad_evals=0)
-                if hw.is_main:
-                    save_best(paths, model, state)
-            else:
-                state["bad_evals"] += 1
-                if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
-                    state["stop_reason"] = state["stop_reason"] or "early_stopping"
+        state.stop_reason = limit_reached(run, state)
+        if state.step % cfg.eval_every == 0 or state.stop_reason:  # the last step is always evaluated
+            record = record or {"step": state.step, "loss": result.loss}
+            record["val_loss"] = evaluate_and_keep_best(run, state)
         if record is not None:
             logs.write(record)
-        if step % cfg.save_every == 0 or state["stop_reason"]:
-            state["fingerprint"] = fingerprint
-            if scaler is not None:
-                state["scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v
-                                   for k, v in scaler.state_dict().items()}
-            if hw.is_main:
-                save_checkpoint(paths, model, optimizer, state, cfg.keep_checkpoints)
-            barrier(hw)
+        if state.step % cfg.save_every == 0 or state.stop_reason:
+            save_checkpoint(run, state)
     progress.close()
     if hw.device.type == "cuda":
         log.info("train_model: peak GPU memory %.2f GiB allocated, %.2f GiB reserved (estimate %.2f GiB)",
                  torch.cuda.max_memory_allocated(hw.device) / 1024**3,
-                 torch.cuda.max_memory_reserved(hw.device) / 1024**3, plan["estimate_gib"])
+                 torch.cuda.max_memory_reserved(hw.device) / 1024**3, run.plan.estimate_gib)
     return state
 
 
-def finish(cfg: Config, model, data, rows, plan, hw: Hardware, paths: ArtifactPaths, state: dict, logs: TrainingLogs,
-           tokenizer, tok_dir: Path, new_token_ids: list[int], seq_len: int) -> dict:
-    """Load the best weights, evaluate on the test split, save the model folder."""
-    best_dir = paths.checkpoints_dir / "best"
+def limit_reached(run: TrainingRun, state: TrainState) -> str | None:
+    """max_steps or the time budget, after a step (every process stops at the same step)."""
+    if state.step >= run.total_steps:
+        return "max_steps"
+    budget = run.cfg.max_minutes
+    if budget is not None and all_reduce_sum([float(state.elapsed_s >= budget * 60)], run.hw)[0] > 0:
+        return "time_budget"
+    return None
+
+
+def evaluate_and_keep_best(run: TrainingRun, state: TrainState) -> float:
+    """Validation loss; a new best saves the weights (checkpoints/best), too many without one stop the run."""
+    cfg = run.cfg
+    val_loss = validation_loss(run)
+    state.last_val_loss = val_loss
+    if state.best_val_loss is None or val_loss < state.best_val_loss - cfg.early_stopping_min_delta:
+        state.best_val_loss, state.best_step, state.bad_evals = val_loss, state.step, 0
+        if run.hw.is_main:
+            save_best(run.paths, run.model, state)
+    else:
+        state.bad_evals += 1
+        if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
+            state.stop_reason = state.stop_reason or "early_stopping"
+    return val_loss
+
+
+def finish(run: TrainingRun, state: TrainState) -> dict:
+    """Load the best weights, evaluate on the test split, save the model folder; the run's summary."""
+    hw = run.hw
+    best_dir = run.paths.checkpoints_dir / "best"
     barrier(hw)
     if (best_dir / "trainable.safetensors").is_file():
-        load_trainable(model, best_dir)
-    split = "test" if "test" in data else "val"
-    test_loss, test_tokens = evaluate_loss(model, data[split], rows[split], plan["micro_batch"], hw, seq_len)
+        load_trainable(run.model, best_dir)
+    split, final_data = run.data.final
+    test_loss, test_tokens = evaluate_loss(run.model, final_data.examples, final_data.rows, run.plan.micro_batch, hw,
+                                           run.seq_len)
+    n_trained = sum(p.numel() for p in run.trained_parameters)
     final = {
         "split": split, "test_loss": test_loss, "test_perplexity": math.exp(min(test_loss, 50.0)),
-        "test_tokens": test_tokens, "test_examples": len(data[split]),
-        "initial_val_loss": state["initial_val_loss"], "best_val_loss": state["best_val_loss"],
-        "best_step": state["best_step"], "steps": state["step"], "stop_reason": state["stop_reason"],
-        "tokens_seen": state["tokens_seen"], "train_seconds": round(state["elapsed_s"], 1),
-        "mode": cfg.mode, "precision": hw.precision, "device": str(hw.device), "processes": hw.world_size,
-        "micro_batch": plan["micro_batch"], "accumulation": plan["accumulation"], "seq_len": seq_len,
+        "test_tokens": test_tokens, "test_examples": len(final_data.examples),
+        "initial_val_loss": state.initial_val_loss, "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step, "steps": state.step, "stop_reason": state.stop_reason,
+        "tokens_seen": state.tokens_seen, "train_seconds": round(state.elapsed_s, 1),
+        "mode": run.cfg.mode, "precision": hw.precision, "device": str(hw.device), "processes": hw.world_size,
+        "micro_batch": run.plan.micro_batch, "accumulation": run.plan.accumulation, "seq_len": run.seq_len,
         "peak_memory_gib": round(memory_gib(hw), 3),
     }
     if hw.world_size > 1:
-        final["ranks_agree"] = ranks_agree(model, hw)
+        final["ranks_agree"] = ranks_agree(run.model, hw)
         if not final["ranks_agree"]:
             log.error("train_model: the processes ended with different weights: DDP synchronisation failed")
     if hw.is_main:
-        save_model(cfg, model, tokenizer, tok_dir, paths.model_dir, final, new_token_ids)
+        save_model(run, final)
     barrier(hw)
+    final.update(memory_estimate_gib=round(run.plan.estimate_gib, 3),
+                 padding_waste=round(padding_share(run.data.train.lengths, run.plan.micro_batch, run.seed), 4),
+                 trainable_parameters=n_trained, parameters=sum(p.numel() for p in run.model.parameters()))
     return final
 
 
@@ -1034,20 +1209,23 @@ def ranks_agree(model, hw: Hardware) -> bool:
 # ----------------------------------------------------------------------------- the model folder
 
 
-def save_model(cfg: Config, model, tokenizer, tok_dir: Path, model_dir: Path, final: dict, new_token_ids) -> None:
+def save_model(run: TrainingRun, final: dict) -> None:
+    """The model folder, replaced whole: weights (or adapter), tokenizer, commit language, training_info.json."""
+    cfg, tokenizer, new_ids = run.cfg, run.tokenizer, run.new_token_ids
     info = {"mode": cfg.mode, "base_model": resolve_base(cfg.base_model) if cfg.base_model else None,
-            "vocab_size": len(tokenizer), "new_token_ids": [new_token_ids[0], new_token_ids[-1] + 1] if new_token_ids else None,
+            "vocab_size": len(tokenizer), "new_token_ids": [new_ids[0], new_ids[-1] + 1] if new_ids else None,
             "best_step": final["best_step"], "best_val_loss": final["best_val_loss"], "seq_len": final["seq_len"]}
+    model_dir = run.paths.model_dir
     with atomic_path(model_dir) as tmp:
         tmp.mkdir()
-        model.save_pretrained(str(tmp))
+        run.model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        for extra in tok_dir.iterdir():  # vocab.json, commit_language.json: what prediction reads beside the model
+        for extra in run.tok_dir.iterdir():  # vocab.json, commit_language.json: what prediction reads beside the model
             if extra.is_file() and not (tmp / extra.name).exists():
                 shutil.copy2(extra, tmp / extra.name)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if cfg.merge and cfg.mode != "scratch":
-            merge_adapter(tmp, tmp / "merged")
+            merge_adapter(tmp, tmp / "merged")  # reads the base model from training_info.json
     log.info("train_model: saved %s to %s", "the model" if cfg.mode == "scratch" else "the adapter", model_dir)
 
 
@@ -1055,15 +1233,11 @@ def save_model(cfg: Config, model, tokenizer, tok_dir: Path, model_dir: Path, fi
 
 
 def plot_loss_curve(folder: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = [json.loads(line) for line in (folder / "steps.jsonl").read_text(encoding="utf-8").splitlines() if line]
     train_pts = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val_pts = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))  # matplotlib's object API renders PNG with Agg: no pyplot, no display, no global state
+    ax = fig.subplots()
     if train_pts:
         ax.plot(*zip(*train_pts), label="train")
     if val_pts:
@@ -1075,7 +1249,6 @@ def plot_loss_curve(folder: Path) -> Path:
     target = folder / "loss_curve.png"
     with atomic_path(target, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, metadata={"Software": None})
-    plt.close(fig)
     return target
 
 

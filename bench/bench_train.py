@@ -28,6 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
 import train_model  # noqa: E402
 from helpers_models import make_dataset, make_tokenizer  # noqa: E402
@@ -71,8 +72,6 @@ def loop_run(paths: ArtifactPaths, cfg: train_model.Config) -> tuple[float, floa
 
 def bare_run(paths: ArtifactPaths, cfg: train_model.Config) -> tuple[float, float]:
     """The same steps in a minimal loop: forward, loss, backward, clip, step, on pre-collated batches."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     train = ExampleSet.load(paths.train_data)
     tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     seq_len = cfg.seq_len
@@ -117,7 +116,7 @@ def waste_figures(real: Path | None) -> list[tuple[str, float]]:
             naive = [lengths[i] for i in torch.randperm(len(lengths)).tolist()]
             naive_waste = 1 - sum(naive) / sum(max(naive[i:i + 8]) * len(naive[i:i + 8]) for i in range(0, len(naive), 8))
             figures.append((f"{label}, {'packed' if packing else 'one example per row'}, bucketed",
-                            train_model.padding_waste(lengths, 8, seed=1)))
+                            train_model.padding_share(lengths, 8, seed=1)))
             figures.append((f"{label}, {'packed' if packing else 'one example per row'}, random order", naive_waste))
     return figures
 

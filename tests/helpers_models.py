@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from repo2model.examples import ExampleSet
 
@@ -29,9 +31,6 @@ def corpus_lines(n: int = 400, seed: int = 0) -> list[str]:
 
 def make_tokenizer(folder: Path, vocab_size: int = 320, specials: list[str] | None = None) -> Path:
     """A byte-level BPE tokenizer trained on `corpus_lines`, saved as a transformers tokenizer folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     specials = specials or SPECIALS
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -48,8 +47,6 @@ def make_tokenizer(folder: Path, vocab_size: int = 320, specials: list[str] | No
 
 def extend_tokenizer(base_folder: Path, folder: Path, new_tokens: list[str] | None = None) -> Path:
     """The base tokenizer plus commit special tokens, as the tokenizer stage does in extend mode."""
-    from transformers import AutoTokenizer
-
     new_tokens = new_tokens or COMMIT_TOKENS
     tok = AutoTokenizer.from_pretrained(str(base_folder))
     added = tok.add_tokens(new_tokens, special_tokens=True)
@@ -62,8 +59,6 @@ def extend_tokenizer(base_folder: Path, folder: Path, new_tokens: list[str] | No
 def make_examples(tokenizer_dir: Path, path: Path, n: int, split: str, seed: int = 0,
                   context_lines: int = 2, extra_ids: list[int] | None = None) -> ExampleSet:
     """n examples: a few context lines (masked) then one target line, as dataset_builder writes them."""
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     lines = corpus_lines(n * (context_lines + 1) + 10, seed=seed)
     ids, offsets, starts = [], [0], []
@@ -98,8 +93,6 @@ def make_dataset(out: Path, tokenizer_dir: Path, n_train: int = 48, n_val: int =
 
 def make_base_model(folder: Path, vocab_size: int, tie: bool = False, hidden: int = 32, layers: int = 2) -> Path:
     """A tiny untied LLaMA (like LLaMA-2) saved with save_pretrained: a stand-in for a hub base model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,

@@ -6,7 +6,11 @@ import dataclasses
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
 
+import train_model
+from repo2model.errors import UserError
 from repo2model.memory import (
     GIB,
     PRESETS,
@@ -14,6 +18,7 @@ from repo2model.memory import (
     TrainingSetup,
     estimate,
     largest_micro_batch,
+    main,
     setting_to_lower,
 )
 
@@ -53,8 +58,6 @@ def test_llama2_7b_shape_matches_its_parameter_count():
 
 
 def test_shape_from_a_transformers_config_counts_the_real_parameters():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
@@ -63,9 +66,6 @@ def test_shape_from_a_transformers_config_counts_the_real_parameters():
 
 
 def test_lora_parameter_count_matches_peft():
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
     targets = ("q_proj", "v_proj", "down_proj")
@@ -101,9 +101,6 @@ def test_rtx2060_budget_picks_the_micro_batch_and_names_what_to_lower():
 
 def test_budget_that_cannot_fit_stops_with_one_line(tmp_path):
     """On a GPU the budget is applied; the error line names the setting to lower."""
-    import train_model
-    from repo2model.errors import UserError
-
     hw = train_model.Hardware(torch.device("cuda", 0), "fp16")  # planning only: nothing is put on the device
     cfg = train_model.Config(mode="qlora", base_model="x", vram_budget_gb=4.0, effective_batch_size=16)
     with pytest.raises(UserError) as err:
@@ -112,12 +109,10 @@ def test_budget_that_cannot_fit_stops_with_one_line(tmp_path):
     assert str(err.value).startswith("model_training.vram_budget_gb: the estimate for micro-batch 1 is")
     cfg = dataclasses.replace(cfg, vram_budget_gb=8.0)
     plan = train_model.plan_batches(cfg, LLAMA2_7B, dataclasses.replace(LEAN, seq_len=2048), hw)
-    assert plan["micro_batch"] * plan["accumulation"] >= 16 and plan["estimate_gib"] <= 8.0
+    assert plan.micro_batch * plan.accumulation >= 16 and plan.estimate_gib <= 8.0
 
 
 def test_cli_prints_the_table(capsys):
-    from repo2model.memory import main
-
     assert main(["--seq-len", "2048", "--budget-gb", "8"]) == 0
     out = capsys.readouterr().out
     assert "llama-2-7b qlora seq 2048 x 1:" in out and "largest micro-batch in 8 GiB" in out
