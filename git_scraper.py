@@ -25,8 +25,9 @@ Branches: by default every branch, local and remote-tracking, so that a plain
 its twin on `origin` (or on the only remote) are one branch, named without the
 remote (`main` for `main` and `origin/main`; a branch only on origin is named
 `feature`); branches of other remotes keep their prefix (`upstream/main`);
-`origin/HEAD` is no branch. Narrow it with `branches: [main]` or
-`include_remotes: false`.
+`origin/HEAD` is no branch. Commits only tags reach are scraped too (with
+`branches: []`). Narrow it with `branches: [main]`, `include_remotes: false`,
+`include_tags: false` or `rev_range`.
 
 Incremental (`--incremental`, `incremental: true`): the commits already in
 commits.json are reused, the new ones scraped; commits that are no longer in
@@ -42,7 +43,7 @@ Config keys (section `git_scraper`):
   repo              the repository's top folder (default: .)
   branches          branches to scrape; [] = every branch. `main` = main and its origin/main twin,
                     `origin/main` or `refs/remotes/origin/main` = the remote one, `refs/heads/main` = the local one
-  include_tags      also scrape commits reachable only from tags (default false)
+  include_tags      with branches: [], also scrape commits only tags reach (default true: every commit git can reach)
   include_remotes   remote-tracking branches count as branches (default true); false = local branches only
   rev_range         a git revision range (e.g. "v1.0..main"); replaces branches/tags for choosing commits
   default_branch    the branch for on_default_first_parent; null = HEAD's branch (else main/master)
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, help="the repository to scrape (overrides git_scraper.repo)")
     parser.add_argument("--output", type=Path, help="commits.json to write (default: <output_dir>/commits.json)")
     parser.add_argument("--branches", nargs="+", metavar="BRANCH", help="branches to scrape (default: every branch)")
-    parser.add_argument("--include-tags", action="store_true", default=None, help="also scrape commits only tags reach")
+    parser.add_argument("--include-tags", action=argparse.BooleanOptionalAction, default=None,
+                        help="also scrape commits only tags reach (default); --no-include-tags: branches only")
     parser.add_argument("--include-remotes", action=argparse.BooleanOptionalAction, default=None,
                         help="remote-tracking branches count as branches (default); --no-include-remotes: local only")
     parser.add_argument("--rev-range", help='a revision range instead of branches, e.g. "v1.0..main"')

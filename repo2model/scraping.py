@@ -75,7 +75,7 @@ class ScraperConfig:
 
     repo: Path = Path(".")
     branches: list[str] = field(default_factory=list)
-    include_tags: bool = False
+    include_tags: bool = True
     include_remotes: bool = True
     rev_range: str | None = None
     default_branch: str | None = None
@@ -163,6 +163,11 @@ class Repository:
         """A streaming git process (its stderr to a file or discarded: a pipe nobody reads could fill up)."""
         return git_popen(self.top, args, stdin=stdin if stdin is not None else subprocess.DEVNULL,
                          stderr=stderr if stderr is not None else subprocess.DEVNULL)
+
+    def shallow_boundary(self) -> list[str]:
+        """The commits a shallow clone cut the history at (their parents are missing); [] when not shallow."""
+        shallow = Path(self.git("rev-parse", "--absolute-git-dir")) / "shallow"
+        return sorted(shallow.read_text().split()) if shallow.is_file() else []
 
     def mailmap_digest(self) -> str:
         digest = hashlib.blake2b(digest_size=12)
@@ -256,7 +261,7 @@ def select_refs(repo: Repository, cfg: ScraperConfig) -> Refs:
         chosen = {f"refs/heads/{n}": oid for n, oid in refs.local.items()}
         if with_remotes:
             chosen.update({f"refs/remotes/{n}": oid for n, oid in refs.remote.items()})
-    if cfg.include_tags:
+    if cfg.include_tags and not cfg.branches:  # naming branches narrows the scrape to them
         chosen.update(refs.tags)
 
     if not chosen:  # a detached HEAD and no branches (e.g. a CI checkout), or no commits at all
@@ -1027,7 +1032,7 @@ class PreviousScrape:
             if not line.endswith(b"\n"):
                 break
             record = json.loads(line[:-2] if line.endswith(b",\n") else line)
-            problem = shape_error(Commit, record)
+            problem = shape_error(Commit, record) or _time_problem(record)
             if problem:
                 raise WrongShape(f"{self.path}: line {lineno}: {problem}: not a commit record git_scraper "
                                  "wrote (rerun without --incremental to scrape everything again)")
@@ -1053,6 +1058,15 @@ class PreviousScrape:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _time_problem(record: dict) -> str | None:
+    for key in ("authored_at", "committed_at"):
+        try:
+            datetime.fromisoformat(record[key])
+        except ValueError:
+            return f"{key}: expected an ISO 8601 time, got {record[key][:40]!r}"
+    return None
 
 
 def _readable_copy(path: Path) -> IO[bytes]:
@@ -1084,12 +1098,19 @@ class Totals:
         self.skipped: Counter = Counter()
         self.truncated = 0
         self.non_utf8 = 0
+        self.non_utf8_messages = 0
+        self.non_utf8_paths = 0  # git's bytes were not UTF-8: the path holds U+FFFD in their place
+        self.empty_commits = 0
+        self.octopus_merges = 0
         self.first: tuple[datetime, str] | None = None
         self.last: tuple[datetime, str] | None = None
 
     def add(self, record: dict) -> None:
         self.commits += 1
         self.merges += record["is_merge"]
+        self.octopus_merges += len(record["parents"]) > 2
+        self.empty_commits += not record["files"] and not record["is_merge"]
+        self.non_utf8_messages += bool(record.get("message_non_utf8"))
         author = record["author"]
         self.authors.add((author["email"] or author["name"]).lower())
         moment = (datetime.fromisoformat(record["authored_at"]), record["authored_at"])
@@ -1107,6 +1128,7 @@ class Totals:
                 self.skipped[change["patch_skipped"]] += 1
             self.truncated += change["truncated"]
             self.non_utf8 += change["non_utf8"]
+            self.non_utf8_paths += "\ufffd" in change["path"]
 
     def metadata(self, repo: Repository, refs: Refs, cfg: ScraperConfig, scraper: Scraper) -> dict:
         return {
@@ -1127,6 +1149,12 @@ class Totals:
             "unavailable_files": self.skipped.get(PATCH_UNAVAILABLE, 0),
             "truncated_patches": self.truncated,
             "non_utf8_patches": self.non_utf8,
+            "non_utf8_messages": self.non_utf8_messages,
+            "non_utf8_paths": self.non_utf8_paths,
+            "empty_commits": self.empty_commits,
+            "octopus_merges": self.octopus_merges,
+            # a shallow clone: these commits' parents are not in the repository (their diffs add every file)
+            "shallow_boundary": repo.shallow_boundary(),
             "settings": {
                 "skip_merges": cfg.skip_merges, "detect_renames": cfg.detect_renames,
                 "file_filters": cfg.file_filters, "exclude_globs": cfg.exclude_globs,

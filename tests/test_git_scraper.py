@@ -140,12 +140,12 @@ def test_every_branch_commit_exactly_once_parents_first(history):
     data = json.loads(paths.commits.read_text())
     order = [c["hash"] for c in data["commits"]]
     assert len(order) == len(set(order))
-    assert set(order) == set(git_lines(repo, "rev-list", "--branches"))
-    assert hashes["tag_only"] not in order  # tags are off by default
+    assert set(order) == set(git_lines(repo, "rev-list", "--branches", "--tags"))  # every commit git can reach
+    assert hashes["tag_only"] in order
     position = {sha: i for i, sha in enumerate(order)}
     for commit in data["commits"]:
         assert all(position[p] < position[commit["hash"]] for p in commit["parents"])
-    assert order == git_lines(repo, "rev-list", "--date-order", "--reverse", "--branches")
+    assert order == git_lines(repo, "rev-list", "--date-order", "--reverse", "--branches", "--tags")
     meta = data["metadata"]
     assert meta["total_commits"] == len(order) == summary["commits"]
     assert sorted(meta["branches"]) == ["feature", "main", "topic"]
@@ -289,10 +289,11 @@ def test_no_planted_secret_anywhere_in_the_output(history):
 def test_tags_remotes_and_rev_range(history, tmp_path):
     repo, hashes, _, _ = history
     paths = ArtifactPaths.under(tmp_path)
-    git_scraper.run(Config(repo=repo.path, include_tags=True, **SMALL), paths)
-    tagged = by_hash(paths)
+    tagged = by_hash(history[2])  # the default: commits only a tag reaches are in, on no branch
     assert hashes["tag_only"] in tagged and tagged[hashes["tag_only"]]["branches"] == []
-    assert read_commits_metadata(paths.commits)["refs"][-1] == "refs/tags/v1"
+    assert read_commits_metadata(history[2].commits)["refs"][-1] == "refs/tags/v1"
+    git_scraper.run(Config(repo=repo.path, include_tags=False, **SMALL), paths)
+    assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "--branches"))
 
     git_scraper.run(Config(repo=repo.path, branches=["feature"], **SMALL), paths)
     assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "feature"))
@@ -330,7 +331,7 @@ def test_a_plain_clone_scrapes_every_branch_by_default(history, tmp_path):
     assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "feature"))
     git_scraper.run(Config(repo=clone.path, branches=["origin/topic"]), paths)
     assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "topic"))
-    git_scraper.run(Config(repo=clone.path, include_remotes=False), paths)
+    git_scraper.run(Config(repo=clone.path, include_remotes=False, include_tags=False), paths)
     assert set(by_hash(paths)) == set(git_lines(repo, "rev-list", "main"))
     assert read_commits_metadata(paths.commits)["branches"] == ["main"]
 
