@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -442,3 +443,24 @@ def test_fp16_loss_scaling_path(shared, tmp_path, monkeypatch):
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
     saved = json.loads((paths.checkpoints_dir / "step-000012" / "train_state.json").read_text())
     assert saved["scaler"]["scale"] > 0  # the loss scale is kept for a resume
+
+
+# ----------------------------------------------------------------------------- the GPU benchmark's CPU path
+
+
+def test_gpu_qlora_bench_runs_its_tiny_path(tmp_path):
+    """bench/bench_gpu_qlora.py --tiny: the profile's QLoRA set-up and train_model.train_step, at toy shapes."""
+    spec = importlib.util.spec_from_file_location("bench_gpu_qlora", ROOT / "bench" / "bench_gpu_qlora.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "figures.json"
+    assert bench.main(["--tiny", "--work", str(tmp_path / "work"), "--steps", "2", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["quant_type"] == "nf4" and figures["double_quant"] is True
+    assert figures["linear4bit_layers"] == 7 * bench.TINY["num_hidden_layers"]
+    assert figures["optimizer"] == "PagedAdamW8bit" and figures["checkpointing"] is True
+    assert figures["precision"] == "fp16" and figures["loss_scaling"] is True
+    assert figures["new_token_rows"] == figures["vocab_size"] - bench.TINY["vocab_size"] > 100
+    assert (figures["micro_batch"], figures["accumulation"]) == (1, 2)
+    assert figures["tokens_per_step"] == 2 * bench.TINY_SEQ_LEN and figures["finite"] and len(figures["losses"]) == 2
+    assert figures["estimate_gib"] > 0.5  # the estimator ran on the planned set-up
