@@ -524,6 +524,19 @@ def test_bad_input_is_one_line_and_exit_2(make_repo, tmp_path):
     assert not (tmp_path / "out" / "commits.json").exists()
 
 
+def test_inherited_git_variables_do_not_redirect_the_scrape(make_repo, tmp_path):
+    mine, other = make_repo("mine"), make_repo("other")
+    mine.commit("mine", {"a.rs": "fn a() {}\n"})
+    other.commit("other", {"b.rs": "fn b() {}\n"})
+    env = {**os.environ, "GIT_DIR": str(other.path / ".git"), "GIT_WORK_TREE": str(other.path),
+           "GIT_INDEX_FILE": str(other.path / ".git" / "index")}  # as inside a hook of the other repository
+    out = tmp_path / "commits.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "git_scraper.py"), "--repo", str(mine.path), "--output", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [c["message"] for c in json.loads(out.read_text())["commits"]] == ["mine"]
+
+
 def test_unwritable_output_folder(make_repo, tmp_path):
     good = make_repo("good")
     good.commit("one", {"a.rs": "fn a() {}\n"})
