@@ -13,10 +13,12 @@ Endpoints
                     exactly one of `repo` (a local repository: its last commits are scraped and chunked
                     on the fly) and `commits` (commits.json records, oldest first, each optionally with
                     its "chunks"); reply: the prediction JSON (as predict.py prints it).
-Errors are JSON {"error": "...", "status": code}: 400 invalid JSON, 401 missing/wrong bearer token,
-403 repository outside allowed_repo_roots, 404, 405, 408 body shorter than its Content-Length (after
-socket_timeout_s), 411 no Content-Length, 413 body too large,
-415 not application/json, 422 a field is invalid (the message names it), 500 internal error (logged).
+Errors are JSON {"error": "...", "status": code}: 400 invalid JSON, an unreadable request line or a NUL
+byte in `repo`, 401 missing/wrong bearer token, 403 repository outside allowed_repo_roots, 404, 405, 408
+body shorter than its Content-Length (after socket_timeout_s), 411 no Content-Length, 413 body too large,
+414 request line over 64 KiB, 415 not application/json, 422 a field is invalid (the message names it),
+431 a header line over 64 KiB or over 100 headers, 501 unknown method, 505 HTTP version, 500 internal
+error (logged).
 
 The model is loaded once; requests are served by threads, generations one at a time (a lock).
 
@@ -175,7 +177,12 @@ class Service:
     def history_from_repo(self, repo: Any, count: int):
         if not isinstance(repo, str) or not repo:
             raise RequestError(422, "repo: must be a path to a local git repository")
-        path = Path(repo).expanduser().resolve()
+        if "\x00" in repo:
+            raise RequestError(400, "repo: contains a NUL byte")
+        try:
+            path = Path(repo).expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # a path too long, ~nosuchuser
+            raise RequestError(422, f"repo: not a usable path ({exc})") from None
         roots = [Path(r).resolve() for r in self.cfg.allowed_repo_roots]
         if roots and not any(path == r or r in path.parents for r in roots):
             raise RequestError(403, f"repo: {path} is outside the allowed repository roots")
@@ -292,7 +299,20 @@ class Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line 400, 414, 431 headers too large, 501, 505) as JSON like
+        every other error, instead of its HTML page; the connection is closed (the request was not understood)."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unreadable request line: answer with a status line anyway
+            self.request_version = self.protocol_version
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self.reply(code, {"error": message or phrase, "status": code})
 
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)

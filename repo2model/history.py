@@ -18,6 +18,7 @@ from pathlib import Path
 from repo2model.artifacts import iter_commits, iter_jsonl
 from repo2model.chunking import ChunkerConfig, chunk_commit
 from repo2model.config import load_config
+from repo2model.errors import UserError
 from repo2model.git import CatFile, open_repository
 from repo2model.records import Chunk, Commit
 from repo2model.scraping import ScraperConfig, scrape_recent
@@ -30,7 +31,10 @@ History = list[tuple[Commit, list[Chunk]]]
 def history_from_repo(repo: Path, count: int, scraper_cfg: ScraperConfig | None = None,
                       chunker_cfg: ChunkerConfig | None = None) -> History:
     """The last `count` commits of `repo` (oldest first) with their chunks, as the stages would make them."""
-    top = open_repository(repo)
+    try:
+        top = open_repository(repo)
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise UserError(f"{str(repo)[:200]}: not a usable path ({exc.strerror or exc})") from None
     if count == 0:
         return []
     commits = scrape_recent(top, count, scraper_cfg)

@@ -12,20 +12,30 @@ Writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from repo2model.artifacts import atomic_path, read_json, require
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 from repo2model.paths import ArtifactPaths
 
 log = logging.getLogger("train_model")
 
 INFO_FILE = "training_info.json"
+
+# What transformers, tokenizers, safetensors, peft and json raise on a damaged folder: a cut safetensors file
+# (SafetensorError), a config.json that is not JSON (OSError) or not an object (TypeError), an unknown
+# architecture (ValueError), a field of the wrong type (StrictDataclassError), weights that do not fit the
+# config (RuntimeError), a cut tokenizer.json (JSONDecodeError, a ValueError).
+DAMAGED_FOLDER_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError, StrictDataclassError)
 
 
 def load_base_for_adapter(model_dir: Path, device: str, dtype: torch.dtype, quantize: bool = False):
@@ -46,8 +56,10 @@ def load_base_for_adapter(model_dir: Path, device: str, dtype: torch.dtype, quan
         kwargs["device_map"] = {"": torch.device(device).index or 0} if device.startswith("cuda") else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    except OSError as exc:
-        raise UserError(f"{model_dir}: its base model {base!r} cannot be loaded ({str(exc).splitlines()[0]})") from None
+    except DAMAGED_FOLDER_ERRORS as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        raise UserError(f"{model_dir}: its base model {base!r} cannot be loaded ({first_line(exc)})") from None
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return (model if quantize else model.to(device)), tokenizer
@@ -61,23 +73,76 @@ def load_trained_model(model_dir: Path, device: str = "cpu"):
     it was trained.
     """
     model_dir = require(Path(model_dir), "train_model")
-    if (model_dir / "adapter_config.json").is_file():
-        dtype, quantize = torch.float32, False
-        if device.startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            info = read_json(model_dir / INFO_FILE) if (model_dir / INFO_FILE).is_file() else {}
-            quantize = info.get("mode") == "qlora"
-        base, tokenizer = load_base_for_adapter(model_dir, device, dtype, quantize)
-        model = adapter_class().from_pretrained(base, str(model_dir))
-        if not quantize:
-            model = model.to(device)
-    elif (model_dir / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)
-    else:
+    adapter = (model_dir / "adapter_config.json").is_file()
+    if not adapter and not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model folder written by train_model (no config.json or adapter_config.json)")
+    with damaged_folder_errors(model_dir):
+        if adapter:
+            dtype, quantize = torch.float32, False
+            if device.startswith("cuda"):
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                info = read_json(model_dir / INFO_FILE) if (model_dir / INFO_FILE).is_file() else {}
+                quantize = info.get("mode") == "qlora"
+            base, tokenizer = load_base_for_adapter(model_dir, device, dtype, quantize)
+            model = adapter_class().from_pretrained(base, str(model_dir))
+            if not quantize:
+                model = model.to(device)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            model = load_full_model(model_dir).to(device)
     model.eval()
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def damaged_folder_errors(model_dir: Path) -> Iterator[None]:
+    """A library's error while loading `model_dir` becomes one line naming the folder and the fix."""
+    try:
+        yield
+    except DAMAGED_FOLDER_ERRORS as exc:
+        if isinstance(exc, torch.OutOfMemoryError):  # a RuntimeError, but the folder is fine
+            raise
+        raise UserError(f"{model_dir}: cannot load the model ({type(exc).__name__}: {first_line(exc)}): the folder is "
+                        "damaged or incomplete; retrain it (python pipeline.py --stage train_model) or restore it "
+                        "from a backup") from None
+
+
+def load_full_model(model_dir: Path):
+    """A full model (scratch or merged) whose safetensors must hold every tensor of config.json's shape: a tensor
+    missing or of another shape (a weights file from another run) is a UserError, not a half-random model."""
+    with without_load_report():  # its table of keys would bury the one line below
+        model, info = AutoModelForCausalLM.from_pretrained(str(model_dir), output_loading_info=True,
+                                                           ignore_mismatched_sizes=True)
+    missing, mismatched = sorted(info["missing_keys"]), sorted(info["mismatched_keys"])
+    if missing:
+        raise UserError(f"{model_dir}: the weights lack {len(missing)} of the model's tensors (e.g. {missing[0]}): "
+                        "the folder is damaged or incomplete; retrain it (python pipeline.py --stage train_model)")
+    if mismatched:
+        key, saved, expected = mismatched[0]
+        raise UserError(f"{model_dir}: the weights do not fit config.json ({len(mismatched)} tensors, e.g. {key}: "
+                        f"{tuple(saved)} saved, {tuple(expected)} expected): config.json and model.safetensors come "
+                        "from different runs; retrain it (python pipeline.py --stage train_model)")
+    if info["unexpected_keys"]:
+        log.warning("%s: %d tensors in the weights that the model does not use (ignored)", model_dir,
+                    len(info["unexpected_keys"]))
+    return model
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_load_report() -> Iterator[None]:
+    """transformers' loading report (a table of missing/mismatched keys) left out: load_full_model says it in a line."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _DropLoadReport()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def merge_adapter(model_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:

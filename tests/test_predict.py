@@ -4,8 +4,10 @@ options, history."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 import helpers_predict as H
 import predict
@@ -319,3 +321,53 @@ def test_ranking_options_are_validated():
                       ({"rank_batch_size": 0}, "rank_batch_size")]:
         with pytest.raises(ValueError, match=word):
             prediction.PredictionConfig(**bad)
+
+
+# ---------------------------------------------------------------- a damaged model folder
+
+
+def cut_in_half(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGES = {
+    "cut safetensors": (lambda d: cut_in_half(d / "model.safetensors"), "SafetensorError"),
+    "empty safetensors": (lambda d: (d / "model.safetensors").write_bytes(b""), "SafetensorError"),
+    "no weights": (lambda d: (d / "model.safetensors").unlink(), "no file named model.safetensors"),
+    "config.json not JSON": (lambda d: (d / "config.json").write_text('{"model_type": "llama", '), "config"),
+    "config.json a list": (lambda d: (d / "config.json").write_text("[1]"), "TypeError"),
+    "unknown architecture": (lambda d: (d / "config.json").write_text('{"model_type": "nosuch"}'), "nosuch"),
+    "weights of another shape": (lambda d: (d / "config.json").write_text(
+        (d / "config.json").read_text().replace('"hidden_size": 64', '"hidden_size": 32')), "do not fit config.json"),
+    "cut tokenizer.json": (lambda d: cut_in_half(d / "tokenizer.json"), "JSONDecodeError"),
+    "no tokenizer": (lambda d: [(d / name).unlink() for name in ("tokenizer.json", "tokenizer_config.json")],
+                     "tokenizer"),
+}
+
+
+def test_a_damaged_model_folder_is_one_line_not_a_traceback(learned, tmp_path, capsys):
+    good = save_model_folder(learned, tmp_path / "good")
+    commits = tmp_path / "commits.json"
+    with CommitsWriter(commits) as writer:
+        for c, _ in H.fixture_history():
+            writer.add(c)
+        writer.metadata = {"total_commits": 2}
+    partial = save_model_folder(learned, tmp_path / "partial")  # a tensor missing: not a half-random model
+    tensors = load_file(str(partial / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "layers.1." not in k}, str(partial / "model.safetensors"))
+    folders = {"missing tensors": (partial, "lack 9 of the model's tensors")}
+    for name, (damage, word) in DAMAGES.items():
+        folder = tmp_path / name.replace(" ", "_")
+        shutil.copytree(good, folder)
+        damage(folder)
+        folders[name] = (folder, word)
+    capsys.readouterr()
+    for name, (folder, word) in folders.items():
+        code = predict.main(["--model", str(folder), "--commits", str(commits), "--task", H.TASK,
+                             "--max-new-tokens", "8", "--output-dir", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and str(folder) in errors[0] and word in errors[0], (name, err)
+        assert "Traceback" not in err and "retrain" in errors[0], name
+    assert predict.main(["--model", str(good), "--commits", str(commits), "--task", H.TASK,
+                         "--max-new-tokens", "8", "--output", str(tmp_path / "ok.json")]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 
 import pytest
@@ -93,6 +94,8 @@ def test_predict_with_commit_records(server):
     ({"task": "x", "commits": [], "extra": 1}, 422, "extra"),
     ([1, 2], 422, "object"),
     ({"task": "x" * 5000, "commits": []}, 422, "task"),
+    ({"task": "x", "repo": "/tmp/a\x00b"}, 400, "NUL byte"),
+    ({"task": "x", "repo": "/" + "a" * 5000}, 422, "repo"),
 ])
 def test_invalid_requests_get_clear_4xx(server, body, status, word):
     got, payload, _ = call(server, "POST", "/predict", body)
@@ -201,6 +204,13 @@ def test_cli_serves_a_model_folder_and_stops_on_sigterm(learned, tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
     assert "run the train_model stage" in bad.stderr
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a cut-off copy
+    damaged = subprocess.run([sys.executable, str(root / "serve.py"), "--model", str(folder)],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert damaged.returncode == 2 and "Traceback" not in damaged.stderr, damaged.stderr
+    last = damaged.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {folder}: cannot load the model (SafetensorError") and "retrain" in last
 
 
 def test_predict_from_a_real_repository(server, make_repo):
@@ -230,3 +240,33 @@ def test_a_stalled_body_gets_408_and_the_service_carries_on(learned):
     finally:
         stalling.shutdown()
         stalling.server_close()
+
+
+def raw_exchange(server, data: bytes) -> tuple[int, dict, dict]:
+    """Send raw bytes, read until the server closes: (status, headers, JSON body)."""
+    with socket.create_connection(server.server_address[:2], timeout=30) as sock:
+        sock.sendall(data)
+        reply = sock.makefile("rb").read()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    assert len(body) == int(headers["content-length"])
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize("request_bytes, status, word", [
+    (b"GARBAGE\r\n\r\n", 400, "Bad request syntax"),
+    (b"GET /health FOO/1.1\r\n\r\n", 400, "Bad request version"),
+    (b"GET /health HTTP/9.9\r\n\r\n", 505, "HTTP version"),
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "Request-URI Too Long"),
+    (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "Line too long"),
+    (b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n", 431, "Too many headers"),
+    (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 501, "Unsupported method"),
+    (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+     b"Content-Length: 36\r\n\r\n" + b'{"task": "x", "repo": "/tmp\\u0000a"}', 400, "NUL byte"),
+])
+def test_malformed_http_gets_json_not_html(server, request_bytes, status, word):
+    got, headers, body = raw_exchange(server, request_bytes)
+    assert got == status and body["status"] == status and word in body["error"], body
+    assert headers["content-type"].startswith("application/json") and headers["connection"] == "close"
+    assert call(server, "GET", "/health")[0] == 200  # the service carries on
