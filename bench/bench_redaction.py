@@ -107,11 +107,14 @@ def main() -> None:
                   f"placeholders in chunk before/after {dict(sorted(in_chunks.items()))}")
             rng = random.Random(0)
             for kind, values in sorted(found.items()):
-                distinct = sorted(set(values))
-                print(f"   {kind}: {len(values)} found ({len(distinct)} distinct, in patches, messages, paths "
-                      f"and changed file versions)")
-                for where, value in rng.sample(distinct, min(args.samples, len(distinct))):
-                    print(f"      {value[:48]!r:52} {where[:90]}")
+                first_place = {}
+                for where, value in values:
+                    first_place.setdefault(value, where)
+                distinct = sorted(first_place)
+                print(f"   {kind}: {len(values)} found ({len(distinct)} distinct values, in patches, messages, "
+                      f"paths and changed file versions)")
+                for value in rng.sample(distinct, min(args.samples, len(distinct))):
+                    print(f"      {value[:48]!r:52} {first_place[value][:90]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

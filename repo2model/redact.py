@@ -146,6 +146,8 @@ def _is_placeholder(value: str) -> bool:
         or low in _COMMON_WORDS
         or len(set(value)) <= 2  # "********", "xxxxxxxx"
         or low.startswith(("example", "changeme", "dummy", "placeholder", "your_", "your-", "<"))
+        or "password" in low  # "secure%20password" in a test: an example, not somebody's password
+        or value.startswith("\\")  # "Password: \nScrew you." in a string: an escape, then prose
     )
 
 

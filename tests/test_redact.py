@@ -122,6 +122,9 @@ def test_values_assigned_to_key_like_names(line, kind, secret):
         '+PASSAGE_FILENAME = "psgs_w100.tsv.pkl"',
         '+    "token2wav_config": Qwen2_5OmniToken2WavConfig,',
         '+    tokenizer: "tokenizers.Tokenizer",',
+        # seen in click / axum histories
+        '+    assert out == "Password: \\nScrew you.\\n"',
+        '+        check_body(b"username=user&password=secure%20password").await;',
     ],
 )
 def test_ordinary_code_is_left_alone(line):
