@@ -404,8 +404,10 @@ def markdown_report(result: dict) -> str:
                   "| feature | ranker |" + (" ranker_lm |" if ranker.get("feature_importance_lm") else ""),
                   "|---|---|" + ("---|" if ranker.get("feature_importance_lm") else "")]
         lm = ranker.get("feature_importance_lm") or {}
-        names_lm = list(dict.fromkeys(list(ranker["feature_importance"]) + list(lm)))
-        for feature in names_lm[:25]:
+        # The top 20 of each ranker, and the language model's own features whatever their share.
+        shown = list(ranker["feature_importance"])[:20] + list(lm)[:20]
+        shown += [f for f in lm if f.startswith("lm_") or f == "base_score"]
+        for feature in dict.fromkeys(shown):
             cell = f" {lm.get(feature, 0.0):.3f} |" if lm else ""
             lines.append(f"| {feature} | {ranker['feature_importance'].get(feature, 0.0):.3f} |{cell}")
     info = result.get("model") or {}

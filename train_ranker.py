@@ -92,6 +92,7 @@ class Collected:
     types: dict[str, list[TypeExample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     code_search: bool = False
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time (the machine may be shared)
 
 
 class LanguageModelScores:
@@ -127,12 +128,14 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
         log.warning("the repository of %s is not there: code search and the tree are left out", paths.commits)
     scores = load_language_model(cfg, paths, prediction or PredictionConfig(), splits)
     collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores)
-    fit_started = time.monotonic()
+    fit_started, fit_cpu = time.monotonic(), time.process_time()
     booster = fit_lambdarank(collected.rows["train"], collected.rows["val"], list(FEATURES), cfg.fit(), seed,
                              columns=list(range(len(FEATURES))))
     booster_lm = fit_lm_ranker(booster, collected.rows["val"], cfg.fit(), seed) if scores else None
+    fit_seconds, fit_cpu = time.monotonic() - fit_started, time.process_time() - fit_cpu
+    types_started = time.monotonic()
     classes, type_model = fit_types(collected.types, cfg, seed) if cfg.change_types else ([], None)
-    fit_seconds = time.monotonic() - fit_started
+    types_seconds = time.monotonic() - types_started
     settings = {
         "features": list(FEATURES),
         "lm_features": list(LM_FEATURES) + ["base_score"] if booster_lm is not None else [],
@@ -151,7 +154,10 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
         "feature_importance": importances(booster),
         "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
         "features_seconds": round(collected.seconds, 2),
+        "features_cpu_seconds": round(collected.cpu_seconds, 2),
         "fit_seconds": round(fit_seconds, 2),
+        "fit_cpu_seconds": round(fit_cpu, 2),
+        "change_types_seconds": round(types_seconds, 2),
     })
     ranker.metrics = metrics
     ranker.save(paths.ranker_dir)
@@ -209,7 +215,7 @@ def load_language_model(cfg: RankerConfig, paths: ArtifactPaths, prediction: Pre
 def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineConfig, features: FeatureConfig,
             repo: Path | None, scores: LanguageModelScores | None) -> Collected:
     """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines."""
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     out = Collected(code_search=repo is not None)
     progress = tqdm(total=len(targets), desc="features", unit="target", leave=False)
     for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo):
@@ -226,7 +232,7 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
             out.baselines[target.commit] = {name: ranking[:10] for name, ranking in state.rankings.items()}
         progress.update()
     progress.close()
-    out.seconds = time.monotonic() - started
+    out.seconds, out.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
     return out
 
 

@@ -236,8 +236,9 @@ class PastCommits:
                     best[y] = (confidence, support)
         return best
 
-    def cochange(self, limit: int) -> list[tuple[str, float]]:
-        rules = self.cochange_rules()
+    def cochange(self, limit: int, rules: dict[str, tuple[float, int]] | None = None) -> list[tuple[str, float]]:
+        """Files by their best rule (`rules`: cochange_rules() when already computed)."""
+        rules = self.cochange_rules() if rules is None else rules
         top = heapq.nsmallest(limit, rules.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
         return [(path, conf) for path, (conf, _) in top]
 
@@ -300,13 +301,14 @@ def fusion(rankings: dict[str, list[tuple[str, float]]], k: int, limit: int,
 
 
 def baseline_rankings(past: PastCommits, similar: dict[str, SimilarFile], code_scores: dict[str, float] | None,
-                      depth: int) -> dict[str, list[tuple[str, float]]]:
+                      depth: int, rules: dict[str, tuple[float, int]] | None = None) -> dict[str, list[tuple[str, float]]]:
     """Every baseline's top `depth` files for one target, from its similar-commit evidence
-    (`past.similar_files`) and code-search scores (code_search only when `code_scores` is given)."""
+    (`past.similar_files`), code-search scores (code_search only when `code_scores` is given) and co-change
+    rules (`past.cochange_rules()`, computed when not given)."""
     rankings = {
         "frequent": past.frequent(depth),
         "recent": past.most_recent(depth),
-        "cochange": past.cochange(depth),
+        "cochange": past.cochange(depth, rules),
         "similar_commits": ranked({path: entry.score for path, entry in similar.items()}, depth),
     }
     if code_scores is not None:

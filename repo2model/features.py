@@ -116,6 +116,7 @@ class TargetState:
     code: CodeIndex | None
     task_words: list[str]
     similar: dict[str, SimilarFile]  # similar_commits' evidence per file
+    rules: dict[str, tuple[float, int]]  # co-change: each file's best rule (confidence, support)
     code_scores: dict[str, float] | None
     rankings: dict[str, list[tuple[str, float]]]
 
@@ -173,8 +174,9 @@ def state_at(past: PastCommits, code: CodeIndex | None, target: Target, depth: i
         code.move_to(target.parent)
         code_scores = code.search(words)
     similar, _ = past.similar_files(words)
-    return TargetState(target, past, code, words, similar, code_scores,
-                       baseline_rankings(past, similar, code_scores, depth))
+    rules = past.cochange_rules()
+    return TargetState(target, past, code, words, similar, rules, code_scores,
+                       baseline_rankings(past, similar, code_scores, depth, rules))
 
 
 # ---------------------------------------------------------------- candidates
@@ -212,15 +214,32 @@ def candidates(state: TargetState, cfg: FeatureConfig, extra: list[str] = ()) ->
 
 def ranks_of(values: dict[str, float], wanted: list[str]) -> dict[str, int]:
     """1 + how many files score strictly higher, for each wanted file that has a value."""
-    if not values:
+    present = [p for p in wanted if p in values]
+    if not present:
         return {}
     ordered = np.sort(np.fromiter(values.values(), dtype=np.float64, count=len(values)))
-    out = {}
-    for path in wanted:
-        value = values.get(path)
-        if value is not None:
-            out[path] = int(len(ordered) - np.searchsorted(ordered, value, side="right")) + 1
-    return out
+    mine = np.array([values[p] for p in present], dtype=np.float64)
+    ranks = len(ordered) - np.searchsorted(ordered, mine, side="right") + 1
+    return dict(zip(present, ranks.tolist()))
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What a path alone says (cached: the same paths come back at every target)."""
+
+    folder: str
+    words: frozenset[str]
+    name_words: frozenset[str]
+    folder_words: frozenset[str]
+    kind: tuple[float, float, float]
+
+
+@lru_cache(maxsize=1 << 16)
+def path_info(path: str) -> PathInfo:
+    folder = folder_of(path)
+    return PathInfo(folder, frozenset(path_words(path)),
+                    frozenset(path_words(posixpath.splitext(posixpath.basename(path))[0])),
+                    frozenset(path_words(folder)), file_kind(path))
 
 
 @lru_cache(maxsize=1 << 16)
@@ -248,7 +267,7 @@ def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: Callable[[list[st
     task = set(state.task_words)
 
     recent = ranks_of({p: float(s) for p, s in past.last_seen.items()}, paths)
-    rules = past.cochange_rules()
+    rules = state.rules
     rules_last = past.cochange_rules(1)
     rule_rank = ranks_of({p: c + s * 1e-6 for p, (c, s) in rules.items()}, paths)
     similar = state.similar
@@ -282,18 +301,15 @@ def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: Callable[[list[st
 
     for i, path in enumerate(paths):
         seen = past.last_seen.get(path)
-        folder = folder_of(path)
-        words = path_words(path)
-        word_set = set(words)
+        info = path_info(path)
+        folder, word_set, name_words, folder_words = info.folder, info.words, info.name_words, info.folder_words
         overlap = len(task & word_set)
-        name_words = set(path_words(posixpath.splitext(posixpath.basename(path))[0]))
         module = past.file_module.get(path)
-        module_words = set(code_words(module)) if module else set()
-        folder_words = set(path_words(folder))
+        module_words = module_word_set(module) if module else frozenset()
         authors = past.file_authors.get(path)
         sim: SimilarFile | None = similar.get(path)
         rule = rules.get(path)
-        kind = file_kind(path)
+        kind = info.kind
         values = [
             recent.get(path, NAN),
             past.position - seen if seen is not None else NAN,
@@ -349,6 +365,11 @@ def repository_of(commits_path: Path) -> Path | None:
         return open_repository(repo) if repo else None
     except UserError:
         return None
+
+
+@lru_cache(maxsize=1 << 14)
+def module_word_set(module: str) -> frozenset[str]:
+    return frozenset(code_words(module))
 
 
 def candidate_recall(rows: CandidateRows, truth: list[str]) -> float | None:

@@ -204,7 +204,6 @@ class RankerConfig(FitSettings, FeatureConfig):
     max_train_targets: int = 0
     change_types: bool = True
     language_model: Literal["auto", "off"] = "auto"
-    lm_holdout: float = 0.5
     device: str = "cpu"
 
     def __post_init__(self):
@@ -214,8 +213,6 @@ class RankerConfig(FitSettings, FeatureConfig):
             raise ValueError("max_train_targets: must be >= 0 (0 = all)")
         if self.language_model not in ("auto", "off"):
             raise ValueError("language_model: must be auto or off")
-        if not 0.0 < self.lm_holdout < 1.0:
-            raise ValueError("lm_holdout: must be between 0 and 1")
 
     def fit(self) -> FitSettings:
         return FitSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FitSettings)})

@@ -116,6 +116,9 @@ class BM25Index:
     `add(key, counts)` (counts: word -> occurrences; a key added again replaces its document),
     `remove(key)`, `scores(query_words) -> {key: score}` for the documents sharing a word with the query
     (a repeated query word counts again, as in bm25s).
+
+    A removed document only loses its slot (scores skip dead slots); the postings are rebuilt without the
+    dead ones once they outnumber the live ones, so removing a file of the tree costs nothing per word.
     """
 
     def __init__(self, k1: float = K1, b: float = B):
@@ -123,10 +126,11 @@ class BM25Index:
         self._slot: dict[Hashable, int] = {}
         self._keys: list[Hashable | None] = []
         self._terms: list[Mapping[str, int] | None] = []
-        self._free: list[int] = []
+        self._alive = np.zeros(64, dtype=bool)
         self._lengths = np.zeros(64, dtype=np.float64)
         self._postings: dict[str, dict[int, int]] = {}
         self._total = 0
+        self._dead = 0
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -143,36 +147,45 @@ class BM25Index:
     def add(self, key: Hashable, counts: Mapping[str, int]) -> None:
         if key in self._slot:
             self.remove(key)
-        if self._free:
-            slot = self._free.pop()
-            self._keys[slot], self._terms[slot] = key, counts
-        else:
-            slot = len(self._keys)
-            self._keys.append(key)
-            self._terms.append(counts)
-            if slot >= len(self._lengths):
-                self._lengths = np.concatenate([self._lengths, np.zeros(len(self._lengths))])
+        slot = len(self._keys)
+        self._keys.append(key)
+        self._terms.append(counts)
+        if slot >= len(self._lengths):
+            self._lengths = np.concatenate([self._lengths, np.zeros(len(self._lengths))])
+            self._alive = np.concatenate([self._alive, np.zeros(len(self._alive), dtype=bool)])
         self._slot[key] = slot
         length = 0
+        postings = self._postings
         for word, n in counts.items():
             if n > 0:
-                self._postings.setdefault(word, {})[slot] = n
+                posting = postings.get(word)
+                if posting is None:
+                    postings[word] = {slot: n}
+                else:
+                    posting[slot] = n
                 length += n
         self._lengths[slot] = length
+        self._alive[slot] = True
         self._total += length
 
     def remove(self, key: Hashable) -> None:
         slot = self._slot.pop(key)
-        for word, n in self._terms[slot].items():
-            if n > 0:
-                posting = self._postings[word]
-                del posting[slot]
-                if not posting:
-                    del self._postings[word]
         self._total -= int(self._lengths[slot])
-        self._lengths[slot] = 0
+        self._alive[slot] = False
         self._keys[slot] = self._terms[slot] = None
-        self._free.append(slot)
+        self._dead += 1
+        if self._dead > 2 * max(1024, len(self._slot)):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Renumber the live documents and rebuild the postings without the dead slots."""
+        live = [(key, self._terms[slot]) for key, slot in self._slot.items()]
+        self._slot, self._keys, self._terms, self._postings = {}, [], [], {}
+        self._alive[:] = False
+        self._lengths[:] = 0
+        self._total = self._dead = 0
+        for key, counts in live:
+            self.add(key, counts)
 
     def scores(self, query: Iterable[str]) -> dict:
         n = len(self._slot)
@@ -186,8 +199,13 @@ class BM25Index:
                 continue
             slots = np.fromiter(posting.keys(), dtype=np.int64, count=len(posting))
             tf = np.fromiter(posting.values(), dtype=np.float64, count=len(posting))
+            if self._dead:
+                alive = self._alive[slots]
+                slots, tf = slots[alive], tf[alive]
+                if not len(slots):
+                    continue
             norm = self.k1 * ((1 - self.b) + self.b * self._lengths[slots] / average)
-            total[slots] += times * idf(len(posting), n) * tf / (norm + tf)
+            total[slots] += times * idf(len(slots), n) * tf / (norm + tf)
         return {self._keys[s]: float(total[s]) for s in np.flatnonzero(total)}
 
 
@@ -261,8 +279,6 @@ class CodeIndex:
         """Hold the tree of `commit` (None: the empty tree, e.g. before a root commit)."""
         if commit == self.commit:
             return
-        if commit is not None and self._objects.size(commit) is None:
-            raise UserError(f"{self.repo}: has no commit {commit[:12]} (rewritten or pruned since the scrape?)")
         if commit is None:
             changes = [(path, None) for path in self.blobs]
         elif self.commit is None:
@@ -310,21 +326,24 @@ class CodeIndex:
             if oid not in live:
                 del self._words[oid]
 
-    # git diff-tree --stdin: one request "<new> <old>" answers "<new>\0" then ":<modes> <oids> <status>\0<path>\0"
-    # per changed file; a second request for the same commit (an empty diff, --always) marks the end.
+    # git diff-tree --stdin: a request "<new> <old>" answers "<new>\0" then ":<modes> <oids> <status>\0<path>\0"
+    # per changed file; a second request "<old> <old>" (an empty diff, --always) marks the end.
 
     def _tree_diff(self, old: str, new: str) -> list[tuple[str, str | None]]:
         if self._diff is None:
             self._diff = git_popen(self.repo, ["diff-tree", "--stdin", "-r", "-z", "--no-renames", "--always"],
                                    stdin=subprocess.PIPE)
-        self._diff.stdin.write(f"{new} {old}\n{new} {new}\n".encode())
+        # `old` (the tree held now) is known good: its header ends the answer, or is all of it when git
+        # silently skips a `new` it does not have.
+        self._diff.stdin.write(f"{new} {old}\n{old} {old}\n".encode())
         self._diff.stdin.flush()
-        header = self._token()
+        if self._token() == old.encode():
+            raise UserError(f"{self.repo}: has no commit {new[:12]} (rewritten or pruned since the scrape?)")
         changes = []
         while True:
             token = self._token()
             if not token.startswith(b":"):
-                if token != header:
+                if token != old.encode():
                     raise RuntimeError(f"git diff-tree answered {token[:60]!r} for {new}")
                 return changes
             path = self._token().decode("utf-8", "replace")
