@@ -42,6 +42,10 @@ from repo2model.git import CatFile
 from repo2model.records import Chunk, Commit, FileChange, change_type
 from repo2model.redact import Redactor
 
+# Version of what chunks the same commit gives: bump it when a change to this module (or to
+# code_units) changes chunks.jsonl, so that an incremental run does not reuse older chunks.
+CHUNKS_FORMAT = 1
+
 # Degradations: the file's changed lines still land in `hunk` chunks.
 DEGRADED_PARSE_ERROR = "parse_error"
 DEGRADED_MISSING_OBJECT = "missing_object"
@@ -60,6 +64,7 @@ class ChunkerConfig:
     parse_cache_size: int = 1024
     batch_size: int = 64
     redact_secrets: bool = True
+    incremental: bool = False
 
     def __post_init__(self):
         if self.workers < 0:
@@ -98,6 +103,7 @@ class ChunkingStats:
     changed_lines: int = 0
     uncovered_lines: int = 0  # changed lines of a patch that no chunk's diff carries
     duplicated_lines: int = 0  # changed lines carried by more than one chunk
+    unreadable_objects: int = 0  # objects git could not read (corrupt): their files degraded as missing
     seconds: float = 0.0
 
     def merge(self, other: "ChunkingStats") -> None:
@@ -128,6 +134,7 @@ class ChunkingStats:
             "changed_lines": self.changed_lines,
             "uncovered_lines": self.uncovered_lines,
             "duplicated_lines": self.duplicated_lines,
+            "unreadable_objects": self.unreadable_objects,
             "seconds": self.seconds,
         }
 
@@ -166,11 +173,28 @@ class Chunker:
         self.cfg = cfg
         self.redactor = redactor
         self.degraded = DEGRADED_NO_REPOSITORY if objects is None else None
+        self._names: dict[str, str] = {}
+
+    def redact_name(self, name: str | None) -> str | None:
+        """A symbol or module as it goes into a chunk: read from file text and Cargo.toml (the path
+        parts come from commits.json, already redacted), so redacted like them."""
+        if name is None or self.redactor is None:
+            return name
+        redacted = self._names.get(name)
+        if redacted is None:
+            redacted = self.redactor.redact(name)[0]
+            if len(self._names) < 100_000:
+                self._names[name] = redacted
+        return redacted
 
     def chunk_commits(self, commits: list[Commit], stats: ChunkingStats) -> list[list[Chunk]]:
         """The chunks of each commit, objects for all of them read in one pipelined round trip."""
+        unreadable = self.objects.unreadable if self.objects is not None else 0
         prefetched = self.prefetch(commits) if self.objects is not None else {}
-        return [self.chunk_commit(commit, stats, prefetched) for commit in commits]
+        result = [self.chunk_commit(commit, stats, prefetched) for commit in commits]
+        if self.objects is not None:
+            stats.unreadable_objects += self.objects.unreadable - unreadable
+        return result
 
     def chunk_commit(self, commit: Commit, stats: ChunkingStats, prefetched: dict | None = None) -> list[Chunk]:
         if prefetched is None and self.objects is not None:
@@ -345,6 +369,7 @@ class _CommitContext:
 
     def __init__(self, commit: Commit, chunker: Chunker, stats: ChunkingStats, prefetched: dict):
         self.commit = commit
+        self.chunker = chunker
         self.objects = chunker.objects
         self.cfg = chunker.cfg
         self.redactor = chunker.redactor
@@ -423,7 +448,7 @@ class _CommitContext:
         if side is None or span is None:
             return None
         text = _slice(side.lines, span)
-        return self.redactor.redact(text)[0] if self.redactor is not None else text
+        return self.redactor.redact(text, path=side.path)[0] if self.redactor is not None else text
 
     def _to_chunks(self, piece: _Piece, patch: list[PatchLine], old: _Side | None, new: _Side | None,
                    change: FileChange, language: str, parse_error: bool) -> list[Chunk]:
@@ -441,7 +466,8 @@ class _CommitContext:
         old_file = change.old_path if change.old_path and change.old_path != file else None
         base = dict(
             commit=self.commit.hash, timestamp=self.commit.authored_at, author=self.commit.author.name,
-            file=file, language=language, module=piece.module, kind=piece.kind, symbol=piece.symbol,
+            file=file, language=language, module=self.chunker.redact_name(piece.module), kind=piece.kind,
+            symbol=self.chunker.redact_name(piece.symbol),
             old_file=old_file, parse_error=parse_error,
         )
         if piece.kind == "hunk":

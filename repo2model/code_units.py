@@ -112,7 +112,11 @@ def extract_units(language: str, source: bytes, split_threshold: int = 200, test
     root = tree.root_node
     result = FileUnits(parse_error=root.has_error, line_count=source.count(b"\n") + (0 if source.endswith(b"\n") or not source else 1))
     walker = _RustWalker if language == "rust" else _PythonWalker
-    walker(result.units, split_threshold).walk(root, test_file)
+    try:
+        walker(result.units, split_threshold).walk(root, test_file)
+    except RecursionError:  # items nested deeper than Python's stack (generated code): treated as unparsable
+        result.units.clear()
+        result.parse_error = True
     return result
 
 

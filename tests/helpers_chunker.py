@@ -19,19 +19,31 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True).stdout.decode("utf-8", "replace")
 
 
+def _raw_changes(repo: Path, base: str, full: str) -> list[tuple[str, str, str, str | None, str]]:
+    """(status letter, old blob, new blob, old path, path) per changed file, NUL-separated (any path)."""
+    fields = _git(repo, "diff-tree", "-z", "-r", "-M", "--no-abbrev", "--raw", base, full).split("\0")
+    changes = []
+    index = 0
+    while index < len(fields) and fields[index]:
+        _, _, old_blob, new_blob, status = fields[index].lstrip(":").split()
+        if status[0] in "RC":
+            old_path, path = fields[index + 1], fields[index + 2]
+            index += 3
+        else:
+            old_path, path = None, fields[index + 1]
+            index += 2
+        changes.append((status[0], old_blob, new_blob, old_path, path))
+    return changes
+
+
 def commit_record(repo: Path, sha: str) -> Commit:
     fields = _git(repo, "show", "-s", "--format=%H%x00%P%x00%an%x00%ae%x00%aI%x00%cI%x00%B", sha).split("\x00")
     full, parents = fields[0], fields[1].split()
     base = parents[0] if parents else _git(repo, "hash-object", "-t", "tree", "/dev/null").strip()
-    raw = _git(repo, "diff-tree", "-r", "-M", "--no-abbrev", "--raw", base, full)
     files = []
-    for line in raw.splitlines():
-        meta, *paths = line.split("\t")
-        _, _, old_blob, new_blob, status = meta.split()
-        status_letter = status[0]
-        old_path, path = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
+    for status_letter, old_blob, new_blob, old_path, path in _raw_changes(repo, base, full):
         diff_paths = [old_path, path] if old_path else [path]
-        patch = _git(repo, "diff", "-U3", "-M", "--no-color", base, full, "--", *diff_paths)
+        patch = _git(repo, "--literal-pathspecs", "diff", "-U3", "-M", "--no-color", base, full, "--", *diff_paths)
         binary = "Binary files" in patch and "@@" not in patch
         at = patch.find("\n@@ ")
         text = patch[at + 1 :] if at >= 0 else ""

@@ -6,8 +6,14 @@ The expected chunk lists were worked out by hand from the file contents below
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -652,6 +658,79 @@ def test_skipped_files_are_counted(make_repo, tmp_path):
     assert [c.symbol for c in iter_chunks(paths.chunks)] == ["a"]
 
 
+def loose_object(repo_path: Path, oid: str) -> Path:
+    return repo_path / ".git" / "objects" / oid[:2] / oid[2:]
+
+
+def build_hostile_history(make_repo):
+    """A repository with what real histories hold that once stopped the chunker: a crate in a folder
+    with a space, paths with a newline, quotes, a leading dash and non-ASCII, a symlink, a submodule
+    (gitlink) named like a source file, items nested deeper than Python's stack; then one blob
+    deleted from .git/objects and one overwritten with garbage."""
+    repo = make_repo("hostile")
+    crate = "docs/metal backend"
+    deep = "mod m {\n" * 1000 + "fn f() {}\n" + "}\n" * 1000  # fine for tree-sitter, too deep for a recursive walk
+    repo.commit("odd paths", {
+        f"{crate}/Cargo.toml": '[package]\nname = "metal-backend"\n',
+        f"{crate}/src/lib.rs": "pub fn gpu() -> u32 {\n    1\n}\n",
+        "we\nird/x.rs": "fn newline_folder() {}\n",
+        'q"uote/-dash.rs': "fn quoted() {}\n",
+        "ünïcode/straße.py": "def strasse():\n    return 1\n",
+        "gone.rs": "fn gone() {}\n",
+        "corrupt.rs": "fn corrupt() {}\n",
+        "deep.rs": deep,
+    })
+    (repo.path / "link.rs").symlink_to("gone.rs")
+    repo.commit("symlink")
+    repo.commit("edit them all", {
+        f"{crate}/src/lib.rs": "pub fn gpu() -> u32 {\n    2\n}\n",
+        "we\nird/x.rs": "fn newline_folder() {\n    1;\n}\n",
+        'q"uote/-dash.rs': "fn quoted() {\n    2;\n}\n",
+        "ünïcode/straße.py": "def strasse():\n    return 2\n",
+        "gone.rs": "fn gone() {\n    3;\n}\n",
+        "corrupt.rs": "fn corrupt() {\n    4;\n}\n",
+        "deep.rs": deep.replace("fn f() {}", "fn f() {\n    1;\n}"),
+    })
+    gitlink = "1" * 40  # a commit of another repository: no such object here
+    repo.git("update-index", "--add", "--cacheinfo", f"160000,{gitlink},vendor/dep.py")
+    repo.git("commit", "-q", "-m", "submodule")
+    commits = [commit_record(repo.path, sha) for sha in history(repo.path)]
+    by_path = {change.path: change for change in commits[2].files}
+    loose_object(repo.path, by_path["gone.rs"].new_blob).unlink()
+    corrupt = loose_object(repo.path, by_path["corrupt.rs"].new_blob)
+    corrupt.chmod(0o644)
+    corrupt.write_bytes(b"not a zlib stream")
+    return repo, commits
+
+
+def test_odd_paths_and_objects_degrade_and_are_counted(make_repo, tmp_path):
+    repo, commits = build_hostile_history(make_repo)
+    paths = ArtifactPaths.under(tmp_path / "out")
+    write_commits_json(paths.commits, repo.path, commits)
+    for workers in (1, 2):
+        sc.run(sc.Config(workers=workers, batch_size=1), paths)
+        chunks = list(iter_chunks(paths.chunks))
+        stats = json.loads(paths.chunking_stats.read_text())
+        assert stats["commits"] == 4 and stats["uncovered_lines"] == 0 and stats["duplicated_lines"] == 0
+        # the deleted blob, the corrupt one and the gitlink's commit id: each file degraded, counted
+        assert stats["degraded_files"]["missing_object"] == 3
+        # deep.rs added and edited; link.rs, a symlink whose blob is its target path "gone.rs"
+        assert stats["degraded_files"]["parse_error"] == 3
+        by_file = {}
+        for chunk in chunks:
+            by_file.setdefault((chunk.commit, chunk.file), []).append(chunk)
+        last = commits[2].hash
+        (gpu,) = by_file[(last, "docs/metal backend/src/lib.rs")]
+        assert (gpu.symbol, gpu.change_type, gpu.module) == ("gpu", "MODIFIED_FUNCTION", "metal_backend")
+        assert [c.symbol for c in by_file[(last, "we\nird/x.rs")]] == ["newline_folder"]
+        assert [c.symbol for c in by_file[(last, 'q"uote/-dash.rs')]] == ["quoted"]
+        assert [(c.symbol, c.module) for c in by_file[(last, "ünïcode/straße.py")]] == [("strasse", "ünïcode.straße")]
+        for degraded in ("gone.rs", "corrupt.rs", "deep.rs"):
+            assert {c.kind for c in by_file[(last, degraded)]} == {"hunk"}
+    for commit in commits:
+        assert coverage_problems(commit, [c for c in chunks if c.commit == commit.hash]) == []
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     missing = tmp_path / "nope" / "commits.json"
     assert sc.main(["--commits", str(missing), "--output", str(tmp_path / "c.jsonl")]) == 2
@@ -675,6 +754,120 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert not (commits.parent / "chunks.jsonl").exists()
     assert sc.main(["--commits", str(commits), "--repo", str(tmp_path / "gone")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+WRONG_SHAPES = [
+    (lambda r: {"hash": 5}, "hash: expected str, got int"),
+    (lambda r: {**r, "files": "oops"}, "files: expected a list, got str"),
+    (lambda r: {**r, "files": [{k: v for k, v in r["files"][0].items() if k != "status"}]}, "files[0].status: missing"),
+    (lambda r: {**r, "author": {"name": "A"}}, "author.email: missing"),
+    (lambda r: {**r, "files": [{**r["files"][0], "additions": "3"}]}, "files[0].additions: expected int, got str"),
+    (lambda r: [r], "record: expected an object, got list"),
+]
+
+
+def wrong_shaped_commits_json(path: Path, repo, break_record) -> None:
+    """A commits.json whose second commit is valid JSON of the wrong shape."""
+    good = [commit_record(repo.path, sha).to_dict() for sha in history(repo.path)]
+    with CommitsWriter(path) as writer:
+        writer.add(good[0])
+        writer.add(break_record(good[1]))
+        writer.metadata = {"repository": str(repo.path), "total_commits": 2}
+
+
+@pytest.mark.parametrize("break_record, message", WRONG_SHAPES)
+def test_wrong_shaped_records_are_one_line(make_repo, tmp_path, capsys, break_record, message):
+    repo = make_repo()
+    repo.commit("a", {"a.py": "def f():\n    return 1\n"})
+    repo.commit("b", {"a.py": "def f():\n    return 2\n"})
+    commits = tmp_path / "commits.json"
+    wrong_shaped_commits_json(commits, repo, break_record)
+    output = tmp_path / "chunks.jsonl"
+    output.write_text("previous\n")
+    assert sc.main(["--commits", str(commits), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    # the file, the line (commits.json: metadata, opening line, then one commit per line) and the field
+    assert err.count("\n") == 1 and f"{commits}: line 4: {message}" in err and "git_scraper" in err, err
+    assert output.read_text() == "previous\n"
+
+
+@pytest.mark.slow  # pipeline.py imports every stage (torch, transformers): about 20 s
+def test_wrong_shaped_records_through_the_pipeline(make_repo, tmp_path):
+    repo = make_repo()
+    repo.commit("a", {"a.py": "def f():\n    return 1\n"})
+    repo.commit("b", {"a.py": "def f():\n    return 2\n"})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"pipeline:\n  output_dir: out\ngit_scraper:\n  repo: {repo.path}\n", encoding="utf-8")
+    wrong_shaped_commits_json(tmp_path / "out" / "commits.json", repo, WRONG_SHAPES[1][0])
+    proc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--stage",
+                           "semantic_chunker"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+    results = json.loads((tmp_path / "out" / "pipeline_results.json").read_text())["stages"]
+    assert results["semantic_chunker"]["status"] == "failed"
+    assert "commits.json: line 4: files: expected a list, got str" in results["semantic_chunker"]["error"]
+    assert "line 4: files: expected a list" in proc.stderr
+
+
+def big_commits_json(make_repo, path: Path, copies: int) -> None:
+    """A commits.json that takes the stage many seconds: one commit of 40 Python files, repeated
+    under made-up hashes (Python files need no revision lookups, so the copies chunk like the original)."""
+    repo = make_repo("big")
+    functions = "".join(f"def f{i}(x):\n    y = x * {i}\n    return y + {i}\n\n\n" for i in range(12))
+    sha = repo.commit("many files", {f"pkg/m{i}.py": functions for i in range(40)})
+    record = commit_record(repo.path, sha).to_dict()
+    with CommitsWriter(path) as writer:
+        for i in range(copies):
+            writer.add({**record, "hash": f"{i:040x}"})
+        writer.metadata = {"repository": str(repo.path), "total_commits": copies}
+
+
+def start_stage(commits: Path) -> subprocess.Popen:
+    """The stage as its own process group, as a terminal runs it (Ctrl-C reaches every process in it)."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "semantic_chunker.py"), "--commits", str(commits),
+         "--output", str(commits.parent / "chunks.jsonl"), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def wait_for_temporary(folder: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while not list(folder.glob(".chunks.jsonl.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.05)
+    time.sleep(0.5)  # workers mid-batch, git cat-file processes running
+
+
+@pytest.mark.slow
+def test_interrupt_is_quiet_and_a_killed_run_is_cleaned_up(make_repo, tmp_path):
+    out = tmp_path / "out"
+    big_commits_json(make_repo, out / "commits.json", copies=300)  # 15 s or more of work
+    (out / "chunks.jsonl").write_text("previous\n")
+    # Ctrl-C: one line, exit 130, no worker traceback, no temporary left, the previous output kept
+    proc = start_stage(out / "commits.json")
+    wait_for_temporary(out, proc)
+    assert proc.poll() is None, "the stage finished before it could be interrupted: make the input bigger"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert "Traceback" not in err and "Error" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["chunks.jsonl", "commits.json"]
+    assert (out / "chunks.jsonl").read_text() == "previous\n"
+    # kill -9 leaves the temporary; the next run removes it (only names of its own outputs)
+    proc = start_stage(out / "commits.json")
+    wait_for_temporary(out, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    left = list(out.glob(".chunks.jsonl.*.tmp"))
+    assert sorted(path.is_dir() for path in left) == [False, True]  # the output being written, the workers' spool
+    foreign = [out / ".notes.txt.abcdefgh.tmp", out / ".chunks.jsonl.keep", out / "chunks.jsonl.tmp"]
+    for path in foreign:
+        path.write_text("not ours\n")
+    small = tmp_path / "small.json"
+    write_commits_json(small, tmp_path, [])
+    sc.run(sc.Config(workers=1), dataclasses.replace(ArtifactPaths.under(out), commits=small))
+    assert not any(path.exists() for path in left) and all(path.exists() for path in foreign)
+    assert not list(out.glob(".chunk*.tmp"))
 
 
 def test_config_yaml_section_loads():
@@ -711,6 +904,22 @@ def test_file_versions_are_redacted(make_repo):
 
 
 # ---------------------------------------------------------------- with the real scraper
+
+
+def test_secrets_in_paths_crate_names_and_symbols_never_reach_chunks(make_repo, tmp_path):
+    key = "AKIAZ7Q3X5W2V4T6R8P0"
+    repo = make_repo()
+    repo.commit("a", {f"keys/{key}.py": "def load():\n    return 1\n", "vault/Cargo.toml": f'[package]\nname = "{key}"\n',
+                      "vault/src/lib.rs": f"pub fn {key}() {{}}\n"})
+    commits, by_commit, _ = scrape_and_chunk(repo.path, tmp_path / "out", workers=1)
+    text = (tmp_path / "out" / "chunks.jsonl").read_text()
+    assert key not in text and "<REDACTED:aws_access_key>" in text
+    got = {(c.file, c.symbol, c.module) for c in by_commit[commits[0].hash]}
+    placeholder = "<REDACTED:aws_access_key>"
+    assert (f"keys/{placeholder}.py", "load", f"keys.{placeholder}") in got  # the scraper's path, the same way
+    assert ("vault/src/lib.rs", placeholder, placeholder) in got  # symbol and crate read from the files
+
+
 
 
 def scrape_and_chunk(repo_path: Path, out: Path, workers: int = 2):
