@@ -875,6 +875,68 @@ def test_config_yaml_section_loads():
     assert isinstance(loaded["semantic_chunker"], sc.Config)
 
 
+# ---------------------------------------------------------------- incremental runs
+
+
+def chunk_incrementally(repo_path: Path, out: Path, cfg=None) -> tuple[dict, bytes]:
+    """Scrape `repo_path` into `out`, chunk incrementally there, and check the result is byte-identical
+    to a full chunking of the same commits.json in a fresh folder. Returns (summary, chunks bytes)."""
+    paths = ArtifactPaths.under(out)
+    git_scraper.run(git_scraper.Config(repo=repo_path), paths)
+    cfg = cfg or sc.Config(workers=2, batch_size=2)
+    summary = sc.run(cfg, paths, incremental=True)
+    full = ArtifactPaths.under(out.parent / (out.name + "-full"))
+    full.output_dir.mkdir(exist_ok=True)
+    shutil.copy(paths.commits, full.commits)
+    sc.run(dataclasses.replace(cfg, workers=1), full)
+    assert paths.chunks.read_bytes() == full.chunks.read_bytes()
+    return summary, paths.chunks.read_bytes()
+
+
+def test_incremental_run_reuses_appends_and_drops(make_repo, tmp_path):
+    repo, steps = build_rust_workspace(make_repo)
+    out = tmp_path / "out"
+    first, _ = chunk_incrementally(repo.path, out)  # nothing to reuse yet: everything chunked
+    assert (first["reused_commits"], first["chunked_commits"], first["dropped_commits"]) == (0, len(steps), 0)
+
+    repo.commit("quote", {"crates/ledger/src/quote.rs": "pub fn quote() -> u64 {\n    3\n}\n"})
+    repo.commit("readme", {"README.md": "# Exchange\n\nMore.\n"})
+    second, _ = chunk_incrementally(repo.path, out)
+    assert (second["reused_commits"], second["chunked_commits"], second["dropped_commits"]) == (len(steps), 2, 0)
+    assert second["commits"] == len(steps) + 2 and second["chunks"] == first["chunks"] + 2
+
+    third, same = chunk_incrementally(repo.path, out)  # a rerun: nothing new, nothing duplicated
+    assert (third["reused_commits"], third["chunked_commits"], third["dropped_commits"]) == (len(steps) + 2, 0, 0)
+    assert third["chunks"] == second["chunks"]
+
+    # a force-push: the last two commits replaced by another one
+    repo.git("reset", "-q", "--hard", "HEAD~2")
+    repo.commit("rates", {"crates/energy-market/src/lib.rs": MARKET_LIB + "\npub fn rate() -> u64 {\n    7\n}\n"})
+    fourth, _ = chunk_incrementally(repo.path, out)
+    assert (fourth["reused_commits"], fourth["chunked_commits"], fourth["dropped_commits"]) == (len(steps), 1, 2)
+    stats = json.loads((out / "chunking_stats.json").read_text())
+    assert stats["incremental"]["dropped_chunks"] == 2 and stats["total_commits"] == len(steps) + 1
+
+    # other settings: nothing is reused (and the result is still that of a full run)
+    fifth, _ = chunk_incrementally(repo.path, out, sc.Config(workers=2, batch_size=3, max_chunk_size=50))
+    assert (fifth["reused_commits"], fifth["chunked_commits"]) == (0, len(steps) + 1)
+
+
+def test_incremental_run_with_a_damaged_previous_file_chunks_everything(make_repo, tmp_path):
+    repo, steps = build_rust_workspace(make_repo)
+    out = tmp_path / "out"
+    chunk_incrementally(repo.path, out)
+    chunks = out / "chunks.jsonl"
+    lines = chunks.read_text().splitlines(keepends=True)
+    for damaged in ("".join(lines)[:-1], "".join(lines[:3]) + '{"x": 1}\n', "".join(lines[3:] + lines[:3])):
+        chunks.write_text(damaged)  # cut off; a line that is not a chunk; one commit's chunks apart
+        summary, _ = chunk_incrementally(repo.path, out)
+        assert summary["reused_commits"] == 0 and summary["chunked_commits"] == len(steps)
+    (out / "chunking_stats.json").unlink()  # no record of how the chunks were made
+    summary, _ = chunk_incrementally(repo.path, out)
+    assert summary["reused_commits"] == 0
+
+
 # ---------------------------------------------------------------- coverage on real histories
 
 
