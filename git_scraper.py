@@ -74,7 +74,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from repo2model.artifacts import CommitsWriter
+from repo2model.artifacts import CommitsWriter, ensure_folder
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.errors import UserError
 from repo2model.paths import ArtifactPaths
@@ -189,11 +189,7 @@ def history_change(hashes: list[str], previous: PreviousScrape | None) -> dict:
 
 def check_output_folder(target: Path) -> None:
     """Refuse an output folder that cannot be written before any work is done."""
-    folder = Path(target).parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{folder}: cannot create output folder ({exc.strerror})") from None
+    folder = ensure_folder(Path(target).parent)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{folder}: output folder is not writable")
 
@@ -220,7 +216,6 @@ def input_state(cfg: Config, paths: ArtifactPaths) -> str:
         repo.version,
     ]
     return "\n".join(parts)
-
 
 
 # ====================================================================== CLI

@@ -91,11 +91,15 @@ def test_nothing_git_can_read_is_lost(hostile, scraped):
         base = commit["parents"][0] if commit["parents"] else EMPTY_TREE
         raw = subprocess.run(["git", "-C", str(hostile.repo), "diff-tree", "-r", "-M", "--raw", "-z", "--no-abbrev",
                               base, sha], capture_output=True, check=True).stdout.split(b"\0")
-        expected = []
-        for i in range(0, len(raw) - 1, 2):
+        expected, i = [], 0
+        while i < len(raw) - 1:
             _, _, old, new, status = raw[i][1:].decode().split(" ")
-            expected.append((status[0], raw[i + 1].decode("utf-8", "replace")))
-        assert [(f["status"], f["path"]) for f in commit["files"]] == expected, sha
+            paths = 2 if status[0] in "RC" else 1
+            path = raw[i + paths].decode("utf-8", "replace")
+            expected.append((status[0], path, None if set(old) == {"0"} else old, None if set(new) == {"0"} else new))
+            i += 1 + paths
+        got = [(f["status"], f["path"], f["old_blob"], f["new_blob"]) for f in commit["files"]]
+        assert got == expected, sha
     files = {f["path"]: f for c in commits.values() for f in c["files"]}
     assert set(ODD_PATHS) <= set(files) and LATIN1_NAME.decode("utf-8", "replace") in files
     assert files["line\nbreak.txt"]["patch"] == "@@ -0,0 +1 @@\n+content of 'line\\nbreak.txt'\n"
