@@ -394,11 +394,15 @@ def units_at_parent(path: str, data: bytes | None) -> list[SymbolCandidate]:
     return list(seen.values())
 
 
+SYMBOL_WEIGHTS = (2.0, 1.0, 0.5)  # task relevance, recency, frequency in rank_symbols' fusion
+
+
 def rank_symbols(past: PastCommits, path: str, units: list[SymbolCandidate], task_words: list[str],
-                 limit: int, k: int = 10) -> list[str]:
+                 limit: int, k: int = 10, weights: tuple[float, float, float] = SYMBOL_WEIGHTS) -> list[str]:
     """A file's symbols most likely to change for this task: its units at the parent and the symbols its
-    history changed, ranked by reciprocal-rank fusion of BM25 against the task (name words counted three
-    times, then the unit's code), recency and frequency of change."""
+    history changed, ranked by weighted reciprocal-rank fusion of three lists, each holding only the
+    symbols with evidence: BM25 against the task (name words counted three times, then the unit's code),
+    recency of change, and frequency of change; ties and symbols without evidence by their order in the file."""
     known = past.file_symbols.get(path) or {}
     candidates = {u.symbol: u.text for u in units}
     for symbol in known:
@@ -408,16 +412,18 @@ def rank_symbols(past: PastCommits, path: str, units: list[SymbolCandidate], tas
     names = list(candidates)
     documents = [list(code_words(name)) * 3 + code_words(candidates[name][:20_000]) for name in names]
     relevance = bm25_scores(task_words, documents)
-    orders = [
-        sorted(range(len(names)), key=lambda i: (-relevance[i], names[i])),
-        sorted(range(len(names)), key=lambda i: (-past.symbol_seen.get((path, names[i]), -1), names[i])),
-        sorted(range(len(names)), key=lambda i: (-known.get(names[i], 0), names[i])),
+    seen = [past.symbol_seen.get((path, name), -1) for name in names]
+    counts = [known.get(name, 0) for name in names]
+    lists = [
+        sorted((i for i in range(len(names)) if relevance[i] > 0), key=lambda i: -relevance[i]),
+        sorted((i for i in range(len(names)) if seen[i] >= 0), key=lambda i: -seen[i]),
+        sorted((i for i in range(len(names)) if counts[i] > 0), key=lambda i: -counts[i]),
     ]
     fused = [0.0] * len(names)
-    for order in orders:
+    for weight, order in zip(weights, lists):
         for rank, i in enumerate(order, start=1):
-            fused[i] += 1.0 / (k + rank)
-    best = sorted(range(len(names)), key=lambda i: (-fused[i], names[i]))
+            fused[i] += weight / (k + rank)
+    best = sorted(range(len(names)), key=lambda i: -fused[i])
     return [names[i] for i in best[:limit]]
 
 

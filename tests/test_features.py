@@ -1,0 +1,78 @@
+"""repo2model/features.py: a target's features come only from the commits before it; candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from helpers_data import scrape_and_chunk
+from repo2model.baselines import BaselineConfig
+from repo2model.features import FEATURES, FeatureConfig, candidate_rows, repository_of, walk_targets
+
+TARGET = "Teach the parser to skip comments"
+HISTORY = [
+    ("Add the parser", {"src/parser.py": "def parse(text):\n    return text.split()\n",
+                        "src/lexer.py": "def lex(text):\n    return list(text)\n"}),
+    ("Add the renderer", {"src/render.py": "def render(tree):\n    return str(tree)\n"}),
+    ("Parser handles empty input", {"src/parser.py": "def parse(text):\n    return (text or '').split()\n",
+                                    "tests/test_parser.py": "def test_parse():\n    assert parse('') == []\n"}),
+    ("Document the renderer", {"README.md": "Render trees.\n"}),
+    ("Lexer keeps spaces", {"src/lexer.py": "def lex(text):\n    return [c for c in text]\n"}),
+    ("Remove the old helper", {"src/helper.py": "X = 1\n"}),
+    ("Drop the helper", {"src/helper.py": None}),
+    (TARGET, {"src/parser.py": "def parse(text):\n    return [w for w in (text or '').split() if w[0] != '#']\n",
+              "tests/test_parser.py": "def test_comment():\n    assert parse('# x') == []\n"}),
+]
+# What a leak would most likely carry: later commits touching the target's files with the target's words.
+LATER = [
+    (TARGET + " again", {"src/parser.py": "def parse(text):\n    return []\n", "src/comments.py": "C = '#'\n"}),
+    ("Parser and renderer, after the target", {"src/render.py": "def render(tree):\n    return repr(tree)\n"}),
+]
+
+
+def features_of_target(make_repo, name: str, history: list) -> tuple:
+    repo = make_repo(name)
+    for message, files in history:
+        repo.commit(message, files)
+    paths = scrape_and_chunk(repo.path, repo.path.parent / f"{name}-out")
+    target = next(line.split(" ", 1)[0] for line in repo.git("log", "--format=%H %s").splitlines()
+                  if line.split(" ", 1)[1] == TARGET)
+    found = []
+    for state in walk_targets(paths.commits, paths.chunks, {target: "test"}, BaselineConfig(),
+                              repository_of(paths.commits)):  # a state is only valid inside the loop
+        found.append((candidate_rows(state, FeatureConfig(candidates_per_baseline=10)), dict(state.rankings),
+                      state.target))
+    assert len(found) == 1
+    return found[0]
+
+
+def test_no_feature_of_a_target_changes_when_commits_come_after_it(make_repo):
+    rows, rankings, target = features_of_target(make_repo, "plain", HISTORY)
+    later_rows, later_rankings, later_target = features_of_target(make_repo, "planted", HISTORY + LATER)
+    assert later_target.commit == target.commit  # the same commits up to the target: the same hashes
+    assert target.files == ["src/parser.py", "tests/test_parser.py"]
+    assert later_rows.paths == rows.paths
+    np.testing.assert_array_equal(later_rows.features, rows.features)
+    np.testing.assert_array_equal(later_rows.labels, rows.labels)
+    assert later_rankings == rankings
+    # The test can fail: the same commit planted *before* the target changes its features.
+    before_rows, before_rankings, _ = features_of_target(make_repo, "before", HISTORY[:-1] + LATER[:1] + HISTORY[-1:])
+    assert "src/comments.py" in before_rows.paths and "src/comments.py" not in rows.paths
+    assert before_rankings["similar_commits"] != rankings["similar_commits"]
+
+
+def test_candidates_and_their_features(make_repo):
+    rows, rankings, target = features_of_target(make_repo, "plain", HISTORY)
+    assert rows.features.shape == (len(rows.paths), len(FEATURES)) and rows.features.dtype == np.float32
+    # Every file of the parent's tree that some signal ranks is a candidate; the deleted helper is not.
+    assert {"src/parser.py", "src/lexer.py", "tests/test_parser.py", "README.md"} <= set(rows.paths)
+    assert "src/helper.py" not in rows.paths
+    assert rows.labels.tolist() == [int(p in target.files) for p in rows.paths]
+    row = dict(zip(FEATURES, rows.features[rows.paths.index("src/parser.py")]))
+    assert row["count_all"] == 2 and row["commits_since"] == 5 and row["exists"] == 1.0
+    assert row["path_overlap"] == 1 and row["name_in_task"] == 1.0  # "parser" is in the task
+    assert row["similar_score"] > 0 and row["code_score"] > 0 and row["is_test"] == 0.0
+    test_row = dict(zip(FEATURES, rows.features[rows.paths.index("tests/test_parser.py")]))
+    assert test_row["is_test"] == 1.0 and test_row["cochange_conf"] == 0.0  # nothing of it changed lately
+    # code_search ranks by content at the parent; similar_commits by the earlier messages ("Parser handles ...").
+    assert rankings["code_search"][0][0] == "src/parser.py"
+    assert rankings["similar_commits"][0][0] in ("src/parser.py", "tests/test_parser.py")

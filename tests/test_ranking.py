@@ -1,0 +1,133 @@
+"""train_ranker.py and repo2model/ranking.py: the ranker learns whichever signal a history rewards, is
+deterministic, loads offline; the change-type classifier and symbol ranking; metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import train_ranker
+from conftest import GitRepo
+from helpers_ranking import artifacts, cochange_history, text_history
+from repo2model.baselines import BaselineConfig, PastCommits
+from repo2model.errors import UserError
+from repo2model.features import candidate_rows, repository_of, walk_targets
+from repo2model.ranking import (
+    Prediction, Ranker, RankerConfig, SymbolCandidate, Truth, aggregate, by_size, rank_symbols, score,
+    units_at_parent,
+)
+
+FAST = dict(num_trees=200, early_stopping_rounds=20)
+
+
+@pytest.fixture(scope="module")
+def text_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    repo = GitRepo(root / "repo")
+    text_history(repo)
+    paths = artifacts(repo.path, root / "out")
+    train_ranker.run(RankerConfig(**FAST), paths)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cochange_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cochange")
+    repo = GitRepo(root / "repo")
+    cochange_history(repo)
+    paths = artifacts(repo.path, root / "out")
+    train_ranker.run(RankerConfig(**FAST), paths)
+    return paths
+
+
+def test_the_ranker_learns_a_history_where_only_the_task_text_finds_the_files(text_world):
+    test = json.loads((text_world.ranker_dir / "metrics.json").read_text())["test"]
+    text_best = max(test["similar_commits"]["recall@1"], test["code_search"]["recall@1"])
+    assert text_best >= 0.8 and test["recent"]["recall@1"] < 0.3 and test["cochange"]["recall@5"] < 0.4
+    assert test["ranker"]["recall@1"] >= text_best - 0.05 and test["ranker"]["recall@1"] >= 0.8
+    assert test["ranker"]["recall@5"] >= 0.9
+
+
+def test_the_ranker_learns_a_history_where_only_co_change_finds_the_files(cochange_world):
+    metrics = json.loads((cochange_world.ranker_dir / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["similar_commits"]["recall@5"] < 0.5 and test["code_search"]["recall@5"] < 0.5
+    # Half the targets change a_i alone, which nothing can foresee; the other half change a_i and b_i.
+    pairs = metrics["by_size"]["ranker"]["2-3"]
+    assert pairs["recall@5"] >= 0.9 and pairs["recall@1"] >= 0.9
+    assert pairs["recall@5"] >= metrics["by_size"]["cochange"]["2-3"]["recall@5"] - 0.05
+    assert pairs["recall@5"] > metrics["by_size"]["recent"]["2-3"]["recall@5"] + 0.2
+    importance = metrics["feature_importance"]
+    assert sum(v for k, v in importance.items() if k.startswith("cochange")) > 0.1
+
+
+def test_the_ranker_is_deterministic_and_loads_offline(text_world, tmp_path):
+    first = (text_world.ranker_dir / "ranker.txt").read_bytes()
+    again = tmp_path / "again"
+    train_ranker.run(RankerConfig(**FAST), dataclasses.replace(text_world, ranker_dir=again))
+    for name in ("ranker.txt", "change_types.txt", "settings.json"):
+        assert (again / name).read_bytes() == (text_world.ranker_dir / name).read_bytes(), name
+    assert first.startswith(b"tree\n") and b"objective=lambdarank" in first
+    ranker = Ranker.load(again)
+    assert ranker.features == json.loads((again / "settings.json").read_text())["features"]
+    # The loaded ranker orders the candidates of a test target as the metrics said.
+    test_commits = set(train_ranker.load_splits(text_world)["test"].commits)
+    for state in walk_targets(text_world.commits, text_world.chunks, {c: "test" for c in test_commits},
+                              BaselineConfig(), repository_of(text_world.commits)):
+        rows = candidate_rows(state, train_ranker.Config().candidates())
+        ranked = ranker.rank(rows)
+        assert [p for p, _ in ranked] == sorted(rows.paths, key=lambda p: (-dict(ranked)[p], p))
+        assert np.allclose([s for _, s in ranked], sorted(ranker.scores(rows), reverse=True))
+        break
+
+
+def test_a_ranker_folder_that_is_not_one_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="run the train_ranker stage"):
+        Ranker.load(tmp_path)
+    (tmp_path / "ranker.txt").write_text("not a model")
+    (tmp_path / "settings.json").write_text("{}")
+    with pytest.raises(UserError, match="not a ranker folder"):
+        Ranker.load(tmp_path)
+
+
+def test_train_ranker_without_a_dataset_is_a_one_line_error(tmp_path, capsys):
+    assert train_ranker.main(["--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dataset_builder" in err[0]
+
+
+def test_change_types_beat_or_match_the_most_frequent_type(text_world):
+    figures = json.loads((text_world.ranker_dir / "metrics.json").read_text())["change_types"]
+    assert figures["files"] > 0 and figures["classifier"] >= figures["most_frequent"] - 0.05
+
+
+def test_symbols_ranked_by_the_task_recency_and_frequency():
+    past = PastCommits()
+    for i, symbol in enumerate(["parse", "parse", "render", "lex"]):
+        past.observe({"hash": str(i), "message": "x", "files": []},
+                     [{"file": "m.py", "change_type": "MODIFIED_FUNCTION", "symbol": symbol}])
+    source = b"def parse(text):\n    return text\n\n\ndef render(tree):\n    return tree\n\n\ndef skip_comments(line):\n    return line\n"
+    units = units_at_parent("m.py", source)
+    assert [u.symbol for u in units] == ["parse", "render", "skip_comments"]
+    assert units[0].text.startswith("def parse(text):")
+    # The task names skip_comments; parse is the most frequent; lex the most recent (no longer in the file).
+    ranked = rank_symbols(past, "m.py", units, ["skip", "comment", "skipcomments"], limit=4)
+    assert ranked[0] == "skip_comments" and set(ranked) == {"parse", "render", "skip_comments", "lex"}
+    assert rank_symbols(past, "m.py", [SymbolCandidate("a", "")], [], limit=0) == []
+    assert units_at_parent("notes.txt", b"text") == [] and units_at_parent("m.py", None) == []
+
+
+def test_score_mrr_and_size_buckets():
+    truth = Truth("c", ["a", "b", "c"], {"a": {"NEW_FUNCTION"}}, {"m"}, {"s", "t"})
+    row = score(Prediction(files=[("x", 1.0), ("b", 0.9), ("a", 0.2)], change_types={"a": "NEW_FUNCTION"},
+                           modules=["m"], symbols=["t"]), truth)
+    assert row["recall@1"] == 0.0 and row["recall@5"] == pytest.approx(2 / 3) and row["mrr"] == 0.5
+    assert row["files"] == 3 and row["change_type_correct"] == 1 and row["symbol_recall"] == 0.5
+    single = score(Prediction(files=[("a", 1.0)]), Truth("d", ["a"], {}, set(), set()))
+    assert single["mrr"] == 1.0 and single["recall@10"] == 1.0
+    buckets = by_size([row, single])
+    assert list(buckets) == ["1", "2-3"] and buckets["2-3"]["mrr"] == 0.5 and buckets["1"]["commits"] == 1
+    assert aggregate([row, single])["mrr"] == 0.75
