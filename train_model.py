@@ -59,6 +59,19 @@ Features, and the keys of the `model_training` section that switch them:
   checkpoint of the same run (same config, data, seed, batch layout) and finishes exactly as an
   uninterrupted run would: the data order and the dropout seeds are functions of the step.
 - log_every: training-log cadence.  merge: also write merged full weights (lora/qlora).
+- warm_start (a model folder this stage wrote, e.g. the current <output_dir>/model; null = off): the
+  run starts from that model's weights - scratch: every weight; lora/qlora: the adapter and the
+  new-token rows continue over the same base (a LoRA adapter may continue as QLoRA and back) -
+  with a fresh optimizer and a short schedule: update_max_steps steps (instead of max_steps),
+  update_warmup_steps of warm-up, update_learning_rate (null = learning_rate).  The tokenizer must be
+  the one the model was trained with (tokenizer_digest in training_info.json), and the architecture
+  or adapter shape the same; otherwise one line says which setting differs.  pipeline.py --update
+  uses it to learn new commits in minutes.
+
+training_info.json (the model folder's marker, read by prediction and serve.py): mode, base_model,
+vocab_size, new_token_ids, seq_len, steps, best_step, best_val_loss, last_commit and last_commit_time
+(the latest training target), trained_at (UTC, ISO 8601), tokenizer_digest, warm_start (folder,
+trained_at and last_commit of the model continued, or null).
 """
 
 from __future__ import annotations
@@ -67,6 +80,7 @@ import argparse
 import bisect
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import importlib.util
 import json
@@ -84,7 +98,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import (
+    LoraConfig,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
 from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -97,7 +116,13 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from repo2model.artifacts import atomic_path, ensure_folder, require, write_json
+from repo2model.artifacts import (
+    atomic_path,
+    ensure_folder,
+    read_json,
+    require,
+    write_json,
+)
 from repo2model.cli import (
     add_config_argument,
     apply_overrides,
@@ -176,10 +201,16 @@ class Config:
     resume: bool = True
     log_every: int = 5
     merge: bool = False
+    # update: continue from a trained model folder (pipeline.py --update points it at the current model)
+    warm_start: Path | None = None
+    update_max_steps: int = 100
+    update_learning_rate: float | None = None
+    update_warmup_steps: int = 5
 
     def __post_init__(self):
         positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "lora_rank", "micro_batch_size",
-                    "effective_batch_size", "max_steps", "eval_every", "save_every", "keep_checkpoints", "log_every")
+                    "effective_batch_size", "max_steps", "eval_every", "save_every", "keep_checkpoints", "log_every",
+                    "update_max_steps")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be at least 1")
@@ -204,11 +235,18 @@ class Config:
         for name in ("max_minutes", "max_epochs"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive (or null)")
+        if self.update_learning_rate is not None and self.update_learning_rate <= 0:
+            raise ValueError("update_learning_rate: must be positive (or null)")
+        if self.update_warmup_steps < 0:
+            raise ValueError("update_warmup_steps: must not be negative")
 
 
 # Settings that do not change the trained weights: a checkpoint stays valid when only these change.
+# The update keys act through with_update_schedule (whose result is fingerprinted) and the warm-start model by its
+# identity (run_fingerprint), so a run without warm_start keeps the fingerprint it had before they existed.
 NOT_IN_FINGERPRINT = {"resume", "merge", "max_minutes", "log_every", "keep_checkpoints", "save_every", "num_threads",
-                      "max_steps", "max_epochs", "early_stopping_patience", "early_stopping_min_delta"}
+                      "max_steps", "max_epochs", "early_stopping_patience", "early_stopping_min_delta",
+                      "warm_start", "update_max_steps", "update_learning_rate", "update_warmup_steps"}
 
 
 def stage_inputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
@@ -235,7 +273,9 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, tokenizer_dir: Path |
     hw = setup_hardware(cfg)
     check_packages(cfg)
     check_outputs_writable(paths)
-    training = setup(cfg, paths, hw, seed, tokenizer_dir)
+    warm = read_warm_start(cfg)
+    cfg = with_update_schedule(cfg)
+    training = setup(cfg, paths, hw, seed, tokenizer_dir, warm)
     state = restore_checkpoint(training, resume)
     logs = TrainingLogs(paths.training_logs, state.step, hw.is_main)
     try:
@@ -422,6 +462,7 @@ class TrainingRun:
     new_token_ids: list[int]
     total_steps: int
     fingerprint: str
+    warm: WarmStart | None = None  # the model folder this run continues
     order_cache: dict = dataclasses.field(default_factory=dict)  # the current epoch's micro-batches
 
     @property
@@ -429,12 +470,18 @@ class TrainingRun:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def setup(cfg: Config, paths: ArtifactPaths, hw: Hardware, seed: int, tokenizer_dir: Path | None = None) -> TrainingRun:
-    """Data, tokenizer, batch plan (and memory estimate), model, optimizer: everything `train_step` needs."""
+def setup(cfg: Config, paths: ArtifactPaths, hw: Hardware, seed: int, tokenizer_dir: Path | None = None,
+          warm: WarmStart | None = None) -> TrainingRun:
+    """Data, tokenizer, batch plan (and memory estimate), model, optimizer: everything `train_step` needs.
+
+    warm: a model folder to continue from (read_warm_start): its weights replace the fresh ones.
+    """
     examples = load_data(paths)
     tokenizer, tok_dir = find_tokenizer(examples["train"], paths, tokenizer_dir)
     check_vocab(examples, tokenizer)
     seq_len = choose_seq_len(cfg, examples["train"])
+    if warm is not None:
+        check_warm_start(warm, cfg, tokenizer, seq_len)
     shape, memory_setup = describe_model(cfg, tokenizer, tok_dir, seq_len, hw)
     plan = plan_batches(cfg, shape, memory_setup, hw)
     data = pack_data(cfg, examples, seq_len)
@@ -444,6 +491,11 @@ def setup(cfg: Config, paths: ArtifactPaths, hw: Hardware, seed: int, tokenizer_
 
     torch.manual_seed(seed)
     model, new_token_ids = build_model(cfg, tokenizer, tok_dir, seq_len, hw)
+    if warm is not None:
+        load_warm_weights(model, warm)
+        log.info("train_model: warm start from %s (trained %s, last commit %s): %d steps, learning rate %g",
+                 warm.folder, warm.info.get("trained_at", "?"), (warm.info.get("last_commit") or "?")[:12],
+                 cfg.max_steps, cfg.learning_rate)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for _, p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
@@ -459,7 +511,7 @@ def setup(cfg: Config, paths: ArtifactPaths, hw: Hardware, seed: int, tokenizer_
         plan=plan, model=model, forward_model=forward_model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None,
         new_token_ids=new_token_ids, total_steps=total_steps(cfg, len(data.train.rows), plan.global_batch),
-        fingerprint=run_fingerprint(cfg, paths, seed, hw, plan, seq_len),
+        fingerprint=run_fingerprint(cfg, paths, seed, hw, plan, seq_len, warm), warm=warm,
     )
 
 
@@ -837,6 +889,130 @@ def total_steps(cfg: Config, n_rows: int, global_batch: int) -> int:
     return steps
 
 
+# ----------------------------------------------------------------------------- warm start (update mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """A model folder this stage wrote, continued by a new run: its weights, not its optimizer or schedule."""
+
+    folder: Path
+    info: dict  # its training_info.json
+    identity: str  # digest of that file: the model a checkpoint of this run started from
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.info.get("mode") in ("lora", "qlora")
+
+
+def read_warm_start(cfg: Config) -> WarmStart | None:
+    """model_training.warm_start, checked against the settings before anything is loaded; None when unset."""
+    if cfg.warm_start is None:
+        return None
+    folder = Path(cfg.warm_start).expanduser()
+    info_path = folder / INFO_FILE
+    if not info_path.is_file():
+        raise UserError(f"model_training.warm_start: {folder}: not a model folder written by train_model (no {INFO_FILE}): "
+                        "train without warm_start first")
+    raw = info_path.read_bytes()
+    try:
+        info = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{info_path}: corrupt (not JSON): train without warm_start") from None
+    warm = WarmStart(folder, info, hashlib.blake2b(raw, digest_size=12).hexdigest())
+    mode = info.get("mode")
+    if mode not in ("scratch", "lora", "qlora") or (mode == "scratch") != (cfg.mode == "scratch"):
+        raise UserError(f"model_training.warm_start: {folder} holds a {mode} model and model_training.mode is "
+                        f"{cfg.mode}: a scratch model continues as scratch, an adapter as lora or qlora")
+    if warm.is_adapter:
+        base = resolve_base(cfg.base_model)
+        if info.get("base_model") != base:
+            raise UserError(f"model_training.warm_start: {folder} is an adapter over {info.get('base_model')!r}, "
+                            f"model_training.base_model is {base!r}: an adapter continues over its own base only")
+        adapter = read_json(require(folder / "adapter_config.json", "train_model"))
+        for key, saved, asked in (("lora_rank", adapter.get("r"), cfg.lora_rank),
+                                  ("lora_alpha", adapter.get("lora_alpha"), cfg.lora_alpha),
+                                  ("lora_target_modules", sorted(adapter.get("target_modules") or []),
+                                   sorted(cfg.lora_target_modules))):
+            if saved != asked:
+                raise UserError(f"model_training.{key}: {asked}, but the warm-start adapter {folder} has {saved}: "
+                                "an adapter continues with its own shape (set it back, or warm_start: null)")
+    return warm
+
+
+def with_update_schedule(cfg: Config) -> Config:
+    """A warm-started run is short: update_max_steps steps, update_warmup_steps of warm-up, update_learning_rate."""
+    if cfg.warm_start is None:
+        return cfg
+    return dataclasses.replace(cfg, max_steps=cfg.update_max_steps, warmup_steps=cfg.update_warmup_steps,
+                               learning_rate=cfg.update_learning_rate or cfg.learning_rate)
+
+
+def check_warm_start(warm: WarmStart, cfg: Config, tokenizer, seq_len: int) -> None:
+    """The token ids and (scratch) the architecture must be the warm model's: checked before building anything."""
+    saved = warm.info.get("tokenizer_digest")
+    if (saved is not None and saved != tokenizer_digest(tokenizer)) or warm.info.get("vocab_size") != len(tokenizer):
+        raise UserError(f"model_training.warm_start: the tokenizer changed since {warm.folder} was trained (its token "
+                        "ids differ): keep the tokenizer frozen for updates (tokenizer.frozen: true) or train "
+                        "without warm_start")
+    if warm.is_adapter:
+        return
+    saved_config = read_json(require(warm.folder / "config.json", "train_model"))
+    config = scratch_config(cfg, tokenizer, seq_len)
+    for ours, theirs in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
+                         ("num_heads", "num_attention_heads"), ("num_kv_heads", "num_key_value_heads"),
+                         ("intermediate_size", "intermediate_size"), ("tie_word_embeddings", "tie_word_embeddings")):
+        if saved_config.get(theirs) != getattr(config, theirs):
+            raise UserError(f"model_training.{ours}: {getattr(config, theirs)}, but the warm-start model {warm.folder} "
+                            f"has {saved_config.get(theirs)}: train with its settings (or warm_start: null)")
+
+
+def load_warm_weights(model, warm: WarmStart) -> None:
+    """The warm model's weights into the model just built: every weight (scratch), or the adapter and new-token rows."""
+    if warm.is_adapter:
+        state = load_file(str(require(warm.folder / "adapter_model.safetensors", "train_model")))
+        result = set_peft_model_state_dict(model, state)
+        mismatched = list(result.unexpected_keys) + [k for k in result.missing_keys
+                                                     if "lora_" in k or "trainable_tokens" in k]
+    else:
+        state = {}
+        for file in sorted(warm.folder.glob("*.safetensors")):  # model.safetensors, or its shards
+            state.update(load_file(str(file)))
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a shape differs
+            raise UserError(f"model_training.warm_start: {warm.folder} does not fit the model built from "
+                            f"model_training ({first_line(exc)})") from None
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        mismatched = list(result.unexpected_keys) + [k for k in result.missing_keys
+                                                     if not (tied and k == "lm_head.weight")]
+    if mismatched:
+        raise UserError(f"model_training.warm_start: {warm.folder} does not fit the model built from model_training "
+                        f"({len(mismatched)} weights differ, e.g. {mismatched[0]}): train with its settings "
+                        "(or warm_start: null)")
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """A digest of the whole tokenizer (vocabulary, merges, added tokens, normalisation): equal digests, equal ids."""
+    return hashlib.blake2b(tokenizer.backend_tokenizer.to_str().encode("utf-8"), digest_size=12).hexdigest()
+
+
+def latest_target(examples: ExampleSet) -> tuple[str | None, str | None]:
+    """(hash, time) of the latest target commit among the examples (by time; the later example on a tie)."""
+    latest = None
+    for commit, stamp in zip(examples.commits, examples.timestamps):
+        try:
+            when = datetime.datetime.fromisoformat(stamp)
+        except (TypeError, ValueError):
+            continue
+        when = when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+        if latest is None or when >= latest[0]:
+            latest = (when, commit, stamp)
+    if latest is None:
+        return (examples.commits[-1] if len(examples) else None), None
+    return latest[1], latest[2]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -865,12 +1041,15 @@ class TrainState:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
 
-def run_fingerprint(cfg: Config, paths: ArtifactPaths, seed: int, hw: Hardware, plan: BatchPlan, seq_len: int) -> str:
+def run_fingerprint(cfg: Config, paths: ArtifactPaths, seed: int, hw: Hardware, plan: BatchPlan, seq_len: int,
+                    warm: WarmStart | None = None) -> str:
+    """Which run a checkpoint belongs to: settings that change the weights, data, seed, layout, warm-start model."""
     settings = {k: v for k, v in section_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
     digest = hashlib.blake2b(digest_size=12)
     digest.update(json.dumps({"settings": settings, "seed": seed, "world_size": hw.world_size, "seq_len": seq_len,
                               "micro": plan.micro_batch, "accumulation": plan.accumulation,
-                              "precision": hw.precision}, sort_keys=True).encode())
+                              "precision": hw.precision, **({"warm_start": warm.identity} if warm else {})},
+                             sort_keys=True).encode())
     for path in (paths.train_data, paths.val_data):
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -1182,7 +1361,7 @@ def finish(run: TrainingRun, state: TrainState) -> dict:
         "tokens_seen": state.tokens_seen, "train_seconds": round(state.elapsed_s, 1),
         "mode": run.cfg.mode, "precision": hw.precision, "device": str(hw.device), "processes": hw.world_size,
         "micro_batch": run.plan.micro_batch, "accumulation": run.plan.accumulation, "seq_len": run.seq_len,
-        "peak_memory_gib": round(memory_gib(hw), 3),
+        "peak_memory_gib": round(memory_gib(hw), 3), "warm_start": str(run.warm.folder) if run.warm else None,
     }
     if hw.world_size > 1:
         final["ranks_agree"] = ranks_agree(run.model, hw)
@@ -1210,11 +1389,18 @@ def ranks_agree(model, hw: Hardware) -> bool:
 
 
 def save_model(run: TrainingRun, final: dict) -> None:
-    """The model folder, replaced whole: weights (or adapter), tokenizer, commit language, training_info.json."""
-    cfg, tokenizer, new_ids = run.cfg, run.tokenizer, run.new_token_ids
+    """The model folder, replaced whole (atomically): weights (or adapter), tokenizer, commit language, and
+    training_info.json, the folder's marker (what it is, what it learned up to, when; serve.py reloads on its change)."""
+    cfg, tokenizer, new_ids, warm = run.cfg, run.tokenizer, run.new_token_ids, run.warm
+    last_commit, last_commit_time = latest_target(run.data.train.examples)
     info = {"mode": cfg.mode, "base_model": resolve_base(cfg.base_model) if cfg.base_model else None,
             "vocab_size": len(tokenizer), "new_token_ids": [new_ids[0], new_ids[-1] + 1] if new_ids else None,
-            "best_step": final["best_step"], "best_val_loss": final["best_val_loss"], "seq_len": final["seq_len"]}
+            "best_step": final["best_step"], "best_val_loss": final["best_val_loss"], "seq_len": final["seq_len"],
+            "steps": final["steps"], "last_commit": last_commit, "last_commit_time": last_commit_time,
+            "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "tokenizer_digest": tokenizer_digest(tokenizer),
+            "warm_start": None if warm is None else {"folder": str(warm.folder), "trained_at": warm.info.get("trained_at"),
+                                                     "last_commit": warm.info.get("last_commit")}}
     model_dir = run.paths.model_dir
     with atomic_path(model_dir) as tmp:
         tmp.mkdir()
@@ -1267,7 +1453,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, help="where the model folder goes (default: <output>/model)")
     parser.add_argument("--mode", choices=["scratch", "lora", "qlora"], help="override model_training.mode")
     parser.add_argument("--base-model", help="override model_training.base_model")
-    parser.add_argument("--max-steps", type=int, help="override model_training.max_steps")
+    parser.add_argument("--max-steps", type=int, help="override model_training.max_steps (update_max_steps with a warm "
+                        "start)")
+    parser.add_argument("--warm-start", type=Path, help="continue from this model folder (override model_training."
+                        "warm_start): its weights, a fresh short schedule (update_max_steps, update_learning_rate)")
     parser.add_argument("--seed", type=int, help="override pipeline.seed")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (error if none)")
@@ -1275,8 +1464,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true", help="also write merged full weights to <model>/merged")
     args = parser.parse_args(argv)
     cfg, pipeline_cfg, paths = load_stage(args, SECTION, Config)
-    overrides = {k: v for k, v in {"mode": args.mode, "base_model": args.base_model, "max_steps": args.max_steps}.items()
-                 if v is not None}
+    warm_start = args.warm_start.resolve() if args.warm_start else cfg.warm_start
+    steps_key = "update_max_steps" if warm_start else "max_steps"
+    overrides = {k: v for k, v in {"mode": args.mode, "base_model": args.base_model, steps_key: args.max_steps,
+                                   "warm_start": warm_start}.items() if v is not None}
     if args.merge:
         overrides["merge"] = True
     cfg = apply_overrides(cfg, SECTION, overrides)

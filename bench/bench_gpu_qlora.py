@@ -278,7 +278,15 @@ def describe_run(run: train_model.TrainingRun) -> dict:
             "precision": run.hw.precision, "loss_scaling": run.scaler is not None,
             "new_token_rows": len(run.new_token_ids),
             "trained_parameters": sum(p.numel() for p in run.trained_parameters),
-            "checkpointing": bool(getattr(run.model, "is_gradient_checkpointing", False))}
+            "checkpointing": checkpointing(run.model)}
+
+
+def checkpointing(model) -> bool:
+    """Whether activation checkpointing is on (transformers 5 renamed the attribute; the old name warns)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name) or hasattr(getattr(model, "base_model", None), name):
+            return bool(getattr(model, name))
+    return False
 
 
 def turing_attention(hw: train_model.Hardware):

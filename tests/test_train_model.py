@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import math
@@ -443,6 +444,86 @@ def test_fp16_loss_scaling_path(shared, tmp_path, monkeypatch):
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
     saved = json.loads((paths.checkpoints_dir / "step-000012" / "train_state.json").read_text())
     assert saved["scaler"]["scale"] > 0  # the loss scale is kept for a resume
+
+
+# ----------------------------------------------------------------------------- warm start (update mode)
+
+
+def test_warm_start_scratch_continues_and_beats_a_fresh_model(shared, tmp_path):
+    first = outputs(shared, tmp_path / "first")
+    trained = train_model.run(train_model.Config(**TINY, precision="fp32", max_steps=16, eval_every=8, save_every=100,
+                                                 learning_rate=3e-3), first, seed=5)
+    info = json.loads((first.model_dir / "training_info.json").read_text())
+    train = ExampleSet.load(first.train_data)
+    latest = max(range(len(train)), key=lambda i: (datetime.datetime.fromisoformat(train.timestamps[i]), i))
+    assert (info["last_commit"], info["last_commit_time"]) == (train.commits[latest], train.timestamps[latest])
+    assert datetime.datetime.fromisoformat(info["trained_at"]).tzinfo is not None and info["warm_start"] is None
+    assert info["tokenizer_digest"] == train_model.tokenizer_digest(AutoTokenizer.from_pretrained(str(first.tokenizer_dir)))
+
+    update = dict(**TINY, precision="fp32", eval_every=2, save_every=100, learning_rate=3e-3, update_max_steps=4,
+                  update_warmup_steps=2, log_every=1)
+    warm = outputs(shared, tmp_path / "warm")
+    continued = train_model.run(train_model.Config(**update, warm_start=first.model_dir), warm, seed=6)
+    fresh = outputs(shared, tmp_path / "fresh")
+    baseline = train_model.run(train_model.Config(**update, max_steps=4), fresh, seed=6)
+
+    # It starts exactly where the first run ended (its best weights), with a fresh short schedule, and gets better;
+    # a new model with the same budget is far behind.
+    assert continued["initial_val_loss"] == pytest.approx(trained["best_val_loss"], abs=1e-4)
+    assert continued["steps"] == 4 and continued["best_val_loss"] < trained["best_val_loss"]
+    assert continued["test_loss"] < trained["test_loss"] and continued["test_loss"] < baseline["test_loss"] - 1.0
+    assert [r["lr"] for r in read_steps(warm) if "lr" in r][:2] == pytest.approx([1.5e-3, 3e-3])  # warm-up again
+    marker = json.loads((warm.model_dir / "training_info.json").read_text())
+    assert marker["warm_start"] == {"folder": str(first.model_dir), "trained_at": info["trained_at"],
+                                    "last_commit": info["last_commit"]}
+    assert marker["tokenizer_digest"] == info["tokenizer_digest"]
+    # The next update continues the model folder it replaces (as pipeline.py --update does), not the old checkpoints.
+    again = train_model.run(train_model.Config(**{**update, "update_max_steps": 2}, warm_start=warm.model_dir), warm,
+                            seed=7)
+    assert again["initial_val_loss"] == pytest.approx(continued["best_val_loss"], abs=1e-4) and again["steps"] == 2
+    assert json.loads((warm.model_dir / "training_info.json").read_text())["warm_start"]["trained_at"] == marker["trained_at"]
+
+    # What cannot continue is refused in one line, before anything is trained.
+    refused = outputs(shared, tmp_path / "refused")
+    with pytest.raises(UserError, match=r"model_training.num_layers: 3, but the warm-start model .* has 2"):
+        train_model.run(train_model.Config(**{**update, "num_layers": 3}, warm_start=first.model_dir), refused)
+    retokenized = tmp_path / "retokenized"
+    shutil.copytree(first.model_dir, retokenized)
+    (retokenized / "training_info.json").write_text(json.dumps({**info, "tokenizer_digest": "0" * 24}))
+    with pytest.raises(UserError, match="the tokenizer changed since .* keep the tokenizer frozen"):
+        train_model.run(train_model.Config(**update, warm_start=retokenized), refused)
+    with pytest.raises(UserError, match="not a model folder written by train_model"):
+        train_model.run(train_model.Config(**update, warm_start=tmp_path), refused)
+    assert not refused.training_logs.exists() and not refused.model_dir.exists()
+
+
+def test_warm_start_lora_adapter_continues_also_as_qlora(extended, tmp_path):
+    settings = dict(**TINY, mode="lora", base_model=str(extended["base"]), precision="fp32", learning_rate=1e-2,
+                    save_every=100)
+    first = adapter_outputs(extended, tmp_path / "first")
+    trained = train_model.run(train_model.Config(**settings, max_steps=8, eval_every=4), first, seed=5)
+    update = dict(**settings, eval_every=3, update_max_steps=3)
+    warm = adapter_outputs(extended, tmp_path / "warm")
+    continued = train_model.run(train_model.Config(**update, warm_start=first.model_dir), warm, seed=6)
+    fresh = adapter_outputs(extended, tmp_path / "fresh")
+    baseline = train_model.run(train_model.Config(**update, max_steps=3), fresh, seed=6)
+    # The adapter and the new token rows continue: the same loss at step 0, better after, ahead of a new adapter.
+    assert continued["initial_val_loss"] == pytest.approx(trained["best_val_loss"], abs=1e-4)
+    assert continued["best_val_loss"] < trained["best_val_loss"]
+    assert continued["test_loss"] < baseline["test_loss"]
+
+    # The LoRA adapter continues over the 4-bit base as well (QLoRA): nearly the same loss before any step.
+    qlora = train_model.Config(**{**update, "mode": "qlora", "precision": "bf16"}, warm_start=first.model_dir)
+    run = train_model.setup(qlora, warm, cpu_hw("bf16"), 6, warm=train_model.read_warm_start(qlora))
+    assert train_model.validation_loss(run) == pytest.approx(trained["best_val_loss"], rel=0.05)
+    del run
+
+    refused = adapter_outputs(extended, tmp_path / "refused")
+    with pytest.raises(UserError, match="model_training.lora_rank: 8, but the warm-start adapter .* has 16"):
+        train_model.run(train_model.Config(**{**update, "lora_rank": 8}, warm_start=first.model_dir), refused)
+    with pytest.raises(UserError, match="holds a lora model and model_training.mode is scratch"):
+        train_model.run(train_model.Config(**{**update, "mode": "scratch"}, warm_start=first.model_dir), refused)
+    assert not refused.training_logs.exists()
 
 
 # ----------------------------------------------------------------------------- the GPU benchmark's CPU path
