@@ -119,7 +119,8 @@ def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42, prediction:
     ranker = load_ranker(paths, model_dir)
     predictor = None
     if plan.examples is not None and not cfg.baselines_only:
-        predictor = Predictor.load(require(Path(model_dir), "train_model"), prediction, device=cfg.device, paths=paths)
+        predictor = Predictor.load(require(Path(model_dir), "train_model"), prediction, device=cfg.device, paths=paths,
+                                   ranker=False)  # the model alone: the rankers are scored apart
     repo = repository_of(paths.commits)
     if repo is None:
         log.warning("the repository of %s is not there: code search, the tree and symbols at the parent are left out",

@@ -202,7 +202,7 @@ def load_language_model(cfg: RankerConfig, paths: ArtifactPaths, prediction: Pre
     model_dir = prediction.model_dir or paths.model_dir
     if cfg.language_model == "off" or not Path(model_dir).is_dir():
         return None
-    predictor = Predictor.load(model_dir, prediction, device=cfg.device, paths=paths)
+    predictor = Predictor.load(model_dir, prediction, device=cfg.device, paths=paths, ranker=False)
     prompts = {}
     for split in ("val", "test"):  # targets the model did not train on
         examples = splits[split]

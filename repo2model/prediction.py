@@ -57,6 +57,7 @@ from repo2model.config import load_config
 from repo2model.errors import UserError
 from repo2model.models import language_dir, load_trained_model, trained_length
 from repo2model.paths import ArtifactPaths
+from repo2model.ranking import FileRanking
 from repo2model.records import Chunk, Commit
 
 SECTION = "prediction"
@@ -234,10 +235,11 @@ class Predictor:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         # The sequence length training used: prompts beyond it reach positions the model never saw.
         self.trained_length = min(trained_length or self.max_positions, self.max_positions)
+        self.ranker: FileRanking | None = None  # the learned file ranker (train_ranker), when there is one
 
     @classmethod
     def load(cls, model_dir: Path, cfg: PredictionConfig, device: str | None = None,
-             paths: ArtifactPaths | None = None) -> "Predictor":
+             paths: ArtifactPaths | None = None, ranker: bool = True) -> "Predictor":
         model_dir = require(Path(model_dir), "train_model")
         device = device or cfg.device
         if cfg.num_threads is not None:
@@ -249,7 +251,10 @@ class Predictor:
         model, tokenizer = load_trained_model(model_dir, device=device)
         language = CommitLanguage.load(language_dir(model_dir, paths))
         log.info("loaded %s on %s in %.1fs", model_dir, device, time.monotonic() - started)
-        return cls(model, tokenizer, language, cfg, model_dir, trained_length(model_dir))
+        predictor = cls(model, tokenizer, language, cfg, model_dir, trained_length(model_dir))
+        # <output_dir>/ranker (or beside the model) ranks the files; without one (an older folder) the model does.
+        predictor.ranker = FileRanking.find(model_dir, paths) if ranker else None
+        return predictor
 
     def info(self) -> dict:
         return {
@@ -285,6 +290,11 @@ class Predictor:
         prompt = self.language.build_prompt(history, task, self.tokenizer, self.context_window(cfg))
         pool = pool if pool is not None else pool_from_history(history)
         output = self.predict_ids(prompt, seed=seed, cfg=cfg, candidates=pool.top(cfg.rank_candidates))
+        if self.ranker is not None:  # its files first; the model keeps change types, symbols, sketch, new files
+            output = self.ranker.merge(output, history, task, cfg.max_files,
+                                       score=lambda candidates: self.score_files(prompt, candidates, cfg))
+        else:
+            output["ranking"] = cfg.file_ranking
         return {
             "task": task,
             "history": [{"hash": c.hash, "message": c.message.splitlines()[0] if c.message else ""}

@@ -30,20 +30,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import lightgbm as lgb
 import numpy as np
 
-from repo2model.artifacts import atomic_open, atomic_path, write_json
+from repo2model.artifacts import atomic_open, atomic_path, iter_commits_with_chunks, write_json
 from repo2model.baselines import BaselineConfig, PastCommits, main_change_types
 from repo2model.code_units import PARSED_LANGUAGES, extract_units, is_test_file, language_of
 from repo2model.errors import UserError
-from repo2model.features import CandidateRows, FeatureConfig, file_kind
-from repo2model.search import bm25_scores, code_words
+from repo2model.features import CandidateRows, FeatureConfig, Target, candidate_rows, file_kind, repository_of, state_at
+from repo2model.paths import ArtifactPaths
+from repo2model.search import CodeIndex, bm25_scores, code_words
+
+log = logging.getLogger("ranking")
 
 KS = (1, 5, 10)
 SIZE_BUCKETS = ((1, 1), (2, 3), (4, 10), (11, 30), (31, None))  # changed files per commit, inclusive
@@ -514,3 +519,133 @@ def find_ranker(*folders: Path | None) -> Path | None:
         if folder is not None and (Path(folder) / RANKER_FILE).is_file():
             return Path(folder)
     return None
+
+
+# ---------------------------------------------------------------- the ranker at prediction time
+
+
+class FileRanking:
+    """The ranker with what its features need at prediction time: the statistics of the whole history
+    (the pipeline's commits.json + chunks.jsonl, read once) and the repository's tree at the newest commit.
+
+        ranking = FileRanking.find(model_dir, paths)         # None when there is no ranker
+        ranked = ranking.rank(history, task)                 # {"method", "files": [...], "candidates"}
+        output = ranking.merge(lm_output, history, task, max_files, score=...)   # the prediction JSON
+
+    Commits of a request's history that the statistics have not seen are taken in (once) when the
+    repository has them (real commits, e.g. scraped by --repo); a caller's made-up records are not.
+    """
+
+    def __init__(self, ranker: Ranker, past: PastCommits, repo: Path | None, last_commit: str | None):
+        self.ranker, self.past, self.repo, self.last_commit = ranker, past, repo, last_commit
+        self.code: CodeIndex | None = None
+        self.seen: set[str] = set()
+        self.candidates = FeatureConfig(**ranker.settings["candidates"])
+        self.symbols_per_file = int(ranker.settings["baselines"].get("symbols_per_file", 5))
+
+    @classmethod
+    def find(cls, model_dir: Path, paths: ArtifactPaths | None = None) -> "FileRanking | None":
+        """The ranker beside the model folder (`<model>/ranker`, `<model>/../ranker`; or `<output_dir>/ranker` for
+        the pipeline's own model) with the history it was trained on (commits.json and chunks.jsonl beside the
+        ranker folder); None when either is missing: the language model then ranks the files alone."""
+        model_dir = Path(model_dir).resolve()
+        places = [model_dir / "ranker", model_dir.parent / "ranker"]
+        if paths is not None and Path(paths.model_dir).resolve() == model_dir:
+            places.append(paths.ranker_dir)
+        folder = find_ranker(*places)
+        if folder is None:
+            return None
+        history = ArtifactPaths.under(folder.parent)
+        if not (history.commits.exists() and history.chunks.exists()):
+            log.warning("%s: no %s / %s beside it for the ranker's features: files ranked by the language model",
+                        folder, history.commits.name, history.chunks.name)
+            return None
+        return cls.load(folder, history.commits, history.chunks)
+
+    @classmethod
+    def load(cls, folder: Path, commits_path: Path, chunks_path: Path) -> "FileRanking":
+        started = time.monotonic()
+        ranker = Ranker.load(folder)
+        past = PastCommits(BaselineConfig(**ranker.settings["baselines"]))
+        last, seen = None, set()
+        for commit, chunks in iter_commits_with_chunks(commits_path, chunks_path):
+            past.observe(commit, chunks)
+            seen.add(commit["hash"])
+            last = commit["hash"]
+        repo = repository_of(commits_path) if ranker.settings.get("code_search") else None
+        ranking = cls(ranker, past, repo, last)
+        ranking.seen = seen
+        log.info("ranker %s with the statistics of %d commits loaded in %.1fs", folder, len(seen),
+                 time.monotonic() - started)
+        return ranking
+
+    def catch_up(self, history: list) -> None:
+        """Take in the history's commits (Commit, [Chunk]) not seen yet that the repository has."""
+        fresh = [(c, chunks) for c, chunks in history if c.hash not in self.seen]
+        if not fresh or self.repo is None:
+            return
+        code = self.code_index()
+        for commit, chunks in fresh:
+            if code is not None and code.has_commit(commit.hash):
+                self.past.observe(commit.to_dict(), [c.to_dict() for c in chunks])
+                self.seen.add(commit.hash)
+                self.last_commit = commit.hash
+
+    def code_index(self) -> CodeIndex | None:
+        if self.code is None and self.repo is not None:
+            self.code = CodeIndex(self.repo, path_weight=self.past.cfg.code_path_weight)
+        return self.code
+
+    def rank(self, history: list, task: str, author: str | None = None,
+             score: Callable[[list[tuple[str, str | None]]], list[dict]] | None = None, limit: int = 20) -> dict:
+        """The ranker's files for `task` after `history` (oldest first): path, score, change type, module and
+        symbols each. `score(candidates)` (the language model's score_files) feeds the LM ranker when both exist."""
+        self.catch_up(history)
+        code = self.code_index()
+        parent = history[-1][0].hash if history and history[-1][0].hash in self.seen else self.last_commit
+        target = Target(commit="", position=self.past.position, task=task, author=(author or "").lower(),
+                        parent=parent)
+        state = state_at(self.past, code, target)
+        lm = None
+        if score is not None and self.ranker.booster_lm is not None:
+            modules = self.past.file_module
+
+            def lm(paths: list[str]) -> dict[str, float]:
+                return {s["path"]: float(s["logprob"]) for s in score([(p, modules.get(p)) for p in paths])}
+
+        rows = candidate_rows(state, self.candidates, lm=lm)
+        ranked = self.ranker.rank(rows, lm=lm is not None)[:limit]
+        paths = [p for p, _ in ranked]
+        exists = {p: float(p in code.blobs) if code is not None else math.nan for p in paths}
+        types = self.ranker.change_types([type_example(self.past, p, state.task_words, exists[p]) for p in paths])
+        files = []
+        for path, value in ranked:
+            units = units_at_parent(path, code.read(path)) if code is not None else []
+            files.append({"path": path, "score": round(value, 6), "change_type": types.get(path),
+                          "module": self.past.file_module.get(path),
+                          "symbols": rank_symbols(self.past, path, units, state.task_words, self.symbols_per_file)})
+        return {"method": "ranker_lm" if lm is not None else "ranker", "files": files, "candidates": len(rows.paths)}
+
+    def merge(self, output: dict, history: list, task: str, max_files: int,
+              score: Callable[[list[tuple[str, str | None]]], list[dict]] | None = None) -> dict:
+        """The prediction JSON with the ranker's files first (each keeps what generation said of it: change
+        types, symbols, votes), then the files only generation names (e.g. new files); modules follow the
+        files; symbols are the ranker's, then generation's; the code sketch stays generation's."""
+        ranked = self.rank(history, task, score=score, limit=max_files)
+        generated = {f["path"]: f for f in output.get("files", [])}
+        files = []
+        for entry in ranked["files"]:
+            gen = generated.get(entry["path"], {})
+            types = gen.get("change_types") or ([{"type": entry["change_type"], "weight": None}]
+                                                if entry["change_type"] else [])
+            files.append({**{k: v for k, v in gen.items() if k not in ("path", "score", "module")},
+                          "path": entry["path"], "score": entry["score"], "ranked_by": ranked["method"],
+                          "module": entry["module"] or gen.get("module"), "change_types": types,
+                          "symbols": list(dict.fromkeys(entry["symbols"] + list(gen.get("symbols") or [])))})
+        known = {f["path"] for f in files}
+        files += [{**f, "ranked_by": "generation"} for f in output.get("files", [])
+                  if f["path"] not in known and f.get("votes")]
+        files = files[:max_files]
+        symbols = list(dict.fromkeys([s for f in files for s in f["symbols"]] + list(output.get("symbols") or [])))
+        return {**output, "ranking": ranked["method"], "ranker_candidates": ranked["candidates"], "files": files,
+                "modules": list(dict.fromkeys(f["module"] for f in files if f.get("module"))), "symbols": symbols}

@@ -270,6 +270,10 @@ class CodeIndex:
     def search(self, query: list[str]) -> dict[str, float]:
         return self.index.scores(query)
 
+    def has_commit(self, commit: str) -> bool:
+        """Whether the repository holds this commit."""
+        return self._objects.size(commit) is not None
+
     def read(self, path: str) -> bytes | None:
         """The content of a file of the tree held now (None: not in it, or unreadable)."""
         oid = self.blobs.get(path)

@@ -4,17 +4,26 @@ deterministic, loads offline; the change-type classifier and symbol ranking; met
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
+import shutil
+import threading
 
 import numpy as np
 import pytest
 
+import helpers_predict as H
+import predict
+import serve
 import train_ranker
 from conftest import GitRepo
 from helpers_ranking import artifacts, cochange_history, text_history
 from repo2model.baselines import BaselineConfig, PastCommits
+from repo2model.commit_language import CommitLanguage
 from repo2model.errors import UserError
 from repo2model.features import candidate_rows, repository_of, walk_targets
+from repo2model.history import history_from_artifacts
+from repo2model.prediction import PredictionConfig, Predictor
 from repo2model.ranking import (
     Prediction, Ranker, RankerConfig, SymbolCandidate, Truth, aggregate, by_size, rank_symbols, score,
     units_at_parent,
@@ -131,3 +140,61 @@ def test_score_mrr_and_size_buckets():
     buckets = by_size([row, single])
     assert list(buckets) == ["1", "2-3"] and buckets["2-3"]["mrr"] == 0.5 and buckets["1"]["commits"] == 1
     assert aggregate([row, single])["mrr"] == 0.75
+
+
+# ---------------------------------------------------------------- predict.py and serve.py with and without a ranker
+
+
+@pytest.fixture(scope="module")
+def model_beside_ranker(text_world):
+    """An untrained tiny model in <output_dir>/model, beside the text world's ranker."""
+    lang = CommitLanguage(authors=["Alice Example"], modules=[])
+    history = history_from_artifacts(text_world.commits, text_world.chunks, 8)
+    folder = text_world.model_dir
+    texts = [lang.render_commit(c, chunks, "full") for c, chunks in history]
+    tokenizer = H.build_tokenizer(folder, lang, texts * 3)
+    H.tiny_llama(tokenizer).save_pretrained(str(folder))
+    return folder
+
+
+def post(server, body: dict) -> dict:
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    conn.request("POST", "/predict", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = json.loads(response.read().decode())
+    conn.close()
+    assert response.status == 200, payload
+    return payload
+
+
+def test_predict_and_serve_rank_with_the_ranker_and_say_so(text_world, model_beside_ranker, tmp_path, capsys):
+    task = "Improve the kilo engine for kilo users"
+    repo = text_world.output_dir.parent / "repo"
+    out = tmp_path / "prediction.json"
+    argv = ["--model", str(model_beside_ranker), "--repo", str(repo), "--task", task, "--file-ranking", "likelihood",
+            "--output", str(out)]
+    assert predict.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["ranking"] == "ranker" and result["ranker_candidates"] > 0
+    assert {f["path"] for f in result["files"][:2]} == {"src/kilo.py", "tests/test_kilo.py"}
+    assert all(f["ranked_by"] == "ranker" and f["change_types"] for f in result["files"])
+    assert result["files"][0]["symbols"] and all(s.startswith(("kilo_", "test_kilo_")) for s in result["files"][0]["symbols"])
+    # The same model folder elsewhere, without a ranker beside it: the model ranks, and says so.
+    alone = tmp_path / "alone" / "model"
+    shutil.copytree(model_beside_ranker, alone)
+    assert predict.main(["--model", str(alone), *argv[2:]]) == 0
+    assert json.loads(out.read_text())["ranking"] == "likelihood"
+    for folder, expected in ((model_beside_ranker, "ranker"), (alone, "likelihood")):
+        service = serve.Service(Predictor.load(folder, PredictionConfig(file_ranking="likelihood")), serve.Config(port=0))
+        server = serve.make_server(service)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            body = post(server, {"task": task, "repo": str(repo)})
+            assert body["ranking"] == expected and body["files"]
+            records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]}
+                       for c, chunks in history_from_artifacts(text_world.commits, text_world.chunks, 3)]
+            assert post(server, {"task": task, "commits": records})["ranking"] == expected
+        finally:
+            server.shutdown()
+            server.server_close()
