@@ -1,0 +1,379 @@
+"""repo2model.retrieval: units of a tree, the index (Qdrant Edge and qdrant-client's code path), incremental
+updates, hybrid search, the context pack and the prompt. Real git repositories, real tree-sitter, the real
+all-MiniLM-L6-v2 and real Qdrant (in-process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from repo2model.code_units import ModuleLookup
+from repo2model.errors import UserError
+from repo2model.redact import Redactor
+from repo2model.retrieval import (
+    ClientStore,
+    Embedder,
+    IndexConfig,
+    IndexUnit,
+    Retriever,
+    UnitIndex,
+    build_context,
+    last_commits,
+    module_prefixes,
+    render_prompt,
+    sparse_query,
+    symbol_matches,
+    units_of_file,
+    unit_words,
+)
+from repo2model.search import BM25Index, code_words
+
+LIB_RS = textwrap.dedent("""\
+    //! The market.
+    use std::collections::HashMap;
+
+    /// A market of orders.
+    pub struct Market {
+        orders: HashMap<u64, u64>,
+    }
+
+    impl Market {
+        pub fn new() -> Self {
+            Market { orders: HashMap::new() }
+        }
+
+        /// Settle every open order.
+        pub fn settle(&mut self, price: u64) -> u64 {
+            let total = self.orders.values().sum::<u64>();
+            total * price
+        }
+    }
+
+    pub fn retry_with_backoff(attempts: u32) -> u32 {
+        let mut delay = 1;
+        for _ in 0..attempts {
+            delay *= 2;
+        }
+        delay
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn settles_empty_market() {
+            let mut market = Market::new();
+            assert_eq!(market.settle(3), 0);
+        }
+    }
+""")
+
+CARGO = '[package]\nname = "energy-market"\nversion = "0.1.0"\n'
+
+README = textwrap.dedent("""\
+    Intro text.
+
+    # Energy market
+    Settles orders.
+
+    ## Install
+    ```bash
+    # not a heading: inside a fence
+    cargo build
+    ```
+
+    ## Usage
+    Call settle.
+""")
+
+PARSER_PY = textwrap.dedent('''\
+    """Parsing of requests."""
+    import json
+
+
+    class Parser:
+        def parse(self, text):
+            value = json.loads(text)
+            return value
+
+        def dump(self, value):
+            return json.dumps(value)
+
+
+    def http_timeout(seconds):
+        return seconds * 1000
+''')
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return Embedder()
+
+
+def make_project(make_repo):
+    repo = make_repo("project")
+    repo.commit("add the market", {"Cargo.toml": CARGO, "src/lib.rs": LIB_RS, "README.md": README,
+                                   "tools/parser.py": PARSER_PY, "notes.txt": "free text about prices\n"})
+    return repo
+
+
+def by_symbol(units):
+    return {(u.kind, u.symbol): u for u in units}
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_rust_units_with_outlines_modules_and_a_whole_file_unit():
+    modules = ModuleLookup(lambda name: CARGO.encode() if name == "HEAD:Cargo.toml" else None)
+    units = units_of_file("src/lib.rs", LIB_RS.encode(), "b" * 40, IndexConfig(), modules, "HEAD")
+    found = by_symbol(units)
+    settle = found[("method", "Market::settle")]
+    lines = LIB_RS.splitlines()
+    assert settle.text == "\n".join(lines[settle.start - 1: settle.end]) and settle.full
+    assert settle.text.startswith("    /// Settle every open order.") and settle.module == "energy_market"
+    # The impl is an outline: its methods' signature lines, bodies elided (they are units of their own).
+    impl = found[("impl", "Market")]
+    assert not impl.full
+    assert "pub fn new() -> Self { ..." in impl.text and "total * price" not in impl.text
+    assert found[("test", "settles_empty_market")].module == "energy_market::tests"
+    assert found[("test", "tests")].text.startswith("#[cfg(test)]\nmod tests {\n    use super::*;\n")
+    # A short file is also one `file` unit with its whole text.
+    whole = found[("file", "src/lib.rs")]
+    assert whole.full and whole.text == LIB_RS.rstrip("\n") and (whole.start, whole.end) == (1, len(lines))
+    # Outline of a longer file: top-level signatures only.
+    short = dataclasses.replace(IndexConfig(), whole_file_lines=12)
+    outline = by_symbol(units_of_file("src/lib.rs", LIB_RS.encode(), "b" * 40, short))[("file", "src/lib.rs")]
+    assert not outline.full and "pub fn retry_with_backoff(attempts: u32) -> u32 { ..." in outline.text
+    assert "delay *= 2" not in outline.text
+    # Every unit gets a distinct point id.
+    assert len({u.id for u in units}) == len(units)
+
+
+def test_markdown_sections_python_units_text_windows_binary_and_redaction():
+    cfg = IndexConfig()
+    docs = units_of_file("README.md", README.encode(), "c" * 40, cfg)
+    assert [(u.kind, u.symbol, u.start) for u in docs] == [
+        ("doc", "README.md", 1), ("doc", "Energy market", 3), ("doc", "Energy market > Install", 6),
+        ("doc", "Energy market > Usage", 12)]
+    assert "cargo build" in docs[2].text
+    python = by_symbol(units_of_file("tools/parser.py", PARSER_PY.encode(), "d" * 40, cfg))
+    assert python[("method", "Parser.parse")].module == "tools.parser"
+    assert "def parse(self, text): ..." in python[("class", "Parser")].text  # a 3-line method: elided
+    assert "    def dump(self, value):\n        return json.dumps(value)" in python[("class", "Parser")].text
+    text = "\n".join(f"line {i}" for i in range(1, 8)) + "\n"
+    windows = units_of_file("notes.txt", text.encode(), "e" * 40, dataclasses.replace(cfg, whole_file_lines=3))
+    assert [(u.kind, u.start, u.end) for u in windows] == [("file", 1, 3), ("file", 4, 6), ("file", 7, 7)]
+    assert len({u.id for u in windows}) == 3
+    assert units_of_file("blob.bin", b"\x00\x01binary", "f" * 40, cfg) == []
+    assert units_of_file("notes.txt", text.encode(), "e" * 40, dataclasses.replace(cfg, text_files=False)) == []
+    secret = 'API_KEY = "AKIAIOSFODNN7EXAMPLE"\n\ndef f():\n    return API_KEY\n'
+    (unit,) = [u for u in units_of_file("conf.py", secret.encode(), "a" * 40, cfg, redactor=Redactor())
+               if u.kind == "const"]
+    assert "AKIAIOSFODNN7EXAMPLE" not in unit.text and "REDACTED" in unit.text
+
+
+def test_helpers():
+    assert module_prefixes("a::b::c") == ["a", "a::b", "a::b::c"]
+    assert module_prefixes("pkg.mod") == ["pkg", "pkg.mod"] and module_prefixes(None) == []
+    assert symbol_matches("Router::route", "route") and symbol_matches("<Foo as Display>::fmt", "fmt")
+    assert symbol_matches("A.m", "m") and not symbol_matches("Router::reroute", "route")
+
+
+def test_last_commits_match_git(make_repo):
+    repo = make_repo()
+    first = repo.commit("one", {"a.py": "x = 1\n", "b.py": "y = 1\n"})
+    second = repo.commit("two", {"a.py": "x = 2\n"})
+    repo.commit("three", {"c.py": "z = 1\n"})
+    head = repo.head()
+    assert last_commits(repo.path, head, {"a.py", "b.py", "c.py"}, None) == {"a.py": second, "b.py": first,
+                                                                              "c.py": head}
+    assert last_commits(repo.path, head, {"a.py", "b.py"}, second) == {}  # nothing changed them after `second`
+    assert first != second
+
+
+# ---------------------------------------------------------------- the index
+
+
+def test_build_search_and_bm25_scores_equal_repo2model_search(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    index = UnitIndex(IndexConfig(guided_weight=10.0), tmp_path / "index", embedder)
+    summary = index.update(repo.path)
+    assert summary.rebuilt == "no index yet" and summary.embedded == summary.units > 10
+    info = UnitIndex.read_info(tmp_path / "index")
+    assert info["commit"] == repo.head() and info["units"] == summary.units and info["kinds"]["method"] == 4
+    with index:
+        points = index.store.payloads()
+        # BM25 through Qdrant's IDF modifier = repo2model.search's Lucene BM25 over the same words.
+        reference = BM25Index()
+        for point_id, payload in points.items():
+            reference.add(point_id, unit_words(IndexUnit.from_payload(payload)))
+        query = "retry with exponential backoff"
+        expected = reference.scores(code_words(query))
+        hits = index.search(query, mode="bm25", limit=len(points))
+        assert {h.id for h in hits} == set(expected)
+        for hit in hits:
+            assert hit.score == pytest.approx(expected[hit.id], rel=1e-4)
+        assert hits[0].payload["symbol"] == "retry_with_backoff"
+        # Dense: the nearest unit to a paraphrase, cosine scores as numpy computes them.
+        dense = index.search("wait longer after each failed attempt", mode="dense", limit=3)
+        assert dense[0].payload["kind"] in ("function", "file")
+        vector = embedder.embed(["wait longer after each failed attempt"])[0]
+        stored = index.store.vectors([dense[0].id])[dense[0].id][0]
+        assert dense[0].score == pytest.approx(float(np.dot(vector, stored)), abs=1e-4)
+        # Guided: units of the predicted file come first (their lists weigh 10 here: ranks divided by 10).
+        guided = index.search("settle the orders", mode="guided", files=["tools/parser.py"])
+        hybrid = index.search("settle the orders", mode="hybrid")
+        assert [h.payload["path"] for h in guided[:4]].count("tools/parser.py") >= 2
+        assert "tools/parser.py" not in [h.payload["path"] for h in hybrid[:4]]
+        assert [h.payload["path"] for h in index.search("json", mode="guided", modules=["tools"])][:2] == \
+            ["tools/parser.py"] * 2
+
+
+def test_incremental_update_embeds_only_changed_units(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    index = UnitIndex(IndexConfig(), tmp_path / "index", embedder)
+    first = index.update(repo.path)
+    changed_body = LIB_RS.replace("delay *= 2;", "delay *= 3;")
+    second_commit = repo.commit("slower backoff", {"src/lib.rs": "\n" + changed_body})
+    second = index.update(repo.path)
+    # The changed function and the file's whole-text unit are embedded again; everything else of lib.rs keeps
+    # its vectors (only its lines move); the other files are not even read.
+    assert second.rebuilt is None and second.files_changed == 1
+    assert second.embedded == 2 and second.units == first.units and second.deleted == 0
+    lib_units = units_of_file("src/lib.rs", ("\n" + changed_body).encode(), "0" * 40, IndexConfig())
+    assert second.reused == len(lib_units) - 2
+    with index:
+        units = {(u.kind, u.symbol): u for u in index.units_of(["src/lib.rs"])}
+    backoff, settle = units[("function", "retry_with_backoff")], units[("method", "Market::settle")]
+    assert "delay *= 3" in backoff.text and backoff.commit == second_commit
+    assert settle.start == LIB_RS.splitlines().index("    /// Settle every open order.") + 2  # one line down
+    assert settle.commit != second_commit  # its text did not change: its last-changed commit stays
+    # A deleted file's units go; an update with nothing changed reads nothing.
+    repo.commit("drop the parser", {"tools/parser.py": None})
+    third = index.update(repo.path)
+    assert third.files_removed == 1 and third.deleted == 6 and third.embedded == 0
+    fourth = index.update(repo.path)
+    assert (fourth.files_changed, fourth.embedded, fourth.deleted, fourth.units) == (0, 0, 0, third.units)
+
+
+def test_settings_that_change_vectors_rebuild_and_the_old_store_stays_until_done(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    index = UnitIndex(IndexConfig(), tmp_path / "index", embedder)
+    index.update(repo.path)
+    other = Embedder(max_tokens=64)
+    again = UnitIndex(IndexConfig(max_tokens=64), tmp_path / "index", other).update(repo.path)
+    assert again.rebuilt == "max_tokens was 256, now 64" and again.embedded == again.units
+    assert not list((tmp_path / "index").glob(".shard.*"))  # the temporary build folder was renamed into place
+
+
+def test_qdrant_client_code_path_matches_the_edge_store(tmp_path, make_repo, embedder):
+    """`embedded: local` runs every call a Qdrant server gets (qdrant-client), in-process: same index."""
+    repo = make_project(make_repo)
+    edge_index = UnitIndex(IndexConfig(), tmp_path / "edge", embedder)
+    client_index = UnitIndex(IndexConfig(embedded="local"), tmp_path / "client", embedder)
+    assert edge_index.update(repo.path).units == client_index.update(repo.path).units
+    repo.commit("slower backoff", {"src/lib.rs": LIB_RS.replace("delay *= 2;", "delay *= 3;")})
+    a, b = edge_index.update(repo.path), client_index.update(repo.path)
+    assert (a.embedded, a.reused, a.deleted) == (b.embedded, b.reused, b.deleted) == (2, a.reused, 0)
+    with edge_index, client_index:
+        for mode in ("dense", "bm25", "hybrid", "guided"):
+            x = edge_index.search("settle orders at a price", mode=mode, files=["src/lib.rs"], limit=8)
+            y = client_index.search("settle orders at a price", mode=mode, files=["src/lib.rs"], limit=8)
+            assert [h.id for h in x][:3] == [h.id for h in y][:3], mode
+        assert edge_index.store.payloads() == client_index.store.payloads()
+
+
+def test_a_server_that_cannot_be_reached_is_one_line(tmp_path):
+    cfg = IndexConfig(url="http://127.0.0.1:9", timeout_s=2.0)  # port 9 (discard): nothing listens
+    with pytest.raises(UserError) as caught:
+        ClientStore.server(cfg, 384)
+    assert "cannot reach Qdrant at http://127.0.0.1:9" in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="url: must start with http"):
+        IndexConfig(url="127.0.0.1:6333")
+
+
+def test_an_index_held_by_another_process_waits_then_says_so(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    index = UnitIndex(IndexConfig(lock_wait_s=0.5), tmp_path / "index", embedder)
+    index.update(repo.path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, qdrant_edge as e; s = e.EdgeShard.load(sys.argv[1]); print('held', flush=True); "
+        "sys.stdin.read()"), str(tmp_path / "index" / "shard")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="in use by another process"):
+            with index:
+                pass
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    with index:  # free again
+        assert index.store.count() > 0
+
+
+# ---------------------------------------------------------------- context and prompt
+
+
+def prediction_for(path, symbols, module=None):
+    return {"files": [{"path": path, "module": module, "change_types": [{"type": "MODIFIED_METHOD", "weight": 1}],
+                       "symbols": symbols}], "modules": [module] if module else [], "symbols": symbols}
+
+
+def test_context_pack_order_budget_and_reasons(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    index = UnitIndex(IndexConfig(), tmp_path / "index", embedder)
+    index.update(repo.path)
+    prediction = prediction_for("src/lib.rs", ["settle"], "energy_market")
+    with index:
+        pack = build_context("Settle orders at the closing price", prediction, index.units_of, index.search,
+                             budget=4000, count_tokens=embedder.count_tokens)
+        small = build_context("Settle orders at the closing price", prediction, index.units_of, index.search,
+                              budget=120, count_tokens=embedder.count_tokens)
+    assert (pack[0].symbol, pack[0].why) == ("Market::settle", "predicted symbol settle of predicted file #1")
+    assert (pack[1].kind, pack[1].why) == ("file", "predicted file #1")
+    assert all(e.why.startswith("search") for e in pack[2:]) and len(pack) > 4
+    assert len({(e.path, e.symbol, e.start) for e in pack}) == len(pack)
+    assert sum(e.tokens for e in pack) <= 4000 and sum(e.tokens for e in small) <= 120
+    assert small[0].symbol == "Market::settle"
+    for entry in pack:
+        assert entry.tokens == embedder.count_tokens(
+            f"### {entry.path}:{entry.start}-{entry.end} {entry.kind} {entry.symbol} ({entry.why})"
+        ) + embedder.count_tokens(entry.text) + 4
+    prompt = render_prompt("Settle orders at the closing price", prediction, pack[:2], "test_settle failed: 0 != 3",
+                           str(repo.path), repo.head())
+    assert "## Task\nSettle orders at the closing price" in prompt
+    assert "1. src/lib.rs (module energy_market): MODIFIED_METHOD" in prompt and "symbols: settle" in prompt
+    assert "```rust\n    /// Settle every open order." in prompt
+    assert "## Recent test failures\ntest_settle failed: 0 != 3" in prompt and repo.head()[:12] in prompt
+
+
+def test_retriever_uses_the_index_of_the_repo_and_else_reads_the_tree(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    cfg = IndexConfig()
+    index = UnitIndex(cfg, tmp_path / "index", embedder)
+    index.update(repo.path)
+    retriever = Retriever(cfg, tmp_path / "index", embedder)
+    prediction = prediction_for("tools/parser.py", ["parse"])
+    answer = retriever.answer("Parse JSON requests", prediction, repo=repo.path, budget=2000)
+    assert answer["context_source"]["index"]["commit"] == repo.head()
+    assert answer["context"][0]["symbol"] == "Parser.parse" and answer["context"][0]["lines"] == [6, 8]
+    assert any(e["why"].startswith("search") for e in answer["context"])
+    assert "def parse(self, text):" in answer["prompt"] and "None reported." in answer["prompt"]
+    # Another repository: no index of it, the predicted file's code straight from its HEAD, no search.
+    other = make_repo("other")
+    other.commit("parser", {"tools/parser.py": PARSER_PY.replace("json.loads", "json.load")})
+    elsewhere = retriever.answer("Parse JSON requests", prediction, repo=other.path, budget=2000)
+    assert "not of" in elsewhere["context_source"]["reason"]
+    assert [e["why"] for e in elsewhere["context"]][:2] == ["predicted symbol parse of predicted file #1",
+                                                            "predicted file #1"]
+    assert "json.load(text)" in elsewhere["context"][0]["code"]
+    assert not any(e["why"].startswith("search") for e in elsewhere["context"])
+    assert sparse_query("").indices == []
