@@ -6,13 +6,20 @@
          -d '{"task": "Add a retry to the scraper", "repo": "/path/to/repo"}'
 
 Endpoints
-    GET  /health    {"status": "ok", "model": {...}, "requests": n, "uptime_s": s}
+    GET  /health    {"status": "ok", "model": {..., "last_commit", "last_commit_time", "trained_at"},
+                     "requests": n, "in_flight": n, "uptime_s": s, "reloads": {...}, "update": {...}}
+                    (no token needed; the model's last trained commit and time come from its
+                    training_info.json, null for a folder without them)
     POST /predict   body: {"task": str, "repo": str | "commits": [commit records],
                            "options": {history_commits, decoding, num_candidates, max_new_tokens,
                                        temperature, top_p, top_k, max_files, file_ranking}, "seed": int}
                     exactly one of `repo` (a local repository: its last commits are scraped and chunked
                     on the fly) and `commits` (commits.json records, oldest first, each optionally with
                     its "chunks"); reply: the prediction JSON (as predict.py prints it).
+    POST /update    (off unless serve.allow_update; always needs the bearer token) starts
+                    `python pipeline.py --config <serve.update_config> --update` in the background:
+                    202 with its status, 409 while one runs. When it succeeds the new model is picked up.
+    GET  /update    (same conditions) the last update's state, exit code and the tail of its output.
 Errors are JSON {"error": "...", "status": code}: 400 invalid JSON, an unreadable request line or a NUL
 byte in `repo`, 401 missing/wrong bearer token, 403 repository outside allowed_repo_roots, 404, 405, 408
 body shorter than its Content-Length (after socket_timeout_s), 411 no Content-Length, 413 body too large,
@@ -20,7 +27,11 @@ body shorter than its Content-Length (after socket_timeout_s), 411 no Content-Le
 431 a header line over 64 KiB or over 100 headers, 501 unknown method, 505 HTTP version, 500 internal
 error (logged).
 
-The model is loaded once; requests are served by threads, generations one at a time (a lock).
+Requests are served by threads, generations one at a time (a lock). A new model folder is picked up without a
+restart: on SIGHUP, and when the folder's marker `<model>/training_info.json` (written last by train_model)
+changes, checked every reload_poll_s. The new model is loaded in the background and swapped in whole: a
+request already running finishes on the model it started with. A failed load keeps the model being served and
+logs one line (also in /health `reloads.last`).
 
 Config keys (section `serve`):
     host                  interface to bind (127.0.0.1: this machine only)
@@ -34,27 +45,36 @@ Config keys (section `serve`):
     max_candidates_limit  limit on options.num_candidates (16)
     allowed_repo_roots    `repo` must lie under one of these folders ([]: any local repository)
     socket_timeout_s      a client that stalls while sending is dropped after this long (30)
+    reload_poll_s         seconds between checks of the model folder's marker (5; 0: reload on SIGHUP only)
+    allow_update          POST/GET /update on (false); needs a bearer token
+    update_config         the config file POST /update runs pipeline.py with (null: serve's own --config)
+    update_timeout_s      an update running longer is stopped (7200)
 Decoding defaults and the model folder come from the `prediction` section.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hmac
 import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 from repo2model.history import history_from_records, history_from_repo, load_history_sections
 from repo2model.prediction import (
     MAX_TASK_CHARS,
@@ -64,6 +84,7 @@ from repo2model.prediction import (
     load_prediction_config,
     with_options,
 )
+from repo2model.models import INFO_FILE
 
 SECTION = "serve"
 log = logging.getLogger("serve")
@@ -81,6 +102,10 @@ class Config:
     max_candidates_limit: int = 16
     allowed_repo_roots: list[Path] = field(default_factory=list)
     socket_timeout_s: float = 30.0
+    reload_poll_s: float = 5.0
+    allow_update: bool = False
+    update_config: Path | None = None
+    update_timeout_s: float = 7200.0
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -92,6 +117,10 @@ class Config:
                 raise ValueError(f"{name}: must be >= 1")
         if self.socket_timeout_s <= 0:
             raise ValueError("socket_timeout_s: must be > 0")
+        if self.reload_poll_s < 0:
+            raise ValueError("reload_poll_s: must be >= 0 (0: reload on SIGHUP only)")
+        if self.update_timeout_s <= 0:
+            raise ValueError("update_timeout_s: must be > 0")
 
     def bearer_token(self) -> str | None:
         return os.environ.get(self.token_env) or self.token
@@ -110,12 +139,15 @@ class Service:
     """What the handler threads share: the predictor (anything with `info()` and
     `predict(history, task, options, seed)`), the limits, and how history is read."""
 
-    predictor: Any
+    predictor: Any  # swapped whole by a reload: read it once per request
     cfg: Config
     scraper_cfg: Any = None
     chunker_cfg: Any = None
+    reloader: ModelReloader | None = None
+    update: PipelineUpdate | None = None
     started: float = field(default_factory=time.monotonic)
     requests: int = 0
+    in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -124,6 +156,16 @@ class Service:
             self.requests += 1
 
     def handle_predict(self, body: Any) -> dict:
+        predictor = self.predictor  # this request's model to its end, whatever a reload swaps in meanwhile
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            return self.predict_with(predictor, body)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+
+    def predict_with(self, predictor: Any, body: Any) -> dict:
         if not isinstance(body, dict):
             raise RequestError(422, "body: must be a JSON object")
         allowed = {"task", "repo", "commits", "options", "seed"}
@@ -138,10 +180,10 @@ class Service:
         seed = body.get("seed", 42)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
             raise RequestError(422, "seed: must be an integer in [0, 2^32)")
-        options = self.check_options(body.get("options"))
+        options = self.check_options(predictor, body.get("options"))
         if ("repo" in body) == ("commits" in body):
             raise RequestError(422, "repo or commits: give exactly one (a repository path, or commit records)")
-        history_commits = options.get("history_commits", self.predictor.cfg.history_commits)
+        history_commits = options.get("history_commits", predictor.cfg.history_commits)
         if "repo" in body:
             history = self.history_from_repo(body["repo"], history_commits)
         else:
@@ -156,15 +198,15 @@ class Service:
                 raise RequestError(422, str(exc)) from None
         with self.lock:
             try:
-                return self.predictor.predict(history, task, options, seed)
+                return predictor.predict(history, task, options, seed)
             except ValueError as exc:
                 raise RequestError(422, str(exc)) from None
 
-    def check_options(self, options: Any) -> dict:
+    def check_options(self, predictor: Any, options: Any) -> dict:
         if options is None:
             return {}
         try:
-            with_options(self.predictor.cfg, options)
+            with_options(predictor.cfg, options)
         except ValueError as exc:
             raise RequestError(422, str(exc)) from None
         limits = {"max_new_tokens": self.cfg.max_new_tokens_limit, "num_candidates": self.cfg.max_candidates_limit,
@@ -193,7 +235,185 @@ class Service:
 
     def health(self) -> dict:
         return {"status": "ok", "model": self.predictor.info(), "requests": self.requests,
-                "uptime_s": round(time.monotonic() - self.started, 1)}
+                "in_flight": self.in_flight, "uptime_s": round(time.monotonic() - self.started, 1),
+                "reloads": self.reloader.status() if self.reloader else None,
+                "update": {"enabled": self.cfg.allow_update,
+                           "state": self.update.state if self.update else "never run"}}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- a new model without a restart
+
+
+def marker_state(marker: Path) -> tuple | None:
+    """What identifies the marker file's version (a replaced folder has a new inode); None while it is absent."""
+    try:
+        st = os.stat(marker)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class ModelReloader:
+    """Loads the model folder again in a background thread and swaps the new predictor into the service.
+
+    `request(trigger)` (SIGHUP: safe from a signal handler, it only sets an event) reloads unconditionally;
+    every `poll_s` seconds, and on `request(trigger, force=False)`, the marker is compared with the one of
+    the model being served and a changed marker reloads. A failed load keeps the served model, logs one line,
+    and is not retried until the marker changes again (or a SIGHUP).
+    """
+
+    def __init__(self, service: Service, load: Callable[[], Any], marker: Path, poll_s: float):
+        self.service, self.load, self.marker, self.poll_s = service, load, Path(marker), poll_s
+        self.loaded_marker = marker_state(self.marker)  # the served model's
+        self.failed_marker: tuple | None = None
+        self.count = 0
+        self.last: dict | None = None
+        self._wake = threading.Event()
+        self._trigger, self._force = "request", False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "ModelReloader":
+        self._thread = threading.Thread(target=self._run, name="model-reloader", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def request(self, trigger: str, force: bool = True) -> None:
+        self._trigger, self._force = trigger, self._force or force
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            woken = self._wake.wait(self.poll_s if self.poll_s > 0 else None)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            force, self._force = self._force, False
+            if force or self.marker_changed():
+                self.reload(self._trigger if woken else "marker changed")
+
+    def marker_changed(self) -> bool:
+        state = marker_state(self.marker)
+        return state is not None and state != self.loaded_marker and state != self.failed_marker
+
+    def reload(self, trigger: str) -> bool:
+        """Load the folder now (in the calling thread) and swap it in; False (and the old model kept) if it fails."""
+        state = marker_state(self.marker)
+        started = time.monotonic()
+        try:
+            predictor = self.load()
+        except Exception as exc:  # a bad folder (UserError) or anything else: the service keeps serving
+            self.failed_marker = state
+            error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {first_line(exc)}"
+            self.last = {"trigger": trigger, "status": "failed", "at": now_iso(), "error": error}
+            log.error("reload (%s) failed, still serving the previous model: %s", trigger, error)
+            log.debug("reload failure", exc_info=True)
+            return False
+        self.service.predictor = predictor  # one reference swap: requests hold the predictor they started with
+        self.loaded_marker, self.failed_marker = state, None
+        self.count += 1
+        info = getattr(predictor, "training", {}) or {}
+        self.last = {"trigger": trigger, "status": "loaded", "at": now_iso(), "error": None,
+                     "seconds": round(time.monotonic() - started, 1)}
+        log.info("reloaded the model (%s) in %.1fs: last commit %s, trained at %s", trigger,
+                 time.monotonic() - started, (info.get("last_commit") or "?")[:12], info.get("trained_at") or "?")
+        return True
+
+    def status(self) -> dict:
+        return {"count": self.count, "last": self.last, "marker": str(self.marker), "poll_s": self.poll_s}
+
+
+# ---------------------------------------------------------------- POST /update
+
+
+PIPELINE = Path(__file__).resolve().parent / "pipeline.py"
+LOG_TAIL_LINES = 40
+
+
+class PipelineUpdate:
+    """One `python pipeline.py --config <config> --update` at a time, in its own process group; its state,
+    exit code and the tail of its output for GET /update."""
+
+    def __init__(self, config_path: Path, timeout_s: float, on_success: Callable[[], None] | None = None):
+        self.config_path, self.timeout_s, self.on_success = Path(config_path), timeout_s, on_success
+        self.state = "never run"
+        self.process: subprocess.Popen | None = None
+        self.run: dict = {}
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._lock = threading.Lock()
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(PIPELINE), "--config", str(self.config_path), "--update"]
+
+    def start(self) -> dict:
+        with self._lock:
+            if self.state == "running":
+                raise RequestError(409, f"an update is running (pid {self.process.pid}, since "
+                                        f"{self.run['started_at']}): GET /update for its state")
+            if not self.config_path.is_file():
+                raise RequestError(422, f"serve.update_config: {self.config_path} not found")
+            self.tail.clear()
+            self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                            cwd=self.config_path.parent, start_new_session=True)
+            self.state = "running"
+            self.run = {"command": self.command(), "pid": self.process.pid, "started_at": now_iso(),
+                        "finished_at": None, "seconds": None, "exit_code": None, "timed_out": False}
+            threading.Thread(target=self._follow, args=(self.process, time.monotonic()), name="pipeline-update",
+                             daemon=True).start()
+        log.info("update started: %s (pid %d)", " ".join(self.command()), self.process.pid)
+        return self.status()
+
+    def _follow(self, process: subprocess.Popen, started: float) -> None:
+        timer = threading.Timer(self.timeout_s, self._time_out, args=(process,))
+        timer.daemon = True
+        timer.start()
+        for line in process.stdout:
+            self.tail.append(line.rstrip("\n"))
+        code = process.wait()
+        timer.cancel()
+        with self._lock:
+            self.run.update(finished_at=now_iso(), seconds=round(time.monotonic() - started, 1), exit_code=code)
+            self.state = "succeeded" if code == 0 else "failed"
+        log_line = log.info if code == 0 else log.error
+        log_line("update %s (exit code %d in %.0fs)%s", self.state, code, time.monotonic() - started,
+                 "" if code == 0 else f": {self.tail[-1] if self.tail else 'no output'}")
+        if code == 0 and self.on_success is not None:
+            self.on_success()
+
+    def _time_out(self, process: subprocess.Popen) -> None:
+        self.run["timed_out"] = True
+        self.tail.append(f"[serve] stopped after update_timeout_s = {self.timeout_s:g}s")
+        stop_process_group(process)
+
+    def stop(self) -> None:
+        """On shutdown: stop a running update (the pipeline is safe to interrupt; a rerun completes it)."""
+        if self.process is not None and self.process.poll() is None:
+            stop_process_group(self.process)
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"state": self.state, **self.run, "log_tail": list(self.tail)}
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGTERM)  # the pipeline and the workers it started
+        else:
+            process.terminate()
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -211,15 +431,19 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, self.service.health())
         elif path == "/predict":
             self.error(405, "use POST for /predict", allow="POST")
+        elif path == "/update":
+            self.handle_update(start=False)
         else:
-            self.error(404, f"{path}: not found (endpoints: GET /health, POST /predict)")
+            self.error(404, f"{path}: not found ({ENDPOINTS})")
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        if path == "/update":
+            return self.handle_update(start=True)
         if path != "/predict":
             if path == "/health":
                 return self.error(405, "use GET for /health", allow="GET")
-            return self.error(404, f"{path}: not found (endpoints: GET /health, POST /predict)")
+            return self.error(404, f"{path}: not found ({ENDPOINTS})")
         try:
             self.check_token()
             body = self.read_json()
@@ -235,13 +459,41 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, result)
 
     def do_PUT(self) -> None:
-        self.error(405, "only GET /health and POST /predict", allow="GET, POST")
+        self.error(405, ENDPOINTS, allow="GET, POST")
 
     do_DELETE = do_PATCH = do_PUT
 
-    def check_token(self) -> None:
+    def handle_update(self, start: bool) -> None:
+        """POST /update starts the pipeline's update, GET /update reports it: off by default, token always."""
+        try:
+            if not self.service.cfg.allow_update or self.service.update is None:
+                raise RequestError(403, "updates are off on this service (serve.allow_update: false)")
+            self.check_token(required=True)
+            if start:
+                self.discard_body()
+                self.reply(202, self.service.update.start())
+            else:
+                self.reply(200, self.service.update.status())
+        except RequestError as exc:
+            self.error(exc.status, str(exc))
+
+    def discard_body(self) -> None:
+        """Read a body nobody needs (POST /update takes none), so that the connection can carry the next request."""
+        try:
+            size = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            size = -1
+        if not 0 <= size <= self.service.cfg.max_body_bytes:
+            self.close_connection = True
+        elif size:
+            self.rfile.read(size)  # a client that stalls here is dropped after socket_timeout_s
+
+    def check_token(self, required: bool = False) -> None:
         token = self.service.cfg.bearer_token()
         if not token:
+            if required:
+                raise RequestError(403, "this endpoint needs a bearer token: set serve.token or "
+                                        f"${self.service.cfg.token_env}")
             return
         given = self.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
@@ -330,6 +582,9 @@ def make_server(service: Service) -> ThreadingHTTPServer:
     return server
 
 
+ENDPOINTS = "endpoints: GET /health, POST /predict, POST /update, GET /update"
+
+
 def _stop(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -349,20 +604,47 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.bearer_token():
         log.warning("listening on %s without a bearer token: anyone who can reach it can use the model "
                     "(set %s)", cfg.host, cfg.token_env)
+    update_config = check_update_settings(cfg, args.config)
     scraper_cfg, chunker_cfg = load_history_sections(args.config)
-    predictor = Predictor.load(prediction.model_dir or paths.model_dir, prediction, paths=paths)
-    server = make_server(Service(predictor, cfg, scraper_cfg, chunker_cfg))
+    model_dir = Path(prediction.model_dir or paths.model_dir)
+    load = functools.partial(Predictor.load, model_dir, prediction, paths=paths)
+    service = Service(load(), cfg, scraper_cfg, chunker_cfg)
+    service.reloader = ModelReloader(service, load, model_dir / INFO_FILE, cfg.reload_poll_s).start()
+    if update_config is not None:
+        service.update = PipelineUpdate(update_config, cfg.update_timeout_s,
+                                        on_success=lambda: service.reloader.request("update", force=False))
+    server = make_server(service)
     host, port = server.server_address[:2]
-    log.info("serving %s on http://%s:%d (POST /predict, GET /health)%s", predictor.model_dir, host, port,
-             ", bearer token required" if cfg.bearer_token() else "")
+    log.info("serving %s on http://%s:%d (POST /predict, GET /health%s)%s", model_dir, host, port,
+             ", POST /update" if update_config else "", ", bearer token required" if cfg.bearer_token() else "")
     signal.signal(signal.SIGTERM, _stop)  # `kill` (systemd, docker stop) shuts down like Ctrl-C
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda signum, frame: service.reloader.request("SIGHUP"))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
+        service.reloader.stop()
+        if service.update is not None:
+            service.update.stop()
         server.server_close()
     return 0
+
+
+def check_update_settings(cfg: Config, config_path: Path | None) -> Path | None:
+    """The config file POST /update runs the pipeline with (None: updates are off); refused in one line when
+    updates are on without a token or without a config."""
+    if not cfg.allow_update:
+        return None
+    if not cfg.bearer_token():
+        raise UserError(f"serve.allow_update: true needs a bearer token (serve.token or ${cfg.token_env})")
+    update_config = cfg.update_config or config_path
+    if update_config is None:
+        raise UserError("serve.allow_update: true needs serve.update_config (or serve.py --config)")
+    if not Path(update_config).is_file():
+        raise UserError(f"serve.update_config: {update_config} not found")
+    return Path(update_config).resolve()
 
 
 if __name__ == "__main__":

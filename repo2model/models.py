@@ -167,17 +167,24 @@ def adapter_class():
     return PeftModel
 
 
-def trained_length(model_dir: Path) -> int | None:
-    """`seq_len` from the model folder's training_info.json (train_model writes it), if there."""
+def read_training_info(model_dir: Path) -> dict:
+    """The model folder's training_info.json (for merged weights: the adapter folder's around them); {} when it is
+    absent or unreadable (a model saved by an older version, or by hand)."""
     for folder in (Path(model_dir), Path(model_dir).parent):
         info = folder / INFO_FILE
         if info.is_file():
             try:
-                value = json.loads(info.read_text(encoding="utf-8")).get("seq_len")
-            except (json.JSONDecodeError, AttributeError):
-                return None
-            return int(value) if isinstance(value, int) and value > 0 else None
-    return None
+                data = json.loads(info.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                return {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def trained_length(model_dir: Path) -> int | None:
+    """`seq_len` from the model folder's training_info.json (train_model writes it), if there."""
+    value = read_training_info(model_dir).get("seq_len")
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def language_dir(model_dir: Path, paths: ArtifactPaths | None) -> Path:

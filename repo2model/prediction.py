@@ -55,7 +55,7 @@ from repo2model.cli import apply_overrides
 from repo2model.commit_language import COMMIT_END, FILE, CommitLanguage, decode_ids, encode_texts, escape
 from repo2model.config import load_config
 from repo2model.errors import UserError
-from repo2model.models import language_dir, load_trained_model, trained_length
+from repo2model.models import language_dir, load_trained_model, read_training_info, trained_length
 from repo2model.paths import ArtifactPaths
 from repo2model.ranking import FileRanking
 from repo2model.records import Chunk, Commit
@@ -235,6 +235,8 @@ class Predictor:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         # The sequence length training used: prompts beyond it reach positions the model never saw.
         self.trained_length = min(trained_length or self.max_positions, self.max_positions)
+        # What the model learned up to (train_model's training_info.json; absent in older folders).
+        self.training = read_training_info(model_dir) if model_dir is not None else {}
         self.ranker: FileRanking | None = None  # the learned file ranker (train_ranker), when there is one
 
     @classmethod
@@ -265,6 +267,7 @@ class Predictor:
             "trained_length": self.trained_length,
             "vocab_size": len(self.tokenizer),
             "defaults": {k: getattr(self.cfg, k) for k in OPTION_KEYS},
+            **{key: self.training.get(key) for key in ("last_commit", "last_commit_time", "trained_at")},
         }
 
     def context_window(self, cfg: PredictionConfig) -> int:

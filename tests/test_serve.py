@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
+import shutil
 import socket
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 import helpers_predict as H
 import serve
+from repo2model.artifacts import atomic_path
+from repo2model.errors import UserError
+from repo2model.models import INFO_FILE
 from repo2model.prediction import PredictionConfig, Predictor
 
 TOKEN = "s3cret-token"
@@ -161,7 +168,7 @@ def test_config_token_and_port_in_use(learned):
         first.server_close()
 
 
-def test_cli_serves_a_model_folder_and_stops_on_sigterm(learned, tmp_path):
+def test_cli_serves_reloads_on_sighup_and_stops_on_sigterm(learned, folders, tmp_path):
     import os
     import re
     import signal
@@ -171,13 +178,13 @@ def test_cli_serves_a_model_folder_and_stops_on_sigterm(learned, tmp_path):
     from pathlib import Path
 
     folder = tmp_path / "model"
-    learned.model.save_pretrained(str(folder))
-    learned.tokenizer.save_pretrained(str(folder))
-    learned.language.save(folder)
+    shutil.copytree(folders["old"], folder)
+    config = tmp_path / "config.yaml"
+    config.write_text("serve:\n  reload_poll_s: 0\n")  # no polling: only SIGHUP reloads
     root = Path(serve.__file__).resolve().parent
     env = {**os.environ, "REPO2MODEL_SERVE_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, str(root / "serve.py"), "--model", str(folder), "--port", "0",
-                             "--max-new-tokens", "120", "--output-dir", str(tmp_path / "out")],
+    proc = subprocess.Popen([sys.executable, str(root / "serve.py"), "--config", str(config), "--model", str(folder),
+                             "--port", "0", "--max-new-tokens", "120", "--output-dir", str(tmp_path / "out")],
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         port = None
@@ -195,8 +202,24 @@ def test_cli_serves_a_model_folder_and_stops_on_sigterm(learned, tmp_path):
                                {"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and [f["path"] for f in body["files"]] == ["pkg/parse.py", "tests/test_parse.py",
                                                                         "pkg/strip.py"]
+        assert body["model"] == str(folder) and call(server, "GET", "/health")[1]["model"]["last_commit"] == "a" * 40
+
+        def reloads():
+            return call(server, "GET", "/health")[1]["reloads"]
+
+        swap_folder(folder, folders["new"])
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: reloads()["count"] == 1, "the reload on SIGHUP")
+        assert reloads()["last"]["trigger"] == "SIGHUP"
+        assert call(server, "GET", "/health")[1]["model"]["last_commit"] == "b" * 40
+        swap_folder(folder, folders["damaged"])
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: (reloads()["last"] or {}).get("status") == "failed", "the failed reload")
+        assert call(server, "GET", "/health")[1]["model"]["last_commit"] == "b" * 40  # still the loaded one
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        rest = proc.stderr.read()
+        assert "Traceback" not in rest and "reload (SIGHUP) failed, still serving the previous model: " in rest, rest
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -270,3 +293,163 @@ def test_malformed_http_gets_json_not_html(server, request_bytes, status, word):
     assert got == status and body["status"] == status and word in body["error"], body
     assert headers["content-type"].startswith("application/json") and headers["connection"] == "close"
     assert call(server, "GET", "/health")[0] == 200  # the service carries on
+
+
+# ---------------------------------------------------------------- a new model without a restart
+
+
+def save_model(folder, model, tokenizer, language, last_commit: str | None):
+    """A model folder as train_model leaves it: weights, tokenizer, commit language, training_info.json last."""
+    folder.mkdir(parents=True)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    language.save(folder)
+    if last_commit is not None:
+        (folder / INFO_FILE).write_text(json.dumps({
+            "last_commit": last_commit, "last_commit_time": "2024-02-02T10:00:00+00:00",
+            "trained_at": f"2024-03-0{len(last_commit) % 9 + 1}T00:00:00+00:00"}))
+    return folder
+
+
+def swap_folder(model_dir, source) -> None:
+    """Replace the model folder whole, as train_model does (atomic rename)."""
+    with atomic_path(model_dir) as tmp:
+        shutil.copytree(source, tmp)
+
+
+def wait_for(condition, what: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def folders(learned, tmp_path_factory):
+    """Three model folders: the learned model (commit a...), an untrained one (commit b...), a damaged one."""
+    root = tmp_path_factory.mktemp("folders")
+    old = save_model(root / "old", learned.model, learned.tokenizer, learned.language, "a" * 40)
+    new = save_model(root / "new", H.tiny_llama(learned.tokenizer, seed=3), learned.tokenizer, learned.language,
+                     "b" * 40)
+    damaged = save_model(root / "damaged", learned.model, learned.tokenizer, learned.language, "c" * 40)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return {"old": old, "new": new, "damaged": damaged}
+
+
+def test_marker_change_reloads_and_an_in_flight_request_finishes_on_the_old_model(folders, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(folders["old"], model_dir)
+    load = functools.partial(Predictor.load, model_dir, PredictionConfig(max_new_tokens=120, file_ranking="generation"))
+    service = serve.Service(load(), serve.Config(port=0, reload_poll_s=0.2))
+    service.reloader = serve.ModelReloader(service, load, model_dir / INFO_FILE, poll_s=0.2).start()
+    server = serve.make_server(service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        health = call(server, "GET", "/health")[1]
+        assert health["model"]["last_commit"] == "a" * 40 and health["model"]["trained_at"].startswith("2024-03")
+        assert health["model"]["last_commit_time"] == "2024-02-02T10:00:00+00:00"
+        assert health["reloads"]["count"] == 0 and health["reloads"]["last"] is None
+
+        replies = []
+        with service.lock:  # the request takes its model, then waits for the generation lock
+            worker = threading.Thread(target=lambda: replies.append(
+                call(server, "POST", "/predict", {"task": H.TASK, "commits": records()})))
+            worker.start()
+            wait_for(lambda: service.in_flight == 1, "the request to start")
+            swap_folder(model_dir, folders["new"])
+            wait_for(lambda: call(server, "GET", "/health")[1]["model"]["last_commit"] == "b" * 40, "the reload")
+        worker.join(timeout=300)
+        status, old_reply, _ = replies[0]
+        assert status == 200 and [f["path"] for f in old_reply["files"]] == ["pkg/parse.py", "pkg/strip.py"]
+        status, new_reply, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records()})
+        assert status == 200 and new_reply["malformed_candidates"] == 1  # the untrained model answers now
+        reloads = call(server, "GET", "/health")[1]["reloads"]
+        assert reloads["count"] == 1 and reloads["last"]["status"] == "loaded"
+        assert reloads["last"]["trigger"] == "marker changed"
+
+        swap_folder(model_dir, folders["damaged"])  # a failed load keeps the model being served
+        wait_for(lambda: (call(server, "GET", "/health")[1]["reloads"]["last"] or {}).get("status") == "failed",
+                 "the failed reload")
+        health = call(server, "GET", "/health")[1]
+        assert health["model"]["last_commit"] == "b" * 40 and health["reloads"]["count"] == 1
+        assert "cannot load the model (SafetensorError" in health["reloads"]["last"]["error"]
+        assert call(server, "POST", "/predict", {"task": H.TASK, "commits": records()})[0] == 200
+        time.sleep(1.0)  # several polls: the same damaged marker is not retried
+        assert call(server, "GET", "/health")[1]["reloads"]["last"]["at"] == health["reloads"]["last"]["at"]
+    finally:
+        service.reloader.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def test_update_endpoint_is_off_by_default_needs_the_token_and_runs_one_pipeline_at_a_time(learned, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setenv("TEST_SERVE_TOKEN", TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    off = start(learned, token_env="TEST_SERVE_TOKEN")
+    try:
+        status, body, _ = call(off, "POST", "/update", headers=auth)
+        assert status == 403 and "allow_update" in body["error"]
+        assert call(off, "GET", "/health")[1]["update"] == {"enabled": False, "state": "never run"}
+    finally:
+        off.shutdown()
+        off.server_close()
+
+    config = tmp_path / "update.yaml"  # the update fails fast: its repository does not exist
+    config.write_text("pipeline:\n  output_dir: out\ngit_scraper:\n  repo: no-such-repo\n")
+    service = serve.Service(learned, serve.Config(port=0, token_env="TEST_SERVE_TOKEN", allow_update=True))
+    service.update = serve.PipelineUpdate(config, timeout_s=600)
+    server = serve.make_server(service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert call(server, "GET", "/update")[0] == 401  # even GET needs the token
+        assert call(server, "POST", "/update", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert call(server, "GET", "/update", headers=auth)[1]["state"] == "never run"
+        status, body, _ = call(server, "POST", "/update", headers=auth)
+        assert status == 202 and body["state"] == "running" and body["pid"] > 0
+        assert body["command"][1:] == [str(Path(serve.__file__).with_name("pipeline.py")), "--config", str(config),
+                                       "--update"]
+        status, busy, _ = call(server, "POST", "/update", headers=auth)
+        assert status == 409 and str(body["pid"]) in busy["error"]
+        done = wait_for(lambda: (lambda b: b if b["state"] != "running" else None)(
+            call(server, "GET", "/update", headers=auth)[1]), "the update to finish")
+        # pipeline.py's own answer, whichever it is: a failed stage (no such repository) or no --update yet
+        assert done["state"] == "failed" and done["exit_code"] in (1, 2) and done["finished_at"], done
+        tail = "\n".join(done["log_tail"])
+        assert "no-such-repo: no such folder" in tail or "unrecognized arguments: --update" in tail, tail
+        assert call(server, "GET", "/health")[1]["update"] == {"enabled": True, "state": "failed"}
+    finally:
+        service.update.stop()
+        server.shutdown()
+        server.server_close()
+    tokenless = serve.Service(learned, serve.Config(port=0, token_env="NO_SUCH_VARIABLE_X", allow_update=True))
+    tokenless.update = serve.PipelineUpdate(config, timeout_s=600)
+    server = serve.make_server(tokenless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        status, body, _ = call(server, "POST", "/update")
+        assert status == 403 and "needs a bearer token" in body["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_update_settings_are_checked_at_start(tmp_path, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_VARIABLE_X", raising=False)
+    assert serve.check_update_settings(serve.Config(), None) is None  # off: nothing to check
+    with pytest.raises(UserError, match="needs a bearer token"):
+        serve.check_update_settings(serve.Config(allow_update=True, token_env="NO_SUCH_VARIABLE_X"), None)
+    on = serve.Config(allow_update=True, token="t", token_env="NO_SUCH_VARIABLE_X")
+    with pytest.raises(UserError, match="update_config"):
+        serve.check_update_settings(on, None)
+    with pytest.raises(UserError, match="not found"):
+        serve.check_update_settings(on, tmp_path / "missing.yaml")
+    config = tmp_path / "config.yaml"
+    config.write_text("pipeline: {}\n")
+    assert serve.check_update_settings(on, config) == config.resolve()
+    with pytest.raises(ValueError, match="reload_poll_s"):
+        serve.Config(reload_poll_s=-1)
