@@ -281,6 +281,7 @@ KNOWN_SECTIONS = (
     "pipeline",
     "git_scraper",
     "semantic_chunker",
+    "index",
     "tokenizer",
     "dataset_builder",
     "model_training",

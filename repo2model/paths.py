@@ -30,6 +30,7 @@ class ArtifactPaths:
     checkpoints_dir: Path
     training_logs: Path
     ranker_dir: Path
+    index_dir: Path
     evaluation: Path
     pipeline_log: Path
     pipeline_results: Path
@@ -58,6 +59,7 @@ class ArtifactPaths:
             checkpoints_dir=out / "checkpoints",
             training_logs=out / "training_logs",
             ranker_dir=out / "ranker",
+            index_dir=out / "index",
             evaluation=out / "evaluation.json",
             pipeline_log=log_file or out / "pipeline.log",
             pipeline_results=out / "pipeline_results.json",

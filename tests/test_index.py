@@ -1,0 +1,105 @@
+"""index.py, the stage: CLI and pipeline runs on real repositories, incremental reruns, filters, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import index
+import pipeline
+from conftest import ROOT
+from repo2model.artifacts import CommitsWriter
+from repo2model.paths import ArtifactPaths
+from repo2model.retrieval import IndexConfig, UnitIndex
+from repo2model.scraping import ScraperConfig
+
+
+def run_script(*args, cwd=None):
+    return subprocess.run([sys.executable, str(ROOT / "index.py"), *args], capture_output=True, text=True, cwd=cwd)
+
+
+def small_repo(make_repo):
+    repo = make_repo("project")
+    repo.commit("add parser", {"pkg/parse.py": "def parse(s):\n    return s.split(',')\n",
+                               "target/debug/gen.py": "def generated():\n    pass\n",
+                               "deploy/.env": "DATABASE_PASSWORD=hunter2hunter2\n",
+                               "README.md": "# Project\nParses things.\n"})
+    return repo
+
+
+def test_cli_builds_then_updates_incrementally_with_the_scrapers_filters(tmp_path, make_repo):
+    repo = small_repo(make_repo)
+    out = tmp_path / "out"
+    first = run_script("--repo", str(repo.path), "--output-dir", str(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    info = json.loads((out / "index" / "index_info.json").read_text())
+    assert info["commit"] == repo.head() and info["repository"] == str(repo.path) and info["store"] == "edge"
+    assert "index: rebuilt (no index yet)" in first.stderr
+    with UnitIndex(IndexConfig(), out / "index") as built:
+        payloads = built.store.payloads().values()
+    paths = {p["path"] for p in payloads}
+    assert paths == {"pkg/parse.py", "deploy/.env", "README.md"}  # target/ is in git_scraper's exclude_globs
+    (env,) = [p["text"] for p in payloads if p["path"] == "deploy/.env"]
+    assert "hunter2hunter2" not in env  # redacted as the scraper redacts
+    repo.commit("parse with a separator", {"pkg/parse.py": "def parse(s, sep=','):\n    return s.split(sep)\n"})
+    second = run_script("--repo", str(repo.path), "--output-dir", str(out))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "index: updated at" in second.stderr and "1 files read, 2 units embedded" in second.stderr
+
+
+def test_pipeline_runs_the_stage_after_the_chunker_and_skips_it_while_the_tree_is_the_same(tmp_path, make_repo):
+    repo = small_repo(make_repo)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"pipeline:\n  output_dir: {tmp_path / 'out'}\ngit_scraper:\n  repo: {repo.path}\n")
+    names = [name for name, _ in pipeline.STAGES]
+    assert names.index("index") == names.index("semantic_chunker") + 1
+
+    def run_stage():
+        proc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--stage", "index"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads((tmp_path / "out" / "pipeline_results.json").read_text())["stages"]["index"]
+
+    first = run_stage()
+    assert first["status"] == "ok" and first["summary"]["embedded"] == first["summary"]["units"] > 0
+    assert run_stage()["status"] == "skipped"
+    repo.commit("more", {"pkg/extra.py": "def extra():\n    return 1\n"})
+    third = run_stage()
+    assert third["status"] == "ok" and third["summary"]["files_changed"] == 1 and third["summary"]["embedded"] == 2
+
+
+def test_run_reads_the_repository_commits_json_records(tmp_path, make_repo):
+    repo = small_repo(make_repo)
+    paths = ArtifactPaths.under(tmp_path / "out")
+    with CommitsWriter(paths.commits) as writer:
+        writer.metadata = {"repository": str(repo.path)}
+    summary = index.run(IndexConfig(), paths, scraper=ScraperConfig(repo=tmp_path / "elsewhere"))
+    assert summary["repository"] == str(repo.path) and summary["units"] > 0
+    assert index.recorded_repository(paths) == repo.path
+    assert str(repo.path) in index.input_state(IndexConfig(), paths)
+
+
+def test_bad_input_is_one_line(tmp_path, make_repo, capsys):
+    def main(*args):
+        code = index.main(list(args))
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert not any(line.startswith(("Traceback", "  File")) for line in lines)
+        return code, lines[-1]  # after the start line (index: <repo> at <rev> -> <folder>), if it got that far
+
+    not_a_repo = tmp_path / "plain"
+    not_a_repo.mkdir()
+    code, err = main("--repo", str(not_a_repo), "--output-dir", str(tmp_path / "out"))
+    assert code == 2 and err.strip() == f"error: {not_a_repo}: not a git repository"
+    repo = small_repo(make_repo)
+    code, err = main("--repo", str(repo.path), "--output-dir", str(tmp_path / "out"), "--rev", "no-such-branch")
+    assert code == 2 and err.strip() == f"error: {repo.path}: no commit 'no-such-branch' (set index.rev to a " \
+                                        "branch, tag or commit)"
+    config = tmp_path / "bad.yaml"
+    config.write_text("index:\n  url: localhost:6333\n")
+    code, err = main("--config", str(config), "--repo", str(repo.path))
+    assert code == 2 and err.strip() == "error: bad.yaml: index.url: must start with http:// or https:// " \
+                                        "(got 'localhost:6333')"
+    code, err = main("--repo", str(repo.path), "--output-dir", str(tmp_path / "out"), "--url", "http://127.0.0.1:9")
+    assert code == 2 and err.startswith("error: cannot reach Qdrant at http://127.0.0.1:9: ")
+    assert not (tmp_path / "out" / "index" / "index_info.json").exists()
