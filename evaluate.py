@@ -440,25 +440,24 @@ def bucket_names(result: dict) -> list[str]:
 
 
 def where_each_loses(result: dict) -> list[str]:
-    """For each predictor: the metrics and commit sizes where another predictor does better, by how much."""
+    """For each predictor: which predictor beats it on which metric, and on which commit sizes (recall@10)."""
     metrics = result["metrics"]
     lines = []
     for name, mine in metrics.items():
-        losses = []
+        behind: dict[str, list[str]] = {}
         for key in METRIC_ROWS:
-            if mine.get(key) is None:
-                continue
-            best_name = max((n for n in metrics if metrics[n].get(key) is not None), key=lambda n: metrics[n][key])
-            if best_name != name and metrics[best_name][key] > mine[key]:
-                losses.append(f"{key} {fmt(mine[key])} < {best_name} {fmt(metrics[best_name][key])}")
+            rivals = {n: m[key] for n, m in metrics.items() if m.get(key) is not None}
+            if mine.get(key) is not None and max(rivals.values()) > mine[key]:
+                behind.setdefault(max(rivals, key=rivals.get), []).append(key)
+        sizes: dict[str, list[str]] = {}
         for bucket, figures in result["by_size"].get(name, {}).items():
-            rivals = {n: result["by_size"][n][bucket]["recall@10"] for n in metrics
-                      if bucket in result["by_size"].get(n, {}) and result["by_size"][n][bucket]["recall@10"] is not None}
-            best_name = max(rivals, key=rivals.get) if rivals else name
-            if best_name != name and figures["recall@10"] is not None and rivals[best_name] > figures["recall@10"]:
-                losses.append(f"commits of {bucket} files: recall@10 {fmt(figures['recall@10'])} < {best_name} "
-                              f"{fmt(rivals[best_name])}")
-        lines.append(f"- **{name}**: " + ("; ".join(losses) if losses else "nowhere: best or tied on every metric"))
+            rivals = {n: b[bucket]["recall@10"] for n, b in result["by_size"].items()
+                      if bucket in b and b[bucket]["recall@10"] is not None}
+            if figures["recall@10"] is not None and max(rivals.values()) > figures["recall@10"]:
+                sizes.setdefault(max(rivals, key=rivals.get), []).append(bucket)
+        parts = [f"behind {rival} on {', '.join(keys)}" for rival, keys in behind.items()]
+        parts += [f"on commits of {', '.join(buckets)} files behind {rival} (recall@10)" for rival, buckets in sizes.items()]
+        lines.append(f"- **{name}**: " + ("; ".join(parts) if parts else "nowhere: best or tied on every metric and size"))
     return lines
 
 

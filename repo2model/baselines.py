@@ -222,9 +222,12 @@ class PastCommits:
     def cochange_rules(self, antecedent_commits: int | None = None) -> dict[str, tuple[float, int]]:
         """Each consequent file's best rule from the last commits' files: (confidence, support)."""
         k = antecedent_commits or self.cfg.recent_commits
-        antecedents = sorted({path for files in list(self.recent)[-k:] for path in files})
+        return self.rules_from({path for files in list(self.recent)[-k:] for path in files})
+
+    def rules_from(self, antecedents) -> dict[str, tuple[float, int]]:
+        """Each consequent file's best rule x -> y over the given antecedent files x: (confidence, support)."""
         best: dict[str, tuple[float, int]] = {}
-        for x in antecedents:
+        for x in sorted(antecedents):
             support_x = self.file_commits.get(x, 0)
             if not support_x:
                 continue

@@ -61,7 +61,7 @@ log = logging.getLogger("features")
 FEATURES = (
     "recent_rank", "commits_since", "days_since", "file_age",
     "count_all", "count_50", "count_10",
-    "cochange_conf", "cochange_support", "cochange_rank", "cochange_last_conf",
+    "cochange_conf", "cochange_support", "cochange_rank", "cochange_last_conf", "partner_conf", "partner_support",
     "similar_score", "similar_rank", "similar_best", "similar_hits", "similar_best_rank",
     "code_score", "code_rank", "code_ratio",
     "path_overlap", "path_overlap_frac", "name_in_task", "module_in_task", "folder_in_task",
@@ -73,6 +73,7 @@ FEATURES = (
 )
 LM_FEATURES = ("lm_logprob", "lm_rank", "lm_gap")
 
+PARTNER_SOURCES = 5  # the best fused files whose co-change partners are candidates (partner_conf)
 DOC_EXTENSIONS = frozenset({".md", ".rst", ".txt", ".adoc", ".1", ".html"})
 CONFIG_EXTENSIONS = frozenset({".toml", ".yml", ".yaml", ".json", ".cfg", ".ini", ".lock", ".in"})
 NAN = float("nan")
@@ -117,6 +118,7 @@ class TargetState:
     task_words: list[str]
     similar: dict[str, SimilarFile]  # similar_commits' evidence per file
     rules: dict[str, tuple[float, int]]  # co-change: each file's best rule (confidence, support)
+    partners: dict[str, tuple[float, int]]  # co-change from the best fused files instead of the last commits
     code_scores: dict[str, float] | None
     rankings: dict[str, list[tuple[str, float]]]
 
@@ -175,8 +177,9 @@ def state_at(past: PastCommits, code: CodeIndex | None, target: Target, depth: i
         code_scores = code.search(words)
     similar, _ = past.similar_files(words)
     rules = past.cochange_rules()
-    return TargetState(target, past, code, words, similar, rules, code_scores,
-                       baseline_rankings(past, similar, code_scores, depth, rules))
+    rankings = baseline_rankings(past, similar, code_scores, depth, rules)
+    partners = past.rules_from({p for p, _ in rankings["fusion"][:PARTNER_SOURCES]})
+    return TargetState(target, past, code, words, similar, rules, partners, code_scores, rankings)
 
 
 # ---------------------------------------------------------------- candidates
@@ -189,6 +192,9 @@ def candidates(state: TargetState, cfg: FeatureConfig, extra: list[str] = ()) ->
         for path, _ in ranking[: cfg.candidates_per_baseline]:
             chosen.setdefault(path, None)
     for path in extra:
+        chosen.setdefault(path, None)
+    for path, _ in sorted(state.partners.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[
+            : cfg.candidates_per_baseline]:
         chosen.setdefault(path, None)
     if cfg.sibling_sources and cfg.siblings_per_folder:
         past = state.past
@@ -322,6 +328,8 @@ def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: Callable[[list[st
             rule[1] if rule else 0.0,
             rule_rank.get(path, NAN),
             rules_last[path][0] if path in rules_last else 0.0,
+            state.partners[path][0] if path in state.partners else 0.0,
+            state.partners[path][1] if path in state.partners else 0.0,
             sim.score if sim else 0.0,
             similar_rank.get(path, NAN),
             sim.best if sim else 0.0,

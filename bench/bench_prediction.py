@@ -1,0 +1,227 @@
+"""Which files change next, on real histories: every baseline, the learned ranker (and the language model).
+
+    python bench/bench_prediction.py                       # fd, axum, click from ../shared/data/repos/
+    python bench/bench_prediction.py --repos fd --with-model --work /tmp/bench-prediction
+
+For each git bundle (`../shared/data/repos/<name>.bundle`, relative to the project root): clone it into the
+work folder, run stages 1-4 through pipeline.py (git_scraper with remote branches, semantic_chunker,
+tokenizer, dataset_builder; up-to-date stages are skipped, so a second run reuses them), with --with-model
+train_model too, then train_ranker and evaluate (every test target; the model generates for
+--max-examples of them). Prints one table: rows = predictors, columns = recall@1/5/10 and MRR per
+repository; then candidate recall, the ranker's margin over the best baseline (target: +0.05 at recall@5 and
+@10), features + fit time (wall and this process's CPU, beside one plain pass over commits.json +
+chunks.jsonl measured in the same run: the floor of any feature pass), and the latency of one prediction
+without generation through serve.py (file_ranking likelihood, a tiny untrained model when there is no trained
+one: the ranker's work, not the model's quality).
+
+The machine may be shared: the CPU seconds and the ratios are the figures to compare, not wall seconds alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+
+import evaluate  # noqa: E402
+import pipeline  # noqa: E402
+import serve  # noqa: E402
+import train_ranker  # noqa: E402
+import yaml  # noqa: E402
+from repo2model.artifacts import iter_commits_with_chunks, read_json  # noqa: E402
+from repo2model.baselines import BASELINES  # noqa: E402
+from repo2model.config import PipelineConfig, load_config  # noqa: E402
+from repo2model.history import history_from_artifacts  # noqa: E402
+from repo2model.paths import ArtifactPaths  # noqa: E402
+from repo2model.prediction import PredictionConfig, Predictor  # noqa: E402
+from repo2model.ranking import EvaluationConfig, RankerConfig  # noqa: E402
+
+STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder")
+PREDICTORS = ("ranker_lm", "ranker", "model", *BASELINES)
+COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr")
+# The prototype of FACTS.md (no language model, no code search), test recall@5 / @10.
+PROTOTYPE = {"fd": (0.822, 0.884), "axum": (0.664, 0.745), "click": (0.618, 0.714)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repos", nargs="+", default=["fd", "axum", "click"])
+    parser.add_argument("--bundles", type=Path, default=ROOT / ".." / "shared" / "data" / "repos",
+                        help="folder of <name>.bundle files (default: ../shared/data/repos)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-prediction"), help="clones and artifacts")
+    parser.add_argument("--with-model", action="store_true", help="also train the language model (train_model)")
+    parser.add_argument("--max-examples", type=int, default=10, help="targets the model generates for")
+    parser.add_argument("--serve-requests", type=int, default=5, help="timed /predict requests per repository")
+    args = parser.parse_args()
+
+    results = {}
+    for name in args.repos:
+        print(f"== {name}", flush=True)
+        results[name] = bench_repo(name, args)
+    print_table(results)
+
+
+def bench_repo(name: str, args: argparse.Namespace) -> dict:
+    bundle = (args.bundles / f"{name}.bundle").resolve()
+    if not bundle.is_file():
+        raise SystemExit(f"{bundle}: not found (give --bundles)")
+    work = args.work.resolve() / name
+    repo = work / "repo"
+    if not repo.exists():
+        subprocess.run(["git", "clone", "-q", str(bundle), str(repo)], check=True)
+    config = write_config(work, repo, args)
+    for stage in STAGES + (("train_model",) if args.with_model else ()):
+        if pipeline.run_pipeline(config, only=stage) != 0:
+            raise SystemExit(f"{name}: stage {stage} failed (see {work / 'out' / 'pipeline.log'})")
+    loaded = load_config(config, {"pipeline": PipelineConfig, "ranker": RankerConfig, "evaluation": EvaluationConfig,
+                                  "prediction": PredictionConfig}, strict_sections=False)
+    paths = ArtifactPaths.under(loaded["pipeline"].output_dir)
+    floor = plain_pass_seconds(paths)
+    train_ranker.run(loaded["ranker"], paths, evaluation=loaded["evaluation"], prediction=loaded["prediction"])
+    ranker_metrics = read_json(paths.ranker_dir / "metrics.json")
+    evaluate.run(loaded["evaluation"], paths, prediction=loaded["prediction"])
+    evaluation = read_json(paths.evaluation)
+    latency = serve_latency(work, paths, repo, args.serve_requests)
+    return {"metrics": evaluation["metrics"], "targets": evaluation["targets"],
+            "candidate_recall": ranker_metrics["candidate_recall"], "ranker": ranker_metrics, "floor": floor,
+            "serve": latency, "load": os.getloadavg()[0]}
+
+
+def write_config(work: Path, repo: Path, args: argparse.Namespace) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    config = {
+        "pipeline": {"output_dir": str(work / "out")},
+        "git_scraper": {"repo": str(repo), "include_remotes": True},
+        "evaluation": {"max_examples": args.max_examples, "baselines_only": not args.with_model},
+        "ranker": {"language_model": "auto" if args.with_model else "off"},
+    }
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def plain_pass_seconds(paths: ArtifactPaths) -> dict:
+    """One pass over commits.json + chunks.jsonl that only parses them: the floor of any feature pass."""
+    wall, cpu = time.monotonic(), time.process_time()
+    for _ in iter_commits_with_chunks(paths.commits, paths.chunks):
+        pass
+    return {"wall": time.monotonic() - wall, "cpu": time.process_time() - cpu}
+
+
+def serve_latency(work: Path, paths: ArtifactPaths, repo: Path, requests: int) -> dict:
+    """Seconds of POST /predict without generation (file_ranking likelihood) with the ranker, median of
+    `requests`, for a `repo` body (the last commits scraped and chunked per request) and a `commits` body."""
+    model_dir = paths.model_dir if paths.model_dir.is_dir() else tiny_model(work, paths)
+    predictor = Predictor.load(model_dir, PredictionConfig(file_ranking="likelihood", history_commits=8),
+                               paths=paths if model_dir == paths.model_dir else None)
+    if predictor.ranker is None:
+        raise SystemExit(f"{model_dir}: the ranker was not found beside it")
+    server = serve.make_server(serve.Service(predictor, serve.Config(port=0)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    history = history_from_artifacts(paths.commits, paths.chunks, 8)
+    records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]} for c, chunks in history]
+    task = history[-1][0].message or "Fix the tests"
+    out = {}
+    try:
+        for kind, body in (("repo", {"task": task, "repo": str(repo)}), ("commits", {"task": task, "commits": records})):
+            times = []
+            for _ in range(requests + 1):  # the first warms up (the code index at the newest commit)
+                started = time.monotonic()
+                answer = post(server, body)
+                times.append(time.monotonic() - started)
+                assert answer["ranking"] == "ranker", answer.get("ranking")
+            out[kind] = statistics.median(times[1:])
+    finally:
+        server.shutdown()
+        server.server_close()
+    return out
+
+
+def tiny_model(work: Path, paths: ArtifactPaths) -> Path:
+    """An untrained 2-layer LLaMA over the pipeline's tokenizer, in <work>/tiny/model, with the ranker and its
+    history linked beside it (the model's quality is not measured here, only the service's work)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = work / "tiny" / "model"
+    if not folder.is_dir():
+        shutil.copytree(paths.tokenizer_dir, folder)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=1024, tie_word_embeddings=True,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        LlamaForCausalLM(config).save_pretrained(str(folder))
+    for link, target in (("ranker", paths.ranker_dir), (paths.commits.name, paths.commits),
+                         (paths.chunks.name, paths.chunks)):
+        place = folder.parent / link
+        if not place.exists():
+            place.symlink_to(target)
+    return folder
+
+
+def post(server, body: dict) -> dict:
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=600)
+    conn.request("POST", "/predict", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = json.loads(response.read().decode())
+    conn.close()
+    if response.status != 200:
+        raise SystemExit(f"/predict answered {response.status}: {answer}")
+    return answer
+
+
+def print_table(results: dict) -> None:
+    names = list(results)
+    print()
+    print("| predictor | " + " | ".join(f"{n} R@1 | {n} R@5 | {n} R@10 | {n} MRR" for n in names) + " |")
+    print("|---|" + "---|" * (4 * len(names)))
+    for predictor in PREDICTORS:
+        if not any(predictor in results[n]["metrics"] for n in names):
+            continue
+        cells = []
+        for n in names:
+            m = results[n]["metrics"].get(predictor)
+            cells += [fmt(m.get(c)) if m else "" for c in COLUMNS]
+        print(f"| {predictor} | " + " | ".join(cells) + " |")
+    print()
+    for n in names:
+        r = results[n]
+        metrics, ranker = r["metrics"], r["ranker"]
+        best5 = max(BASELINES, key=lambda b: metrics.get(b, {}).get("recall@5") or 0)
+        best10 = max(BASELINES, key=lambda b: metrics.get(b, {}).get("recall@10") or 0)
+        mine = metrics["ranker"]
+        d5 = mine["recall@5"] - metrics[best5]["recall@5"]
+        d10 = mine["recall@10"] - metrics[best10]["recall@10"]
+        proto = PROTOTYPE.get(n)
+        features, fit = ranker["features_seconds"], ranker["fit_seconds"]
+        features_cpu, fit_cpu = ranker["features_cpu_seconds"], ranker["fit_cpu_seconds"]
+        print(f"{n}: {r['targets']} test targets; candidate recall {fmt(r['candidate_recall'])}; "
+              f"ranker - best baseline: recall@5 {d5:+.3f} (vs {best5}), recall@10 {d10:+.3f} (vs {best10}) "
+              f"[target +0.050: {'met' if d5 >= 0.05 and d10 >= 0.05 else 'NOT met'}]"
+              + (f"; prototype recall@5/@10 {proto[0]:.3f}/{proto[1]:.3f}" if proto else ""))
+        print(f"    features + fit: {features + fit:.1f}s wall ({features:.1f} + {fit:.1f}), "
+              f"{features_cpu + fit_cpu:.1f}s CPU ({features_cpu:.1f} + {fit_cpu:.1f}) for "
+              f"{sum(ranker['targets'].values())} targets; one plain pass over the artifacts: "
+              f"{r['floor']['wall']:.1f}s wall, {r['floor']['cpu']:.1f}s CPU (features = "
+              f"{features_cpu / max(r['floor']['cpu'], 1e-9):.1f}x that pass's CPU); load average {r['load']:.1f}")
+        print(f"    /predict without generation, through serve.py: {r['serve']['repo']:.2f}s (repo body), "
+              f"{r['serve']['commits']:.2f}s (commit records)")
+
+
+def fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    main()
