@@ -1,8 +1,10 @@
 """Stage 4: chronological training examples — given the recent history and a task, produce the change.
 
-Reads `commits.json`, `chunks.jsonl` and the tokenizer folder (with its
+Reads `tokens.pt` (every commit's ids, encoded once by the tokenizer stage:
+`repo2model/encoded_commits.py`) and the tokenizer folder (with its
 `commit_language.json`); writes `training_data_{train,val,test}.pt`
-(`repo2model.examples.ExampleSet`) and `dataset_stats.json`.
+(`repo2model.examples.ExampleSet`) and `dataset_stats.json`. Nothing is rendered
+or encoded again here: examples are assembled from the stored ids.
 
 One example per target commit (a commit with at least one chunk):
 
@@ -12,8 +14,8 @@ One example per target commit (a commit with at least one chunk):
     target  = the full rendering of the commit's changes (files, change types,
               symbols, code) + <COMMIT_END> + <EOS>
 
-The context is built by `CommitLanguage`'s own prompt functions (the code path
-prediction uses through `build_prompt`). `labels` are -100 over the context:
+The context is assembled by `assemble_prompt`, the function prediction's
+`build_prompt` uses, from the same renderings. `labels` are -100 over the context:
 the loss falls on the target only. A target longer than `target_window` is cut
 at a chunk boundary and marked `<TRUNCATED>` (when even the first chunk is too
 long, it is cut at a line boundary inside it); the context gets the remaining
@@ -22,13 +24,23 @@ long, it is cut at a line boundary inside it); the context gets the remaining
 Chronology. Commits are ordered parents first by their *effective time*: the
 commit time, raised to the latest effective time of its parents (a commit
 cannot land before what it builds on, whatever its clock said), ties by
-position in `commits.json`. This order is topological and its times never
+position in `commits.json` (tokens.pt keeps that order). This order is topological and its times never
 decrease, so cutting it by position gives splits where every val commit is
 later than (or, for ties that cannot be separated, as late as) every train
 commit, and every test commit later than every val commit, by effective time
 and by ancestry. Raw author/commit dates, which rebases and wrong clocks skew,
 are reported beside it, with the count of commits whose raw dates run
 backwards across a split boundary. Ratios count the target commits.
+
+Update (`update: true`, for `pipeline.py --update`): the split moves forward.
+The commits the current model trained on are read from the previous
+training_data_train.pt (its commits, or after an update its `trained_commits`);
+val and test become the latest commits never trained on (as many as a full
+split has), train the rest of those plus a replay sample of earlier training
+examples (`replay_share` of the train split, drawn with the seed) so that the
+model does not forget. Nothing trained on is ever in val or test. The train
+file's meta lists every commit trained on so far for the next update;
+dataset_stats.json gets an `update` section with the counts.
 
 Config section `dataset_builder`:
     context_window      tokens per example, context + target (the model's sequence length)
@@ -40,41 +52,41 @@ Config section `dataset_builder`:
     merge_targets       "auto" (merges are targets only with first_parent_only, where
                         their diff carries the branch's work), "include", "exclude"
     batch_size          batch size for the padding-waste figures (match model_training)
-    encode_batch        commits rendered and encoded per encode_batch call
+    update              move the previous split forward instead of splitting afresh (see above)
+    replay_share        update: share of the train split replayed from earlier training, in [0, 1)
 
 CLI (the seed's flags work): python dataset_builder.py --vocab outputs/vocab.json
     --chunks outputs/chunks.jsonl --commits outputs/commits.json
+(tokens.pt is read from --tokens, else beside --vocab, else <output_dir>; --chunks and
+--commits are accepted for the seed's command line: tokens.pt already holds them)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import logging
+import os
+import random
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from repo2model.artifacts import iter_commit_dicts, require, write_json
+from repo2model.artifacts import ensure_folder, require, write_json
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
-from repo2model.commit_language import (
-    COMMIT_END,
-    TRUNCATED,
-    CommitLanguage,
-    assemble_prompt,
-    decode_ids,
-    encode_texts,
-    iter_history,
-    special_id,
-)
-from repo2model.errors import UserError, first_line
+from repo2model.commit_language import COMMIT_END, TRUNCATED, assemble_prompt, decode_ids, encode_texts, special_id
+from repo2model.encoded_commits import EncodedCommits
+from repo2model.errors import UserError
 from repo2model.examples import ExampleSet
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
+from repo2model.stats import length_percentiles, pad_fraction
+from repo2model.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
 
 SECTION = "dataset_builder"
 SPLITS = ("train", "val", "test")
@@ -91,7 +103,8 @@ class Config:
     first_parent_only: bool = False
     merge_targets: Literal["auto", "include", "exclude"] = "auto"
     batch_size: int = 8
-    encode_batch: int = 256
+    update: bool = False
+    replay_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.target_window < 8:
@@ -107,12 +120,16 @@ class Config:
                 raise ValueError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         if self.val_ratio + self.test_ratio >= 1:
             raise ValueError(f"val_ratio: val_ratio + test_ratio must be below 1, got {self.val_ratio + self.test_ratio}")
-        if self.batch_size < 1 or self.encode_batch < 1:
-            raise ValueError("batch_size: batch_size and encode_batch must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size: must be >= 1")
+        if not 0 <= self.replay_share < 1:
+            raise ValueError(f"replay_share: must be in [0, 1), got {self.replay_share}")
 
 
 def stage_inputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
-    return [paths.commits, paths.chunks, paths.tokenizer_dir]
+    if cfg.update:  # the previous splits say what the model has already learnt
+        return [paths.tokens, paths.tokenizer_dir, paths.train_data]
+    return [paths.tokens, paths.tokenizer_dir]
 
 
 def stage_outputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
@@ -120,16 +137,22 @@ def stage_outputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
 
 
 def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
-    """Order the history, build one example per target commit, split by time, save."""
-    require(paths.commits, "git_scraper")
-    require(paths.chunks, "semantic_chunker")
-    lang, tokenizer = load_tokenizer(paths.tokenizer_dir)
-    order = chronological_order(paths.commits, cfg.first_parent_only)
-    built = build_examples(cfg, lang, tokenizer, paths, order)
-    bounds = split_bounds(cfg, built, order)
-    stats = save_splits(cfg, paths, tokenizer, built, bounds, order)
+    """Order the history, assemble one example per target commit, split by time, save."""
+    require(paths.tokens, "tokenizer")
+    check_writable(stage_outputs(cfg, paths))
+    trained = commits_trained_before(paths) if cfg.update else None  # read before the splits are replaced
+    lang, tokenizer = load_commit_tokenizer(paths.tokenizer_dir)
+    encoded = load_encoded(paths)
+    order = chronological_order(encoded, cfg.first_parent_only)
+    built = build_examples(cfg, encoded, order, TargetTokens.of(tokenizer))
+    plan = split_plan(cfg, built, order) if trained is None else update_plan(cfg, built, order, trained, seed)
+    stats = save_splits(cfg, paths, tokenizer, built, plan, order)
     counts = stats["examples"]
     latest = next((stats["splits"][s]["effective_time"]["first"] for s in ("test", "val", "train") if counts[s]), None)
+    if plan.update:
+        log.info("dataset_builder: update: %d new training examples + %d replayed of %d trained before; "
+                 "val and test are the %d and %d latest commits not trained on",
+                 plan.update["new_train"], plan.update["replayed"], plan.update["trained_before"], counts["val"], counts["test"])
     log.info(
         "dataset_builder: %d/%d/%d train/val/test examples from %d commits; %.1f%% targets truncated; "
         "padding waste %.0f%% (%.0f%% packed); latest split from %s",
@@ -148,24 +171,40 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
 # ------------------------------------------------------------------ inputs
 
 
-def load_tokenizer(tokenizer_dir: Path) -> tuple[CommitLanguage, Any]:
-    """The commit language and tokenizer saved by the tokenizer stage; they must agree."""
-    from transformers import AutoTokenizer
+def check_writable(outputs: Iterable[Path]) -> None:
+    """UserError now, not after the expensive work, when an output's folder cannot be made or written."""
+    for folder in sorted({Path(output).parent for output in outputs}):
+        if not os.access(ensure_folder(folder), os.W_OK | os.X_OK):
+            raise UserError(f"{folder}: output folder is not writable")
 
-    require(tokenizer_dir, "tokenizer")
-    lang = CommitLanguage.load(tokenizer_dir)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{tokenizer_dir}: cannot load the tokenizer ({first_line(exc)}): rerun the tokenizer stage") from None
-    lang.check_tokenizer(tokenizer, f"the tokenizer in {tokenizer_dir}")
-    return lang, tokenizer
+
+def check_encoded_from(tokens_path: Path, name: str, source: Path) -> None:
+    """UserError unless tokens.pt was encoded from `source` (the seed's --commits/--chunks, compared by size)."""
+    recorded = EncodedCommits.load(require(tokens_path, "tokenizer")).meta.get("sources", {}).get(name, {})
+    if recorded.get("bytes") != source.stat().st_size:
+        raise UserError(
+            f"{tokens_path} was not encoded from {source} (it was from {recorded.get('path', 'another file')}): "
+            f"rerun the tokenizer stage on it (python tokenizer.py --chunks ... --output-tokens {tokens_path})"
+        )
+
+
+def load_encoded(paths: ArtifactPaths) -> EncodedCommits:
+    """tokens.pt, refused when it was encoded with another tokenizer than the one in tokenizer_dir."""
+    encoded = EncodedCommits.load(paths.tokens)
+    made_with = encoded.meta.get("tokenizer_digest")
+    if made_with != tokenizer_digest(paths.tokenizer_dir):
+        raise UserError(
+            f"{paths.tokens} was encoded with another tokenizer than {paths.tokenizer_dir}: "
+            "rerun the tokenizer stage (python pipeline.py --stage tokenizer --force)"
+        )
+    return encoded
 
 
 @dataclasses.dataclass
 class Order:
-    """The commits in chronological order (see the module docstring)."""
+    """The commits in chronological order (see the module docstring): rank -> commit index in tokens.pt."""
 
+    indices: list[int]
     hashes: list[str]
     effective: list[float]  # effective time, seconds since the epoch (UTC), non-decreasing
     authored: list[str]  # raw authored_at
@@ -174,54 +213,45 @@ class Order:
     total_in_file: int
     effective_raised: int  # commits whose effective time was raised above their own commit time
 
-    def __post_init__(self) -> None:
-        self.rank = {h: i for i, h in enumerate(self.hashes)}
 
-
-def _seconds(value: str, commit: str, path: Path) -> float:
-    try:
-        moment = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: commit {commit[:12]} has a bad date {value!r}: rerun the git_scraper stage") from None
+def seconds(value: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time (the tokenizer stage checked that it parses)."""
+    moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
 
 
-def chronological_order(commits_path: Path, first_parent_only: bool) -> "Order":
+def chronological_order(encoded: EncodedCommits, first_parent_only: bool) -> Order:
     """Parents first by effective time (commit time raised to the parents'), ties by file position."""
-    rows = []  # (effective, position, hash, authored, committed, is_merge)
+    rows = []  # (effective, position)
     effective: dict[str, float] = {}
-    total = 0
     raised = 0
-    any_first_parent = False
-    for position, data in enumerate(iter_commit_dicts(commits_path)):
-        total += 1
-        on_line = bool(data.get("on_default_first_parent"))
-        any_first_parent |= on_line
-        if first_parent_only and not on_line:
+    for position, info in enumerate(encoded.infos):
+        if first_parent_only and not info.on_default_first_parent:
             continue
-        sha = data["hash"]
-        if sha in effective:
-            raise UserError(f"{commits_path}: commit {sha[:12]} appears twice: rerun the git_scraper stage")
-        own = _seconds(data["committed_at"], sha, commits_path)
-        moment = max([own, *(effective[p] for p in data.get("parents", []) if p in effective)])
+        if info.hash in effective:
+            raise UserError(f"commit {info.hash[:12]} appears twice in the history: rerun the git_scraper stage")
+        own = seconds(info.committed_at)
+        moment = max([own, *(effective[p] for p in info.parents if p in effective)])
         raised += moment > own
-        effective[sha] = moment
-        rows.append((moment, position, sha, data["authored_at"], data["committed_at"], bool(data.get("is_merge"))))
-    if first_parent_only and total and not any_first_parent:
+        effective[info.hash] = moment
+        rows.append((moment, position))
+    if first_parent_only and encoded.infos and not any(i.on_default_first_parent for i in encoded.infos):
         raise UserError(
-            f"{commits_path}: no commit is marked on_default_first_parent, so first_parent_only keeps nothing: "
+            "no commit is marked on_default_first_parent, so first_parent_only keeps nothing: "
             "rerun the git_scraper stage (or set dataset_builder.first_parent_only: false)"
         )
-    rows.sort(key=lambda r: (r[0], r[1]))
+    rows.sort()
+    infos = [encoded.infos[position] for _, position in rows]
     return Order(
-        hashes=[r[2] for r in rows],
-        effective=[r[0] for r in rows],
-        authored=[r[3] for r in rows],
-        committed=[r[4] for r in rows],
-        is_merge=[r[5] for r in rows],
-        total_in_file=total,
+        indices=[position for _, position in rows],
+        hashes=[i.hash for i in infos],
+        effective=[moment for moment, _ in rows],
+        authored=[i.authored_at for i in infos],
+        committed=[i.committed_at for i in infos],
+        is_merge=[i.is_merge for i in infos],
+        total_in_file=len(encoded),
         effective_raised=raised,
     )
 
@@ -230,142 +260,83 @@ def chronological_order(commits_path: Path, first_parent_only: bool) -> "Order":
 
 
 @dataclasses.dataclass
+class TargetTokens:
+    """The ids every example shares, and the tokenizer (to cut an over-long first chunk at a line)."""
+
+    tokenizer: Any
+    bos: int
+    eos: int
+    end: list[int]  # <COMMIT_END>\n
+    marker: list[int]  # <TRUNCATED>\n
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> "TargetTokens":
+        end, marker = encode_texts(tokenizer, [COMMIT_END + "\n", TRUNCATED + "\n"])
+        return cls(tokenizer, special_id(tokenizer, "bos"), special_id(tokenizer, "eos"), end, marker)
+
+
+@dataclasses.dataclass
+class Example:
+    rank: int  # the target commit's place in the order
+    ids: np.ndarray  # int32: context + target
+    prompt_length: int
+    truncated: bool
+    history_dropped: int  # history commits that did not fit the context
+    cut_inside_chunk: bool
+
+    @property
+    def target_length(self) -> int:
+        return len(self.ids) - self.prompt_length
+
+
+@dataclasses.dataclass
 class Built:
     """Examples in chronological order (not yet split)."""
 
-    ids: list[np.ndarray] = dataclasses.field(default_factory=list)
-    target_starts: list[int] = dataclasses.field(default_factory=list)
-    ranks: list[int] = dataclasses.field(default_factory=list)  # rank of each target in the order
-    prompt_lengths: list[int] = dataclasses.field(default_factory=list)
-    target_lengths: list[int] = dataclasses.field(default_factory=list)
-    truncated: list[bool] = dataclasses.field(default_factory=list)
-    history_dropped: list[int] = dataclasses.field(default_factory=list)
-    cut_inside_chunk: int = 0
+    examples: list[Example] = dataclasses.field(default_factory=list)
     skipped_no_chunks: int = 0
     skipped_merges: int = 0
 
 
-def build_examples(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: ArtifactPaths, order: Order) -> Built:
-    """Stream the history in file order; emit examples in chronological order (a reorder buffer
-    holds the commits read ahead of their turn: none when the file is already in that order)."""
-    from tqdm import tqdm
-
+def build_examples(cfg: Config, encoded: EncodedCommits, order: Order, tokens: TargetTokens) -> Built:
+    """One example per target commit, in chronological order, from the stored ids."""
     include_merges = cfg.merge_targets == "include" or (cfg.merge_targets == "auto" and cfg.first_parent_only)
-    bos = special_id(tokenizer, "bos")
-    eos = special_id(tokenizer, "eos")
-    end_ids = encode_texts(tokenizer, [COMMIT_END + "\n"])[0]
-    marker_ids = encode_texts(tokenizer, [TRUNCATED + "\n"])[0]
     built = Built()
-    # Text longer than window * (most bytes one token spells) cannot fit in `window` tokens: such
-    # text is not encoded at all (a huge initial or vendoring commit would cost minutes and GBs).
-    longest = max_token_bytes(tokenizer)
-    context_chars, target_chars = cfg.context_window * longest, cfg.target_window * longest
-    compact: dict[int, list[int] | None] = {}  # rank -> ids of its compact rendering (None: too long to fit)
-    targets: dict[int, tuple | None] = {}  # rank -> (segment ids, task ids, all segments kept, first one partial)
-    next_rank = 0
-    history = iter_history(paths.commits, paths.chunks)
-    progress = tqdm(total=len(order.hashes), desc="building examples", unit=" commits", disable=None, leave=False)
-    while block := list(itertools.islice(history, cfg.encode_batch)):
-        texts: list[str] = []
-        plan = []  # (rank, compact encoded?, target plan or None)
-        for commit, chunks in block:
-            rank = order.rank.get(commit.hash)
-            if rank is None:
-                continue  # not on the first-parent line
-            text = lang.render_commit(commit, chunks, "compact")
-            fits = len(text) <= context_chars
-            if fits:
-                texts.append(text)
-            if not chunks:
-                built.skipped_no_chunks += 1
-                plan.append((rank, fits, None))
-            elif commit.is_merge and not include_merges:
-                built.skipped_merges += 1
-                plan.append((rank, fits, None))
-            else:
-                segments, complete, partial = within_chars(lang.render_segments(chunks, "full"), target_chars)
-                texts.extend(segments)
-                texts.append(lang.render_task(commit.message))
-                plan.append((rank, fits, (len(segments), complete, partial)))
-        encoded = iter(encode_texts(tokenizer, texts))
-        for rank, fits, target_plan in plan:
-            compact[rank] = next(encoded) if fits else None
-            if target_plan is None:
-                targets[rank] = None
-            else:
-                n_segments, complete, partial = target_plan
-                segments = [next(encoded) for _ in range(n_segments)]
-                targets[rank] = (segments, next(encoded), complete, partial)
-        while next_rank in targets:
-            target = targets.pop(next_rank)
-            if target is not None:
-                history_ids = [compact[r] for r in range(max(0, next_rank - cfg.history_commits), next_rank)]
-                add_example(built, cfg, tokenizer, next_rank, history_ids, target, bos, eos, end_ids, marker_ids)
-            compact.pop(next_rank - cfg.history_commits, None)  # no later example reaches back that far
-            next_rank += 1
-            progress.update(1)
-    progress.close()
-    if next_rank != len(order.hashes):
-        missing = order.hashes[next_rank]
-        raise UserError(f"{paths.commits}: commit {missing[:12]} could not be placed in order (a parent listed after it?): rerun the git_scraper stage")
+    compact: dict[int, list[int]] = {}  # rank -> ids of its compact rendering, for the next examples' contexts
+    for rank, index in enumerate(tqdm(order.indices, desc="building examples", unit=" commits", disable=None, leave=False)):
+        compact[rank] = encoded.compact(index).tolist()
+        compact.pop(rank - cfg.history_commits - 1, None)  # no later example reaches back that far
+        if encoded.chunk_count(index) == 0:
+            built.skipped_no_chunks += 1
+            continue
+        if order.is_merge[rank] and not include_merges:
+            built.skipped_merges += 1
+            continue
+        history = [compact[r] for r in range(max(0, rank - cfg.history_commits), rank)]
+        segments = [s.tolist() for s in encoded.segments(index)]
+        example = make_example(cfg, rank, history, encoded.task(index).tolist(), segments, tokens)
+        if example is not None:
+            built.examples.append(example)
     return built
 
 
-def within_chars(segments: list[str], limit: int) -> tuple[list[str], bool, bool]:
-    """(the segments worth encoding, all of them?, first one cut short?): those within `limit` characters."""
-    kept, used = [], 0
-    for segment in segments:
-        if used + len(segment) > limit:
-            break
-        kept.append(segment)
-        used += len(segment)
-    if kept:
-        return kept, len(kept) == len(segments), False
-    head = segments[0][:limit]
-    return [head[: head.rfind("\n") + 1] or head], False, True
+def make_example(cfg: Config, rank: int, history: list[list[int]], task: list[int], segments: list[list[int]],
+                 tokens: TargetTokens) -> Example | None:
+    """<BOS> + the history that fits + the task, then the target (None: not even one line of it fits)."""
+    target, truncated, cut_inside = fit_target(segments, tokens.end + [tokens.eos], tokens.marker, cfg.target_window, tokens.tokenizer)
+    if target is None:
+        return None
+    prompt, dropped = assemble_prompt(history, task, tokens.bos, cfg.context_window - len(target))
+    return Example(rank, np.asarray(prompt + target, dtype=np.int32), len(prompt), truncated, dropped, cut_inside)
 
 
-def max_token_bytes(tokenizer: Any) -> int:
-    """The most UTF-8 bytes any single token decodes to (at least 1)."""
-    from repo2model.commit_language import backend
-
-    raw = backend(tokenizer)
-    texts = raw.decode_batch([[i] for i in range(raw.get_vocab_size(with_added_tokens=True))], skip_special_tokens=False)
-    # +1: a decoder may strip a token's leading space when it stands alone (SentencePiece)
-    return max([1, *(len(t.encode("utf-8")) for t in texts)]) + 1
-
-
-def add_example(built: Built, cfg: Config, tokenizer: Any, rank: int, history_ids, target, bos, eos, end_ids, marker_ids) -> None:
-    segments, task_ids, complete, partial = target
-    target_ids, truncated, cut_inside = fit_target(
-        segments, end_ids + [eos], marker_ids, cfg.target_window, tokenizer, complete=complete, first_partial=partial
-    )
-    if target_ids is None:
-        return
-    prompt, dropped = assemble_prompt(history_ids, task_ids, bos, cfg.context_window - len(target_ids))
-    built.ids.append(np.asarray(prompt + target_ids, dtype=np.int32))
-    built.target_starts.append(len(prompt))
-    built.ranks.append(rank)
-    built.prompt_lengths.append(len(prompt))
-    built.target_lengths.append(len(target_ids))
-    built.truncated.append(truncated)
-    built.history_dropped.append(dropped)
-    built.cut_inside_chunk += cut_inside
-
-
-def fit_target(segments: list[list[int]], tail: list[int], marker: list[int], window: int, tokenizer: Any,
-               complete: bool = True, first_partial: bool = False):
-    """(ids, truncated, cut inside a chunk): whole chunks while they fit, then <TRUNCATED>, then the tail.
-
-    `complete` False: segments after these were left unencoded (they could not fit);
-    `first_partial`: the only segment is the head of a longer one (usable only cut at a line).
-    """
-    total = sum(len(s) for s in segments)
-    if complete and total + len(tail) <= window:
+def fit_target(segments: list[list[int]], tail: list[int], marker: list[int], window: int, tokenizer: Any):
+    """(ids, truncated, cut inside a chunk): whole chunks while they fit, then <TRUNCATED>, then the tail."""
+    if sum(len(s) for s in segments) + len(tail) <= window:
         return [i for s in segments for i in s] + tail, False, False
     room = window - len(tail) - len(marker)
     kept: list[int] = []
-    for segment in [] if first_partial else segments:
+    for segment in segments:
         if len(kept) + len(segment) > room:
             break
         kept.extend(segment)
@@ -379,7 +350,11 @@ def fit_target(segments: list[list[int]], tail: list[int], marker: list[int], wi
 
 
 def cut_at_line(ids: list[int], room: int, tokenizer: Any) -> list[int]:
-    """The longest run of whole lines at the start of `ids` that re-encodes within `room` tokens."""
+    """The longest run of whole lines at the start of `ids` that encodes within `room` tokens.
+
+    The only encoding this stage does: a line cut changes the tokens at the cut, so the kept
+    text (at most `room` tokens of it) is encoded again.
+    """
     text = decode_ids(tokenizer, ids[:room])
     while True:
         end = text.rfind("\n")
@@ -395,24 +370,82 @@ def cut_at_line(ids: list[int], room: int, tokenizer: Any) -> list[int]:
 # ------------------------------------------------------------------ split
 
 
-def split_bounds(cfg: Config, built: Built, order: Order) -> tuple[int, int]:
-    """(first val index, first test index) into the chronological examples."""
-    n = len(built.ids)
+@dataclasses.dataclass
+class SplitPlan:
+    """Which examples (indices into the chronological `built.examples`) go to each split, in order."""
+
+    train: list[int]
+    val: list[int]
+    test: list[int]
+    update: dict | None = None  # update mode: counts, and every commit trained on so far
+
+    def split(self, name: str) -> list[int]:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+def split_plan(cfg: Config, built: Built, order: Order) -> SplitPlan:
+    """The chronological split: the earliest examples train, the later val, the latest test."""
+    n = len(built.examples)
+    val_start, test_start = split_bounds(cfg, n, [order.effective[e.rank] for e in built.examples],
+                                         f"{n} commits with changes to learn from ({len(order.hashes)} commits in order, "
+                                         f"{built.skipped_no_chunks} without chunks, {built.skipped_merges} merges skipped)")
+    return SplitPlan(list(range(val_start)), list(range(val_start, test_start)), list(range(test_start, n)))
+
+
+def split_bounds(cfg: Config, n: int, times: list[float], what: str) -> tuple[int, int]:
+    """(first val index, first test index) into `n` chronological examples with these effective times."""
     n_test = round(n * cfg.test_ratio)
     n_val = round(n * cfg.val_ratio)
     n_train = n - n_val - n_test
     needed = 1 + (cfg.val_ratio > 0) + (cfg.test_ratio > 0)
     if n_train < 1 or (cfg.val_ratio > 0 and n_val < 1) or (cfg.test_ratio > 0 and n_test < 1):
         raise UserError(
-            f"history too short to split: {n} commits with changes to learn from ({len(order.hashes)} commits in order, "
-            f"{built.skipped_no_chunks} without chunks, {built.skipped_merges} merges skipped) give "
+            f"history too short to split: {what} give "
             f"{n_train}/{n_val}/{n_test} train/val/test examples at val_ratio {cfg.val_ratio}, test_ratio {cfg.test_ratio}; "
             f"need every split non-empty (at least {needed} examples, more with small ratios): use a longer history or change the ratios"
         )
-    times = [order.effective[r] for r in built.ranks]
     val_start = _untie(n_train, 1, n_train + n_val, times)
     test_start = _untie(n_train + n_val, val_start + (n_val > 0), n, times)
     return val_start, test_start
+
+
+def commits_trained_before(paths: ArtifactPaths) -> set[str]:
+    """Every commit the current model has trained on: the previous train split (and, after an
+    update, what the updates before it trained on)."""
+    if not paths.train_data.exists():
+        raise UserError(f"{paths.train_data}: not found: dataset_builder.update moves the previous split forward, "
+                        "so build the full dataset once first (python pipeline.py without --update)")
+    previous = ExampleSet.load(paths.train_data)
+    return set(previous.meta.get("trained_commits") or previous.commits)
+
+
+def update_plan(cfg: Config, built: Built, order: Order, trained: set[str], seed: int) -> SplitPlan:
+    """The split moved forward: val and test are the latest examples the model has never trained on
+    (as many as a full split would have); train is the rest of those, plus a replay sample of what
+    it trained on before (`replay_share` of the train split), so that it does not forget."""
+    fresh = [i for i, e in enumerate(built.examples) if order.hashes[e.rank] not in trained]
+    seen = [i for i, e in enumerate(built.examples) if order.hashes[e.rank] in trained]
+    n_test, n_val = round(len(built.examples) * cfg.test_ratio), round(len(built.examples) * cfg.val_ratio)
+    if len(fresh) <= n_val + n_test:
+        raise UserError(
+            f"update: {len(fresh)} of {len(built.examples)} commits with changes were never trained on, not more than the "
+            f"{n_val} + {n_test} val + test commits they must first fill: nothing new to train on (wait for more commits)"
+        )
+    new_train = len(fresh) - n_val - n_test
+    times = [order.effective[built.examples[i].rank] for i in fresh]
+    val_start = _untie(new_train, 1, new_train + n_val, times)
+    test_start = _untie(new_train + n_val, val_start + (n_val > 0), len(fresh), times)
+    replayed = min(len(seen), round(val_start * cfg.replay_share / (1 - cfg.replay_share)))
+    replay = random.Random(seed).sample(seen, replayed)
+    train = sorted(fresh[:val_start] + replay)
+    update = {
+        "trained_before": len(seen),
+        "new_train": val_start,
+        "replayed": replayed,
+        "replay_share": cfg.replay_share,
+        "trained_commits": sorted(trained | {order.hashes[built.examples[i].rank] for i in train}),
+    }
+    return SplitPlan(train, fresh[val_start:test_start], fresh[test_start:], update)
 
 
 def _untie(boundary: int, lo: int, hi: int, times: list[float]) -> int:
@@ -433,10 +466,8 @@ def _untie(boundary: int, lo: int, hi: int, times: list[float]) -> int:
 # ------------------------------------------------------------------ output
 
 
-def save_splits(cfg: Config, paths: ArtifactPaths, tokenizer: Any, built: Built, bounds: tuple[int, int], order: Order) -> dict:
-    import torch
-
-    ranges = {"train": (0, bounds[0]), "val": (bounds[0], bounds[1]), "test": (bounds[1], len(built.ids))}
+def save_splits(cfg: Config, paths: ArtifactPaths, tokenizer: Any, built: Built, plan: SplitPlan, order: Order) -> dict:
+    n = len(built.examples)
     meta_common = {
         "tokenizer_dir": str(paths.tokenizer_dir),
         "pad_token_id": special_id(tokenizer, "pad"),
@@ -451,30 +482,22 @@ def save_splits(cfg: Config, paths: ArtifactPaths, tokenizer: Any, built: Built,
     split_stats = {}
     padding = {}
     previous_authored_max = None
-    for split, (lo, hi) in ranges.items():
-        ids = built.ids[lo:hi]
-        lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        ranks = built.ranks[lo:hi]
-        examples = ExampleSet(
-            input_ids=torch.from_numpy(np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)),
-            offsets=torch.from_numpy(offsets),
-            target_starts=torch.tensor(built.target_starts[lo:hi], dtype=torch.int64),
-            commits=[order.hashes[r] for r in ranks],
-            timestamps=[order.authored[r] for r in ranks],
-            meta={**meta_common, "split": split},
-        )
-        examples.save(paths.split_data(split))
-        split_stats[split] = _split_stats(built, lo, hi, order, lengths, previous_authored_max)
-        if ranks:
-            authored_max = max(_seconds(order.authored[r], order.hashes[r], paths.commits) for r in ranks)
+    for split in SPLITS:
+        examples = [built.examples[i] for i in plan.split(split)]
+        meta = {**meta_common, "split": split}
+        if plan.update and split == "train":
+            meta["trained_commits"] = plan.update["trained_commits"]  # what the next update must not evaluate on
+        save_split(paths.split_data(split), examples, order, meta)
+        lengths = np.asarray([len(e.ids) for e in examples], dtype=np.int64)
+        split_stats[split] = _split_stats(examples, order, lengths, previous_authored_max)
+        if examples:
+            authored_max = max(seconds(order.authored[e.rank]) for e in examples)
             previous_authored_max = max(previous_authored_max or authored_max, authored_max)
-        padding[split] = padding_waste(lengths, cfg.batch_size, cfg.context_window)
+        padding[split] = padding_estimate(lengths, cfg.batch_size, cfg.context_window)
 
-    n = len(built.ids)
+    truncated = sum(e.truncated for e in built.examples)
     stats = {
-        "examples": {s: ranges[s][1] - ranges[s][0] for s in SPLITS},
+        "examples": {s: len(plan.split(s)) for s in SPLITS},
         "commits": {
             "in_file": order.total_in_file,
             "in_order": len(order.hashes),
@@ -486,34 +509,50 @@ def save_splits(cfg: Config, paths: ArtifactPaths, tokenizer: Any, built: Built,
         "order": "parents first by effective time (commit time raised to the parents'), ties by commits.json position",
         "splits": split_stats,
         "lengths": {
-            "total": _percentiles([len(x) for x in built.ids]),
-            "context": _percentiles(built.prompt_lengths),
-            "target": _percentiles(built.target_lengths),
+            "total": length_percentiles([len(e.ids) for e in built.examples]),
+            "context": length_percentiles([e.prompt_length for e in built.examples]),
+            "target": length_percentiles([e.target_length for e in built.examples]),
         },
         "truncation": {
-            "targets_truncated": int(sum(built.truncated)),
-            "target_rate": round(sum(built.truncated) / n, 4) if n else 0.0,
-            "cut_inside_first_chunk": built.cut_inside_chunk,
-            "contexts_short_of_history": int(sum(d > 0 for d in built.history_dropped)),
-            "history_commits_dropped": int(sum(built.history_dropped)),
+            "targets_truncated": int(truncated),
+            "target_rate": round(truncated / n, 4) if n else 0.0,
+            "cut_inside_first_chunk": sum(e.cut_inside_chunk for e in built.examples),
+            "contexts_short_of_history": sum(e.history_dropped > 0 for e in built.examples),
+            "history_commits_dropped": sum(e.history_dropped for e in built.examples),
         },
         "padding_waste": padding,
         "config": {**meta_common, "val_ratio": cfg.val_ratio, "test_ratio": cfg.test_ratio, "batch_size": cfg.batch_size},
     }
+    if plan.update:
+        stats["update"] = {k: v for k, v in plan.update.items() if k != "trained_commits"}
     write_json(paths.dataset_stats, stats)
     return stats
 
 
-def _split_stats(built: Built, lo: int, hi: int, order: Order, lengths: np.ndarray, previous_authored_max: float | None) -> dict:
-    ranks = built.ranks[lo:hi]
-    if not ranks:
+def save_split(path: Path, examples: list[Example], order: Order, meta: dict) -> None:
+    lengths = np.asarray([len(e.ids) for e in examples], dtype=np.int64)
+    offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ExampleSet(
+        input_ids=torch.from_numpy(np.concatenate([e.ids for e in examples]) if examples else np.zeros(0, dtype=np.int32)),
+        offsets=torch.from_numpy(offsets),
+        target_starts=torch.tensor([e.prompt_length for e in examples], dtype=torch.int64),
+        commits=[order.hashes[e.rank] for e in examples],
+        timestamps=[order.authored[e.rank] for e in examples],
+        meta=meta,
+    ).save(path)
+
+
+def _split_stats(examples: list[Example], order: Order, lengths: np.ndarray, previous_authored_max: float | None) -> dict:
+    if not examples:
         return {"examples": 0}
+    ranks = [e.rank for e in examples]
 
-    def iso(seconds: float) -> str:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
+    def iso(moment: float) -> str:
+        return datetime.fromtimestamp(moment, tz=timezone.utc).isoformat()
 
-    authored = [(_seconds(order.authored[r], order.hashes[r], Path("commits.json")), order.authored[r]) for r in ranks]
-    committed = [(_seconds(order.committed[r], order.hashes[r], Path("commits.json")), order.committed[r]) for r in ranks]
+    authored = [(seconds(order.authored[r]), order.authored[r]) for r in ranks]
+    committed = [(seconds(order.committed[r]), order.committed[r]) for r in ranks]
     backwards = sum(s < previous_authored_max for s, _ in authored) if previous_authored_max is not None else 0
     return {
         "examples": len(ranks),
@@ -525,19 +564,15 @@ def _split_stats(built: Built, lo: int, hi: int, order: Order, lengths: np.ndarr
         "last_commit": order.hashes[ranks[-1]],
         # raw author dates earlier than the latest one of the earlier splits (rebases, wrong clocks)
         "authored_before_previous_split": int(backwards),
-        "truncated": int(sum(built.truncated[lo:hi])),
+        "truncated": sum(e.truncated for e in examples),
     }
 
 
-def padding_waste(lengths: np.ndarray, batch_size: int, context_window: int) -> dict:
-    """Share of pad tokens: batches of consecutive examples padded to their longest, and
-    examples packed (in order, whole) into rows of `context_window`."""
+def padding_estimate(lengths: np.ndarray, batch_size: int, context_window: int) -> dict:
+    """Share of pad tokens two ways: batches of consecutive examples padded to their longest
+    ("unpacked"), and examples packed in order, whole, into rows of `context_window` ("packed")."""
     if lengths.size == 0:
         return {"unpacked": 0.0, "packed": 0.0, "packed_rows": 0}
-    padded = 0
-    for start in range(0, lengths.size, batch_size):
-        batch = lengths[start : start + batch_size]
-        padded += int(batch.max()) * batch.size
     rows, used = 0, context_window
     for length in lengths.tolist():
         if used + length > context_window:
@@ -546,18 +581,10 @@ def padding_waste(lengths: np.ndarray, batch_size: int, context_window: int) -> 
         used += length
     tokens = int(lengths.sum())
     return {
-        "unpacked": round(1 - tokens / padded, 4),
+        "unpacked": round(pad_fraction(lengths[start : start + batch_size] for start in range(0, lengths.size, batch_size)), 4),
         "packed": round(1 - tokens / (rows * context_window), 4),
         "packed_rows": rows,
     }
-
-
-def _percentiles(values) -> dict:
-    values = np.asarray(values, dtype=np.int64)
-    if values.size == 0:
-        return {"mean": 0, "p50": 0, "p90": 0, "p99": 0, "max": 0}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"mean": round(float(values.mean()), 2), "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": int(values.max())}
 
 
 # ------------------------------------------------------------------ CLI
@@ -569,8 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     add_config_argument(parser)
     parser.add_argument("--vocab", type=Path, help="vocab.json of the tokenizer stage; its tokenizer folder is used (default: <output_dir>/tokenizer)")
     parser.add_argument("--tokenizer-dir", type=Path, help="tokenizer folder (default: from --vocab, else <output_dir>/tokenizer)")
-    parser.add_argument("--chunks", type=Path, help="chunks.jsonl (default: <output_dir>/chunks.jsonl)")
-    parser.add_argument("--commits", type=Path, help="commits.json (default: <output_dir>/commits.json)")
+    parser.add_argument("--tokens", type=Path, help="tokens.pt of the tokenizer stage (default: beside --vocab, else <output_dir>/tokens.pt)")
+    parser.add_argument("--chunks", type=Path, help="the seed's flag: chunks.jsonl that tokens.pt was encoded from (checked, not read)")
+    parser.add_argument("--commits", type=Path, help="the seed's flag: commits.json that tokens.pt was encoded from (checked, not read)")
     parser.add_argument("--context-window", type=int, help="override dataset_builder.context_window")
     parser.add_argument("--target-window", type=int, help="override dataset_builder.target_window")
     parser.add_argument("--history-commits", type=int, help="override dataset_builder.history_commits")
@@ -591,15 +619,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = apply_overrides(cfg, SECTION, overrides)
     changes: dict[str, Path] = {}
     if args.vocab:
-        require(args.vocab.resolve(), "tokenizer")
-        changes["tokenizer_dir"] = tokenizer_dir_for_vocab(args.vocab.resolve())
+        vocab = require(args.vocab.resolve(), "tokenizer")
+        changes.update(tokenizer_dir=tokenizer_dir_for_vocab(vocab), tokens=vocab.parent / "tokens.pt")
     if args.tokenizer_dir:
         changes["tokenizer_dir"] = args.tokenizer_dir.resolve()
-    if args.chunks:
-        changes["chunks"] = args.chunks.resolve()
-    if args.commits:
-        changes["commits"] = args.commits.resolve()
+    if args.tokens:
+        changes["tokens"] = args.tokens.resolve()
     paths = dataclasses.replace(paths, **changes)
+    for flag, given in (("commits", args.commits), ("chunks", args.chunks)):
+        if given:
+            check_encoded_from(paths.tokens, flag, require(given.resolve()))
     stats = run(cfg, paths, seed=pipeline.seed)
     print(json.dumps({"examples": stats["examples"], "target_truncation_rate": stats["truncation"]["target_rate"]}))
     return 0

@@ -1,4 +1,4 @@
-"""Stage 3: the tokenizer of the commit language, and every chunk's token ids.
+"""Stage 3: the tokenizer of the commit language, and every commit's token ids.
 
 Reads `commits.json` (git_scraper) and `chunks.jsonl` (semantic_chunker), renders
 each commit in the commit language (`repo2model/commit_language.py`) and writes:
@@ -10,14 +10,28 @@ each commit in the commit language (`repo2model/commit_language.py`) and writes:
                                      (the author/module token families, the mode and,
                                      in extend mode, how many tokens were added)
     <output_dir>/vocab.json          a copy of the vocabulary {token: id}
-    <output_dir>/tokens.pt           every chunk's ids: input_ids int32 [total] (flat),
-                                     offsets int64 [n+1], chunk_ids int64 [n] (line
-                                     index in chunks.jsonl), commit_index int64 [n]
-                                     (index into `commits`, a list of hashes), meta
+    <output_dir>/tokens.pt           the encoded history (`repo2model/encoded_commits.py`):
+                                     per commit, the ids of its compact rendering, its
+                                     task, and its full rendering (header, one segment
+                                     per chunk, <COMMIT_END>), flat with offsets, plus
+                                     what the dataset builder needs to order commits
     <output_dir>/tokenizer_stats.json
 
-A chunk's ids are those of its file header plus its full rendering
-(`<FILE>path<MODULE..>` `<CHANGE:..>symbol` `<CODE>..`).
+Every commit is rendered and encoded here, once: the dataset builder assembles
+its examples from tokens.pt without encoding again.
+
+Steps: check the outputs can be written; count authors and modules (and check
+every record's shape); train BPE on the full renderings (or extend a base
+tokenizer); save and reload the folder; encode every commit's pieces in
+batches; check decode(ids) == text for the first `roundtrip_sample` commits.
+The first pass keeps the records it read in a temporary spool, so the history's
+JSON is parsed once.
+
+Frozen (`frozen: true`, for updates): the tokenizer folder is kept as it is, so
+token ids stay what the model learnt; nothing is trained. An author or module
+without a token is spelled out, never given a new one; the summary counts them
+(`spelled_out`). A commit whose rendering is unchanged since the tokens.pt being
+replaced (same tokenizer) has its ids copied; only the others are encoded.
 
 Config section `tokenizer`:
     mode            "train": byte-level BPE trained on the rendered history (for a model
@@ -33,7 +47,9 @@ Config section `tokenizer`:
     compact_max_changes  ... and at most this many change lines (0 = all); saved in
                     commit_language.json so prediction renders history the same way
     batch_size      texts per encode_batch call (bounds memory)
-    roundtrip_sample commits checked for decode(encode(render)) == render after training
+    roundtrip_sample commits checked for decode(encode(render)) == render
+    frozen          keep the existing tokenizer folder (ids stable) and only encode the
+                    commits; mode, vocab_size, top_* and compact_* then come from the folder
 
 CLI (the seed's flags work): python tokenizer.py --chunks outputs/chunks.jsonl
     --vocab-size 50257 --output-vocab outputs/vocab.json --output-tokens outputs/tokens.pt
@@ -42,33 +58,46 @@ CLI (the seed's flags work): python tokenizer.py --chunks outputs/chunks.jsonl
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
+import os
+import pickle
 import shutil
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from repo2model.artifacts import atomic_path, read_commits_metadata, require, save_pt, write_json
+from repo2model.artifacts import atomic_path, ensure_folder, read_commits_metadata, require, write_json
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.commit_language import (
     BOS,
-    backend,
+    CHANGE_TOKENS,
     EOS,
     PAD,
     STRUCTURE_TOKENS,
-    CHANGE_TOKENS,
     CommitLanguage,
+    backend,
     count_families,
     decode_ids,
     encode_texts,
-    iter_history,
+    iter_commit_records,
+    module_top,
 )
+from repo2model.encoded_commits import CommitInfo, EncodedCommits, EncodedCommitsBuilder, render_digest, render_pieces
 from repo2model.errors import UserError, first_line
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
+from repo2model.records import Chunk, Commit
+from repo2model.stats import length_percentiles
+from repo2model.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
 
 SECTION = "tokenizer"
 log = logging.getLogger("tokenizer")
@@ -89,6 +118,7 @@ class Config:
     compact_max_changes: int = 16
     batch_size: int = 1024
     roundtrip_sample: int = 200
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         if self.top_authors < 0 or self.top_modules < 0:
@@ -112,54 +142,72 @@ class Config:
 
 def stage_inputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
     inputs = [paths.commits, paths.chunks]
-    if cfg.mode == "extend" and cfg.base_tokenizer and Path(cfg.base_tokenizer).expanduser().exists():
+    if cfg.frozen:
+        inputs.append(paths.tokenizer_dir)
+    elif cfg.mode == "extend" and cfg.base_tokenizer and Path(cfg.base_tokenizer).expanduser().exists():
         inputs.append(Path(cfg.base_tokenizer).expanduser())
     return inputs
 
 
 def stage_outputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
+    if cfg.frozen:  # the tokenizer folder is kept as it is
+        return [paths.tokens, paths.tokenizer_stats]
     return [paths.tokenizer_dir, paths.vocab, paths.tokens, paths.tokenizer_stats]
 
 
 def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
-    """Choose the token families, build the tokenizer, encode every chunk, save stats."""
+    """Choose the token families, build the tokenizer (or keep it: frozen), encode every commit, save stats."""
     require(paths.commits, "git_scraper")
     require(paths.chunks, "semantic_chunker")
+    check_writable(stage_outputs(cfg, paths))  # before minutes of BPE training
     total_commits = read_commits_metadata(paths.commits).get("total_commits")
-
-    lang = choose_language(cfg, paths, total_commits)
-    if cfg.mode == "train":
-        tokenizer = train_tokenizer(cfg, lang, paths, total_commits)
+    if cfg.frozen:
+        lang, tokenizer = frozen_tokenizer(paths)
+        previous = previous_encoding(paths)
+        history = _progress(iter_commit_records(paths.commits, paths.chunks), total_commits, "encoding commits")
+        encoded, notes = encode_history(cfg, lang, tokenizer, paths, history, previous)
     else:
-        tokenizer = extend_tokenizer(cfg, lang)
-    lang.check_tokenizer(tokenizer, "the new tokenizer")
-    save_tokenizer(tokenizer, lang, paths)
-    tokenizer = reload(paths.tokenizer_dir)  # check and encode with what later stages will load
-    lang.check_tokenizer(tokenizer, f"the tokenizer saved in {paths.tokenizer_dir}")
-
-    roundtrip = check_roundtrip(lang, tokenizer, paths, cfg.roundtrip_sample)
-    stats = encode_chunks(cfg, lang, tokenizer, paths, total_commits)
-    stats.update(
-        mode=cfg.mode,
-        vocab_size_requested=cfg.vocab_size if cfg.mode == "train" else None,
-        vocab_size=len(tokenizer),
-        special_tokens=len(lang.special_tokens()),
-        added_tokens=lang.tokenizer_info.get("added_tokens"),
-        authors_with_tokens=len(lang.authors),
-        modules_with_tokens=len(lang.modules),
-        roundtrip=roundtrip,
-        tokenizer_dir=str(paths.tokenizer_dir),
-    )
+        with HistorySpool(paths.tokens.parent) as spool:
+            lang = choose_language(cfg, paths, spool, total_commits)
+            if cfg.mode == "train":
+                tokenizer = train_tokenizer(cfg, lang, spool)
+            else:
+                tokenizer = extend_tokenizer(cfg, lang)
+            lang.check_tokenizer(tokenizer, "the new tokenizer")
+            save_tokenizer(tokenizer, lang, paths)
+            lang, tokenizer = load_commit_tokenizer(paths.tokenizer_dir)  # encode with what later stages will load
+            encoded, notes = encode_history(cfg, lang, tokenizer, paths, _progress(spool, spool.count, "encoding commits"))
+    encoded.save(paths.tokens)
+    roundtrip = check_roundtrip(lang, tokenizer, encoded, notes)
+    stats = {
+        **encoding_stats(encoded, lang, tokenizer, notes),
+        "mode": lang.tokenizer_info.get("mode", cfg.mode),
+        "frozen": cfg.frozen,
+        "vocab_size_requested": lang.tokenizer_info.get("vocab_size_requested"),
+        "vocab_size": len(tokenizer),
+        "special_tokens": len(lang.special_tokens()),
+        "added_tokens": lang.tokenizer_info.get("added_tokens"),
+        "authors_with_tokens": len(lang.authors),
+        "modules_with_tokens": len(lang.modules),
+        "roundtrip": roundtrip,
+        "tokenizer_dir": str(paths.tokenizer_dir),
+    }
     write_json(paths.tokenizer_stats, stats)
     log.info(
-        "tokenizer: %s vocab %d (%s), %d chunks -> %d tokens, %.2f bytes/token, %.1f%% special; round trip %d/%d exact",
-        cfg.mode,
+        "tokenizer: %s vocab %d (%s), %d commits (%d encoded, %d unchanged reused), %d chunks -> %d tokens, "
+        "%.2f bytes/token, %.1f%% special; %d authors and %d modules without a token spelled out; round trip %d/%d exact",
+        stats["mode"],
         len(tokenizer),
-        f"asked {cfg.vocab_size}" if cfg.mode == "train" else f"+{lang.tokenizer_info.get('added_tokens')} added",
+        "frozen" if cfg.frozen else f"asked {cfg.vocab_size}" if cfg.mode == "train" else f"+{stats['added_tokens']} added",
+        stats["commits"],
+        stats["encoded_commits"],
+        stats["reused_commits"],
         stats["chunks"],
         stats["tokens"],
         stats["bytes_per_token"],
         100 * stats["special_token_share"],
+        stats["spelled_out"]["authors"],
+        stats["spelled_out"]["modules"],
         roundtrip["exact"],
         roundtrip["checked"],
     )
@@ -169,9 +217,53 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
 # ------------------------------------------------------------------ steps
 
 
-def choose_language(cfg: Config, paths: ArtifactPaths, total_commits: int | None) -> CommitLanguage:
-    """The K most frequent authors and modules of the whole history."""
-    authors, modules = count_families(_progress(iter_history(paths.commits, paths.chunks), total_commits, "counting authors/modules"))
+def check_writable(outputs: Iterable[Path]) -> None:
+    """UserError now, not after the expensive work, when an output's folder cannot be made or written."""
+    for folder in sorted({Path(output).parent for output in outputs}):
+        if not os.access(ensure_folder(folder), os.W_OK | os.X_OK):
+            raise UserError(f"{folder}: output folder is not writable")
+
+
+class HistorySpool:
+    """The history's records, pickled to a temporary file by the first pass so that the later
+    passes (BPE training, encoding) read them back without parsing JSON and checking shapes again.
+
+    Only what rendering reads is kept: a commit's `files` (with their patches) and a chunk's
+    `before` are left out. The file has no name on disk and disappears when closed.
+    """
+
+    def __init__(self, folder: Path):
+        self._file = tempfile.TemporaryFile(dir=folder, prefix=".tokenizer-spool-")
+        self.count = 0
+
+    def add(self, commit: Commit, chunks: list[Chunk]) -> None:
+        record = (dataclasses.replace(commit, files=[]), [dataclasses.replace(c, before=None) for c in chunks])
+        pickle.dump(record, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.count += 1
+
+    def filled_from(self, history: Iterable[tuple[Commit, list[Chunk]]]) -> Iterator[tuple[Commit, list[Chunk]]]:
+        """`history`, passed through, each record added on its way."""
+        for commit, chunks in history:
+            self.add(commit, chunks)
+            yield commit, chunks
+
+    def __iter__(self) -> Iterator[tuple[Commit, list[Chunk]]]:
+        self._file.seek(0)
+        for _ in range(self.count):
+            yield pickle.load(self._file)
+
+    def __enter__(self) -> "HistorySpool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def choose_language(cfg: Config, paths: ArtifactPaths, spool: HistorySpool, total_commits: int | None) -> CommitLanguage:
+    """The K most frequent authors and modules of the whole history (the pass that reads the
+    artifacts, checks every record's shape and fills the spool)."""
+    history = _progress(iter_commit_records(paths.commits, paths.chunks), total_commits, "reading the history")
+    authors, modules = count_families(spool.filled_from(history))
     if not authors:
         raise UserError(f"{paths.commits}: no commits: nothing to learn a tokenizer from (check the git_scraper settings)")
     lang = CommitLanguage.from_counts(
@@ -182,16 +274,8 @@ def choose_language(cfg: Config, paths: ArtifactPaths, total_commits: int | None
     return lang
 
 
-def rendered_history(lang: CommitLanguage, paths: ArtifactPaths, total: int | None) -> Iterator[str]:
-    for commit, chunks in _progress(iter_history(paths.commits, paths.chunks), total, "training BPE"):
-        yield lang.render_commit(commit, chunks, "full")
-
-
-def train_tokenizer(cfg: Config, lang: CommitLanguage, paths: ArtifactPaths, total_commits: int | None) -> Any:
+def train_tokenizer(cfg: Config, lang: CommitLanguage, spool: HistorySpool) -> Any:
     """Byte-level BPE on the full renderings: every byte is in the alphabet, so nothing is unknown."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
@@ -202,7 +286,8 @@ def train_tokenizer(cfg: Config, lang: CommitLanguage, paths: ArtifactPaths, tot
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    raw.train_from_iterator(rendered_history(lang, paths, total_commits), trainer=trainer, length=total_commits)
+    full_texts = (lang.render_commit(commit, chunks, "full") for commit, chunks in _progress(spool, spool.count, "training BPE"))
+    raw.train_from_iterator(full_texts, trainer=trainer, length=spool.count)
     reached = raw.get_vocab_size(with_added_tokens=True)
     if reached < cfg.vocab_size:
         log.warning("tokenizer: BPE stopped at %d tokens of the %d asked (history too small for more merges)", reached, cfg.vocab_size)
@@ -212,9 +297,6 @@ def train_tokenizer(cfg: Config, lang: CommitLanguage, paths: ArtifactPaths, tot
 
 def extend_tokenizer(cfg: Config, lang: CommitLanguage) -> Any:
     """The base model's tokenizer plus our special tokens (appended; bos/eos/pad kept when it has them)."""
-    from tokenizers import AddedToken
-    from transformers import AutoTokenizer
-
     base = cfg.base_tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(Path(base).expanduser()) if Path(base).expanduser().exists() else base)
@@ -257,8 +339,6 @@ def exact_after_tokens(tokenizer: Any) -> bool:
     the marker is only prepended at the very start of a text ("first"), as transformers does for
     non-legacy LLaMA tokenizers.
     """
-    from tokenizers import Tokenizer
-
     if decode_ids(tokenizer, encode_texts(tokenizer, [PROBE])[0]) == PROBE:
         return False
     spec = json.loads(backend(tokenizer).to_str())
@@ -288,12 +368,6 @@ def exact_after_tokens(tokenizer: Any) -> bool:
     return True
 
 
-def reload(folder: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder))
-
-
 def save_tokenizer(tokenizer: Any, lang: CommitLanguage, paths: ArtifactPaths) -> None:
     """The tokenizer folder (replaced whole, atomically) and the vocab.json copy beside it."""
     vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
@@ -307,107 +381,198 @@ def save_tokenizer(tokenizer: Any, lang: CommitLanguage, paths: ArtifactPaths) -
             shutil.copyfile(paths.tokenizer_dir / "vocab.json", tmp)
 
 
-def check_roundtrip(lang: CommitLanguage, tokenizer: Any, paths: ArtifactPaths, sample: int) -> dict:
-    """decode(encode(render(c))) == render(c) and parse(render(c)) == c's structure, on the first commits."""
-    texts, structures = [], []
-    for commit, chunks in iter_history(paths.commits, paths.chunks):
-        if len(texts) >= sample:
-            break
-        texts.append(lang.render_commit(commit, chunks, "full"))
-        structures.append([(c.file, c.change_type, c.symbol) for c in chunks])
+def frozen_tokenizer(paths: ArtifactPaths) -> tuple[CommitLanguage, Any]:
+    """tokenizer.frozen: the folder as the last full run left it (same ids; new names are spelled out)."""
+    if not paths.tokenizer_dir.exists():
+        raise UserError(f"{paths.tokenizer_dir}: not found, so there is no tokenizer to keep (tokenizer.frozen: true): "
+                        "run the tokenizer stage once with frozen: false")
+    return load_commit_tokenizer(paths.tokenizer_dir)
+
+
+def previous_encoding(paths: ArtifactPaths) -> EncodedCommits | None:
+    """The tokens.pt this run replaces, when made with this very tokenizer: its unchanged commits are copied."""
+    if not paths.tokens.exists():
+        return None
+    try:
+        previous = EncodedCommits.load(paths.tokens)
+    except UserError as exc:
+        log.info("tokenizer: %s: every commit is encoded again (%s)", paths.tokens, exc)
+        return None
+    if previous.meta.get("tokenizer_digest") != tokenizer_digest(paths.tokenizer_dir):
+        log.info("tokenizer: %s was made with another tokenizer: every commit is encoded again", paths.tokens)
+        return None
+    return previous
+
+
+@dataclasses.dataclass
+class EncodingNotes:
+    """What the encoding pass saw, for the stats: the first commits' texts (to check the round trip
+    against the stored ids), sizes, reuse, and the names that fell back to spelling."""
+
+    sample_size: int
+    sample_texts: list[str] = dataclasses.field(default_factory=list)
+    sample_structures: list[list[tuple]] = dataclasses.field(default_factory=list)
+    text_bytes: int = 0  # UTF-8 bytes of every full rendering (for bytes/token)
+    encoded_commits: int = 0
+    reused_commits: int = 0  # copied from the previous tokens.pt (frozen tokenizer, same rendering)
+    spelled_authors: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # name -> encoded commits
+    spelled_modules: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # top segment -> chunks
+
+    def saw(self, lang: CommitLanguage, commit: Commit, chunks: list[Chunk], pieces: list[str], reused: bool) -> None:
+        full = "".join(pieces[2:])
+        self.text_bytes += len(full.encode("utf-8"))
+        if len(self.sample_texts) < self.sample_size:
+            self.sample_texts.append(full)
+            self.sample_structures.append([(c.file, c.change_type, c.symbol) for c in chunks])
+        if reused:
+            self.reused_commits += 1
+            return
+        self.encoded_commits += 1
+        if not lang.has_author_token(commit.author.name):
+            self.spelled_authors[commit.author.name] += 1
+        for chunk in chunks:
+            if chunk.module and not lang.has_module_token(chunk.module):
+                self.spelled_modules[module_top(chunk.module)[0]] += 1
+
+
+def encode_history(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: ArtifactPaths,
+                   history: Iterable[tuple[Commit, list[Chunk]]],
+                   previous: EncodedCommits | None = None) -> tuple[EncodedCommits, EncodingNotes]:
+    """Every commit's pieces (compact, task, header, segments, end), encoded `batch_size` texts at a time;
+    a commit whose rendering is unchanged since `previous` (same tokenizer) is copied from it instead.
+
+    The tokenizers library encodes without holding Python's lock, so one batch is encoded in a
+    worker thread while the next one is rendered: the pass costs about what encoding alone does.
+    """
+    builder = EncodedCommitsBuilder()
+    notes = EncodingNotes(cfg.roundtrip_sample)
+    known = {(info.hash, digest): i for i, (info, digest) in enumerate(zip(previous.infos, previous.digests))} if previous else {}
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        in_flight: collections.deque = collections.deque()  # (future ids, the batch's commits); at most 2
+        for batch in rendered_batches(lang, history, cfg.batch_size, notes, known):
+            in_flight.append((worker.submit(encode_texts, tokenizer, batch.texts), batch))
+            if len(in_flight) > 1:
+                ids, done = in_flight.popleft()
+                add_batch(builder, done, ids.result(), previous)
+        for ids, done in in_flight:
+            add_batch(builder, done, ids.result(), previous)
+    meta = {
+        "tokenizer_dir": str(paths.tokenizer_dir),
+        "tokenizer_digest": tokenizer_digest(paths.tokenizer_dir),
+        "vocab_size": len(tokenizer),
+        "pieces": "compact, task, header, one segment per chunk, end",
+        # what it was encoded from (the dataset builder checks the seed's --commits/--chunks against it)
+        "sources": {name: {"path": str(path), "bytes": path.stat().st_size} for name, path in
+                    (("commits", paths.commits), ("chunks", paths.chunks))},
+    }
+    return builder.build(meta), notes
+
+
+@dataclasses.dataclass
+class RenderedBatch:
+    """About `batch_size` texts to encode, and the commits they belong to, in order."""
+
+    texts: list[str] = dataclasses.field(default_factory=list)
+    # (commit, its render digest, its number of pieces in `texts`, or its index in the previous tokens.pt)
+    commits: list[tuple[CommitInfo, str, int | None, int | None]] = dataclasses.field(default_factory=list)
+
+
+def rendered_batches(lang: CommitLanguage, history: Iterable[tuple[Commit, list[Chunk]]], batch_size: int,
+                     notes: EncodingNotes, known: dict[tuple[str, str], int]) -> Iterator[RenderedBatch]:
+    batch = RenderedBatch()
+    for commit, chunks in history:
+        pieces = render_pieces(lang, commit, chunks)
+        digest = render_digest(pieces)
+        reuse = known.get((commit.hash, digest))
+        notes.saw(lang, commit, chunks, pieces, reused=reuse is not None)
+        if reuse is None:
+            batch.texts.extend(pieces)
+        batch.commits.append((CommitInfo.of(commit), digest, None if reuse is not None else len(pieces), reuse))
+        if len(batch.texts) >= batch_size:
+            yield batch
+            batch = RenderedBatch()
+    if batch.commits:
+        yield batch
+
+
+def add_batch(builder: EncodedCommitsBuilder, batch: RenderedBatch, ids: list[list[int]], previous: EncodedCommits | None) -> None:
+    start = 0
+    for info, digest, count, reuse in batch.commits:
+        if reuse is not None:
+            builder.add(info, digest, *previous.commit_ids(reuse))
+        else:
+            builder.add_encoded(info, digest, ids[start : start + count])
+            start += count
+
+
+def check_roundtrip(lang: CommitLanguage, tokenizer: Any, encoded: EncodedCommits, notes: EncodingNotes) -> dict:
+    """decode(ids) == render(c) for the stored full ids, and parse(render(c)) == c's structure, on the first commits."""
     exact = 0
     first_bad = None
-    for text, ids in zip(texts, encode_texts(tokenizer, texts)):
-        if decode_ids(tokenizer, ids) == text:
+    for i, text in enumerate(notes.sample_texts):
+        if decode_ids(tokenizer, encoded.full(i).tolist()) == text:
             exact += 1
         elif first_bad is None:
             first_bad = text[:80]
-    parsed_ok = sum(lang.parse_commit(t).changes == s and lang.parse_commit(t).well_formed for t, s in zip(texts, structures))
-    if exact < len(texts):
+    parsed_ok = 0
+    for text, structure in zip(notes.sample_texts, notes.sample_structures):
+        parsed = lang.parse_commit(text)
+        parsed_ok += parsed.changes == structure and parsed.well_formed
+    if exact < len(notes.sample_texts):
         log.warning(
             "tokenizer: decode(encode(text)) differs from the text for %d of %d commits (first: %r)%s",
-            len(texts) - exact,
-            len(texts),
+            len(notes.sample_texts) - exact,
+            len(notes.sample_texts),
             first_bad,
             ": the base tokenizer normalises text" if lang.tokenizer_info.get("mode") == "extend" else "",
         )
-    return {"checked": len(texts), "exact": exact, "parsed": parsed_ok}
+    return {"checked": len(notes.sample_texts), "exact": exact, "parsed": parsed_ok}
 
 
-def encode_chunks(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: ArtifactPaths, total_commits: int | None) -> dict:
-    """tokens.pt: each chunk's ids (file header + full rendering), encoded in batches."""
-    import torch
-
+def encoding_stats(encoded: EncodedCommits, lang: CommitLanguage, tokenizer: Any, notes: EncodingNotes) -> dict:
+    """Sizes of the full renderings (what a model reads and writes): tokens, bytes per token, special share."""
+    lengths = encoded.piece_lengths()
+    pieces = np.arange(len(lengths))
+    owner = np.repeat(np.arange(len(encoded)), np.diff(encoded.commit_pieces))
+    within = pieces - encoded.commit_pieces[owner]  # 0 compact, 1 task, 2 header, 3.. segments, last: end
+    in_full = within >= 2
+    is_segment = (within >= 3) & (pieces < encoded.commit_pieces[owner + 1] - 1)
+    full_tokens = np.repeat(in_full, lengths)
     vocab = tokenizer.get_vocab()
-    special_ids = np.array(sorted({vocab[t] for t in lang.special_tokens() if t in vocab}), dtype=np.int64)
-    parts: list[np.ndarray] = []
-    lengths: list[int] = []
-    commit_index: list[int] = []
-    commits: list[str] = []
-    text_bytes = 0
-    batch: list[str] = []
-
-    def flush() -> None:
-        nonlocal text_bytes
-        for ids in encode_texts(tokenizer, batch):
-            parts.append(np.asarray(ids, dtype=np.int32))
-            lengths.append(len(ids))
-        text_bytes += sum(len(t.encode("utf-8")) for t in batch)
-        batch.clear()
-
-    for commit, chunks in _progress(iter_history(paths.commits, paths.chunks), total_commits, "encoding chunks"):
-        if chunks:
-            commits.append(commit.hash)
-        for chunk in chunks:
-            batch.append(lang.render_file_header(chunk.file, chunk.module) + lang.render_chunk(chunk, "full"))
-            commit_index.append(len(commits) - 1)
-            if len(batch) >= cfg.batch_size:
-                flush()
-    flush()
-
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    length_arr = np.asarray(lengths, dtype=np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(length_arr, out=offsets[1:])
-    meta = {"tokenizer_dir": str(paths.tokenizer_dir), "vocab_size": len(tokenizer), "text": "file header + full chunk rendering"}
-    save_pt(
-        {
-            "input_ids": torch.from_numpy(flat),
-            "offsets": torch.from_numpy(offsets),
-            "chunk_ids": torch.arange(len(lengths), dtype=torch.int64),
-            "commit_index": torch.tensor(commit_index, dtype=torch.int64),
-            "commits": commits,
-            "meta": meta,
-        },
-        paths.tokens,
-    )
-    total = int(flat.size)
-    special = int(np.isin(flat, special_ids).sum()) if total else 0
+    special_ids = np.array(sorted({vocab[t] for t in lang.special_tokens() if t in vocab}), dtype=np.int32)
+    total = int(lengths[in_full].sum())
+    special = int(np.isin(encoded.input_ids[full_tokens], special_ids).sum()) if total else 0
+    chunk_counts = np.array([encoded.chunk_count(i) for i in range(len(encoded))], dtype=np.int64)
+    per_commit = np.bincount(owner[in_full], weights=lengths[in_full], minlength=len(encoded)).astype(np.int64)
     return {
-        "commits_with_chunks": len(commits),
-        "chunks": len(lengths),
+        "commits": len(encoded),
+        "commits_with_chunks": int((chunk_counts > 0).sum()),
+        "chunks": int(chunk_counts.sum()),
         "tokens": total,
-        "text_bytes": text_bytes,
-        "bytes_per_token": round(text_bytes / total, 3) if total else 0.0,
+        "compact_tokens": int(lengths[within == 0].sum()),
+        "text_bytes": notes.text_bytes,
+        "bytes_per_token": round(notes.text_bytes / total, 3) if total else 0.0,
         "special_token_share": round(special / total, 4) if total else 0.0,
-        "tokens_per_chunk": percentiles(length_arr),
+        "tokens_per_commit": length_percentiles(per_commit),
+        "tokens_per_chunk": length_percentiles(lengths[is_segment]),
+        "encoded_commits": notes.encoded_commits,
+        "reused_commits": notes.reused_commits,
+        # names without a token in the commits encoded this run (a frozen tokenizer's new authors and modules)
+        "spelled_out": {
+            "authors": len(notes.spelled_authors),
+            "author_commits": sum(notes.spelled_authors.values()),
+            "modules": len(notes.spelled_modules),
+            "module_chunks": sum(notes.spelled_modules.values()),
+        },
     }
 
 
-def percentiles(values: np.ndarray) -> dict:
-    if values.size == 0:
-        return {"mean": 0, "p50": 0, "p90": 0, "p99": 0, "max": 0}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"mean": round(float(values.mean()), 2), "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": int(values.max())}
-
-
 def _progress(iterable, total: int | None, desc: str):
-    from tqdm import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit=" commits", disable=None, leave=False)
 
 
 # ------------------------------------------------------------------ CLI
+
 
 
 @user_errors_to_exit

@@ -5,13 +5,16 @@
     python bench/bench_tokens.py --outputs outputs     # a real commits.json + chunks.jsonl (e.g. after the
                                                        # pipeline's first two stages); one size
 
-Timings other than BPE training are the best of `--repeats` runs. Prints, for each history: stage 3 wall time (BPE training + encoding every chunk),
-the chunk encoding on its own against raw `Tokenizer.encode_batch` over the very
-same rendered texts (measured in the same run: the ratio is the overhead of our
-batching and tensor building; the end-to-end figure adds reading chunks.jsonl
-and rendering), stage 4 wall time and tokens/s against raw `encode_batch` over
-the texts stage 4 encodes, and stage 4's seconds per 1000 commits across sizes
-(linear when that figure stays flat).
+For each history it prints: stage 3 wall and CPU time (reading and checking the
+artifacts, BPE training, encoding every commit, writing tokens.pt); the stage with
+its tokenizer frozen (no BPE: load the folder, read commits.json + chunks.jsonl,
+check, render, encode every commit, save tokens.pt and the stats) against raw
+`Tokenizer.encode_batch` over the very same texts in one call, measured in the same
+run (the target: at most 1.3x); the frozen stage again with nothing changed;
+stage 4 (which encodes nothing: it assembles examples from tokens.pt); and stage 4's
+seconds per 1000 commits across sizes (linear when that figure stays flat).
+Timings are the best of `--repeats` runs (the machine may be shared: the minimum
+is the least disturbed); CPU seconds count every thread of the process.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import dataset_builder  # noqa: E402
 import tokenizer as tokenizer_stage  # noqa: E402
 from repo2model.artifacts import CommitsWriter, write_jsonl  # noqa: E402
-from repo2model.commit_language import CommitLanguage, backend, encode_texts, iter_history  # noqa: E402
+from repo2model.commit_language import backend, iter_commit_records  # noqa: E402
 from repo2model.paths import ArtifactPaths  # noqa: E402
 from repo2model.records import Chunk, Commit, FileChange, Person  # noqa: E402
+from repo2model.tokenizer_folder import load_commit_tokenizer  # noqa: E402
 
 WORDS = ("market settle order book price amount account balance peer block hash state vote stake reward "
          "ledger shard epoch commit proof verify sign key fee pool swap oracle index cache queue").split()
@@ -101,11 +105,11 @@ REPEATS = 3
 CPU: dict[str, float] = {}  # label -> best CPU seconds (all threads of this process)
 
 
-def timed(fn, *args, label: str | None = None, **kwargs):
+def timed(fn, *args, label: str | None = None, repeats: int | None = None, **kwargs):
     """(result, seconds): the best wall time of REPEATS runs (the machine is shared; the minimum is
     the least disturbed); the best CPU time (process_time, all threads) goes to CPU[label]."""
     best = None
-    for _ in range(REPEATS):
+    for _ in range(repeats or REPEATS):
         started, cpu = time.perf_counter(), time.process_time()
         result = fn(*args, **kwargs)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -121,57 +125,46 @@ def once(fn, *args, **kwargs):
     return result, time.perf_counter() - started
 
 
-def bench_stage3(paths: ArtifactPaths, cfg: tokenizer_stage.Config) -> dict:
-    from transformers import AutoTokenizer
+def frozen_stage_from_scratch(cfg: tokenizer_stage.Config, paths: ArtifactPaths) -> dict:
+    """The tokenizer stage with its tokenizer frozen and no tokens.pt to copy from: load the folder,
+    read and check the artifacts, render, encode every commit, write tokens.pt and the stats."""
+    paths.tokens.unlink(missing_ok=True)
+    return tokenizer_stage.run(cfg, paths)
 
-    stats, stage_seconds = once(tokenizer_stage.run, cfg, paths)
-    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
-    lang = CommitLanguage.load(paths.tokenizer_dir)
-    # the chunk-encoding step alone (reads chunks.jsonl, renders, encodes, builds and saves tokens.pt)
-    _, encode_step = timed(tokenizer_stage.encode_chunks, cfg, lang, tok, paths, None, label="encode_step")
-    texts = [lang.render_file_header(c.file, c.module) + lang.render_chunk(c, "full")
-             for _, chunks in iter_history(paths.commits, paths.chunks) for c in chunks]
+
+def bench_stage3(paths: ArtifactPaths, cfg: tokenizer_stage.Config) -> dict:
+    stats, stage_seconds = timed(tokenizer_stage.run, cfg, paths, label="stage3", repeats=1)
+    frozen = dataclasses.replace(cfg, frozen=True)
+    frozen_stats, encode_seconds = timed(frozen_stage_from_scratch, frozen, paths, label="encode_pass")
+    _, reuse_seconds = timed(tokenizer_stage.run, frozen, paths, label="reuse_pass")
+    lang, tok = load_commit_tokenizer(paths.tokenizer_dir)
+    notes = tokenizer_stage.EncodingNotes(0)
+    texts = [t for batch in tokenizer_stage.rendered_batches(
+        lang, iter_commit_records(paths.commits, paths.chunks), 1 << 62, notes, {}) for t in batch.texts]
     raw = backend(tok)
     # the library, all texts in one call, ids taken out (what any user of the ids pays)
-    _, raw_seconds = timed(lambda: [e.ids for e in raw.encode_batch(texts, add_special_tokens=False)], label="raw3")
-    _, raw_fast_seconds = timed(lambda: [e.ids for e in raw.encode_batch_fast(texts, add_special_tokens=False)], label="raw3_fast")
-
-    def ours():
-        for start in range(0, len(texts), cfg.batch_size):
-            encode_texts(tok, texts[start : start + cfg.batch_size])
-
-    _, ours_seconds = timed(ours, label="ours3")
+    ids, raw_seconds = timed(lambda: [e.ids for e in raw.encode_batch(texts, add_special_tokens=False)], label="raw")
+    _, raw_fast_seconds = timed(lambda: [e.ids for e in raw.encode_batch_fast(texts, add_special_tokens=False)], label="raw_fast")
+    tokens_written = int(sum(map(len, ids)))
+    assert frozen_stats["encoded_commits"] == stats["commits"], "the frozen pass copied commits"
     return {
         "stage_seconds": stage_seconds,
         "tokens": stats["tokens"],
+        "tokens_encoded": tokens_written,
+        "texts": len(texts),
         "vocab": stats["vocab_size"],
-        "encode_step_seconds": encode_step,
-        "ours_encode_seconds": ours_seconds,
-        "raw_encode_seconds": raw_seconds,
+        "encode_seconds": encode_seconds,
+        "reuse_seconds": reuse_seconds,
+        "raw_seconds": raw_seconds,
         "raw_fast_seconds": raw_fast_seconds,
     }
 
 
 def bench_stage4(paths: ArtifactPaths, cfg: dataset_builder.Config) -> dict:
-    from transformers import AutoTokenizer
-
     stats, seconds = timed(dataset_builder.run, cfg, paths, label="stage4")
-    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
-    lang = CommitLanguage.load(paths.tokenizer_dir)
-    texts = []
-    for commit, chunks in iter_history(paths.commits, paths.chunks):
-        texts.append(lang.render_commit(commit, chunks, "compact"))
-        if chunks:
-            texts.extend(lang.render_segments(chunks, "full"))
-            texts.append(lang.render_task(commit.message))
-    ids, raw_seconds = timed(lambda: [e.ids for e in backend(tok).encode_batch(texts, add_special_tokens=False)], label="raw4")
-    tokens_encoded = sum(map(len, ids))
-    examples = sum(stats["examples"].values())
     return {
         "stage_seconds": seconds,
-        "examples": examples,
-        "tokens_encoded": tokens_encoded,
-        "raw_encode_seconds": raw_seconds,
+        "examples": sum(stats["examples"].values()),
         "example_tokens": sum(s.get("tokens", 0) for s in stats["splits"].values()),
     }
 
@@ -196,7 +189,7 @@ def main() -> int:
             if args.outputs:
                 src = ArtifactPaths.under(args.outputs)
                 paths = dataclasses.replace(ArtifactPaths.under(Path(scratch) / "real"), commits=src.commits, chunks=src.chunks)
-                n = sum(1 for _ in iter_history(paths.commits, paths.chunks))
+                n = sum(1 for _ in iter_commit_records(paths.commits, paths.chunks))
             else:
                 paths, gen_seconds = once(write_generated, Path(scratch) / f"h{n}", n)
             CPU.clear()
@@ -204,24 +197,20 @@ def main() -> int:
             s4 = bench_stage4(paths, ds_cfg)
             s4["cpu"] = CPU["stage4"]
             runs.append((n, s3, s4))
-            print(f"\n== {n} commits, {s3['tokens']:,} chunk tokens, vocab {s3['vocab']}")
-            print(f"stage 3 (tokenizer): {s3['stage_seconds']:.2f} s total (BPE training + encoding), "
-                  f"{s3['tokens'] / s3['stage_seconds']:,.0f} tokens/s")
-            print(f"  chunk encoding, our batches: {s3['ours_encode_seconds']:.3f} s vs raw encode_batch "
-                  f"{s3['raw_encode_seconds']:.3f} s -> ratio {s3['ours_encode_seconds'] / s3['raw_encode_seconds']:.2f}x "
-                  f"(target <= 1.3x); vs raw encode_batch_fast {s3['raw_fast_seconds']:.3f} s -> "
-                  f"{s3['ours_encode_seconds'] / s3['raw_fast_seconds']:.2f}x")
-            print(f"  encode step end to end (read chunks.jsonl, render, encode, save tokens.pt): {s3['encode_step_seconds']:.3f} s"
-                  f" -> {s3['encode_step_seconds'] / s3['raw_encode_seconds']:.2f}x raw, "
-                  f"{s3['tokens'] / s3['encode_step_seconds']:,.0f} tokens/s")
-            print(f"stage 4 (dataset builder): {s4['stage_seconds']:.2f} s, {s4['examples']} examples, "
-                  f"{s4['tokens_encoded'] / s4['stage_seconds']:,.0f} tokens/s of rendered history; raw encode_batch of all "
-                  f"that text {s4['raw_encode_seconds']:.3f} s -> stage/raw {s4['stage_seconds'] / s4['raw_encode_seconds']:.2f}x "
-                  f"(the stage skips text that cannot fit the windows)")
-            print(f"  CPU seconds (all threads; steadier on a shared machine): our chunk encoding {CPU['ours3']:.2f} vs raw "
-                  f"encode_batch {CPU['raw3']:.2f} -> {CPU['ours3'] / CPU['raw3']:.2f}x (encode_batch_fast {CPU['raw3_fast']:.2f}); "
-                  f"encode step end to end {CPU['encode_step']:.2f} -> {CPU['encode_step'] / CPU['raw3']:.2f}x; "
-                  f"stage 4 {CPU['stage4']:.2f} vs raw {CPU['raw4']:.2f} -> {CPU['stage4'] / CPU['raw4']:.2f}x")
+            ratio, ratio_cpu = s3["encode_seconds"] / s3["raw_seconds"], CPU["encode_pass"] / CPU["raw"]
+            print(f"\n== {n} commits, {s3['tokens']:,} tokens in full renderings, {s3['tokens_encoded']:,} encoded "
+                  f"({s3['texts']:,} texts: compact, task and full pieces), vocab {s3['vocab']}")
+            print(f"stage 3 (tokenizer): {s3['stage_seconds']:.2f} s wall, {CPU['stage3']:.2f} s CPU "
+                  f"(read + check, BPE training, encoding, tokens.pt) = {s3['stage_seconds'] / s3['raw_seconds']:.2f}x raw encode_batch")
+            print(f"  frozen tokenizer, every commit encoded (load, read + check, render, encode, save tokens.pt): "
+                  f"{s3['encode_seconds']:.2f} s vs raw encode_batch of the same texts {s3['raw_seconds']:.2f} s -> "
+                  f"{ratio:.2f}x wall, {ratio_cpu:.2f}x CPU (target <= 1.3x); raw encode_batch_fast "
+                  f"{s3['raw_fast_seconds']:.2f} s -> {s3['encode_seconds'] / s3['raw_fast_seconds']:.2f}x")
+            print(f"  frozen tokenizer, nothing changed (every commit's ids copied): {s3['reuse_seconds']:.2f} s, "
+                  f"{CPU['reuse_pass']:.2f} s CPU")
+            print(f"stage 4 (dataset builder, no encoding): {s4['stage_seconds']:.2f} s wall, {s4['cpu']:.2f} s CPU, "
+                  f"{s4['examples']} examples, {s4['example_tokens']:,} tokens "
+                  f"({s4['stage_seconds'] / s3['raw_seconds']:.2f}x raw encode_batch of stage 3's texts)")
         if len(runs) > 1:
             print("\nstage 4 linearity (per 1000 commits; flat = linear):")
             base = runs[0][2]["stage_seconds"] / runs[0][0]

@@ -99,7 +99,7 @@ def tricky_commit() -> tuple[Commit, list[Chunk]]:
 
 
 def linear_history(n: int, start_day: int = 1) -> list[tuple[Commit, list[Chunk]]]:
-    """n commits in a line, each touching one or two files, dates a day apart."""
+    """n commits in a line (up to 336), each touching one or two files, dates a day apart."""
     pairs = []
     parent = None
     authors = ["Alice Example", "Bob Builder", "Carol Coder"]
@@ -109,7 +109,7 @@ def linear_history(n: int, start_day: int = 1) -> list[tuple[Commit, list[Chunk]
             f"c{i}",
             parents=[parent.hash] if parent else [],
             author=authors[i % 3],
-            when=f"2024-01-{day:02d}T10:00:00+00:00" if day <= 28 else f"2024-02-{day - 28:02d}T10:00:00+00:00",
+            when=f"2024-{1 + (day - 1) // 28:02d}-{1 + (day - 1) % 28:02d}T10:00:00+00:00",  # 28-day months: always a real date
             message=f"Change number {i}: update module m{i % 4}",
         )
         chunks = [chunk(c, f"crates/m{i % 4}/src/lib.rs", "NEW_FUNCTION", f"f{i}",

@@ -13,7 +13,7 @@ from repo2model.commit_language import (
     CommitLanguage,
     assemble_prompt,
     escape,
-    iter_history,
+    iter_commit_records,
     module_top,
     unescape,
 )
@@ -203,9 +203,9 @@ def test_history_reader_pairs_commits_with_their_chunks_and_refuses_a_mismatch(t
     pairs = linear_history(4)
     pairs[1] = (pairs[1][0], [])  # a commit without chunks
     commits_path, chunks_path = write_history(tmp_path / "ok", pairs)
-    read = list(iter_history(commits_path, chunks_path))
+    read = list(iter_commit_records(commits_path, chunks_path))
     assert [(c.hash, [ch.symbol for ch in chunks]) for c, chunks in read] == [(c.hash, [ch.symbol for ch in chunks]) for c, chunks in pairs]
     swapped = [pairs[0], (pairs[2][0], pairs[3][1]), (pairs[3][0], pairs[2][1])]  # chunks out of the commits' order
     commits_path, chunks_path = write_history(tmp_path / "bad", swapped)
     with pytest.raises(UserError, match="do not belong together"):
-        list(iter_history(commits_path, chunks_path))
+        list(iter_commit_records(commits_path, chunks_path))

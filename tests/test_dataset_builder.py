@@ -5,18 +5,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import dataset_builder as stage
 import tokenizer as tokenizer_stage
 from conftest import GitRepo
 from helpers_data import build_fixture_repo, commit, chunk, linear_history, scrape_and_chunk, write_history
-from repo2model.commit_language import CommitLanguage, decode_ids, iter_history
+from repo2model.commit_language import CommitLanguage, decode_ids, encode_texts, iter_commit_records
+from repo2model.encoded_commits import EncodedCommits
 from repo2model.errors import UserError
 from repo2model.examples import IGNORE_INDEX, ExampleSet
 from repo2model.paths import ArtifactPaths
@@ -65,8 +68,8 @@ def test_labels_mask_the_context_token_by_token(history, tmp_path):
     out, stats, splits = build(paths, tmp_path)
     tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     lang = CommitLanguage.load(paths.tokenizer_dir)
-    records = {c.hash: (c, ch) for c, ch in iter_history(paths.commits, paths.chunks)}
-    order = [h for h in stage.chronological_order(paths.commits, False).hashes]
+    records = {c.hash: (c, ch) for c, ch in iter_commit_records(paths.commits, paths.chunks)}
+    order = stage.chronological_order(EncodedCommits.load(paths.tokens), False).hashes
     checked = 0
     for split, examples in splits.items():
         assert examples.meta["split"] == split
@@ -141,7 +144,7 @@ def test_long_targets_are_cut_between_chunks_with_a_marker(history, tmp_path):
     out, stats, splits = build(paths, tmp_path, target_window=40, context_window=120)
     tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     lang = CommitLanguage.load(paths.tokenizer_dir)
-    records = {c.hash: ch for c, ch in iter_history(paths.commits, paths.chunks)}
+    records = {c.hash: ch for c, ch in iter_commit_records(paths.commits, paths.chunks)}
     truncated = 0
     for examples in splits.values():
         for i in range(len(examples)):
@@ -198,7 +201,7 @@ def test_commits_read_ahead_of_their_turn_wait_in_order(tmp_path):
     write_history(tmp_path / "out", pairs)
     paths = ArtifactPaths.under(tmp_path / "out")
     tokenizer_stage.run(tokenizer_stage.Config(vocab_size=600, top_authors=1, top_modules=1), paths)
-    stage.run(stage.Config(**{**CFG, "encode_batch": 1, "merge_targets": "include"}), paths)
+    stage.run(stage.Config(**{**CFG, "merge_targets": "include"}), paths)
     commits = [h for s in stage.SPLITS for h in ExampleSet.load(paths.split_data(s)).commits]
     assert commits[:3] == [b.hash, a.hash, c.hash]
     assert len(commits) == 10
@@ -209,23 +212,34 @@ def test_bad_inputs_are_one_line_errors(history, tmp_path):
     out = outputs_in(paths, tmp_path)
     # a tokenizer whose special tokens do not match its commit language
     broken = tmp_path / "tok"
-    subprocess.run(["cp", "-r", str(paths.tokenizer_dir), str(broken)], check=True)
+    shutil.copytree(paths.tokenizer_dir, broken)
     data = json.loads((broken / "commit_language.json").read_text(encoding="utf-8"))
     data["authors"].append("Someone Else")
     (broken / "commit_language.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(UserError, match=r"does not match the commit language: 1 special token.*<AUTHOR:Someone Else>.*rerun the tokenizer"):
         stage.run(stage.Config(**CFG), dataclasses.replace(out, tokenizer_dir=broken))
+    # a tokenizer folder that is fine, but not the one tokens.pt was encoded with
+    other = tmp_path / "other"
+    tokenizer_stage.run(tokenizer_stage.Config(vocab_size=800, top_authors=1, top_modules=1),
+                        dataclasses.replace(paths, tokenizer_dir=other, vocab=other / "vocab.json",
+                                            tokens=tmp_path / "other.pt", tokenizer_stats=tmp_path / "other.json"))
+    with pytest.raises(UserError, match="was encoded with another tokenizer.*rerun the tokenizer stage"):
+        stage.run(stage.Config(**CFG), dataclasses.replace(out, tokenizer_dir=other))
     with pytest.raises(UserError, match="run the tokenizer stage"):
         stage.run(stage.Config(**CFG), dataclasses.replace(out, tokenizer_dir=tmp_path / "none"))
-    with pytest.raises(UserError, match="run the git_scraper stage"):
-        stage.run(stage.Config(**CFG), dataclasses.replace(out, commits=tmp_path / "none.json"))
-    with pytest.raises(UserError, match="run the semantic_chunker stage"):
-        stage.run(stage.Config(**CFG), dataclasses.replace(out, chunks=tmp_path / "none.jsonl"))
+    with pytest.raises(UserError, match="tokens.pt: not found: run the tokenizer stage"):
+        stage.run(stage.Config(**CFG), dataclasses.replace(out, tokens=tmp_path / "tokens.pt"))
+    # a tokens.pt of the old layout (per chunk ids, no commit pieces)
+    old = tmp_path / "old-tokens.pt"
+    torch.save({"input_ids": torch.zeros(3, dtype=torch.int32), "offsets": torch.tensor([0, 3]), "meta": {}}, old)
+    with pytest.raises(UserError, match="not an encoded history of this version.*rerun the tokenizer stage"):
+        stage.run(stage.Config(**CFG), dataclasses.replace(out, tokens=old))
     # too short a history for the split: the counts are in the message
     write_history(tmp_path / "short", linear_history(2))
-    short = dataclasses.replace(out, commits=tmp_path / "short" / "commits.json", chunks=tmp_path / "short" / "chunks.jsonl")
+    short = ArtifactPaths.under(tmp_path / "short")
+    tokenizer_stage.run(tokenizer_stage.Config(vocab_size=600, top_authors=1, top_modules=1), short)
     with pytest.raises(UserError, match=r"history too short to split: 2 commits with changes .* give 2/0/0 train/val/test"):
-        stage.run(stage.Config(**CFG), short)
+        stage.run(stage.Config(**CFG), outputs_in(short, tmp_path))
     assert not out.train_data.exists()  # nothing written
     with pytest.raises(UserError, match="context_window: must leave"):
         stage.main.__wrapped__(["--context-window", "50", "--target-window", "48"])
@@ -234,19 +248,22 @@ def test_bad_inputs_are_one_line_errors(history, tmp_path):
 def test_cli_missing_artifacts_exit_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "dataset_builder.py"), "--output-dir", str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "git_scraper" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "tokenizer" in proc.stderr
 
 
-def test_padding_waste_by_hand():
+def test_padding_estimate_by_hand():
     lengths = np.array([10, 20, 30, 40, 50])
-    waste = stage.padding_waste(lengths, batch_size=2, context_window=64)
+    waste = stage.padding_estimate(lengths, batch_size=2, context_window=64)
     # batches [10,20] [30,40] [50] padded to 20, 40, 50 -> 40 + 80 + 50 = 170 slots for 150 tokens
     assert waste["unpacked"] == round(1 - 150 / 170, 4)
     # rows: [10,20,30] [40] [50] -> 3 rows of 64
     assert waste["packed_rows"] == 3 and waste["packed"] == round(1 - 150 / 192, 4)
 
 
-def test_huge_commits_are_cut_without_encoding_all_of_them_and_give_the_same_examples(tmp_path, monkeypatch):
+def test_huge_commits_are_cut_at_whole_chunks_or_lines(tmp_path):
+    """A ~200 KB chunk and a 3000-file commit: targets cut within the window, the over-long chunk at a line end."""
+    from transformers import AutoTokenizer
+
     pairs = linear_history(12)
     giant, many = pairs[4][0], pairs[7][0]
     body = "".join(f"    let value_{i} = compute({i});\n" for i in range(6000))  # one ~200 KB chunk
@@ -256,12 +273,22 @@ def test_huge_commits_are_cut_without_encoding_all_of_them_and_give_the_same_exa
     paths = ArtifactPaths.under(tmp_path / "out")
     tokenizer_stage.run(tokenizer_stage.Config(vocab_size=600, top_authors=1, top_modules=1), paths)
     stats = stage.run(stage.Config(**CFG), paths)
-    files = [paths.train_data, paths.val_data, paths.test_data]
-    capped = [p.read_bytes() for p in files]
     assert stats["truncation"]["targets_truncated"] >= 2 and stats["truncation"]["cut_inside_first_chunk"] >= 1
-    monkeypatch.setattr(stage, "max_token_bytes", lambda tokenizer: 10**9)  # encode everything in full
-    stage.run(stage.Config(**CFG), paths)
-    assert [p.read_bytes() for p in files] == capped
+    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
+    lang = CommitLanguage.load(paths.tokenizer_dir)
+    splits = {s: ExampleSet.load(paths.split_data(s)) for s in stage.SPLITS}
+    where = {h: (data, i) for data in splits.values() for i, h in enumerate(data.commits)}
+    for target, chunks in (pairs[4], pairs[7]):
+        data, i = where[target.hash]
+        ids = data.ids(i).tolist()
+        target = ids[int(data.target_starts[i]):]
+        assert len(target) <= CFG["target_window"] and len(ids) <= CFG["context_window"]
+        text = decode_ids(tok, target)
+        assert text.endswith("<TRUNCATED>\n<COMMIT_END>\n<EOS>")
+        kept = text[: -len("<TRUNCATED>\n<COMMIT_END>\n<EOS>")]
+        full = "".join(lang.render_segments(chunks, "full"))
+        assert full.startswith(kept) and kept.endswith("\n") and len(kept) > 0
+        assert target[: -len(encode_texts(tok, ["<TRUNCATED>\n<COMMIT_END>\n"])[0]) - 1] == encode_texts(tok, [kept])[0]
 
 
 def test_a_zero_ratio_leaves_that_split_empty(history, tmp_path):
@@ -278,3 +305,101 @@ def test_split_boundaries_move_off_equal_times():
     assert stage._untie(4, 1, 6, times) == 4  # no tie
     assert stage._untie(2, 2, 4, [2, 2, 2, 2, 2]) == 2  # cannot separate: left as is (stats show it)
     assert stage._untie(3, 1, 3, times) == 3  # the next split is empty (ratio 0): untouched
+
+
+def test_an_output_that_cannot_be_written_fails_before_any_work(history, tmp_path):
+    repo, hashes, paths = history
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    out = dataclasses.replace(outputs_in(paths, tmp_path), test_data=blocker / "training_data_test.pt")
+    with pytest.raises(UserError, match=f"{blocker}: cannot create output folder"):
+        stage.run(stage.Config(**CFG), out)
+    assert not out.train_data.exists() and not out.dataset_stats.exists()
+    proc = subprocess.run([sys.executable, str(ROOT / "dataset_builder.py"), "--vocab", str(paths.vocab),
+                           "--output-dir", str(blocker / "sub")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cannot create output folder" in proc.stderr
+
+
+def test_seed_flags_naming_other_artifacts_than_tokens_pt_was_encoded_from_are_refused(history, tmp_path):
+    repo, hashes, paths = history
+    write_history(tmp_path / "other", linear_history(5))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "dataset_builder.py"), "--vocab", str(paths.vocab), "--commits", str(tmp_path / "other" / "commits.json"),
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"{paths.tokens} was not encoded from {tmp_path / 'other' / 'commits.json'}" in proc.stderr
+    assert not (tmp_path / "training_data_train.pt").exists()
+
+
+UPDATE_CFG = dict(CFG, val_ratio=0.1, test_ratio=0.1)
+
+
+def encoded_history(folder: Path, pairs: list, frozen: bool = False) -> ArtifactPaths:
+    write_history(folder, pairs)
+    paths = ArtifactPaths.under(folder)
+    tokenizer_stage.run(tokenizer_stage.Config(vocab_size=600, top_authors=1, top_modules=1, frozen=frozen), paths)
+    return paths
+
+
+def split_commits(paths: ArtifactPaths) -> dict[str, list[str]]:
+    return {s: ExampleSet.load(paths.split_data(s)).commits for s in stage.SPLITS}
+
+
+def test_update_moves_the_split_forward_and_replays_earlier_training(tmp_path):
+    history = linear_history(60)  # commit i is a day after commit i - 1
+    rank = {c.hash: i for i, (c, _) in enumerate(history)}
+    paths = encoded_history(tmp_path / "out", history[:40])
+    stage.run(stage.Config(**UPDATE_CFG), paths)
+    full = split_commits(paths)
+    assert [len(full[s]) for s in stage.SPLITS] == [32, 4, 4]
+
+    encoded_history(tmp_path / "out", history[:50], frozen=True)
+    stats = stage.run(stage.Config(**UPDATE_CFG, update=True, replay_share=0.25), paths, seed=7)
+    first = split_commits(paths)
+    never_trained = [c.hash for c, _ in history[:50] if c.hash not in full["train"]]  # old val + test + 10 new
+    assert first["test"] == never_trained[-5:] and first["val"] == never_trained[-10:-5]  # 10% of 50 each
+    new_train = never_trained[:-10]
+    replayed = [h for h in first["train"] if h in full["train"]]
+    assert len(new_train) == 8 and len(replayed) == round(8 * 0.25 / 0.75) == 3
+    assert sorted(first["train"], key=rank.get) == first["train"] and set(first["train"]) == set(new_train) | set(replayed)
+    assert max(rank[h] for h in first["train"]) < min(rank[h] for h in first["val"]) <= max(rank[h] for h in first["val"]) < min(rank[h] for h in first["test"])
+    assert stats["update"] == {"trained_before": 32, "new_train": 8, "replayed": 3, "replay_share": 0.25}
+    trained = ExampleSet.load(paths.train_data).meta["trained_commits"]
+    assert trained == sorted(set(full["train"]) | set(new_train))
+    assert not set(trained) & (set(first["val"]) | set(first["test"]))  # nothing trained on is evaluated on
+    # the same seed draws the same replay; another seed another
+    stage.run(stage.Config(**UPDATE_CFG, update=False), paths)  # back to the full split ...
+    encoded_history(tmp_path / "out", history[:40], frozen=True)
+    stage.run(stage.Config(**UPDATE_CFG), paths)
+    encoded_history(tmp_path / "out", history[:50], frozen=True)
+    stage.run(stage.Config(**UPDATE_CFG, update=True, replay_share=0.25), paths, seed=7)  # ... and the same update again
+    assert split_commits(paths) == first
+
+    # No new commit since: nothing to train on, one line, the splits stay as they are.
+    with pytest.raises(UserError, match="update: 10 of 50 commits with changes were never trained on.*nothing new to train on"):
+        stage.run(stage.Config(**UPDATE_CFG, update=True), paths)
+    assert split_commits(paths) == first
+
+    # A second update: what both earlier trainings saw counts as trained, whatever the replay drew.
+    encoded_history(tmp_path / "out", history, frozen=True)
+    stats = stage.run(stage.Config(**UPDATE_CFG, update=True, replay_share=0.0), paths)
+    second = split_commits(paths)
+    assert stats["update"]["trained_before"] == len(trained) == 40 and stats["update"]["replayed"] == 0
+    assert not (set(second["val"]) | set(second["test"])) & set(trained)
+    assert second["train"] == [h for h in first["val"] + first["test"] + [c.hash for c, _ in history[50:]]
+                               if h not in second["val"] + second["test"]]
+    assert [len(second[s]) for s in stage.SPLITS] == [8, 6, 6]
+
+
+def test_update_without_a_previous_split_is_one_line(tmp_path):
+    paths = encoded_history(tmp_path / "out", linear_history(12))
+    with pytest.raises(UserError, match="training_data_train.pt: not found: dataset_builder.update .* without --update"):
+        stage.run(stage.Config(**CFG, update=True), paths)
+    with pytest.raises(UserError, match=r"replay_share: must be in \[0, 1\)"):
+        stage.main.__wrapped__(["--output-dir", str(tmp_path), "--config", str(write_config(tmp_path, "  replay_share: 1.0\n"))])
+
+
+def write_config(folder: Path, dataset_builder: str) -> Path:
+    config = folder / "config.yaml"
+    config.write_text(f"pipeline:\n  output_dir: out\ndataset_builder:\n{dataset_builder}", encoding="utf-8")
+    return config

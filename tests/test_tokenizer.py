@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +15,13 @@ import torch
 
 import tokenizer as stage
 from conftest import GitRepo
-from helpers_data import build_fixture_repo, linear_history, scrape_and_chunk, tricky_commit, write_history
-from repo2model.commit_language import CommitLanguage, decode_ids, encode_texts, group_by_file, iter_history
+from helpers_data import build_fixture_repo, chunk, linear_history, scrape_and_chunk, tricky_commit, write_history
+from repo2model.commit_language import CommitLanguage, decode_ids, encode_texts, group_by_file, iter_commit_records
 from repo2model.config import build_section
+from repo2model.encoded_commits import EncodedCommits
 from repo2model.errors import UserError
 from repo2model.paths import ArtifactPaths
+from repo2model.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +56,7 @@ def test_trained_tokenizer_loads_offline_and_round_trips_every_commit(tmp_path):
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<BOS>", "<EOS>", "<PAD>")
     assert stats["vocab_size"] == len(tok) <= 700
     assert stats["vocab_size_requested"] == 700
-    for commit, chunks in iter_history(paths.commits, paths.chunks):
+    for commit, chunks in iter_commit_records(paths.commits, paths.chunks):
         for form in ("full", "compact"):
             text = lang.render_commit(commit, chunks, form)
             ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -81,28 +85,39 @@ def test_special_tokens_are_never_split_and_nothing_is_unknown(tmp_path):
     assert tok.unk_token is None
 
 
-def test_tokens_pt_holds_every_chunk_flat(tmp_path):
+def test_tokens_pt_holds_every_commit_rendered_once(tmp_path):
+    """tokens.pt: per commit the ids of its compact rendering, task and full rendering (one segment per chunk)."""
     from transformers import AutoTokenizer
 
     pairs = small_history()
     paths, stats = trained(tmp_path, pairs)
-    data = torch.load(paths.tokens, weights_only=True)
-    all_chunks = [ch for _, chunks in pairs for ch in chunks]
-    assert data["input_ids"].dtype == torch.int32
-    assert len(data["offsets"]) == len(all_chunks) + 1 == stats["chunks"] + 1
-    assert data["chunk_ids"].tolist() == list(range(len(all_chunks)))
-    assert int(data["offsets"][-1]) == data["input_ids"].numel() == stats["tokens"]
+    raw = torch.load(paths.tokens, weights_only=True)
+    assert raw["input_ids"].dtype == torch.int32 and raw["piece_offsets"].dtype == torch.int64
+    encoded = EncodedCommits.load(paths.tokens)
     tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     lang = CommitLanguage.load(paths.tokenizer_dir)
-    for i in (0, 5, len(all_chunks) - 1):
-        ids = data["input_ids"][data["offsets"][i] : data["offsets"][i + 1]].tolist()
-        ch = all_chunks[i]
-        assert decode_ids(tok, ids) == lang.render_file_header(ch.file, ch.module) + lang.render_chunk(ch, "full")
-        assert data["commits"][int(data["commit_index"][i])] == ch.commit
+    assert len(encoded) == len(pairs) == stats["commits"]
+    assert [info.hash for info in encoded.infos] == [c.hash for c, _ in pairs]
+    for i, (commit, chunks) in enumerate(pairs):
+        info = encoded.infos[i]
+        assert (info.parents, info.authored_at, info.committed_at, info.is_merge) == (
+            commit.parents, commit.authored_at, commit.committed_at, commit.is_merge)
+        for ids, text in ((encoded.compact(i), lang.render_commit(commit, chunks, "compact")),
+                          (encoded.task(i), lang.render_task(commit.message)),
+                          (encoded.full(i), lang.render_commit(commit, chunks, "full"))):
+            assert ids.tolist() == encode_texts(tok, [text])[0]  # the pieces' ids are the whole text's
+            assert decode_ids(tok, ids.tolist()) == text
+        segments = encoded.segments(i)
+        assert encoded.chunk_count(i) == len(chunks) == len(segments)
+        assert [decode_ids(tok, s.tolist()) for s in segments] == lang.render_segments(chunks, "full")
+    assert stats["chunks"] == sum(len(ch) for _, ch in pairs)
+    assert stats["tokens"] == sum(len(encoded.full(i)) for i in range(len(encoded)))
     saved = json.loads(paths.tokenizer_stats.read_text(encoding="utf-8"))
-    assert saved["tokens_per_chunk"]["max"] == int((data["offsets"][1:] - data["offsets"][:-1]).max())
+    assert saved["tokens_per_chunk"]["max"] == max(len(s) for i in range(len(encoded)) for s in encoded.segments(i))
+    assert saved["tokens_per_commit"]["max"] == max(len(encoded.full(i)) for i in range(len(encoded)))
     assert 1.0 < saved["bytes_per_token"] < 8.0
     assert 0.0 < saved["special_token_share"] < 1.0
+    assert encoded.meta["tokenizer_digest"] == tokenizer_digest(paths.tokenizer_dir)
 
 
 def test_same_inputs_give_byte_identical_artifacts(tmp_path):
@@ -208,7 +223,7 @@ def test_round_trips_on_real_chunks_of_a_fixture_repository(tmp_path):
     lang = CommitLanguage.load(paths.tokenizer_dir)
     assert lang.modules == ["net"]  # the crate with the most chunks; "core" is spelled out
     seen_kinds = set()
-    for commit, chunks in iter_history(paths.commits, paths.chunks):
+    for commit, chunks in iter_commit_records(paths.commits, paths.chunks):
         full = lang.render_commit(commit, chunks, "full")
         assert decode_ids(tok, encode_texts(tok, [full])[0]) == full
         parsed = lang.parse_commit(full)
@@ -258,3 +273,118 @@ def test_extend_mode_keeps_text_after_special_tokens_exact_with_a_sentencepiece_
     text = lang.render_commit(*small_history()[-1], "full")
     assert decode_ids(tok, encode_texts(tok, [text])[0]) == text
     assert tok.bos_token == "<s>" and tok.pad_token == "<PAD>"
+
+
+def replace_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[number - 1] = text + ("," if lines[number - 1].rstrip("\n").endswith(",") else "") + "\n"
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+BAD_RECORDS = [  # (file, line, replacement, what the message names)
+    ("commits.json", 4, '{"hash": 5}', r"commits.json: line 4: hash: expected str, got int"),
+    ("commits.json", 5, None, r"commits.json: line 5: files: expected a list, got str"),
+    ("chunks.jsonl", 3, '{"x": 1}', r"chunks.jsonl: line 3: commit: missing"),
+    ("chunks.jsonl", 2, None, r"chunks.jsonl: line 2: file: expected str, got int"),
+]
+
+
+def write_bad_history(folder: Path, name: str, line: int, text: str | None) -> None:
+    write_history(folder, small_history())
+    path = folder / name
+    if text is None:  # a real record with one field of the wrong type
+        record = json.loads(path.read_text(encoding="utf-8").splitlines()[line - 1].rstrip(","))
+        record.update({"files": "oops"} if name == "commits.json" else {"file": 7})
+        text = json.dumps(record)
+    replace_line(path, line, text)
+
+
+@pytest.mark.parametrize("name, line, text, message", BAD_RECORDS)
+def test_wrong_shaped_records_are_one_line_naming_file_line_and_field(tmp_path, name, line, text, message):
+    write_bad_history(tmp_path / "out", name, line, text)
+    paths = ArtifactPaths.under(tmp_path / "out")
+    with pytest.raises(UserError, match=message):
+        stage.run(stage.Config(vocab_size=600, top_authors=1, top_modules=1), paths)
+    assert not paths.tokenizer_dir.exists() and not paths.tokens.exists()
+
+
+def test_wrong_shaped_record_from_the_cli_and_through_the_pipeline_is_one_line(tmp_path):
+    name, line, text, message = BAD_RECORDS[0]
+    write_bad_history(tmp_path / "out", name, line, text)
+    proc = subprocess.run([sys.executable, str(ROOT / "tokenizer.py"), "--output-dir", str(tmp_path / "out"), "--vocab-size", "600"],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and re.search(message, proc.stderr), proc.stderr
+    config = tmp_path / "config.yaml"
+    config.write_text("pipeline:\n  output_dir: out\ntokenizer:\n  vocab_size: 600\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--stage", "tokenizer"],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and re.search(message, errors[0]), proc.stderr
+    result = json.loads((tmp_path / "out" / "pipeline_results.json").read_text(encoding="utf-8"))["stages"]["tokenizer"]
+    assert result["status"] == "failed" and re.search(message, result["error"])
+
+
+def test_an_output_that_cannot_be_written_fails_before_training(tmp_path):
+    write_history(tmp_path / "out", small_history())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    paths = dataclasses.replace(ArtifactPaths.under(tmp_path / "out"), tokens=blocker / "tokens.pt")
+    with pytest.raises(UserError, match=f"{blocker}: cannot create output folder"):
+        stage.run(stage.Config(vocab_size=600), paths)
+    assert not paths.tokenizer_dir.exists() and not paths.vocab.exists()  # BPE never ran: nothing was written
+    proc = subprocess.run([sys.executable, str(ROOT / "tokenizer.py"), "--output-dir", str(tmp_path / "out"),
+                           "--output-tokens", str(blocker / "tokens.pt")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cannot create output folder" in proc.stderr
+
+
+def history_with_newcomers(base: int, extra: int) -> list:
+    """linear_history(base) and `extra` later commits, one of them by a new author touching a new crate."""
+    pairs = linear_history(base + extra)
+    newcomer, chunks = pairs[base + 1]
+    newcomer.author.name = "Dave Newcomer"
+    chunks.append(chunk(newcomer, "crates/fresh/src/lib.rs", "NEW_FUNCTION", "fresh", after="fn fresh() {}\n", module="freshcrate::lib"))
+    return pairs
+
+
+def test_frozen_tokenizer_keeps_its_ids_spells_out_new_names_and_encodes_only_what_changed(tmp_path):
+    pairs = history_with_newcomers(20, 4)
+    paths, first = trained(tmp_path, pairs[:20], vocab_size=700, top_authors=2, top_modules=2)
+    folder = {p.name: p.read_bytes() for p in paths.tokenizer_dir.iterdir()}
+    before = EncodedCommits.load(paths.tokens)
+    pairs[3][0].message = "A reworded message (the scraper's redaction changed, say)"
+    write_history(paths.output_dir, pairs)
+    stats = stage.run(stage.Config(frozen=True, vocab_size=9999, top_authors=30), paths)  # those keys are the folder's now
+
+    assert {p.name: p.read_bytes() for p in paths.tokenizer_dir.iterdir()} == folder  # the very same tokenizer
+    assert stats["frozen"] and stats["vocab_size"] == first["vocab_size"]
+    assert (stats["reused_commits"], stats["encoded_commits"], stats["commits"]) == (19, 5, 24)
+    lang, tok = load_commit_tokenizer(paths.tokenizer_dir)
+    assert "<AUTHOR:Dave Newcomer>" not in tok.get_vocab() and "<MODULE:freshcrate>" not in tok.get_vocab()
+    encoded = EncodedCommits.load(paths.tokens)
+    for i, (commit, chunks) in enumerate(pairs):
+        assert encoded.full(i).tolist() == encode_texts(tok, [lang.render_commit(commit, chunks, "full")])[0]
+        if i < 20 and i != 3:
+            assert encoded.full(i).tolist() == before.full(i).tolist()  # copied
+    assert "<AUTHOR>Dave Newcomer" in decode_ids(tok, encoded.compact(21).tolist())
+    assert "<MODULE>freshcrate::lib" in decode_ids(tok, encoded.full(21).tolist())
+    # spelled out, among the 5 commits encoded this run: authors and module tops without a token
+    encoded_now = [pairs[i] for i in (3, 20, 21, 22, 23)]
+    authors = {c.author.name for c, _ in encoded_now if c.author.name not in lang.authors}
+    modules = [ch.module.split("::")[0] for _, chs in encoded_now for ch in chs if ch.module and ch.module.split("::")[0] not in lang.modules]
+    assert "Dave Newcomer" in authors and "freshcrate" in modules
+    assert stats["spelled_out"] == {
+        "authors": len(authors), "author_commits": sum(c.author.name in authors for c, _ in encoded_now),
+        "modules": len(set(modules)), "module_chunks": len(modules),
+    }
+    again = stage.run(stage.Config(frozen=True), paths)  # nothing changed: every commit copied
+    assert (again["reused_commits"], again["encoded_commits"]) == (24, 0)
+
+
+def test_frozen_without_a_tokenizer_is_one_line(tmp_path):
+    write_history(tmp_path / "out", small_history())
+    paths = ArtifactPaths.under(tmp_path / "out")
+    with pytest.raises(UserError, match="no tokenizer to keep .*frozen: false"):
+        stage.run(stage.Config(frozen=True), paths)
+    assert stage.stage_outputs(stage.Config(frozen=True), paths) == [paths.tokens, paths.tokenizer_stats]
+    assert paths.tokenizer_dir in stage.stage_inputs(stage.Config(frozen=True), paths)
