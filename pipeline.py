@@ -61,6 +61,7 @@ STAGES = (
     ("tokenizer", "tokenizer"),
     ("dataset_builder", "dataset_builder"),
     ("train_model", "train_model"),
+    ("train_ranker", "train_ranker"),
     ("evaluate", "evaluate"),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)

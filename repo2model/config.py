@@ -287,5 +287,6 @@ KNOWN_SECTIONS = (
     "model_training",
     "prediction",
     "evaluation",
+    "ranker",
     "serve",
 )
