@@ -37,7 +37,9 @@ def load_stage(args: argparse.Namespace, section: str, cls: type) -> tuple[Any, 
     else:
         pipeline, cfg = PipelineConfig(output_dir=Path("outputs").resolve()), cls()
     output_dir = args.output_dir.resolve() if getattr(args, "output_dir", None) else pipeline.output_dir
-    paths = ArtifactPaths.under(output_dir, pipeline.log_file if args.config is not None else None)
+    # Without a config, the compressed or plain names are whichever the output folder holds.
+    compress = pipeline.compress if args.config is not None else None
+    paths = ArtifactPaths.under(output_dir, pipeline.log_file if args.config is not None else None, compress)
     setup_logging(paths.pipeline_log if args.config is not None else None, pipeline.log_level)
     return cfg, pipeline, paths
 

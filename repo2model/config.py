@@ -40,12 +40,14 @@ NONFINITE_OK = {"nonfinite_ok": True}
 
 @dataclasses.dataclass
 class PipelineConfig:
-    """The `pipeline` section: where artifacts go and how the run is logged."""
+    """The `pipeline` section: where artifacts go, how the run is logged, how intermediates are kept."""
 
     output_dir: Path = Path("outputs")
     log_file: Path | None = None  # default: <output_dir>/pipeline.log
     log_level: Literal["DEBUG", "INFO", "WARNING"] = "INFO"
     seed: int = 42
+    compress: bool = False  # commits.json.zst / chunks.jsonl.zst instead of the plain files
+    keep_intermediates: bool = True  # False: remove commits, chunks, tokens once every stage reading them is done
 
 
 def load_yaml(path: Path) -> dict:

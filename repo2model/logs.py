@@ -6,7 +6,19 @@ import logging
 import sys
 from pathlib import Path
 
+from repo2model.artifacts import ensure_folder
+from repo2model.errors import UserError
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries that log routine chatter at WARNING; "bitsandbytes" warns on every import on a CPU
+# without the optional `kernels` package (a slower 4-bit CPU path we do not use).
+NOISY_LOGGERS = ("urllib3", "filelock", "matplotlib", "PIL", "git", "bitsandbytes")
+
+
+def quiet_noisy_libraries() -> None:
+    """Raise the noisy libraries' log level; call before importing them (pipeline.py imports every stage)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR if name == "bitsandbytes" else logging.WARNING)
 
 
 def setup_logging(log_file: Path | None = None, level: str = "INFO") -> None:
@@ -23,11 +35,13 @@ def setup_logging(log_file: Path | None = None, level: str = "INFO") -> None:
     console._repo2model = True
     root.addHandler(console)
     if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        ensure_folder(Path(log_file).parent)
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"{log_file}: cannot write the log file ({exc.strerror}): check pipeline.log_file") from None
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(logging.Formatter(FORMAT))
         file_handler._repo2model = True
         root.addHandler(file_handler)
-    for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_noisy_libraries()

@@ -33,8 +33,9 @@ def test_list_stages_in_order():
     proc = run_pipeline("--list-stages")
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["git_scraper", "semantic_chunker", "tokenizer", "dataset_builder", "train_model", "evaluate"]
-    assert "not implemented" not in proc.stdout
+    assert names == list(pipeline.STAGE_NAMES)
+    assert names[:4] == ["git_scraper", "semantic_chunker", "tokenizer", "dataset_builder"]
+    assert all(len(line.split(None, 1)) == 2 for line in proc.stdout.splitlines())  # each with its docstring
 
 
 def test_stage_is_skipped_when_up_to_date_and_rerun_when_not(tmp_path, make_repo):
@@ -117,15 +118,133 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, make_repo):
 
 def test_default_config_is_valid():
     """config.yaml as shipped loads against every stage's and tool's Config."""
-    from repo2model.config import PipelineConfig, load_config
+    from repo2model.config import load_config
 
-    sections = {"pipeline": PipelineConfig}
-    for name, module_name in pipeline.STAGES:
-        stage = pipeline.load_stage(name, module_name)
-        sections[stage.section] = stage.module.Config
-    for tool in pipeline.TOOLS:
-        module = pipeline.load_stage(tool, tool, needs=("SECTION", "Config")).module
-        sections[module.SECTION] = module.Config
-    loaded = load_config(ROOT / "config.yaml", sections, strict_sections=True)
+    stages = [pipeline.Stage(name, pipeline.import_stage(module)) for name, module in pipeline.STAGES]
+    loaded = load_config(ROOT / "config.yaml", pipeline.section_classes(stages), strict_sections=True)
     assert loaded["git_scraper"].repo == ROOT
     assert loaded["model_training"].mode == "scratch"
+
+
+def test_output_dir_that_cannot_be_created_is_one_line(tmp_path, make_repo):
+    repo = make_repo()
+    repo.commit("first", {"a.py": "x = 1\n"})
+    (tmp_path / "blocker").write_text("a regular file\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"pipeline:\n  output_dir: blocker/out\ngit_scraper:\n  repo: {repo.path}\n")
+    proc = run_pipeline("--config", str(config))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "blocker/out: cannot create output folder" in proc.stderr
+    assert (tmp_path / "blocker").read_text() == "a regular file\n"
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path, make_repo):
+    repo = make_repo()
+    repo.commit("first", {"a.py": "x = 1\n"})
+    config = write_config(tmp_path, repo.path)
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    stale = [out / ".chunks.jsonl.x1y2z3w4.tmp", out / "checkpoints" / ".step-10.abcdefgh.tmp", out / ".tokenizer.old-77"]
+    for path in stale[:2]:
+        path.write_text("partial")
+    stale[2].mkdir()
+    keep = [out / "notes.tmp", out / ".mine.tmp"]
+    for path in keep:
+        path.write_text("user's")
+    proc = run_pipeline("--config", str(config), "--stage", "git_scraper")
+    assert proc.returncode == 0, proc.stderr
+    assert not any(path.exists() for path in stale)
+    assert all(path.read_text() == "user's" for path in keep)
+    assert "removed 2 temporaries left by an interrupted run" in proc.stderr
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, make_repo):
+    import fcntl
+
+    repo = make_repo()
+    repo.commit("first", {"a.py": "x = 1\n"})
+    config = write_config(tmp_path, repo.path)
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / pipeline.LOCK_NAME, "a+") as held:  # what a running pipeline holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = run_pipeline("--config", str(config), "--stage", "git_scraper")
+    assert proc.returncode == 2
+    assert "another pipeline run is using this output folder" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "out" / "commits.json").exists()
+    assert run_pipeline("--config", str(config), "--stage", "git_scraper").returncode == 0
+
+
+def small_history(make_repo):
+    repo = make_repo()
+    repo.commit("add lib", {"src/lib.rs": "pub fn a() -> u32 {\n    1\n}\n", "README.md": "# demo\n"})
+    repo.commit("add b", {"src/lib.rs": "pub fn a() -> u32 {\n    1\n}\n\npub fn b() -> u32 {\n    2\n}\n"})
+    repo.commit("py", {"tool/run.py": "def main():\n    return 3\n"})
+    return repo
+
+
+def test_compressed_artifacts_hold_the_same_bytes(tmp_path, make_repo, monkeypatch):
+    import zstandard
+
+    repo = small_history(make_repo)
+    monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:2])  # in-process, the first two stages
+    plain_dir, packed_dir = tmp_path / "plain", tmp_path / "packed"
+    plain_dir.mkdir()
+    packed_dir.mkdir()
+    plain = write_config(plain_dir, repo.path)
+    packed = write_config(packed_dir, repo.path, "pipeline_extra")
+    packed.write_text(packed.read_text().replace("pipeline:\n", "pipeline:\n  compress: true\n").replace("pipeline_extra", ""))
+    for config in (plain, packed):
+        assert pipeline.run_pipeline(config) == 0
+    unpack = zstandard.ZstdDecompressor()
+    for name in ("commits.json", "chunks.jsonl"):
+        assert not (packed_dir / "out" / name).exists()
+        with open(packed_dir / "out" / f"{name}.zst", "rb") as fh:
+            assert unpack.stream_reader(fh).read() == (plain_dir / "out" / name).read_bytes()
+    assert (packed_dir / "out" / "chunking_stats.json").exists()
+
+    # Switching compress off writes plain files and removes the stale compressed ones.
+    packed.write_text(packed.read_text().replace("compress: true", "compress: false"))
+    assert pipeline.run_pipeline(packed) == 0
+    names = ("commits.json", "commits.json.zst", "chunks.jsonl", "chunks.jsonl.zst")
+    assert sorted(name for name in names if (packed_dir / "out" / name).exists()) == ["chunks.jsonl", "commits.json"]
+
+
+def test_removed_intermediates_keep_stages_up_to_date_and_come_back_when_needed(tmp_path, make_repo, monkeypatch):
+    """keep_intermediates: false on the first two stages: commits.json (read by the chunker) and
+    chunks.jsonl (read by none of them) go at the end; nothing reruns until something changes."""
+    repo = small_history(make_repo)
+    monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
+    config = write_config(tmp_path, repo.path)
+    config.write_text(config.read_text().replace("pipeline:\n", "pipeline:\n  keep_intermediates: false\n"))
+    out = tmp_path / "out"
+
+    assert pipeline.run_pipeline(config) == 0
+    assert not (out / "commits.json").exists() and not (out / "chunks.jsonl").exists()
+    assert (out / "chunking_stats.json").exists()
+    stats = (out / "chunking_stats.json").read_bytes()
+
+    assert pipeline.run_pipeline(config) == 0
+    assert {s["status"] for s in results(tmp_path).values()} == {"skipped"}
+
+    # The chunker's config changes: it needs commits.json back, so the scraper reruns first.
+    config.write_text(config.read_text() + "semantic_chunker:\n  max_chunk_size: 150\n")
+    assert pipeline.run_pipeline(config) == 0
+    stages = results(tmp_path)
+    assert stages["git_scraper"]["status"] == "ok" and "regenerated commits.json" in stages["git_scraper"]["reason"]
+    assert stages["semantic_chunker"]["status"] == "ok"
+    assert not (out / "commits.json").exists()
+    assert pipeline.run_pipeline(config) == 0
+    assert {s["status"] for s in results(tmp_path).values()} == {"skipped"}
+
+    # The repository moves on: both rerun, and the chunker sees the new commit.
+    repo.commit("more", {"tool/run.py": "def main():\n    return 4\n"})
+    assert pipeline.run_pipeline(config) == 0
+    assert {s["status"] for s in results(tmp_path).values()} == {"ok"}
+    assert json.loads((out / "chunking_stats.json").read_text())["commits"] == 4
+    assert (out / "chunking_stats.json").read_bytes() != stats
+
+    # With --stage, the stages that read an intermediate did not all run: it is kept.
+    monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
+    assert pipeline.run_pipeline(config, only="git_scraper", force=True) == 0
+    assert (out / "commits.json").exists()
