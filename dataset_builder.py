@@ -80,13 +80,13 @@ from tqdm import tqdm
 
 from repo2model.artifacts import ensure_folder, require, write_json
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
-from repo2model.commit_language import COMMIT_END, TRUNCATED, assemble_prompt, decode_ids, encode_texts, special_id
+from repo2model.commit_language import COMMIT_END, TRUNCATED, CommitLanguage, assemble_prompt, decode_ids, encode_texts, special_id
 from repo2model.encoded_commits import EncodedCommits
 from repo2model.errors import UserError
 from repo2model.examples import ExampleSet
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
 from repo2model.stats import length_percentiles, pad_fraction
-from repo2model.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
+from repo2model.tokenizer_folder import load_commit_tokenizer
 
 SECTION = "dataset_builder"
 SPLITS = ("train", "val", "test")
@@ -142,7 +142,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     check_writable(stage_outputs(cfg, paths))
     trained = commits_trained_before(paths) if cfg.update else None  # read before the splits are replaced
     lang, tokenizer = load_commit_tokenizer(paths.tokenizer_dir)
-    encoded = load_encoded(paths)
+    encoded = load_encoded(paths, lang, tokenizer)
     order = chronological_order(encoded, cfg.first_parent_only)
     built = build_examples(cfg, encoded, order, TargetTokens.of(tokenizer))
     plan = split_plan(cfg, built, order) if trained is None else update_plan(cfg, built, order, trained, seed)
@@ -188,11 +188,10 @@ def check_encoded_from(tokens_path: Path, name: str, source: Path) -> None:
         )
 
 
-def load_encoded(paths: ArtifactPaths) -> EncodedCommits:
+def load_encoded(paths: ArtifactPaths, lang: CommitLanguage, tokenizer: Any) -> EncodedCommits:
     """tokens.pt, refused when it was encoded with another tokenizer than the one in tokenizer_dir."""
     encoded = EncodedCommits.load(paths.tokens)
-    made_with = encoded.meta.get("tokenizer_digest")
-    if made_with != tokenizer_digest(paths.tokenizer_dir):
+    if not encoded.made_with(lang, tokenizer):
         raise UserError(
             f"{paths.tokens} was encoded with another tokenizer than {paths.tokenizer_dir}: "
             "rerun the tokenizer stage (python pipeline.py --stage tokenizer --force)"

@@ -163,7 +163,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     total_commits = read_commits_metadata(paths.commits).get("total_commits")
     if cfg.frozen:
         lang, tokenizer = frozen_tokenizer(paths)
-        previous = previous_encoding(paths)
+        previous = previous_encoding(paths, lang, tokenizer)
         history = _progress(iter_commit_records(paths.commits, paths.chunks), total_commits, "encoding commits")
         encoded, notes = encode_history(cfg, lang, tokenizer, paths, history, previous)
     else:
@@ -389,7 +389,7 @@ def frozen_tokenizer(paths: ArtifactPaths) -> tuple[CommitLanguage, Any]:
     return load_commit_tokenizer(paths.tokenizer_dir)
 
 
-def previous_encoding(paths: ArtifactPaths) -> EncodedCommits | None:
+def previous_encoding(paths: ArtifactPaths, lang: CommitLanguage, tokenizer: Any) -> EncodedCommits | None:
     """The tokens.pt this run replaces, when made with this very tokenizer: its unchanged commits are copied."""
     if not paths.tokens.exists():
         return None
@@ -398,7 +398,7 @@ def previous_encoding(paths: ArtifactPaths) -> EncodedCommits | None:
     except UserError as exc:
         log.info("tokenizer: %s: every commit is encoded again (%s)", paths.tokens, exc)
         return None
-    if previous.meta.get("tokenizer_digest") != tokenizer_digest(paths.tokenizer_dir):
+    if not previous.made_with(lang, tokenizer):
         log.info("tokenizer: %s was made with another tokenizer: every commit is encoded again", paths.tokens)
         return None
     return previous
@@ -458,7 +458,8 @@ def encode_history(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: Art
             add_batch(builder, done, ids.result(), previous)
     meta = {
         "tokenizer_dir": str(paths.tokenizer_dir),
-        "tokenizer_digest": tokenizer_digest(paths.tokenizer_dir),
+        "tokenizer_digest": tokenizer_digest(tokenizer),
+        "rendering": lang.rendering(),
         "vocab_size": len(tokenizer),
         "pieces": "compact, task, header, one segment per chunk, end",
         # what it was encoded from (the dataset builder checks the seed's --commits/--chunks against it)

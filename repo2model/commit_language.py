@@ -246,6 +246,11 @@ class CommitLanguage:
             raise UserError(f"{path}: corrupt commit language file ({type(exc).__name__}): rerun the tokenizer stage") from None
         return lang
 
+    def rendering(self) -> dict:
+        """What decides how a commit is written (besides the tokenizer): equal dicts, equal texts."""
+        return {"authors": self.authors, "modules": self.modules,
+                "compact_max_files": self.compact_max_files, "compact_max_changes": self.compact_max_changes}
+
     # ---- special tokens
 
     def special_tokens(self) -> list[str]:

@@ -49,6 +49,7 @@ from repo2model.artifacts import load_pt, save_pt
 from repo2model.commit_language import COMMIT_END, CommitLanguage
 from repo2model.errors import UserError
 from repo2model.records import Chunk, Commit
+from repo2model.tokenizer_folder import tokenizer_digest
 
 FORMAT_VERSION = 2
 PIECES_BEFORE_SEGMENTS = 3  # compact, task, header
@@ -129,6 +130,10 @@ class EncodedCommits:
         """The full rendering (header, segments, <COMMIT_END>): one contiguous run."""
         header, end = int(self.commit_pieces[i]) + 2, int(self.commit_pieces[i + 1]) - 1
         return self.input_ids[self.piece_offsets[header] : self.piece_offsets[end + 1]]
+
+    def made_with(self, lang: CommitLanguage, tokenizer: Any) -> bool:
+        """True if these ids are what `lang` and `tokenizer` give (same vocabulary, same rendering)."""
+        return self.meta.get("tokenizer_digest") == tokenizer_digest(tokenizer) and self.meta.get("rendering") == lang.rendering()
 
     def piece_lengths(self) -> np.ndarray:
         return np.diff(self.piece_offsets)

@@ -5,9 +5,9 @@
     <tokenizer_dir>/vocab.json
 
 `load_commit_tokenizer(folder)` gives the commit language and the tokenizer,
-checked against each other (every special token one id); `tokenizer_digest(folder)`
+checked against each other (every special token one id); `tokenizer_digest(tokenizer)`
 names the exact vocabulary, so that token ids made with one tokenizer are never
-read with another (tokens.pt and the model folder record it).
+read with another (tokens.pt and the model folder's training_info.json record it).
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from repo2model.artifacts import require
-from repo2model.commit_language import LANGUAGE_FILE, CommitLanguage
+from repo2model.commit_language import CommitLanguage, backend
 from repo2model.errors import UserError, first_line
-
-DIGEST_FILES = ("tokenizer.json", LANGUAGE_FILE)
-
 
 def load_commit_tokenizer(tokenizer_dir: Path | str) -> tuple[CommitLanguage, Any]:
     """The commit language and tokenizer saved by the tokenizer stage; UserError unless they agree."""
@@ -37,12 +34,9 @@ def load_commit_tokenizer(tokenizer_dir: Path | str) -> tuple[CommitLanguage, An
     return lang, tokenizer
 
 
-def tokenizer_digest(tokenizer_dir: Path | str) -> str:
-    """A short hash of tokenizer.json and commit_language.json: equal digests, equal token ids."""
-    digest = hashlib.sha256()
-    for name in DIGEST_FILES:
-        path = Path(tokenizer_dir) / name
-        digest.update(name.encode() + b"\0")
-        digest.update(path.read_bytes() if path.is_file() else b"")
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+def tokenizer_digest(tokenizer: Any) -> str:
+    """A digest of the whole tokenizer (vocabulary, merges, added tokens, normalisation): equal digests, equal ids.
+
+    training_info.json (train_model) and tokens.pt (tokenizer stage) record it; a reader compares.
+    """
+    return hashlib.blake2b(backend(tokenizer).to_str().encode("utf-8"), digest_size=12).hexdigest()

@@ -117,7 +117,7 @@ def test_tokens_pt_holds_every_commit_rendered_once(tmp_path):
     assert saved["tokens_per_commit"]["max"] == max(len(encoded.full(i)) for i in range(len(encoded)))
     assert 1.0 < saved["bytes_per_token"] < 8.0
     assert 0.0 < saved["special_token_share"] < 1.0
-    assert encoded.meta["tokenizer_digest"] == tokenizer_digest(paths.tokenizer_dir)
+    assert encoded.meta["tokenizer_digest"] == tokenizer_digest(tok) and encoded.made_with(lang, tok)
 
 
 def test_same_inputs_give_byte_identical_artifacts(tmp_path):
