@@ -385,6 +385,8 @@ class Redactor:
             if self.allowed(line[begin.start():begin.end() + (end.end() if end else len(rest))]):
                 continue
             counts["private_key"] += 1
+            if self.on_redact is not None:
+                self.on_redact("private_key", line[begin.start():])
             if end:  # the whole key on one line (e.g. "\n" escapes in a string literal)
                 lines[i] = line[:begin.start()] + placeholder + rest[end.end():]
             else:
