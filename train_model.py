@@ -110,7 +110,6 @@ from tqdm import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoTokenizer,
     BitsAndBytesConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -129,6 +128,7 @@ from repo2model.cli import (
     load_stage,
     user_errors_to_exit,
 )
+from repo2model.commit_language import CommitLanguage
 from repo2model.config import section_dict
 from repo2model.errors import UserError, first_line
 from repo2model.examples import IGNORE_INDEX, ExampleSet
@@ -142,6 +142,7 @@ from repo2model.memory import (
 )
 from repo2model.models import INFO_FILE, merge_adapter
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
+from repo2model.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
 
 SECTION = "model_training"
 log = logging.getLogger("train_model")
@@ -535,14 +536,18 @@ def load_data(paths: ArtifactPaths) -> dict[str, ExampleSet]:
 
 
 def find_tokenizer(train: ExampleSet, paths: ArtifactPaths, tokenizer_dir: Path | None):
-    """(tokenizer, its folder): `tokenizer_dir`, else the folder the data was encoded with, else <output>/tokenizer."""
+    """(tokenizer, its folder): `tokenizer_dir`, else the folder the data was encoded with, else <output>/tokenizer.
+
+    Loaded as every stage loads it (checked against its commit language, which the model folder gets a copy of).
+    """
     candidates = [tokenizer_dir] if tokenizer_dir else []
     if train.meta.get("tokenizer_dir"):
         candidates.append(Path(train.meta["tokenizer_dir"]))
     candidates.append(paths.tokenizer_dir)
     for folder in candidates:
         if folder is not None and (Path(folder) / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(str(folder)), Path(folder)
+            _, tokenizer = load_commit_tokenizer(folder)
+            return tokenizer, Path(folder)
     raise UserError(f"{candidates[0]}: no tokenizer folder (tokenizer.json) found: run the tokenizer stage first "
                     "(python pipeline.py --stage tokenizer)")
 
@@ -771,27 +776,17 @@ def resolve_base(base_model: str) -> str:
 
 def check_tokenizer_extends_base(tok_dir: Path) -> None:
     """LoRA needs the base model's own tokenizer (extended); a tokenizer trained here numbers tokens differently."""
-    info_path = tok_dir / "commit_language.json"
-    if info_path.is_file():
-        mode = (json.loads(info_path.read_text(encoding="utf-8")).get("tokenizer") or {}).get("mode")
-        if mode == "train":
-            raise UserError(f"{tok_dir}: this tokenizer was trained from scratch; model_training.mode lora/qlora "
-                            "needs the base model's tokenizer extended: set tokenizer.mode: extend and "
-                            "tokenizer.base_tokenizer to the base model, then rerun the tokenizer stage")
+    if CommitLanguage.load(tok_dir).tokenizer_info.get("mode") == "train":
+        raise UserError(f"{tok_dir}: this tokenizer was trained from scratch; model_training.mode lora/qlora "
+                        "needs the base model's tokenizer extended: set tokenizer.mode: extend and "
+                        "tokenizer.base_tokenizer to the base model, then rerun the tokenizer stage")
 
 
 def count_new_tokens(tok_dir: Path, tokenizer, base_vocab: int) -> int:
-    """Tokens the tokenizer stage added to the base tokenizer (commit_language.json), else the rows beyond the base."""
-    info_path = tok_dir / "commit_language.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        for key in ("added_tokens", "num_added_tokens", "added_special_tokens"):
-            value = info.get(key)
-            if isinstance(value, int):
-                return value
-            if isinstance(value, list):
-                return len(value)
-    return max(0, len(tokenizer) - base_vocab)
+    """Tokens the tokenizer stage added to the base tokenizer (its commit language records them), else the rows
+    beyond the base's."""
+    added = CommitLanguage.load(tok_dir).tokenizer_info.get("added_tokens")
+    return added if isinstance(added, int) else max(0, len(tokenizer) - base_vocab)
 
 
 def build_model(cfg: Config, tokenizer, tok_dir: Path, seq_len: int, hw: Hardware):
@@ -990,11 +985,6 @@ def load_warm_weights(model, warm: WarmStart) -> None:
         raise UserError(f"model_training.warm_start: {warm.folder} does not fit the model built from model_training "
                         f"({len(mismatched)} weights differ, e.g. {mismatched[0]}): train with its settings "
                         "(or warm_start: null)")
-
-
-def tokenizer_digest(tokenizer) -> str:
-    """A digest of the whole tokenizer (vocabulary, merges, added tokens, normalisation): equal digests, equal ids."""
-    return hashlib.blake2b(tokenizer.backend_tokenizer.to_str().encode("utf-8"), digest_size=12).hexdigest()
 
 
 def latest_target(examples: ExampleSet) -> tuple[str | None, str | None]:

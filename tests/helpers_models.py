@@ -7,13 +7,14 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from repo2model.commit_language import BOS, EOS, PAD, CommitLanguage
 from repo2model.examples import ExampleSet
 
-SPECIALS = ["<pad>", "<bos>", "<eos>"]
-COMMIT_TOKENS = ["<COMMIT_START>", "<COMMIT_END>", "<FILE>", "<CHANGE:new_function>"]
+BASE_SPECIALS = ["<pad>", "<bos>", "<eos>"]  # a stand-in base model's own, as LLaMA-2 has <s> and </s>
+LANGUAGE = CommitLanguage()  # the commit language's structure and change tokens (no author/module families)
 
 
 def corpus_lines(n: int = 400, seed: int = 0) -> list[str]:
@@ -29,30 +30,40 @@ def corpus_lines(n: int = 400, seed: int = 0) -> list[str]:
     return lines
 
 
-def make_tokenizer(folder: Path, vocab_size: int = 320, specials: list[str] | None = None) -> Path:
-    """A byte-level BPE tokenizer trained on `corpus_lines`, saved as a transformers tokenizer folder."""
-    specials = specials or SPECIALS
+def make_tokenizer(folder: Path, vocab_size: int = 400, base: bool = False) -> Path:
+    """A byte-level BPE tokenizer trained on `corpus_lines`, saved as the tokenizer stage saves one in train mode
+    (the commit language's special tokens, commit_language.json beside it); `base`: a plain tokenizer standing in
+    for a base model's (its own pad/bos/eos, no commit language), for extend_tokenizer."""
+    specials = BASE_SPECIALS if base else LANGUAGE.special_tokens()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus_lines(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    pad, bos, eos = BASE_SPECIALS if base else (PAD, BOS, EOS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos, eos_token=eos)
     folder = Path(folder)
     fast.save_pretrained(str(folder))
     (folder / "vocab.json").write_text(json.dumps(tok.get_vocab(), sort_keys=True), encoding="utf-8")
+    if not base:
+        language = CommitLanguage(tokenizer_info={"mode": "train", "vocab_size": len(fast), "added_tokens": 0})
+        language.save(folder)
     return folder
 
 
-def extend_tokenizer(base_folder: Path, folder: Path, new_tokens: list[str] | None = None) -> Path:
-    """The base tokenizer plus commit special tokens, as the tokenizer stage does in extend mode."""
-    new_tokens = new_tokens or COMMIT_TOKENS
+def extend_tokenizer(base_folder: Path, folder: Path) -> Path:
+    """The base tokenizer plus the commit language's special tokens, as the tokenizer stage does in extend mode
+    (appended after the base's ids; the base keeps its own pad/bos/eos)."""
     tok = AutoTokenizer.from_pretrained(str(base_folder))
-    added = tok.add_tokens(new_tokens, special_tokens=True)
+    base_size = len(tok)
+    new = [t for t in LANGUAGE.special_tokens() if t not in (PAD, BOS, EOS)]
+    added = tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
     folder = Path(folder)
     tok.save_pretrained(str(folder))
-    (folder / "commit_language.json").write_text(json.dumps({"added_tokens": added}), encoding="utf-8")
+    language = CommitLanguage(tokenizer_info={"mode": "extend", "base_vocab_size": base_size, "vocab_size": len(tok),
+                                              "added_tokens": added})
+    language.save(folder)
     return folder
 
 

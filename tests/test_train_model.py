@@ -26,6 +26,7 @@ from repo2model.errors import UserError
 from repo2model.examples import IGNORE_INDEX, ExampleSet
 from repo2model.models import load_base_for_adapter, load_trained_model
 from repo2model.paths import ArtifactPaths
+from repo2model.tokenizer_folder import tokenizer_digest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers_models import (  # noqa: E402
@@ -304,12 +305,12 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(shared, tmp_path):
 def extended(shared, tmp_path_factory):
     """A tiny untied base model, its tokenizer extended with 4 commit tokens, data that uses them."""
     root = tmp_path_factory.mktemp("extended")
-    base_tok = make_tokenizer(root / "base_tokenizer")
+    base_tok = make_tokenizer(root / "base_tokenizer", base=True)
     base_vocab = len(AutoTokenizer.from_pretrained(str(base_tok)))
     base = make_base_model(root / "base", base_vocab, hidden=64)  # bitsandbytes' CPU NF4 needs >= 64 inputs
     tok_dir = extend_tokenizer(base_tok, root / "out" / "tokenizer")
-    new_ids = list(range(base_vocab, base_vocab + 4))
-    make_dataset(root / "out", tok_dir, extra_ids=new_ids)
+    new_ids = list(range(base_vocab, len(AutoTokenizer.from_pretrained(str(tok_dir)))))
+    make_dataset(root / "out", tok_dir, extra_ids=new_ids[:4])
     return {"root": root, "base": base, "out": root / "out", "new_ids": new_ids, "base_vocab": base_vocab}
 
 
@@ -458,7 +459,7 @@ def test_warm_start_scratch_continues_and_beats_a_fresh_model(shared, tmp_path):
     latest = max(range(len(train)), key=lambda i: (datetime.datetime.fromisoformat(train.timestamps[i]), i))
     assert (info["last_commit"], info["last_commit_time"]) == (train.commits[latest], train.timestamps[latest])
     assert datetime.datetime.fromisoformat(info["trained_at"]).tzinfo is not None and info["warm_start"] is None
-    assert info["tokenizer_digest"] == train_model.tokenizer_digest(AutoTokenizer.from_pretrained(str(first.tokenizer_dir)))
+    assert info["tokenizer_digest"] == tokenizer_digest(AutoTokenizer.from_pretrained(str(first.tokenizer_dir)))
 
     update = dict(**TINY, precision="fp32", eval_every=2, save_every=100, learning_rate=3e-3, update_max_steps=4,
                   update_warmup_steps=2, log_every=1)
