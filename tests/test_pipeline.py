@@ -248,3 +248,14 @@ def test_removed_intermediates_keep_stages_up_to_date_and_come_back_when_needed(
     monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
     assert pipeline.run_pipeline(config, only="git_scraper", force=True) == 0
     assert (out / "commits.json").exists()
+
+
+def test_log_file_that_cannot_be_written_is_one_line(tmp_path, make_repo, capsys):
+    repo = make_repo()
+    repo.commit("first", {"a.py": "x = 1\n"})
+    (tmp_path / "blocker").write_text("x")
+    config = write_config(tmp_path, repo.path)
+    config.write_text(config.read_text().replace("pipeline:\n", "pipeline:\n  log_file: blocker/run.log\n"))
+    assert pipeline.main(["--config", str(config), "--stage", "git_scraper"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "blocker: cannot create output folder" in err[0], err
