@@ -1,8 +1,10 @@
-"""Shared pieces of the git-history-to-model pipeline.
+"""The library every script of the git-history-to-model pipeline imports (scripts never import each other).
 
-Every stage script imports from here and nowhere else for what stages have in
-common: user errors (`errors`), config loading and validation (`config`),
-artifact locations (`paths`), the record types passed between stages
-(`records`), atomic and streaming artifact I/O (`artifacts`), reading git
-objects (`git`) and logging (`logs`).
+Shared infrastructure: user errors (`errors`), config loading and validation
+(`config`), artifact locations (`paths`), atomic, streaming and optionally
+zstd-compressed artifact I/O (`artifacts`), the stage CLIs' common parts
+(`cli`), logging (`logs`), and running git (`git`). The domain pieces (records,
+scraping, chunking, the commit language, models, prediction, ranking,
+retrieval, ...) each live in their own module; each module's docstring says
+what it reads and writes.
 """
