@@ -71,6 +71,7 @@ ROOT = Path(__file__).resolve().parent
 STAGES = (
     ("git_scraper", "git_scraper"),
     ("semantic_chunker", "semantic_chunker"),
+    ("index", "index"),
     ("tokenizer", "tokenizer"),
     ("dataset_builder", "dataset_builder"),
     ("train_model", "train_model"),
