@@ -391,6 +391,35 @@ def test_cat_file_read_many(make_repo):
         assert objects.read_many(names)[:4] == [b"alpha\n", None, b"beta\n", None]
 
 
+def test_incremental_reparse_gives_the_full_parse():
+    """parse(new, previous=(old tree, old)) reuses the old tree and gives exactly the tree of a full parse."""
+    rust = (MARKET_LIB + DISPUTE).encode()
+    python = (CART + "\n\nPRICE = 'ünïcödé'\n").encode()
+    cases = [
+        ("rust", rust, rust.replace(b"amount / 100", b"amount / 1000")),  # one line in the middle
+        ("rust", rust, b"// header\n" + rust + b"\nfn tail() {}\n"),  # both ends: one region from start to end
+        ("rust", rust, rust.replace(b"pub fn helper", b"fn helper").replace(b"#[test]", b"#[test]\n    #[ignore]")),
+        ("rust", rust, b""), ("rust", b"", rust), ("rust", rust, rust.replace(b"\n", b"\r\n")),
+        ("rust", rust, rust.replace(b"x * 2\n}", b"x * 2\n")),  # becomes a parse error
+        ("python", python, python.replace("ünïcödé".encode(), "ß".encode()).replace(b"return len", b"return 2 * len")),
+        ("python", python, python.replace(b"class Cart:", b'class Cart(Base):\n    """Docs."""')),
+    ]
+    for language, old, new in cases:
+        previous = (code_units.parse(language, old), old)
+        assert tree_shape(code_units.parse(language, new, previous)) == tree_shape(code_units.parse(language, new))
+        assert tree_shape(previous[0]) == tree_shape(code_units.parse(language, old))  # the old tree is untouched
+
+
+def tree_shape(tree) -> list[tuple]:
+    """Every node with its type and position (bytes and row/column points), in document order."""
+    shape, stack = [], [tree.root_node]
+    while stack:
+        node = stack.pop()
+        shape.append((node.type, node.start_byte, node.end_byte, node.start_point, node.end_point, node.has_error))
+        stack.extend(reversed(node.children))
+    return shape
+
+
 def test_parse_errors_are_flagged():
     assert code_units.extract_units("rust", b"fn a( {\n").parse_error
     assert code_units.extract_units("python", b"def f(:\n").parse_error
