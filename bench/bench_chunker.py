@@ -1,27 +1,37 @@
-"""Benchmark the semantic chunker against the parse-only floor, measured in the same run.
+"""Benchmark the semantic chunker against the parse-only floor, and an incremental update, in the same run.
 
-    python bench/bench_chunker.py                      # 2,000 generated commits, workers = cores
+    python bench/bench_chunker.py                                        # 2,000 generated commits
+    python bench/bench_chunker.py ../shared/data/repos/click.bundle      # a real history (bundle or repository)
     python bench/bench_chunker.py --commits 5000 --workers 1 --keep /tmp/bench-repo
 
-1. Generates a Rust + Python workspace history with `git fast-import` (seeded, so
-   every run sees the same history): 6 crates, files that grow to several hundred
-   lines, commits that add, modify, delete and rename functions and tests, move
-   functions between files, touch TOML and Markdown.
+1. The history: a bundle is cloned into a temporary folder (every branch is then a
+   remote-tracking one, which the scraper includes); a repository folder is used as it
+   is; without one, a Rust + Python workspace history is generated with `git
+   fast-import` (seeded, so every run sees the same history): 6 crates, files that grow
+   to several hundred lines, commits that add, modify, delete and rename functions and
+   tests, move functions between files, touch TOML and Markdown.
 2. Scrapes it with the real `git_scraper.run` (not timed as part of the chunker).
 3. Floor: every distinct changed file version (Rust/Python blobs of patched files)
    read into memory first, then parsed once with tree-sitter and nothing else, in
    one process.
-4. The chunker stage (`semantic_chunker.run`), wall time.
+4. The chunker stage (`semantic_chunker.run`), wall and CPU time (workers included).
+5. Update (`--update N`, default 50): the history without its last N commits is
+   chunked, then the whole history incrementally (`run(..., incremental=True)`); its
+   chunks.jsonl must be byte-identical to step 4's.
 
-Prints the figures and `ratio = chunker wall / floor` (target: at most 3 on 2 cores).
+Prints the figures, `ratio = chunker wall / floor` (target: at most 3 on 2 cores), the
+same ratio in CPU seconds (the work done, whatever the machine's load), and the
+incremental update's time as a share of the full run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import os
 import random
 import resource
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 import git_scraper  # noqa: E402
 import semantic_chunker as sc  # noqa: E402
 from repo2model import code_units  # noqa: E402
-from repo2model.artifacts import iter_commits, read_json  # noqa: E402
+from repo2model.artifacts import CommitsWriter, iter_commit_dicts, iter_commits, read_commits_metadata  # noqa: E402
+from repo2model.artifacts import read_json  # noqa: E402
 from repo2model.git import CatFile  # noqa: E402
 from repo2model.paths import ArtifactPaths  # noqa: E402
 
@@ -195,22 +206,57 @@ def measure_floor(paths: ArtifactPaths, repo: Path, languages) -> tuple[int, int
     return len(sources), sum(len(s) for _, s in sources), read_seconds, parse_seconds, parse_cpu
 
 
+def prepare(history: Path | None, base: Path, commits: int, seed: int) -> Path:
+    """The repository to benchmark: `history` (a bundle, cloned; or a repository), else a generated one."""
+    repo = base / "repo"
+    if history is not None and history.is_dir():
+        return history
+    if (repo / ".git").exists():
+        return repo
+    started = time.perf_counter()
+    if history is not None:
+        subprocess.run(["git", "clone", "-q", str(history), str(repo)], check=True)
+        print(f"cloned {history.name} in {time.perf_counter() - started:.1f}s")
+    else:
+        generate(repo, commits, seed)
+        print(f"generated {commits} commits in {time.perf_counter() - started:.1f}s")
+    return repo
+
+
+def measure_update(paths: ArtifactPaths, cfg: sc.Config, left_out: int, base: Path) -> tuple[int, float, float, bool]:
+    """(commits added, wall, CPU) of an incremental run after the history without its last `left_out`
+    commits was chunked, and whether its chunks.jsonl equals the full run's."""
+    update = ArtifactPaths.under(base / "update", compress=False)
+    update.output_dir.mkdir(parents=True, exist_ok=True)
+    records = list(iter_commit_dicts(paths.commits))
+    left_out = min(left_out, len(records) - 1)
+    with CommitsWriter(update.commits) as writer:
+        for record in records[: len(records) - left_out]:
+            writer.add(record)
+        writer.metadata = {**read_commits_metadata(paths.commits), "total_commits": len(records) - left_out}
+    sc.run(cfg, update, incremental=True)
+    shutil.copy(paths.commits, update.commits)
+    started, cpu = time.perf_counter(), cpu_seconds()
+    sc.run(cfg, update, incremental=True)
+    wall, used = time.perf_counter() - started, cpu_seconds() - cpu
+    return left_out, wall, used, filecmp.cmp(update.chunks, paths.chunks, shallow=False)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commits", type=int, default=2000)
+    parser.add_argument("history", nargs="?", type=Path,
+                        help="a bundle or repository, e.g. ../shared/data/repos/click.bundle (default: generated)")
+    parser.add_argument("--commits", type=int, default=2000, help="generated history: commits")
     parser.add_argument("--workers", type=int, default=0, help="chunker workers (0 = one per core)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--keep", type=Path, help="generate into this folder and keep it (default: a temp folder)")
+    parser.add_argument("--update", type=int, default=50, help="commits added by the incremental run (0: skip)")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-chunker-") as tmp:
         base = args.keep or Path(tmp)
-        repo = base / "repo"
-        paths = ArtifactPaths.under(base / "outputs")
-        if not (repo / ".git").exists():
-            started = time.perf_counter()
-            generate(repo, args.commits, args.seed)
-            print(f"generated {args.commits} commits in {time.perf_counter() - started:.1f}s")
+        repo = prepare(args.history.expanduser().resolve() if args.history else None, base, args.commits, args.seed)
+        paths = ArtifactPaths.under(base / "outputs", compress=False)
         started = time.perf_counter()
         git_scraper.run(git_scraper.Config(repo=repo), paths)
         print(f"scraped in {time.perf_counter() - started:.1f}s")
@@ -222,6 +268,7 @@ def main(argv=None) -> int:
         wall, chunker_cpu = time.perf_counter() - started, cpu_seconds() - cpu
         load = os.getloadavg()[0]
         stats = read_json(paths.chunking_stats)
+        update = measure_update(paths, cfg, args.update, base) if args.update else None
 
     print(f"commits                 {stats['commits']}")
     print(f"file changes            {stats['files']}  (parsed {stats['parsed_files']}, parse errors {stats['parse_error_files']})")
@@ -235,6 +282,11 @@ def main(argv=None) -> int:
     print(f"load average during the run: {load:.1f} on {os.cpu_count()} cores")
     print(f"ratio chunker wall / parse floor wall = {wall / parse_s:.2f}  (target <= 3)")
     print(f"ratio chunker CPU / parse floor CPU = {chunker_cpu / parse_cpu:.2f}  (work done, whatever the load)")
+    if update is not None:
+        added, update_wall, update_cpu, same = update
+        print(f"incremental update (+{added} commits): {update_wall:.2f}s wall, {update_cpu:.2f}s CPU; "
+              f"ratio to the full run: wall {update_wall / wall:.2f}, CPU {update_cpu / chunker_cpu:.2f}; "
+              f"chunks.jsonl {'byte-identical to' if same else 'DIFFERENT from'} the full run's")
     return 0
 
 

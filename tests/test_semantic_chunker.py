@@ -22,7 +22,7 @@ import git_scraper
 import semantic_chunker as sc
 from helpers_chunker import commit_record, coverage_problems, history, summary
 from repo2model import chunking, code_units
-from repo2model.artifacts import CommitsWriter, iter_chunks, iter_commits
+from repo2model.artifacts import CommitsWriter, iter_commits, iter_jsonl, open_text
 from repo2model.config import load_config
 from repo2model.errors import UserError
 from repo2model.git import CatFile
@@ -299,6 +299,10 @@ def build_python_history(make_repo):
         (C, "hunk", None, "MODIFIED_HUNK", "shop.cart", (6, 6), (6, 6)),
     ]))
     return repo, steps
+
+
+def read_chunks(path: Path) -> list[Chunk]:
+    return [Chunk.from_dict(record) for record in iter_jsonl(path)]
 
 
 def chunks_of(repo, sha, cfg=None) -> tuple:
@@ -644,7 +648,7 @@ def test_stage_matches_chunk_commit_and_is_deterministic(make_repo, tmp_path):
     assert paths.chunks.read_bytes() == first
     with CatFile(repo.path) as objects:
         expected = [c for commit in commits for c in chunking.chunk_commit(commit, objects)]
-    assert list(iter_chunks(paths.chunks)) == expected
+    assert list(read_chunks(paths.chunks)) == expected
     stats = json.loads(paths.chunking_stats.read_text())
     assert stats["uncovered_lines"] == 0 and stats["duplicated_lines"] == 0
     assert stats["commits"] == len(commits) == summary_["commits"]
@@ -668,7 +672,7 @@ def test_missing_objects_and_moved_repository_degrade(make_repo, tmp_path):
     sc.run(sc.Config(workers=1), paths)
     stats = json.loads(paths.chunking_stats.read_text())
     assert stats["degraded_files"]["no_repository"] == 14 and stats["uncovered_lines"] == 0
-    assert {c.kind for c in iter_chunks(paths.chunks)} == {"hunk"}
+    assert {c.kind for c in read_chunks(paths.chunks)} == {"hunk"}
     assert sc.main(["--commits", str(paths.commits), "--output", str(tmp_path / "c2.jsonl"), "--repo", str(moved)]) == 0
     assert json.loads((tmp_path / "chunking_stats.json").read_text())["degraded_files"] == {
         "missing_object": 1, "parse_error": 1,
@@ -684,7 +688,7 @@ def test_skipped_files_are_counted(make_repo, tmp_path):
     sc.run(sc.Config(workers=1), paths)
     stats = json.loads(paths.chunking_stats.read_text())
     assert stats["skipped_files"] == {"binary": 1}
-    assert [c.symbol for c in iter_chunks(paths.chunks)] == ["a"]
+    assert [c.symbol for c in read_chunks(paths.chunks)] == ["a"]
 
 
 def loose_object(repo_path: Path, oid: str) -> Path:
@@ -738,7 +742,7 @@ def test_odd_paths_and_objects_degrade_and_are_counted(make_repo, tmp_path):
     write_commits_json(paths.commits, repo.path, commits)
     for workers in (1, 2):
         sc.run(sc.Config(workers=workers, batch_size=1), paths)
-        chunks = list(iter_chunks(paths.chunks))
+        chunks = list(read_chunks(paths.chunks))
         stats = json.loads(paths.chunking_stats.read_text())
         assert stats["commits"] == 4 and stats["uncovered_lines"] == 0 and stats["duplicated_lines"] == 0
         # the deleted blob, the corrupt one and the gitlink's commit id: each file degraded, counted
@@ -951,6 +955,22 @@ def test_incremental_run_reuses_appends_and_drops(make_repo, tmp_path):
     assert (fifth["reused_commits"], fifth["chunked_commits"]) == (0, len(steps) + 1)
 
 
+def test_compressed_artifacts_chunk_and_reuse_like_plain_ones(make_repo, tmp_path):
+    """commits.json.zst read by the pool's workers, chunks.jsonl.zst written and reused incrementally."""
+    repo, steps = build_rust_workspace(make_repo)
+    packed, plain = ArtifactPaths.under(tmp_path / "z", compress=True), ArtifactPaths.under(tmp_path / "p", compress=False)
+    for paths in (packed, plain):
+        git_scraper.run(git_scraper.Config(repo=repo.path), paths)
+    sc.run(sc.Config(workers=1), plain)
+    cfg = sc.Config(workers=2, batch_size=2)
+    assert sc.run(cfg, packed, incremental=True)["chunked_commits"] == len(steps)
+    assert sc.run(cfg, packed, incremental=True)["reused_commits"] == len(steps)
+    with open_text(packed.chunks) as fh:
+        assert fh.read().encode() == plain.chunks.read_bytes()
+    assert sorted(p.name for p in packed.output_dir.iterdir()) == ["chunking_stats.json", "chunks.jsonl.zst",
+                                                                   "commits.json.zst"]
+
+
 def test_incremental_run_with_a_damaged_previous_file_chunks_everything(make_repo, tmp_path):
     repo, steps = build_rust_workspace(make_repo)
     out = tmp_path / "out"
@@ -1018,10 +1038,10 @@ def scrape_and_chunk(repo_path: Path, out: Path, workers: int = 2):
     git_scraper.run(git_scraper.Config(repo=repo_path), paths)
     sc.run(sc.Config(workers=workers), paths)
     by_commit: dict[str, list[Chunk]] = {}
-    for chunk in iter_chunks(paths.chunks):
+    for chunk in read_chunks(paths.chunks):
         by_commit.setdefault(chunk.commit, []).append(chunk)
     commits = list(iter_commits(paths.commits))
-    order = [c.commit for c in iter_chunks(paths.chunks)]
+    order = [c.commit for c in read_chunks(paths.chunks)]
     assert order == sorted(order, key=[c.hash for c in commits].index)  # grouped, in the commits' order
     return commits, by_commit, json.loads(paths.chunking_stats.read_text())
 
