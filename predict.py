@@ -14,7 +14,10 @@ Reads
                             for the likelihood ranking
 Writes
     JSON to stdout (or --output, atomically): files ranked with scores, change types and symbols per file,
-    modules, symbols, a code sketch, and every generated candidate's raw text with its parse problems.
+    modules, symbols, a code sketch, and every generated candidate's raw text with its parse problems; `context`
+    (the current code of the predicted symbols and files, then the units the code index finds, within
+    prediction.context_tokens; see repo2model/retrieval.py) and `prompt` (one text for a code-writing model:
+    task, predicted change, code context, the --test-failures file).
 
 How the prompt is built and the files are ranked: repo2model/prediction.py. The `prediction` section's keys
 are documented in config.yaml; the flags below override them.
@@ -29,7 +32,7 @@ import sys
 from pathlib import Path
 
 from repo2model.artifacts import atomic_open, require
-from repo2model.cli import add_config_argument, load_stage, user_errors_to_exit
+from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.errors import UserError
 from repo2model.history import History, history_from_artifacts, history_from_repo, load_history_sections
 from repo2model.prediction import (
@@ -43,6 +46,7 @@ from repo2model.prediction import (
     config_from_args,
     pool_from_artifacts,
 )
+from repo2model.retrieval import Retriever, load_index_config
 
 log = logging.getLogger("predict")
 
@@ -53,13 +57,15 @@ Config = PredictionConfig  # the `prediction` section, under the name every stag
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     cfg, pipeline_cfg, paths = load_stage(args, SECTION, PredictionConfig)
-    cfg = config_from_args(cfg, args)
+    cfg = apply_overrides(config_from_args(cfg, args), SECTION, {"context_tokens": args.context_tokens})
     check_task(args.task)
     history, pool = read_history(args, cfg)
-    predictor = Predictor.load(cfg.model_dir or paths.model_dir, cfg, paths=paths)
+    retriever = Retriever(load_index_config(args.config), paths.index_dir)
+    predictor = Predictor.load(cfg.model_dir or paths.model_dir, cfg, paths=paths, retriever=retriever)
     seed = args.seed if args.seed is not None else pipeline_cfg.seed
     try:
-        result = predictor.predict(history, args.task, seed=seed, pool=pool)
+        result = predictor.predict(history, args.task, seed=seed, pool=pool, repo=args.repo,
+                                   test_failures=read_test_failures(args.test_failures))
     except ValueError as exc:
         raise UserError(str(exc)) from None
     write_result(result, args.output)
@@ -80,7 +86,21 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", required=True, help="what the next change should do (its commit message)")
     parser.add_argument("--seed", type=int, help="override pipeline.seed (sampling)")
     parser.add_argument("--output", type=Path, help="write the JSON here instead of stdout")
+    parser.add_argument("--test-failures", type=Path, help="a file with recent test failures for the prompt "
+                                                          "(- reads stdin)")
+    parser.add_argument("--context-tokens", type=int, help="override prediction.context_tokens")
     return parser.parse_args(argv)
+
+
+def read_test_failures(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if str(path) == "-":
+        return sys.stdin.read()
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"--test-failures: cannot read {path} ({exc.strerror})") from None
 
 
 def check_task(task: str) -> None:

@@ -12,10 +12,13 @@ Endpoints
                     training_info.json, null for a folder without them)
     POST /predict   body: {"task": str, "repo": str | "commits": [commit records],
                            "options": {history_commits, decoding, num_candidates, max_new_tokens,
-                                       temperature, top_p, top_k, max_files, file_ranking}, "seed": int}
+                                       temperature, top_p, top_k, max_files, file_ranking, context_tokens},
+                           "seed": int, "test_failures": str | [str]}
                     exactly one of `repo` (a local repository: its last commits are scraped and chunked
                     on the fly) and `commits` (commits.json records, oldest first, each optionally with
-                    its "chunks"); reply: the prediction JSON (as predict.py prints it).
+                    its "chunks"); reply: the prediction JSON (as predict.py prints it), with `context`
+                    (the predicted code and what the code index finds) and `prompt` (the text for a
+                    code-writing model, `test_failures` included).
     POST /update    (off unless serve.allow_update; always needs the bearer token) starts
                     `python pipeline.py --config <serve.update_config> --update` in the background:
                     202 with its status, 409 while one runs. When it succeeds the new model is picked up.
@@ -85,6 +88,7 @@ from repo2model.prediction import (
     with_options,
 )
 from repo2model.models import INFO_FILE
+from repo2model.retrieval import Retriever, load_index_config
 
 SECTION = "serve"
 log = logging.getLogger("serve")
@@ -168,7 +172,7 @@ class Service:
     def predict_with(self, predictor: Any, body: Any) -> dict:
         if not isinstance(body, dict):
             raise RequestError(422, "body: must be a JSON object")
-        allowed = {"task", "repo", "commits", "options", "seed"}
+        allowed = {"task", "repo", "commits", "options", "seed", "test_failures"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise RequestError(422, f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
@@ -181,11 +185,14 @@ class Service:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
             raise RequestError(422, "seed: must be an integer in [0, 2^32)")
         options = self.check_options(predictor, body.get("options"))
+        failures = check_test_failures(body.get("test_failures"))
         if ("repo" in body) == ("commits" in body):
             raise RequestError(422, "repo or commits: give exactly one (a repository path, or commit records)")
         history_commits = options.get("history_commits", predictor.cfg.history_commits)
+        repo = None  # the repository whose code goes into the context (None: the index's own)
         if "repo" in body:
             history = self.history_from_repo(body["repo"], history_commits)
+            repo = Path(body["repo"]).expanduser().resolve()
         else:
             commits = body["commits"]
             if not isinstance(commits, list):
@@ -198,7 +205,7 @@ class Service:
                 raise RequestError(422, str(exc)) from None
         with self.lock:
             try:
-                return predictor.predict(history, task, options, seed)
+                return predictor.predict(history, task, options, seed, repo=repo, test_failures=failures)
             except ValueError as exc:
                 raise RequestError(422, str(exc)) from None
 
@@ -589,6 +596,22 @@ def _stop(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+MAX_TEST_FAILURE_CHARS = 100_000
+
+
+def check_test_failures(value: Any) -> str | None:
+    """`test_failures`: a text, or a list of texts (joined by blank lines), for the prompt."""
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = "\n\n".join(value)
+    if not isinstance(value, str):
+        raise RequestError(422, "test_failures: must be a string or a list of strings")
+    if len(value) > MAX_TEST_FAILURE_CHARS:
+        raise RequestError(422, f"test_failures: longer than {MAX_TEST_FAILURE_CHARS} characters")
+    return value
+
+
 @user_errors_to_exit
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -607,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     update_config = check_update_settings(cfg, args.config)
     scraper_cfg, chunker_cfg = load_history_sections(args.config)
     model_dir = Path(prediction.model_dir or paths.model_dir)
-    load = functools.partial(Predictor.load, model_dir, prediction, paths=paths)
+    retriever = Retriever(load_index_config(args.config), paths.index_dir)  # the code context, in every reply
+    load = functools.partial(Predictor.load, model_dir, prediction, paths=paths, retriever=retriever)
     service = Service(load(), cfg, scraper_cfg, chunker_cfg)
     service.reloader = ModelReloader(service, load, model_dir / INFO_FILE, cfg.reload_poll_s).start()
     if update_config is not None:

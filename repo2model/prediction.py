@@ -59,6 +59,7 @@ from repo2model.models import language_dir, load_trained_model, read_training_in
 from repo2model.paths import ArtifactPaths
 from repo2model.ranking import FileRanking
 from repo2model.records import Chunk, Commit
+from repo2model.retrieval import Retriever
 
 SECTION = "prediction"
 log = logging.getLogger("predict")
@@ -86,6 +87,7 @@ class PredictionConfig:
     rank_candidates: int = 200
     rank_score: Literal["sum", "mean"] = "sum"
     rank_batch_size: int = 32
+    context_tokens: int = 2000  # the code context's budget (repo2model.retrieval); 0 = none
 
     def __post_init__(self):
         if self.file_ranking not in ("likelihood", "generation", "both"):
@@ -114,6 +116,8 @@ class PredictionConfig:
             raise ValueError("max_files: must be >= 1")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("num_threads: must be >= 1 (or null)")
+        if not 0 <= self.context_tokens <= 200_000:
+            raise ValueError("context_tokens: must be between 0 and 200000")
 
     @property
     def candidates(self) -> int:
@@ -122,7 +126,7 @@ class PredictionConfig:
 
 # Settings a caller may change per request (the service's `options`).
 OPTION_KEYS = ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
-               "max_files", "file_ranking")
+               "max_files", "file_ranking", "context_tokens")
 
 
 def with_options(cfg: PredictionConfig, options: dict | None) -> PredictionConfig:
@@ -238,10 +242,12 @@ class Predictor:
         # What the model learned up to (train_model's training_info.json; absent in older folders).
         self.training = read_training_info(model_dir) if model_dir is not None else {}
         self.ranker: FileRanking | None = None  # the learned file ranker (train_ranker), when there is one
+        self.retriever: Retriever | None = None  # adds the code context and the prompt (index.py's index)
 
     @classmethod
     def load(cls, model_dir: Path, cfg: PredictionConfig, device: str | None = None,
-             paths: ArtifactPaths | None = None, ranker: bool = True) -> "Predictor":
+             paths: ArtifactPaths | None = None, ranker: bool = True,
+             retriever: Retriever | None = None) -> "Predictor":
         model_dir = require(Path(model_dir), "train_model")
         device = device or cfg.device
         if cfg.num_threads is not None:
@@ -256,6 +262,7 @@ class Predictor:
         predictor = cls(model, tokenizer, language, cfg, model_dir, trained_length(model_dir))
         # <output_dir>/ranker (or beside the model) ranks the files; without one (an older folder) the model does.
         predictor.ranker = FileRanking.find(model_dir, paths) if ranker else None
+        predictor.retriever = retriever
         return predictor
 
     def info(self) -> dict:
@@ -279,10 +286,13 @@ class Predictor:
         return budget
 
     def predict(self, history: list[tuple[Commit, list[Chunk]]], task: str, options: dict | None = None,
-                seed: int = 42, pool: CandidatePool | None = None) -> dict:
+                seed: int = 42, pool: CandidatePool | None = None, repo: Path | None = None,
+                test_failures: str | None = None) -> dict:
         """Prediction JSON for `task` after `history` (oldest first). ValueError for bad options or task.
 
         `pool`: the files of the known history the likelihood ranking scores (default: those of `history`).
+        With a retriever: `context` (the predicted files' and symbols' current code, then what the index finds,
+        within `context_tokens`) and `prompt` (the step-4 text, with `test_failures`) for the repository `repo`.
         """
         cfg = with_options(self.cfg, options)
         if not isinstance(task, str) or not task.strip():
@@ -298,12 +308,15 @@ class Predictor:
                                        score=lambda candidates: self.score_files(prompt, candidates, cfg))
         else:
             output["ranking"] = cfg.file_ranking
-        return {
+        result = {
             "task": task,
             "history": [{"hash": c.hash, "message": c.message.splitlines()[0] if c.message else ""}
                         for c, _ in history],
             **output,
         }
+        if self.retriever is not None:
+            result.update(self.retriever.answer(task, result, repo, cfg.context_tokens, test_failures))
+        return result
 
     def predict_ids(self, prompt_ids: list[int], seed: int = 42, cfg: PredictionConfig | None = None,
                     candidates: list[tuple[str, str | None]] | None = None) -> dict:

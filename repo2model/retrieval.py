@@ -80,6 +80,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from repo2model.artifacts import atomic_path, read_json, write_json
 from repo2model.code_units import PARSED_LANGUAGES, ModuleLookup, language_of, located_units
+from repo2model.config import load_config
 from repo2model.errors import UserError, first_line
 from repo2model.git import CatFile, git, git_popen, ls_tree, open_repository
 from repo2model.redact import Redactor
@@ -1093,6 +1094,15 @@ class Retriever:
         The index serves when it is of `repo` (or no repo is given); otherwise the predicted files' current code
         is read from `repo`'s HEAD and no search is made (context_source says why).
         """
+        try:
+            return self._answer(task, prediction, repo, budget, test_failures)
+        except UserError as exc:  # an index in use too long, a server down: the prediction still answers
+            log.warning("no code context: %s", exc)
+            return {"context": [], "prompt": render_prompt(task, prediction, [], test_failures),
+                    "context_source": {"index": None, "tokens": budget, "reason": str(exc), "used_tokens": 0}}
+
+    def _answer(self, task: str, prediction: dict, repo: Path | str | None, budget: int,
+                test_failures: str | None) -> dict:
         index = self.index()
         source: dict[str, Any] = {"index": None, "tokens": budget}
         top = open_repository(repo) if repo is not None else None
@@ -1120,6 +1130,13 @@ class Retriever:
         return {"context": [e.to_dict() for e in context],
                 "prompt": render_prompt(task, prediction, context, test_failures, repository, commit),
                 "context_source": source}
+
+
+def load_index_config(config_path: Path | None) -> IndexConfig:
+    """The `index` section of a config file (its defaults without one)."""
+    if config_path is None:
+        return IndexConfig()
+    return load_config(config_path, {SECTION: IndexConfig}, strict_sections=False)[SECTION]
 
 
 def tree_units(repo: Path, rev: str, paths: list[str], cfg: IndexConfig,

@@ -377,3 +377,31 @@ def test_retriever_uses_the_index_of_the_repo_and_else_reads_the_tree(tmp_path, 
     assert "json.load(text)" in elsewhere["context"][0]["code"]
     assert not any(e["why"].startswith("search") for e in elsewhere["context"])
     assert sparse_query("").indices == []
+
+
+def test_predictions_carry_context_and_prompt(tmp_path, make_repo, embedder):
+    """Predictor.predict with a retriever (as predict.py and serve.py load it): `context` and `prompt` for the
+    repository, within the per-request `context_tokens`; serve's `test_failures` field goes into the prompt."""
+    import helpers_predict as H
+    import serve
+    from repo2model.prediction import PredictionConfig, Predictor
+
+    repo = make_repo("project")
+    repo.commit("add parser", {"pkg/parse.py": "def parse(s):\n    return s\n"})
+    UnitIndex(IndexConfig(), tmp_path / "index", embedder).update(repo.path, progress=False)
+    model, tokenizer, lang, _, _ = H.trained_predictor_parts(tmp_path / "model")
+    predictor = Predictor(model, tokenizer, lang, PredictionConfig(max_new_tokens=120), model_dir=tmp_path)
+    history = H.fixture_history()
+    assert "context" not in predictor.predict(history, H.TASK)  # no retriever: the prediction alone
+    predictor.retriever = Retriever(IndexConfig(), tmp_path / "index", embedder)
+    result = predictor.predict(history, H.TASK, repo=repo.path, test_failures="FAILED test_parse")
+    assert result["files"][0]["path"] == "pkg/parse.py"
+    assert result["context"][0]["why"] == "predicted symbol parse of predicted file #1"
+    assert result["context"][0]["code"] == "def parse(s):\n    return s"
+    assert "FAILED test_parse" in result["prompt"] and H.TASK in result["prompt"]
+    assert result["context_source"]["index"]["commit"] == repo.head()
+    nothing = predictor.predict(history, H.TASK, options={"context_tokens": 0}, repo=repo.path)
+    assert nothing["context"] == [] and "No code context available." in nothing["prompt"]
+    assert serve.check_test_failures(["a", "b"]) == "a\n\nb" and serve.check_test_failures(None) is None
+    with pytest.raises(serve.RequestError, match="test_failures: must be a string"):
+        serve.check_test_failures({"x": 1})
