@@ -378,6 +378,47 @@ class Embedder:
         return out
 
 
+class FileEmbeddings:
+    """A dense similarity between a task and files at any commit, for a ranker: each file version is embedded
+    as the index embeds its `file` unit (whole text, or outline past `whole_file_lines`), cached by blob id, so
+    that a target's features use the files as they were at its parent and nothing later (leakage-free).
+
+        dense = FileEmbeddings(Embedder(), IndexConfig())
+        dense.similarities(task, code.blobs, code.read, paths)   # {path: cosine}, e.g. with search.CodeIndex
+    """
+
+    def __init__(self, embedder: Embedder, cfg: IndexConfig, cache_blobs: int = 50_000):
+        self.embedder, self.cfg, self.cache_blobs = embedder, cfg, cache_blobs
+        self._vectors: dict[str, np.ndarray | None] = {}
+
+    def similarities(self, task: str, blobs: dict[str, str], read: Callable[[str], bytes | None],
+                     paths: Iterable[str]) -> dict[str, float]:
+        """Cosine of `task` with each of `paths` (blob ids from `blobs`, contents from `read(path)`); files with
+        no text unit (binary, too large, not in `blobs`) are left out."""
+        paths = [p for p in paths if p in blobs]
+        missing = [p for p in dict.fromkeys(paths) if blobs[p] not in self._vectors]
+        texts, owners = [], []
+        for path in missing:
+            data = read(path)
+            units = [u for u in units_of_file(path, data, blobs[path], self.cfg) if u.kind == "file"] if data else []
+            if units:
+                texts.append(units[0].embedding_text())
+                owners.append(blobs[path])
+            else:
+                self._vectors[blobs[path]] = None
+        if len(self._vectors) + len(texts) > self.cache_blobs:
+            self._vectors.clear()
+        for oid, vector in zip(owners, self.embedder.embed(texts) if texts else []):
+            self._vectors[oid] = vector
+        query = self.embedder.embed([task])[0]
+        out = {}
+        for path in paths:
+            vector = self._vectors.get(blobs[path])
+            if vector is not None:
+                out[path] = float(np.dot(query, vector))
+        return out
+
+
 # ---------------------------------------------------------------- BM25 sparse vectors
 
 

@@ -405,3 +405,25 @@ def test_predictions_carry_context_and_prompt(tmp_path, make_repo, embedder):
     assert serve.check_test_failures(["a", "b"]) == "a\n\nb" and serve.check_test_failures(None) is None
     with pytest.raises(serve.RequestError, match="test_failures: must be a string"):
         serve.check_test_failures({"x": 1})
+
+
+def test_file_embeddings_for_a_ranker_follow_the_tree_and_cache_by_blob(tmp_path, make_repo, embedder):
+    from repo2model.retrieval import FileEmbeddings
+    from repo2model.search import CodeIndex
+
+    repo = make_project(make_repo)
+    old = repo.head()
+    repo.commit("json everywhere", {"src/lib.rs": "pub fn to_json(value: u64) -> String {\n    format!(\"{}\", value)\n}\n"})
+    dense = FileEmbeddings(embedder, IndexConfig())
+    with CodeIndex(repo.path) as code:
+        code.move_to(old)
+        before = dense.similarities("parse json requests", code.blobs, code.read, ["src/lib.rs", "tools/parser.py"])
+        assert before["tools/parser.py"] > before["src/lib.rs"]
+        code.move_to(repo.head())
+        after = dense.similarities("parse json requests", code.blobs, code.read, ["src/lib.rs", "notes.txt", "gone"])
+    assert after["src/lib.rs"] > before["src/lib.rs"] and "gone" not in after
+    assert len(dense._vectors) == 4  # lib.rs twice (two blobs), parser.py, notes.txt: each embedded once
+    units = [u for u in units_of_file("tools/parser.py", PARSER_PY.encode(), "x", IndexConfig()) if u.kind == "file"]
+    vector = embedder.embed([units[0].embedding_text()])[0]
+    assert before["tools/parser.py"] == pytest.approx(float(np.dot(embedder.embed(["parse json requests"])[0],
+                                                                   vector)), abs=1e-5)
