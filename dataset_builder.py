@@ -40,7 +40,9 @@ split has), train the rest of those plus a replay sample of earlier training
 examples (`replay_share` of the train split, drawn with the seed) so that the
 model does not forget. Nothing trained on is ever in val or test. The train
 file's meta lists every commit trained on so far for the next update;
-dataset_stats.json gets an `update` section with the counts.
+dataset_stats.json gets an `update` section with the counts. When no commit is
+left to train on once val and test are filled (nothing new since the last
+update), nothing is written: the splits stay, so later stages stay up to date.
 
 Config section `dataset_builder`:
     context_window      tokens per example, context + target (the model's sequence length)
@@ -78,7 +80,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from repo2model.artifacts import ensure_folder, require, write_json
+from repo2model.artifacts import ensure_folder, read_json, require, write_json
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.commit_language import COMMIT_END, TRUNCATED, CommitLanguage, assemble_prompt, decode_ids, encode_texts, special_id
 from repo2model.encoded_commits import EncodedCommits
@@ -146,6 +148,10 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     order = chronological_order(encoded, cfg.first_parent_only)
     built = build_examples(cfg, encoded, order, TargetTokens.of(tokenizer))
     plan = split_plan(cfg, built, order) if trained is None else update_plan(cfg, built, order, trained, seed)
+    if plan is None:  # an update with nothing new: the splits stay as they are, so later stages stay up to date
+        log.info("dataset_builder: update: no commit to learn beyond what val and test need: the splits are kept as they are")
+        kept = read_json(paths.dataset_stats) if paths.dataset_stats.exists() else {}
+        return {**kept, "update": {"nothing_new": True, "trained_before": len(trained)}}
     stats = save_splits(cfg, paths, tokenizer, built, plan, order)
     counts = stats["examples"]
     latest = next((stats["splits"][s]["effective_time"]["first"] for s in ("test", "val", "train") if counts[s]), None)
@@ -418,18 +424,16 @@ def commits_trained_before(paths: ArtifactPaths) -> set[str]:
     return set(previous.meta.get("trained_commits") or previous.commits)
 
 
-def update_plan(cfg: Config, built: Built, order: Order, trained: set[str], seed: int) -> SplitPlan:
+def update_plan(cfg: Config, built: Built, order: Order, trained: set[str], seed: int) -> SplitPlan | None:
     """The split moved forward: val and test are the latest examples the model has never trained on
     (as many as a full split would have); train is the rest of those, plus a replay sample of what
-    it trained on before (`replay_share` of the train split), so that it does not forget."""
+    it trained on before (`replay_share` of the train split), so that it does not forget.
+    None when no commit is left to train on once val and test are filled."""
     fresh = [i for i, e in enumerate(built.examples) if order.hashes[e.rank] not in trained]
     seen = [i for i, e in enumerate(built.examples) if order.hashes[e.rank] in trained]
     n_test, n_val = round(len(built.examples) * cfg.test_ratio), round(len(built.examples) * cfg.val_ratio)
     if len(fresh) <= n_val + n_test:
-        raise UserError(
-            f"update: {len(fresh)} of {len(built.examples)} commits with changes were never trained on, not more than the "
-            f"{n_val} + {n_test} val + test commits they must first fill: nothing new to train on (wait for more commits)"
-        )
+        return None
     new_train = len(fresh) - n_val - n_test
     times = [order.effective[built.examples[i].rank] for i in fresh]
     val_start = _untie(new_train, 1, new_train + n_val, times)
@@ -629,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         if given:
             check_encoded_from(paths.tokens, flag, require(given.resolve()))
     stats = run(cfg, paths, seed=pipeline.seed)
-    print(json.dumps({"examples": stats["examples"], "target_truncation_rate": stats["truncation"]["target_rate"]}))
+    print(json.dumps({"examples": stats.get("examples"), "target_truncation_rate": stats.get("truncation", {}).get("target_rate")}))
     return 0
 
 

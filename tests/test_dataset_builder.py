@@ -375,10 +375,10 @@ def test_update_moves_the_split_forward_and_replays_earlier_training(tmp_path):
     stage.run(stage.Config(**UPDATE_CFG, update=True, replay_share=0.25), paths, seed=7)  # ... and the same update again
     assert split_commits(paths) == first
 
-    # No new commit since: nothing to train on, one line, the splits stay as they are.
-    with pytest.raises(UserError, match="update: 10 of 50 commits with changes were never trained on.*nothing new to train on"):
-        stage.run(stage.Config(**UPDATE_CFG, update=True), paths)
-    assert split_commits(paths) == first
+    # No new commit since: nothing to train on, the split files are left untouched (later stages stay up to date).
+    files = {p: p.read_bytes() for p in (paths.train_data, paths.val_data, paths.test_data, paths.dataset_stats)}
+    assert stage.run(stage.Config(**UPDATE_CFG, update=True), paths)["update"]["nothing_new"]
+    assert {p: p.read_bytes() for p in files} == files
 
     # A second update: what both earlier trainings saw counts as trained, whatever the replay drew.
     encoded_history(tmp_path / "out", history, frozen=True)
