@@ -476,7 +476,7 @@ def write_chart(metrics: dict, path: Path) -> Path:
     ax.set_ylabel("score (higher is better)")
     targets = metrics[names[0]]["commits"] if names else 0
     ax.set_title(f"Every predictor on {targets} target commits")
-    ax.legend(ncol=min(5, max(1, len(names))), fontsize=8)
+    ax.legend(ncol=min(9, max(1, len(names))), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})

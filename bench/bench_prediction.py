@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
+os.environ.setdefault("TQDM_DISABLE", "1")  # one table, not thousands of progress lines
 
 import evaluate  # noqa: E402
 import pipeline  # noqa: E402

@@ -46,7 +46,7 @@ from repo2model.code_units import PARSED_LANGUAGES, extract_units, is_test_file,
 from repo2model.errors import UserError
 from repo2model.features import CandidateRows, FeatureConfig, Target, candidate_rows, file_kind, repository_of, state_at
 from repo2model.paths import ArtifactPaths
-from repo2model.search import CodeIndex, bm25_scores, code_words
+from repo2model.search import CodeIndex, FixedBM25, code_words
 
 log = logging.getLogger("ranking")
 
@@ -402,21 +402,38 @@ def units_at_parent(path: str, data: bytes | None) -> list[SymbolCandidate]:
 SYMBOL_WEIGHTS = (2.0, 1.0, 0.5)  # task relevance, recency, frequency in rank_symbols' fusion
 
 
+@dataclass
+class SymbolIndex:
+    """A file's candidate symbols (its units at the parent, then the symbols its history changed) and their
+    BM25 documents (name words counted three times, then the unit's code); reusable while neither changes."""
+
+    names: list[str]
+    index: FixedBM25
+
+    @classmethod
+    def of(cls, past: PastCommits, path: str, units: list[SymbolCandidate]) -> "SymbolIndex":
+        candidates = {u.symbol: u.text for u in units}
+        for symbol in past.file_symbols.get(path) or {}:
+            candidates.setdefault(symbol, "")
+        names = list(candidates)
+        documents = [list(code_words(name)) * 3 + code_words(candidates[name][:20_000]) for name in names]
+        return cls(names, FixedBM25(documents))
+
+
 def rank_symbols(past: PastCommits, path: str, units: list[SymbolCandidate], task_words: list[str],
-                 limit: int, k: int = 10, weights: tuple[float, float, float] = SYMBOL_WEIGHTS) -> list[str]:
+                 limit: int, k: int = 10, weights: tuple[float, float, float] = SYMBOL_WEIGHTS,
+                 index: SymbolIndex | None = None) -> list[str]:
     """A file's symbols most likely to change for this task: its units at the parent and the symbols its
     history changed, ranked by weighted reciprocal-rank fusion of three lists, each holding only the
-    symbols with evidence: BM25 against the task (name words counted three times, then the unit's code),
-    recency of change, and frequency of change; ties and symbols without evidence by their order in the file."""
-    known = past.file_symbols.get(path) or {}
-    candidates = {u.symbol: u.text for u in units}
-    for symbol in known:
-        candidates.setdefault(symbol, "")
-    if not candidates or limit <= 0:
+    symbols with evidence: BM25 against the task (SymbolIndex), recency of change, and frequency of change;
+    ties and symbols without evidence by their order in the file. `index`: SymbolIndex.of(past, path, units)
+    when already built."""
+    index = index or SymbolIndex.of(past, path, units)
+    names = index.names
+    if not names or limit <= 0:
         return []
-    names = list(candidates)
-    documents = [list(code_words(name)) * 3 + code_words(candidates[name][:20_000]) for name in names]
-    relevance = bm25_scores(task_words, documents)
+    known = past.file_symbols.get(path) or {}
+    relevance = index.index.scores(task_words)
     seen = [past.symbol_seen.get((path, name), -1) for name in names]
     counts = [known.get(name, 0) for name in names]
     lists = [
@@ -542,6 +559,8 @@ class FileRanking:
         self.seen: set[str] = set()
         self.candidates = FeatureConfig(**ranker.settings["candidates"])
         self.symbols_per_file = int(ranker.settings["baselines"].get("symbols_per_file", 5))
+        # (path, blob, symbols known) -> SymbolIndex: a file at the same version is parsed and indexed once
+        self.symbol_indexes: dict[tuple[str, str | None, int], SymbolIndex] = {}
 
     @classmethod
     def find(cls, model_dir: Path, paths: ArtifactPaths | None = None) -> "FileRanking | None":
@@ -620,11 +639,22 @@ class FileRanking:
         types = self.ranker.change_types([type_example(self.past, p, state.task_words, exists[p]) for p in paths])
         files = []
         for path, value in ranked:
-            units = units_at_parent(path, code.read(path)) if code is not None else []
+            index = self.symbol_index(path, code)
             files.append({"path": path, "score": round(value, 6), "change_type": types.get(path),
                           "module": self.past.file_module.get(path),
-                          "symbols": rank_symbols(self.past, path, units, state.task_words, self.symbols_per_file)})
+                          "symbols": rank_symbols(self.past, path, [], state.task_words, self.symbols_per_file,
+                                                  index=index)})
         return {"method": "ranker_lm" if lm is not None else "ranker", "files": files, "candidates": len(rows.paths)}
+
+    def symbol_index(self, path: str, code: CodeIndex | None) -> SymbolIndex:
+        oid = code.blobs.get(path) if code is not None else None
+        key = (path, oid, len(self.past.file_symbols.get(path) or ()))
+        if key not in self.symbol_indexes:
+            if len(self.symbol_indexes) > 4096:
+                self.symbol_indexes.clear()
+            units = units_at_parent(path, code.read(path)) if oid is not None else []
+            self.symbol_indexes[key] = SymbolIndex.of(self.past, path, units)
+        return self.symbol_indexes[key]
 
     def merge(self, output: dict, history: list, task: str, max_files: int,
               score: Callable[[list[tuple[str, str | None]]], list[dict]] | None = None) -> dict:

@@ -209,17 +209,27 @@ class BM25Index:
         return {self._keys[s]: float(total[s]) for s in np.flatnonzero(total)}
 
 
+class FixedBM25:
+    """bm25s over a small, fixed set of word lists: indexed once, then scored for any number of queries."""
+
+    def __init__(self, documents: list[list[str]]):
+        self.size = len(documents)
+        self.retriever = None
+        if any(documents):
+            self.retriever = bm25s.BM25(method="lucene", k1=K1, b=B)
+            self.retriever.index(documents, show_progress=False)
+
+    def scores(self, query: list[str]) -> np.ndarray:
+        out = np.zeros(self.size, dtype=np.float64)
+        ids = self.retriever.get_tokens_ids(query) if self.retriever is not None and query else []
+        if ids:
+            out[:] = self.retriever.get_scores(ids)
+        return out
+
+
 def bm25_scores(query: list[str], documents: list[list[str]]) -> np.ndarray:
     """BM25 of `query` against each of a small, fixed set of word lists, straight through bm25s."""
-    scores = np.zeros(len(documents), dtype=np.float64)
-    if not documents or not query or not any(documents):
-        return scores
-    retriever = bm25s.BM25(method="lucene", k1=K1, b=B)
-    retriever.index(documents, show_progress=False)
-    ids = retriever.get_tokens_ids(query)
-    if ids:
-        scores[:] = retriever.get_scores(ids)
-    return scores
+    return FixedBM25(documents).scores(query)
 
 
 # ---------------------------------------------------------------- the repository's tree
