@@ -37,7 +37,6 @@ from repo2model.errors import UserError
 from repo2model.history import History, history_from_artifacts, history_from_repo, load_history_sections
 from repo2model.prediction import (
     MAX_TASK_CHARS,
-    OPTION_KEYS,  # noqa: F401  (re-exported for evaluate.py and the n8n test until they import repo2model)
     SECTION,
     CandidatePool,
     PredictionConfig,

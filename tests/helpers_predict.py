@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
 from repo2model.commit_language import BOS, COMMIT_END, EOS, PAD, CommitLanguage, encode_texts
 from repo2model.records import Chunk, Commit, Person
 
@@ -56,9 +60,6 @@ def target_text(lang: CommitLanguage) -> str:
 
 def build_tokenizer(folder: Path, lang: CommitLanguage, texts: list[str]):
     """Byte-level BPE with the language's special tokens, saved with commit_language.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
@@ -73,9 +74,6 @@ def build_tokenizer(folder: Path, lang: CommitLanguage, texts: list[str]):
 
 
 def tiny_llama(tokenizer, seed: int = 0, max_positions: int = 512):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=max_positions,
@@ -86,8 +84,6 @@ def tiny_llama(tokenizer, seed: int = 0, max_positions: int = 512):
 
 def train_on(model, examples: list[tuple[list[int], list[int]]], steps: int = 150, lr: float = 3e-3):
     """Train until the model reproduces each (prompt, target): loss on the target only."""
-    import torch
-
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     for step in range(steps):

@@ -7,6 +7,8 @@ import json
 import shutil
 
 import pytest
+import torch
+from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 import helpers_predict as H
@@ -14,6 +16,7 @@ import predict
 from repo2model import history as history_lib
 from repo2model import prediction
 from repo2model.artifacts import CommitsWriter, write_jsonl
+from repo2model.commit_language import CommitLanguage, encode_texts
 from repo2model.models import INFO_FILE, merge_adapter, trained_length
 
 
@@ -76,8 +79,6 @@ def test_untrained_model_gives_malformed_candidates_not_a_crash(learned):
 
 
 def test_parse_generation_reports_problems():
-    from repo2model.commit_language import CommitLanguage
-
     lang = CommitLanguage()
     cut = prediction.parse_generation(lang, "<FILE>a.py\n<CHANGE:new_function>f\n<CODE>def f(")
     assert cut["malformed"] and cut["files"][0]["path"] == "a.py"
@@ -134,8 +135,6 @@ def save_model_folder(learned, folder):
 
 
 def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
-    from peft import LoraConfig, get_peft_model
-
     expected = predictor(learned, file_ranking="both").predict(H.fixture_history(), H.TASK)["files"]
     cfg = prediction.PredictionConfig(max_new_tokens=120)  # the default ranking: likelihood, then generation's own files
 
@@ -217,8 +216,6 @@ CANDIDATES = [("tests/test_parse.py", "tests.test_parse"), ("pkg/strip.py", "pkg
 
 def direct_logprob(model, prompt: list[int], continuation: list[int]) -> float:
     """log P(continuation | prompt) from one plain forward pass over prompt + continuation (no cache, no batch)."""
-    import torch
-
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt + continuation])).logits[0].float()
     logp = torch.log_softmax(logits, dim=-1)
@@ -237,8 +234,6 @@ def test_likelihood_ranks_the_learned_file_first(learned):
 
 
 def test_continuation_is_the_training_file_header(learned):
-    from repo2model.commit_language import encode_texts
-
     p = predictor(learned)
     conts = p.file_continuations(CANDIDATES)
     tokens = [learned["tokenizer"].convert_ids_to_tokens(ids) for ids in conts]

@@ -5,8 +5,13 @@ from __future__ import annotations
 import functools
 import http.client
 import json
+import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -159,8 +164,6 @@ def test_config_token_and_port_in_use(learned):
     assert serve.Config(token="abc", token_env="NO_SUCH_VARIABLE_X").bearer_token() == "abc"
     first = start(learned)
     try:
-        from repo2model.errors import UserError
-
         with pytest.raises(UserError, match="choose another --port"):
             serve.make_server(serve.Service(learned, serve.Config(port=first.server_address[1])))
     finally:
@@ -169,14 +172,6 @@ def test_config_token_and_port_in_use(learned):
 
 
 def test_cli_serves_reloads_on_sighup_and_stops_on_sigterm(learned, folders, tmp_path):
-    import os
-    import re
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     folder = tmp_path / "model"
     shutil.copytree(folders["old"], folder)
     config = tmp_path / "config.yaml"
@@ -250,8 +245,6 @@ def test_predict_from_a_real_repository(server, make_repo):
 
 
 def test_a_stalled_body_gets_408_and_the_service_carries_on(learned):
-    import socket
-
     stalling = start(learned, socket_timeout_s=1.0)
     try:
         with socket.create_connection(stalling.server_address[:2], timeout=30) as sock:
