@@ -133,8 +133,10 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = N
     workers = worker_count(cfg, metadata)
     remove_own_temporaries(paths)
     stats, tally = ChunkingStats(), Tally()
-    with _spool_folder(paths.chunks) as spool:
+    with _spool_folder(paths.chunks) as spool, contextlib.ExitStack() as cleanup:
         previous = PreviousChunks.load(paths, reuse, spool) if incremental else None
+        if previous is not None:
+            cleanup.callback(previous.close)
         with atomic_open(paths.chunks) as out:
             plan = _plan(checked_records(paths.commits), previous, cfg.batch_size)
             progress = tqdm(total=metadata.get("total_commits"), unit="commit", desc="chunking", disable=None)
@@ -326,9 +328,11 @@ class PreviousChunks:
         self.used.add(commit)
         return count
 
+    def close(self) -> None:
+        self._file.close()
+
     def unused(self) -> tuple[int, int]:
         """(commits, chunks) of the previous file that were not copied: dropped."""
-        self._file.close()
         dropped = [count for commit, (_, _, count) in self.groups.items() if commit not in self.used]
         return len(dropped), sum(dropped)
 
