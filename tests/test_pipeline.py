@@ -12,9 +12,17 @@ from conftest import ROOT
 
 
 def run_pipeline(*args: str) -> subprocess.CompletedProcess:
+    """pipeline.py as a user runs it (a fresh process: imports every stage, so seconds each)."""
     return subprocess.run(
         [sys.executable, str(ROOT / "pipeline.py"), *args], capture_output=True, text=True, cwd=ROOT
     )
+
+
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    """pipeline.main in this process (the stages imported once): exit code and what went to stderr."""
+    capsys.readouterr()
+    code = pipeline.main(list(args))
+    return code, capsys.readouterr().err
 
 
 def write_config(tmp_path: Path, repo: Path, extra: str = "") -> Path:
@@ -34,17 +42,18 @@ def test_list_stages_in_order():
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
     assert names == list(pipeline.STAGE_NAMES)
-    assert names[:4] == ["git_scraper", "semantic_chunker", "tokenizer", "dataset_builder"]
+    core = ["git_scraper", "semantic_chunker", "tokenizer", "dataset_builder", "train_model", "evaluate"]
+    assert [name for name in names if name in core] == core and names[-1] == "evaluate"
     assert all(len(line.split(None, 1)) == 2 for line in proc.stdout.splitlines())  # each with its docstring
 
 
-def test_stage_is_skipped_when_up_to_date_and_rerun_when_not(tmp_path, make_repo):
+def test_stage_is_skipped_when_up_to_date_and_rerun_when_not(tmp_path, make_repo, capsys):
     repo = make_repo()
     repo.commit("first", {"src/lib.rs": "fn a() {}\n"})
     config = write_config(tmp_path, repo.path)
 
-    first = run_pipeline("--config", str(config), "--stage", "git_scraper")
-    assert first.returncode == 0, first.stderr
+    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper")
+    assert code == 0, err
     stage = results(tmp_path)["git_scraper"]
     assert stage["status"] == "ok"
     commits_path = tmp_path / "out" / "commits.json"
@@ -53,56 +62,56 @@ def test_stage_is_skipped_when_up_to_date_and_rerun_when_not(tmp_path, make_repo
     log = (tmp_path / "out" / "pipeline.log").read_text()
     assert "git_scraper: done" in log
 
-    second = run_pipeline("--config", str(config), "--stage", "git_scraper")
-    assert second.returncode == 0
+    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper")
+    assert code == 0
     assert results(tmp_path)["git_scraper"]["status"] == "skipped"
-    assert "up to date" in second.stderr
+    assert "up to date" in err
 
     # The repository moved on: the scraper's input changed.
     repo.commit("second", {"src/lib.rs": "fn a() {}\nfn b() {}\n"})
-    third = run_pipeline("--config", str(config), "--stage", "git_scraper")
-    assert results(tmp_path)["git_scraper"]["status"] == "ok", third.stderr
+    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper")
+    assert results(tmp_path)["git_scraper"]["status"] == "ok", err
     assert json.loads(commits_path.read_text())["metadata"]["total_commits"] == 2
 
     # The stage's config section changed.
     config = write_config(tmp_path, repo.path, "  max_patch_bytes: 5000\n")
-    run_pipeline("--config", str(config), "--stage", "git_scraper")
+    run_main(capsys, "--config", str(config), "--stage", "git_scraper")
     assert results(tmp_path)["git_scraper"]["status"] == "ok"
 
     # --force reruns an up-to-date stage.
-    run_pipeline("--config", str(config), "--stage", "git_scraper")
+    run_main(capsys, "--config", str(config), "--stage", "git_scraper")
     assert results(tmp_path)["git_scraper"]["status"] == "skipped"
-    run_pipeline("--config", str(config), "--stage", "git_scraper", "--force")
+    run_main(capsys, "--config", str(config), "--stage", "git_scraper", "--force")
     assert results(tmp_path)["git_scraper"]["status"] == "ok"
 
     # A deleted output is not up to date.
     commits_path.unlink()
-    run_pipeline("--config", str(config), "--stage", "git_scraper")
+    run_main(capsys, "--config", str(config), "--stage", "git_scraper")
     assert results(tmp_path)["git_scraper"]["status"] == "ok"
     assert commits_path.exists()
 
 
-def test_failed_stage_stops_the_run_unless_asked_to_continue(tmp_path):
+def test_failed_stage_stops_the_run_unless_asked_to_continue(tmp_path, capsys):
     not_a_repo = tmp_path / "plain"
     not_a_repo.mkdir()
     config = write_config(tmp_path, not_a_repo)
 
-    proc = run_pipeline("--config", str(config))
-    assert proc.returncode == 1
+    code, err = run_main(capsys, "--config", str(config))
+    assert code == 1
     stages = results(tmp_path)
     assert stages["git_scraper"]["status"] == "failed"
     assert "not a git repository" in stages["git_scraper"]["error"]
     assert all(stages[name]["status"] == "not_run" for name in pipeline.STAGE_NAMES[1:])
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in err
 
-    proc = run_pipeline("--config", str(config), "--continue-on-error")
-    assert proc.returncode == 1
+    code, err = run_main(capsys, "--config", str(config), "--continue-on-error")
+    assert code == 1
     stages = results(tmp_path)
     assert stages["semantic_chunker"]["status"] == "failed"
     assert "run the git_scraper stage first" in stages["semantic_chunker"]["error"]
 
 
-def test_bad_config_is_one_line_and_exit_2(tmp_path, make_repo):
+def test_bad_config_is_one_line_and_exit_2(tmp_path, make_repo, capsys):
     repo = make_repo()
     repo.commit("first", {"a.py": "x = 1\n"})
     config = write_config(tmp_path, repo.path, "  max_patch_byte: 5\n")
@@ -112,8 +121,8 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, make_repo):
     assert "unknown key 'max_patch_byte' in section 'git_scraper'" in proc.stderr
     assert not (tmp_path / "out").exists()
 
-    missing = run_pipeline("--config", str(tmp_path / "nope.yaml"))
-    assert missing.returncode == 2 and "config file not found" in missing.stderr
+    code, err = run_main(capsys, "--config", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "config file not found" in err
 
 
 def test_default_config_is_valid():
@@ -126,20 +135,20 @@ def test_default_config_is_valid():
     assert loaded["model_training"].mode == "scratch"
 
 
-def test_output_dir_that_cannot_be_created_is_one_line(tmp_path, make_repo):
+def test_output_dir_that_cannot_be_created_is_one_line(tmp_path, make_repo, capsys):
     repo = make_repo()
     repo.commit("first", {"a.py": "x = 1\n"})
     (tmp_path / "blocker").write_text("a regular file\n")
     config = tmp_path / "config.yaml"
     config.write_text(f"pipeline:\n  output_dir: blocker/out\ngit_scraper:\n  repo: {repo.path}\n")
-    proc = run_pipeline("--config", str(config))
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
-    assert "blocker/out: cannot create output folder" in proc.stderr
+    code, err = run_main(capsys, "--config", str(config))
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "blocker/out: cannot create output folder" in err
     assert (tmp_path / "blocker").read_text() == "a regular file\n"
 
 
-def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path, make_repo):
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path, make_repo, capsys):
     repo = make_repo()
     repo.commit("first", {"a.py": "x = 1\n"})
     config = write_config(tmp_path, repo.path)
@@ -152,14 +161,14 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path, make_repo):
     keep = [out / "notes.tmp", out / ".mine.tmp"]
     for path in keep:
         path.write_text("user's")
-    proc = run_pipeline("--config", str(config), "--stage", "git_scraper")
-    assert proc.returncode == 0, proc.stderr
+    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper")
+    assert code == 0, err
     assert not any(path.exists() for path in stale)
     assert all(path.read_text() == "user's" for path in keep)
-    assert "removed 2 temporaries left by an interrupted run" in proc.stderr
+    assert "removed 2 temporaries left by an interrupted run" in err
 
 
-def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, make_repo):
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, make_repo, capsys):
     import fcntl
 
     repo = make_repo()
@@ -168,11 +177,11 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, make_repo):
     (tmp_path / "out").mkdir()
     with open(tmp_path / "out" / pipeline.LOCK_NAME, "a+") as held:  # what a running pipeline holds
         fcntl.flock(held, fcntl.LOCK_EX)
-        proc = run_pipeline("--config", str(config), "--stage", "git_scraper")
-    assert proc.returncode == 2
-    assert "another pipeline run is using this output folder" in proc.stderr and proc.stderr.count("\n") == 1
+        code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper")
+    assert code == 2
+    assert "another pipeline run is using this output folder" in err and err.count("\n") == 1
     assert not (tmp_path / "out" / "commits.json").exists()
-    assert run_pipeline("--config", str(config), "--stage", "git_scraper").returncode == 0
+    assert run_main(capsys, "--config", str(config), "--stage", "git_scraper")[0] == 0
 
 
 def small_history(make_repo):
