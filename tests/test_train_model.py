@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import bitsandbytes as bnb
 import pytest
 import torch
 import yaml
@@ -359,8 +360,6 @@ def test_lora_trains_only_adapters_and_new_rows_and_reloads(extended, tmp_path):
 
 
 def test_qlora_nf4_on_cpu_with_paged_8bit_adamw(extended, tmp_path):
-    import bitsandbytes as bnb
-
     paths = adapter_outputs(extended, tmp_path)
     cfg = train_model.Config(**TINY, mode="qlora", base_model=str(extended["base"]), precision="bf16", max_steps=4,
                              eval_every=2, save_every=2, optimizer="paged_adamw_8bit", learning_rate=1e-2,
