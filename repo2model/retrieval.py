@@ -51,7 +51,8 @@ The prompt (`render_prompt`): task, predicted files with change types and symbol
 test failures (from the request), and a short instruction to answer with a unified diff.
 
 Locking: an embedded store is opened by one process at a time (Qdrant's own lock); readers (predict.py,
-serve.py) open it per request and close it at once, writers (index.py) wait up to `lock_wait_s` for it.
+serve.py) open it on a request and close it after `keep_open_s` without one; writers (index.py) wait up to
+`lock_wait_s` for it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ import os
 import posixpath
 import re
 import shutil
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -121,6 +123,7 @@ class IndexConfig:
     guided_weight: float = 4.0
     context_files: int = 5
     lock_wait_s: float = 30.0
+    keep_open_s: float = 5.0
     timeout_s: float = 30.0
 
     def __post_init__(self):
@@ -135,6 +138,8 @@ class IndexConfig:
             raise ValueError("num_threads: must be >= 1 (or null)")
         if self.guided_weight <= 0:
             raise ValueError("guided_weight: must be > 0")
+        if self.lock_wait_s < 0 or self.keep_open_s < 0 or self.timeout_s <= 0:
+            raise ValueError("lock_wait_s, keep_open_s: must be >= 0; timeout_s: > 0")
         if self.url is not None and not re.match(r"^https?://", self.url):
             raise ValueError(f"url: must start with http:// or https:// (got {self.url!r})")
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", self.collection):
@@ -332,6 +337,7 @@ class Embedder:
         self.max_tokens, self.batch_size, self.num_threads = max_tokens, batch_size, num_threads
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self._model = None
+        self._dim: int | None = None
 
     @property
     def model(self):
@@ -343,7 +349,10 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        """The vector size, from the folder's config.json (the model itself loads only to embed)."""
+        if self._dim is None:
+            self._dim = int(json.loads((self.folder / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+        return self._dim
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
@@ -492,6 +501,7 @@ class EdgeStore:
 
     def __init__(self, folder: Path, dim: int | None, wait_s: float):
         self.folder = Path(folder)
+        self.dirty = dim is not None  # written to (created, or opened by a writer): flushed on close
         if (self.folder / "wal").exists() or (self.folder / "segments").exists():
             self.shard = _retry_locked(lambda: edge.EdgeShard.load(str(self.folder)), self.folder, wait_s)
         elif dim is None:
@@ -576,7 +586,8 @@ class EdgeStore:
 
     def close(self) -> None:
         if self.shard is not None:
-            self.shard.flush()
+            if self.dirty:  # a reader has nothing to flush (a flush costs fsyncs)
+                self.shard.flush()
             self.shard.close()
             self.shard = None
 
@@ -1117,16 +1128,39 @@ def render_prompt(task: str, prediction: dict, context: list[ContextEntry], test
 
 
 class Retriever:
-    """Context and prompt for predictions: loaded once (tokenizer now, embedding model on first search); the
-    index is opened per request (so that index.py can update it between requests)."""
+    """Context and prompt for predictions: loaded once (tokenizer now, embedding model on first search). The
+    index is opened on a request and kept open until `keep_open_s` pass without one, then closed so that
+    index.py (which waits up to `lock_wait_s` for it) can update it between bursts of requests."""
 
     def __init__(self, cfg: IndexConfig, folder: Path, embedder: Embedder | None = None):
         self.cfg = cfg
         self.folder = Path(folder)
         self.embedder = embedder or Embedder(cfg.model_dir, cfg.max_tokens, cfg.batch_size, cfg.num_threads)
+        self._open: UnitIndex | None = None
+        self._lock = threading.Lock()
+        self._closer: threading.Timer | None = None
 
     def index(self) -> UnitIndex:
-        return UnitIndex(self.cfg, self.folder, self.embedder)
+        """The index, open when there is one (call with the lock held)."""
+        if self._open is not None:
+            return self._open
+        index = UnitIndex(self.cfg, self.folder, self.embedder)
+        if index.exists():
+            self._open = index.__enter__()
+        return index
+
+    def close(self) -> None:
+        with self._lock:
+            if self._open is not None:
+                self._open.__exit__(None, None, None)
+                self._open = None
+
+    def _close_later(self) -> None:
+        if self._closer is not None:
+            self._closer.cancel()
+        self._closer = threading.Timer(self.cfg.keep_open_s, self.close)
+        self._closer.daemon = True
+        self._closer.start()
 
     def answer(self, task: str, prediction: dict, repo: Path | str | None = None, budget: int = 2000,
                test_failures: str | None = None) -> dict:
@@ -1136,7 +1170,11 @@ class Retriever:
         is read from `repo`'s HEAD and no search is made (context_source says why).
         """
         try:
-            return self._answer(task, prediction, repo, budget, test_failures)
+            with self._lock:
+                try:
+                    return self._answer(task, prediction, repo, budget, test_failures)
+                finally:
+                    self._close_later()
         except UserError as exc:  # an index in use too long, a server down: the prediction still answers
             log.warning("no code context: %s", exc)
             return {"context": [], "prompt": render_prompt(task, prediction, [], test_failures),
@@ -1150,9 +1188,8 @@ class Retriever:
         use_index = index.exists() and (top is None or index.info.get("repository") == str(top))
         commit = None
         if use_index:
-            with index:
-                context = build_context(task, prediction, index.units_of, index.search, budget,
-                                        self.embedder.count_tokens, self.cfg.context_files)
+            context = build_context(task, prediction, index.units_of, index.search, budget,
+                                    self.embedder.count_tokens, self.cfg.context_files)
             commit = index.info.get("commit")
             source["index"] = {k: index.info.get(k) for k in ("repository", "commit", "units", "updated_at")}
             if top is not None:

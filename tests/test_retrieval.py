@@ -427,3 +427,18 @@ def test_file_embeddings_for_a_ranker_follow_the_tree_and_cache_by_blob(tmp_path
     vector = embedder.embed([units[0].embedding_text()])[0]
     assert before["tools/parser.py"] == pytest.approx(float(np.dot(embedder.embed(["parse json requests"])[0],
                                                                    vector)), abs=1e-5)
+
+
+def test_a_retriever_keeps_the_index_open_briefly_and_an_update_waits_for_it(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    cfg = IndexConfig(keep_open_s=1.0, lock_wait_s=30.0)
+    UnitIndex(cfg, tmp_path / "index", embedder).update(repo.path, progress=False)
+    retriever = Retriever(cfg, tmp_path / "index", embedder)
+    retriever.answer("settle", prediction_for("src/lib.rs", ["settle"]), budget=500)
+    assert retriever._open is not None  # kept open for the next request
+    repo.commit("slower backoff", {"src/lib.rs": LIB_RS.replace("delay *= 2;", "delay *= 3;")})
+    summary = UnitIndex(cfg, tmp_path / "index", embedder).update(repo.path, progress=False)  # waits ~1 s
+    assert summary.embedded == 2 and retriever._open is None
+    answer = retriever.answer("backoff", prediction_for("src/lib.rs", ["retry_with_backoff"]), budget=500)
+    assert "delay *= 3" in answer["context"][0]["code"]  # reopened: the updated index
+    retriever.close()

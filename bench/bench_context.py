@@ -1,0 +1,403 @@
+"""Benchmark the code index and the context pack on real histories: recall, build, update and query times.
+
+    python bench/bench_context.py                                   # the three histories, 30 test commits each
+    python bench/bench_context.py ../shared/data/repos/axum.bundle --test-commits 40 --work /tmp/bench-context
+    python bench/bench_context.py --stores                          # also Qdrant Edge vs qdrant-client local mode
+
+For each history (a bundle or a repository; cloned into --work):
+1. Scrape and chunk it with the pipeline's own stages (`pipeline.py --stage git_scraper / semantic_chunker`, run
+   as subprocesses; cached in --work by the pipeline's up-to-date check).
+2. Test commits: the last `--test-commits` non-merge commits on HEAD's first-parent line that change at least one
+   symbol that existed at their parent (MODIFIED_/DELETED_/MOVED_/RENAMED_ chunks of units). The truth of a test
+   commit: those symbols, with their path and line span at the parent.
+3. The index is of a tree, not of a history, so it is built at the parent of the first test commit (timed: the
+   build), then moved to each later test commit's parent with the incremental update (each update timed). The
+   "after 20 commits" figure: a copy of the first index updated to the commit 20 first-parent commits later.
+4. For each test commit (its message is the task), packs at 2,000 and 4,000 tokens (the embedding tokenizer's
+   tokens) from:
+       guided      predictions of a model-free stand-in (no language model is trained here: that would cost
+                   hours per history): the 5 files of repo2model.baselines' similar_commits (BM25 of the task
+                   against earlier commit messages) with each file's 5 most often changed symbols, then the
+                   guided search
+       oracle      guided by the commit's true files (no symbols): what perfect file predictions would give
+       hybrid      the search alone (dense + BM25, fused), no predictions
+       bm25        BM25 alone
+       dense       the embedding alone
+   Recall: the share of a test commit's truth symbols whose code at the parent is in the pack (an entry of the
+   same path and symbol, or a full-text entry whose lines cover the symbol's span), averaged over test commits.
+5. Timings: one query as the service answers it (Retriever.answer: open the index, embed the task, guided
+   search, the 4,000-token pack, the prompt; median and 90th percentile), each update, the build (wall and CPU seconds; this machine is shared, so wall times are also
+   printed against a reference measured in the same run: embedding 256 fixed texts).
+
+--stores: the largest history's final index copied point for point (same vectors and payloads) into a fresh
+Qdrant Edge shard and a fresh qdrant-client local-mode store: build, open, hybrid and guided query, an update of
+50 points + 20 deletions, size on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from repo2model.artifacts import iter_commits_with_chunks  # noqa: E402
+from repo2model.baselines import BaselineConfig, PastCommits  # noqa: E402
+from repo2model.git import git  # noqa: E402
+from repo2model.paths import ArtifactPaths  # noqa: E402
+from repo2model.retrieval import (  # noqa: E402
+    ClientStore,
+    EdgeStore,
+    Embedder,
+    IndexConfig,
+    Prefetch,
+    Retriever,
+    StoredPoint,
+    UnitIndex,
+    build_context,
+    symbol_matches,
+)
+from repo2model.scraping import PathFilter, ScraperConfig  # noqa: E402
+from repo2model.search import code_words  # noqa: E402
+
+DEFAULT_REPOS = [ROOT.parent / "shared" / "data" / "repos" / f"{name}.bundle" for name in ("fd", "axum", "click")]
+BUDGETS = (2000, 4000)
+MODES = ("guided", "oracle", "hybrid", "bm25", "dense")
+KEPT_PREFIXES = ("MODIFIED_", "DELETED_", "MOVED_", "RENAMED_")
+
+
+@dataclass
+class Truth:
+    path: str
+    symbol: str
+    start: int
+    end: int
+
+
+@dataclass
+class TestCommit:
+    hash: str
+    parent: str
+    message: str
+    truth: list[Truth]
+    prediction: dict
+    oracle: dict
+
+
+@dataclass
+class HistoryResult:
+    name: str
+    units: int = 0
+    build_wall: float = 0.0
+    build_cpu: float = 0.0
+    update20_wall: float = 0.0
+    update20_cpu: float = 0.0
+    update20_embedded: int = 0
+    update20_commits: int = 0
+    updates: list[float] = field(default_factory=list)
+    update_cpu: list[float] = field(default_factory=list)
+    query_ms: list[float] = field(default_factory=list)
+    cold_ms: list[float] = field(default_factory=list)
+    recall: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    test_commits: int = 0
+    truth_symbols: int = 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("repos", nargs="*", type=Path, help="bundles or repositories (default: the three in "
+                                                           "../shared/data/repos)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-context")
+    parser.add_argument("--test-commits", type=int, default=30)
+    parser.add_argument("--stores", action="store_true", help="also compare Qdrant Edge with qdrant-client local mode")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for embedding (default: torch's)")
+    parser.add_argument("--max-tokens", type=int, default=256, help="index.max_tokens")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    repos = args.repos or DEFAULT_REPOS
+    args.work.mkdir(parents=True, exist_ok=True)
+    cfg = IndexConfig(num_threads=args.threads, max_tokens=args.max_tokens)
+    embedder = Embedder(cfg.model_dir, cfg.max_tokens, cfg.batch_size, cfg.num_threads)
+    print(f"machine load at start: {os.getloadavg()[0]:.1f} (2 cores; others are running too)")
+    reference = reference_seconds(embedder)
+    print(f"reference: embedding 256 fixed texts took {reference:.1f}s wall")
+    results = []
+    for source in repos:
+        results.append(bench_history(source.resolve(), args.work, args.test_commits, cfg, embedder))
+        print_results(results, reference)
+    if args.stores:
+        largest = max(results, key=lambda r: r.units)
+        compare_stores(args.work / largest.name / "index", cfg)
+    print(f"machine load at end: {os.getloadavg()[0]:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps([result_dict(r, reference) for r in results], indent=2))
+    return 0
+
+
+def reference_seconds(embedder: Embedder) -> float:
+    texts = [f"fn handler_{i}(request: Request) -> Response {{ route(request, {i}) }} " * 8 for i in range(256)]
+    embedder.embed(texts[:8])
+    started = time.perf_counter()
+    embedder.embed(texts)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- one history
+
+
+def bench_history(source: Path, work: Path, count: int, cfg: IndexConfig, embedder: Embedder) -> HistoryResult:
+    name = source.name.removesuffix(".bundle")
+    folder = work / name
+    repo = clone(source, folder / "repo")
+    paths = scrape_and_chunk(repo, folder)
+    tests = test_commits(repo, paths, count)
+    result = HistoryResult(name, test_commits=len(tests), truth_symbols=sum(len(t.truth) for t in tests))
+    print(f"\n{name}: {len(tests)} test commits, {result.truth_symbols} changed symbols that existed at the parent")
+    scraper = ScraperConfig(repo=repo)
+    excluded = PathFilter(scraper.file_filters, scraper.exclude_globs).excluded
+    index_dir = folder / "index"
+    shutil.rmtree(index_dir, ignore_errors=True)
+    index = UnitIndex(cfg, index_dir, embedder)
+    cpu = time.process_time()
+    summary = index.update(repo, tests[0].parent, redactor=scraper.redactor(), excluded=excluded)
+    result.build_cpu, result.build_wall, result.units = time.process_time() - cpu, summary.seconds, summary.units
+    print(f"  build at {tests[0].parent[:12]}: {summary.units} units in {summary.seconds:.1f}s wall, "
+          f"{result.build_cpu:.1f}s CPU")
+    update_after(index_dir, repo, tests[0].parent, 20, cfg, embedder, scraper, excluded, result)
+    for i, test in enumerate(tests):
+        if i:
+            cpu = time.process_time()
+            step = index.update(repo, test.parent, redactor=scraper.redactor(), excluded=excluded, progress=False)
+            result.updates.append(step.seconds)
+            result.update_cpu.append(time.process_time() - cpu)
+        evaluate(index, test, embedder, result)
+    return result
+
+
+def clone(source: Path, target: Path) -> Path:
+    if not (target / ".git").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", str(source), str(target)], check=True)
+    return target
+
+
+def scrape_and_chunk(repo: Path, folder: Path) -> ArtifactPaths:
+    config = folder / "config.yaml"
+    config.write_text(f"pipeline:\n  output_dir: {folder / 'out'}\ngit_scraper:\n  repo: {repo}\n")
+    for stage in ("git_scraper", "semantic_chunker"):
+        proc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--stage", stage],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{stage} failed on {repo}:\n{proc.stderr[-2000:]}")
+    return ArtifactPaths.under(folder / "out")
+
+
+def test_commits(repo: Path, paths: ArtifactPaths, count: int) -> list[TestCommit]:
+    """The last `count` qualifying commits of HEAD's first-parent line, oldest first, with the stand-in's
+    predictions made from the commits before each (in commits.json's order)."""
+    line = git(repo, "rev-list", "--first-parent", "--no-merges", "HEAD").split()
+    candidates = set(line)
+    past = PastCommits(BaselineConfig())
+    found: list[TestCommit] = []
+    for commit, chunks in iter_commits_with_chunks(paths.commits, paths.chunks):
+        if commit["hash"] in candidates and commit["parents"]:
+            truth = truth_of(chunks)
+            if truth:
+                found.append(TestCommit(commit["hash"], commit["parents"][0], commit.get("message") or "", truth,
+                                        stand_in_prediction(past, commit.get("message") or ""),
+                                        {"files": [{"path": p} for p in dict.fromkeys(t.path for t in truth)]}))
+        past.observe(commit, chunks)
+    order = {sha: i for i, sha in enumerate(reversed(line))}
+    return sorted(found, key=lambda t: order[t.hash])[-count:]
+
+
+def truth_of(chunks: list[dict]) -> list[Truth]:
+    seen, out = set(), []
+    for chunk in chunks:
+        if chunk["kind"] == "hunk" or not chunk["change_type"].startswith(KEPT_PREFIXES) or not chunk["old_span"]:
+            continue
+        path = chunk.get("old_file") or chunk["file"]
+        symbol = chunk.get("old_symbol") or chunk["symbol"]
+        if symbol and (path, symbol) not in seen:
+            seen.add((path, symbol))
+            out.append(Truth(path, symbol, *chunk["old_span"]))
+    return out
+
+
+def stand_in_prediction(past: PastCommits, task: str) -> dict:
+    files = [path for path, _ in past.similar_commits(code_words(task), 5)]
+    out = []
+    for path in files:
+        symbols = sorted(past.file_symbols.get(path, Counter()).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        out.append({"path": path, "module": past.file_module.get(path), "symbols": [s for s, _ in symbols]})
+    return {"files": out, "modules": [f["module"] for f in out if f["module"]]}
+
+
+def update_after(index_dir: Path, repo: Path, start: str, commits: int, cfg: IndexConfig, embedder: Embedder,
+                 scraper: ScraperConfig, excluded, result: HistoryResult) -> None:
+    """A copy of the index at `start`, updated to the commit `commits` first-parent commits later (timed)."""
+    line = git(repo, "rev-list", "--first-parent", "--reverse", f"{start}..HEAD").split()
+    if not line:
+        return
+    target = line[min(commits, len(line)) - 1]
+    copy = index_dir.with_name("index-copy")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(index_dir, copy)
+    cpu = time.process_time()
+    summary = UnitIndex(cfg, copy, embedder).update(repo, target, redactor=scraper.redactor(), excluded=excluded,
+                                                     progress=False)
+    result.update20_cpu = time.process_time() - cpu
+    result.update20_wall, result.update20_embedded = summary.seconds, summary.embedded
+    result.update20_commits = len(git(repo, "rev-list", f"{start}..{target}").split())
+    print(f"  update after {min(commits, len(line))} first-parent commits ({result.update20_commits} commits): "
+          f"{summary.seconds:.1f}s wall, {result.update20_cpu:.1f}s CPU, {summary.files_changed} files read, "
+          f"{summary.embedded} units embedded")
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: HistoryResult) -> None:
+    task = test.message[:4000]
+    # One query as the service answers it: open the index, guided search, the 4,000-token pack, the prompt.
+    retriever = Retriever(index.cfg, index.folder, embedder)
+    for times in (result.cold_ms, result.query_ms):  # the first opens the index, the second finds it open
+        started = time.perf_counter()
+        retriever.answer(task, test.prediction, budget=max(BUDGETS))
+        times.append(1000 * (time.perf_counter() - started))
+    retriever.close()
+    with index:
+        for mode in MODES:
+            prediction = {"guided": test.prediction, "oracle": test.oracle}.get(mode, {})
+            search_mode = "guided" if mode in ("guided", "oracle") else mode
+            hits = None
+            for budget in sorted(BUDGETS, reverse=True):
+
+                def search(query, mode=search_mode, files=(), modules=()):
+                    nonlocal hits
+                    if hits is None:  # one search per mode; the smaller budget packs from the same hits
+                        hits = index.search(query, mode=mode, files=files, modules=modules)
+                    return hits
+
+                pack = build_context(task, prediction, index.units_of, search, budget, embedder.count_tokens,
+                                     index.cfg.context_files, search_mode)
+                result.recall.setdefault((mode, budget), []).append(recall(pack, test.truth))
+
+
+def recall(pack, truth: list[Truth]) -> float:
+    found = 0
+    for symbol in truth:
+        for entry in pack:
+            if entry.path != symbol.path:
+                continue
+            if (entry.kind != "file" and entry.symbol == symbol.symbol) or (
+                    entry.full and entry.start <= symbol.start and symbol.end <= entry.end):
+                found += 1
+                break
+    return found / len(truth)
+
+
+# ---------------------------------------------------------------- output
+
+
+def print_results(results: list[HistoryResult], reference: float) -> None:
+    print("\n| history | units | build wall / CPU (s) | build / reference | update after 20 first-parent commits "
+          "| update between test commits, median (s) | answer with 4k pack median / p90 (ms) | the same, opening the index (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        q = sorted(r.query_ms)
+        p90 = q[int(0.9 * (len(q) - 1))] if q else 0.0
+        print(f"| {r.name} | {r.units} | {r.build_wall:.1f} / {r.build_cpu:.1f} | {r.build_wall / reference:.1f}x "
+              f"| {r.update20_wall:.1f}s wall, {r.update20_cpu:.1f}s CPU ({r.update20_commits} commits, "
+              f"{r.update20_embedded} units embedded) "
+              f"| {statistics.median(r.updates) if r.updates else 0:.1f} wall, "
+              f"{statistics.median(r.update_cpu) if r.update_cpu else 0:.1f} CPU "
+              f"| {statistics.median(q) if q else 0:.0f} / {p90:.0f} "
+              f"| {statistics.median(r.cold_ms) if r.cold_ms else 0:.0f} |")
+    print("\nContext recall (share of each test commit's changed symbols whose code at the parent is in the pack):")
+    header = " | ".join(f"{m} @{b // 1000}k" for b in BUDGETS for m in MODES)
+    print(f"| history | commits | symbols | {header} |")
+    print("|---|---|---|" + "---|" * (len(BUDGETS) * len(MODES)))
+    for r in results:
+        cells = " | ".join(f"{np.mean(r.recall[(m, b)]):.3f}" for b in BUDGETS for m in MODES)
+        print(f"| {r.name} | {r.test_commits} | {r.truth_symbols} | {cells} |")
+    sys.stdout.flush()
+
+
+def result_dict(r: HistoryResult, reference: float) -> dict:
+    return {"history": r.name, "units": r.units, "build_wall_s": r.build_wall, "build_cpu_s": r.build_cpu,
+            "reference_s": reference, "update20_s": r.update20_wall, "update20_commits": r.update20_commits,
+            "update20_embedded": r.update20_embedded, "updates_s": r.updates, "query_ms": r.query_ms,
+            "cold_query_ms": r.cold_ms, "update_cpu_s": r.update_cpu, "update20_cpu_s": r.update20_cpu,
+            "recall": {f"{m}@{b}": float(np.mean(v)) for (m, b), v in r.recall.items()},
+            "test_commits": r.test_commits, "truth_symbols": r.truth_symbols}
+
+
+# ---------------------------------------------------------------- Qdrant Edge vs qdrant-client local mode
+
+
+def compare_stores(index_dir: Path, cfg: IndexConfig) -> None:
+    """The same points in a fresh Edge shard and a fresh local-mode store: build, open, query, update, size."""
+    source = EdgeStore(index_dir / "shard", None, cfg.lock_wait_s)
+    payloads = source.payloads()
+    vectors = source.vectors(list(payloads))
+    source.close()
+    points = [StoredPoint(i, vectors[i][0], vectors[i][1], payloads[i]) for i in sorted(payloads)]
+    files = sorted({p.payload["path"] for p in points})[:5]
+    query_dense, query_sparse = points[0].dense, points[0].sparse
+    hybrid = [Prefetch("dense"), Prefetch("bm25")]
+    guided = [Prefetch("dense", tuple(files), (), 4.0), Prefetch("bm25", tuple(files), (), 4.0), *hybrid]
+    print(f"\nStores: {len(points)} points (dense 384 + BM25 sparse, payload with code), "
+          f"{os.getloadavg()[0]:.1f} load")
+    print("| store | build (s) | open (ms) | hybrid query (ms) | guided query (ms) | 50 upserts + 20 deletes (ms) "
+          "| disk (MB) |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(dir=index_dir.parent) as scratch:
+        for name in ("edge", "local"):
+            folder = Path(scratch) / name
+
+            def open_store(dim):
+                if name == "edge":
+                    return EdgeStore(folder, dim, 5.0)
+                return ClientStore.local(folder, "units", dim, 5.0)
+
+            started = time.perf_counter()
+            store = open_store(len(query_dense))
+            store.upsert(points)
+            store.close()
+            build = time.perf_counter() - started
+            started = time.perf_counter()
+            store = open_store(None)
+            opened = 1000 * (time.perf_counter() - started)
+            times = {}
+            for label, lists in (("hybrid", hybrid), ("guided", guided)):
+                samples = []
+                for _ in range(10):
+                    started = time.perf_counter()
+                    store.query(query_dense, query_sparse, lists, 100, cfg.rrf_k)
+                    samples.append(1000 * (time.perf_counter() - started))
+                times[label] = statistics.median(samples)
+            started = time.perf_counter()
+            store.upsert(points[:50])
+            store.delete([p.id for p in points[50:70]])
+            update = 1000 * (time.perf_counter() - started)
+            store.close()
+            size = sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file()) / 1e6
+            print(f"| {name} | {build:.1f} | {opened:.0f} | {times['hybrid']:.1f} | {times['guided']:.1f} "
+                  f"| {update:.0f} | {size:.1f} |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
