@@ -266,7 +266,11 @@ def remove_stale_temporaries(folder: Path | str) -> list[Path]:
 
 
 def write_jsonl(path: Path | str, records: Iterable[Any]) -> int:
-    """Write records (dicts or dataclasses with `to_dict`) one per line; returns the count."""
+    """Write records (dicts or dataclasses with `to_dict`) one per line, atomically; returns the count.
+
+    For JSON-lines artifacts built from records in memory (test fixtures, bench
+    scripts); the chunker streams already-serialised lines through `atomic_open`.
+    """
     count = 0
     with atomic_open(path) as fh:
         for record in records:
@@ -294,6 +298,7 @@ def iter_jsonl(path: Path | str, stage: str | None = None) -> Iterator[dict]:
 
 
 def iter_chunks(path: Path | str) -> Iterator[Chunk]:
+    """Every chunk of a `chunks.jsonl` as a `Chunk`; readers that keep few of them convert only those."""
     for record in iter_jsonl(path, "semantic_chunker"):
         yield Chunk.from_dict(record)
 
