@@ -37,6 +37,7 @@ Qdrant Edge shard and a fresh qdrant-client local-mode store: build, open, hybri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -76,6 +77,7 @@ from repo2model.search import code_words  # noqa: E402
 DEFAULT_REPOS = [ROOT.parent / "shared" / "data" / "repos" / f"{name}.bundle" for name in ("fd", "axum", "click")]
 BUDGETS = (2000, 4000)
 MODES = ("guided", "oracle", "hybrid", "bm25", "dense")
+TUNING = [(2, 1.0), (2, 2.0), (2, 8.0), (60, 4.0), (10, 4.0)]  # (rrf_k, guided_weight) beside the configured one
 KEPT_PREFIXES = ("MODIFIED_", "DELETED_", "MOVED_", "RENAMED_")
 
 
@@ -112,6 +114,7 @@ class HistoryResult:
     query_ms: list[float] = field(default_factory=list)
     cold_ms: list[float] = field(default_factory=list)
     recall: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    tuning: dict[tuple[int, float, int], list[float]] = field(default_factory=dict)
     test_commits: int = 0
     truth_symbols: int = 0
 
@@ -125,6 +128,8 @@ def main() -> int:
     parser.add_argument("--stores", action="store_true", help="also compare Qdrant Edge with qdrant-client local mode")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for embedding (default: torch's)")
     parser.add_argument("--max-tokens", type=int, default=256, help="index.max_tokens")
+    parser.add_argument("--tune", action="store_true", help="also the guided recall under other rrf_k and "
+                                                             "guided_weight settings")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     repos = args.repos or DEFAULT_REPOS
@@ -136,7 +141,7 @@ def main() -> int:
     print(f"reference: embedding 256 fixed texts took {reference:.1f}s wall")
     results = []
     for source in repos:
-        results.append(bench_history(source.resolve(), args.work, args.test_commits, cfg, embedder))
+        results.append(bench_history(source.resolve(), args.work, args.test_commits, cfg, embedder, args.tune))
         print_results(results, reference)
     if args.stores:
         largest = max(results, key=lambda r: r.units)
@@ -158,7 +163,8 @@ def reference_seconds(embedder: Embedder) -> float:
 # ---------------------------------------------------------------- one history
 
 
-def bench_history(source: Path, work: Path, count: int, cfg: IndexConfig, embedder: Embedder) -> HistoryResult:
+def bench_history(source: Path, work: Path, count: int, cfg: IndexConfig, embedder: Embedder,
+                  tune: bool) -> HistoryResult:
     name = source.name.removesuffix(".bundle")
     folder = work / name
     repo = clone(source, folder / "repo")
@@ -183,7 +189,7 @@ def bench_history(source: Path, work: Path, count: int, cfg: IndexConfig, embedd
             step = index.update(repo, test.parent, redactor=scraper.redactor(), excluded=excluded, progress=False)
             result.updates.append(step.seconds)
             result.update_cpu.append(time.process_time() - cpu)
-        evaluate(index, test, embedder, result)
+        evaluate(index, test, embedder, result, tune)
     return result
 
 
@@ -268,8 +274,9 @@ def update_after(index_dir: Path, repo: Path, start: str, commits: int, cfg: Ind
     shutil.rmtree(copy, ignore_errors=True)
 
 
-def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: HistoryResult) -> None:
+def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: HistoryResult, tune: bool) -> None:
     task = test.message[:4000]
+    base = index.cfg
     # One query as the service answers it: open the index, guided search, the 4,000-token pack, the prompt.
     retriever = Retriever(index.cfg, index.folder, embedder)
     for times in (result.cold_ms, result.query_ms):  # the first opens the index, the second finds it open
@@ -293,6 +300,15 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                 pack = build_context(task, prediction, index.units_of, search, budget, embedder.count_tokens,
                                      index.cfg.context_files, search_mode)
                 result.recall.setdefault((mode, budget), []).append(recall(pack, test.truth))
+        for k, weight in TUNING if tune else ():  # the guided mode under other fusion settings
+            index.cfg = dataclasses.replace(base, rrf_k=k, guided_weight=weight)
+            hits = index.search(task, mode="guided", files=[f["path"] for f in test.prediction["files"]],
+                                modules=test.prediction["modules"])
+            for budget in BUDGETS:
+                pack = build_context(task, test.prediction, index.units_of, lambda *a, **kw: hits, budget,
+                                     embedder.count_tokens, base.context_files)
+                result.tuning.setdefault((k, weight, budget), []).append(recall(pack, test.truth))
+        index.cfg = base
 
 
 def recall(pack, truth: list[Truth]) -> float:
@@ -332,6 +348,12 @@ def print_results(results: list[HistoryResult], reference: float) -> None:
     for r in results:
         cells = " | ".join(f"{np.mean(r.recall[(m, b)]):.3f}" for b in BUDGETS for m in MODES)
         print(f"| {r.name} | {r.test_commits} | {r.truth_symbols} | {cells} |")
+    if any(r.tuning for r in results):
+        print("\nGuided recall under other fusion settings (rrf_k, guided_weight) @2k / @4k:")
+        for r in results:
+            cells = ", ".join(f"k={k} w={w:g}: {np.mean(r.tuning[(k, w, 2000)]):.3f} / "
+                              f"{np.mean(r.tuning[(k, w, 4000)]):.3f}" for k, w in TUNING if (k, w, 2000) in r.tuning)
+            print(f"  {r.name}: {cells}")
     sys.stdout.flush()
 
 
@@ -341,6 +363,7 @@ def result_dict(r: HistoryResult, reference: float) -> dict:
             "update20_embedded": r.update20_embedded, "updates_s": r.updates, "query_ms": r.query_ms,
             "cold_query_ms": r.cold_ms, "update_cpu_s": r.update_cpu, "update20_cpu_s": r.update20_cpu,
             "recall": {f"{m}@{b}": float(np.mean(v)) for (m, b), v in r.recall.items()},
+            "tuning": {f"k={k},w={w}@{b}": float(np.mean(v)) for (k, w, b), v in r.tuning.items()},
             "test_commits": r.test_commits, "truth_symbols": r.truth_symbols}
 
 
