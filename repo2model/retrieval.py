@@ -63,7 +63,6 @@ import logging
 import os
 import posixpath
 import re
-import shutil
 import threading
 import time
 from collections import Counter
@@ -1229,12 +1228,6 @@ def tree_units(repo: Path, rev: str, paths: list[str], cfg: IndexConfig,
             if data is not None:
                 units += units_of_file(entry.path, data, entry.oid, cfg, modules, rev, redactor or Redactor())
     return units
-
-
-def remove_index(folder: Path) -> None:
-    """Delete an embedded index folder (index.py --rebuild on a store that will not open)."""
-    if Path(folder).exists():
-        shutil.rmtree(folder)
 
 
 def summary_line(summary: UpdateSummary) -> str:
