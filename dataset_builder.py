@@ -318,14 +318,13 @@ def build_examples(cfg: Config, encoded: EncodedCommits, order: Order, tokens: T
             built.skipped_merges += 1
             continue
         history = [compact[r] for r in range(max(0, rank - cfg.history_commits), rank)]
-        segments = [s.tolist() for s in encoded.segments(index)]
-        example = make_example(cfg, rank, history, encoded.task(index).tolist(), segments, tokens)
+        example = make_example(cfg, rank, history, encoded.task(index).tolist(), encoded.segments(index), tokens)
         if example is not None:
             built.examples.append(example)
     return built
 
 
-def make_example(cfg: Config, rank: int, history: list[list[int]], task: list[int], segments: list[list[int]],
+def make_example(cfg: Config, rank: int, history: list[list[int]], task: list[int], segments: list[np.ndarray],
                  tokens: TargetTokens) -> Example | None:
     """<BOS> + the history that fits + the task, then the target (None: not even one line of it fits)."""
     target, truncated, cut_inside = fit_target(segments, tokens.end + [tokens.eos], tokens.marker, cfg.target_window, tokens.tokenizer)
@@ -335,23 +334,21 @@ def make_example(cfg: Config, rank: int, history: list[list[int]], task: list[in
     return Example(rank, np.asarray(prompt + target, dtype=np.int32), len(prompt), truncated, dropped, cut_inside)
 
 
-def fit_target(segments: list[list[int]], tail: list[int], marker: list[int], window: int, tokenizer: Any):
+def fit_target(segments: list[np.ndarray], tail: list[int], marker: list[int], window: int, tokenizer: Any):
     """(ids, truncated, cut inside a chunk): whole chunks while they fit, then <TRUNCATED>, then the tail."""
     if sum(len(s) for s in segments) + len(tail) <= window:
-        return [i for s in segments for i in s] + tail, False, False
+        return np.concatenate(segments).tolist() + tail, False, False
     room = window - len(tail) - len(marker)
-    kept: list[int] = []
+    used = whole = 0
     for segment in segments:
-        if len(kept) + len(segment) > room:
+        if used + len(segment) > room:
             break
-        kept.extend(segment)
-    cut_inside = False
-    if not kept:
-        kept = cut_at_line(segments[0], room, tokenizer)
-        cut_inside = True
-        if not kept:
-            return None, True, True
-    return kept + marker + tail, True, cut_inside
+        used += len(segment)
+        whole += 1
+    if whole:
+        return np.concatenate(segments[:whole]).tolist() + marker + tail, True, False
+    kept = cut_at_line(segments[0][:room].tolist(), room, tokenizer)
+    return (kept + marker + tail if kept else None), True, True
 
 
 def cut_at_line(ids: list[int], room: int, tokenizer: Any) -> list[int]:

@@ -555,6 +555,8 @@ def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     if not texts:
         return []
     raw = backend(tokenizer)
+    if len(texts) == 1:  # one text: no thread pool to wake (the same ids)
+        return [raw.encode(texts[0], add_special_tokens=False).ids]
     encode = getattr(raw, "encode_batch_fast", None) or raw.encode_batch  # _fast: no character offsets (~1.6x faster)
     return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
