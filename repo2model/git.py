@@ -118,9 +118,13 @@ def git_version() -> str:
 def open_repository(path: Path | str) -> Path:
     """The top folder of the repository at `path` (or the bare repository's folder); else a one-line UserError."""
     path = Path(path).expanduser()
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise UserError(f"{str(path)[:200]}: not a usable path ({exc.strerror or type(exc).__name__})") from None
+    if not exists:
         raise UserError(f"{path}: no such folder")
-    if not path.is_dir():
+    if not is_dir:
         raise UserError(f"{path}: not a folder (give the repository's folder)")
     top = git(path, "rev-parse", "--show-toplevel", check=False).strip()
     if top:

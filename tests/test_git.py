@@ -91,7 +91,7 @@ def test_errors_are_one_line(make_repo, tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "file").write_text("x")
     for path, message in [(tmp_path / "plain", "not a git repository"), (tmp_path / "nope", "no such folder"),
-                          (tmp_path / "file", "not a folder")]:
+                          (tmp_path / "file", "not a folder"), (tmp_path / ("x" * 300), "not a usable path")]:
         with pytest.raises(UserError, match=message):
             open_repository(path)
     (repo.path / "sub").mkdir()
