@@ -962,6 +962,19 @@ def check_warm_start(warm: WarmStart, cfg: Config, tokenizer, seq_len: int) -> N
                             f"has {saved_config.get(theirs)}: train with its settings (or warm_start: null)")
 
 
+def warm_start_refusal(cfg: Config, paths: ArtifactPaths) -> str | None:
+    """Why `cfg.warm_start` cannot be continued with these settings and the tokenizer in paths.tokenizer_dir
+    (None: it can). pipeline.py --update asks before it starts, and runs the full pipeline instead when refused."""
+    try:
+        warm = read_warm_start(cfg)
+        if warm is not None:
+            _, tokenizer = load_commit_tokenizer(paths.tokenizer_dir)
+            check_warm_start(warm, cfg, tokenizer, int(warm.info.get("seq_len") or cfg.seq_len or 512))
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def load_warm_weights(model, warm: WarmStart) -> None:
     """The warm model's weights into the model just built: every weight (scratch), or the adapter and new-token rows."""
     if warm.is_adapter:

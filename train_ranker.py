@@ -186,12 +186,16 @@ def load_splits(paths: ArtifactPaths) -> dict[str, ExampleSet]:
 
 
 def choose_targets(splits: dict[str, ExampleSet], max_train: int) -> dict[str, str]:
-    """commit -> split for every target (train: the latest `max_train` when > 0)."""
+    """commit -> split for every target (train: the latest `max_train` when > 0). After an update
+    (pipeline.py --update) the train split holds the new examples and a replay sample only; the ranker,
+    refitted from scratch, then learns from every commit trained on so far (the split's trained_commits)."""
     targets: dict[str, str] = {}
     for split, examples in splits.items():
         commits = list(examples.commits)
         if split == "train" and max_train:
             commits = commits[-max_train:]
+        elif split == "train":
+            commits = sorted(set(examples.meta.get("trained_commits") or ()) | set(commits))
         targets.update({commit: split for commit in commits})
     return targets
 

@@ -48,6 +48,7 @@ class PipelineConfig:
     seed: int = 42
     compress: bool = False  # commits.json.zst / chunks.jsonl.zst instead of the plain files
     keep_intermediates: bool = True  # False: remove commits, chunks, tokens once every stage reading them is done
+    update: bool = False  # True: every whole run is an update (pipeline.py --update; --no-update overrides)
 
 
 def load_yaml(path: Path) -> dict:

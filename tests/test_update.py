@@ -1,0 +1,316 @@
+"""pipeline.py --update and --rollback on a real tiny repository and a tiny model (every stage runs for real).
+
+The first --update of an empty output folder runs the full pipeline (and says why); a copy of that
+folder and its repository is then the starting point of each test. Most runs are in-process (the
+stages' imports are paid once); the kill test runs the pipeline as a subprocess and kills it -9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pipeline
+from conftest import ROOT, GitRepo
+from repo2model.artifacts import iter_commit_dicts
+from repo2model.examples import ExampleSet
+from repo2model.models import load_trained_model
+from repo2model.paths import ArtifactPaths
+from repo2model.update import Generations, Journal, exchange, identity
+
+ALICE = ("Alice Example", "alice@example.com")
+BOB = ("Bob Builder", "bob@example.com")
+CAROL = ("Carol Newcomer", "carol@example.com")  # joins after the first run: no author token for her
+
+CONFIG = """\
+pipeline:
+  output_dir: out
+git_scraper:
+  repo: repo
+semantic_chunker:
+  workers: 1
+tokenizer:
+  vocab_size: 600
+  min_frequency: 1
+dataset_builder:
+  context_window: 256
+  target_window: 128
+  history_commits: 2
+model_training:
+  hidden_size: 32
+  num_layers: 1
+  num_heads: 2
+  intermediate_size: 64
+  max_steps: 10
+  warmup_steps: 2
+  eval_every: 5
+  save_every: 5
+  update_max_steps: {update_steps}
+  update_warmup_steps: 1
+  device: cpu
+  precision: fp32
+  micro_batch_size: 4
+  effective_batch_size: 4
+  max_minutes: null
+  num_threads: 1
+  log_every: 1
+ranker:
+  num_trees: 20
+evaluation:
+  max_examples: 2
+prediction:
+  max_new_tokens: 16
+"""
+
+
+class Project:
+    """A copy of the base folder: the repository, the config and the pipeline's output folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.repo = ExistingRepo(folder / "repo")
+        self.config = folder / "config.yaml"
+        self.out = folder / "out"
+
+    def update(self, *args: str) -> int:
+        return pipeline.main(["--config", str(self.config), *args])
+
+    def results(self) -> dict:
+        return json.loads((self.out / "pipeline_results.json").read_text())
+
+    def marker(self, folder: str = "model") -> dict:
+        return json.loads((self.out / folder / "training_info.json").read_text())
+
+    def split(self, name: str, folder: Path | None = None) -> ExampleSet:
+        return ExampleSet.load((folder or self.out) / f"training_data_{name}.pt")
+
+    def commits(self) -> list[str]:
+        return self.repo.git("rev-list", "--reverse", "HEAD").split()
+
+
+class ExistingRepo(GitRepo):
+    """A GitRepo over a repository that already exists (a copy): commits go on from its latest date."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._tick = int(self.git("rev-list", "--count", "HEAD"))
+
+
+def add_commits(repo: GitRepo, count: int, start: int, authors=(ALICE, BOB), modules=("core", "net", "store")) -> list[str]:
+    made = []
+    for k in range(start, start + count):
+        module = modules[k % len(modules)]
+        body = "".join(f"def f{j}_{k % 5}(x):\n    return x + {j * k}\n\n" for j in range(k % 6 + 2))
+        files = {f"{module}/m{k % 5}.py": body}
+        if k % 4 == 0:
+            files[f"tests/test_{module}.py"] = f"def test_{module}_{k}():\n    assert {k} == {k}\n"
+        made.append(repo.commit(f"{module}: change number {k}", files, author=authors[k % len(authors)]))
+    return made
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """40 commits learnt by the full pipeline, reached by an --update that had no model to continue."""
+    folder = tmp_path_factory.mktemp("update-base")
+    repo = GitRepo(folder / "repo")
+    add_commits(repo, 40, 0)
+    (folder / "config.yaml").write_text(CONFIG.format(update_steps=4), encoding="utf-8")
+    project = Project(folder)
+    assert project.update("--update") == 0
+    results = project.results()
+    assert results["update"] == {"full_run": f"no trained model to continue in {project.out / 'model'}"}
+    assert all(stage["status"] == "ok" for stage in results["stages"].values())
+    assert not (project.out / "next").exists() and not (project.out / "previous").exists()
+    return folder
+
+
+@pytest.fixture
+def project(base, tmp_path) -> Project:
+    shutil.copytree(base, tmp_path / "project", symlinks=True)
+    return Project(tmp_path / "project")
+
+
+def test_update_learns_new_commits_switches_the_model_then_is_a_no_op_and_rolls_back(project, capsys):
+    old_marker = project.marker()
+    old_train = project.split("train")
+    old_ranker = {p.name: p.read_bytes() for p in (project.out / "ranker").iterdir() if p.is_file()}
+    assert project.update("--rollback") == 2  # nothing to roll back to yet: one line
+    assert "no previous model to restore" in capsys.readouterr().err
+
+    new = add_commits(project.repo, 8, 40, authors=(CAROL, ALICE), modules=("core", "cli"))
+    assert project.update("--update") == 0
+    report = project.results()["update"]
+    assert report["new_commits"] == 8 and report["removed_commits"] == 0
+    assert report["spelled_out_authors"] == 1 and report["spelled_out_modules"] >= 1  # Carol, the cli module
+    assert report["steps"] == 4 and report["val_loss_after"] <= report["val_loss_before"]
+    assert report["switched"][-2:] == ["ranker", "model"]  # the model folder last
+
+    # The new model continues the old one; the old one is kept whole in previous/.
+    marker = project.marker()
+    assert marker["warm_start"] == {"folder": str(project.out / "model"), "trained_at": old_marker["trained_at"],
+                                    "last_commit": old_marker["last_commit"]}
+    assert project.marker("previous/model") == old_marker
+    load_trained_model(project.out / "model")
+    assert not (project.out / "next").exists()
+
+    # The split moved forward: the newest commits are the test set, nothing trained on is evaluated on.
+    train, val, test = (project.split(name) for name in ("train", "val", "test"))
+    trained = set(train.meta["trained_commits"])
+    assert trained >= set(old_train.commits) | set(train.commits)
+    assert not trained & (set(val.commits) | set(test.commits))
+    assert new[-1] in test.commits and set(test.commits) <= set(new)
+    assert set(project.split("train", project.out / "previous").commits) == set(old_train.commits)
+    ranker = json.loads((project.out / "ranker" / "metrics.json").read_text())
+    assert ranker["targets"]["train"] > len(train.commits)  # refitted on every commit trained on, not the replay sample
+    assert json.loads((project.out / "evaluation.json").read_text()) != json.loads(
+        (project.out / "previous" / "evaluation.json").read_text())
+
+    # Nothing new: the second update in a row does nothing, and says so.
+    updated = (project.out / "model" / "training_info.json").read_bytes()
+    assert project.update("--update") == 0
+    results = project.results()
+    assert results["update"]["nothing_new"] is True
+    assert [s["status"] for name, s in results["stages"].items() if name != "git_scraper"] == ["skipped"] * 7
+    assert "update: nothing new" in (project.out / "pipeline.log").read_text()
+    assert (project.out / "model" / "training_info.json").read_bytes() == updated
+
+    # --rollback puts the old generation back (model, ranker, splits), keeping the new one in previous/.
+    assert project.update("--rollback") == 0
+    assert project.marker() == old_marker and project.marker("previous/model")["warm_start"] is not None
+    assert {p.name: p.read_bytes() for p in (project.out / "ranker").iterdir() if p.is_file()} == old_ranker
+    assert project.split("train").commits == old_train.commits
+    assert "rollback: restored the model trained at " + old_marker["trained_at"] in (project.out / "pipeline.log").read_text()
+    assert project.update("--rollback") == 0  # and back again
+    assert (project.out / "model" / "training_info.json").read_bytes() == updated
+
+
+def test_force_push_is_detected_and_the_update_goes_on(project):
+    before = project.commits()
+    gone = before[-3:]
+    project.repo.git("reset", "-q", "--hard", before[-4])
+    add_commits(project.repo, 5, 60, modules=("store", "net"))
+    assert project.update("--update") == 0
+    report = project.results()["update"]
+    assert report["removed_commits"] == 3 and sorted(report["removed_sample"]) == sorted(gone)
+    assert report["new_commits"] == 5
+    log = (project.out / "pipeline.log").read_text()
+    assert "update: the history was rewritten" in log and "3 commits the last run had are gone" in log
+    commits = [record["hash"] for record in iter_commit_dicts(project.out / "commits.json")]
+    assert not set(gone) & set(commits) and len(commits) == len(before) - 3 + 5
+    assert not set(gone) & {json.loads(line)["commit"] for line in (project.out / "chunks.jsonl").open()}
+    examples = set().union(*(project.split(name).commits for name in ("train", "val", "test")))
+    assert not set(gone) & examples  # dropped from every split (the model keeps what it learnt from them)
+    assert project.marker()["warm_start"]["trained_at"] == project.marker("previous/model")["trained_at"]
+
+
+def test_a_switch_killed_at_any_step_is_finished_by_the_next_run(tmp_path):
+    """Each state a kill can leave inside the switch (built on disk step by step) ends in the same place."""
+    out = tmp_path / "out"
+    for step in range(4):
+        shutil.rmtree(out, ignore_errors=True)
+        for generation, folder in (("old", out), ("new", out / "next")):
+            (folder / "model").mkdir(parents=True)
+            (folder / "model" / "training_info.json").write_text(json.dumps({"trained_at": generation}))
+            (folder / "training_data_train.pt").write_text(generation)
+        generations = Generations(ArtifactPaths.under(out))
+        journal = generations.begin(base={"trained_at": "old"})
+        journal.state = "switching"
+        journal.switch = {name: list(identity(out / "next" / name)) for name in generations.items()}
+        journal.save(out / "next")
+        (out / "previous").mkdir()
+        # The kill came: 0 before any move, 1 after the split's exchange, 2 after the model's exchange
+        # (its old version still in next/), 3 with the model moved the slow way halfway (no live model).
+        if step >= 1:
+            assert exchange(out / "next" / "training_data_train.pt", out / "training_data_train.pt")
+            os.rename(out / "next" / "training_data_train.pt", out / "previous" / "training_data_train.pt")
+        if step == 2:
+            assert exchange(out / "next" / "model", out / "model")
+        if step == 3:
+            os.rename(out / "model", out / "previous" / "model")
+        assert generations.pending().state == "switching"
+        assert pipeline.main(["--config", str(write_config(tmp_path)), "--rollback"]) == 0  # any run finishes it
+        # ... and then the rollback it was asked for: the generations trade places once more
+        assert json.loads((out / "model" / "training_info.json").read_text()) == {"trained_at": "old"}
+        assert json.loads((out / "previous" / "model" / "training_info.json").read_text()) == {"trained_at": "new"}
+        assert (out / "training_data_train.pt").read_text() == "old"
+        assert (out / "previous" / "training_data_train.pt").read_text() == "new"
+        assert not (out / "next").exists()
+
+
+def write_config(tmp_path: Path) -> Path:
+    config = tmp_path / "switch.yaml"
+    config.write_text("pipeline:\n  output_dir: out\n", encoding="utf-8")
+    return config
+
+
+# ------------------------------------------------------------------ kill -9
+
+
+def start_update(project: Project, config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--update"],
+                            cwd=project.folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def kill_when(process: subprocess.Popen, ready, what: str, timeout: float = 600) -> None:
+    """kill -9 the pipeline (and its workers) as soon as `ready()`; fails if it ended before."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"the update ended before {what}: {process.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def training_step(project: Project) -> int:
+    try:
+        lines = (project.out / "next" / "training_logs" / "steps.jsonl").read_text().splitlines()
+        return max((json.loads(line).get("step", 0) for line in lines if line.endswith("}")), default=0)
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_update_leaves_the_live_model_and_a_rerun_completes_it(project):
+    config = project.folder / "long-update.yaml"  # long enough a training to be killed in the middle of it
+    config.write_text(CONFIG.format(update_steps=150), encoding="utf-8")
+    live = (project.out / "model" / "training_info.json").read_bytes()
+    add_commits(project.repo, 8, 40)
+
+    def live_model_is_the_old_one():
+        assert (project.out / "model" / "training_info.json").read_bytes() == live
+        load_trained_model(project.out / "model")
+
+    process = start_update(project, config)
+    kill_when(process, lambda: "git_scraper" in (Journal.read(project.out / "next") or Journal()).completed,
+              "the scrape")
+    live_model_is_the_old_one()
+    assert "git_scraper" in Journal.read(project.out / "next").completed
+
+    process = start_update(project, config)
+    kill_when(process, lambda: training_step(project) >= 10, "10 training steps")
+    live_model_is_the_old_one()
+    journal = Journal.read(project.out / "next")
+    assert journal.state == "running" and "dataset_builder" in journal.completed
+    assert list((project.out / "next" / "checkpoints").glob("step-*"))
+
+    finished = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--update"],
+                              cwd=project.folder, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "update: continuing the update started at " + journal.started_at in finished.stderr
+    assert "train_model: resuming from" in finished.stderr
+    report = project.results()["update"]
+    assert report["new_commits"] == 8 and report["steps"] == 150
+    assert not (project.out / "next").exists()
+    assert (project.out / "previous" / "model" / "training_info.json").read_bytes() == live
+    assert project.marker()["warm_start"]["trained_at"] == json.loads(live)["trained_at"]
+    load_trained_model(project.out / "model")
