@@ -35,6 +35,7 @@ from repo2model.artifacts import atomic_open, require
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.errors import UserError
 from repo2model.history import History, history_from_artifacts, history_from_repo, load_history_sections
+from repo2model.paths import ArtifactPaths
 from repo2model.prediction import (
     MAX_TASK_CHARS,
     SECTION,
@@ -114,7 +115,7 @@ def read_history(args: argparse.Namespace, cfg: PredictionConfig) -> tuple[Histo
     if args.repo is not None:
         scraper_cfg, chunker_cfg = load_history_sections(args.config)
         return history_from_repo(args.repo, cfg.history_commits, scraper_cfg, chunker_cfg), None
-    chunks = args.chunks or args.commits.with_name("chunks.jsonl")
+    chunks = args.chunks or ArtifactPaths.under(args.commits.resolve().parent).chunks  # chunks.jsonl(.zst) beside it
     history = history_from_artifacts(require(args.commits, "git_scraper"), chunks, cfg.history_commits)
     if cfg.file_ranking == "generation":
         return history, None
