@@ -18,7 +18,9 @@ For each history (a bundle or a repository; cloned into --work):
        guided      predictions of a model-free stand-in (no language model is trained here: that would cost
                    hours per history): the 5 files of repo2model.baselines' similar_commits (BM25 of the task
                    against earlier commit messages) with each file's 5 most often changed symbols, then the
-                   guided search
+                   guided search (the pack as predictions get it: predicted symbols and the first file within
+                   index.predicted_share of the budget, then the search, then the other files)
+       guided-files-first   the same predictions, every predicted file before the search
        oracle      guided by the commit's true files (no symbols): what perfect file predictions would give
        hybrid      the search alone (dense + BM25, fused), no predictions
        bm25        BM25 alone
@@ -75,7 +77,7 @@ from repo2model.search import code_words  # noqa: E402
 
 DEFAULT_REPOS = [ROOT.parent / "shared" / "data" / "repos" / f"{name}.bundle" for name in ("fd", "axum", "click")]
 BUDGETS = (2000, 4000)
-MODES = ("guided", "oracle", "hybrid", "bm25", "dense")
+MODES = ("guided", "guided-files-first", "oracle", "hybrid", "bm25", "dense")
 TUNING = [(2, 1.0), (2, 2.0), (2, 8.0), (60, 4.0), (10, 4.0)]  # (rrf_k, guided_weight) beside the configured one
 KEPT_PREFIXES = ("MODIFIED_", "DELETED_", "MOVED_", "RENAMED_")
 
@@ -285,8 +287,8 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
     retriever.close()
     with index:
         for mode in MODES:
-            prediction = {"guided": test.prediction, "oracle": test.oracle}.get(mode, {})
-            search_mode = "guided" if mode in ("guided", "oracle") else mode
+            prediction = {"oracle": test.oracle}.get(mode, test.prediction if mode.startswith("guided") else {})
+            search_mode = "guided" if mode.startswith("guided") or mode == "oracle" else mode
             hits = None
             for budget in sorted(BUDGETS, reverse=True):
 
@@ -297,7 +299,8 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                     return hits
 
                 pack = build_context(task, prediction, index.units_of, search, budget, embedder.count_tokens,
-                                     index.cfg.context_files, search_mode)
+                                     index.cfg.context_files, search_mode, index.cfg.predicted_share,
+                                     files_first=mode == "guided-files-first")
                 result.recall.setdefault((mode, budget), []).append(recall(pack, test.truth))
         for k, weight in TUNING if tune else ():  # the guided mode under other fusion settings
             index.cfg = dataclasses.replace(base, rrf_k=k, guided_weight=weight)
@@ -305,7 +308,7 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                                 modules=test.prediction["modules"])
             for budget in BUDGETS:
                 pack = build_context(task, test.prediction, index.units_of, lambda *a, **kw: hits, budget,
-                                     embedder.count_tokens, base.context_files)
+                                     embedder.count_tokens, base.context_files, "guided", base.predicted_share)
                 result.tuning.setdefault((k, weight, budget), []).append(recall(pack, test.truth))
         index.cfg = base
 

@@ -44,8 +44,10 @@ Search (`UnitIndex.search`, modes):
 
 Context pack (`build_context`), filled in this order within `budget` tokens (counted with the embedding model's
 tokenizer), each entry with path, symbol, kind, lines, why and its code: the predicted symbols of the predicted
-files (their current code), the predicted files themselves (`file` units: whole text or outline), then the
-units the guided search finds. Entries that do not fit are skipped (a later, smaller one may still fit).
+files (their current code) and the first predicted file itself (its `file` unit: whole text or outline), within
+`predicted_share` of the budget; then the units the guided search finds; then the other predicted files.
+Entries that do not fit are skipped (a later, smaller one may still fit); a unit already shown in full inside
+an earlier entry is not repeated.
 
 The prompt (`render_prompt`): task, predicted files with change types and symbols, the code context, recent
 test failures (from the request), and a short instruction to answer with a unified diff.
@@ -122,6 +124,7 @@ class IndexConfig:
     rrf_k: int = 2
     guided_weight: float = 4.0
     context_files: int = 5
+    predicted_share: float = 0.5
     lock_wait_s: float = 30.0
     keep_open_s: float = 5.0
     timeout_s: float = 30.0
@@ -138,6 +141,8 @@ class IndexConfig:
             raise ValueError("num_threads: must be >= 1 (or null)")
         if self.guided_weight <= 0:
             raise ValueError("guided_weight: must be > 0")
+        if not 0.0 <= self.predicted_share <= 1.0:
+            raise ValueError("predicted_share: must be between 0 and 1")
         if self.lock_wait_s < 0 or self.keep_open_s < 0 or self.timeout_s <= 0:
             raise ValueError("lock_wait_s, keep_open_s: must be >= 0; timeout_s: > 0")
         if self.url is not None and not re.match(r"^https?://", self.url):
@@ -1023,41 +1028,50 @@ def predicted_parts(prediction: dict, max_files: int) -> tuple[list[str], list[s
 
 def build_context(task: str, prediction: dict, units_of: Callable[[list[str]], list[IndexUnit]],
                   search: Callable[..., list[Hit]] | None, budget: int, count_tokens: Callable[[str], int],
-                  max_files: int = 5, mode: str = "guided") -> list[ContextEntry]:
-    """The context pack (see the module docstring). `units_of(paths)` gives the current units of files (from the
-    index or the tree); `search(task, mode=, files=, modules=)` the index's hits (None: no index)."""
+                  max_files: int = 5, mode: str = "guided", predicted_share: float = 0.5,
+                  files_first: bool = False) -> list[ContextEntry]:
+    """The context pack. `units_of(paths)` gives the current units of files (from the index or the tree);
+    `search(task, mode=, files=, modules=)` the index's hits (None: no index).
+
+    Order: the predicted symbols' code, then the first predicted file (its whole text, or its outline), both
+    within `predicted_share` of the budget; then the search hits; then the other predicted files. (A wrong
+    prediction so costs at most that share; with `files_first` every predicted file comes before the search,
+    which the benchmark measured worse with model-free predictions.) A unit whose lines an entry already shows
+    in full is not repeated."""
     files, modules, symbols = predicted_parts(prediction, max_files)
     pack: list[ContextEntry] = []
-    taken: set[tuple[str, str, int]] = set()
     used = 0
 
-    def offer(unit: IndexUnit, why: str, score: float | None = None) -> None:
+    def offer(unit: IndexUnit, why: str, score: float | None = None, limit: int = budget) -> None:
         nonlocal used
-        key = (unit.path, unit.symbol, unit.start)
-        if key in taken:
-            return
+        for entry in pack:
+            if entry.path == unit.path and ((entry.symbol, entry.start) == (unit.symbol, unit.start) or (
+                    entry.full and entry.start <= unit.start and unit.end <= entry.end)):
+                return
         entry = ContextEntry(unit.path, unit.symbol, unit.kind, unit.start, unit.end, why, unit.text, 0,
                              unit.language, None if score is None else round(score, 6), unit.full, unit.commit)
         entry.tokens = count_tokens(entry_header(entry)) + count_tokens(unit.text) + 4
-        if used + entry.tokens > budget:
+        if used + entry.tokens > limit:
             return
-        taken.add(key)
         pack.append(entry)
         used += entry.tokens
 
-    current = units_of(files) if files else []
+    def offer_file(rank: int, limit: int = budget) -> None:
+        for unit in by_file.get(files[rank - 1], []):
+            if unit.kind == "file":
+                offer(unit, f"predicted file #{rank}" + ("" if unit.full else " (outline)"), limit=limit)
+
+    share = budget if files_first else int(budget * predicted_share)
     by_file: dict[str, list[IndexUnit]] = {}
-    for unit in current:
+    for unit in units_of(files) if files else []:
         by_file.setdefault(unit.path, []).append(unit)
     for rank, path in enumerate(files, start=1):
         for symbol in symbols.get(path, []):
             for unit in by_file.get(path, []):
                 if unit.kind != "file" and symbol_matches(unit.symbol, symbol):
-                    offer(unit, f"predicted symbol {symbol} of predicted file #{rank}")
-    for rank, path in enumerate(files, start=1):
-        for unit in by_file.get(path, []):
-            if unit.kind == "file":
-                offer(unit, f"predicted file #{rank}" + ("" if unit.full else " (outline)"))
+                    offer(unit, f"predicted symbol {symbol} of predicted file #{rank}", limit=share)
+    for rank in range(1, (len(files) if files_first else min(1, len(files))) + 1):
+        offer_file(rank, limit=share)
     if search is not None:
         chosen = set(files)
         for hit in search(task, mode=mode, files=files, modules=modules):
@@ -1071,6 +1085,8 @@ def build_context(task: str, prediction: dict, units_of: Callable[[list[str]], l
             offer(unit, f"{why} ({mode})" if mode != "guided" else why, hit.score)
             if budget - used < 16:
                 break
+    for rank in range(2, len(files) + 1):
+        offer_file(rank)
     return pack
 
 
@@ -1189,7 +1205,8 @@ class Retriever:
         commit = None
         if use_index:
             context = build_context(task, prediction, index.units_of, index.search, budget,
-                                    self.embedder.count_tokens, self.cfg.context_files)
+                                    self.embedder.count_tokens, self.cfg.context_files,
+                                    predicted_share=self.cfg.predicted_share)
             commit = index.info.get("commit")
             source["index"] = {k: index.info.get(k) for k in ("repository", "commit", "units", "updated_at")}
             if top is not None:
@@ -1202,7 +1219,8 @@ class Retriever:
             if top is not None:
                 commit = git(top, "rev-parse", "HEAD").strip()
                 context = build_context(task, prediction, lambda paths: tree_units(top, commit, paths, self.cfg),
-                                        None, budget, self.embedder.count_tokens, self.cfg.context_files)
+                                        None, budget, self.embedder.count_tokens, self.cfg.context_files,
+                                        predicted_share=1.0)  # nothing else to show: no search
         repository = str(top) if top is not None else (index.info.get("repository") if use_index else None)
         source["used_tokens"] = sum(e.tokens for e in context)
         return {"context": [e.to_dict() for e in context],

@@ -336,13 +336,24 @@ def test_context_pack_order_budget_and_reasons(tmp_path, make_repo, embedder):
         pack = build_context("Settle orders at the closing price", prediction, index.units_of, index.search,
                              budget=4000, count_tokens=embedder.count_tokens)
         small = build_context("Settle orders at the closing price", prediction, index.units_of, index.search,
-                              budget=120, count_tokens=embedder.count_tokens)
+                              budget=200, count_tokens=embedder.count_tokens)
     assert (pack[0].symbol, pack[0].why) == ("Market::settle", "predicted symbol settle of predicted file #1")
     assert (pack[1].kind, pack[1].why) == ("file", "predicted file #1")
     assert all(e.why.startswith("search") for e in pack[2:]) and len(pack) > 4
     assert len({(e.path, e.symbol, e.start) for e in pack}) == len(pack)
-    assert sum(e.tokens for e in pack) <= 4000 and sum(e.tokens for e in small) <= 120
+    assert sum(e.tokens for e in pack) <= 4000 and sum(e.tokens for e in small) <= 200
     assert small[0].symbol == "Market::settle"
+    # A prediction takes at most predicted_share of the budget before the search; files_first gives it all.
+    wrong = prediction_for("src/lib.rs", ["new", "settle", "retry_with_backoff"])
+    with index:
+        shared = build_context("parse json", wrong, index.units_of, index.search, budget=300,
+                               count_tokens=embedder.count_tokens, predicted_share=0.5)
+        first = build_context("parse json", wrong, index.units_of, index.search, budget=300,
+                              count_tokens=embedder.count_tokens, files_first=True)
+    predicted = [e for e in shared if e.why.startswith("predicted")]
+    assert predicted and sum(e.tokens for e in predicted) <= 150
+    assert any(e.path == "tools/parser.py" for e in shared)
+    assert sum(e.tokens for e in first if e.why.startswith("predicted")) > 150
     for entry in pack:
         assert entry.tokens == embedder.count_tokens(
             f"### {entry.path}:{entry.start}-{entry.end} {entry.kind} {entry.symbol} ({entry.why})"
