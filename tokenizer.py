@@ -470,16 +470,27 @@ def encode_history(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: Art
 
 
 @dataclasses.dataclass
+class PendingCommit:
+    """A rendered commit waiting for its ids: its pieces are in the batch's texts, or it is copied."""
+
+    info: CommitInfo
+    digest: str  # render_digest of its pieces
+    pieces: int  # how many of the batch's texts are its pieces (0 when copied)
+    previous: int | None  # its index in the previous tokens.pt when its ids are copied from there
+
+
+@dataclasses.dataclass
 class RenderedBatch:
     """About `batch_size` texts to encode, and the commits they belong to, in order."""
 
     texts: list[str] = dataclasses.field(default_factory=list)
-    # (commit, its render digest, its number of pieces in `texts`, or its index in the previous tokens.pt)
-    commits: list[tuple[CommitInfo, str, int | None, int | None]] = dataclasses.field(default_factory=list)
+    commits: list[PendingCommit] = dataclasses.field(default_factory=list)
 
 
 def rendered_batches(lang: CommitLanguage, history: Iterable[tuple[Commit, list[Chunk]]], batch_size: int,
                      notes: EncodingNotes, known: dict[tuple[str, str], int]) -> Iterator[RenderedBatch]:
+    """The history rendered into batches of about `batch_size` texts; a commit found in `known`
+    ((hash, render digest) -> index in the previous tokens.pt) adds no text: its ids are copied."""
     batch = RenderedBatch()
     for commit, chunks in history:
         pieces = render_pieces(lang, commit, chunks)
@@ -488,7 +499,7 @@ def rendered_batches(lang: CommitLanguage, history: Iterable[tuple[Commit, list[
         notes.saw(lang, commit, chunks, pieces, reused=reuse is not None)
         if reuse is None:
             batch.texts.extend(pieces)
-        batch.commits.append((CommitInfo.of(commit), digest, None if reuse is not None else len(pieces), reuse))
+        batch.commits.append(PendingCommit(CommitInfo.of(commit), digest, 0 if reuse is not None else len(pieces), reuse))
         if len(batch.texts) >= batch_size:
             yield batch
             batch = RenderedBatch()
@@ -497,13 +508,14 @@ def rendered_batches(lang: CommitLanguage, history: Iterable[tuple[Commit, list[
 
 
 def add_batch(builder: EncodedCommitsBuilder, batch: RenderedBatch, ids: list[list[int]], previous: EncodedCommits | None) -> None:
+    """The batch's commits, in order, with the ids of their encoded texts or copied from `previous`."""
     start = 0
-    for info, digest, count, reuse in batch.commits:
-        if reuse is not None:
-            builder.add(info, digest, *previous.commit_ids(reuse))
+    for pending in batch.commits:
+        if pending.previous is not None:
+            builder.add(pending.info, pending.digest, *previous.commit_ids(pending.previous))
         else:
-            builder.add_encoded(info, digest, ids[start : start + count])
-            start += count
+            builder.add_encoded(pending.info, pending.digest, ids[start : start + pending.pieces])
+            start += pending.pieces
 
 
 def check_roundtrip(lang: CommitLanguage, tokenizer: Any, encoded: EncodedCommits, notes: EncodingNotes) -> dict:
