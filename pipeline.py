@@ -400,6 +400,9 @@ def run_update(run: Run, generations: Generations) -> int:
         finish_switch(generations, journal)
         journal = None
     resumed = journal is not None
+    if str(run.paths.commits) in run.state.removed:
+        log.warning("update: pipeline.keep_intermediates is false, so %s and %s are gone: the scraper and the chunker "
+                    "start over (the model still learns only what it has not)", run.paths.commits.name, run.paths.chunks.name)
     if journal is None:
         reason = full_run_reason(run)
         if reason:

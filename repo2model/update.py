@@ -131,10 +131,12 @@ class Generations:
     def discard(self) -> None:
         shutil.rmtree(self.next, ignore_errors=True)
 
-    def items(self) -> list[str]:
-        """What next/ holds to switch in, in switching order: the model folder last, its ranker just before."""
+    def items(self, folder: Path | None = None) -> list[str]:
+        """What next/ (or `folder`) holds to switch in, in switching order: the model folder last, its ranker
+        just before."""
         last = [self.paths.ranker_dir.name, self.paths.model_dir.name]
-        names = sorted(p.name for p in self.next.iterdir() if p.name not in NOT_SWITCHED and not p.name.startswith("."))
+        names = sorted(p.name for p in (folder or self.next).iterdir()
+                       if p.name not in NOT_SWITCHED and not p.name.startswith("."))
         return [n for n in names if n not in last] + [n for n in last if n in names]
 
     def switch(self, journal: Journal) -> list[str]:
@@ -176,7 +178,8 @@ class Generations:
                             "there; there has been no update since the last full run)")
         restored = model_info(self.previous / self.paths.model_dir.name)
         replaced = model_info(self.paths.model_dir)
-        journal = Journal(kind="rollback", base=replaced)
+        journal = Journal(kind="rollback", base=replaced, state="switching")
+        journal.switch = {name: list(identity(self.previous / name)) for name in self.items(self.previous)}
         journal.save(self.previous)  # travels with the folder: once it is next/, a killed rollback is finished
         os.rename(self.previous, self.next)
         return restored, replaced, self.switch(journal)
