@@ -9,17 +9,20 @@ exactly the commits before it (in commits.json's order) and the `CodeIndex` hold
 parent; the target is yielded, then observed. Nothing about the target itself is used but its task (the
 commit message), its author and its parent (the tree the change starts from).
 
-Candidates: the union of every baseline's top `candidates_per_baseline` files, plus the folder mates of the
-`sibling_sources` best fused files (up to `siblings_per_folder` each, most recently changed first), plus the
-files an outside scorer (the language model) names; files known to be gone from the parent's tree are
-dropped (when the repository is there to say so).
+Candidates: the union of every baseline's top `candidates_per_baseline` files, as many of the best co-change
+partners of the PARTNER_SOURCES best fused files (files that changed together with the likely ones), the
+folder mates of the `sibling_sources` best fused files (up to `siblings_per_folder` each, most recently
+changed first), and the files an outside scorer names (`lm_extra`); files known to be gone from the parent's
+tree are dropped (when the repository is there to say so). Large commits need these last three: history's
+lists alone hold few of their files.
 
 Features (FEATURES; NaN = unknown, LightGBM's missing value):
     recency          recent_rank (1 = changed by the last commit), commits_since, days_since (from the
                      latest commit before the target), file_age (commits since its first change)
     frequency        count_all, count_50, count_10 (commits that changed it: all, last 50, last 10)
     co-change        cochange_conf, cochange_support, cochange_rank (rules from the last `recent_commits`
-                     commits), cochange_last_conf (from the last commit only)
+                     commits), cochange_last_conf (from the last commit only), partner_conf, partner_support
+                     (rules from the best fused files)
     similar commits  similar_score, similar_rank, similar_best (highest similarity of a similar commit that
                      changed it), similar_hits, similar_best_rank
     code search      code_score, code_rank, code_ratio (score / best score of the target)

@@ -3,7 +3,8 @@ every predictor is scored with.
 
     ranker = Ranker.load(output_dir / "ranker")            # offline: LightGBM text models + settings.json
     order = ranker.rank(rows)                              # rows: features.CandidateRows -> [(path, score)]
-    types = ranker.change_types(type_rows)                 # {path: "MODIFIED_FUNCTION", ...}
+    types = ranker.change_types(type_examples)             # {path: "MODIFIED_FUNCTION", ...}
+    ranking = FileRanking.find(model_dir, paths)           # prediction time: the ranker + the history's statistics
 
 The ranker folder (written by train_ranker.py, atomically):
     ranker.txt          LightGBM text model over features.FEATURES
