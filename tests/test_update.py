@@ -118,6 +118,28 @@ def test_force_push_is_detected_and_the_update_goes_on(project):
     assert project.marker()["warm_start"]["trained_at"] == project.marker("previous/model")["trained_at"]
 
 
+def test_an_update_runs_the_full_pipeline_when_the_model_cannot_be_continued(project):
+    """A setting the live model cannot continue with (here its depth): the full pipeline, saying why."""
+    old_marker = project.marker()
+    project.config.write_text(project.config.read_text().replace("num_layers: 1", "num_layers: 2"), encoding="utf-8")
+    add_commits(project.repo, 3, 40)
+    assert project.update("--update") == 0
+    why = project.results()["update"]["full_run"]
+    assert why.startswith("the live model cannot be continued with these settings (model_training.num_layers: 2, "
+                          "but the warm-start model ")
+    marker = project.marker()
+    assert marker["warm_start"] is None and marker["trained_at"] != old_marker["trained_at"]
+    assert not (project.out / "next").exists()
+
+
+def test_update_and_rollback_flags_that_do_not_go_together(capsys):
+    for args in (["--update", "--stage", "tokenizer"], ["--rollback", "--update"], ["--rollback", "--force"]):
+        with pytest.raises(SystemExit) as stopped:
+            pipeline.main(args)
+        assert stopped.value.code == 2
+        assert "leave out" in capsys.readouterr().err
+
+
 def test_a_switch_killed_at_any_step_is_finished_by_the_next_run(tmp_path):
     """Each state a kill can leave inside the switch (built on disk step by step) ends in the same place."""
     out = tmp_path / "out"
