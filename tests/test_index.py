@@ -28,7 +28,7 @@ def small_repo(make_repo):
     return repo
 
 
-def test_cli_builds_then_updates_incrementally_with_the_scrapers_filters(tmp_path, make_repo):
+def test_cli_builds_then_updates_incrementally_with_the_scrapers_filters(tmp_path, make_repo, capsys):
     repo = small_repo(make_repo)
     out = tmp_path / "out"
     first = run_script("--repo", str(repo.path), "--output-dir", str(out))
@@ -43,9 +43,9 @@ def test_cli_builds_then_updates_incrementally_with_the_scrapers_filters(tmp_pat
     (env,) = [p["text"] for p in payloads if p["path"] == "deploy/.env"]
     assert "hunter2hunter2" not in env  # redacted as the scraper redacts
     repo.commit("parse with a separator", {"pkg/parse.py": "def parse(s, sep=','):\n    return s.split(sep)\n"})
-    second = run_script("--repo", str(repo.path), "--output-dir", str(out))
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "index: updated at" in second.stderr and "1 files read, 2 units embedded" in second.stderr
+    assert index.main(["--repo", str(repo.path), "--output-dir", str(out)]) == 0  # in-process: faster
+    second = capsys.readouterr().err
+    assert "index: updated at" in second and "1 files read, 2 units embedded" in second
 
 
 def test_pipeline_runs_the_stage_after_the_chunker_and_skips_it_while_the_tree_is_the_same(tmp_path, make_repo):
@@ -55,10 +55,8 @@ def test_pipeline_runs_the_stage_after_the_chunker_and_skips_it_while_the_tree_i
     names = [name for name, _ in pipeline.STAGES]
     assert names.index("index") == names.index("semantic_chunker") + 1
 
-    def run_stage():
-        proc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--stage", "index"],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    def run_stage():  # in-process: pipeline.py's own main (a subprocess would import every stage each time)
+        assert pipeline.main(["--config", str(config), "--stage", "index"]) == 0
         return json.loads((tmp_path / "out" / "pipeline_results.json").read_text())["stages"]["index"]
 
     first = run_stage()
