@@ -307,7 +307,7 @@ def extend_tokenizer(cfg: Config, lang: CommitLanguage) -> Any:
     base_size = len(tokenizer)
     vocab = tokenizer.get_vocab()
     new = [t for t in lang.special_tokens() if t not in (PAD, BOS, EOS) and t not in vocab]
-    # add_tokens appends; add_special_tokens({"additional_special_tokens"}) would replace the base's extras (FACTS.md)
+    # add_tokens appends; add_special_tokens({"additional_special_tokens"}) would replace the base's extras (measured with transformers 5)
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
     for name, ours in (("pad", PAD), ("bos", BOS), ("eos", EOS)):
         if getattr(tokenizer, f"{name}_token", None) is None:
@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     changes: dict[str, Path] = {}
     if args.chunks:
         changes["chunks"] = args.chunks.resolve()
-        changes["commits"] = args.chunks.resolve().parent / "commits.json"
+        changes["commits"] = ArtifactPaths.under(args.chunks.resolve().parent).commits  # commits.json(.zst) beside it
     if args.commits:
         changes["commits"] = args.commits.resolve()
     if args.output_vocab:

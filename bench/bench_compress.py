@@ -1,7 +1,7 @@
 """Benchmark: zstd-compressed intermediates (`pipeline.compress: true`) against plain ones, same run.
 
     python bench/bench_compress.py                                   # ../shared/data/repos/axum.bundle
-    python bench/bench_compress.py /tmp/trial/axum --rounds 2        # a repository folder as it is
+    python bench/bench_compress.py path/to/axum --rounds 2           # a repository folder as it is
 
 For each round and each setting (plain, then compressed, alternating which goes
 first), stages 1-2 (git_scraper, semantic_chunker) run as their own

@@ -39,7 +39,7 @@ import dataclasses
 from typing import Literal
 
 GIB = 1024**3
-NF4_BITS = 4.127  # NF4 with double quantisation, measured (FACTS.md)
+NF4_BITS = 4.127  # bitsandbytes NF4 with double quantisation: 4 bits + 8-bit absmax per 64 weights + fp32 per 256 blocks
 OVERHEAD_BYTES = int(0.5 * GIB)
 
 Mode = Literal["scratch", "lora", "qlora"]

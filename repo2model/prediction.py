@@ -275,6 +275,14 @@ class Predictor:
             "vocab_size": len(self.tokenizer),
             "defaults": {k: getattr(self.cfg, k) for k in OPTION_KEYS},
             **{key: self.training.get(key) for key in ("last_commit", "last_commit_time", "trained_at")},
+            # Which helpers answer beside the model: without them files are ranked by the model alone and
+            # there is no code context (an older model folder, or train_ranker / index not run).
+            "ranker": None if self.ranker is None else {
+                "folder": str(self.ranker.ranker.folder) if self.ranker.ranker.folder else None,
+                "language_model_features": self.ranker.ranker.booster_lm is not None,
+                "last_commit": self.ranker.last_commit,
+            },
+            "index": None if self.retriever is None else str(self.retriever.folder),
         }
 
     def context_window(self, cfg: PredictionConfig) -> int:

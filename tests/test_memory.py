@@ -25,7 +25,7 @@ from repo2model.memory import (
 LLAMA2_7B = PRESETS["llama-2-7b"]
 GB = 1e9
 
-# Lean set-up of FACTS.md: fp16 embeddings/head, dropout 0, input grads + non-reentrant checkpointing.
+# The lean set-up: fp16 embeddings/head, dropout 0, input grads + non-reentrant checkpointing.
 LEAN = TrainingSetup(mode="qlora", compute_bytes=2, lora_rank=16, lora_dropout=0.0, optimizer="paged_adamw_8bit",
                      gradient_checkpointing=True, fp32_embeddings=False)
 # The HF default: prepare_model_for_kbit_training (fp32 embeddings, head, norms), dropout 0.05.
@@ -33,17 +33,18 @@ HF_DEFAULT = dataclasses.replace(LEAN, lora_dropout=0.05, fp32_embeddings=True)
 
 # (label, setup, published bytes, source)
 PUBLISHED = [
-    # /work/shared/FACTS.md, "LLaMA-2-7B QLoRA on an 8 GB RTX 2060 Super", from measured per-token activation sizes.
-    ("lean 512", dataclasses.replace(LEAN, seq_len=512), 5.1 * GIB, "FACTS.md table"),
-    ("lean 1024", dataclasses.replace(LEAN, seq_len=1024), 5.7 * GIB, "FACTS.md table"),
-    ("lean 2048", dataclasses.replace(LEAN, seq_len=2048), 6.8 * GIB, "FACTS.md table"),
-    ("HF default 512", dataclasses.replace(HF_DEFAULT, seq_len=512), 6.0 * GIB, "FACTS.md table"),
-    ("HF default 1024", dataclasses.replace(HF_DEFAULT, seq_len=1024), 6.9 * GIB, "FACTS.md table"),
-    ("HF default 2048", dataclasses.replace(HF_DEFAULT, seq_len=2048), 8.8 * GIB, "FACTS.md table"),
+    # Our measured table "LLaMA-2-7B QLoRA on an 8 GB RTX 2060 Super", from measured per-token activation sizes
+    # (the team's notes, not shipped with the repository).
+    ("lean 512", dataclasses.replace(LEAN, seq_len=512), 5.1 * GIB, "measured table"),
+    ("lean 1024", dataclasses.replace(LEAN, seq_len=1024), 5.7 * GIB, "measured table"),
+    ("lean 2048", dataclasses.replace(LEAN, seq_len=2048), 6.8 * GIB, "measured table"),
+    ("HF default 512", dataclasses.replace(HF_DEFAULT, seq_len=512), 6.0 * GIB, "measured table"),
+    ("HF default 1024", dataclasses.replace(HF_DEFAULT, seq_len=1024), 6.9 * GIB, "measured table"),
+    ("HF default 2048", dataclasses.replace(HF_DEFAULT, seq_len=2048), 8.8 * GIB, "measured table"),
     # LLaMA-Factory README, "Hardware Requirement": QLoRA 4-bit, 7B: 6 GB (their defaults: LoRA rank 8,
-    # cutoff_len 1024, batch 1). FACTS.md: 7 GB at 2k context with FlashAttention-2 (our sdpa=True).
+    # cutoff_len 1024, batch 1). Reported: 7 GB at 2k context with FlashAttention-2 (our sdpa=True).
     ("LLaMA-Factory 7B 4-bit", dataclasses.replace(LEAN, lora_rank=8, seq_len=1024), 6 * GB, "LLaMA-Factory README"),
-    ("LLaMA-Factory 7B 4-bit 2k", dataclasses.replace(LEAN, lora_rank=8, seq_len=2048), 7 * GB, "FACTS.md"),
+    ("LLaMA-Factory 7B 4-bit 2k", dataclasses.replace(LEAN, lora_rank=8, seq_len=2048), 7 * GB, "reported at 2k context"),
 ]
 
 

@@ -75,6 +75,8 @@ def test_health(server):
     status, body, _ = call(server, "GET", "/health")
     assert status == 200 and body["status"] == "ok"
     assert body["model"]["parameters"] > 0 and body["model"]["defaults"]["decoding"] == "greedy"
+    # A bare model folder: no ranker and no code index answer beside it, and /health says so.
+    assert body["model"]["ranker"] is None and body["model"]["index"] is None
 
 
 def test_predict_with_commit_records(server):
