@@ -238,7 +238,7 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
         if ranker is not None:
             prompt = prompts.get(target.commit)
             lm = lm_scorer(predictor, prediction, prompt, state.past.file_module) if ranker.booster_lm else None
-            candidates = candidate_rows(state, ranker_candidates(ranker), lm=lm)
+            candidates = candidate_rows(state, ranker_candidates(ranker), lm=lm, dense=ranker.dense_scorer())
             variants = [("ranker", False)] + ([("ranker_lm", True)] if lm is not None else [])
             for name, with_lm in variants:
                 ranked = ranker.rank(candidates, lm=with_lm)[: max(KS)]
@@ -259,8 +259,8 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
 
 
 def ranker_candidates(ranker: Ranker) -> FeatureConfig:
-    """The candidate settings the ranker was trained with."""
-    return FeatureConfig(**ranker.settings["candidates"])
+    """The candidate settings the ranker was trained with (and its dense features, when it has them)."""
+    return ranker.candidates()
 
 
 def lm_scorer(predictor: Predictor | None, prediction: PredictionConfig, prompt: list[int] | None,

@@ -9,14 +9,17 @@ Reads
     model/                              optional: the language model's log-probability of each candidate file
 Writes
     ranker/                             ranker.txt (LightGBM text model), ranker_lm.txt (with the language
-                                        model's features), change_types.txt, settings.json, metrics.json
+                                        model's features), change_types.txt, settings.json, metrics.json;
+                                        with `dense`: file_vectors.npy/.json (the files' embeddings)
 
 Steps (run() reads as this list):
     1. targets: every train/val/test commit of the dataset (the latest `max_train_targets` train ones)
     2. one pass over the history: per target, the candidates (every baseline's top files, folder mates of the
-       best ones) and their features (repo2model.features), the change-type examples of its files and, for
-       val/test targets when a model exists, the model's log-probability of each candidate
-    3. the ranker: lambdarank on the train targets, early-stopped on val (NDCG@5/10)
+       best ones) and their features (repo2model.features; with `dense`, the task's embedding similarity to
+       each file as it is at the target's parent), the change-type examples of its files and, for val/test
+       targets when a model exists, the model's log-probability of each candidate
+    3. the ranker: lambdarank on the train targets, early-stopped on val (NDCG@5/10); with `dense`, also the
+       same ranker without the dense features on the same rows, reported as ranker_without_dense (ablation)
     4. the language-model ranker (when a model exists): the model trained on the train targets, so its scores
        there are optimistic; this ranker is fitted on the val targets only (the model never trained on them),
        over the ranker's features, the model's and the first ranker's score; its number of trees is chosen by
@@ -28,6 +31,10 @@ Config keys (section `ranker`; the baseline keys of the `evaluation` section set
     candidates_per_baseline  each baseline's top files that become candidates (30)
     sibling_sources          the best fused files whose folder mates become candidates too (5)
     siblings_per_folder      folder mates taken per folder, most recently changed first (10)
+    dense                    the dense task-file similarity features (all-MiniLM-L6-v2 as the `index` section
+                             sets it: model_dir, max_tokens, whole_file_lines) (false: see config.yaml)
+    dense_candidates         with dense: the N files of the parent's tree nearest the task join the candidates
+                             (0; every file version of the history is then embedded, not only candidates)
     num_trees                boosting rounds at most; early stopping on val picks fewer (1000)
     early_stopping_rounds    rounds without improvement on val before stopping (50)
     learning_rate, num_leaves, min_data_in_leaf, feature_fraction   LightGBM's (0.05, 15, 20, 0.8)
@@ -40,6 +47,7 @@ Config keys (section `ranker`; the baseline keys of the `evaluation` section set
 
     python train_ranker.py --config config.yaml
     python train_ranker.py --output-dir outputs --no-language-model
+    python train_ranker.py --config config.yaml --dense          # with the dense similarity features
 """
 
 from __future__ import annotations
@@ -62,21 +70,24 @@ from repo2model.config import load_config, section_dict
 from repo2model.errors import UserError
 from repo2model.examples import ExampleSet
 from repo2model.features import (
-    FEATURES, LM_FEATURES, CandidateRows, FeatureConfig, candidate_recall, candidate_rows, repository_of,
-    walk_targets,
+    FEATURES, LM_FEATURES, CandidateRows, DenseScorer, FeatureConfig, candidate_recall, candidate_rows,
+    repository_of, walk_targets,
 )
 from repo2model.paths import ArtifactPaths
 from repo2model.prediction import PredictionConfig, Predictor
 from repo2model.ranking import (
     CHANGE_TYPES_FILE, TYPE_CLASSES, EvaluationConfig, FitSettings, Prediction, Ranker, RankerConfig, Truth,
-    TypeExample, aggregate, by_size, change_type_feature_names, change_type_features, fit_change_types,
-    fit_lambdarank, importances, most_frequent_type, predict_change_types, score, type_example,
+    TypeExample, aggregate, by_size, change_type_feature_names, change_type_features, dense_settings,
+    file_embeddings, fit_change_types, fit_lambdarank, importances, most_frequent_type, predict_change_types,
+    score, scorer_of, type_example,
 )
+from repo2model.retrieval import IndexConfig, load_index_config
 
 SECTION = "ranker"
 Config = RankerConfig
-# The baselines' settings (evaluation) shape the features; the prediction section says where the model is.
-USES_SECTIONS = {"evaluation": "evaluation", "prediction": "prediction"}
+# The baselines' settings (evaluation) shape the features; the prediction section says where the model is; the
+# index section, which embedding model and file texts the dense features use.
+USES_SECTIONS = {"evaluation": "evaluation", "prediction": "prediction", "index": "index"}
 log = logging.getLogger("train_ranker")
 
 SPLITS = ("train", "val", "test")
@@ -93,6 +104,7 @@ class Collected:
     code_search: bool = False
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # this process's CPU time (the machine may be shared)
+    dense_cpu_seconds: float = 0.0  # the part of it spent in the dense features (embedding files and tasks)
 
 
 class LanguageModelScores:
@@ -118,35 +130,46 @@ class LanguageModelScores:
 
 
 def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: EvaluationConfig | None = None,
-        prediction: PredictionConfig | None = None) -> dict:
+        prediction: PredictionConfig | None = None, index: IndexConfig | None = None) -> dict:
     started = time.monotonic()
     baselines = (evaluation or EvaluationConfig()).baselines()
     splits = load_splits(paths)
     targets = choose_targets(splits, cfg.max_train_targets)
     repo = repository_of(paths.commits)
     if repo is None:
-        log.warning("the repository of %s is not there: code search and the tree are left out", paths.commits)
+        log.warning("the repository of %s is not there: code search, the tree and the dense features are left "
+                    "out", paths.commits)
     scores = load_language_model(cfg, paths, prediction or PredictionConfig(), splits)
-    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores)
+    dense_info = dense_settings(index or IndexConfig()) if cfg.dense else None
+    embeddings = file_embeddings(dense_info) if dense_info is not None else None
+    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores,
+                        scorer_of(embeddings) if embeddings is not None else None)
+    names = cfg.candidates().names()
     fit_started, fit_cpu = time.monotonic(), time.process_time()
-    booster = fit_lambdarank(collected.rows["train"], collected.rows["val"], list(FEATURES), cfg.fit(), seed,
-                             columns=list(range(len(FEATURES))))
-    booster_lm = fit_lm_ranker(booster, collected.rows["val"], cfg.fit(), seed) if scores else None
+    booster = fit_lambdarank(collected.rows["train"], collected.rows["val"], names, cfg.fit(), seed,
+                             columns=list(range(len(names))))
+    booster_lm = fit_lm_ranker(booster, collected.rows["val"], cfg.fit(), seed, names) if scores else None
     fit_seconds, fit_cpu = time.monotonic() - fit_started, time.process_time() - fit_cpu
+    # The ablation: the same rows without the dense columns (not counted in the fit time).
+    without_dense = (fit_lambdarank(collected.rows["train"], collected.rows["val"], list(FEATURES), cfg.fit(), seed,
+                                    columns=list(range(len(FEATURES)))) if cfg.dense else None)
     types_started = time.monotonic()
     classes, type_model = fit_types(collected.types, cfg, seed) if cfg.change_types else ([], None)
     types_seconds = time.monotonic() - types_started
     settings = {
-        "features": list(FEATURES),
+        "features": names,
         "lm_features": list(LM_FEATURES) + ["base_score"] if booster_lm is not None else [],
         "baselines": section_dict(baselines),
         "candidates": section_dict(cfg.candidates()),
+        "dense": dense_info,
         "change_type_classes": classes,
         "code_search": collected.code_search,
         "lightgbm": {"version": lgb.__version__, **section_dict(cfg.fit()), "seed": seed},
     }
-    ranker = Ranker(booster, settings, booster_lm, type_model)
-    metrics = measure(ranker, collected)
+    ranker = Ranker(booster, settings, booster_lm, type_model, file_embeddings=embeddings)
+    ablation = ({"ranker_without_dense": Ranker(without_dense, {**settings, "features": list(FEATURES)})}
+                if without_dense is not None else {})
+    metrics = measure(ranker, collected, ablation)
     metrics.update({
         "targets": {s: len(collected.rows[s]) for s in SPLITS},
         "trees": booster.num_trees(),
@@ -155,9 +178,12 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
         "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
         "features_seconds": round(collected.seconds, 2),
         "features_cpu_seconds": round(collected.cpu_seconds, 2),
+        "dense_cpu_seconds": round(collected.dense_cpu_seconds, 2),
         "fit_seconds": round(fit_seconds, 2),
         "fit_cpu_seconds": round(fit_cpu, 2),
         "change_types_seconds": round(types_seconds, 2),
+        "dense_files_embedded": embeddings.embedded if embeddings is not None else None,
+        "feature_importance_without_dense": importances(without_dense) if without_dense is not None else None,
     })
     ranker.metrics = metrics
     ranker.save(paths.ranker_dir)
@@ -217,15 +243,23 @@ def load_language_model(cfg: RankerConfig, paths: ArtifactPaths, prediction: Pre
 
 
 def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineConfig, features: FeatureConfig,
-            repo: Path | None, scores: LanguageModelScores | None) -> Collected:
+            repo: Path | None, scores: LanguageModelScores | None, dense: DenseScorer | None = None) -> Collected:
     """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines."""
     started, cpu = time.monotonic(), time.process_time()
     out = Collected(code_search=repo is not None)
     progress = tqdm(total=len(targets), desc="features", unit="target", leave=False)
+
+    def timed_dense(task, code, paths):  # the dense features' share of the CPU time, for the record
+        cpu = time.process_time()
+        try:
+            return dense(task, code, paths)
+        finally:
+            out.dense_cpu_seconds += time.process_time() - cpu
+
     for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo):
         target = state.target
         lm = scores.for_target(target.commit, state.past.file_module) if scores else None
-        rows = candidate_rows(state, features, lm=lm)
+        rows = candidate_rows(state, features, lm=lm, dense=timed_dense if dense is not None else None)
         out.rows[target.split].append(rows)
         exists = tree_membership(state)
         out.types[target.split] += [type_example(state.past, path, state.task_words, exists(path), target.chunks)
@@ -251,22 +285,25 @@ def tree_membership(state):
 # ---------------------------------------------------------------- fitting
 
 
-def with_base_score(booster: lgb.Booster, rows: list[CandidateRows]) -> list[CandidateRows]:
-    """Rows with the first ranker's score appended (the LM ranker's last feature)."""
+def with_base_score(booster: lgb.Booster, rows: list[CandidateRows], n_base: int) -> list[CandidateRows]:
+    """Rows with the first ranker's score (over their first `n_base` columns) appended (the LM ranker's last
+    feature)."""
     out = []
     for r in rows:
-        base = booster.predict(r.features[:, : len(FEATURES)]) if len(r.paths) else np.zeros(0)
+        base = booster.predict(r.features[:, :n_base]) if len(r.paths) else np.zeros(0)
         out.append(dataclasses.replace(r, features=np.column_stack([r.features, base]).astype(np.float32)))
     return out
 
 
-def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettings, seed: int) -> lgb.Booster | None:
-    """The ranker with the language model's features, fitted on val only (see the module docstring)."""
-    rows = [r for r in with_base_score(booster, val) if r.features.shape[1] == len(FEATURES) + len(LM_FEATURES) + 1]
+def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettings, seed: int,
+                  base: list[str]) -> lgb.Booster | None:
+    """The ranker with the language model's features, fitted on val only (see the module docstring); `base`:
+    the first ranker's features."""
+    names = list(base) + list(LM_FEATURES) + ["base_score"]
+    rows = [r for r in with_base_score(booster, val, len(base)) if r.features.shape[1] == len(names)]
     if len(rows) < 4:
         log.warning("ranker: too few val targets (%d) for the language-model ranker: left out", len(rows))
         return None
-    names = list(FEATURES) + list(LM_FEATURES) + ["base_score"]
     half = len(rows) // 2
     first, second = rows[:half], rows[half:]
     trees = [fit_lambdarank(a, b, names, fit, seed).num_trees() for a, b in ((first, second), (second, first))]
@@ -294,8 +331,9 @@ def fit_types(types: dict[str, list[TypeExample]], cfg: RankerConfig, seed: int)
 # ---------------------------------------------------------------- figures
 
 
-def measure(ranker: Ranker, collected: Collected) -> dict:
-    """Test figures of the ranker(s) beside every baseline, candidate recall, per commit size; val for the record."""
+def measure(ranker: Ranker, collected: Collected, others: dict[str, Ranker] | None = None) -> dict:
+    """Test figures of the ranker(s) beside every baseline (and `others`: name -> ranker over the same rows'
+    first columns, e.g. the ablation), candidate recall, per commit size; val for the record."""
     out: dict = {}
     for split in ("val", "test"):
         rows_by_name: dict[str, list[dict]] = {}
@@ -304,6 +342,8 @@ def measure(ranker: Ranker, collected: Collected) -> dict:
             truth = collected.truths[rows.commit]
             recalls.append(candidate_recall(rows, truth.files))
             rows_by_name.setdefault("ranker", []).append(score(Prediction(ranker.rank(rows)[:10]), truth))
+            for name, other in (others or {}).items():
+                rows_by_name.setdefault(name, []).append(score(Prediction(other.rank(rows)[:10]), truth))
             if ranker.booster_lm is not None and split == "test":
                 rows_by_name.setdefault("ranker_lm", []).append(score(Prediction(ranker.rank(rows, lm=True)[:10]), truth))
             if split == "test":
@@ -356,13 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=Path, help="chunks.jsonl (default: <output_dir>/chunks.jsonl)")
     parser.add_argument("--output", type=Path, help="the ranker folder to write (default: <output_dir>/ranker)")
     parser.add_argument("--no-language-model", action="store_true", help="leave the language model's features out")
+    parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=None,
+                        help="override ranker.dense (the dense task-file similarity features)")
     parser.add_argument("--max-train-targets", type=int, help="override ranker.max_train_targets")
     parser.add_argument("--threads", type=int, dest="num_threads", help="override ranker.num_threads")
     parser.add_argument("--seed", type=int, help="override pipeline.seed")
     args = parser.parse_args(argv)
     cfg, pipeline_cfg, paths = load_stage(args, SECTION, Config)
     cfg = apply_overrides(cfg, SECTION, {"max_train_targets": args.max_train_targets, "num_threads": args.num_threads,
-                                         "language_model": "off" if args.no_language_model else None})
+                                         "language_model": "off" if args.no_language_model else None,
+                                         "dense": args.dense})
     for name, attr in (("commits", "commits"), ("chunks", "chunks"), ("output", "ranker_dir")):
         if getattr(args, name) is not None:
             paths = dataclasses.replace(paths, **{attr: getattr(args, name).resolve()})
@@ -372,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                              strict_sections=False)
         evaluation, prediction = loaded["evaluation"], loaded["prediction"]
     run(cfg, paths, seed=args.seed if args.seed is not None else pipeline_cfg.seed, evaluation=evaluation,
-        prediction=prediction)
+        prediction=prediction, index=load_index_config(args.config))
     return 0
 
 

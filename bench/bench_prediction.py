@@ -2,6 +2,7 @@
 
     python bench/bench_prediction.py                       # fd, axum, click from ../shared/data/repos/
     python bench/bench_prediction.py --repos fd --with-model --work /tmp/bench-prediction
+    python bench/bench_prediction.py --dense                # the ranker with the dense similarity, and without
 
 For each git bundle (`../shared/data/repos/<name>.bundle`, relative to the project root): clone it into the
 work folder, run stages 1-4 through pipeline.py (git_scraper with remote branches, semantic_chunker,
@@ -13,6 +14,12 @@ repository; then candidate recall, the ranker's margin over the best baseline (t
 chunks.jsonl measured in the same run: the floor of any feature pass), and the latency of one prediction
 without generation through serve.py (file_ranking likelihood, a tiny untrained model when there is no trained
 one: the ranker's work, not the model's quality).
+
+--dense: the ranker is trained with `ranker.dense: true` (the task's all-MiniLM-L6-v2 similarity to each candidate
+file at the target's parent); train_ranker also fits it without the dense features on the same candidate rows,
+so the rows `ranker_dense` and `ranker` of the table (both from ranker/metrics.json, the same test targets) are
+the ablation; the time lines add the dense features' CPU share and the files embedded. evaluate.py and serve.py
+then use the dense ranker.
 
 The machine may be shared: the CPU seconds and the ratios are the figures to compare, not wall seconds alone.
 """
@@ -47,9 +54,10 @@ from repo2model.history import history_from_artifacts  # noqa: E402
 from repo2model.paths import ArtifactPaths  # noqa: E402
 from repo2model.prediction import PredictionConfig, Predictor  # noqa: E402
 from repo2model.ranking import EvaluationConfig, RankerConfig  # noqa: E402
+from repo2model.retrieval import IndexConfig  # noqa: E402
 
 STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder")
-PREDICTORS = ("ranker_lm", "ranker", "model", *BASELINES)
+PREDICTORS = ("ranker_lm", "ranker_dense", "ranker", "model", *BASELINES)
 COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr")
 # The prototype of FACTS.md (no language model, no code search), test recall@5 / @10.
 PROTOTYPE = {"fd": (0.822, 0.884), "axum": (0.664, 0.745), "click": (0.618, 0.714)}
@@ -64,6 +72,7 @@ def main() -> None:
     parser.add_argument("--with-model", action="store_true", help="also train the language model (train_model)")
     parser.add_argument("--max-examples", type=int, default=10, help="targets the model generates for")
     parser.add_argument("--serve-requests", type=int, default=5, help="timed /predict requests per repository")
+    parser.add_argument("--dense", action="store_true", help="the ranker with the dense features, and the ablation")
     args = parser.parse_args()
 
     results = {}
@@ -86,15 +95,20 @@ def bench_repo(name: str, args: argparse.Namespace) -> dict:
         if pipeline.run_pipeline(config, only=stage) != 0:
             raise SystemExit(f"{name}: stage {stage} failed (see {work / 'out' / 'pipeline.log'})")
     loaded = load_config(config, {"pipeline": PipelineConfig, "ranker": RankerConfig, "evaluation": EvaluationConfig,
-                                  "prediction": PredictionConfig}, strict_sections=False)
+                                  "prediction": PredictionConfig, "index": IndexConfig}, strict_sections=False)
     paths = ArtifactPaths.under(loaded["pipeline"].output_dir)
     floor = plain_pass_seconds(paths)
-    train_ranker.run(loaded["ranker"], paths, evaluation=loaded["evaluation"], prediction=loaded["prediction"])
+    train_ranker.run(loaded["ranker"], paths, evaluation=loaded["evaluation"], prediction=loaded["prediction"],
+                     index=loaded["index"])
     ranker_metrics = read_json(paths.ranker_dir / "metrics.json")
     evaluate.run(loaded["evaluation"], paths, prediction=loaded["prediction"])
     evaluation = read_json(paths.evaluation)
+    metrics = evaluation["metrics"]
+    if args.dense:  # the ablation: both rankers on the same candidate rows (train_ranker's test figures)
+        metrics = {**metrics, "ranker_dense": ranker_metrics["test"]["ranker"],
+                   "ranker": ranker_metrics["test"]["ranker_without_dense"]}
     latency = serve_latency(work, paths, repo, args.serve_requests)
-    return {"metrics": evaluation["metrics"], "targets": evaluation["targets"],
+    return {"metrics": metrics, "targets": evaluation["targets"],
             "candidate_recall": ranker_metrics["candidate_recall"], "ranker": ranker_metrics, "floor": floor,
             "serve": latency, "load": os.getloadavg()[0]}
 
@@ -105,7 +119,7 @@ def write_config(work: Path, repo: Path, args: argparse.Namespace) -> Path:
         "pipeline": {"output_dir": str(work / "out")},
         "git_scraper": {"repo": str(repo), "include_remotes": True},
         "evaluation": {"max_examples": args.max_examples, "baselines_only": not args.with_model},
-        "ranker": {"language_model": "auto" if args.with_model else "off"},
+        "ranker": {"language_model": "auto" if args.with_model else "off", "dense": args.dense},
     }
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -143,6 +157,7 @@ def serve_latency(work: Path, paths: ArtifactPaths, repo: Path, requests: int) -
                 times.append(time.monotonic() - started)
                 assert answer["ranking"] in ("ranker", "ranker_lm"), answer.get("ranking")
             out[kind] = statistics.median(times[1:])
+            out.setdefault("first", times[0])
     finally:
         server.shutdown()
         server.server_close()
@@ -216,8 +231,15 @@ def print_table(results: dict) -> None:
               f"{sum(ranker['targets'].values())} targets; one plain pass over the artifacts: "
               f"{r['floor']['wall']:.1f}s wall, {r['floor']['cpu']:.1f}s CPU (features = "
               f"{features_cpu / max(r['floor']['cpu'], 1e-9):.1f}x that pass's CPU); load average {r['load']:.1f}")
+        if ranker.get("dense_cpu_seconds") is not None:
+            dense = metrics["ranker_dense"]
+            print(f"    dense: {ranker['dense_cpu_seconds']:.1f}s CPU of the features' {features_cpu:.1f}s "
+                  f"({ranker['dense_files_embedded']} file versions embedded; without dense: features + fit "
+                  f"{features_cpu - ranker['dense_cpu_seconds'] + fit_cpu:.1f}s CPU); ranker_dense - ranker: "
+                  f"recall@5 {dense['recall@5'] - mine['recall@5']:+.3f}, recall@10 "
+                  f"{dense['recall@10'] - mine['recall@10']:+.3f}, MRR {dense['mrr'] - mine['mrr']:+.3f}")
         print(f"    /predict without generation, through serve.py: {r['serve']['repo']:.2f}s (repo body), "
-              f"{r['serve']['commits']:.2f}s (commit records)")
+              f"{r['serve']['commits']:.2f}s (commit records); the first request {r['serve']['first']:.2f}s")
 
 
 def fmt(value) -> str:

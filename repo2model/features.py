@@ -12,9 +12,10 @@ commit message), its author and its parent (the tree the change starts from).
 Candidates: the union of every baseline's top `candidates_per_baseline` files, as many of the best co-change
 partners of the PARTNER_SOURCES best fused files (files that changed together with the likely ones), the
 folder mates of the `sibling_sources` best fused files (up to `siblings_per_folder` each, most recently
-changed first), and the files an outside scorer names (`lm_extra`); files known to be gone from the parent's
-tree are dropped (when the repository is there to say so). Large commits need these last three: history's
-lists alone hold few of their files.
+changed first), the files an outside scorer names (`lm_extra`) and, with `dense_candidates`, the files of the
+parent's tree most similar to the task by embedding; files known to be gone from the parent's tree are
+dropped (when the repository is there to say so). Large commits need the last ones: history's lists alone
+hold few of their files.
 
 Features (FEATURES; NaN = unknown, LightGBM's missing value):
     recency          recent_rank (1 = changed by the last commit), commits_since, days_since (from the
@@ -35,8 +36,11 @@ Features (FEATURES; NaN = unknown, LightGBM's missing value):
                      code_score in the folder), folder_files (files of the folder in the tree)
     fusion           fusion_score, fusion_rank
     the task         task_words, last_commit_files (files of the previous commit)
-The language model adds LM_FEATURES when a scorer is given: lm_logprob (log-probability that the target starts
-with the file), lm_rank, lm_gap (lm_logprob less the best candidate's).
+With `dense` on, DENSE_FEATURES follow FEATURES: dense_score (cosine of the task's and the file's embeddings,
+all-MiniLM-L6-v2, the file as it is at the parent: retrieval.FileEmbeddings), dense_rank (among the candidates,
+or among every file of the tree with dense_candidates), dense_gap (dense_score less the best one).
+The language model adds LM_FEATURES (last) when a scorer is given: lm_logprob (log-probability that the target
+starts with the file), lm_rank, lm_gap (lm_logprob less the best candidate's).
 """
 
 from __future__ import annotations
@@ -74,7 +78,10 @@ FEATURES = (
     "fusion_score", "fusion_rank",
     "task_words", "last_commit_files",
 )
+DENSE_FEATURES = ("dense_score", "dense_rank", "dense_gap")
 LM_FEATURES = ("lm_logprob", "lm_rank", "lm_gap")
+# (task, the code index at the target's parent, paths) -> {path: cosine}; e.g. retrieval.FileEmbeddings'
+DenseScorer = Callable[[str, CodeIndex, list[str]], dict[str, float]]
 
 PARTNER_SOURCES = 5  # the best fused files whose co-change partners are candidates (partner_conf)
 DOC_EXTENSIONS = frozenset({".md", ".rst", ".txt", ".adoc", ".1", ".html"})
@@ -89,12 +96,20 @@ class FeatureConfig:
     candidates_per_baseline: int = 30
     sibling_sources: int = 5
     siblings_per_folder: int = 10
+    dense: bool = False  # DENSE_FEATURES (a DenseScorer must be given to candidate_rows)
+    dense_candidates: int = 0  # with dense: the tree's N files nearest the task become candidates too
 
     def __post_init__(self):
         if self.candidates_per_baseline < 1:
             raise ValueError("candidates_per_baseline: must be >= 1")
         if self.sibling_sources < 0 or self.siblings_per_folder < 0:
             raise ValueError("sibling_sources, siblings_per_folder: must be >= 0")
+        if self.dense_candidates < 0:
+            raise ValueError("dense_candidates: must be >= 0")
+
+    def names(self, lm: bool = False) -> list[str]:
+        """The feature columns candidate_rows gives with these settings."""
+        return list(FEATURES) + (list(DENSE_FEATURES) if self.dense else []) + (list(LM_FEATURES) if lm else [])
 
 
 @dataclass
@@ -188,13 +203,16 @@ def state_at(past: PastCommits, code: CodeIndex | None, target: Target, depth: i
 # ---------------------------------------------------------------- candidates
 
 
-def candidates(state: TargetState, cfg: FeatureConfig, extra: list[str] = ()) -> list[str]:
-    """The files worth ranking for this target (see the module docstring), in a fixed order."""
+def candidates(state: TargetState, cfg: FeatureConfig, extra: list[str] = (), nearest: list[str] = ()) -> list[str]:
+    """The files worth ranking for this target (see the module docstring), in a fixed order (`nearest`: the
+    files nearest the task by embedding, best first)."""
     chosen: dict[str, None] = {}
     for ranking in state.rankings.values():
         for path, _ in ranking[: cfg.candidates_per_baseline]:
             chosen.setdefault(path, None)
     for path in extra:
+        chosen.setdefault(path, None)
+    for path in nearest:
         chosen.setdefault(path, None)
     for path, _ in sorted(state.partners.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[
             : cfg.candidates_per_baseline]:
@@ -263,15 +281,22 @@ def file_kind(path: str) -> tuple[float, float, float]:
 
 
 def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: Callable[[list[str]], dict[str, float]] | None = None,
-                   lm_extra: list[str] = ()) -> CandidateRows:
+                   lm_extra: list[str] = (), dense: DenseScorer | None = None) -> CandidateRows:
     """The feature rows of one target's candidates.
 
     `lm(paths) -> {path: log-probability}` adds LM_FEATURES; `lm_extra` are files only the language model
-    proposes (e.g. new files), added to the candidates.
+    proposes (e.g. new files), added to the candidates. `dense` computes DENSE_FEATURES when `cfg.dense`
+    (their columns are there, missing values, without it or without the repository).
     """
     past, target = state.past, state.target
-    paths = candidates(state, cfg, lm_extra)
-    n_features = len(FEATURES) + (len(LM_FEATURES) if lm is not None else 0)
+    dense_scores, nearest = {}, []
+    if cfg.dense and dense is not None and state.code is not None and cfg.dense_candidates:
+        dense_scores = dense(target.task, state.code, [p for p in state.code.blobs if past.searchable(p)])
+        nearest = [p for p, _ in sorted(dense_scores.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.dense_candidates]]
+    paths = candidates(state, cfg, lm_extra, nearest)
+    if cfg.dense and dense is not None and state.code is not None and not cfg.dense_candidates:
+        dense_scores = dense(target.task, state.code, paths)
+    n_features = len(cfg.names(lm=lm is not None))
     rows = np.full((len(paths), n_features), np.nan, dtype=np.float32)
     task = set(state.task_words)
 
@@ -307,6 +332,8 @@ def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: Callable[[list[st
     lm_scores = lm(paths) if lm is not None else {}
     lm_rank = ranks_of(lm_scores, paths)
     lm_best = max(lm_scores.values(), default=NAN)
+    dense_rank = ranks_of(dense_scores, paths)
+    dense_best = max(dense_scores.values(), default=NAN)
 
     for i, path in enumerate(paths):
         seen = past.last_seen.get(path)
@@ -360,6 +387,9 @@ def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: Callable[[list[st
             len(state.task_words),
             last_files,
         ]
+        if cfg.dense:
+            cosine = dense_scores.get(path, NAN)
+            values += [cosine, dense_rank.get(path, NAN), cosine - dense_best]
         if lm is not None:
             score = lm_scores.get(path, NAN)
             values += [score, lm_rank.get(path, NAN), score - lm_best]

@@ -7,12 +7,14 @@ every predictor is scored with.
     ranking = FileRanking.find(model_dir, paths)           # prediction time: the ranker + the history's statistics
 
 The ranker folder (written by train_ranker.py, atomically):
-    ranker.txt          LightGBM text model over features.FEATURES
+    ranker.txt          LightGBM text model over features.FEATURES (then DENSE_FEATURES when `dense` is on)
     ranker_lm.txt       optional: the same plus the language model's features (LM_FEATURES) and ranker.txt's
                         score, fitted only on targets the language model never trained on
     change_types.txt    optional: LightGBM multiclass model for a file's main change type
     settings.json       the feature names, the baseline and candidate settings the features were computed with,
-                        the change-type classes, LightGBM's parameters and version
+                        the embedding settings (dense), the change-type classes, LightGBM's parameters and version
+    file_vectors.npy    with dense: the file versions' embeddings computed while training, and their (path, blob)
+    file_vectors.json   keys, so that evaluation and the first predictions need not embed them again
     metrics.json        train/val/test figures, feature importances, fit time
 
 Determinism: LightGBM runs with `deterministic`, `force_row_wise`, a fixed thread count and seed, so the same
@@ -45,8 +47,12 @@ from repo2model.artifacts import atomic_open, atomic_path, iter_commits_with_chu
 from repo2model.baselines import BaselineConfig, PastCommits, main_change_types
 from repo2model.code_units import PARSED_LANGUAGES, extract_units, is_test_file, language_of
 from repo2model.errors import UserError
-from repo2model.features import CandidateRows, FeatureConfig, Target, candidate_rows, file_kind, repository_of, state_at
+from repo2model.features import (
+    DENSE_FEATURES, CandidateRows, DenseScorer, FeatureConfig, Target, candidate_rows, file_kind, repository_of,
+    state_at,
+)
 from repo2model.paths import ArtifactPaths
+from repo2model.retrieval import Embedder, FileEmbeddings, IndexConfig
 from repo2model.search import CodeIndex, FixedBM25, code_words
 
 log = logging.getLogger("ranking")
@@ -450,6 +456,33 @@ def rank_symbols(past: PastCommits, path: str, units: list[SymbolCandidate], tas
     return [names[i] for i in best[:limit]]
 
 
+# ---------------------------------------------------------------- the dense feature
+
+
+DENSE_SETTINGS = ("model_dir", "max_tokens", "max_file_bytes", "whole_file_lines", "text_files")
+
+
+def dense_settings(index: IndexConfig) -> dict:
+    """What the dense feature's vectors depend on (the `index` section's model and file texts), for settings.json."""
+    return {name: (str(getattr(index, name)) if name == "model_dir" and index.model_dir is not None
+                   else getattr(index, name)) for name in DENSE_SETTINGS}
+
+
+def file_embeddings(settings: dict) -> FileEmbeddings:
+    """A FileEmbeddings as `dense_settings` describes it (defaults: the packaged all-MiniLM-L6-v2)."""
+    index = IndexConfig(**{k: v for k, v in settings.items() if k in DENSE_SETTINGS})
+    return FileEmbeddings(Embedder(index.model_dir, index.max_tokens, index.batch_size, index.num_threads), index)
+
+
+def scorer_of(embeddings: FileEmbeddings) -> DenseScorer:
+    """features.DenseScorer over a FileEmbeddings: the files as they are in the code index's tree."""
+
+    def dense(task: str, code: CodeIndex, paths: list[str]) -> dict[str, float]:
+        return embeddings.similarities(task, code.blobs, code.read, paths)
+
+    return dense
+
+
 # ---------------------------------------------------------------- the ranker
 
 
@@ -463,10 +496,29 @@ class Ranker:
     change_type_model: lgb.Booster | None = None
     metrics: dict = field(default_factory=dict)
     folder: Path | None = None
+    file_embeddings: FileEmbeddings | None = None  # with dense: saved with the ranker, loaded on first use
 
     @property
     def features(self) -> list[str]:
         return list(self.settings["features"])
+
+    def candidates(self) -> FeatureConfig:
+        """The candidate settings the ranker was trained with; `dense` as its feature list says (a folder
+        written before the dense features existed has neither the key nor the features)."""
+        known = {f.name for f in dataclasses.fields(FeatureConfig)}
+        values = {k: v for k, v in (self.settings.get("candidates") or {}).items() if k in known}
+        return FeatureConfig(**{**values, "dense": any(name in self.features for name in DENSE_FEATURES)})
+
+    def dense_scorer(self) -> DenseScorer | None:
+        """The dense similarity the ranker's features were computed with (None when it has none): the same
+        embedding model and file texts (settings' `dense`), the vectors saved with it loaded once."""
+        if not self.candidates().dense:
+            return None
+        if self.file_embeddings is None:
+            self.file_embeddings = file_embeddings(self.settings.get("dense") or {})
+            if self.folder is not None:
+                self.file_embeddings.load(self.folder)
+        return scorer_of(self.file_embeddings)
 
     @property
     def classes(self) -> list[str]:
@@ -506,6 +558,8 @@ class Ranker:
                     fh.write(self.change_type_model.model_to_string())
             write_json(tmp / SETTINGS_FILE, self.settings)
             write_json(tmp / METRICS_FILE, self.metrics)
+            if self.file_embeddings is not None:
+                self.file_embeddings.save(tmp)
         return folder
 
     @classmethod
@@ -558,7 +612,8 @@ class FileRanking:
         self.ranker, self.past, self.repo, self.last_commit = ranker, past, repo, last_commit
         self.code: CodeIndex | None = None
         self.seen: set[str] = set()
-        self.candidates = FeatureConfig(**ranker.settings["candidates"])
+        self.candidates = ranker.candidates()
+        self.dense = ranker.dense_scorer()  # None unless the ranker was fitted with the dense features
         self.symbols_per_file = int(ranker.settings["baselines"].get("symbols_per_file", 5))
         # (path, blob, symbols known) -> SymbolIndex: a file at the same version is parsed and indexed once
         self.symbol_indexes: dict[tuple[str, str | None, int], SymbolIndex] = {}
@@ -594,6 +649,8 @@ class FileRanking:
             last = commit["hash"]
         repo = repository_of(commits_path) if ranker.settings.get("code_search") else None
         ranking = cls(ranker, past, repo, last)
+        if ranker.file_embeddings is not None:  # the embedding model loads now, not on the first request
+            ranker.file_embeddings.embedder.embed(["warm up"])
         ranking.seen = seen
         log.info("ranker %s with the statistics of %d commits loaded in %.1fs", folder, len(seen),
                  time.monotonic() - started)
@@ -633,7 +690,7 @@ class FileRanking:
             def lm(paths: list[str]) -> dict[str, float]:
                 return {s["path"]: float(s["logprob"]) for s in score([(p, modules.get(p)) for p in paths])}
 
-        rows = candidate_rows(state, self.candidates, lm=lm)
+        rows = candidate_rows(state, self.candidates, lm=lm, dense=self.dense)
         ranked = self.ranker.rank(rows, lm=lm is not None)[:limit]
         paths = [p for p, _ in ranked]
         exists = {p: float(p in code.blobs) if code is not None else math.nan for p in paths}

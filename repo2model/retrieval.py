@@ -394,43 +394,72 @@ class Embedder:
 
 class FileEmbeddings:
     """A dense similarity between a task and files at any commit, for a ranker: each file version is embedded
-    as the index embeds its `file` unit (whole text, or outline past `whole_file_lines`), cached by blob id, so
-    that a target's features use the files as they were at its parent and nothing later (leakage-free).
+    as the index embeds its `file` unit (whole text, or outline past `whole_file_lines`), cached by (path, blob
+    id) (the embedded text starts with the path), so that a target's features use the files as they were at
+    its parent and nothing later (leakage-free).
 
         dense = FileEmbeddings(Embedder(), IndexConfig())
         dense.similarities(task, code.blobs, code.read, paths)   # {path: cosine}, e.g. with search.CodeIndex
+        dense.save(folder); dense.load(folder)                     # the vectors, for the next process
+
+    Each text is embedded on its own (one thread, no padding), so that a file's vector, and every similarity,
+    is the same bytes whatever else the cache held: the ranker's features at training, evaluation and
+    prediction agree exactly.
     """
+
+    VECTORS, KEYS = "file_vectors.npy", "file_vectors.json"
 
     def __init__(self, embedder: Embedder, cfg: IndexConfig, cache_blobs: int = 50_000):
         self.embedder, self.cfg, self.cache_blobs = embedder, cfg, cache_blobs
-        self._vectors: dict[str, np.ndarray | None] = {}
+        self._vectors: dict[tuple[str, str], np.ndarray | None] = {}
+        self.embedded = 0  # texts embedded by this process (the cost; the rest came from the cache)
 
     def similarities(self, task: str, blobs: dict[str, str], read: Callable[[str], bytes | None],
                      paths: Iterable[str]) -> dict[str, float]:
         """Cosine of `task` with each of `paths` (blob ids from `blobs`, contents from `read(path)`); files with
         no text unit (binary, too large, not in `blobs`) are left out."""
-        paths = [p for p in paths if p in blobs]
-        missing = [p for p in dict.fromkeys(paths) if blobs[p] not in self._vectors]
-        texts, owners = [], []
-        for path in missing:
-            data = read(path)
-            units = [u for u in units_of_file(path, data, blobs[path], self.cfg) if u.kind == "file"] if data else []
-            if units:
-                texts.append(units[0].embedding_text())
-                owners.append(blobs[path])
-            else:
-                self._vectors[blobs[path]] = None
-        if len(self._vectors) + len(texts) > self.cache_blobs:
+        paths = [p for p in dict.fromkeys(paths) if p in blobs]
+        if len(self._vectors) > self.cache_blobs:
             self._vectors.clear()
-        for oid, vector in zip(owners, self.embedder.embed(texts) if texts else []):
-            self._vectors[oid] = vector
+        for path in paths:
+            if (path, blobs[path]) not in self._vectors:
+                self._vectors[(path, blobs[path])] = self.vector_of(path, blobs[path], read(path))
         query = self.embedder.embed([task])[0]
         out = {}
         for path in paths:
-            vector = self._vectors.get(blobs[path])
+            vector = self._vectors[(path, blobs[path])]
             if vector is not None:
                 out[path] = float(np.dot(query, vector))
         return out
+
+    def vector_of(self, path: str, blob: str, data: bytes | None) -> np.ndarray | None:
+        units = [u for u in units_of_file(path, data, blob, self.cfg) if u.kind == "file"] if data else []
+        if not units:
+            return None
+        self.embedded += 1
+        return self.embedder.embed([units[0].embedding_text()])[0]
+
+    def save(self, folder: Path) -> None:
+        """The cached vectors (float32 [n, dim]) and their (path, blob) keys, e.g. beside a ranker."""
+        kept = [(key, v) for key, v in self._vectors.items() if v is not None]
+        matrix = np.stack([v for _, v in kept]) if kept else np.zeros((0, self.embedder.dim), dtype=np.float32)
+        with atomic_path(Path(folder) / self.VECTORS) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, matrix, allow_pickle=False)
+        write_json(Path(folder) / self.KEYS, {"model": self.embedder.name, "max_tokens": self.embedder.max_tokens,
+                                              "keys": [list(key) for key, _ in kept]})
+
+    def load(self, folder: Path) -> int:
+        """Take in the vectors `save` wrote (those of the same model and max_tokens); returns how many."""
+        keys_path, vectors_path = Path(folder) / self.KEYS, Path(folder) / self.VECTORS
+        if not (keys_path.is_file() and vectors_path.is_file()):
+            return 0
+        info = read_json(keys_path)
+        if info.get("model") != self.embedder.name or info.get("max_tokens") != self.embedder.max_tokens:
+            return 0
+        matrix = np.load(vectors_path, allow_pickle=False)
+        for (path, blob), vector in zip(info["keys"], matrix):
+            self._vectors[(path, blob)] = vector
+        return len(info["keys"])
 
 
 # ---------------------------------------------------------------- BM25 sparse vectors
