@@ -73,6 +73,7 @@ Stage protocol (each stage script provides):
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import fcntl
 import hashlib
@@ -651,12 +652,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--update runs every stage: leave out --stage")
     if args.rollback and (args.stage or args.update or args.force):
         parser.error("--rollback runs no stage: leave out --stage, --update and --force")
-    quiet_noisy_libraries()  # before the stages import them
-    if args.list_stages:
+    if args.list_stages:  # read from the scripts' source: importing every stage (torch, peft, ...) takes seconds
         for name, module_name in STAGES:
-            doc = (import_stage(module_name).__doc__ or "").strip().splitlines()
+            source = (ROOT / f"{module_name}.py").read_text(encoding="utf-8")
+            doc = (ast.get_docstring(ast.parse(source)) or "").strip().splitlines()
             print(f"{name:18} {doc[0] if doc else ''}")
         return 0
+    quiet_noisy_libraries()  # before the stages import them
     return run_pipeline(args.config.expanduser().resolve(), args.stage, args.force, args.continue_on_error,
                         update=args.update, rollback=args.rollback)
 

@@ -25,11 +25,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from repo2model.artifacts import atomic_path, read_json, require
 from repo2model.errors import UserError, first_line
-from repo2model.paths import ArtifactPaths
+from repo2model.paths import INFO_FILE, ArtifactPaths
 
 log = logging.getLogger("train_model")
-
-INFO_FILE = "training_info.json"
 
 # What transformers, tokenizers, safetensors, peft and json raise on a damaged folder: a cut safetensors file
 # (SafetensorError), a config.json that is not JSON (OSError) or not an object (TypeError), an unknown

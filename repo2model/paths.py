@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+INFO_FILE = "training_info.json"  # in a model folder: written last, so its presence marks a complete model
+
 
 @dataclasses.dataclass(frozen=True)
 class ArtifactPaths:

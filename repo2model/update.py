@@ -34,8 +34,7 @@ from pathlib import Path
 
 from repo2model.artifacts import write_json
 from repo2model.errors import UserError
-from repo2model.models import INFO_FILE
-from repo2model.paths import ArtifactPaths
+from repo2model.paths import INFO_FILE, ArtifactPaths
 
 log = logging.getLogger("pipeline")
 
