@@ -57,6 +57,44 @@ def cochange_history(repo, blocks: int = 100, pairs: int = 10, seed: int = 0) ->
                      f"pkg/b{i}.py": python_body(f"b{i}", ["right"], versions[i])})
 
 
+# Topics whose files and tasks share no word: the file's identifiers carry the topic's words, each task names one
+# of its synonyms once (all-MiniLM-L6-v2 matches "Handle thunder" to weather_forecast_climate_temperature_0).
+SEMANTIC = {
+    "weather": (["weather", "forecast", "climate", "temperature"],
+                ["thunder", "drizzle", "hail", "blizzard", "storm", "sleet", "humidity", "rainfall"]),
+    "cooking": (["kitchen", "recipe", "cooking", "ingredient"],
+                ["oven", "bake", "saucepan", "spatula", "roast", "simmer", "dough", "frying"]),
+    "music": (["music", "melody", "song", "instrument"],
+              ["guitar", "piano", "violin", "drum", "chorus", "rhythm", "orchestra", "trumpet"]),
+    "finance": (["finance", "money", "bank", "payment"],
+                ["invoice", "salary", "loan", "mortgage", "dividend", "tax", "credit", "budget"]),
+    "animals": (["animal", "pet", "zoo", "wildlife"],
+                ["puppy", "kitten", "parrot", "hamster", "tiger", "elephant", "rabbit", "giraffe"]),
+    "sports": (["sport", "game", "team", "match"],
+               ["football", "tennis", "goalkeeper", "referee", "marathon", "basketball", "stadium", "tournament"]),
+}
+
+
+def semantic_history(repo, seed: int = 0) -> list[str]:
+    """Only meaning finds the files: one neutrally named file per topic (src/m<i>.py); each commit changes the
+    file of a random topic and its message names a synonym of the topic that no file and no other message
+    holds, so code search, similar commits, recency and co-change are no help. Returns the files by topic."""
+    rng = random.Random(seed)
+    names = list(SEMANTIC)
+    versions = {t: 0 for t in names}
+    words = {t: rng.sample(SEMANTIC[t][1], len(SEMANTIC[t][1])) for t in names}
+    files = [f"src/m{i}.py" for i in range(len(names))]
+    repo.commit("Start", {f: python_body("_".join(SEMANTIC[t][0][:1]), SEMANTIC[t][0][1:], 0) for f, t in zip(files, names)})
+    order = [t for t in names for _ in SEMANTIC[t][1]]
+    rng.shuffle(order)
+    for topic in order:
+        versions[topic] += 1
+        i = names.index(topic)
+        repo.commit(f"{rng.choice(NOISE).capitalize()} {words[topic].pop()}",
+                    {files[i]: python_body("_".join(SEMANTIC[topic][0][:1]), SEMANTIC[topic][0][1:], versions[topic])})
+    return files
+
+
 def artifacts(repo_path: Path, out: Path, val: float = 0.15, test: float = 0.2) -> ArtifactPaths:
     """commits.json and chunks.jsonl from the real stages, and training_data_{train,val,test}.pt holding the
     time split of the commits with chunks (all but the first), as the dataset builder splits them."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from helpers_data import scrape_and_chunk
 from repo2model.baselines import BaselineConfig
-from repo2model.features import FEATURES, FeatureConfig, candidate_rows, repository_of, walk_targets
+from repo2model.features import DENSE_FEATURES, FEATURES, FeatureConfig, candidate_rows, repository_of, walk_targets
+from repo2model.ranking import scorer_of
+from repo2model.retrieval import Embedder, FileEmbeddings, IndexConfig
 
 TARGET = "Teach the parser to skip comments"
 HISTORY = [
@@ -29,35 +32,51 @@ LATER = [
 ]
 
 
-def features_of_target(make_repo, name: str, history: list) -> tuple:
+@pytest.fixture(scope="module")
+def embedder():
+    return Embedder()
+
+
+def features_of_target(make_repo, name: str, history: list, embedder: Embedder | None = None) -> tuple:
+    """The target's rows; with `embedder`, the dense features too (a fresh FileEmbeddings: nothing cached)."""
     repo = make_repo(name)
     for message, files in history:
         repo.commit(message, files)
     paths = scrape_and_chunk(repo.path, repo.path.parent / f"{name}-out")
     target = next(line.split(" ", 1)[0] for line in repo.git("log", "--format=%H %s").splitlines()
                   if line.split(" ", 1)[1] == TARGET)
+    cfg = FeatureConfig(candidates_per_baseline=10, dense=embedder is not None)
+    dense = scorer_of(FileEmbeddings(embedder, IndexConfig())) if embedder is not None else None
     found = []
     for state in walk_targets(paths.commits, paths.chunks, {target: "test"}, BaselineConfig(),
                               repository_of(paths.commits)):  # a state is only valid inside the loop
-        found.append((candidate_rows(state, FeatureConfig(candidates_per_baseline=10)), dict(state.rankings),
-                      state.target))
+        found.append((candidate_rows(state, cfg, dense=dense), dict(state.rankings), state.target))
     assert len(found) == 1
     return found[0]
 
 
-def test_no_feature_of_a_target_changes_when_commits_come_after_it(make_repo):
-    rows, rankings, target = features_of_target(make_repo, "plain", HISTORY)
-    later_rows, later_rankings, later_target = features_of_target(make_repo, "planted", HISTORY + LATER)
+def test_no_feature_of_a_target_changes_when_commits_come_after_it(make_repo, embedder):
+    """Every feature, the dense ones included (each run embeds afresh: they are deterministic too)."""
+    rows, rankings, target = features_of_target(make_repo, "plain", HISTORY, embedder)
+    later_rows, later_rankings, later_target = features_of_target(make_repo, "planted", HISTORY + LATER, embedder)
     assert later_target.commit == target.commit  # the same commits up to the target: the same hashes
     assert target.files == ["src/parser.py", "tests/test_parser.py"]
     assert later_rows.paths == rows.paths
+    assert rows.features.shape[1] == len(FEATURES) + len(DENSE_FEATURES)
     np.testing.assert_array_equal(later_rows.features, rows.features)
     np.testing.assert_array_equal(later_rows.labels, rows.labels)
     assert later_rankings == rankings
-    # The test can fail: the same commit planted *before* the target changes its features.
-    before_rows, before_rankings, _ = features_of_target(make_repo, "before", HISTORY[:-1] + LATER[:1] + HISTORY[-1:])
+    dense = {name: len(FEATURES) + i for i, name in enumerate(DENSE_FEATURES)}
+    parser = rows.paths.index("src/parser.py")
+    assert 0.0 < rows.features[parser, dense["dense_score"]] <= 1.0 and rows.features[parser, dense["dense_rank"]] >= 1
+    # The test can fail: the same commit planted *before* the target changes its features (parser.py's
+    # content at the parent, so its dense similarity, among them).
+    before_rows, before_rankings, _ = features_of_target(make_repo, "before", HISTORY[:-1] + LATER[:1] + HISTORY[-1:],
+                                                         embedder)
     assert "src/comments.py" in before_rows.paths and "src/comments.py" not in rows.paths
     assert before_rankings["similar_commits"] != rankings["similar_commits"]
+    assert (before_rows.features[before_rows.paths.index("src/parser.py"), dense["dense_score"]]
+            != rows.features[parser, dense["dense_score"]])
 
 
 def test_candidates_and_their_features(make_repo):

@@ -17,17 +17,18 @@ import predict
 import serve
 import train_ranker
 from conftest import GitRepo
-from helpers_ranking import artifacts, cochange_history, text_history
+from helpers_ranking import artifacts, cochange_history, semantic_history, text_history
 from repo2model.baselines import BaselineConfig, PastCommits
 from repo2model.commit_language import CommitLanguage
 from repo2model.errors import UserError
-from repo2model.features import candidate_rows, repository_of, walk_targets
+from repo2model.features import DENSE_FEATURES, FEATURES, candidate_rows, repository_of, walk_targets
 from repo2model.history import history_from_artifacts
 from repo2model.prediction import PredictionConfig, Predictor
 from repo2model.ranking import (
-    Prediction, Ranker, RankerConfig, SymbolCandidate, Truth, aggregate, by_size, rank_symbols, score,
-    units_at_parent,
+    FileRanking, Prediction, Ranker, RankerConfig, SymbolCandidate, Truth, aggregate, by_size, file_embeddings,
+    rank_symbols, score, units_at_parent,
 )
+from repo2model.search import CodeIndex
 
 FAST = dict(num_trees=200, early_stopping_rounds=20)
 
@@ -50,6 +51,16 @@ def cochange_world(tmp_path_factory):
     paths = artifacts(repo.path, root / "out")
     train_ranker.run(RankerConfig(**FAST), paths)
     return paths
+
+
+@pytest.fixture(scope="module")
+def semantic_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("semantic")
+    repo = GitRepo(root / "repo")
+    files = semantic_history(repo)
+    paths = artifacts(repo.path, root / "out")
+    train_ranker.run(RankerConfig(**FAST, dense=True), paths)
+    return paths, repo, files
 
 
 def test_the_ranker_learns_a_history_where_only_the_task_text_finds_the_files(text_world):
@@ -198,3 +209,47 @@ def test_predict_and_serve_rank_with_the_ranker_and_say_so(text_world, model_bes
         finally:
             server.shutdown()
             server.server_close()
+
+
+# ---------------------------------------------------------------- the dense task-file similarity
+
+
+def test_the_dense_features_find_files_only_meaning_links_to_the_task(semantic_world):
+    paths, repo, files = semantic_world
+    metrics = json.loads((paths.ranker_dir / "metrics.json").read_text())
+    test = metrics["test"]
+    # No word is shared: code search and similar commits are no better than chance (1 in 6 files).
+    assert test["code_search"]["recall@1"] < 0.4 and test["similar_commits"]["recall@1"] < 0.4
+    assert test["ranker"]["recall@1"] >= 0.8
+    assert test["ranker"]["recall@1"] >= test["ranker_without_dense"]["recall@1"] + 0.3  # the ablation, same rows
+    assert sum(v for k, v in metrics["feature_importance"].items() if k.startswith("dense")) > 0.3
+    settings = json.loads((paths.ranker_dir / "settings.json").read_text())
+    assert settings["features"] == list(FEATURES) + list(DENSE_FEATURES) and settings["candidates"]["dense"]
+    # Prediction time: the same features (the vectors saved with the ranker), new synonyms found.
+    ranking = FileRanking.load(paths.ranker_dir, paths.commits, paths.chunks)
+    assert ranking.dense is not None and ranking.ranker.file_embeddings._vectors
+    for task, expected in (("Handle the monsoon", files[0]), ("Support the saxophone", files[2])):
+        answer = ranking.rank([], task)
+        assert answer["method"] == "ranker" and answer["files"][0]["path"] == expected, (task, answer["files"][:3])
+    # A vector from the saved cache is the same bytes as one embedded afresh.
+    fresh = file_embeddings(settings["dense"])
+    with CodeIndex(repo.path) as code:
+        code.move_to(repo.head())
+        assert (fresh.similarities("Handle the monsoon", code.blobs, code.read, files)
+                == ranking.ranker.file_embeddings.similarities("Handle the monsoon", code.blobs, code.read, files))
+    assert fresh.embedded == len(files) and ranking.ranker.file_embeddings.embedded <= 1  # the last commit's file
+
+
+def test_an_older_ranker_folder_without_the_dense_features_still_ranks(text_world, tmp_path):
+    old = tmp_path / "ranker"
+    shutil.copytree(text_world.ranker_dir, old)
+    settings = json.loads((old / "settings.json").read_text())
+    for key in ("dense", "dense_candidates"):  # what a folder written before them lacks
+        settings["candidates"].pop(key)
+    settings.pop("dense")
+    (old / "settings.json").write_text(json.dumps(settings))
+    ranking = FileRanking.load(old, text_world.commits, text_world.chunks)
+    assert ranking.dense is None and not ranking.candidates.dense
+    answer = ranking.rank([], "Improve the kilo engine for kilo users")
+    assert answer["method"] == "ranker"
+    assert {f["path"] for f in answer["files"][:2]} == {"src/kilo.py", "tests/test_kilo.py"}
