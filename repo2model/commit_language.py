@@ -34,7 +34,8 @@ Rendering (`render_commit(commit, chunks, form="full")`):
   newline that the parser strips, so text ending with or without a newline
   survives exactly. Text that happens to spell one of our tokens (this very
   file, say) is escaped with a word joiner (U+2060) after the `<`, which the
-  parser removes; nothing else is touched.
+  parser removes. A one-line field (path, module, symbol, old name) holding a
+  newline writes it as `␤n` (U+2424, n), and a `␤` as `␤␤`; nothing else is touched.
 - The compact form (for history) is the same without the code blocks, and with at
   most `compact_max_files` files and `compact_max_changes` change lines (later files
   keep their path line; `<TRUNCATED>` marks what was left out).
@@ -112,6 +113,24 @@ def unescape(text: str) -> str:
     if _ESC not in text:
         return text
     return _UNESCAPE_RE.sub(lambda m: "<" + m.group(1), text)
+
+
+_NL = "\u2424"  # SYMBOL FOR NEWLINE: a newline inside a one-line field (a path, a symbol) is ␤n, a ␤ is ␤␤
+_LINE_UNESCAPE_RE = re.compile(_NL + "([" + _NL + "n])")
+
+
+def escape_line(text: str) -> str:
+    """`escape` for a field that must stay on its line (path, module, symbol): newlines made visible, reversibly."""
+    text = escape(text)
+    if "\n" not in text and _NL not in text:
+        return text
+    return text.replace(_NL, _NL + _NL).replace("\n", _NL + "n")
+
+
+def unescape_line(text: str) -> str:
+    if _NL in text:
+        text = _LINE_UNESCAPE_RE.sub(lambda m: _NL if m.group(1) == _NL else "\n", text)
+    return unescape(text)
 
 
 def module_top(module: str) -> tuple[str, str]:
@@ -297,10 +316,10 @@ class CommitLanguage:
         return f"{COMMIT_START}{author}{DATE}{commit.authored_at[:10]}\n{MSG}{escape(commit.message)}\n"
 
     def render_file_header(self, path: str, module: str | None) -> str:
-        text = FILE + escape(path)
+        text = FILE + escape_line(path)
         if module:
             top, rest = module_top(module)
-            text += f"<MODULE:{top}>{escape(rest)}" if top in self._modules else MODULE + escape(module)
+            text += f"<MODULE:{top}>{escape_line(rest)}" if top in self._modules else MODULE + escape_line(module)
         return text + "\n"
 
     def render_chunk(self, chunk: Chunk, form: str = "full") -> str:
@@ -308,11 +327,11 @@ class CommitLanguage:
         ctype = chunk.change_type
         token = f"<CHANGE:{ctype.lower()}>"
         # a change type we have no token for is spelled out, then a space, then the symbol
-        text = (token if ctype in _CHANGE_TYPE_SET else CHANGE + escape(ctype) + " ") + escape(chunk.symbol or "")
+        text = (token if ctype in _CHANGE_TYPE_SET else CHANGE + escape(ctype) + " ") + escape_line(chunk.symbol or "")
         if chunk.old_symbol and chunk.old_symbol != chunk.symbol:
-            text += WAS + escape(chunk.old_symbol)
+            text += WAS + escape_line(chunk.old_symbol)
         if chunk.old_file and chunk.old_file != chunk.file:
-            text += FROM + escape(chunk.old_file)
+            text += FROM + escape_line(chunk.old_file)
         text += "\n"
         if form == "full":
             prefix = ctype.split("_", 1)[0]
@@ -476,14 +495,14 @@ def parse_commit(text: str) -> ParsedCommit:
             else:
                 parsed.task = value
         elif token == FILE:
-            current_file = ParsedFile(path=unescape(line), module=None)
+            current_file = ParsedFile(path=unescape_line(line), module=None)
             current_chunk = None
             parsed.files.append(current_file)
             if "\n" not in body and i < len(pieces) and not pieces[i].startswith("<MODULE"):
                 _expect_newline(parsed, token, body)
             _expect_empty(parsed, token, rest)
         elif token == MODULE or token.startswith("<MODULE:"):
-            value = unescape(line) if token == MODULE else token[8:-1] + unescape(line)
+            value = unescape_line(line) if token == MODULE else token[8:-1] + unescape_line(line)
             if current_file is None:
                 parsed.problems.append(f"{token} outside a file")
             else:
@@ -495,7 +514,7 @@ def parse_commit(text: str) -> ParsedCommit:
                 change = unescape(change)
             else:
                 change, symbol = token[8:-1].upper(), line
-            symbol = unescape(symbol) or None
+            symbol = unescape_line(symbol) or None
             if current_file is None:
                 parsed.problems.append(f"{token} before any {FILE}")
                 current_file = ParsedFile(path="", module=None)
@@ -509,9 +528,9 @@ def parse_commit(text: str) -> ParsedCommit:
             if current_chunk is None:
                 parsed.problems.append(f"{token} outside a change")
             elif token == FROM:
-                current_chunk.old_file = unescape(line)
+                current_chunk.old_file = unescape_line(line)
             else:
-                current_chunk.old_symbol = unescape(line)
+                current_chunk.old_symbol = unescape_line(line)
             if "\n" not in body and not (i < len(pieces) and pieces[i] == FROM):
                 _expect_newline(parsed, token, body)
             _expect_empty(parsed, token, rest)
@@ -562,8 +581,44 @@ def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 
 
 def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
-    """Text of `ids`, special tokens kept, no space clean-up (the exact inverse of `encode_texts`)."""
-    return backend(tokenizer).decode(list(ids), skip_special_tokens=False)
+    """Text of `ids`, special tokens kept, no space clean-up (the exact inverse of `encode_texts`).
+
+    The tokenizers library runs added tokens through the byte-level decoder too, which garbles one that
+    holds a non-ASCII character (`<MODULE:naïve>` decodes as `<MODULE:na\ufffdve>`): those are put back
+    by id, and the runs between them decoded as usual.
+    """
+    raw = backend(tokenizer)
+    ids = list(ids)
+    verbatim = _non_ascii_added_tokens(raw)
+    if not verbatim or not any(i in verbatim for i in ids):
+        return raw.decode(ids, skip_special_tokens=False)
+    parts, run = [], []
+    for i in ids:
+        if i in verbatim:
+            if run:
+                parts.append(raw.decode(run, skip_special_tokens=False))
+                run = []
+            parts.append(verbatim[i])
+        else:
+            run.append(i)
+    if run:
+        parts.append(raw.decode(run, skip_special_tokens=False))
+    return "".join(parts)
+
+
+_VERBATIM: dict[int, tuple[Any, int, dict[int, str]]] = {}  # id(raw) -> (raw, its size, its non-ASCII added tokens)
+
+
+def _non_ascii_added_tokens(raw: Any) -> dict[int, str]:
+    """Added tokens whose text is not ASCII, by id; cached per tokenizer and its size (tokens get added)."""
+    if not hasattr(raw, "get_added_tokens_decoder"):
+        return {}
+    size = raw.get_vocab_size(with_added_tokens=True)
+    cached = _VERBATIM.get(id(raw))
+    if cached is None or cached[0] is not raw or cached[1] != size:
+        found = {int(i): t.content for i, t in raw.get_added_tokens_decoder().items() if not t.content.isascii()}
+        cached = _VERBATIM[id(raw)] = (raw, size, found)
+    return cached[2]
 
 
 _DEFAULT_SPECIAL = {"bos": BOS, "eos": EOS, "pad": PAD}

@@ -52,7 +52,7 @@ from transformers import DynamicCache
 
 from repo2model.artifacts import iter_commits, iter_jsonl, require
 from repo2model.cli import apply_overrides
-from repo2model.commit_language import COMMIT_END, FILE, CommitLanguage, decode_ids, encode_texts, escape
+from repo2model.commit_language import COMMIT_END, FILE, CommitLanguage, decode_ids, encode_texts, escape_line
 from repo2model.config import load_config
 from repo2model.errors import UserError
 from repo2model.models import language_dir, load_trained_model, read_training_info, trained_length
@@ -364,7 +364,7 @@ class Predictor:
     def file_continuations(self, candidates: list[tuple[str, str | None]]) -> list[list[int]]:
         """The ids a target starts with when it changes each file first: `<FILE>` + the path + the token that
         ends the path in training (`<MODULE:x>`, `<MODULE>`, or the newline when the file has no module)."""
-        heads = encode_texts(self.tokenizer, [FILE + escape(path) for path, _ in candidates])
+        heads = encode_texts(self.tokenizer, [FILE + escape_line(path) for path, _ in candidates])
         fulls = encode_texts(self.tokenizer, [self.language.render_file_header(path, module)
                                               for path, module in candidates])
         # The path's tokens are the same alone: what follows it is a special token or a newline pre-token.

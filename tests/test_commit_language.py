@@ -12,11 +12,16 @@ from repo2model.commit_language import (
     COMMIT_END,
     CommitLanguage,
     assemble_prompt,
+    decode_ids,
     escape,
+    escape_line,
     iter_commit_records,
     module_top,
     unescape,
+    unescape_line,
 )
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from repo2model.errors import UserError
 from repo2model.records import ALL_CHANGE_TYPES
 
@@ -56,6 +61,48 @@ def test_escape_is_reversible_and_hides_tokens(text):
         assert token not in escaped
     if "<" not in text or text == "Vec<T>":
         assert escaped == text  # ordinary text, Rust generics included, is left alone
+
+
+@pytest.mark.parametrize("text", ["plain", "line\nbreak.txt", "\u2424", "\u2424n", "a\u2424\u2424\nb\n", "<FILE>\n<\u2060x"])
+def test_line_escape_is_reversible_and_keeps_one_line(text):
+    escaped = escape_line(text)
+    assert "\n" not in escaped and unescape_line(escaped) == text
+    if "\n" not in text and "\u2424" not in text and "<" not in text:
+        assert escaped == text
+
+
+def test_one_line_fields_holding_newlines_parse_back():
+    """A path, module, symbol or old name with a newline in it (git allows it) keeps the rendering parseable."""
+    c = commit("newlines")
+    chunks = [
+        chunk(c, "line\nbreak.txt", "MODIFIED_HUNK", None, diff="+x\n"),
+        chunk(c, "src/na\u00efve\u2424.rs", "RENAMED_FUNCTION", "new\nname", diff="-a\n+b\n", module="na\u00efve::x\ny",
+              old_symbol="old\nname", old_file="old\n\u2424.rs"),
+    ]
+    lang = CommitLanguage.from_counts({}, {"na\u00efve": 2}, 0, 1)
+    for form in ("full", "compact"):
+        parsed = lang.parse_commit(lang.render_commit(c, chunks, form))
+        assert parsed.well_formed, parsed.problems
+        assert parsed.changes == [(ch.file, ch.change_type, ch.symbol) for ch in chunks]
+        assert [f.module for f in parsed.files] == [None, "na\u00efve::x\ny"]
+        assert (parsed.files[1].chunks[0].old_file, parsed.files[1].chunks[0].old_symbol) == ("old\n\u2424.rs", "old\nname")
+
+
+def test_decode_keeps_added_tokens_that_are_not_ascii():
+    """The tokenizers library byte-decodes added tokens too (`<MODULE:naïve>` came back as `na\ufffdve`)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(["na\u00efve code, Zo\u00eb's code"] * 10, trainer)
+    tokenizer.add_special_tokens(["<MODULE:na\u00efve>", "<FILE>"])
+    text = "<FILE>src/na\u00efve.rs<MODULE:na\u00efve>::x Zo\u00eb<MODULE:na\u00efve>"
+    ids = tokenizer.encode(text).ids
+    assert tokenizer.decode(ids, skip_special_tokens=False) != text  # the library's own decode garbles it
+    assert decode_ids(tokenizer, ids) == text
+    tokenizer.add_special_tokens(["<AUTHOR:Zo\u00eb>"])  # tokens added later are seen too
+    ids = tokenizer.encode(text + "<AUTHOR:Zo\u00eb>").ids
+    assert decode_ids(tokenizer, ids) == text + "<AUTHOR:Zo\u00eb>"
 
 
 def test_module_top():
