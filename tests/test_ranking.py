@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 
+import evaluate
 import helpers_predict as H
 import predict
 import serve
@@ -220,7 +221,7 @@ def test_the_dense_features_find_files_only_meaning_links_to_the_task(semantic_w
     test = metrics["test"]
     # No word is shared: code search and similar commits are no better than chance (1 in 6 files).
     assert test["code_search"]["recall@1"] < 0.4 and test["similar_commits"]["recall@1"] < 0.4
-    assert test["ranker"]["recall@1"] >= 0.8
+    assert test["ranker"]["recall@1"] >= 0.75  # 8 of 9 here
     assert test["ranker"]["recall@1"] >= test["ranker_without_dense"]["recall@1"] + 0.3  # the ablation, same rows
     assert sum(v for k, v in metrics["feature_importance"].items() if k.startswith("dense")) > 0.3
     settings = json.loads((paths.ranker_dir / "settings.json").read_text())
@@ -238,6 +239,11 @@ def test_the_dense_features_find_files_only_meaning_links_to_the_task(semantic_w
         assert (fresh.similarities("Handle the monsoon", code.blobs, code.read, files)
                 == ranking.ranker.file_embeddings.similarities("Handle the monsoon", code.blobs, code.read, files))
     assert fresh.embedded == len(files) and ranking.ranker.file_embeddings.embedded <= 1  # the last commit's file
+    # evaluate.py computes the features the ranker was fitted on: the same figures on the same test targets.
+    evaluate.run(evaluate.Config(baselines_only=True), paths)
+    evaluated = json.loads(paths.evaluation.read_text())["metrics"]["ranker"]
+    assert {k: evaluated[k] for k in ("recall@1", "recall@5", "mrr")} == {k: test["ranker"][k] for k in
+                                                                         ("recall@1", "recall@5", "mrr")}
 
 
 def test_an_older_ranker_folder_without_the_dense_features_still_ranks(text_world, tmp_path):
