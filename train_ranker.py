@@ -7,6 +7,7 @@ Reads
     the repository                      (named in commits.json) for code search and the tree at each target's
                                         parent; without it those features are missing values
     model/                              optional: the language model's log-probability of each candidate file
+    ranker/file_vectors.*               optional, with `dense`: the previous run's file embeddings (reused)
 Writes
     ranker/                             ranker.txt (LightGBM text model), ranker_lm.txt (with the language
                                         model's features), change_types.txt, settings.json, metrics.json;
@@ -142,6 +143,8 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
     scores = load_language_model(cfg, paths, prediction or PredictionConfig(), splits)
     dense_info = dense_settings(index or IndexConfig()) if cfg.dense else None
     embeddings = file_embeddings(dense_info) if dense_info is not None else None
+    if embeddings is not None:  # a refit (e.g. after an update) embeds only the file versions new since the last
+        embeddings.load(paths.ranker_dir)  # (vectors are keyed by path and blob: the same text, no leakage)
     collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores,
                         scorer_of(embeddings) if embeddings is not None else None)
     names = cfg.candidates().names()

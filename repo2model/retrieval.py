@@ -445,16 +445,21 @@ class FileEmbeddings:
         matrix = np.stack([v for _, v in kept]) if kept else np.zeros((0, self.embedder.dim), dtype=np.float32)
         with atomic_path(Path(folder) / self.VECTORS) as tmp, open(tmp, "wb") as fh:
             np.save(fh, matrix, allow_pickle=False)
-        write_json(Path(folder) / self.KEYS, {"model": self.embedder.name, "max_tokens": self.embedder.max_tokens,
-                                              "keys": [list(key) for key, _ in kept]})
+        write_json(Path(folder) / self.KEYS, {**self.text_settings(), "keys": [list(key) for key, _ in kept]})
+
+    def text_settings(self) -> dict:
+        """What a file's vector depends on besides its path and blob."""
+        return {"model": self.embedder.name, "max_tokens": self.embedder.max_tokens, "format": INDEX_FORMAT,
+                "whole_file_lines": self.cfg.whole_file_lines, "max_file_bytes": self.cfg.max_file_bytes,
+                "text_files": self.cfg.text_files}
 
     def load(self, folder: Path) -> int:
-        """Take in the vectors `save` wrote (those of the same model and max_tokens); returns how many."""
+        """Take in the vectors `save` wrote (when made with the same model and file texts); returns how many."""
         keys_path, vectors_path = Path(folder) / self.KEYS, Path(folder) / self.VECTORS
         if not (keys_path.is_file() and vectors_path.is_file()):
             return 0
         info = read_json(keys_path)
-        if info.get("model") != self.embedder.name or info.get("max_tokens") != self.embedder.max_tokens:
+        if any(info.get(key) != value for key, value in self.text_settings().items()):
             return 0
         matrix = np.load(vectors_path, allow_pickle=False)
         for (path, blob), vector in zip(info["keys"], matrix):

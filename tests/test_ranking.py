@@ -244,6 +244,11 @@ def test_the_dense_features_find_files_only_meaning_links_to_the_task(semantic_w
     evaluated = json.loads(paths.evaluation.read_text())["metrics"]["ranker"]
     assert {k: evaluated[k] for k in ("recall@1", "recall@5", "mrr")} == {k: test["ranker"][k] for k in
                                                                          ("recall@1", "recall@5", "mrr")}
+    # A refit reuses the saved vectors (nothing embedded again) and gives the same model bytes.
+    first = (paths.ranker_dir / "ranker.txt").read_bytes()
+    train_ranker.run(RankerConfig(**FAST, dense=True), paths)
+    assert json.loads((paths.ranker_dir / "metrics.json").read_text())["dense_files_embedded"] == 0
+    assert (paths.ranker_dir / "ranker.txt").read_bytes() == first
 
 
 def test_an_older_ranker_folder_without_the_dense_features_still_ranks(text_world, tmp_path):
