@@ -458,10 +458,15 @@ class FileEmbeddings:
         keys_path, vectors_path = Path(folder) / self.KEYS, Path(folder) / self.VECTORS
         if not (keys_path.is_file() and vectors_path.is_file()):
             return 0
-        info = read_json(keys_path)
-        if any(info.get(key) != value for key, value in self.text_settings().items()):
+        try:  # only a cache: one that cannot be read is embedded again
+            info = read_json(keys_path)
+            matrix = np.load(vectors_path, allow_pickle=False)
+        except (OSError, ValueError, UserError) as exc:
+            log.warning("%s: file vectors not read (%s): they are embedded again", folder, first_line(exc))
             return 0
-        matrix = np.load(vectors_path, allow_pickle=False)
+        if (any(info.get(key) != value for key, value in self.text_settings().items())
+                or matrix.shape != (len(info.get("keys") or ()), self.embedder.dim)):
+            return 0
         for (path, blob), vector in zip(info["keys"], matrix):
             self._vectors[(path, blob)] = vector
         return len(info["keys"])
