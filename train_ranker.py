@@ -33,7 +33,8 @@ Config keys (section `ranker`; the baseline keys of the `evaluation` section set
     sibling_sources          the best fused files whose folder mates become candidates too (5)
     siblings_per_folder      folder mates taken per folder, most recently changed first (10)
     dense                    the dense task-file similarity features (all-MiniLM-L6-v2 as the `index` section
-                             sets it: model_dir, max_tokens, whole_file_lines) (false: see config.yaml)
+                             sets it: model_dir, max_tokens, whole_file_lines) (false: on fd, axum and click it
+                             did not raise recall@5/10 and cost 160-440 s of CPU, bench/bench_prediction.py --dense)
     dense_candidates         with dense: the N files of the parent's tree nearest the task join the candidates
                              (0; every file version of the history is then embedded, not only candidates)
     num_trees                boosting rounds at most; early stopping on val picks fewer (1000)

@@ -3,6 +3,7 @@
     python bench/bench_prediction.py                       # fd, axum, click from ../shared/data/repos/
     python bench/bench_prediction.py --repos fd --with-model --work /tmp/bench-prediction
     python bench/bench_prediction.py --dense                # the ranker with the dense similarity, and without
+    python bench/bench_prediction.py --repos fd --dense --dense-candidates 20 --work /tmp/bench-dense20
 
 For each git bundle (`../shared/data/repos/<name>.bundle`, relative to the project root): clone it into the
 work folder, run stages 1-4 through pipeline.py (git_scraper with remote branches, semantic_chunker,
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--max-examples", type=int, default=10, help="targets the model generates for")
     parser.add_argument("--serve-requests", type=int, default=5, help="timed /predict requests per repository")
     parser.add_argument("--dense", action="store_true", help="the ranker with the dense features, and the ablation")
+    parser.add_argument("--dense-candidates", type=int, default=0,
+                        help="with --dense: ranker.dense_candidates (the tree's N files nearest the task join)")
     args = parser.parse_args()
 
     results = {}
@@ -119,7 +122,8 @@ def write_config(work: Path, repo: Path, args: argparse.Namespace) -> Path:
         "pipeline": {"output_dir": str(work / "out")},
         "git_scraper": {"repo": str(repo), "include_remotes": True},
         "evaluation": {"max_examples": args.max_examples, "baselines_only": not args.with_model},
-        "ranker": {"language_model": "auto" if args.with_model else "off", "dense": args.dense},
+        "ranker": {"language_model": "auto" if args.with_model else "off", "dense": args.dense,
+                   "dense_candidates": args.dense_candidates if args.dense else 0},
     }
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
