@@ -60,7 +60,7 @@ from repo2model.retrieval import IndexConfig  # noqa: E402
 STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder")
 PREDICTORS = ("ranker_lm", "ranker_dense", "ranker", "model", *BASELINES)
 COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr")
-# The prototype of FACTS.md (no language model, no code search), test recall@5 / @10.
+# A quick prototype ranker measured before this one (no language model, no code search), test recall@5 / @10.
 PROTOTYPE = {"fd": (0.822, 0.884), "axum": (0.664, 0.745), "click": (0.618, 0.714)}
 
 

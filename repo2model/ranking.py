@@ -46,7 +46,7 @@ import numpy as np
 from repo2model.artifacts import atomic_open, atomic_path, iter_commits_with_chunks, write_json
 from repo2model.baselines import BaselineConfig, PastCommits, main_change_types
 from repo2model.code_units import PARSED_LANGUAGES, extract_units, is_test_file, language_of
-from repo2model.errors import UserError
+from repo2model.errors import UserError, first_line
 from repo2model.features import (
     DENSE_FEATURES, CandidateRows, DenseScorer, FeatureConfig, Target, candidate_rows, file_kind, repository_of,
     state_at,
@@ -579,7 +579,7 @@ class Ranker:
             types = lgb.Booster(model_str=types_path.read_text(encoding="utf-8")) if types_path.is_file() else None
         except (OSError, ValueError, lgb.basic.LightGBMError) as exc:
             raise UserError(f"{folder}: not a ranker folder written by train_ranker ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}): rerun that stage") from None
+                            f"{first_line(exc)}): rerun that stage") from None
         if booster.feature_name() != list(settings.get("features", [])):
             raise UserError(f"{folder}: {RANKER_FILE} and {SETTINGS_FILE} disagree on the features: rerun train_ranker")
         return cls(booster, settings, booster_lm, types, metrics, folder)

@@ -8,6 +8,7 @@ import http.client
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +205,13 @@ def test_predict_and_serve_rank_with_the_ranker_and_say_so(text_world, model_bes
         try:
             body = post(server, {"task": task, "repo": str(repo)})
             assert body["ranking"] == expected and body["files"]
+            conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+            conn.request("GET", "/health")
+            ranker = json.loads(conn.getresponse().read().decode())["model"]["ranker"]
+            conn.close()
+            assert (ranker is not None) == (expected == "ranker")
+            if ranker is not None:
+                assert Path(ranker["folder"]).name == "ranker" and ranker["last_commit"]
             records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]}
                        for c, chunks in history_from_artifacts(text_world.commits, text_world.chunks, 3)]
             assert post(server, {"task": task, "commits": records})["ranking"] == expected
