@@ -40,6 +40,7 @@ log = logging.getLogger("pipeline")
 
 NEXT = "next"
 PREVIOUS = "previous"
+REPLACED_BY = ".replaced_by.json"  # in previous/: the live model that replaced it
 JOURNAL = "update.json"
 # ArtifactPaths fields that belong to one model generation: an update writes them under next/.
 STAGED_FIELDS = ("train_data", "val_data", "test_data", "dataset_stats", "model_dir", "checkpoints_dir",
@@ -151,6 +152,9 @@ class Generations:
             self._switch_one(name, tuple(ident))
         (self.next / JOURNAL).unlink(missing_ok=True)  # first: a next/ without a journal is leftover
         shutil.rmtree(self.next, ignore_errors=True)
+        # Which live model previous/ was replaced by: a full run trains another one, and a rollback then has
+        # nothing to go back to (it would put back a model older than the full run's).
+        write_json(self.previous / REPLACED_BY, {"model": model_info(self.paths.model_dir)})
         return list(journal.switch)
 
     def _switch_one(self, name: str, ident: tuple[int, int]) -> None:
@@ -177,6 +181,12 @@ class Generations:
                             "there; there has been no update since the last full run)")
         restored = model_info(self.previous / self.paths.model_dir.name)
         replaced = model_info(self.paths.model_dir)
+        marker = self.previous / REPLACED_BY
+        switched_in = json.loads(marker.read_text(encoding="utf-8")).get("model") if marker.is_file() else replaced
+        if switched_in != replaced:
+            raise UserError(f"{self.paths.model_dir}: {describe_model(replaced)} is not the model the last update "
+                            f"switched in ({describe_model(switched_in)}): a full run has trained it since, so there "
+                            f"is nothing to roll back to ({self.previous} still holds the model from before that update)")
         journal = Journal(kind="rollback", base=replaced, state="switching")
         journal.switch = {name: list(identity(self.previous / name)) for name in self.items(self.previous)}
         journal.save(self.previous)  # travels with the folder: once it is next/, a killed rollback is finished

@@ -98,6 +98,14 @@ def test_update_learns_new_commits_switches_the_model_then_is_a_no_op_and_rolls_
     assert project.update("--rollback") == 0  # and back again
     assert (project.out / "model" / "training_info.json").read_bytes() == updated
 
+    # A full run trains another model: the one in previous/ is older than it, so there is nothing to roll back to.
+    capsys.readouterr()
+    assert project.update("--stage", "train_model", "--force") == 0
+    assert project.marker()["warm_start"] is None  # trained from scratch, not the update's model any more
+    assert project.update("--rollback") == 2
+    assert "is not the model the last update switched in" in capsys.readouterr().err
+    assert project.marker("previous/model") == old_marker  # kept, not removed
+
 
 def test_force_push_is_detected_and_the_update_goes_on(project):
     before = project.commits()
