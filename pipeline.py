@@ -32,18 +32,20 @@ commits that are new since the live model, in minutes, without a service gap:
     python pipeline.py --config config.yaml --rollback    # back to the model the last update replaced
 
 The scraper and the chunker add only the new commits (`incremental`; commits a
-force-push or rebase removed are reported and dropped), the tokenizer stays
+force-push or rebase removed are reported and dropped), the code index
+re-embeds only the units whose code changed, the tokenizer stays
 frozen (ids stable; new authors and modules are spelled out, and counted), the
 dataset builder moves the split forward (the newest commits never trained on
 become val and test; train = the rest of them + a `replay_share` of earlier
 examples), train_model continues the live model (`warm_start`: its weights, a
 fresh short schedule: model_training.update_max_steps, update_learning_rate,
-update_warmup_steps), then the ranker is refitted, the code index updated and
-the model evaluated again. Everything that belongs to one model (model/,
+update_warmup_steps), then the ranker is refitted and the model evaluated
+again. Everything that belongs to one model (model/,
 ranker/, the splits, training_logs/, evaluation.*) is written under
 `<output_dir>/next/` and switched in only when all of it is complete, the model
 folder last (repo2model/update.py); the replaced generation is kept in
-`<output_dir>/previous/`. A killed or failed update leaves the live model as it
+`<output_dir>/previous/` for `--rollback` (refused once a full run has trained
+another model). A killed or failed update leaves the live model as it
 was, and the next run continues it where it stopped (a kill during the switch
 is finished by the next run of any kind). No new or removed commits: nothing
 is done, and the log says so. The update runs the full pipeline instead, and
