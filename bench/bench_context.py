@@ -59,8 +59,12 @@ import numpy as np  # noqa: E402
 
 from repo2model.artifacts import iter_commits_with_chunks  # noqa: E402
 from repo2model.baselines import BaselineConfig, PastCommits  # noqa: E402
+from repo2model.examples import ExampleSet  # noqa: E402
+from repo2model.features import repository_of  # noqa: E402
 from repo2model.git import git  # noqa: E402
 from repo2model.paths import ArtifactPaths  # noqa: E402
+from repo2model.prediction import PredictionConfig  # noqa: E402
+from repo2model.ranking import FileRanking, Ranker  # noqa: E402
 from repo2model.retrieval import (  # noqa: E402
     ClientStore,
     EdgeStore,
@@ -71,14 +75,19 @@ from repo2model.retrieval import (  # noqa: E402
     StoredPoint,
     UnitIndex,
     build_context,
+    predicted_parts,
 )
 from repo2model.scraping import PathFilter, ScraperConfig  # noqa: E402
 from repo2model.search import code_words  # noqa: E402
 
 DEFAULT_REPOS = [ROOT.parent / "shared" / "data" / "repos" / f"{name}.bundle" for name in ("fd", "axum", "click")]
 BUDGETS = (2000, 4000)
-MODES = ("guided", "guided-files-first", "oracle", "hybrid", "bm25", "dense")
+MODES = ("ranker-guided", "guided", "guided-files-first", "oracle", "hybrid", "bm25", "dense")
+STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder", "train_ranker")
 TUNING = [(2, 1.0), (2, 2.0), (2, 8.0), (60, 4.0), (10, 4.0)]  # (rrf_k, guided_weight) beside the configured one
+# Pack strategies compared under --tune (build_context's options), on the ranker-guided search's hits.
+PACKS = {f"share={share:g}": {"predicted_share": share} for share in (0.0, 0.25, 0.5, 0.75, 1.0)}
+PACKS["files-first"] = {"files_first": True}
 KEPT_PREFIXES = ("MODIFIED_", "DELETED_", "MOVED_", "RENAMED_")
 
 
@@ -96,8 +105,9 @@ class TestCommit:
     parent: str
     message: str
     truth: list[Truth]
-    prediction: dict
+    prediction: dict  # the model-free stand-in's
     oracle: dict
+    ranked: dict  # the learned ranker's, as predict.py / serve.py make it (FileRanking.merge)
 
 
 @dataclass
@@ -116,6 +126,8 @@ class HistoryResult:
     cold_ms: list[float] = field(default_factory=list)
     recall: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     tuning: dict[tuple[int, float, int], list[float]] = field(default_factory=dict)
+    packs: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    file_recall: dict[str, list[float]] = field(default_factory=dict)  # predictor -> recall@5 of the truth's files
     test_commits: int = 0
     truth_symbols: int = 0
 
@@ -169,8 +181,14 @@ def bench_history(source: Path, work: Path, count: int, cfg: IndexConfig, embedd
     name = source.name.removesuffix(".bundle")
     folder = work / name
     repo = clone(source, folder / "repo")
-    paths = scrape_and_chunk(repo, folder)
-    tests = test_commits(repo, paths, count)
+    paths = run_stages(repo, folder / "out", STAGES[:2])
+    chosen = choose_tests(repo, paths, count)
+    # The ranker as the pipeline would have trained it at the first test commit's parent: stages 1-4 and
+    # train_ranker on the history that commit reaches (its own split: train, val for early stopping, test).
+    first_parent = git(repo, "rev-parse", f"{chosen[0]}^").strip()
+    ranker_paths = run_stages(repo, folder / "out-ranker", STAGES, rev_range=first_parent)
+    check_no_leakage(ranker_paths, chosen)
+    tests = test_commits(paths, chosen, ranker_paths)
     result = HistoryResult(name, test_commits=len(tests), truth_symbols=sum(len(t.truth) for t in tests))
     print(f"\n{name}: {len(tests)} test commits, {result.truth_symbols} changed symbols that existed at the parent")
     scraper = ScraperConfig(repo=repo)
@@ -201,34 +219,63 @@ def clone(source: Path, target: Path) -> Path:
     return target
 
 
-def scrape_and_chunk(repo: Path, folder: Path) -> ArtifactPaths:
-    config = folder / "config.yaml"
-    config.write_text(f"pipeline:\n  output_dir: {folder / 'out'}\ngit_scraper:\n  repo: {repo}\n")
-    for stage in ("git_scraper", "semantic_chunker"):
+def run_stages(repo: Path, out: Path, stages: tuple[str, ...], rev_range: str | None = None) -> ArtifactPaths:
+    """Pipeline stages through pipeline.py into `out` (cached there by the pipeline's up-to-date check); with
+    `rev_range`, the history git reaches from it only."""
+    config = out.with_name(f"{out.name}.yaml")
+    config.write_text(f"pipeline:\n  output_dir: {out}\ngit_scraper:\n  repo: {repo}\n"
+                      + (f"  rev_range: {rev_range}\n" if rev_range else "") + "ranker:\n  language_model: 'off'\n")
+    for stage in stages:
         proc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--stage", stage],
                               capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"{stage} failed on {repo}:\n{proc.stderr[-2000:]}")
-    return ArtifactPaths.under(folder / "out")
+    return ArtifactPaths.under(out)
 
 
-def test_commits(repo: Path, paths: ArtifactPaths, count: int) -> list[TestCommit]:
-    """The last `count` qualifying commits of HEAD's first-parent line, oldest first, with the stand-in's
-    predictions made from the commits before each (in commits.json's order)."""
+def choose_tests(repo: Path, paths: ArtifactPaths, count: int) -> list[str]:
+    """The last `count` commits of HEAD's first-parent line that are not merges and change at least one symbol
+    that existed at their parent, oldest first."""
     line = git(repo, "rev-list", "--first-parent", "--no-merges", "HEAD").split()
     candidates = set(line)
-    past = PastCommits(BaselineConfig())
-    found: list[TestCommit] = []
-    for commit, chunks in iter_commits_with_chunks(paths.commits, paths.chunks):
-        if commit["hash"] in candidates and commit["parents"]:
-            truth = truth_of(chunks)
-            if truth:
-                found.append(TestCommit(commit["hash"], commit["parents"][0], commit.get("message") or "", truth,
-                                        stand_in_prediction(past, commit.get("message") or ""),
-                                        {"files": [{"path": p} for p in dict.fromkeys(t.path for t in truth)]}))
-        past.observe(commit, chunks)
+    found = [commit["hash"] for commit, chunks in iter_commits_with_chunks(paths.commits, paths.chunks)
+             if commit["hash"] in candidates and commit["parents"] and truth_of(chunks)]
     order = {sha: i for i, sha in enumerate(reversed(line))}
-    return sorted(found, key=lambda t: order[t.hash])[-count:]
+    return sorted(found, key=lambda sha: order[sha])[-count:]
+
+
+def test_commits(paths: ArtifactPaths, chosen: list[str], ranker_paths: ArtifactPaths) -> list[TestCommit]:
+    """The chosen commits with their truth and the stand-in's and the ranker's predictions, each made from the
+    commits before it (in commits.json's order), in `chosen`'s order."""
+    # The product's ranking: FileRanking as predict.py / serve.py load it, with the statistics (PastCommits) of
+    # exactly the commits before the test commit and the tree moved to the commit's parent.
+    ranker = Ranker.load(ranker_paths.ranker_dir)
+    past = PastCommits(BaselineConfig(**ranker.settings["baselines"]))
+    ranking = FileRanking(ranker, past, repository_of(paths.commits) if ranker.settings.get("code_search") else None,
+                          None)
+    max_files, wanted = PredictionConfig().max_files, set(chosen)
+    tests: dict[str, TestCommit] = {}
+    for commit, chunks in iter_commits_with_chunks(paths.commits, paths.chunks):
+        if commit["hash"] in wanted:
+            task, truth = commit.get("message") or "", truth_of(chunks)
+            ranking.last_commit = commit["parents"][0]
+            tests[commit["hash"]] = TestCommit(
+                commit["hash"], commit["parents"][0], task, truth, stand_in_prediction(past, task),
+                {"files": [{"path": p} for p in dict.fromkeys(t.path for t in truth)]},
+                ranking.merge({}, [], task, max_files))
+        past.observe(commit, chunks)
+    if ranking.code is not None:
+        ranking.code.close()
+    return [tests[sha] for sha in chosen]
+
+
+def check_no_leakage(ranker_paths: ArtifactPaths, chosen: list[str]) -> None:
+    """The ranker's history (scraped from the first test commit's parent) holds no test commit."""
+    fitted = [c for split in ("train", "val", "test") for c in ExampleSet.load(ranker_paths.split_data(split)).commits]
+    leaked = set(fitted) & set(chosen)
+    if leaked:
+        raise SystemExit(f"{ranker_paths.commits}: the ranker's targets hold test commits ({len(leaked)})")
+    print(f"  ranker: trained on the {len(fitted)} targets before the first test commit (none of them a test commit)")
 
 
 def truth_of(chunks: list[dict]) -> list[Truth]:
@@ -282,35 +329,48 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
     retriever = Retriever(index.cfg, index.folder, embedder)
     for times in (result.cold_ms, result.query_ms):  # the first opens the index, the second finds it open
         started = time.perf_counter()
-        retriever.answer(task, test.prediction, budget=max(BUDGETS))
+        retriever.answer(task, test.ranked, budget=max(BUDGETS))
         times.append(1000 * (time.perf_counter() - started))
     retriever.close()
+    predictions = {"ranker-guided": test.ranked, "guided": test.prediction, "guided-files-first": test.prediction,
+                   "oracle": test.oracle}
+    truth_files = {t.path for t in test.truth}
+    for name in ("ranker-guided", "guided"):
+        top = {f["path"] for f in predictions[name]["files"][:5]}
+        result.file_recall.setdefault(name, []).append(len(top & truth_files) / min(5, len(truth_files)))
     with index:
         for mode in MODES:
-            prediction = {"oracle": test.oracle}.get(mode, test.prediction if mode.startswith("guided") else {})
-            search_mode = "guided" if mode.startswith("guided") or mode == "oracle" else mode
+            prediction = predictions.get(mode, {})
+            search_mode = "guided" if mode in predictions else mode
             hits = None
+
+            def search(query, mode=search_mode, files=(), modules=()):
+                nonlocal hits
+                if hits is None:  # one search per mode; the smaller budget packs from the same hits
+                    hits = index.search(query, mode=mode, files=files, modules=modules)
+                return hits
+
             for budget in sorted(BUDGETS, reverse=True):
-
-                def search(query, mode=search_mode, files=(), modules=()):
-                    nonlocal hits
-                    if hits is None:  # one search per mode; the smaller budget packs from the same hits
-                        hits = index.search(query, mode=mode, files=files, modules=modules)
-                    return hits
-
                 pack = build_context(task, prediction, index.units_of, search, budget, embedder.count_tokens,
                                      index.cfg.context_files, search_mode, index.cfg.predicted_share,
                                      files_first=mode == "guided-files-first")
                 result.recall.setdefault((mode, budget), []).append(recall(pack, test.truth))
-        for k, weight in TUNING if tune else ():  # the guided mode under other fusion settings
+        files, modules, _ = predicted_parts(test.ranked, base.context_files)
+        for k, weight in TUNING if tune else ():  # the ranker-guided search under other fusion settings
             index.cfg = dataclasses.replace(base, rrf_k=k, guided_weight=weight)
-            hits = index.search(task, mode="guided", files=[f["path"] for f in test.prediction["files"]],
-                                modules=test.prediction["modules"])
+            hits = index.search(task, mode="guided", files=files, modules=modules)
             for budget in BUDGETS:
-                pack = build_context(task, test.prediction, index.units_of, lambda *a, **kw: hits, budget,
+                pack = build_context(task, test.ranked, index.units_of, lambda *a, **kw: hits, budget,
                                      embedder.count_tokens, base.context_files, "guided", base.predicted_share)
                 result.tuning.setdefault((k, weight, budget), []).append(recall(pack, test.truth))
         index.cfg = base
+        if tune:  # the ranker-guided pack under other strategies, from the same hits
+            hits = index.search(task, mode="guided", files=files, modules=modules)
+            for name, options in PACKS.items():
+                for budget in BUDGETS:
+                    pack = build_context(task, test.ranked, index.units_of, lambda *a, **kw: hits, budget,
+                                         embedder.count_tokens, base.context_files, "guided", **options)
+                    result.packs.setdefault((name, budget), []).append(recall(pack, test.truth))
 
 
 def recall(pack, truth: list[Truth]) -> float:
@@ -350,11 +410,20 @@ def print_results(results: list[HistoryResult], reference: float) -> None:
     for r in results:
         cells = " | ".join(f"{np.mean(r.recall[(m, b)]):.3f}" for b in BUDGETS for m in MODES)
         print(f"| {r.name} | {r.test_commits} | {r.truth_symbols} | {cells} |")
+    print("Recall@5 of the files of those symbols: " + "; ".join(
+        f"{r.name} ranker {np.mean(r.file_recall['ranker-guided']):.3f}, stand-in {np.mean(r.file_recall['guided']):.3f}"
+        for r in results if r.file_recall))
     if any(r.tuning for r in results):
         print("\nGuided recall under other fusion settings (rrf_k, guided_weight) @2k / @4k:")
         for r in results:
             cells = ", ".join(f"k={k} w={w:g}: {np.mean(r.tuning[(k, w, 2000)]):.3f} / "
                               f"{np.mean(r.tuning[(k, w, 4000)]):.3f}" for k, w in TUNING if (k, w, 2000) in r.tuning)
+            print(f"  {r.name}: {cells}")
+    if any(r.packs for r in results):
+        print("\nRanker-guided recall under other pack strategies @2k / @4k:")
+        for r in results:
+            cells = ", ".join(f"{name}: {np.mean(r.packs[(name, 2000)]):.3f} / {np.mean(r.packs[(name, 4000)]):.3f}"
+                              for name in PACKS if (name, 2000) in r.packs)
             print(f"  {r.name}: {cells}")
     sys.stdout.flush()
 
@@ -366,6 +435,8 @@ def result_dict(r: HistoryResult, reference: float) -> dict:
             "cold_query_ms": r.cold_ms, "update_cpu_s": r.update_cpu, "update20_cpu_s": r.update20_cpu,
             "recall": {f"{m}@{b}": float(np.mean(v)) for (m, b), v in r.recall.items()},
             "tuning": {f"k={k},w={w}@{b}": float(np.mean(v)) for (k, w, b), v in r.tuning.items()},
+            "file_recall@5": {name: float(np.mean(v)) for name, v in r.file_recall.items()},
+            "packs": {f"{name}@{b}": float(np.mean(v)) for (name, b), v in r.packs.items()},
             "test_commits": r.test_commits, "truth_symbols": r.truth_symbols}
 
 
