@@ -3,6 +3,7 @@
     python bench/bench_update.py                                        # ../shared/data/repos/fd.bundle
     python bench/bench_update.py ../shared/data/repos/axum.bundle --new-commits 50 --steps 150
     python bench/bench_update.py --work /tmp/bench-update --keep        # keep the clone and the outputs
+    python bench/bench_update.py --shipped    # the shipped config.yaml's model and training budget (slower)
 
 1. The history is cloned, and its refs are moved back so that the scraper sees it without its last
    `--new-commits` commits (the scraper's own order; a ref whose tip is cut moves to its newest kept
@@ -156,10 +157,28 @@ def run_pipeline(config: Path, *args: str) -> dict:
             "update": results.get("update"), "log": proc.stderr}
 
 
+# --shipped: the shipped config.yaml's settings (its model, steps, time budget and update steps), only the
+# folders and the device set: what a user's CPU update costs against the user's full rerun.
+SHIPPED_PROFILE = """\
+pipeline:
+  output_dir: {out}
+git_scraper:
+  repo: {repo}
+model_training:
+  device: cpu
+"""
+
+
+def profile_text(args: argparse.Namespace, out: str, repo: str) -> str:
+    if args.shipped:
+        return SHIPPED_PROFILE.format(out=out, repo=repo)
+    return PROFILE.format(out=out, repo=repo, steps=args.steps, update_steps=args.update_steps,
+                          eval_examples=args.eval_examples)
+
+
 def write_config(work: Path, name: str, repo: Path, args: argparse.Namespace) -> Path:
     config = work / f"{name}.yaml"
-    config.write_text(PROFILE.format(out=work / name, repo=repo, steps=args.steps, update_steps=args.update_steps,
-                                     eval_examples=args.eval_examples), encoding="utf-8")
+    config.write_text(profile_text(args, str(work / name), str(repo)), encoding="utf-8")
     return config
 
 
@@ -212,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--profile", action="store_true", help="print the bench profile (config) and exit")
+    parser.add_argument("--shipped", action="store_true", help="the shipped config.yaml's training settings (model, "
+                        "max_steps, max_minutes, update_max_steps) instead of the bench's tiny model; slower")
     args = parser.parse_args(argv)
     if args.profile:
-        print(PROFILE.format(out="<out>", repo="<repo>", steps=args.steps, update_steps=args.update_steps,
-                             eval_examples=args.eval_examples))
+        print(profile_text(args, "<out>", "<repo>"))
         return 0
     work = (args.work or Path(tempfile.mkdtemp(prefix="bench-update-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -240,7 +260,9 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     configs = {name: write_config(work, name, repo, args) for name in ("base", "update", "rerun")}
 
     print(f"{args.history.name}: base = the history without its last {len(new)} commits "
-          f"(full training {args.steps} steps, update {args.update_steps} steps; machine shared: compare ratios)",
+          + ("(the shipped config's training settings; " if args.shipped else
+             f"(full training {args.steps} steps, update {args.update_steps} steps; ")
+          + "machine shared: compare ratios)",
           flush=True)
     base = run_pipeline(configs["base"])
     print(f"  base, full pipeline:  {base['wall']:7.1f} s wall, {base['cpu']:7.1f} s CPU", flush=True)
