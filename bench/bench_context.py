@@ -88,6 +88,7 @@ TUNING = [(2, 1.0), (2, 2.0), (2, 8.0), (60, 4.0), (10, 4.0)]  # (rrf_k, guided_
 # Pack strategies compared under --tune (build_context's options), on the ranker-guided search's hits.
 PACKS = {f"share={share:g}": {"predicted_share": share} for share in (0.0, 0.25, 0.5, 0.75, 1.0)}
 PACKS["files-first"] = {"files_first": True}
+PACKS.update({f"fused w={w:g}": {"fuse_weight": w} for w in (0.5, 1.0, 2.0)})
 KEPT_PREFIXES = ("MODIFIED_", "DELETED_", "MOVED_", "RENAMED_")
 
 

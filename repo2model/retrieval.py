@@ -1068,15 +1068,18 @@ def predicted_parts(prediction: dict, max_files: int) -> tuple[list[str], list[s
 def build_context(task: str, prediction: dict, units_of: Callable[[list[str]], list[IndexUnit]],
                   search: Callable[..., list[Hit]] | None, budget: int, count_tokens: Callable[[str], int],
                   max_files: int = 5, mode: str = "guided", predicted_share: float = 0.5,
-                  files_first: bool = False) -> list[ContextEntry]:
+                  files_first: bool = False, fuse_weight: float | None = None, fuse_k: int = 2) -> list[ContextEntry]:
     """The context pack. `units_of(paths)` gives the current units of files (from the index or the tree);
     `search(task, mode=, files=, modules=)` the index's hits (None: no index).
 
     Order: the predicted symbols' code, then the first predicted file (its whole text, or its outline), both
     within `predicted_share` of the budget; then the search hits; then the other predicted files. (A wrong
     prediction so costs at most that share; with `files_first` every predicted file comes before the search,
-    which the benchmark measured worse with model-free predictions.) A unit whose lines an entry already shows
-    in full is not repeated."""
+    which the benchmark measured worse with model-free predictions.) With `fuse_weight` there is no reserved
+    share: the predicted symbols' units (in prediction order) and the search hits are one ranking, by
+    reciprocal-rank fusion (a unit scores weight / (fuse_k + rank) from each list it is in: `fuse_weight` for
+    the predictions, 1 for the search), so a predicted symbol the search also finds comes first; then the first
+    predicted file, then the others. A unit whose lines an entry already shows in full is not repeated."""
     files, modules, symbols = predicted_parts(prediction, max_files)
     pack: list[ContextEntry] = []
     used = 0
@@ -1100,28 +1103,50 @@ def build_context(task: str, prediction: dict, units_of: Callable[[list[str]], l
             if unit.kind == "file":
                 offer(unit, f"predicted file #{rank}" + ("" if unit.full else " (outline)"), limit=limit)
 
+    def found(hit: Hit) -> tuple[IndexUnit, str]:
+        unit = IndexUnit.from_payload(hit.payload)
+        if unit.path in chosen:
+            why = "search: in a predicted file"
+        elif set(module_prefixes(unit.module)) & set(modules):
+            why = "search: in a predicted module"
+        else:
+            why = "search"
+        return unit, f"{why} ({mode})" if mode != "guided" else why
+
+    fused = fuse_weight is not None and search is not None and not files_first
     share = budget if files_first else int(budget * predicted_share)
+    chosen = set(files)
     by_file: dict[str, list[IndexUnit]] = {}
     for unit in units_of(files) if files else []:
         by_file.setdefault(unit.path, []).append(unit)
+    predicted: list[tuple[IndexUnit, str]] = []
     for rank, path in enumerate(files, start=1):
         for symbol in symbols.get(path, []):
             for unit in by_file.get(path, []):
                 if unit.kind != "file" and symbol_matches(unit.symbol, symbol):
-                    offer(unit, f"predicted symbol {symbol} of predicted file #{rank}", limit=share)
+                    predicted.append((unit, f"predicted symbol {symbol} of predicted file #{rank}"))
+    if fused:
+        ranking: dict[tuple[str, str, int], list] = {}  # unit -> [score, unit, why]
+        for weight, items in ((fuse_weight, predicted), (1.0, [found(h) for h in search(
+                task, mode=mode, files=files, modules=modules)])):
+            for rank, (unit, why) in enumerate(items, start=1):
+                slot = ranking.setdefault((unit.path, unit.symbol, unit.start), [0.0, unit, why])
+                slot[0] += weight / (fuse_k + rank)
+        for score, unit, why in sorted(ranking.values(), key=lambda s: -s[0]):
+            offer(unit, why, score)
+            if budget - used < 16:
+                break
+        for rank in range(1, len(files) + 1):
+            offer_file(rank)
+        return pack
+    for unit, why in predicted:
+        offer(unit, why, limit=share)
     for rank in range(1, (len(files) if files_first else min(1, len(files))) + 1):
         offer_file(rank, limit=share)
     if search is not None:
-        chosen = set(files)
         for hit in search(task, mode=mode, files=files, modules=modules):
-            unit = IndexUnit.from_payload(hit.payload)
-            if unit.path in chosen:
-                why = "search: in a predicted file"
-            elif set(module_prefixes(unit.module)) & set(modules):
-                why = "search: in a predicted module"
-            else:
-                why = "search"
-            offer(unit, f"{why} ({mode})" if mode != "guided" else why, hit.score)
+            unit, why = found(hit)
+            offer(unit, why, hit.score)
             if budget - used < 16:
                 break
     for rank in range(2, len(files) + 1):

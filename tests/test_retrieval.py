@@ -366,6 +366,40 @@ def test_context_pack_order_budget_and_reasons(tmp_path, make_repo, embedder):
     assert "## Recent test failures\ntest_settle failed: 0 != 3" in prompt and repo.head()[:12] in prompt
 
 
+def test_fused_pack_ranks_predicted_symbols_and_search_hits_together(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    index = UnitIndex(IndexConfig(), tmp_path / "index", embedder)
+    index.update(repo.path)
+    wrong = prediction_for("src/lib.rs", ["new", "retry_with_backoff"])
+    right = prediction_for("src/lib.rs", ["settle"], "energy_market")
+
+    def pack_of(task, prediction, weight, budget=4000):  # the unguided search: its hits ignore the prediction
+        return build_context(task, prediction, index.units_of, index.search, budget=budget,
+                             count_tokens=embedder.count_tokens, mode="hybrid", fuse_weight=weight)
+
+    with index:
+        first_hit = index.search("parse json", mode="hybrid")[0].payload
+        even, search_first, predictions_first = (pack_of("parse json", wrong, w) for w in (1.0, 0.5, 2.0))
+        agreed = pack_of("Settle orders at the closing price", right, 1.0)
+        small = pack_of("parse json", wrong, 1.0, budget=300)
+    hit = (first_hit["path"], first_hit["symbol"])
+    assert hit[0] == "tools/parser.py"  # the search's best unit is not in the (wrong) predicted file
+    # Equal weights: the first predicted symbol and the first hit tie (prediction first), then the second ones.
+    assert [(e.path, e.symbol) for e in even[:2]] == [("src/lib.rs", "Market::new"), hit]
+    assert even[0].why == "predicted symbol new of predicted file #1" and even[1].why == "search (hybrid)"
+    # The weight moves the predictions behind the search's best hit, or every prediction before it.
+    assert (search_first[0].path, search_first[0].symbol) == hit
+    assert [e.symbol for e in predictions_first[:2]] == ["Market::new", "retry_with_backoff"]
+    # A predicted symbol the search finds too comes first; the predicted files follow the ranking.
+    assert agreed[0].symbol == "Market::settle" and agreed[0].why.startswith("predicted symbol settle")
+    whole = [i for i, e in enumerate(agreed) if e.kind == "file" and e.why == "predicted file #1"]
+    assert not whole or all(not e.why.startswith("predicted file") for e in agreed[:whole[0]] if e.kind != "file")
+    for pack, budget in ((even, 4000), (agreed, 4000), (small, 300)):
+        assert len({(e.path, e.symbol, e.start) for e in pack}) == len(pack)
+        assert sum(e.tokens for e in pack) <= budget
+    assert any(e.path == "tools/parser.py" for e in small)
+
+
 def test_retriever_uses_the_index_of_the_repo_and_else_reads_the_tree(tmp_path, make_repo, embedder):
     repo = make_project(make_repo)
     cfg = IndexConfig()
