@@ -6,30 +6,45 @@
 
 For each history (a bundle or a repository; cloned into --work):
 1. Scrape and chunk it with the pipeline's own stages (`pipeline.py --stage git_scraper / semantic_chunker`, run
-   as subprocesses; cached in --work by the pipeline's up-to-date check).
+   as subprocesses into <work>/<name>/out; cached there by the pipeline's up-to-date check).
 2. Test commits: the last `--test-commits` non-merge commits on HEAD's first-parent line that change at least one
    symbol that existed at their parent (MODIFIED_/DELETED_/MOVED_/RENAMED_ chunks of units). The truth of a test
    commit: those symbols, with their path and line span at the parent.
-3. The index is of a tree, not of a history, so it is built at the parent of the first test commit (timed: the
+3. The learned ranker, as the pipeline would have trained it at the first test commit's parent: stages 1-4 and
+   train_ranker (no language model) into <work>/<name>/out-ranker on the history that parent reaches
+   (`git_scraper.rev_range: <parent>`), with the pipeline's own split (train; val for early stopping; the latest
+   10% held out). No test commit is among its targets (checked), so nothing leaks. (The pipeline's own split of
+   the whole history does not do: on these histories the bench's test commits, the last non-merge commits of
+   the first-parent line, lie before its test split, since recent first-parent commits are merges.) At each test
+   commit the ranker predicts as predict.py / serve.py do, through repo2model.ranking.FileRanking.merge (its
+   files, change types, modules, symbols; the language model's part left empty), with the history statistics
+   of exactly the commits before it (commits.json's order) and the tree at its parent.
+4. The index is of a tree, not of a history, so it is built at the parent of the first test commit (timed: the
    build), then moved to each later test commit's parent with the incremental update (each update timed). The
    "after 20 commits" figure: a copy of the first index updated to the commit 20 first-parent commits later.
-4. For each test commit (its message is the task), packs at 2,000 and 4,000 tokens (the embedding tokenizer's
+5. For each test commit (its message is the task), packs at 2,000 and 4,000 tokens (the embedding tokenizer's
    tokens) from:
-       guided      predictions of a model-free stand-in (no language model is trained here: that would cost
-                   hours per history): the 5 files of repo2model.baselines' similar_commits (BM25 of the task
-                   against earlier commit messages) with each file's 5 most often changed symbols, then the
-                   guided search (the pack as predictions get it: predicted symbols and the first file within
-                   index.predicted_share of the budget, then the search, then the other files)
-       guided-files-first   the same predictions, every predicted file before the search
+       ranker-guided   the learned ranker's predictions (step 3), then the pack as the service builds it
+                   (build_context with the index section's settings: the predicted symbols and the first
+                   file within index.predicted_share of the budget, then the guided search, then the other files)
+       guided      the same pack from a model-free stand-in's predictions: the 5 files of repo2model.baselines'
+                   similar_commits (BM25 of the task against earlier commit messages) with each file's 5 most
+                   often changed symbols (kept for comparison: what the pack gets from weaker predictions)
+       guided-files-first   the stand-in's predictions, every predicted file before the search
        oracle      guided by the commit's true files (no symbols): what perfect file predictions would give
        hybrid      the search alone (dense + BM25, fused), no predictions
        bm25        BM25 alone
        dense       the embedding alone
    Recall: the share of a test commit's truth symbols whose code at the parent is in the pack (an entry of the
    same path and symbol, or a full-text entry whose lines cover the symbol's span), averaged over test commits.
-5. Timings: one query as the service answers it (Retriever.answer: open the index, embed the task, guided
-   search, the 4,000-token pack, the prompt; median and 90th percentile), each update, the build (wall and CPU seconds; this machine is shared, so wall times are also
-   printed against a reference measured in the same run: embedding 256 fixed texts).
+   Also printed: recall@5 of the truth symbols' files for the ranker and the stand-in.
+   --tune: the ranker-guided recall under other fusion settings (rrf_k, guided_weight) and under other pack
+   strategies (PACKS: predicted_share, files first, the fused pack of build_context's fuse_weight, the same with
+   the unguided hybrid search's hits, only the top predicted file).
+6. Timings: one query as the service answers it (Retriever.answer with the ranker's prediction: open the index,
+   embed the task, guided search, the 4,000-token pack, the prompt; median and 90th percentile), each update, the
+   build (wall and CPU seconds; this machine is shared, so wall times are also printed against a reference
+   measured in the same run: embedding 256 fixed texts).
 
 --stores: the largest history's final index copied point for point (same vectors and payloads) into a fresh
 Qdrant Edge shard and a fresh qdrant-client local-mode store: build, open, hybrid and guided query, an update of
@@ -89,6 +104,12 @@ TUNING = [(2, 1.0), (2, 2.0), (2, 8.0), (60, 4.0), (10, 4.0)]  # (rrf_k, guided_
 PACKS = {f"share={share:g}": {"predicted_share": share} for share in (0.0, 0.25, 0.5, 0.75, 1.0)}
 PACKS["files-first"] = {"files_first": True}
 PACKS.update({f"fused w={w:g}": {"fuse_weight": w} for w in (0.5, 1.0, 2.0)})
+# The same with the unguided (hybrid) search's hits: the prediction only through the pack, not the search.
+PACKS.update({f"hybrid-search {name}": {**options, "hits": "hybrid"} for name, options in PACKS.items()
+              if name in ("share=0.25", "share=0.5", "fused w=0.5", "fused w=1")})
+# Only the first predicted file's symbols and file (the ranker's top file is its surest).
+PACKS.update({f"{name} top file": {**options, "max_files": 1} for name, options in list(PACKS.items())
+              if name in ("share=0.5", "fused w=1", "hybrid-search share=0.25", "hybrid-search fused w=1")})
 KEPT_PREFIXES = ("MODIFIED_", "DELETED_", "MOVED_", "RENAMED_")
 
 
@@ -366,11 +387,14 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                 result.tuning.setdefault((k, weight, budget), []).append(recall(pack, test.truth))
         index.cfg = base
         if tune:  # the ranker-guided pack under other strategies, from the same hits
-            hits = index.search(task, mode="guided", files=files, modules=modules)
+            found = {"guided": index.search(task, mode="guided", files=files, modules=modules),
+                     "hybrid": index.search(task, mode="hybrid")}
             for name, options in PACKS.items():
+                options = {"max_files": base.context_files, **options}
+                hits = found[options.pop("hits", "guided")]
                 for budget in BUDGETS:
-                    pack = build_context(task, test.ranked, index.units_of, lambda *a, **kw: hits, budget,
-                                         embedder.count_tokens, base.context_files, "guided", **options)
+                    pack = build_context(task, test.ranked, index.units_of, lambda *a, hits=hits, **kw: hits, budget,
+                                         embedder.count_tokens, mode="guided", **options)
                     result.packs.setdefault((name, budget), []).append(recall(pack, test.truth))
 
 
