@@ -874,7 +874,7 @@ def wait_for_temporary(folder: Path, proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_interrupt_is_quiet_and_a_killed_run_is_cleaned_up(make_repo, tmp_path):
     out = tmp_path / "out"
-    big_commits_json(make_repo, out / "commits.json", copies=300)  # 15 s or more of work
+    big_commits_json(make_repo, out / "commits.json", copies=1500)  # 10 s or more of work (300 took ~2 s)
     (out / "chunks.jsonl").write_text("previous\n")
     # Ctrl-C: one line, exit 130, no worker traceback, no temporary left, the previous output kept
     proc = start_stage(out / "commits.json")
