@@ -860,6 +860,9 @@ def start_stage(commits: Path) -> subprocess.Popen:
         [sys.executable, str(ROOT / "semantic_chunker.py"), "--commits", str(commits),
          "--output", str(commits.parent / "chunks.jsonl"), "--workers", "2"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # A test run started in the background (`cmd &` in a script) inherits SIGINT ignored, and so would the
+        # stage: give it the disposition a terminal gives.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -874,7 +877,7 @@ def wait_for_temporary(folder: Path, proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_interrupt_is_quiet_and_a_killed_run_is_cleaned_up(make_repo, tmp_path):
     out = tmp_path / "out"
-    big_commits_json(make_repo, out / "commits.json", copies=1500)  # 10 s or more of work (300 took ~2 s)
+    big_commits_json(make_repo, out / "commits.json", copies=1500)  # 10 s or more of work
     (out / "chunks.jsonl").write_text("previous\n")
     # Ctrl-C: one line, exit 130, no worker traceback, no temporary left, the previous output kept
     proc = start_stage(out / "commits.json")
