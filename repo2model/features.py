@@ -289,12 +289,13 @@ def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: Callable[[list[st
     (their columns are there, missing values, without it or without the repository).
     """
     past, target = state.past, state.target
+    scored = cfg.dense and dense is not None and state.code is not None
     dense_scores, nearest = {}, []
-    if cfg.dense and dense is not None and state.code is not None and cfg.dense_candidates:
+    if scored and cfg.dense_candidates:  # every file of the tree scored: the nearest become candidates
         dense_scores = dense(target.task, state.code, [p for p in state.code.blobs if past.searchable(p)])
         nearest = [p for p, _ in sorted(dense_scores.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.dense_candidates]]
     paths = candidates(state, cfg, lm_extra, nearest)
-    if cfg.dense and dense is not None and state.code is not None and not cfg.dense_candidates:
+    if scored and not cfg.dense_candidates:  # only the candidates scored
         dense_scores = dense(target.task, state.code, paths)
     n_features = len(cfg.names(lm=lm is not None))
     rows = np.full((len(paths), n_features), np.nan, dtype=np.float32)
