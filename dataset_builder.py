@@ -78,7 +78,6 @@ from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from repo2model.artifacts import ensure_folder, read_json, require, write_json
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
@@ -89,6 +88,7 @@ from repo2model.examples import ExampleSet
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
 from repo2model.stats import length_percentiles, pad_fraction
 from repo2model.tokenizer_folder import load_commit_tokenizer
+from repo2model.progress import progress
 
 SECTION = "dataset_builder"
 SPLITS = ("train", "val", "test")
@@ -308,7 +308,7 @@ def build_examples(cfg: Config, encoded: EncodedCommits, order: Order, tokens: T
     include_merges = cfg.merge_targets == "include" or (cfg.merge_targets == "auto" and cfg.first_parent_only)
     built = Built()
     compact: dict[int, list[int]] = {}  # rank -> ids of its compact rendering, for the next examples' contexts
-    for rank, index in enumerate(tqdm(order.indices, desc="building examples", unit=" commits", disable=None, leave=False)):
+    for rank, index in enumerate(progress(order.indices, desc="building examples", unit="commits")):
         compact[rank] = encoded.compact(index).tolist()
         compact.pop(rank - cfg.history_commits - 1, None)  # no later example reaches back that far
         if encoded.chunk_count(index) == 0:

@@ -66,7 +66,6 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from tqdm import tqdm
 
 from repo2model.artifacts import atomic_open, atomic_path, iter_commit_dicts, require, write_json
 from repo2model.baselines import BASELINES
@@ -81,6 +80,7 @@ from repo2model.ranking import (
     KS, EvaluationConfig, Prediction, Ranker, Truth, aggregate, by_size, find_ranker, rank_symbols, score,
     type_example, units_at_parent,
 )
+from repo2model.progress import progress
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -227,7 +227,7 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
     symbols_cache: dict[str, list] = {}
     walk = walk_targets(paths.commits, paths.chunks, {h: plan.split for h in plan.order}, baselines, repo,
                         plan.mined_until, on_commit=lambda commit, chunks: pool.add_chunks(chunks))
-    for state in tqdm(walk, total=len(plan.order), desc="evaluating", unit="target"):
+    for state in progress(walk, total=len(plan.order), desc="evaluating", unit="targets"):
         target = state.target
         truth = Truth.of(target.commit, target.chunks)
         for name, ranking in state.rankings.items():
@@ -315,7 +315,7 @@ def target_loss(model, examples: ExampleSet, device: str) -> dict:
     """Mean cross-entropy (nats/token) and perplexity over the target tokens of every example."""
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in tqdm(range(len(examples)), desc="target loss", unit="ex", leave=False):
+        for i in progress(range(len(examples)), desc="target loss", unit="examples"):
             ids = examples.ids(i).long().unsqueeze(0).to(device)
             labels = examples.labels(i).unsqueeze(0).to(device)
             n = int((labels[:, 1:] != -100).sum())

@@ -72,7 +72,6 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
 
 from repo2model.artifacts import CommitsWriter, ensure_folder
 from repo2model.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
@@ -91,6 +90,7 @@ from repo2model.scraping import (
     record_of,
     select_refs,
 )
+from repo2model.progress import progress
 
 SECTION = "git_scraper"
 Config = ScraperConfig
@@ -158,8 +158,8 @@ def write_commits(commits_path: Path, hashes: list[str], scraper: Scraper, refs:
         new_commits = stack.enter_context(contextlib.closing(
             scraper.commits([h for h in hashes if previous is None or h not in previous])))
         writer = stack.enter_context(CommitsWriter(commits_path))
-        progress = stack.enter_context(
-            tqdm(total=len(hashes), unit="commit", desc="git_scraper", disable=None, mininterval=0.5))
+        bar = stack.enter_context(
+            progress(total=len(hashes), unit="commits", desc="git_scraper"))
         for sha in hashes:
             record = previous.read(sha) if previous is not None and sha in previous else record_of(next(new_commits))
             assert record["hash"] == sha, (record["hash"], sha)
@@ -167,7 +167,7 @@ def write_commits(commits_path: Path, hashes: list[str], scraper: Scraper, refs:
             record["on_default_first_parent"] = sha in graph.first_parent
             writer.add(record)
             totals.add(record)
-            progress.update()
+            bar.update()
         writer.metadata = totals.metadata(scraper.repo, refs, scraper.cfg, scraper)
     return totals
 

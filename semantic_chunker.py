@@ -76,7 +76,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-from tqdm import tqdm
 
 from repo2model.artifacts import atomic_open, iter_commit_dicts, open_text, read_commits_metadata, read_json, require
 from repo2model.artifacts import ensure_folder, write_json
@@ -87,6 +86,7 @@ from repo2model.git import CatFile, open_repository
 from repo2model.paths import ArtifactPaths
 from repo2model.records import Commit, shape_error
 from repo2model.redact import Redactor
+from repo2model.progress import progress
 
 SECTION = "semantic_chunker"
 Config = ChunkerConfig
@@ -139,7 +139,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = N
             cleanup.callback(previous.close)
         with atomic_open(paths.chunks) as out:
             plan = _plan(checked_records(paths.commits), previous, cfg.batch_size)
-            progress = tqdm(total=metadata.get("total_commits"), unit="commit", desc="chunking", disable=None)
+            bar = progress(total=metadata.get("total_commits"), unit="commits", desc="chunking")
             for part in _execute(plan, paths.commits, cfg, repo_path, workers, redactor, spool):
                 if part.reused is not None:
                     tally.reused_chunks += previous.copy_to(out, part.reused)
@@ -147,8 +147,8 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = N
                 else:
                     part.write_to(out)
                     stats.merge(part.stats)
-                progress.update(part.commits)
-            progress.close()
+                bar.update(part.commits)
+            bar.close()
         if previous is not None:
             tally.dropped_commits, tally.dropped_chunks = previous.unused()
     stats.seconds = round(time.perf_counter() - started, 3)

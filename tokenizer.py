@@ -73,7 +73,6 @@ from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from repo2model.artifacts import atomic_path, ensure_folder, read_commits_metadata, require, write_json
@@ -98,6 +97,7 @@ from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
 from repo2model.records import Chunk, Commit
 from repo2model.stats import length_percentiles
 from repo2model.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
+from repo2model.progress import progress
 
 SECTION = "tokenizer"
 log = logging.getLogger("tokenizer")
@@ -581,7 +581,7 @@ def encoding_stats(encoded: EncodedCommits, lang: CommitLanguage, tokenizer: Any
 
 
 def _progress(iterable, total: int | None, desc: str):
-    return tqdm(iterable, total=total, desc=desc, unit=" commits", disable=None, leave=False)
+    return progress(iterable, total=total, desc=desc, unit="commits")
 
 
 # ------------------------------------------------------------------ CLI

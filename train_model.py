@@ -106,7 +106,6 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -143,6 +142,7 @@ from repo2model.memory import (
 from repo2model.models import INFO_FILE, merge_adapter
 from repo2model.paths import ArtifactPaths, tokenizer_dir_for_vocab
 from repo2model.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
+from repo2model.progress import progress as progress_bar
 
 SECTION = "model_training"
 log = logging.getLogger("train_model")
@@ -1283,8 +1283,8 @@ def train(run: TrainingRun, state: TrainState, logs: TrainingLogs) -> TrainState
         state.stop_reason = state.stop_reason or "max_steps"
     elif cfg.max_minutes is not None and state.elapsed_s >= cfg.max_minutes * 60:
         state.stop_reason = state.stop_reason or "time_budget"
-    progress = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", disable=not hw.is_main,
-                    dynamic_ncols=True)
+    progress = progress_bar(total=run.total_steps, initial=state.step, desc="train", unit="step",
+                            disable=not hw.is_main)
     started = time.perf_counter() - state.elapsed_s
     window_tokens, window_start = 0, time.perf_counter()
     while state.stop_reason is None:

@@ -63,7 +63,6 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-from tqdm import tqdm
 
 from repo2model.artifacts import require
 from repo2model.baselines import BASELINES, BaselineConfig
@@ -84,6 +83,7 @@ from repo2model.ranking import (
     score, scorer_of, type_example,
 )
 from repo2model.retrieval import IndexConfig, load_index_config
+from repo2model.progress import progress
 
 SECTION = "ranker"
 Config = RankerConfig
@@ -251,7 +251,7 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
     """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines."""
     started, cpu = time.monotonic(), time.process_time()
     out = Collected(code_search=repo is not None)
-    progress = tqdm(total=len(targets), desc="features", unit="target", leave=False)
+    bar = progress(total=len(targets), desc="features", unit="targets")
 
     def timed_dense(task, code, paths):  # the dense features' share of the CPU time, for the record
         cpu = time.process_time()
@@ -272,8 +272,8 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
             out.truths[target.commit] = Truth.of(target.commit, target.chunks)
         if target.split == "test":
             out.baselines[target.commit] = {name: ranking[:10] for name, ranking in state.rankings.items()}
-        progress.update()
-    progress.close()
+        bar.update()
+    bar.close()
     out.seconds, out.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
     return out
 

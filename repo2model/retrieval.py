@@ -79,7 +79,6 @@ import qdrant_edge as edge
 import torch
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
-from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from repo2model.artifacts import atomic_path, read_json, write_json
@@ -89,6 +88,7 @@ from repo2model.errors import UserError, first_line
 from repo2model.git import CatFile, git, git_popen, ls_tree, open_repository
 from repo2model.redact import Redactor
 from repo2model.search import code_words, path_words, word_counts
+from repo2model.progress import progress as progress_bar
 
 log = logging.getLogger("index")
 
@@ -381,7 +381,7 @@ class Embedder:
 
     def _embed(self, cut: list[str], order: list[int], batches: range, out: np.ndarray, progress: bool) -> np.ndarray:
         with torch.inference_mode():
-            for start in tqdm(batches, desc="embedding", unit="batch", disable=not progress or len(batches) < 2):
+            for start in progress_bar(batches, desc="embedding", unit="batches", disable=not progress or len(batches) < 2):
                 rows = order[start: start + self.batch_size]
                 encoded = self.tokenizer([cut[i] for i in rows], padding=True, truncation=True,
                                          max_length=self.max_tokens, return_tensors="pt")
@@ -908,7 +908,7 @@ class UnitIndex:
         units: list[IndexUnit] = []
         with CatFile(top) as objects:
             modules = ModuleLookup(objects.read)
-            for start in tqdm(range(0, len(entries), 256), desc="reading files", unit="batch",
+            for start in progress_bar(range(0, len(entries), 256), desc="reading files", unit="batches",
                               disable=not progress or len(entries) < 512):
                 group = entries[start: start + 256]
                 for entry, data in zip(group, objects.read_many([e.oid for e in group])):
