@@ -37,7 +37,8 @@ request already running finishes on the model it started with. A failed load kee
 logs one line (also in /health `reloads.last`).
 
 Config keys (section `serve`):
-    host                  interface to bind (127.0.0.1: this machine only)
+    host                  interface to bind (127.0.0.1: this machine only; anything beyond loopback, e.g.
+                          0.0.0.0 for n8n in Docker, needs a bearer token or the service refuses to start)
     port                  TCP port (8765)
     token                 bearer token required on /predict (null: none); the environment variable named
                           by token_env overrides it, so the secret need not be in the file
@@ -60,6 +61,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -624,9 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     prediction = config_from_args(load_prediction_config(args.config), args)
     overrides = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k) is not None}
     cfg = apply_overrides(cfg, SECTION, overrides)
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.bearer_token():
-        log.warning("listening on %s without a bearer token: anyone who can reach it can use the model "
-                    "(set %s)", cfg.host, cfg.token_env)
+    check_exposure(cfg)
     update_config = check_update_settings(cfg, args.config)
     scraper_cfg, chunker_cfg = load_history_sections(args.config)
     model_dir = Path(prediction.model_dir or paths.model_dir)
@@ -654,6 +654,24 @@ def main(argv: list[str] | None = None) -> int:
             service.update.stop()
         server.server_close()
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a service bound to `host` is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name, or "" (every interface)
+        return False
+
+
+def check_exposure(cfg: Config) -> None:
+    """Refused in one line: a service that other machines (or containers) can reach, with no token. Anyone who
+    reaches it could read the code of every repository it may open (the reply's context) and keep its CPU busy."""
+    if not is_loopback(cfg.host) and not cfg.bearer_token():
+        raise UserError(f"serve.host {cfg.host or '(every interface)'} can be reached beyond this machine: set a "
+                        f"bearer token (serve.token or ${cfg.token_env}), or bind 127.0.0.1")
 
 
 def check_update_settings(cfg: Config, config_path: Path | None) -> Path | None:

@@ -1,8 +1,9 @@
-"""The n8n workflow: validated against the service's URL and request fields, and run for real in n8n.
+"""The n8n workflows: validated against the service's URL, request fields and token, and run for real in n8n.
 
-The real run needs n8n (../shared/tools/n8n/run-workflow.sh installs it on first use: minutes, about 1.8 GB).
-It is skipped where n8n is not installed, unless REPO2MODEL_REQUIRE_N8N=1 (set by .ci/run): then a missing
-runner fails, and the runner installs n8n on its first call.
+The real runs need n8n (../shared/tools/n8n/run-workflow.sh installs each version on first use: minutes,
+2-3 GB). Each workflow runs on the current n8n (2.x, with its defaults: `$env` blocked in expressions) and on
+the last 1.x. A version not installed is skipped, unless REPO2MODEL_REQUIRE_N8N=1 (set by .ci/run): then a
+missing runner fails, and the runner installs that version on its first call.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from repo2model.retrieval import IndexConfig, Retriever, UnitIndex
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "integrations" / "n8n" / "workflow.json"
 RUNNER = Path(os.environ.get("N8N_RUNNER", ROOT.parent / "shared" / "tools" / "n8n" / "run-workflow.sh"))
-N8N_BIN = Path(os.environ.get("N8N_LOCAL", Path.home() / ".cache" / "n8n-local")) / "node_modules" / ".bin" / "n8n"
+N8N_LOCAL = Path(os.environ.get("N8N_LOCAL", Path.home() / ".cache" / "n8n-local"))
+N8N_VERSIONS = ("2.40.4", "1.123.81")  # the current major, what users run, and the last 1.x
 REQUIRED = os.environ.get("REPO2MODEL_REQUIRE_N8N") == "1"
-TRIGGER, SET, HTTP, CODE = ("n8n-nodes-base.manualTrigger", "n8n-nodes-base.set", "n8n-nodes-base.httpRequest",
-                            "n8n-nodes-base.code")
+TRIGGER, SET, HTTP, CODE, NOTE = ("n8n-nodes-base.manualTrigger", "n8n-nodes-base.set", "n8n-nodes-base.httpRequest",
+                                  "n8n-nodes-base.code", "n8n-nodes-base.stickyNote")
+# The credential both workflows name: n8n holds the token, the workflow files hold no secret.
+CREDENTIAL = {"id": "r2mServeToken001", "name": "repo2model serve token"}
 
 
 def load():
@@ -53,7 +57,7 @@ def test_workflow_is_trigger_set_predict_code_then_a_disabled_llm():
     assert len(names) == len(set(names))
     nodes = chain(workflow)
     assert [n["type"] for n in nodes] == [TRIGGER, SET, HTTP, CODE, HTTP]
-    assert len(nodes) == len(workflow["nodes"])
+    assert len(nodes) == len([n for n in workflow["nodes"] if n["type"] != NOTE])
     predict_node, llm = nodes[2], nodes[4]
     assert not predict_node.get("disabled") and llm.get("disabled") is True  # the user fills it in first
     assert llm["parameters"]["url"].endswith("/v1/chat/completions")  # Ollama's / any OpenAI-compatible API
@@ -74,24 +78,80 @@ def test_http_request_matches_the_service():
     assert top <= {"task", "repo", "commits", "seed", "test_failures"} and {"task", "repo", "test_failures"} <= top
     options = set(re.findall(r"[{,]\s*(\w+):", body.split("options:")[1]))
     assert "context_tokens" in options and options <= set(OPTION_KEYS)
-    header = http["headerParameters"]["parameters"][0]
-    assert header["name"] == "Authorization" and "Bearer " in header["value"]
+    assert uses_the_token_credential(nodes[2])
     fields = {a["name"] for a in nodes[1]["parameters"]["assignments"]["assignments"]}
     assert set(re.findall(r"\$json\.(\w+)", body)) <= fields
     assert set(re.findall(r"settings\.(\w+)", nodes[3]["parameters"]["jsCode"])) <= fields
     assert f"$('{nodes[1]['name']}')" in nodes[3]["parameters"]["jsCode"]
 
 
-def n8n_ready() -> bool:
-    return RUNNER.exists() and N8N_BIN.exists()
+def uses_the_token_credential(node: dict) -> bool:
+    """The HTTP Request node sends the bearer token of the n8n credential, and sets no header of its own."""
+    params = node["parameters"]
+    return (params.get("authentication") == "genericCredentialType"
+            and params.get("genericAuthType") == "httpBearerAuth"
+            and node.get("credentials") == {"httpBearerAuth": CREDENTIAL}
+            and not params.get("sendHeaders") and "headerParameters" not in params)
+
+
+def test_no_workflow_reads_the_environment():
+    # n8n 2.x blocks $env in expressions by default (N8N_BLOCK_ENV_ACCESS_IN_NODE): the node would fail.
+    files = sorted(WORKFLOW.parent.glob("*.json"))
+    assert len(files) == 2
+    for path in files:
+        assert "$env" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_sticky_note_says_how_to_create_the_credential():
+    cfg = serve.Config()
+    for path in sorted(WORKFLOW.parent.glob("*.json")):
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+        (note,) = [n["parameters"]["content"] for n in workflow["nodes"] if n["type"] == NOTE]
+        for words in ("Bearer Auth", CREDENTIAL["name"], "serve.token", cfg.token_env, "host.docker.internal",
+                      "0.0.0.0"):
+            assert words in note, (path.name, words)
+        to_serve = [n for n in workflow["nodes"] if n["type"] == HTTP and not n.get("disabled")]
+        assert to_serve and all(uses_the_token_credential(n) for n in to_serve), path.name
+
+
+def n8n_bin(version: str) -> Path:
+    return N8N_LOCAL / version / "node_modules" / ".bin" / "n8n"
+
+
+def n8n_ready(version: str) -> bool:
+    return RUNNER.exists() and n8n_bin(version).exists()
+
+
+def n8n_versions() -> list:
+    """One parameter per n8n version, skipped where that version is not installed (unless required)."""
+    return [pytest.param(v, marks=pytest.mark.skipif(
+        not REQUIRED and not n8n_ready(v),
+        reason=f"n8n {v} is not installed (N8N_VERSION={v} ../shared/tools/n8n/run-workflow.sh installs it; "
+               "REPO2MODEL_REQUIRE_N8N=1 makes this test install it)")) for v in N8N_VERSIONS]
+
+
+def run_in_n8n(version: str, workflow: dict, token: str, tmp_path: Path, timeout: float,
+               env: dict | None = None) -> dict:
+    """Runs `workflow` once in n8n `version` with the token as the credential the workflow names; returns the
+    execution. The first call for a version installs it (minutes); later ones start in seconds."""
+    assert RUNNER.exists(), f"{RUNNER}: the n8n runner is missing (REPO2MODEL_REQUIRE_N8N=1 needs it)"
+    path = tmp_path / f"workflow-{version}.json"
+    path.write_text(json.dumps(workflow), encoding="utf-8")
+    credentials = tmp_path / f"credentials-{version}.json"
+    credentials.write_text(json.dumps([{**CREDENTIAL, "type": "httpBearerAuth", "data": {"token": token}}]),
+                           encoding="utf-8")
+    env = {**(os.environ if env is None else env), "N8N_VERSION": version, "N8N_CREDENTIALS": str(credentials)}
+    proc = subprocess.run([str(RUNNER), str(path)], capture_output=True, text=True, env=env,
+                          timeout=timeout if n8n_ready(version) else 3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    execution = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert execution["status"] == "success"
+    return execution
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REQUIRED and not n8n_ready(),
-                    reason="n8n is not installed (../shared/tools/n8n/run-workflow.sh installs it; "
-                           "REPO2MODEL_REQUIRE_N8N=1 makes this test install it)")
-def test_workflow_runs_in_real_n8n(tmp_path, make_repo):
-    assert RUNNER.exists(), f"{RUNNER}: the n8n runner is missing (REPO2MODEL_REQUIRE_N8N=1 needs it)"
+@pytest.mark.parametrize("version", n8n_versions())
+def test_workflow_runs_in_real_n8n(version, tmp_path, make_repo, monkeypatch):
     repo = make_repo("project")
     repo.commit("add parser", {"pkg/parse.py": "def parse(s):\n    return s\n",
                                "pkg/other.py": "def unrelated():\n    return 0\n"})
@@ -100,7 +160,10 @@ def test_workflow_runs_in_real_n8n(tmp_path, make_repo):
     model, tokenizer, lang, _, _ = H.trained_predictor_parts(tmp_path / "model")
     predictor = Predictor(model, tokenizer, lang, PredictionConfig(max_new_tokens=120), model_dir=tmp_path)
     predictor.retriever = Retriever(IndexConfig(), tmp_path / "index")
-    server = serve.make_server(serve.Service(predictor, serve.Config(port=0)))
+    token = "n8n-credential-secret"
+    monkeypatch.delenv("REPO2MODEL_SERVE_TOKEN", raising=False)
+    # A token is required: the reply below proves n8n sent the credential's token (401 otherwise).
+    server = serve.make_server(serve.Service(predictor, serve.Config(port=0, token=token)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         workflow = load()
@@ -109,14 +172,7 @@ def test_workflow_runs_in_real_n8n(tmp_path, make_repo):
         values = {"repo": str(repo.path), "num_candidates": 2, "test_failures": "FAILED tests/test_parse.py"}
         for field in nodes[1]["parameters"]["assignments"]["assignments"]:
             field["value"] = values.get(field["name"], field["value"])
-        path = tmp_path / "workflow.json"
-        path.write_text(json.dumps(workflow), encoding="utf-8")
-        # The first call installs n8n (minutes); later ones start in seconds.
-        proc = subprocess.run([str(RUNNER), str(path)], capture_output=True, text=True,
-                              timeout=300 if n8n_ready() else 3600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        execution = json.loads(proc.stdout[proc.stdout.index("{"):])
-        assert execution["status"] == "success"
+        execution = run_in_n8n(version, workflow, token, tmp_path, timeout=300)
         runs = execution["data"]["resultData"]["runData"]
         reply = runs[nodes[2]["name"]][0]["data"]["main"][0][0]["json"]
         assert reply["task"] == "Add a retry with backoff to the scraper"

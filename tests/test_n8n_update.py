@@ -3,8 +3,10 @@ and settings, and a real run in n8n against a real serve.py with updates on, ove
 commits: manual trigger -> POST /update (bearer token) -> poll GET /update -> report; then the service
 serves the updated model without a restart.
 
-The real run needs n8n, like tests/test_n8n.py (whose runner settings it reuses): skipped where n8n is not
-installed, unless REPO2MODEL_REQUIRE_N8N=1.
+The real run needs n8n, like tests/test_n8n.py (whose runner and versions it reuses): on the current n8n with
+its defaults and on the last 1.x, each skipped where that version is not installed, unless
+REPO2MODEL_REQUIRE_N8N=1. The token reaches n8n only as the credential the workflow names, never through
+n8n's environment.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 import serve
 from conftest import ROOT
 from helpers_update import add_commits, build_base
-from test_n8n import N8N_BIN, REQUIRED, RUNNER, n8n_ready
+from test_n8n import n8n_versions, run_in_n8n, uses_the_token_credential
 
 WORKFLOW = ROOT / "integrations" / "n8n" / "update-workflow.json"
 SCHEDULE, MANUAL, SET, HTTP, CODE, WAIT, IF = (
@@ -75,9 +76,7 @@ def test_schedule_and_manual_trigger_start_the_update_then_poll_and_report():
     post, get = names[start]["parameters"], names[poll]["parameters"]
     assert post["method"] == "POST" and post["url"].endswith("/update") and get["url"].endswith("/update")
     assert get.get("method", "GET") == "GET"
-    for request in (post, get):
-        (header,) = request["headerParameters"]["parameters"]
-        assert header["name"] == "Authorization" and f"$env.{cfg.token_env}" in header["value"]
+    assert uses_the_token_credential(names[start]) and uses_the_token_credential(names[poll])
     assert post["options"]["response"]["response"]["neverError"] is True  # 409/403 reach the check node
     condition = names[branch]["parameters"]["conditions"]["conditions"][0]
     assert condition["leftValue"] == "={{ $json.state }}" and condition["rightValue"] == "running"
@@ -111,18 +110,17 @@ def wait_for(check, what: str, timeout: float, process: subprocess.Popen):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REQUIRED and not n8n_ready(),
-                    reason="n8n is not installed (../shared/tools/n8n/run-workflow.sh installs it; "
-                           "REPO2MODEL_REQUIRE_N8N=1 makes this test install it)")
-def test_update_workflow_runs_in_real_n8n_against_serve(tmp_path):
-    assert RUNNER.exists(), f"{RUNNER}: the n8n runner is missing (REPO2MODEL_REQUIRE_N8N=1 needs it)"
+@pytest.mark.parametrize("version", n8n_versions())
+def test_update_workflow_runs_in_real_n8n_against_serve(version, tmp_path):
     project = build_base(tmp_path / "project", "serve:\n  allow_update: true\n  reload_poll_s: 1.0\n")
     before = project.marker()
     add_commits(project.repo, 8, 40)
     port = free_port()
-    env = {**os.environ, "REPO2MODEL_SERVE_TOKEN": "nightly-secret"}
+    token = "nightly-secret"
+    n8n_env = {k: v for k, v in os.environ.items() if k != "REPO2MODEL_SERVE_TOKEN"}
     server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--config", str(project.config),
-                               "--port", str(port)], cwd=project.folder, env=env,
+                               "--port", str(port)], cwd=project.folder,
+                              env={**n8n_env, "REPO2MODEL_SERVE_TOKEN": token},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         served = wait_for(lambda: health(port), "a running service", 600, server)
@@ -132,13 +130,7 @@ def test_update_workflow_runs_in_real_n8n_against_serve(tmp_path):
         values = settings(workflow)
         values["service_url"]["value"] = f"http://127.0.0.1:{port}"
         values["poll_seconds"]["value"] = 2
-        path = tmp_path / "update-workflow.json"
-        path.write_text(json.dumps(workflow), encoding="utf-8")
-        proc = subprocess.run([str(RUNNER), str(path)], capture_output=True, text=True, env=env,
-                              timeout=900 if N8N_BIN.exists() else 3600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-        execution = json.loads(proc.stdout[proc.stdout.index("{"):])
-        assert execution["status"] == "success"
+        execution = run_in_n8n(version, workflow, token, tmp_path, timeout=900, env=n8n_env)
         runs = execution["data"]["resultData"]["runData"]
         report = runs["Report"][0]["data"]["main"][0][0]["json"]
         assert report["state"] == "succeeded" and report["exit_code"] == 0 and not report["nothing_new"]

@@ -233,6 +233,41 @@ def test_cli_serves_reloads_on_sighup_and_stops_on_sigterm(learned, folders, tmp
     assert last.startswith(f"error: {folder}: cannot load the model (SafetensorError") and "retrain" in last
 
 
+def test_beyond_loopback_it_refuses_to_start_without_a_token_and_serves_with_one(folders, tmp_path):
+    assert all(serve.is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
+    assert not any(serve.is_loopback(h) for h in ("0.0.0.0", "::", "", "172.17.0.1", "host.docker.internal"))
+    root = Path(serve.__file__).resolve().parent
+    command = [sys.executable, str(root / "serve.py"), "--model", str(folders["old"]), "--host", "0.0.0.0",
+               "--port", "0", "--output-dir", str(tmp_path / "out")]
+    env = {k: v for k, v in os.environ.items() if k != "REPO2MODEL_SERVE_TOKEN"}
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: serve.host 0.0.0.0 can be reached beyond this machine") and \
+        "REPO2MODEL_SERVE_TOKEN" in line
+
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**env, "REPO2MODEL_SERVE_TOKEN": TOKEN})
+    try:
+        port = None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "serve.py exited early"
+            match = re.search(r"on http://0\.0\.0\.0:(\d+) .*bearer token required", line)
+            port = int(match.group(1)) if match else None
+        assert port
+        server = type("Address", (), {"server_address": ("127.0.0.1", port)})
+        assert call(server, "GET", "/health")[0] == 200
+        status, body, _ = call(server, "POST", "/predict", {"task": H.TASK, "commits": records()})
+        assert status == 401 and "bearer token" in body["error"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_predict_from_a_real_repository(server, make_repo):
     repo = make_repo("project")
     first = repo.commit("Add the parser", {"pkg/parse.py": "def parse(s):\n    return s\n"})
