@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,19 @@ def test_every_profile_loads(profile, sections):
     assert profile.read_text(encoding="utf-8").lstrip().startswith("#"), "a profile opens with the command that runs it"
 
 
-def test_readme_test_command_is_what_ci_runs():
-    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if "pytest" in line and not line.lstrip().startswith("#")]
+def readme_block(tag: str) -> str:
+    """The command block right after `<!-- ci:TAG -->` in the README, read as .ci/run reads it."""
+    proc = subprocess.run(["bash", "-c", 'source <(sed -n "/^readme_block()/,/^}/p" .ci/run); readme_block "$1"',
+                           "_", tag], cwd=ROOT, capture_output=True, text=True, check=True)
+    return proc.stdout.strip()
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
-    commands = [line.strip() for block in blocks for line in block.splitlines() if "pytest" in line]
-    assert len(ci) == 1 and commands, (ci, commands)
-    assert commands[0] == ci[0]
+    assert readme.count("<!-- ci:install -->") == 1 and readme.count("<!-- ci:test -->") == 1
+    install, test = readme_block("install"), readme_block("test")
+    assert "pip install" in install and "requirements.txt" in install
+    assert test == "python -m pytest -q"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert '-m venv "$WORK/venv"' in ci and 'bash -euo pipefail -c "$TEST"' in ci
+    assert "pytest" not in ci.replace("$TEST", "")  # no second, hand-written test command
