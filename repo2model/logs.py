@@ -11,14 +11,16 @@ from repo2model.errors import UserError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Libraries that log routine chatter at WARNING; "bitsandbytes" warns on every import on a CPU
-# without the optional `kernels` package (a slower 4-bit CPU path we do not use).
-NOISY_LOGGERS = ("urllib3", "filelock", "matplotlib", "PIL", "git", "bitsandbytes")
+# without the optional `kernels` package (a slower 4-bit CPU path we do not use), and `kernels`
+# (which transformers >= 5.25 installs) warns on every bitsandbytes import offline that it skips a hub check.
+NOISY_LOGGERS = ("urllib3", "filelock", "matplotlib", "PIL", "git", "bitsandbytes", "kernels")
+QUIETEST = ("bitsandbytes", "kernels")
 
 
 def quiet_noisy_libraries() -> None:
     """Raise the noisy libraries' log level; call before importing them (pipeline.py imports every stage)."""
     for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR if name == "bitsandbytes" else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR if name in QUIETEST else logging.WARNING)
 
 
 def setup_logging(log_file: Path | None = None, level: str = "INFO") -> None:
