@@ -15,6 +15,9 @@ re-embeds only the units whose text changed and refreshes the rest's line number
 commits takes seconds. The index is rebuilt from scratch when its format, model, max_tokens, text_files,
 whole_file_lines, store or repository changed (index_info.json says which), or with --rebuild.
 
+A file whose blob the repository lacks (a partial clone, a pruned mirror: git is never let fetch it) gets no
+unit; the summary counts them (`missing_objects`, with a few paths in `missing_sample`).
+
     python index.py --config config.yaml
     python index.py --repo ../other-repo --output-dir outputs-other
     python index.py --config config.yaml --rebuild
@@ -93,7 +96,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, scraper: ScraperConfi
     index = UnitIndex(cfg, paths.index_dir)
     filters = PathFilter(scraper.file_filters, scraper.exclude_globs)
     summary = index.update(top, cfg.rev, redactor=scraper.redactor(), excluded=filters.excluded, rebuild=rebuild)
-    log.info(summary_line(summary))
+    (log.warning if summary.missing_objects else log.info)(summary_line(summary))
     return summary_dict(summary)
 
 

@@ -159,9 +159,12 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
     `repo`: the repository (for code_search and the tree); None leaves them out. `mined_until`: the last
     position whose commit is mined (None: every commit before each target). `on_commit(commit, chunks)` is
     called for every commit after the past has taken it in (e.g. to keep another view of the history).
+    File versions whose blob the repository lacks (partial clone, pruned mirror) stay in the tree but out of
+    the code search; their number is logged at the end.
     """
     past = PastCommits(cfg)
     code = CodeIndex(repo, path_weight=cfg.code_path_weight) if repo is not None else None
+    searched = code
     try:
         for position, (commit, chunks) in enumerate(iter_commits_with_chunks(commits_path, chunks_path)):
             split = targets.get(commit["hash"])
@@ -184,6 +187,9 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
     finally:
         if code is not None:
             code.close()
+        if searched is not None and searched.missing:
+            log.warning("code search: %d file versions of the targets' parent trees left out, their blobs missing "
+                        "from %s (partial clone or pruned mirror)", len(searched.missing), searched.repo)
 
 
 def state_at(past: PastCommits, code: CodeIndex | None, target: Target, depth: int = 100) -> TargetState:

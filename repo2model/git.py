@@ -5,9 +5,16 @@ Every command runs as `git -C <repo> ...` in an environment without the caller's
 `GIT_INDEX_FILE`, `GIT_OBJECT_DIRECTORY`, ... point at *another* repository, and
 a plain `git log` would read that one. Only the variables that choose the user's
 own configuration files are kept (`GIT_CONFIG_GLOBAL`, `GIT_CONFIG_SYSTEM`,
-`GIT_CONFIG_NOSYSTEM`). `GIT_NO_LAZY_FETCH=1` is set: in a partial clone a missing
-blob is then reported missing (and the file degraded) instead of being fetched
-from the network one object at a time.
+`GIT_CONFIG_NOSYSTEM`).
+
+Missing objects (a partial clone, a pruned mirror) are reported, never fetched: the
+project only reads the repository as it is. In a partial clone git fetches a missing
+blob from its promisor remote on first use; `GIT_NO_LAZY_FETCH=1` stops that on
+git >= 2.45 (the object is then "missing"); older git (2.39 measured) ignores it and
+tries the fetch, so `GIT_ALLOW_PROTOCOL` is set empty (no transport allowed): the
+fetch fails at once, before any connection or prompt, and the git command dies
+("could not fetch ... from promisor remote"). `CatFile` and `ls_tree` turn that into
+None / `missing` (see them).
 
     from repo2model.git import git, open_repository, CatFile, ls_tree
 
@@ -16,7 +23,7 @@ from the network one object at a time.
     with CatFile(top) as objects:
         text = objects.read(f"{head}:docs/metal backend/Cargo.toml")   # None when missing
         sizes = objects.size(blob_id)                                  # None when missing
-    files = ls_tree(top, "HEAD")                                       # [TreeEntry(path, mode, oid, size)]
+    files = ls_tree(top, "HEAD")                       # [TreeEntry(path, mode, oid, size, missing)]
 
 A failed command raises `GitError` (a UserError: one line, exit 2) whose message
 ends with git's own last line of stderr (`git_error_line`, the one place that
@@ -25,9 +32,12 @@ reads git's stderr).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
+import re
 import subprocess
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -50,7 +60,8 @@ class GitError(UserError):
 def git_environment() -> dict[str, str]:
     """The caller's environment without inherited GIT_* variables (see the module docstring)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in KEPT_GIT_VARIABLES}
-    env["GIT_NO_LAZY_FETCH"] = "1"
+    env["GIT_NO_LAZY_FETCH"] = "1"  # git >= 2.45: a partial clone's missing object is reported, not fetched
+    env["GIT_ALLOW_PROTOCOL"] = ""  # older git: its lazy fetch fails at once (an empty list allows no transport)
     env["GIT_TERMINAL_PROMPT"] = "0"  # never wait for a password on the terminal
     return env
 
@@ -149,21 +160,36 @@ class TreeEntry:
     path: str  # relative to the top folder, '/'-separated (undecodable bytes replaced)
     mode: str  # 100644, 100755, 120000 (symlink)
     oid: str
-    size: int | None  # bytes
+    size: int | None  # bytes; None when the blob is missing
+    missing: bool = False  # the repository lacks the blob (partial clone, pruned mirror): its content is unknown
 
 
 def ls_tree(repo: Path | str, rev: str) -> list[TreeEntry]:
-    """Every file (blob, symlinks included; no submodules) of the tree at `rev`, recursively, in git's order."""
-    out = git_bytes(repo, "ls-tree", "-r", "-z", "--long", "--full-tree", rev, "--")
+    """Every file (blob, symlinks included; no submodules) of the tree at `rev`, recursively, in git's order.
+
+    A blob the repository lacks is listed with `missing` set: git prints its size as `BAD`, or (a partial clone
+    on git < 2.45) `--long` dies trying to fetch it; the tree is then listed without sizes (no blob is read) and
+    the sizes asked of `CatFile`, which reports such blobs missing.
+    """
+    try:
+        out, sized = git_bytes(repo, "ls-tree", "-r", "-z", "--long", "--full-tree", rev, "--"), True
+    except GitError:
+        out, sized = git_bytes(repo, "ls-tree", "-r", "-z", "--full-tree", rev, "--"), False  # a bad rev fails here too
     entries = []
     for record in out.split(b"\0"):
         if not record:
             continue
         meta, _, name = record.partition(b"\t")
-        mode, kind, oid, size = meta.decode().split()
+        mode, kind, oid, *size = meta.decode().split()
         if kind != "blob":
             continue  # a submodule (commit) entry
-        entries.append(TreeEntry(name.decode("utf-8", "replace"), mode, oid, None if size == "-" else int(size)))
+        known = size[0].isdigit() if size else False
+        entries.append(TreeEntry(name.decode("utf-8", "replace"), mode, oid, int(size[0]) if known else None,
+                                 missing=sized and not known))
+    if not sized:
+        with CatFile(repo) as objects:
+            sizes = [objects.size(e.oid) for e in entries]
+        entries = [TreeEntry(e.path, e.mode, e.oid, size, size is None) for e, size in zip(entries, sizes)]
     return entries
 
 
@@ -171,10 +197,11 @@ def ls_tree(repo: Path | str, rev: str) -> list[TreeEntry]:
 
 _BATCH_BYTES = 32 * 1024  # requests written ahead stay far below the pipe buffer: git never blocks on its input
 _NO_OBJECT = (b" missing", b" ambiguous", b" dangling", b" loop", b" notdir")
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256
 
 
-def _parse_header(header: bytes) -> int | None:
-    """The object size from a `--batch`/`--batch-check` answer, None when there is no such object.
+def _parse_header(header: bytes) -> tuple[bytes, int] | None:
+    """(type, size) from a `--batch`/`--batch-check` answer, None when there is no such object.
 
     Parsed from the right: the name echoed at the left may itself hold spaces
     (`<rev>:docs/metal backend/Cargo.toml missing`).
@@ -185,11 +212,52 @@ def _parse_header(header: bytes) -> int | None:
     parts = line.rsplit(b" ", 2)
     if len(parts) != 3 or not parts[2].isdigit():
         raise ValueError(f"unexpected git cat-file answer: {line[:200]!r}")
-    return int(parts[2])
+    return parts[1], int(parts[2])
+
+
+def is_partial_clone(repo: Path | str) -> bool:
+    """Whether the repository leaves objects on a promisor remote (`git clone --filter=...`)."""
+    out = git(repo, "config", "--get-regexp", r"^(extensions\.partialclone|remote\..*\.promisor)$", check=False)
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "extensions.partialclone" or value.strip().lower() in ("", "true", "yes", "on", "1"):
+            return True
+    return False
+
+
+class LocalObjects:
+    """The ids of the objects a repository holds here: `cat-file --batch-all-objects` lists them without
+    fetching. Kept as the sorted first 64 bits of each id (8 bytes an object); a missing object sharing those
+    bits with a present one (odds about n^2 / 2^64) is only asked of git, which then dies on it as before."""
+
+    def __init__(self, repo: Path | str):
+        out = git_bytes(repo, "cat-file", "--batch-check=%(objectname)", "--batch-all-objects", "--unordered")
+        ids = out.split()
+        self.hash_bytes = len(ids[0]) // 2 if ids else 20
+        self._keys = array("Q", sorted(int(oid[:16], 16) for oid in ids))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, oid: str) -> bool:
+        key = int(oid[:16], 16)
+        i = bisect.bisect_left(self._keys, key)
+        return i < len(self._keys) and self._keys[i] == key
+
+
+def tree_entry_id(tree: bytes, name: bytes, hash_bytes: int) -> str | None:
+    """The id of entry `name` in a raw tree object (`<mode> <name>\0<id>` repeated), None when absent."""
+    pos = 0
+    while pos < len(tree):
+        end = tree.index(b"\0", pos)
+        if tree[pos:end].partition(b" ")[2] == name:
+            return tree[end + 1: end + 1 + hash_bytes].hex()
+        pos = end + 1 + hash_bytes
+    return None
 
 
 class _Batch:
-    """One `git cat-file <mode>` process; restarted when git dies on a corrupt object."""
+    """One `git cat-file <mode>` process; restarted when git dies on a corrupt or unfetchable object."""
 
     def __init__(self, repo: str, mode: str):
         self.repo = repo
@@ -226,6 +294,12 @@ class CatFile:
     cannot be asked about (it holds a newline), an object the repository lacks, and
     an object git cannot read (a corrupt file: git dies, and is restarted) all give
     None; `unreadable` counts the last kind.
+
+    In a partial clone, git < 2.45 dies on a missing object too (its fetch is refused:
+    see the module docstring). After the first such death the clone's own object ids
+    are listed once (`LocalObjects`), and a name whose object is not among them (an id,
+    or `<rev>:<path>` looked up in its folder's tree, which a blob-less clone keeps) is
+    answered None without asking git: one death per CatFile, not one per missing blob.
     """
 
     def __init__(self, repo: Path | str):
@@ -234,6 +308,8 @@ class CatFile:
         self._checks = _Batch(self.repo, "--batch-check")
         self._sizes: dict[str, int | None] = {}
         self.unreadable = 0
+        self._partial: bool | None = None  # asked after the first death
+        self._local: LocalObjects | None = None  # a partial clone's own objects, listed after the first death
 
     def __enter__(self) -> "CatFile":
         self._contents.start()
@@ -250,7 +326,7 @@ class CatFile:
         """`read` for many names, requests written ahead in groups small enough for the pipe buffer
         (saves a process switch per object when the machine is busy)."""
         results: list[bytes | None] = [None] * len(names)
-        todo = [i for i, name in enumerate(names) if "\n" not in name]
+        todo = [i for i, name in enumerate(names) if "\n" not in name and not self._absent(name)]
         while todo:
             group, size = [], 0
             for i in todo:
@@ -258,8 +334,11 @@ class CatFile:
                 if group and size > _BATCH_BYTES:
                     break
                 group.append(i)
+            guarded = self._local is not None
             done = self._read_group(names, group, results)
             todo = todo[done:]
+            if self._local is not None and not guarded:  # git just died on an object this partial clone lacks
+                todo = [i for i in todo if not self._absent(names[i])]
         return results
 
     def _read_group(self, names: list[str], group: list[int], results: list) -> int:
@@ -273,28 +352,67 @@ class CatFile:
         for answered, i in enumerate(group):
             header = proc.stdout.readline()
             if not header:
-                return self._died(answered)
-            size = _parse_header(header)
-            if size is None:
+                return self._died(names[i], answered)
+            found = _parse_header(header)
+            if found is None:
                 continue
-            data = proc.stdout.read(size + 1)  # the content and its trailing newline
-            if len(data) != size + 1:
-                return self._died(answered)
+            data = proc.stdout.read(found[1] + 1)  # the content and its trailing newline
+            if len(data) != found[1] + 1:
+                return self._died(names[i], answered)
             results[i] = data[:-1]
         return len(group)
 
-    def _died(self, answered: int) -> int:
-        """git stopped at the (answered+1)-th request of a group: that object is unreadable."""
-        self.unreadable += 1
+    def _died(self, name: str, answered: int) -> int:
+        """git stopped at the (answered+1)-th request of a group, on `name`: missing (a partial clone's object
+        that git could not fetch) or unreadable (corrupt)."""
         self._contents.close()
+        self._lost(name)
         return answered + 1
+
+    def _lost(self, name: str) -> None:
+        if self._partial is None:
+            self._partial = is_partial_clone(self.repo)
+            if self._partial:
+                self._local = LocalObjects(self.repo)
+        if not self._absent(name):
+            self.unreadable += 1
+
+    def _absent(self, name: str) -> bool:
+        """Known to be missing without asking git (only once git died in a partial clone; see the class)."""
+        if self._local is None:
+            return False
+        if _OBJECT_ID.fullmatch(name):
+            return name not in self._local
+        rev, colon, path = name.partition(":")
+        if not colon or not path:
+            return False  # a commit or tree by name: a blob-less clone has them
+        folder, _, base = path.rstrip("/").rpartition("/")
+        tree = self._tree(f"{rev}:{folder}")
+        oid = tree_entry_id(tree, base.encode(), self._local.hash_bytes) if tree is not None else None
+        return oid is not None and oid not in self._local
+
+    def _tree(self, name: str) -> bytes | None:
+        """A tree's raw content, None when there is none (or git died on it: then git is asked for the name)."""
+        proc = self._contents.start()
+        try:
+            proc.stdin.write(name.encode() + b"\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        header = proc.stdout.readline()
+        found = _parse_header(header) if header else None
+        data = proc.stdout.read(found[1] + 1) if found is not None else b""
+        if not header or (found is not None and len(data) != found[1] + 1):
+            self._contents.close()
+            return None
+        return data[:-1] if found is not None and found[0] == b"tree" else None
 
     def size(self, name: str) -> int | None:
         """The object's size in bytes (without reading it), or None if the repository does not have it."""
         if name in self._sizes:
             return self._sizes[name]
         size = None
-        if "\n" not in name:
+        if "\n" not in name and not self._absent(name):
             proc = self._checks.start()
             try:
                 proc.stdin.write(name.encode() + b"\n")
@@ -303,10 +421,11 @@ class CatFile:
                 pass
             header = proc.stdout.readline()
             if header:
-                size = _parse_header(header)
+                found = _parse_header(header)
+                size = found[1] if found is not None else None
             else:
-                self.unreadable += 1
                 self._checks.close()
+                self._lost(name)
         if len(self._sizes) < 100_000:
             self._sizes[name] = size
         return size

@@ -6,7 +6,9 @@ Three sources, one shape (`list[tuple[Commit, list[Chunk]]]`):
                             prediction sees the history exactly as the pipeline rendered it for training
     history_from_artifacts  commits.json + chunks.jsonl: the last N commits and their chunks (streaming, bounded)
     history_from_records    commit records a caller sends (commits.json's form, each optionally with "chunks")
-Reads the repository (git), or the two artifacts; writes nothing.
+Reads the repository (git), or the two artifacts; writes nothing. Objects the repository lacks (a partial clone, a
+pruned mirror) degrade as in the stages: the file change has no patch (`patch_skipped: unavailable`), or its chunks
+come from the patch alone; history_from_repo logs how many.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from collections import deque
 from pathlib import Path
 
 from repo2model.artifacts import iter_commits, iter_jsonl
-from repo2model.chunking import ChunkerConfig, chunk_commit
+from repo2model.chunking import DEGRADED_MISSING_OBJECT, Chunker, ChunkerConfig, ChunkingStats, default_redactor
 from repo2model.config import load_config
 from repo2model.errors import UserError
 from repo2model.git import CatFile, open_repository
-from repo2model.records import Chunk, Commit
+from repo2model.records import PATCH_UNAVAILABLE, Chunk, Commit
 from repo2model.scraping import ScraperConfig, scrape_recent
 
 log = logging.getLogger("predict")
@@ -38,8 +40,23 @@ def history_from_repo(repo: Path, count: int, scraper_cfg: ScraperConfig | None 
     if count == 0:
         return []
     commits = scrape_recent(top, count, scraper_cfg)
-    with CatFile(top) as objects:
-        return [(commit, chunk_commit(commit, objects, chunker_cfg)) for commit in commits]
+    chunker_cfg = chunker_cfg or ChunkerConfig()
+    stats = ChunkingStats()
+    with CatFile(top) as objects:  # as chunking.chunk_commit, one Chunker and its stats for all the commits
+        chunker = Chunker(objects, chunker_cfg, default_redactor() if chunker_cfg.redact_secrets else None)
+        history = [(commit, chunker.chunk_commit(commit, stats)) for commit in commits]
+    unavailable = unavailable_files(history)
+    degraded = stats.degraded_files[DEGRADED_MISSING_OBJECT]
+    if unavailable or degraded:
+        log.warning("history: objects missing from %s (partial clone or pruned mirror): %d file changes of the last "
+                    "%d commits without a patch, %d chunked from the patch alone", top, unavailable, len(commits),
+                    degraded)
+    return history
+
+
+def unavailable_files(history: History) -> int:
+    """File changes of the history recorded without a patch because their objects are missing."""
+    return sum(change.patch_skipped == PATCH_UNAVAILABLE for commit, _ in history for change in commit.files)
 
 
 def history_from_artifacts(commits_path: Path, chunks_path: Path, count: int) -> History:

@@ -8,7 +8,9 @@ Reads
                     commits.json + chunks.jsonl, or from a caller's records)
 Writes nothing: `Predictor.predict` returns the prediction JSON (a dict) that predict.py prints and serve.py
 answers: files ranked across candidates with scores, change types and symbols per file, modules, symbols, a
-code sketch, and every candidate's raw text with its parse problems.
+code sketch, and every candidate's raw text with its parse problems; `missing_objects` counts what objects the
+repository lacks (partial clone, pruned mirror) took away: file changes of the history without a patch, files of
+the ranker's code search and predicted files of the context without content.
 
 The prompt is the one the dataset builder makes (`CommitLanguage.build_prompt`): the compact rendering of
 the recent commits, then the task as the new commit's message; the model generates the commit's full
@@ -55,6 +57,7 @@ from repo2model.cli import apply_overrides
 from repo2model.commit_language import COMMIT_END, FILE, CommitLanguage, decode_ids, encode_texts, escape_line
 from repo2model.config import load_config
 from repo2model.errors import UserError
+from repo2model.history import unavailable_files
 from repo2model.models import language_dir, load_trained_model, read_training_info, trained_length
 from repo2model.paths import ArtifactPaths
 from repo2model.ranking import FileRanking
@@ -324,6 +327,12 @@ class Predictor:
         }
         if self.retriever is not None:
             result.update(self.retriever.answer(task, result, repo, cfg.context_tokens, test_failures))
+        code = self.ranker.code if self.ranker is not None else None
+        result["missing_objects"] = {
+            "history_files": unavailable_files(history),
+            "code_search_files": len(code.missing_files()) if code is not None else 0,
+            "context_files": (result.get("context_source") or {}).get("missing_objects", 0),
+        }
         return result
 
     def predict_ids(self, prompt_ids: list[int], seed: int = 42, cfg: PredictionConfig | None = None,

@@ -784,6 +784,8 @@ class UpdateSummary:
     rebuilt: str | None  # why the whole index was rebuilt, if it was
     seconds: float
     kinds: dict[str, int] = field(default_factory=dict)
+    missing_objects: int = 0  # files of the tree whose blob the repository lacks (partial clone, pruned mirror)
+    missing_sample: list[str] = field(default_factory=list)  # a few of their paths
 
 
 class UnitIndex:
@@ -869,7 +871,7 @@ class UnitIndex:
             blobs = {e.path: e.oid for e in tree}
             changed = [e for e in tree if {p["blob"] for p in by_path.get(e.path, {}).values()} != {e.oid}]
             removed = sorted(set(by_path) - set(blobs))
-            units = self._read_units(top, commit, changed, redactor, progress)
+            units, missing = self._read_units(top, commit, changed, redactor, progress)
             average = self.info.get("average_length") if not fresh else None
             if average is None:  # a first build: the average unit length of this tree
                 lengths = [sum(unit_words(u).values()) for u in units]
@@ -902,19 +904,26 @@ class UnitIndex:
         kinds = Counter(p["kind"] for i, p in known.items() if i not in set(delete))
         kinds.update(u.kind for u in to_embed if u.id not in known)
         return UpdateSummary(str(top), commit, len(tree), len(changed), len(removed), total, len(to_embed),
-                             len(payloads), len(delete), None, 0.0, dict(sorted(kinds.items())))
+                             len(payloads), len(delete), None, 0.0, dict(sorted(kinds.items())), len(missing),
+                             missing[:10])
 
-    def _read_units(self, top: Path, commit: str, entries: list, redactor, progress: bool) -> list[IndexUnit]:
+    def _read_units(self, top: Path, commit: str, entries: list, redactor,
+                    progress: bool) -> tuple[list[IndexUnit], list[str]]:
+        """The units of these files, and the files whose blob git cannot produce (they get no unit: a file
+        missing at every update is read again each time, and counted each time)."""
         units: list[IndexUnit] = []
+        missing: list[str] = []
         with CatFile(top) as objects:
             modules = ModuleLookup(objects.read)
             for start in progress_bar(range(0, len(entries), 256), desc="reading files", unit="batches",
                               disable=not progress or len(entries) < 512):
                 group = entries[start: start + 256]
                 for entry, data in zip(group, objects.read_many([e.oid for e in group])):
-                    if data is not None:
+                    if data is None:
+                        missing.append(entry.path)
+                    else:
                         units += units_of_file(entry.path, data, entry.oid, self.cfg, modules, commit, redactor)
-        return units
+        return units, missing
 
     def _set_commits(self, top: Path, commit: str, units: list[IndexUnit], since: str | None) -> None:
         """Each unit's last-changed commit: the newest commit (reachable from `commit`, after `since` when given)
@@ -944,6 +953,7 @@ class UnitIndex:
             "average_length": round(self.average_length, 6),
             "units": summary.units,
             "kinds": summary.kinds,
+            "missing_objects": summary.missing_objects,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -1282,9 +1292,15 @@ class Retriever:
             context = []
             if top is not None:
                 commit = git(top, "rev-parse", "HEAD").strip()
-                context = build_context(task, prediction, lambda paths: tree_units(top, commit, paths, self.cfg),
+                missing: list[str] = []
+                context = build_context(task, prediction,
+                                        lambda paths: tree_units(top, commit, paths, self.cfg, missing=missing),
                                         None, budget, self.embedder.count_tokens, self.cfg.context_files,
                                         predicted_share=1.0)  # nothing else to show: no search
+                source["missing_objects"] = len(missing)  # predicted files whose blob the repository lacks
+                if missing:
+                    log.warning("context: %d predicted files left out, their blobs missing from %s (e.g. %s)",
+                                len(missing), top, missing[0])
         repository = str(top) if top is not None else (index.info.get("repository") if use_index else None)
         source["used_tokens"] = sum(e.tokens for e in context)
         return {"context": [e.to_dict() for e in context],
@@ -1299,24 +1315,30 @@ def load_index_config(config_path: Path | None) -> IndexConfig:
     return load_config(config_path, {SECTION: IndexConfig}, strict_sections=False)[SECTION]
 
 
-def tree_units(repo: Path, rev: str, paths: list[str], cfg: IndexConfig,
-               redactor: Redactor | None = None) -> list[IndexUnit]:
-    """The index units of some files of a tree, read straight from git (no index needed)."""
+def tree_units(repo: Path, rev: str, paths: list[str], cfg: IndexConfig, redactor: Redactor | None = None,
+               missing: list[str] | None = None) -> list[IndexUnit]:
+    """The index units of some files of a tree, read straight from git (no index needed). Files whose blob the
+    repository lacks give no unit; their paths are appended to `missing` when it is given."""
     wanted = [e for e in ls_tree(repo, rev) if e.path in set(paths) and e.mode != "120000"]
     units: list[IndexUnit] = []
     with CatFile(repo) as objects:
         modules = ModuleLookup(objects.read)
         for entry, data in zip(wanted, objects.read_many([e.oid for e in wanted])):
-            if data is not None:
+            if data is None:
+                if missing is not None:
+                    missing.append(entry.path)
+            else:
                 units += units_of_file(entry.path, data, entry.oid, cfg, modules, rev, redactor or Redactor())
     return units
 
 
 def summary_line(summary: UpdateSummary) -> str:
     how = f"rebuilt ({summary.rebuilt})" if summary.rebuilt else "updated"
+    missing = (f"; {summary.missing_objects} files left out, their blobs missing from the repository (partial "
+               f"clone or pruned mirror), e.g. {summary.missing_sample[0]}" if summary.missing_objects else "")
     return (f"index: {how} at {summary.commit[:12]} in {summary.seconds:.1f}s: {summary.units} units from "
             f"{summary.files} files; {summary.files_changed} files read, {summary.embedded} units embedded, "
-            f"{summary.reused} kept, {summary.deleted} removed")
+            f"{summary.reused} kept, {summary.deleted} removed{missing}")
 
 
 def summary_dict(summary: UpdateSummary) -> dict:

@@ -244,8 +244,10 @@ class CodeIndex:
         code.blobs["src/main.rs"]            # blob id of every file of the tree (indexed or not)
 
     A file's document is its content's words plus its path's words `path_weight` times. Binary files and
-    files over `max_file_bytes` are in `blobs` but not in the search. Each blob is read and split once
-    (kept for `cache_blobs` blobs that left the tree, for branches that come back to them).
+    files over `max_file_bytes` are in `blobs` but not in the search, and so are files whose blob the
+    repository lacks (partial clone, pruned mirror): `missing` holds those blob ids, `missing_files()` the
+    paths of the tree held now. Each blob is read and split once (kept for `cache_blobs` blobs that left the
+    tree, for branches that come back to them).
     """
 
     def __init__(self, repo: Path | str, path_weight: int = 3, max_file_bytes: int = 300_000,
@@ -257,6 +259,7 @@ class CodeIndex:
         self.blobs: dict[str, str] = {}
         self.commit: str | None = None
         self.reads = 0
+        self.missing: set[str] = set()  # blob ids git could not produce, over every tree held so far
         self._objects = CatFile(self.repo)
         self._words: OrderedDict[str, dict[str, int] | None] = OrderedDict()
         self._cache_blobs = cache_blobs
@@ -283,6 +286,10 @@ class CodeIndex:
     def has_commit(self, commit: str) -> bool:
         """Whether the repository holds this commit."""
         return self._objects.size(commit) is not None
+
+    def missing_files(self) -> list[str]:
+        """The files of the tree held now whose content is unknown (their blob is missing)."""
+        return [path for path, oid in self.blobs.items() if oid in self.missing] if self.missing else []
 
     def read(self, path: str) -> bytes | None:
         """The content of a file of the tree held now (None: not in it, or unreadable)."""
@@ -324,6 +331,8 @@ class CodeIndex:
     def _load(self, oids: list[str]) -> None:
         for oid, data in zip(oids, self._objects.read_many(oids)):
             self.reads += 1
+            if data is None:
+                self.missing.add(oid)
             if data is None or len(data) > self.max_file_bytes or b"\0" in data[:8192]:
                 self._words[oid] = None
             else:

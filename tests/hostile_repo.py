@@ -12,9 +12,13 @@ In `hostile.repo` (branch `main` checked out):
 - an octopus merge of three branches; an orphan branch (`pages`) with its own root
 - commits reachable only from tags (one lightweight, one annotated)
 - a remote `origin` with a branch that exists only there (`origin/remote-only`)
-- a blob deleted from `.git/objects` (as a partial clone or a pruned mirror would lack it)
+- two blobs deleted from `.git/objects` (as a pruned mirror would lack them): an old version of
+  `src/lib.rs`, and `src/lost.rs` of the current tree (`git ls-tree -l` prints `BAD` as its size)
 
-`hostile.shallow` is a `git clone --depth 3` of it (made before the blob was deleted).
+`hostile.shallow` is a `git clone --depth 3` of it, `hostile.partial` a sparse partial clone
+(`git clone --filter=blob:none --sparse` over file://, both made before the blobs were deleted) whose
+origin is then removed: it holds every commit and tree but only the blobs of the current tree's
+top-level files, and git 2.39 dies ("could not fetch ... from promisor remote") on any other blob.
 `hostile.facts` names the commits and paths the tests look for.
 """
 
@@ -38,12 +42,14 @@ ODD_PATHS = [
 ]
 CRATE_TOML = "crates/metal backend/Cargo.toml"
 CRATE_LIB = "crates/metal backend/src/lib.rs"
+LOST = "src/lost.rs"  # in the current tree, its blob deleted
 
 
 @dataclass
 class Hostile:
     repo: Path
     shallow: Path
+    partial: Path
     facts: dict[str, str] = field(default_factory=dict)
 
 
@@ -101,11 +107,15 @@ def build_hostile(root: Path) -> Hostile:
         repo.checkout(name, create=True)
         facts[name] = repo.commit(f"{name}: work", {f"{name}/mod.rs": f"pub fn {name.replace('-', '_')}() {{}}\n"})
         repo.checkout("main")
-    repo.git("merge", "-q", "--no-ff", "-m", "octopus merge", "oct-a", "oct-b", "oct-c")
+    repo._tick += 1
+    moment = f"@{1704067200 + 3600 * repo._tick} +0000"  # dated like GitRepo's commits: the history's order is fixed
+    repo.git("merge", "-q", "--no-ff", "-m", "octopus merge", "oct-a", "oct-b", "oct-c",
+             env={"GIT_AUTHOR_DATE": moment, "GIT_COMMITTER_DATE": moment})
     facts["octopus"] = repo.head()
     facts["lib_v3"] = repo.commit("lib: three", {"src/lib.rs": "pub fn one() -> u32 {\n    3\n}\n"})
     facts["lib_v4"] = repo.commit("lib: four", {"src/lib.rs": "pub fn one() -> u32 {\n    4\n}\n",
                                                  CRATE_LIB: "pub fn render() -> u32 {\n    2\n}\n"})
+    facts["lost"] = repo.commit("a file whose blob is lost", {LOST: "pub fn lost() -> &'static str {\n    \"gone\"\n}\n"})
 
     # an orphan branch with its own root
     repo.git("checkout", "-q", "--orphan", "pages")
@@ -140,10 +150,50 @@ def build_hostile(root: Path) -> Hostile:
     shallow = root / "shallow"
     subprocess.run(["git", "clone", "-q", "--depth", "3", f"file://{repo.path}", str(shallow)], check=True)
 
-    # a blob lost from the object store: the third version of src/lib.rs
-    blob = repo.git("rev-parse", f"{facts['lib_v3']}:src/lib.rs").strip()
-    loose = repo.path / ".git" / "objects" / blob[:2] / blob[2:]
+    partial = partial_clone(repo.path, root)
+
+    # blobs lost from the object store: the third version of src/lib.rs, and a file of the current tree
+    facts["deleted_blob"] = delete_blob(repo.path, f"{facts['lib_v3']}:src/lib.rs")
+    facts["deleted_head_blob"] = delete_blob(repo.path, f"{facts['lost']}:{LOST}")
+    return Hostile(repo.path, shallow, partial, facts)
+
+
+def delete_blob(repo: Path, name: str) -> str:
+    blob = git(repo, "rev-parse", name).strip()
+    loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
     assert loose.is_file(), "the blob to delete is packed: the fixture expects loose objects"
     loose.unlink()
-    facts["deleted_blob"] = blob
-    return Hostile(repo.path, shallow, facts)
+    return blob
+
+
+def partial_clone(source: Path, root: Path) -> Path:
+    """`git clone --filter=blob:none --sparse` of `source` through a bare copy that is removed afterwards: an
+    offline partial clone, every lazy fetch failing."""
+    origin = root / "partial-origin.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(source), str(origin)], check=True)
+    git(origin, "config", "uploadpack.allowFilter", "true")
+    partial = root / "partial"
+    subprocess.run(["git", "clone", "-q", "--filter=blob:none", "--sparse", f"file://{origin}", str(partial)],
+                   check=True, capture_output=True)
+    subprocess.run(["rm", "-rf", str(origin)], check=True)
+    work = local_work(partial, 1500)  # after every commit of the source (the latest: 2024-03-01)
+    for k in range(10):  # local work (its blobs are here): enough changes with a patch to train on
+        work.commit(f"app: step {k}", {"app.py": "".join(f"def step_{j}(x):\n    return x + {j}\n\n" for j in range(k + 2))})
+    return partial
+
+
+def local_work(path: Path, tick: int) -> GitRepo:
+    """The GitRepo helpers over an existing clone (GitRepo() would `git init`), commits dated from `tick` hours."""
+    work = GitRepo.__new__(GitRepo)
+    work.path, work._tick = path, tick
+    for name, value in (("user.name", "Alice Example"), ("user.email", "alice@example.com"),
+                        ("commit.gpgsign", "false"), ("core.autocrlf", "false")):
+        work.git("config", name, value)
+    return work
+
+
+def missing_blobs(repo: Path, *revs: str) -> set[str]:
+    """The blobs the commits (and their trees) of `revs` name that the repository lacks, as git lists them
+    (without fetching)."""
+    out = git(repo, "rev-list", "--objects", "--missing=print", *revs)
+    return {line[1:41] for line in out.splitlines() if line.startswith("?")}
