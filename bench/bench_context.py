@@ -222,7 +222,8 @@ def bench_history(source: Path, work: Path, count: int, cfg: IndexConfig, embedd
     summary = index.update(repo, tests[0].parent, redactor=scraper.redactor(), excluded=excluded)
     result.build_cpu, result.build_wall, result.units = time.process_time() - cpu, summary.seconds, summary.units
     print(f"  build at {tests[0].parent[:12]}: {summary.units} units in {summary.seconds:.1f}s wall, "
-          f"{result.build_cpu:.1f}s CPU")
+          f"{result.build_cpu:.1f}s CPU" + (f"; {summary.missing_objects} files left out, their blobs missing from "
+                                           "the repository" if summary.missing_objects else ""))
     update_after(index_dir, repo, tests[0].parent, 20, cfg, embedder, scraper, excluded, result)
     for i, test in enumerate(tests):
         if i:

@@ -9,12 +9,15 @@ own configuration files are kept (`GIT_CONFIG_GLOBAL`, `GIT_CONFIG_SYSTEM`,
 
 Missing objects (a partial clone, a pruned mirror) are reported, never fetched: the
 project only reads the repository as it is. In a partial clone git fetches a missing
-blob from its promisor remote on first use; `GIT_NO_LAZY_FETCH=1` stops that on
-git >= 2.45 (the object is then "missing"); older git (2.39 measured) ignores it and
-tries the fetch, so `GIT_ALLOW_PROTOCOL` is set empty (no transport allowed): the
-fetch fails at once, before any connection or prompt, and the git command dies
-("could not fetch ... from promisor remote"). `CatFile` and `ls_tree` turn that into
-None / `missing` (see them).
+object from its promisor remote on first use. `GIT_NO_LAZY_FETCH=1` stops that (the
+security releases from 2.39.4 on carry it: this machine's 2.39.5 honours it), and an
+empty `GIT_ALLOW_PROTOCOL` (no transport allowed) stops it on any older git: the fetch
+is refused before any connection or prompt. (Measured on 2.39.5: a promisor remote
+whose ssh command sleeps 15 s held a plain `git cat-file` 30 s; with either variable
+it failed in 10 ms.) Either way git then dies on that object ("could not fetch ...
+from promisor remote", exit 128) instead of answering "missing", and `ls-tree -l`
+dies instead of printing `BAD`: `CatFile` and `ls_tree` turn that into None /
+`missing` (see them).
 
     from repo2model.git import git, open_repository, CatFile, ls_tree
 
@@ -60,8 +63,8 @@ class GitError(UserError):
 def git_environment() -> dict[str, str]:
     """The caller's environment without inherited GIT_* variables (see the module docstring)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in KEPT_GIT_VARIABLES}
-    env["GIT_NO_LAZY_FETCH"] = "1"  # git >= 2.45: a partial clone's missing object is reported, not fetched
-    env["GIT_ALLOW_PROTOCOL"] = ""  # older git: its lazy fetch fails at once (an empty list allows no transport)
+    env["GIT_NO_LAZY_FETCH"] = "1"  # a partial clone's missing object is not fetched (see the module docstring)
+    env["GIT_ALLOW_PROTOCOL"] = ""  # nor on a git without that variable: an empty list allows no transport
     env["GIT_TERMINAL_PROMPT"] = "0"  # never wait for a password on the terminal
     return env
 
@@ -167,9 +170,9 @@ class TreeEntry:
 def ls_tree(repo: Path | str, rev: str) -> list[TreeEntry]:
     """Every file (blob, symlinks included; no submodules) of the tree at `rev`, recursively, in git's order.
 
-    A blob the repository lacks is listed with `missing` set: git prints its size as `BAD`, or (a partial clone
-    on git < 2.45) `--long` dies trying to fetch it; the tree is then listed without sizes (no blob is read) and
-    the sizes asked of `CatFile`, which reports such blobs missing.
+    A blob the repository lacks is listed with `missing` set: git prints its size as `BAD`, or (a partial clone)
+    `--long` dies on it, its fetch refused; the tree is then listed without sizes (no blob is read) and the
+    sizes asked of `CatFile`, which reports such blobs missing.
     """
     try:
         out, sized = git_bytes(repo, "ls-tree", "-r", "-z", "--long", "--full-tree", rev, "--"), True
@@ -295,8 +298,8 @@ class CatFile:
     an object git cannot read (a corrupt file: git dies, and is restarted) all give
     None; `unreadable` counts the last kind.
 
-    In a partial clone, git < 2.45 dies on a missing object too (its fetch is refused:
-    see the module docstring). After the first such death the clone's own object ids
+    In a partial clone git dies on a missing object too (its fetch is refused: see the
+    module docstring). After the first such death the clone's own object ids
     are listed once (`LocalObjects`), and a name whose object is not among them (an id,
     or `<rev>:<path>` looked up in its folder's tree, which a blob-less clone keeps) is
     answered None without asking git: one death per CatFile, not one per missing blob.

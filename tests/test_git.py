@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import zlib
 
 import pytest
 
+from conftest import ROOT
 from repo2model.errors import UserError
-from repo2model.git import CatFile, GitError, git, git_bytes, git_environment, git_popen, ls_tree, open_repository
+from repo2model.git import (
+    CatFile, GitError, git, git_bytes, git_environment, git_popen, is_partial_clone, ls_tree, open_repository,
+)
 
 
 @pytest.fixture
@@ -100,3 +105,75 @@ def test_errors_are_one_line(make_repo, tmp_path):
         git(repo.path, "rev-parse", "--verify", "nope^{commit}")
     assert "\n" not in str(info.value) and str(repo.path) in str(info.value)
     assert git(repo.path, "rev-parse", "--verify", "-q", "nope", check=False) == ""
+
+
+def test_ls_tree_marks_a_blob_the_object_store_lacks(make_repo):
+    repo = make_repo()
+    repo.commit("two files", {"kept.txt": "kept\n", "lost.txt": "lost\n"})
+    lost = git(repo.path, "rev-parse", "HEAD:lost.txt").strip()
+    (repo.path / ".git" / "objects" / lost[:2] / lost[2:]).unlink()
+    assert "BAD" in git(repo.path, "ls-tree", "-l", "HEAD", "lost.txt")  # what int() once choked on
+    entries = {e.path: e for e in ls_tree(repo.path, "HEAD")}
+    assert (entries["lost.txt"].missing, entries["lost.txt"].size) == (True, None)
+    assert (entries["kept.txt"].missing, entries["kept.txt"].size) == (False, 5)
+    assert not is_partial_clone(repo.path)
+
+
+def blobless_clone(make_repo, tmp_path):
+    """A `--filter=blob:none` clone over file:// whose origin is still there: the old version of a.txt is only on
+    the origin (a fetch would succeed), the checked-out ones are here."""
+    source = make_repo("source")
+    source.commit("one", {"a.txt": "a one\n", "b.txt": "b\n"})
+    source.commit("two", {"a.txt": "a two\n"})
+    source.git("config", "uploadpack.allowFilter", "true")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--filter=blob:none", f"file://{source.path}", str(clone)], check=True,
+                   capture_output=True)
+    old = git(clone, "rev-parse", "HEAD~1:a.txt").strip()
+    return clone, old
+
+
+def still_missing(repo, oid: str) -> bool:
+    out = git(repo, "rev-list", "--objects", "--missing=print", "--all")  # lists without fetching
+    return f"?{oid}" in out.split()
+
+
+def test_a_partial_clone_is_read_as_it_is_never_fetched_from(make_repo, tmp_path):
+    clone, old = blobless_clone(make_repo, tmp_path)
+    assert is_partial_clone(clone) and still_missing(clone, old)
+    with CatFile(clone) as objects:
+        names = [old, "HEAD:a.txt", "HEAD~1:a.txt", "HEAD~1:b.txt", "HEAD~1:no such file"]
+        assert objects.read_many(names) == [None, b"a two\n", None, b"b\n", None]
+        assert [objects.size(n) for n in names] == [None, 6, None, 2, None]
+        assert objects.read_many(names * 300) == [None, b"a two\n", None, b"b\n", None] * 300
+        assert objects.unreadable == 0  # missing, not corrupt
+    # the tree of the first commit: `ls-tree --long` dies on the missing blob, the listing does not
+    entries = {e.path: e for e in ls_tree(clone, "HEAD~1")}
+    assert (entries["a.txt"].oid, entries["a.txt"].missing, entries["a.txt"].size) == (old, True, None)
+    assert (entries["b.txt"].missing, entries["b.txt"].size) == (False, 2)
+    assert still_missing(clone, old)  # the origin answers, and was not asked
+
+
+READ_MISSING = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from repo2model.git import CatFile, ls_tree
+started = time.monotonic()
+with CatFile(sys.argv[2]) as objects:
+    assert objects.read(sys.argv[3]) is None and objects.unreadable == 0
+assert [e.missing for e in ls_tree(sys.argv[2], "HEAD~1") if e.path == "a.txt"] == [True]
+print(round(time.monotonic() - started, 3))
+"""
+
+
+def test_a_promisor_remote_that_would_hang_is_never_waited_on(make_repo, tmp_path):
+    """An origin whose transport takes a minute (as an unreachable host or a password prompt would): plain git
+    waits on it for each missing object; the project's git is refused the fetch at once."""
+    clone, old = blobless_clone(make_repo, tmp_path)
+    git(clone, "config", "remote.origin.url", "ssh://git.invalid/repo.git")
+    git(clone, "config", "core.sshCommand", "sleep 60; false")
+    proc = subprocess.run([sys.executable, "-c", READ_MISSING, str(ROOT), str(clone), old], capture_output=True,
+                          text=True, timeout=30)  # the guard: a fetch attempt would sleep past it
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout) < 10
+    assert still_missing(clone, old)

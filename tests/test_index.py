@@ -101,3 +101,24 @@ def test_bad_input_is_one_line(tmp_path, make_repo, capsys):
     code, err = main("--repo", str(repo.path), "--output-dir", str(tmp_path / "out"), "--url", "http://127.0.0.1:9")
     assert code == 2 and err.startswith("error: cannot reach Qdrant at http://127.0.0.1:9: ")
     assert not (tmp_path / "out" / "index" / "index_info.json").exists()
+
+
+def test_a_file_whose_blob_is_missing_is_left_out_and_counted_at_every_update(tmp_path, make_repo):
+    repo = small_repo(make_repo)
+    repo.commit("add a file whose blob is then lost", {"pkg/lost.py": "def lost():\n    return 0\n"})
+    blob = repo.git("rev-parse", "HEAD:pkg/lost.py").strip()
+    (repo.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()  # as a pruned mirror lacks it
+    paths = ArtifactPaths.under(tmp_path / "out")
+    first = index.run(IndexConfig(), paths, scraper=ScraperConfig(repo=repo.path))
+    assert (first["missing_objects"], first["missing_sample"]) == (1, ["pkg/lost.py"])
+    assert json.loads((paths.index_dir / "index_info.json").read_text())["missing_objects"] == 1
+    with UnitIndex(IndexConfig(), paths.index_dir) as built:
+        indexed = {p["path"] for p in built.store.payloads().values()}
+    assert indexed == {"pkg/parse.py", "deploy/.env", "README.md"}
+    # in another folder (git builds no tree naming a missing blob), and not `add -A` (it would hash pkg/lost.py
+    # from the working tree: its blob back)
+    repo.write("lib/more.py", "def more():\n    return 1\n")
+    repo.git("add", "lib/more.py")
+    repo.git("commit", "-q", "-m", "more")
+    second = index.run(IndexConfig(), paths, scraper=ScraperConfig(repo=repo.path))
+    assert second["rebuilt"] is None and second["missing_objects"] == 1 and second["embedded"] == 2
