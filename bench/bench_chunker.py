@@ -41,13 +41,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import git_scraper  # noqa: E402
-import semantic_chunker as sc  # noqa: E402
-from repo2model import code_units  # noqa: E402
-from repo2model.artifacts import CommitsWriter, iter_commit_dicts, iter_commits, read_commits_metadata  # noqa: E402
-from repo2model.artifacts import read_json  # noqa: E402
-from repo2model.git import CatFile  # noqa: E402
-from repo2model.paths import ArtifactPaths  # noqa: E402
+from repo2model.stages import git_scraper  # noqa: E402
+from repo2model.stages import semantic_chunker as sc  # noqa: E402
+from repo2model.code import units as code_units  # noqa: E402
+from repo2model.core.artifacts import CommitsWriter, iter_commit_dicts, iter_commits, read_commits_metadata  # noqa: E402
+from repo2model.core.artifacts import read_json  # noqa: E402
+from repo2model.git.commands import CatFile  # noqa: E402
+from repo2model.core.paths import ArtifactPaths  # noqa: E402
 
 CRATES = ["energy-market", "ledger", "consensus", "network", "storage", "rpc"]
 

@@ -31,8 +31,8 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from repo2model.artifacts import iter_commit_dicts, iter_jsonl  # noqa: E402
-from repo2model.paths import ArtifactPaths  # noqa: E402
+from repo2model.core.artifacts import iter_commit_dicts, iter_jsonl  # noqa: E402
+from repo2model.core.paths import ArtifactPaths  # noqa: E402
 
 DEFAULT_HISTORY = ROOT.parent / "shared" / "data" / "repos" / "axum.bundle"
 STAGES = ("git_scraper", "semantic_chunker")

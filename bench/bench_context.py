@@ -16,7 +16,7 @@ For each history (a bundle or a repository; cloned into --work):
    10% held out). No test commit is among its targets (checked), so nothing leaks. (The pipeline's own split of
    the whole history does not do: on these histories the bench's test commits, the last non-merge commits of
    the first-parent line, lie before its test split, since recent first-parent commits are merges.) At each test
-   commit the ranker predicts as predict.py / serve.py do, through repo2model.ranking.FileRanking.merge (its
+   commit the ranker predicts as predict.py / serve.py do, through repo2model.ranking.ranker.FileRanking.merge (its
    files, change types, modules, symbols; the language model's part left empty), with the history statistics
    of exactly the commits before it (commits.json's order) and the tree at its parent.
 4. The index is of a tree, not of a history, so it is built at the parent of the first test commit (timed: the
@@ -27,7 +27,7 @@ For each history (a bundle or a repository; cloned into --work):
        ranker-guided   the learned ranker's predictions (step 3), then the pack as the service builds it
                    (build_context with the index section's settings: the predicted symbols and the first
                    file within index.predicted_share of the budget, then the guided search, then the other files)
-       guided      the same pack from a model-free stand-in's predictions: the 5 files of repo2model.baselines'
+       guided      the same pack from a model-free stand-in's predictions: the 5 files of repo2model.ranking.baselines'
                    similar_commits (BM25 of the task against earlier commit messages) with each file's 5 most
                    often changed symbols (kept for comparison: what the pack gets from weaker predictions)
        guided-files-first   the stand-in's predictions, every predicted file before the search
@@ -72,15 +72,15 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from repo2model.artifacts import iter_commits_with_chunks  # noqa: E402
-from repo2model.baselines import BaselineConfig, PastCommits  # noqa: E402
-from repo2model.examples import ExampleSet  # noqa: E402
-from repo2model.features import repository_of  # noqa: E402
-from repo2model.git import git  # noqa: E402
-from repo2model.paths import ArtifactPaths  # noqa: E402
-from repo2model.prediction import PredictionConfig  # noqa: E402
-from repo2model.ranking import FileRanking, Ranker  # noqa: E402
-from repo2model.retrieval import (  # noqa: E402
+from repo2model.core.artifacts import iter_commits_with_chunks  # noqa: E402
+from repo2model.ranking.baselines import BaselineConfig, PastCommits  # noqa: E402
+from repo2model.language.examples import ExampleSet  # noqa: E402
+from repo2model.ranking.features import repository_of  # noqa: E402
+from repo2model.git.commands import git  # noqa: E402
+from repo2model.core.paths import ArtifactPaths  # noqa: E402
+from repo2model.serving.predictor import PredictionConfig  # noqa: E402
+from repo2model.ranking.ranker import FileRanking, Ranker  # noqa: E402
+from repo2model.retrieval.unit_index import (  # noqa: E402
     ClientStore,
     EdgeStore,
     Embedder,
@@ -92,8 +92,8 @@ from repo2model.retrieval import (  # noqa: E402
     build_context,
     predicted_parts,
 )
-from repo2model.scraping import PathFilter, ScraperConfig  # noqa: E402
-from repo2model.search import code_words  # noqa: E402
+from repo2model.git.scraping import PathFilter, ScraperConfig  # noqa: E402
+from repo2model.retrieval.bm25 import code_words  # noqa: E402
 
 DEFAULT_REPOS = [ROOT.parent / "shared" / "data" / "repos" / f"{name}.bundle" for name in ("fd", "axum", "click")]
 BUDGETS = (2000, 4000)

@@ -19,7 +19,7 @@ Then, in this process:
    (only base_model pointed at the stand-in): NF4 with double quantisation (BitsAndBytesConfig),
    the embeddings resized for the new tokens, LoRA on all linear layers, trainable new-token rows,
    checkpointing, paged 8-bit AdamW, fp16 with dynamic loss scaling as on Turing even where bf16
-   exists, and the micro-batch / accumulation that vram_budget_gb picks from repo2model/memory.py.
+   exists, and the micro-batch / accumulation that vram_budget_gb picks from repo2model/training/memory.py.
    On a GPU newer than Turing, SDPA is kept off FlashAttention (Turing has none) so attention uses
    the memory-efficient kernel the 2060 would use.
 3. `train_model.train_step` (the stage's own optimizer step, not a copy) for --steps steps.
@@ -57,12 +57,12 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers  # noqa: E4
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast  # noqa: E402
 
-import train_model  # noqa: E402
-from repo2model.commit_language import BOS, EOS, PAD, CommitLanguage  # noqa: E402
-from repo2model.config import load_config, load_yaml  # noqa: E402
-from repo2model.examples import ExampleSet  # noqa: E402
-from repo2model.memory import GIB  # noqa: E402
-from repo2model.paths import ArtifactPaths  # noqa: E402
+from repo2model.stages import train_model  # noqa: E402
+from repo2model.language.commit_language import BOS, EOS, PAD, CommitLanguage  # noqa: E402
+from repo2model.core.config import load_config, load_yaml  # noqa: E402
+from repo2model.language.examples import ExampleSet  # noqa: E402
+from repo2model.training.memory import GIB  # noqa: E402
+from repo2model.core.paths import ArtifactPaths  # noqa: E402
 
 PROFILE = ROOT / "configs" / "rtx2060-llama2-7b-qlora.yaml"
 WORK = ROOT / "bench" / "_work" / "gpu_qlora"
@@ -327,7 +327,7 @@ def report(f: dict) -> None:
               f"{f['train_peak_reserved_gib']:.2f} GiB; device in use at most {f.get('device_used_peak_gib', 0):.2f} GiB")
         print(f"peak reserved {f['peak_reserved_gib']:.2f} GiB: {'within' if f['fits'] else 'OVER'} the "
               f"{TARGET_RESERVED_GIB} GiB target")
-        print(f"estimate (repo2model/memory.py) {f['estimate_gib']:.2f} GiB vs measured (peak reserved + outside the "
+        print(f"estimate (repo2model/training/memory.py) {f['estimate_gib']:.2f} GiB vs measured (peak reserved + outside the "
               f"allocator) {f['measured_gib']:.2f} GiB: ratio {f['estimate_ratio']:.3f} (target 0.9-1.1)")
     else:
         print(f"CPU: loading {f['load_s']:.1f} s, peak RSS {f['train_peak_rss_gib']:.2f} GiB; estimate for a GPU "

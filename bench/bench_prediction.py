@@ -43,19 +43,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 os.environ.setdefault("TQDM_DISABLE", "1")  # one table, not thousands of progress lines
 
-import evaluate  # noqa: E402
-import pipeline  # noqa: E402
-import serve  # noqa: E402
-import train_ranker  # noqa: E402
+from repo2model.stages import evaluate  # noqa: E402
+from repo2model.stages import pipeline  # noqa: E402
+from repo2model.stages import serve  # noqa: E402
+from repo2model.stages import train_ranker  # noqa: E402
 import yaml  # noqa: E402
-from repo2model.artifacts import iter_commits_with_chunks, read_json  # noqa: E402
-from repo2model.baselines import BASELINES  # noqa: E402
-from repo2model.config import PipelineConfig, load_config  # noqa: E402
-from repo2model.history import history_from_artifacts  # noqa: E402
-from repo2model.paths import ArtifactPaths  # noqa: E402
-from repo2model.prediction import PredictionConfig, Predictor  # noqa: E402
-from repo2model.ranking import EvaluationConfig, RankerConfig  # noqa: E402
-from repo2model.retrieval import IndexConfig  # noqa: E402
+from repo2model.core.artifacts import iter_commits_with_chunks, read_json  # noqa: E402
+from repo2model.ranking.baselines import BASELINES  # noqa: E402
+from repo2model.core.config import PipelineConfig, load_config  # noqa: E402
+from repo2model.serving.history import history_from_artifacts  # noqa: E402
+from repo2model.core.paths import ArtifactPaths  # noqa: E402
+from repo2model.serving.predictor import PredictionConfig, Predictor  # noqa: E402
+from repo2model.ranking.ranker import EvaluationConfig, RankerConfig  # noqa: E402
+from repo2model.retrieval.unit_index import IndexConfig  # noqa: E402
 
 STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder")
 PREDICTORS = ("ranker_lm", "ranker_dense", "ranker", "model", *BASELINES)

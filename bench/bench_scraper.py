@@ -198,7 +198,7 @@ if kind == "git":
         subprocess.run(["git", "-C", repo, "log", "--all", "-p", "--numstat"], stdout=null, check=True)
 else:
     sys.path.insert(0, sys.argv[4])
-    import git_scraper
+    from repo2model.stages import git_scraper
     args = ["--repo", repo, "--output", out] + (["--branches", kind] if kind != "all" else [])
     assert git_scraper.main(args) == 0
 seconds = time.perf_counter() - start

@@ -31,9 +31,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import helpers_predict as H
-    import serve
-    from repo2model.history import history_from_records
-    from repo2model.prediction import PredictionConfig, Predictor
+    from repo2model.stages import serve
+    from repo2model.serving.history import history_from_records
+    from repo2model.serving.predictor import PredictionConfig, Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer, lang, _, _ = H.trained_predictor_parts(Path(tmp))
@@ -85,7 +85,7 @@ def main() -> None:
 def bench_baselines(n: int) -> None:
     import random
 
-    import evaluate
+    from repo2model.stages import evaluate
     from test_evaluate import write_history
 
     rng = random.Random(0)

@@ -34,13 +34,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import dataset_builder  # noqa: E402
-import tokenizer as tokenizer_stage  # noqa: E402
-from repo2model.artifacts import CommitsWriter, write_jsonl  # noqa: E402
-from repo2model.commit_language import backend, iter_commit_records  # noqa: E402
-from repo2model.paths import ArtifactPaths  # noqa: E402
-from repo2model.records import Chunk, Commit, FileChange, Person  # noqa: E402
-from repo2model.tokenizer_folder import load_commit_tokenizer  # noqa: E402
+from repo2model.stages import dataset_builder  # noqa: E402
+from repo2model.stages import tokenizer as tokenizer_stage  # noqa: E402
+from repo2model.core.artifacts import CommitsWriter, write_jsonl  # noqa: E402
+from repo2model.language.commit_language import backend, iter_commit_records  # noqa: E402
+from repo2model.core.paths import ArtifactPaths  # noqa: E402
+from repo2model.core.records import Chunk, Commit, FileChange, Person  # noqa: E402
+from repo2model.language.tokenizer_folder import load_commit_tokenizer  # noqa: E402
 
 WORDS = ("market settle order book price amount account balance peer block hash state vote stake reward "
          "ledger shard epoch commit proof verify sign key fee pool swap oracle index cache queue").split()

@@ -30,10 +30,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
-import train_model  # noqa: E402
+from repo2model.stages import train_model  # noqa: E402
 from helpers_models import make_dataset, make_tokenizer  # noqa: E402
-from repo2model.examples import IGNORE_INDEX, ExampleSet  # noqa: E402
-from repo2model.paths import ArtifactPaths  # noqa: E402
+from repo2model.language.examples import IGNORE_INDEX, ExampleSet  # noqa: E402
+from repo2model.core.paths import ArtifactPaths  # noqa: E402
 
 WORK = ROOT / "bench" / "_work" / "train"
 MODEL = dict(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=344)

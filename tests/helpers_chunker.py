@@ -12,7 +12,7 @@ import collections
 import subprocess
 from pathlib import Path
 
-from repo2model.records import Chunk, Commit, FileChange, Person
+from repo2model.core.records import Chunk, Commit, FileChange, Person
 
 
 def _git(repo: Path, *args: str) -> str:

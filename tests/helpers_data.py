@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from repo2model.artifacts import CommitsWriter, write_jsonl
-from repo2model.records import Chunk, Commit, FileChange, Person
+from repo2model.core.artifacts import CommitsWriter, write_jsonl
+from repo2model.core.records import Chunk, Commit, FileChange, Person
 
 
 def sha(text: str) -> str:
@@ -194,9 +194,9 @@ def build_fixture_repo(repo) -> dict[str, str]:
 
 def scrape_and_chunk(repo_path: Path, out: Path):
     """Run the real git_scraper and semantic_chunker stages; returns the ArtifactPaths."""
-    import git_scraper
-    import semantic_chunker
-    from repo2model.paths import ArtifactPaths
+    from repo2model.stages import git_scraper
+    from repo2model.stages import semantic_chunker
+    from repo2model.core.paths import ArtifactPaths
 
     paths = ArtifactPaths.under(out)
     git_scraper.run(git_scraper.Config(repo=repo_path), paths)

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from helpers_data import scrape_and_chunk
-from repo2model.artifacts import iter_commits_with_chunks
-from repo2model.examples import ExampleSet
-from repo2model.paths import ArtifactPaths
+from repo2model.core.artifacts import iter_commits_with_chunks
+from repo2model.language.examples import ExampleSet
+from repo2model.core.paths import ArtifactPaths
 
 TOPICS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
           "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pipeline
+from repo2model.stages import pipeline
 from conftest import GitRepo
-from repo2model.examples import ExampleSet
+from repo2model.language.examples import ExampleSet
 
 ALICE = ("Alice Example", "alice@example.com")
 BOB = ("Bob Builder", "bob@example.com")

@@ -12,7 +12,7 @@ import tracemalloc
 import pytest
 import zstandard
 
-from repo2model.artifacts import (
+from repo2model.core.artifacts import (
     CommitsWriter,
     atomic_open,
     iter_commit_dicts,
@@ -25,7 +25,7 @@ from repo2model.artifacts import (
     write_json,
     write_jsonl,
 )
-from repo2model.errors import UserError
+from repo2model.core.errors import UserError
 
 from conftest import ROOT
 
@@ -77,7 +77,7 @@ def test_killed_writer_leaves_previous_file(tmp_path):
         f"""
         import os, sys, signal
         sys.path.insert(0, {str(ROOT)!r})
-        from repo2model.artifacts import atomic_open
+        from repo2model.core.artifacts import atomic_open
         with atomic_open({str(path)!r}) as fh:
             fh.write("partial")
             fh.flush()

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from helpers_data import chunk, commit, linear_history, tricky_commit, write_history
-from repo2model.commit_language import (
+from repo2model.language.commit_language import (
     BOS,
     COMMIT_END,
     CommitLanguage,
@@ -22,8 +22,8 @@ from repo2model.commit_language import (
 )
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from repo2model.errors import UserError
-from repo2model.records import ALL_CHANGE_TYPES
+from repo2model.core.errors import UserError
+from repo2model.core.records import ALL_CHANGE_TYPES
 
 
 def structure(chunks):

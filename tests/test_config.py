@@ -8,9 +8,9 @@ from typing import Literal
 
 import pytest
 
-from repo2model.cli import apply_overrides
-from repo2model.config import NONFINITE_OK, PipelineConfig, load_config
-from repo2model.errors import UserError, first_line
+from repo2model.core.cli import apply_overrides
+from repo2model.core.config import NONFINITE_OK, PipelineConfig, load_config
+from repo2model.core.errors import UserError, first_line
 
 
 @dataclasses.dataclass

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-import dataset_builder as stage
-import tokenizer as tokenizer_stage
+from repo2model.stages import dataset_builder as stage
+from repo2model.stages import tokenizer as tokenizer_stage
 from conftest import GitRepo
 from helpers_data import build_fixture_repo, commit, chunk, linear_history, scrape_and_chunk, write_history
-from repo2model.commit_language import CommitLanguage, decode_ids, encode_texts, iter_commit_records
-from repo2model.encoded_commits import EncodedCommits
-from repo2model.errors import UserError
-from repo2model.examples import IGNORE_INDEX, ExampleSet
-from repo2model.paths import ArtifactPaths
+from repo2model.language.commit_language import CommitLanguage, decode_ids, encode_texts, iter_commit_records
+from repo2model.language.encoded_commits import EncodedCommits
+from repo2model.core.errors import UserError
+from repo2model.language.examples import IGNORE_INDEX, ExampleSet
+from repo2model.core.paths import ArtifactPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = dict(context_window=256, target_window=96, history_commits=3, val_ratio=0.2, test_ratio=0.2)

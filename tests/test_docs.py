@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import pipeline
+from repo2model.stages import pipeline
 from conftest import ROOT
-from repo2model.config import KNOWN_SECTIONS, build_section, load_config
+from repo2model.core.config import KNOWN_SECTIONS, build_section, load_config
 
 OVERRIDE_MARK = "built-in default"
 

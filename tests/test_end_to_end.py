@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from pipeline import STAGE_NAMES
+from repo2model.stages.pipeline import STAGE_NAMES
 
 
 @pytest.mark.slow

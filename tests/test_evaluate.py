@@ -7,17 +7,17 @@ import math
 
 import pytest
 
-import dataset_builder
-import evaluate
-import predict
-import tokenizer
-import train_model
-import train_ranker
-from repo2model.artifacts import CommitsWriter, iter_commits_with_chunks, write_jsonl
-from repo2model.baselines import BaselineConfig, PastCommits
-from repo2model.features import walk_targets
-from repo2model.paths import ArtifactPaths
-from repo2model.prediction import CandidatePool, PredictionConfig
+from repo2model.stages import dataset_builder
+from repo2model.stages import evaluate
+from repo2model.stages import predict
+from repo2model.stages import tokenizer
+from repo2model.stages import train_model
+from repo2model.stages import train_ranker
+from repo2model.core.artifacts import CommitsWriter, iter_commits_with_chunks, write_jsonl
+from repo2model.ranking.baselines import BaselineConfig, PastCommits
+from repo2model.ranking.features import walk_targets
+from repo2model.core.paths import ArtifactPaths
+from repo2model.serving.predictor import CandidatePool, PredictionConfig
 
 # A history where every baseline's answer can be worked out by hand.
 #   pos  commit  files (chunk: change type, symbol, module)

@@ -1,4 +1,4 @@
-"""repo2model/features.py: a target's features come only from the commits before it; candidates."""
+"""repo2model/ranking/features.py: a target's features come only from the commits before it; candidates."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from helpers_data import scrape_and_chunk
-from repo2model.baselines import BaselineConfig
-from repo2model.features import DENSE_FEATURES, FEATURES, FeatureConfig, candidate_rows, repository_of, walk_targets
-from repo2model.ranking import scorer_of
-from repo2model.retrieval import Embedder, FileEmbeddings, IndexConfig
+from repo2model.ranking.baselines import BaselineConfig
+from repo2model.ranking.features import DENSE_FEATURES, FEATURES, FeatureConfig, candidate_rows, repository_of, walk_targets
+from repo2model.ranking.ranker import scorer_of
+from repo2model.retrieval.unit_index import Embedder, FileEmbeddings, IndexConfig
 
 TARGET = "Teach the parser to skip comments"
 HISTORY = [

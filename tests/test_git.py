@@ -1,4 +1,4 @@
-"""repo2model.git against real repositories: the one way to run git."""
+"""repo2model.git.commands against real repositories: the one way to run git."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import zlib
 import pytest
 
 from conftest import ROOT
-from repo2model.errors import UserError
-from repo2model.git import (
+from repo2model.core.errors import UserError
+from repo2model.git.commands import (
     CatFile, GitError, git, git_bytes, git_environment, git_popen, is_partial_clone, ls_tree, open_repository,
 )
 
@@ -157,7 +157,7 @@ def test_a_partial_clone_is_read_as_it_is_never_fetched_from(make_repo, tmp_path
 READ_MISSING = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from repo2model.git import CatFile, ls_tree
+from repo2model.git.commands import CatFile, ls_tree
 started = time.monotonic()
 with CatFile(sys.argv[2]) as objects:
     assert objects.read(sys.argv[3]) is None and objects.unreadable == 0

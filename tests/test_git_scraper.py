@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import git_scraper
-from git_scraper import Config
-from repo2model import scraping
-from repo2model.artifacts import iter_commits, read_commits_metadata
-from repo2model.paths import ArtifactPaths
+from repo2model.stages import git_scraper
+from repo2model.stages.git_scraper import Config
+from repo2model.git import scraping
+from repo2model.core.artifacts import iter_commits, read_commits_metadata
+from repo2model.core.paths import ArtifactPaths
 from tests.conftest import ROOT, GitRepo
 
 BOB = ("Bob Builder", "bob@example.com")
@@ -562,7 +562,7 @@ def test_killed_write_leaves_old_file_intact(make_repo, tmp_path, monkeypatch):
     before = paths.commits.read_bytes()
     # a real SIGKILL in the middle of the scrape, after some commits were written to the spool
     script = (
-        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import git_scraper; from repo2model import scraping\n"
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import git_scraper; from repo2model.git import scraping\n"
         "add = scraping.Totals.add\n"
         "def dying(self, record):\n"
         "    add(self, record)\n"

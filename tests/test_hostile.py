@@ -23,18 +23,18 @@ from pathlib import Path
 
 import pytest
 
-import pipeline
-import serve
-import train_ranker
-from evaluate import plan_targets
+from repo2model.stages import pipeline
+from repo2model.stages import serve
+from repo2model.stages import train_ranker
+from repo2model.stages.evaluate import plan_targets
 from helpers_update import CONFIG
-from repo2model.artifacts import iter_jsonl
-from repo2model.config import load_config
-from repo2model.history import load_history_sections
-from repo2model.paths import ArtifactPaths
-from repo2model.prediction import Predictor, load_prediction_config
-from repo2model.ranking import EvaluationConfig, RankerConfig
-from repo2model.retrieval import IndexConfig, Retriever, UnitIndex, load_index_config
+from repo2model.core.artifacts import iter_jsonl
+from repo2model.core.config import load_config
+from repo2model.serving.history import load_history_sections
+from repo2model.core.paths import ArtifactPaths
+from repo2model.serving.predictor import Predictor, load_prediction_config
+from repo2model.ranking.ranker import EvaluationConfig, RankerConfig
+from repo2model.retrieval.unit_index import IndexConfig, Retriever, UnitIndex, load_index_config
 from tests.hostile_repo import CRATE_LIB, LATIN1_NAME, LOST, ODD_PATHS, Hostile, build_hostile, git, local_work, \
     missing_blobs
 

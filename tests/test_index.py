@@ -6,13 +6,13 @@ import json
 import subprocess
 import sys
 
-import index
-import pipeline
+from repo2model.stages import index
+from repo2model.stages import pipeline
 from conftest import ROOT
-from repo2model.artifacts import CommitsWriter
-from repo2model.paths import ArtifactPaths
-from repo2model.retrieval import IndexConfig, UnitIndex
-from repo2model.scraping import ScraperConfig
+from repo2model.core.artifacts import CommitsWriter
+from repo2model.core.paths import ArtifactPaths
+from repo2model.retrieval.unit_index import IndexConfig, UnitIndex
+from repo2model.git.scraping import ScraperConfig
 
 
 def run_script(*args, cwd=None):

@@ -9,9 +9,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import train_model
-from repo2model.errors import UserError
-from repo2model.memory import (
+from repo2model.stages import train_model
+from repo2model.core.errors import UserError
+from repo2model.training.memory import (
     GIB,
     PRESETS,
     ModelShape,

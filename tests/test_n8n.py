@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import helpers_predict as H
-import serve
-from repo2model.prediction import OPTION_KEYS, PredictionConfig, Predictor
-from repo2model.retrieval import IndexConfig, Retriever, UnitIndex
+from repo2model.stages import serve
+from repo2model.serving.predictor import OPTION_KEYS, PredictionConfig, Predictor
+from repo2model.retrieval.unit_index import IndexConfig, Retriever, UnitIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "integrations" / "n8n" / "workflow.json"

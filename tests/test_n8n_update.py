@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-import serve
+from repo2model.stages import serve
 from conftest import ROOT
 from helpers_update import add_commits, build_base
 from test_n8n import n8n_versions, run_in_n8n, uses_the_token_credential

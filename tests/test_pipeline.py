@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pipeline
+from repo2model.stages import pipeline
 from conftest import ROOT
 
 
@@ -127,7 +127,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, make_repo, capsys):
 
 def test_default_config_is_valid():
     """config.yaml as shipped loads against every stage's and tool's Config."""
-    from repo2model.config import load_config
+    from repo2model.core.config import load_config
 
     stages = [pipeline.Stage(name, pipeline.import_stage(module)) for name, module in pipeline.STAGES]
     loaded = load_config(ROOT / "config.yaml", pipeline.section_classes(stages), strict_sections=True)

@@ -12,12 +12,12 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 import helpers_predict as H
-import predict
-from repo2model import history as history_lib
-from repo2model import prediction
-from repo2model.artifacts import CommitsWriter, write_jsonl
-from repo2model.commit_language import CommitLanguage, encode_texts
-from repo2model.models import INFO_FILE, merge_adapter, trained_length
+from repo2model.stages import predict
+from repo2model.serving import history as history_lib
+from repo2model.serving import predictor as prediction
+from repo2model.core.artifacts import CommitsWriter, write_jsonl
+from repo2model.language.commit_language import CommitLanguage, encode_texts
+from repo2model.training.models import INFO_FILE, merge_adapter, trained_length
 
 
 @pytest.fixture(scope="module")

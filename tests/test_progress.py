@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from repo2model.progress import PlainProgress, progress
+from repo2model.core.progress import PlainProgress, progress
 from tests.conftest import ROOT
 
 

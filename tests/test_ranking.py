@@ -1,4 +1,4 @@
-"""train_ranker.py and repo2model/ranking.py: the ranker learns whichever signal a history rewards, is
+"""train_ranker.py and repo2model/ranking/ranker.py: the ranker learns whichever signal a history rewards, is
 deterministic, loads offline; the change-type classifier and symbol ranking; metrics."""
 
 from __future__ import annotations
@@ -13,24 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import evaluate
+from repo2model.stages import evaluate
 import helpers_predict as H
-import predict
-import serve
-import train_ranker
+from repo2model.stages import predict
+from repo2model.stages import serve
+from repo2model.stages import train_ranker
 from conftest import GitRepo
 from helpers_ranking import artifacts, cochange_history, semantic_history, text_history
-from repo2model.baselines import BaselineConfig, PastCommits
-from repo2model.commit_language import CommitLanguage
-from repo2model.errors import UserError
-from repo2model.features import DENSE_FEATURES, FEATURES, candidate_rows, repository_of, walk_targets
-from repo2model.history import history_from_artifacts
-from repo2model.prediction import PredictionConfig, Predictor
-from repo2model.ranking import (
+from repo2model.ranking.baselines import BaselineConfig, PastCommits
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.core.errors import UserError
+from repo2model.ranking.features import DENSE_FEATURES, FEATURES, candidate_rows, repository_of, walk_targets
+from repo2model.serving.history import history_from_artifacts
+from repo2model.serving.predictor import PredictionConfig, Predictor
+from repo2model.ranking.ranker import (
     FileRanking, Prediction, Ranker, RankerConfig, SymbolCandidate, Truth, aggregate, by_size, file_embeddings,
     rank_symbols, score, units_at_parent,
 )
-from repo2model.search import CodeIndex
+from repo2model.retrieval.bm25 import CodeIndex
 
 FAST = dict(num_trees=200, early_stopping_rounds=20)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from repo2model.redact import Redactor, entropy
+from repo2model.git.redact import Redactor, entropy
 
 R = Redactor()
 

@@ -1,4 +1,4 @@
-"""repo2model.retrieval: units of a tree, the index (Qdrant Edge and qdrant-client's code path), incremental
+"""repo2model.retrieval.unit_index: units of a tree, the index (Qdrant Edge and qdrant-client's code path), incremental
 updates, hybrid search, the context pack and the prompt. Real git repositories, real tree-sitter, the real
 all-MiniLM-L6-v2 and real Qdrant (in-process)."""
 
@@ -12,10 +12,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from repo2model.code_units import ModuleLookup
-from repo2model.errors import UserError
-from repo2model.redact import Redactor
-from repo2model.retrieval import (
+from repo2model.code.units import ModuleLookup
+from repo2model.core.errors import UserError
+from repo2model.git.redact import Redactor
+from repo2model.retrieval.unit_index import (
     ClientStore,
     Embedder,
     IndexConfig,
@@ -31,7 +31,7 @@ from repo2model.retrieval import (
     unit_words,
     units_of_file,
 )
-from repo2model.search import BM25Index, code_words
+from repo2model.retrieval.bm25 import BM25Index, code_words
 
 LIB_RS = textwrap.dedent("""\
     //! The market.
@@ -210,7 +210,7 @@ def test_build_search_and_bm25_scores_equal_repo2model_search(tmp_path, make_rep
     assert info["commit"] == repo.head() and info["units"] == summary.units and info["kinds"]["method"] == 4
     with index:
         points = index.store.payloads()
-        # BM25 through Qdrant's IDF modifier = repo2model.search's Lucene BM25 over the same words.
+        # BM25 through Qdrant's IDF modifier = repo2model.retrieval.bm25's Lucene BM25 over the same words.
         reference = BM25Index()
         for point_id, payload in points.items():
             reference.add(point_id, unit_words(IndexUnit.from_payload(payload)))
@@ -429,8 +429,8 @@ def test_predictions_carry_context_and_prompt(tmp_path, make_repo, embedder):
     repository, within the per-request `context_tokens`; serve's `test_failures` field goes into the prompt."""
     import helpers_predict as H
 
-    import serve
-    from repo2model.prediction import PredictionConfig, Predictor
+    from repo2model.stages import serve
+    from repo2model.serving.predictor import PredictionConfig, Predictor
 
     repo = make_repo("project")
     repo.commit("add parser", {"pkg/parse.py": "def parse(s):\n    return s\n"})
@@ -454,8 +454,8 @@ def test_predictions_carry_context_and_prompt(tmp_path, make_repo, embedder):
 
 
 def test_file_embeddings_for_a_ranker_follow_the_tree_and_cache_by_blob(tmp_path, make_repo, embedder):
-    from repo2model.retrieval import FileEmbeddings
-    from repo2model.search import CodeIndex
+    from repo2model.retrieval.unit_index import FileEmbeddings
+    from repo2model.retrieval.bm25 import CodeIndex
 
     repo = make_project(make_repo)
     old = repo.head()

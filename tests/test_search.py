@@ -1,4 +1,4 @@
-"""repo2model/search.py: the code-aware word split, BM25Index against bm25s, the CodeIndex on a real repository."""
+"""repo2model/retrieval/bm25.py: the code-aware word split, BM25Index against bm25s, the CodeIndex on a real repository."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import Counter
 import bm25s
 import pytest
 
-from repo2model.errors import UserError
-from repo2model.search import BM25Index, CodeIndex, bm25_scores, code_words, path_words, word_counts
+from repo2model.core.errors import UserError
+from repo2model.retrieval.bm25 import BM25Index, CodeIndex, bm25_scores, code_words, path_words, word_counts
 
 
 def test_code_words_split_identifiers_paths_and_paths_of_modules():

@@ -18,16 +18,17 @@ from pathlib import Path
 
 import pytest
 
-import git_scraper
-import semantic_chunker as sc
+from repo2model.stages import git_scraper
+from repo2model.stages import semantic_chunker as sc
 from helpers_chunker import commit_record, coverage_problems, history, summary
-from repo2model import chunking, code_units
-from repo2model.artifacts import CommitsWriter, iter_commits, iter_jsonl, open_text
-from repo2model.config import load_config
-from repo2model.errors import UserError
-from repo2model.git import CatFile
-from repo2model.paths import ArtifactPaths
-from repo2model.records import KINDS, Chunk
+from repo2model.code import chunking
+from repo2model.code import units as code_units
+from repo2model.core.artifacts import CommitsWriter, iter_commits, iter_jsonl, open_text
+from repo2model.core.config import load_config
+from repo2model.core.errors import UserError
+from repo2model.git.commands import CatFile
+from repo2model.core.paths import ArtifactPaths
+from repo2model.core.records import KINDS, Chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 

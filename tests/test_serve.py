@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 import helpers_predict as H
-import serve
-from repo2model.artifacts import atomic_path
-from repo2model.errors import UserError
-from repo2model.models import INFO_FILE
-from repo2model.prediction import PredictionConfig, Predictor
+from tests.conftest import ROOT
+from repo2model.stages import serve
+from repo2model.core.artifacts import atomic_path
+from repo2model.core.errors import UserError
+from repo2model.training.models import INFO_FILE
+from repo2model.serving.predictor import PredictionConfig, Predictor
 
 TOKEN = "s3cret-token"
 
@@ -178,7 +179,7 @@ def test_cli_serves_reloads_on_sighup_and_stops_on_sigterm(learned, folders, tmp
     shutil.copytree(folders["old"], folder)
     config = tmp_path / "config.yaml"
     config.write_text("serve:\n  reload_poll_s: 0\n")  # no polling: only SIGHUP reloads
-    root = Path(serve.__file__).resolve().parent
+    root = ROOT
     env = {**os.environ, "REPO2MODEL_SERVE_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, str(root / "serve.py"), "--config", str(config), "--model", str(folder),
                              "--port", "0", "--max-new-tokens", "120", "--output-dir", str(tmp_path / "out")],
@@ -236,7 +237,7 @@ def test_cli_serves_reloads_on_sighup_and_stops_on_sigterm(learned, folders, tmp
 def test_beyond_loopback_it_refuses_to_start_without_a_token_and_serves_with_one(folders, tmp_path):
     assert all(serve.is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
     assert not any(serve.is_loopback(h) for h in ("0.0.0.0", "::", "", "172.17.0.1", "host.docker.internal"))
-    root = Path(serve.__file__).resolve().parent
+    root = ROOT
     command = [sys.executable, str(root / "serve.py"), "--model", str(folders["old"]), "--host", "0.0.0.0",
                "--port", "0", "--output-dir", str(tmp_path / "out")]
     env = {k: v for k, v in os.environ.items() if k != "REPO2MODEL_SERVE_TOKEN"}
@@ -441,7 +442,7 @@ def test_update_endpoint_is_off_by_default_needs_the_token_and_runs_one_pipeline
         assert call(server, "GET", "/update", headers=auth)[1]["state"] == "never run"
         status, body, _ = call(server, "POST", "/update", headers=auth)
         assert status == 202 and body["state"] == "running" and body["pid"] > 0
-        assert body["command"][1:] == [str(Path(serve.__file__).with_name("pipeline.py")), "--config", str(config),
+        assert body["command"][1:] == ["-m", "repo2model.stages.pipeline", "--config", str(config),
                                        "--update"]
         status, busy, _ = call(server, "POST", "/update", headers=auth)
         assert status == 409 and str(body["pid"]) in busy["error"]

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import tokenizer as stage
+from repo2model.stages import tokenizer as stage
 from conftest import GitRepo
 from helpers_data import build_fixture_repo, chunk, linear_history, scrape_and_chunk, tricky_commit, write_history
-from repo2model.commit_language import CommitLanguage, decode_ids, encode_texts, group_by_file, iter_commit_records
-from repo2model.config import build_section
-from repo2model.encoded_commits import EncodedCommits
-from repo2model.errors import UserError
-from repo2model.paths import ArtifactPaths
-from repo2model.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
+from repo2model.language.commit_language import CommitLanguage, decode_ids, encode_texts, group_by_file, iter_commit_records
+from repo2model.core.config import build_section
+from repo2model.language.encoded_commits import EncodedCommits
+from repo2model.core.errors import UserError
+from repo2model.core.paths import ArtifactPaths
+from repo2model.language.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 

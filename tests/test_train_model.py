@@ -22,12 +22,12 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-import train_model
-from repo2model.errors import UserError
-from repo2model.examples import IGNORE_INDEX, ExampleSet
-from repo2model.models import load_base_for_adapter, load_trained_model
-from repo2model.paths import ArtifactPaths
-from repo2model.tokenizer_folder import tokenizer_digest
+from repo2model.stages import train_model
+from repo2model.core.errors import UserError
+from repo2model.language.examples import IGNORE_INDEX, ExampleSet
+from repo2model.training.models import load_base_for_adapter, load_trained_model
+from repo2model.core.paths import ArtifactPaths
+from repo2model.language.tokenizer_folder import tokenizer_digest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers_models import (  # noqa: E402

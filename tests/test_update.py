@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-import pipeline
+from repo2model.stages import pipeline
 from conftest import ROOT
 from helpers_update import ALICE, CAROL, CONFIG, Project, add_commits, build_base
-from repo2model.artifacts import iter_commit_dicts
-from repo2model.models import load_trained_model
-from repo2model.paths import ArtifactPaths
-from repo2model.update import Generations, Journal, exchange, identity
+from repo2model.core.artifacts import iter_commit_dicts
+from repo2model.training.models import load_trained_model
+from repo2model.core.paths import ArtifactPaths
+from repo2model.stages.generations import Generations, Journal, exchange, identity
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Answering: recent history, the typed Prediction, the Predictor, the HTTP service."""

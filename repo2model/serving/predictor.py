@@ -1,0 +1,633 @@
+"""The prediction library: given recent history and a task, which files change, how, and the code's shape.
+
+Reads
+    model/          the trained model folder (scratch, LoRA/QLoRA adapter over its base, merged), loaded once
+                    with repo2model.training.models.load_trained_model
+    tokenizer/      the commit language (`commit_language.json`), from the model folder or <output_dir>/tokenizer
+    the history     (Commit, [Chunk]) pairs, oldest first (repo2model.serving.history makes them from a repository, from
+                    commits.json + chunks.jsonl, or from a caller's records)
+Writes nothing: `Predictor.predict` returns the prediction JSON (a dict) that predict.py prints and serve.py
+answers: files ranked across candidates with scores, change types and symbols per file, modules, symbols, a
+code sketch, and every candidate's raw text with its parse problems; `missing_objects` counts what objects the
+repository lacks (partial clone, pruned mirror) took away: file changes of the history without a patch, files of
+the ranker's code search and predicted files of the context without content.
+
+The prompt is the one the dataset builder makes (`CommitLanguage.build_prompt`): the compact rendering of
+the recent commits, then the task as the new commit's message; the model generates the commit's full
+rendering, which `CommitLanguage.parse_commit` turns back into structure. A malformed generation is
+reported (`malformed`, `problems`), never fatal.
+
+File ranking (`file_ranking`):
+    generation  each generated candidate gets the weight exp(mean log-probability of its tokens); a file's
+                `score` is the weight share of the candidates that name it (1.0: every candidate); ties keep
+                the order of first appearance.
+    likelihood  the model scores candidate files instead of writing them: for each file of the known
+                history (CandidatePool: at most `rank_candidates`, alternately the most recently and the most
+                frequently changed), the log-probability that the target starts with that file, i.e. of
+                `<FILE>` + path + the token that ends the path in training (`<MODULE:x>`, `<MODULE>`, or the
+                newline of a file without module), after the prompt. The prompt runs once; its KV cache is
+                expanded over batches of `rank_batch_size` files. Files are sorted by that log-probability
+                (`rank_score: sum`) or by it per token (`mean`); each gets `logprob` (the sum, nats) and
+                `logprob_tokens`. Nothing is generated: no candidates, change types, symbols or code sketch.
+    both        (default) both are run: every scored file by likelihood first, then the files that only
+                generation names (not among the scored ones, e.g. a new file), by their generation score.
+                A scored file keeps generation's score/votes/change types/symbols when generation named it
+                (else 0 / none); modules follow the merged order; symbols and the code sketch are generation's.
+
+The `prediction` config section (PredictionConfig) is documented key by key in config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import DynamicCache
+
+from repo2model.core.artifacts import iter_commits, iter_jsonl, require
+from repo2model.core.cli import apply_overrides
+from repo2model.language.commit_language import COMMIT_END, FILE, CommitLanguage, decode_ids, encode_texts, escape_line
+from repo2model.core.config import load_config
+from repo2model.core.errors import UserError
+from repo2model.serving.history import unavailable_files
+from repo2model.training.models import language_dir, load_trained_model, read_training_info, trained_length
+from repo2model.core.paths import ArtifactPaths
+from repo2model.ranking.ranker import FileRanking
+from repo2model.core.records import Chunk, Commit
+from repo2model.retrieval.unit_index import Retriever
+
+SECTION = "prediction"
+log = logging.getLogger("predict")
+
+MAX_TASK_CHARS = 4000  # a task is a commit message, not a document
+
+
+@dataclass
+class PredictionConfig:
+    """The `prediction` section: the model folder, the history in the prompt, decoding and file ranking."""
+
+    model_dir: Path | None = None
+    history_commits: int = 8
+    decoding: Literal["greedy", "sample", "beam"] = "greedy"
+    num_candidates: int = 4
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    context_window: int | None = None
+    max_files: int = 20
+    device: str = "cpu"
+    num_threads: int | None = None
+    file_ranking: Literal["likelihood", "generation", "both"] = "both"
+    rank_candidates: int = 200
+    rank_score: Literal["sum", "mean"] = "sum"
+    rank_batch_size: int = 32
+    context_tokens: int = 2000  # the code context's budget (repo2model.retrieval.unit_index); 0 = none
+
+    def __post_init__(self):
+        if self.file_ranking not in ("likelihood", "generation", "both"):
+            raise ValueError("file_ranking: must be likelihood, generation or both")
+        if self.rank_candidates < 1:
+            raise ValueError("rank_candidates: must be >= 1")
+        if self.rank_score not in ("sum", "mean"):
+            raise ValueError("rank_score: must be sum or mean")
+        if self.rank_batch_size < 1:
+            raise ValueError("rank_batch_size: must be >= 1")
+        if self.history_commits < 0:
+            raise ValueError("history_commits: must be >= 0")
+        if not 1 <= self.num_candidates <= 64:
+            raise ValueError("num_candidates: must be between 1 and 64")
+        if not 1 <= self.max_new_tokens <= 8192:
+            raise ValueError("max_new_tokens: must be between 1 and 8192")
+        if not 0.0 < self.temperature <= 10.0:
+            raise ValueError("temperature: must be in (0, 10]")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p: must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k: must be >= 0 (0 = off)")
+        if self.context_window is not None and self.context_window < 16:
+            raise ValueError("context_window: must be >= 16 tokens")
+        if self.max_files < 1:
+            raise ValueError("max_files: must be >= 1")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError("num_threads: must be >= 1 (or null)")
+        if not 0 <= self.context_tokens <= 200_000:
+            raise ValueError("context_tokens: must be between 0 and 200000")
+
+    @property
+    def candidates(self) -> int:
+        return 1 if self.decoding == "greedy" else self.num_candidates
+
+
+# Settings a caller may change per request (the service's `options`).
+OPTION_KEYS = ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
+               "max_files", "file_ranking", "context_tokens")
+
+
+def with_options(cfg: PredictionConfig, options: dict | None) -> PredictionConfig:
+    """`cfg` with per-request `options`; a ValueError names the bad option."""
+    if not options:
+        return cfg
+    if not isinstance(options, dict):
+        raise ValueError("options: must be an object")
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"options.{unknown[0]}: unknown option (allowed: {', '.join(OPTION_KEYS)})")
+    types = {f.name: f.type for f in dataclasses.fields(PredictionConfig)}
+    for key, value in options.items():
+        expected = types[key]
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        }.get(expected, isinstance(value, str))
+        if not ok:
+            raise ValueError(f"options.{key}: expected {expected if expected in ('int', 'float') else 'a string'}")
+    if "decoding" in options and options["decoding"] not in ("greedy", "sample", "beam"):
+        raise ValueError("options.decoding: must be greedy, sample or beam")
+    if "file_ranking" in options and options["file_ranking"] not in ("likelihood", "generation", "both"):
+        raise ValueError("options.file_ranking: must be likelihood, generation or both")
+    try:
+        return dataclasses.replace(cfg, **options)
+    except ValueError as exc:
+        raise ValueError(f"options.{exc}") from None
+
+
+class CandidatePool:
+    """The files of a known history (oldest commit first), for the likelihood ranking.
+
+    `top(limit)` takes alternately the most recently changed file (the latest commit's files first) and the
+    most frequently changed one (ties: the more recent, then the path) not taken yet, until `limit` files:
+    the candidates the model scores. Each file keeps the module its chunks last had (its `<MODULE…>`).
+    """
+
+    def __init__(self):
+        self.count: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self.module: dict[str, str | None] = {}
+        self.position = 0
+
+    def add_commit(self, files: list[tuple[str, str | None]]) -> None:
+        """One commit's (path, module) pairs, e.g. from its chunks; a path counts once per commit."""
+        for path, module in files:
+            if path not in self.last or self.last[path] != self.position:
+                self.count[path] = self.count.get(path, 0) + 1
+            self.last[path] = self.position
+            if module or path not in self.module:
+                self.module[path] = module or self.module.get(path)
+        self.position += 1
+
+    def add_chunks(self, chunks: list) -> None:
+        """One commit's chunks (`Chunk` objects or their dicts), files in the chunks' order."""
+        pairs = [(c["file"], c.get("module")) if isinstance(c, dict) else (c.file, c.module) for c in chunks]
+        self.add_commit(pairs)
+
+    def top(self, limit: int) -> list[tuple[str, str | None]]:
+        recent = heapq.nsmallest(limit, self.last, key=lambda p: (-self.last[p], p))
+        frequent = heapq.nsmallest(limit, self.count, key=lambda p: (-self.count[p], -self.last[p], p))
+        chosen: dict[str, None] = {}
+        for pair in zip(recent, frequent):
+            for path in pair:
+                if len(chosen) < limit:
+                    chosen.setdefault(path, None)
+        return [(path, self.module.get(path)) for path in chosen]
+
+
+def pool_from_history(history: list[tuple[Commit, list[Chunk]]], pool: CandidatePool | None = None) -> CandidatePool:
+    """The pool of `history`'s files (added to `pool` when given)."""
+    pool = pool or CandidatePool()
+    for _, chunks in history:
+        pool.add_chunks(chunks)
+    return pool
+
+
+def pool_from_artifacts(commits_path: Path, chunks_path: Path) -> CandidatePool:
+    """Every commit of commits.json (the files its chunks render; without chunks.jsonl: its changed files)."""
+    pool = CandidatePool()
+    if Path(chunks_path).exists():
+        current, group = None, []
+        for record in iter_jsonl(chunks_path, "semantic_chunker"):
+            if record["commit"] != current and group:
+                pool.add_chunks(group)
+                group = []
+            current = record["commit"]
+            group.append(record)
+        if group:
+            pool.add_chunks(group)
+    else:
+        for commit in iter_commits(commits_path):
+            pool.add_commit([(f.path, None) for f in commit.files])
+    return pool
+
+
+# ---------------------------------------------------------------- the predictor
+
+
+class Predictor:
+    """A model loaded once; `predict` turns (history, task) into the prediction JSON."""
+
+    def __init__(self, model, tokenizer, language, cfg: PredictionConfig, model_dir: Path | None = None,
+                 trained_length: int | None = None):
+        self.model, self.tokenizer, self.language, self.cfg = model, tokenizer, language, cfg
+        self.model_dir = model_dir
+        self.device = next(model.parameters()).device
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        # The sequence length training used: prompts beyond it reach positions the model never saw.
+        self.trained_length = min(trained_length or self.max_positions, self.max_positions)
+        # What the model learned up to (train_model's training_info.json; absent in older folders).
+        self.training = read_training_info(model_dir) if model_dir is not None else {}
+        self.ranker: FileRanking | None = None  # the learned file ranker (train_ranker), when there is one
+        self.retriever: Retriever | None = None  # adds the code context and the prompt (index.py's index)
+
+    @classmethod
+    def load(cls, model_dir: Path, cfg: PredictionConfig, device: str | None = None,
+             paths: ArtifactPaths | None = None, ranker: bool = True,
+             retriever: Retriever | None = None) -> "Predictor":
+        model_dir = require(Path(model_dir), "train_model")
+        device = device or cfg.device
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise UserError(f"device {device}: no CUDA GPU is available here; use --device cpu")
+        started = time.monotonic()
+        model, tokenizer = load_trained_model(model_dir, device=device)
+        language = CommitLanguage.load(language_dir(model_dir, paths))
+        log.info("loaded %s on %s in %.1fs", model_dir, device, time.monotonic() - started)
+        predictor = cls(model, tokenizer, language, cfg, model_dir, trained_length(model_dir))
+        # <output_dir>/ranker (or beside the model) ranks the files; without one (an older folder) the model does.
+        predictor.ranker = FileRanking.find(model_dir, paths) if ranker else None
+        predictor.retriever = retriever
+        return predictor
+
+    def info(self) -> dict:
+        return {
+            "model": str(self.model_dir) if self.model_dir else None,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device),
+            "max_positions": self.max_positions,
+            "trained_length": self.trained_length,
+            "vocab_size": len(self.tokenizer),
+            "defaults": {k: getattr(self.cfg, k) for k in OPTION_KEYS},
+            **{key: self.training.get(key) for key in ("last_commit", "last_commit_time", "trained_at")},
+            # Which helpers answer beside the model: without them files are ranked by the model alone and
+            # there is no code context (an older model folder, or train_ranker / index not run).
+            "ranker": None if self.ranker is None else {
+                "folder": str(self.ranker.ranker.folder) if self.ranker.ranker.folder else None,
+                "language_model_features": self.ranker.ranker.booster_lm is not None,
+                "last_commit": self.ranker.last_commit,
+            },
+            "index": None if self.retriever is None else str(self.retriever.folder),
+        }
+
+    def context_window(self, cfg: PredictionConfig) -> int:
+        """The prompt's token budget: as set, else the trained sequence length less the generated tokens."""
+        budget = cfg.context_window or (self.trained_length - cfg.max_new_tokens)
+        if budget < 16:
+            raise ValueError(f"max_new_tokens: {cfg.max_new_tokens} leaves no room for a prompt in the "
+                             f"{self.trained_length} positions the model was trained on (lower it or set context_window)")
+        return budget
+
+    def predict(self, history: list[tuple[Commit, list[Chunk]]], task: str, options: dict | None = None,
+                seed: int = 42, pool: CandidatePool | None = None, repo: Path | None = None,
+                test_failures: str | None = None) -> dict:
+        """Prediction JSON for `task` after `history` (oldest first). ValueError for bad options or task.
+
+        `pool`: the files of the known history the likelihood ranking scores (default: those of `history`).
+        With a retriever: `context` (the predicted files' and symbols' current code, then what the index finds,
+        within `context_tokens`) and `prompt` (the step-4 text, with `test_failures`) for the repository `repo`.
+        """
+        cfg = with_options(self.cfg, options)
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError("task: must be a non-empty string")
+        if len(task) > MAX_TASK_CHARS:
+            raise ValueError(f"task: longer than {MAX_TASK_CHARS} characters")
+        history = history[-cfg.history_commits:] if cfg.history_commits else []
+        prompt = self.language.build_prompt(history, task, self.tokenizer, self.context_window(cfg))
+        pool = pool if pool is not None else pool_from_history(history)
+        output = self.predict_ids(prompt, seed=seed, cfg=cfg, candidates=pool.top(cfg.rank_candidates))
+        if self.ranker is not None:  # its files first; the model keeps change types, symbols, sketch, new files
+            output = self.ranker.merge(output, history, task, cfg.max_files,
+                                       score=lambda candidates: self.score_files(prompt, candidates, cfg))
+        else:
+            output["ranking"] = cfg.file_ranking
+        result = {
+            "task": task,
+            "history": [{"hash": c.hash, "message": c.message.splitlines()[0] if c.message else ""}
+                        for c, _ in history],
+            **output,
+        }
+        if self.retriever is not None:
+            result.update(self.retriever.answer(task, result, repo, cfg.context_tokens, test_failures))
+        code = self.ranker.code if self.ranker is not None else None
+        result["missing_objects"] = {
+            "history_files": unavailable_files(history),
+            "code_search_files": len(code.missing_files()) if code is not None else 0,
+            "context_files": (result.get("context_source") or {}).get("missing_objects", 0),
+        }
+        return result
+
+    def predict_ids(self, prompt_ids: list[int], seed: int = 42, cfg: PredictionConfig | None = None,
+                    candidates: list[tuple[str, str | None]] | None = None) -> dict:
+        """From a ready prompt (token ids): generate, parse and rank the candidates, and/or rank the candidate
+        files `candidates` ((path, module) pairs) by likelihood, as `cfg.file_ranking` says."""
+        cfg = cfg or self.cfg
+        started = time.monotonic()
+        generated: list[dict] = []
+        if cfg.file_ranking != "likelihood":
+            texts, weights = self.generate(prompt_ids, cfg, seed)
+            for text, weight in zip(texts, weights):
+                parsed = parse_generation(self.language, text)
+                generated.append({"text": text, "score": weight, **parsed})
+        scored: list[dict] = []
+        if cfg.file_ranking != "generation" and candidates:
+            scored = self.score_files(prompt_ids, candidates, cfg)
+        if cfg.file_ranking == "generation":
+            ranked = rank_candidates(generated, cfg.max_files)
+        else:
+            ranked = merge_rankings(scored, rank_candidates(generated, 10 ** 9), cfg.max_files)
+        return {
+            "model": str(self.model_dir) if self.model_dir else None,
+            "prompt_tokens": len(prompt_ids),
+            "decoding": {k: getattr(cfg, k) for k in ("decoding", "max_new_tokens", "temperature", "top_p", "top_k")}
+            | {"num_candidates": cfg.candidates if cfg.file_ranking != "likelihood" else 0, "seed": seed},
+            "file_ranking": {"method": cfg.file_ranking, "score": cfg.rank_score, "files_scored": len(scored)},
+            **ranked,
+            "malformed_candidates": sum(c["malformed"] for c in generated),
+            "candidates": [
+                {"text": c["text"], "score": round(c["score"], 6), "malformed": c["malformed"],
+                 "problems": c["problems"], "truncated": c["truncated"], "files": [f["path"] for f in c["files"]]}
+                for c in generated
+            ],
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+    def file_continuations(self, candidates: list[tuple[str, str | None]]) -> list[list[int]]:
+        """The ids a target starts with when it changes each file first: `<FILE>` + the path + the token that
+        ends the path in training (`<MODULE:x>`, `<MODULE>`, or the newline when the file has no module)."""
+        heads = encode_texts(self.tokenizer, [FILE + escape_line(path) for path, _ in candidates])
+        fulls = encode_texts(self.tokenizer, [self.language.render_file_header(path, module)
+                                              for path, module in candidates])
+        # The path's tokens are the same alone: what follows it is a special token or a newline pre-token.
+        return [full[: len(head) + 1] if full[: len(head)] == head and len(full) > len(head) else full
+                for head, full in zip(heads, fulls)]
+
+    def score_files(self, prompt_ids: list[int], candidates: list[tuple[str, str | None]],
+                    cfg: PredictionConfig) -> list[dict]:
+        """Log-probability of each candidate file's continuation after the prompt, batched over the files with
+        the prompt's KV cache computed once. Returns [{"path", "module", "logprob", "tokens", "rank_value"}] in
+        the candidates' order (files whose continuation does not fit in the model's positions are left out)."""
+        conts = self.file_continuations(candidates)
+        room = self.max_positions - len(prompt_ids)
+        keep = [i for i, ids in enumerate(conts) if 0 < len(ids) <= room]
+        if not keep:
+            return []
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        totals: dict[int, float] = {}
+        with torch.no_grad():
+            out = self.model(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            layers = [(layer.keys, layer.values) for layer in out.cache.layers]  # transformers 5: `cache`
+            del out
+            for start in range(0, len(keep), cfg.rank_batch_size):
+                batch = keep[start: start + cfg.rank_batch_size]
+                width = max(len(conts[i]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long, device=self.device)
+                mask = torch.zeros((len(batch), width), dtype=torch.long, device=self.device)
+                for row, i in enumerate(batch):
+                    ids[row, : len(conts[i])] = torch.tensor(conts[i], dtype=torch.long)
+                    mask[row, : len(conts[i])] = 1
+                cache = DynamicCache(ddp_cache_data=[(k.expand(len(batch), -1, -1, -1),
+                                                      v.expand(len(batch), -1, -1, -1)) for k, v in layers])
+                attention = torch.cat([torch.ones((len(batch), len(prompt_ids)), dtype=torch.long,
+                                                  device=self.device), mask], dim=1)
+                token_lp = first[ids[:, 0]].unsqueeze(1)
+                if width > 1:
+                    logits = self.model(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
+                                        cache=cache, use_cache=True).logits
+                    rest = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+                    token_lp = torch.cat([token_lp, rest], dim=1)
+                sums = (token_lp * mask).sum(dim=1)
+                for row, i in enumerate(batch):
+                    totals[i] = float(sums[row])
+        scored = []
+        for i in keep:
+            n = len(conts[i])
+            value = totals[i] / n if cfg.rank_score == "mean" else totals[i]
+            scored.append({"path": candidates[i][0], "module": candidates[i][1], "logprob": totals[i], "tokens": n,
+                           "rank_value": value})
+        return scored
+
+    def generate(self, prompt_ids: list[int], cfg: PredictionConfig, seed: int) -> tuple[list[str], list[float]]:
+        """Candidate texts (special tokens kept: they are the structure) and their weights."""
+        max_new = min(cfg.max_new_tokens, self.max_positions - len(prompt_ids))
+        if max_new < 1:
+            raise ValueError(f"the prompt ({len(prompt_ids)} tokens) fills the model's {self.max_positions} positions")
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
+            return_dict_in_generate=True,
+            output_scores=True,
+            num_return_sequences=cfg.candidates,
+        )
+        if cfg.decoding == "sample":
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
+        elif cfg.decoding == "beam":
+            kwargs.update(do_sample=False, num_beams=cfg.candidates)
+        else:
+            kwargs.update(do_sample=False, num_beams=1)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        new = out.sequences[:, input_ids.shape[1]:]
+        if cfg.decoding == "beam" and getattr(out, "sequences_scores", None) is not None:
+            mean_logprobs = [float(s) for s in out.sequences_scores]
+        else:
+            steps = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            mean_logprobs = []
+            for row_ids, row_scores in zip(new, steps):
+                n = generated_length(row_ids.tolist(), self.stop_ids)
+                values = row_scores[:n].float()
+                values = values[torch.isfinite(values)]
+                mean_logprobs.append(float(values.mean()) if len(values) else float("-inf"))
+        texts = [self.decode(row.tolist()) for row in new]
+        return texts, [math.exp(lp) if math.isfinite(lp) else 0.0 for lp in mean_logprobs]
+
+    def decode(self, ids: list[int]) -> str:
+        """The generated text up to the stop token, exactly as the commit language reads it."""
+        ids = ids[: generated_length(ids, self.stop_ids)]
+        drop = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.tokenizer.bos_token_id} - {None}
+        return decode_ids(self.tokenizer, [i for i in ids if i not in drop])
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """eos and the commit language's end-of-commit token: generation stops at either."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end = tokenizer.convert_tokens_to_ids(COMMIT_END)
+    if isinstance(end, int) and end != tokenizer.unk_token_id and end not in ids:
+        ids.append(end)
+    if not ids:
+        raise UserError("the tokenizer has neither an eos token nor the commit language's end token: retrain it")
+    return ids
+
+
+def generated_length(ids: list[int], stop_ids: list[int]) -> int:
+    """Tokens up to and including the first stop token (all of them if none)."""
+    for i, token in enumerate(ids):
+        if token in stop_ids:
+            return i + 1
+    return len(ids)
+
+
+# ---------------------------------------------------------------- parsing and ranking
+
+
+def parse_generation(language, text: str) -> dict:
+    """Generated text -> {"files": [{"path", "module", "changes": [{"change_type", "symbol", "code",
+    "code_form"}]}], "malformed", "problems", "truncated"}; never raises."""
+    try:
+        parsed = language.parse_commit(text)
+    except Exception as exc:  # the parser promises not to raise; a generation must never crash a request
+        log.warning("parse_commit raised %s on a generation", type(exc).__name__)
+        return {"files": [], "malformed": True, "problems": [f"parser error: {type(exc).__name__}: {exc}"],
+                "truncated": False}
+    files = [
+        {"path": f.path, "module": f.module,
+         "changes": [{"change_type": c.change_type, "symbol": c.symbol, "code": c.code, "code_form": c.code_form}
+                     for c in f.chunks]}
+        for f in parsed.files if f.path
+    ]
+    problems = list(parsed.problems)
+    if not files:
+        problems.append("no file in the generated text")
+    return {"files": files, "malformed": bool(problems), "problems": problems, "truncated": parsed.truncated}
+
+
+def rank_candidates(candidates: list[dict], max_files: int) -> dict:
+    """Files, modules and symbols ranked across candidates by weighted votes, plus the best code sketch."""
+    total = sum(c["score"] for c in candidates)
+    weights = [c["score"] / total if total > 0 else 1.0 / len(candidates) for c in candidates] if candidates else []
+    files: dict[str, dict] = {}
+    for weight, candidate in zip(weights, candidates):
+        seen = set()
+        for parsed in candidate["files"]:
+            entry = files.setdefault(parsed["path"], {"path": parsed["path"], "score": 0.0, "votes": 0,
+                                                      "module": parsed["module"], "_types": {}, "_symbols": {}})
+            if parsed["path"] not in seen:
+                entry["score"] += weight
+                entry["votes"] += 1
+                seen.add(parsed["path"])
+            entry["module"] = entry["module"] or parsed["module"]
+            for change in parsed["changes"]:
+                if change["change_type"]:
+                    entry["_types"][change["change_type"]] = entry["_types"].get(change["change_type"], 0.0) + weight
+                if change["symbol"]:
+                    entry["_symbols"][change["symbol"]] = entry["_symbols"].get(change["symbol"], 0.0) + weight
+    order = sorted(files.values(), key=lambda f: -f["score"])  # stable: first appearance breaks ties
+    ranked_files, modules, symbols = [], {}, {}
+    for entry in order[:max_files]:
+        types = sorted(entry.pop("_types").items(), key=lambda kv: -kv[1])
+        syms = sorted(entry.pop("_symbols").items(), key=lambda kv: -kv[1])
+        entry["score"] = round(entry["score"], 6)
+        entry["change_types"] = [{"type": t, "weight": round(w, 6)} for t, w in types]
+        entry["symbols"] = [s for s, _ in syms]
+        ranked_files.append(entry)
+        if entry["module"]:
+            modules[entry["module"]] = modules.get(entry["module"], 0.0) + entry["score"]
+        for s, w in syms:
+            symbols[s] = symbols.get(s, 0.0) + w
+    best = max(range(len(candidates)), key=lambda i: (not candidates[i]["malformed"], weights[i]), default=None)
+    return {
+        "files": ranked_files,
+        "modules": [m for m, _ in sorted(modules.items(), key=lambda kv: -kv[1])],
+        "symbols": [s for s, _ in sorted(symbols.items(), key=lambda kv: -kv[1])],
+        "code_sketch": code_sketch(candidates[best]) if best is not None else "",
+    }
+
+
+def merge_rankings(scored: list[dict], generated: dict, max_files: int) -> dict:
+    """The `both`/`likelihood` file list: every scored file by its likelihood (`rank_value`, best first; ties keep
+    the candidates' order), then the files only generation named (not scored: e.g. new files), in generation's
+    order. A file keeps its generation `score`/`votes`/change types/symbols when generation named it (else 0 /
+    none) and gets its `logprob`. Modules follow the merged file order; symbols and the code sketch are
+    generation's."""
+    by_path = {f["path"]: f for f in generated["files"]}
+    files = []
+    for entry in sorted(scored, key=lambda s: -s["rank_value"]):
+        gen = by_path.get(entry["path"])
+        files.append({
+            "path": entry["path"],
+            "score": gen["score"] if gen else 0.0,
+            "votes": gen["votes"] if gen else 0,
+            "module": (gen and gen["module"]) or entry["module"],
+            "change_types": gen["change_types"] if gen else [],
+            "symbols": gen["symbols"] if gen else [],
+            "logprob": round(entry["logprob"], 6),
+            "logprob_tokens": entry["tokens"],
+        })
+    seen = {f["path"] for f in files}
+    files += [f for f in generated["files"] if f["path"] not in seen]
+    files = files[:max_files]
+    modules = list(dict.fromkeys(f["module"] for f in files if f["module"]))
+    return {"files": files, "modules": modules, "symbols": generated["symbols"],
+            "code_sketch": generated["code_sketch"]}
+
+
+def code_sketch(candidate: dict) -> str:
+    """The code of one candidate, file by file, each unit headed by its change type and symbol."""
+    parts = []
+    for parsed in candidate["files"]:
+        for change in parsed["changes"]:
+            if change["code"]:
+                head = " ".join(x for x in (parsed["path"], change["change_type"], change["symbol"]) if x)
+                parts.append(f"# {head}\n{change['code'].rstrip()}\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- the command line (predict.py, serve.py)
+
+
+def load_prediction_config(config_path: Path | None) -> PredictionConfig:
+    """The `prediction` section of a config file (its defaults without one)."""
+    if config_path is None:
+        return PredictionConfig()
+    return load_config(config_path, {SECTION: PredictionConfig}, strict_sections=False)[SECTION]
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags predict.py and serve.py share: the model folder and the decoding settings."""
+    parser.add_argument("--model", type=Path, help="the trained model folder (default: prediction.model_dir, "
+                                                   "else <output_dir>/model)")
+    parser.add_argument("--history", type=int, dest="history_commits", help="override prediction.history_commits")
+    parser.add_argument("--decoding", choices=["greedy", "sample", "beam"], help="override prediction.decoding")
+    parser.add_argument("--num-candidates", type=int, help="override prediction.num_candidates")
+    parser.add_argument("--max-new-tokens", type=int, help="override prediction.max_new_tokens")
+    parser.add_argument("--temperature", type=float, help="override prediction.temperature")
+    parser.add_argument("--top-p", type=float, help="override prediction.top_p")
+    parser.add_argument("--top-k", type=int, help="override prediction.top_k")
+    parser.add_argument("--device", help="override prediction.device (cpu, cuda, cuda:0)")
+    parser.add_argument("--threads", type=int, dest="num_threads", help="override prediction.num_threads")
+    parser.add_argument("--file-ranking", choices=["likelihood", "generation", "both"],
+                        help="override prediction.file_ranking")
+    parser.add_argument("--rank-candidates", type=int, help="override prediction.rank_candidates")
+
+
+def config_from_args(cfg: PredictionConfig, args: argparse.Namespace) -> PredictionConfig:
+    """`cfg` with the flags of add_decoding_arguments that were given."""
+    overrides = {name: getattr(args, name) for name in
+                 ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
+                  "device", "num_threads", "file_ranking", "rank_candidates") if getattr(args, name, None) is not None}
+    if args.model is not None:
+        overrides["model_dir"] = args.model.resolve()
+    return apply_overrides(cfg, SECTION, overrides)

@@ -1,0 +1,525 @@
+"""Evaluate every predictor on held-out, later commits: the baselines, the learned ranker, the language model.
+
+Reads
+    commits.json, chunks.jsonl          the history and the truth (files, change types, modules, symbols)
+    training_data_{train,<split>}.pt    which commits are training history and which are targets
+    the repository                      (named in commits.json) for code search, the tree and symbols at each
+                                        target's parent; without it those parts are left out
+    ranker/                             the learned ranker (train_ranker.py), if there is one
+    model/                              the trained language model (skipped with --baselines-only)
+Writes
+    evaluation.json                     every metric of every predictor, per commit-size bucket, per commit
+    evaluation.md                       the same as tables, the ranker's feature importances, where each loses
+    evaluation.png                      every predictor side by side
+
+Predictors, all scored on the same target commits, each knowing only the commits before its target:
+    frequent, recent, cochange, similar_commits, code_search, fusion
+                the baselines of repo2model.ranking.baselines (no model), on every target
+    ranker      the LightGBM ranker over their signals (train_ranker.py), on every target
+    ranker_lm   the ranker with the language model's features (when both exist), on every target
+    model       the language model alone: generates the target from the exact prompt the dataset builder made
+                for it and ranks files as `prediction.file_ranking` says; on `max_examples` targets (evenly
+                spaced: generation is slow)
+Structure: a baseline names each predicted file's most frequent change type, the module its chunks last had,
+and its most often changed symbols; the rankers use the change-type classifier (else the most frequent type)
+and rank each predicted file's units at the parent by BM25 against the task, recency and frequency
+(repo2model.ranking.ranker.rank_symbols).
+
+The changed files of a commit are those with chunks (what the commit language renders; binary and filtered
+files count for no predictor). Metrics are defined in repo2model.ranking.ranker (recall@k with min(k, |changed|)
+as denominator, MRR, change-type accuracy, module accuracy, symbol recall); recall@k and MRR are also given
+per commit size (changed files: 1, 2-3, 4-10, 11-30, 31+) so that large commits are not hidden by the mean.
+
+Config keys (section `evaluation`):
+    split                   test | val: the split whose targets are evaluated (test)
+    max_examples            targets that get a generation (evenly spaced; 0 = all) (40)
+    recent_commits          commits before the target whose files are the co-change antecedent (3)
+    mine_from               before_target: counts, rules, types and symbols from every commit before each target;
+                            train: frozen at the end of the training history (before_target)
+    rules_min_support       a co-change rule needs this many co-changing commits (1)
+    rules_min_confidence    and at least this confidence (0.0)
+    rules_max_commit_files  commits touching more files are left out of rule mining, as in ROSE (30)
+    similar_commits         similar_commits: the most similar earlier commits whose files score (50)
+    code_path_weight        code_search: a file's path words count this many times in its document (3)
+    fusion_k                fusion: the k of 1 / (k + rank) (60)
+    symbols_per_file        symbols predicted per predicted file (5)
+    baselines_only          skip the language model (no model needed) (false)
+    test_from               evaluate commits from this 0-based position of commits.json on, mining from those
+                            before; ignores the .pt splits, no language model (null)
+    device                  cpu, cuda, cuda:0 ... (cpu)
+The baseline keys also shape the ranker's features (train_ranker reads them). Generation settings
+(decoding, max_new_tokens, file_ranking) come from the `prediction` section.
+
+    python evaluate.py --config config.yaml
+    python evaluate.py --baselines-only --test-from 200 --commits outputs/commits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import torch
+
+from repo2model.core.artifacts import atomic_open, atomic_path, iter_commit_dicts, require, write_json
+from repo2model.ranking.baselines import BASELINES
+from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
+from repo2model.core.config import section_dict
+from repo2model.core.errors import UserError
+from repo2model.language.examples import ExampleSet
+from repo2model.ranking.features import FeatureConfig, TargetState, candidate_rows, repository_of, walk_targets
+from repo2model.core.paths import ArtifactPaths
+from repo2model.serving.predictor import CandidatePool, PredictionConfig, Predictor, load_prediction_config
+from repo2model.ranking.ranker import (
+    KS, EvaluationConfig, Prediction, Ranker, Truth, aggregate, by_size, find_ranker, rank_symbols, score,
+    type_example, units_at_parent,
+)
+from repo2model.core.progress import progress
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+SECTION = "evaluation"
+Config = EvaluationConfig
+# The pipeline runs this as its last stage and passes the `prediction` section as run(prediction=...).
+USES_SECTIONS = {"prediction": "prediction"}
+log = logging.getLogger("evaluate")
+
+METRIC_ROWS = ("recall@1", "recall@5", "recall@10", "mrr", "change_type_acc", "module_acc", "symbol_recall")
+
+
+@dataclass
+class Plan:
+    """Which commits are targets, what is mined, and which targets the language model generates for."""
+
+    order: list[str]  # target commits in history order
+    split: str
+    mined_until: int | None  # last mined position (None: every commit before each target)
+    examples: ExampleSet | None = None  # the split's examples (prompts for the language model)
+    chosen: list[int] = dataclasses.field(default_factory=list)  # example indices that get a generation
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42, prediction: PredictionConfig | None = None) -> dict:
+    """Evaluate; `prediction` is the `prediction` section (generation settings, model folder)."""
+    started = time.monotonic()
+    require(paths.commits, "git_scraper")
+    require(paths.chunks, "semantic_chunker")
+    prediction = prediction or PredictionConfig()
+    plan = plan_targets(cfg, paths)
+    model_dir = prediction.model_dir or paths.model_dir
+    ranker = load_ranker(paths, model_dir)
+    predictor = None
+    if plan.examples is not None and not cfg.baselines_only:
+        predictor = Predictor.load(require(Path(model_dir), "train_model"), prediction, device=cfg.device, paths=paths,
+                                   ranker=False)  # the model alone: the rankers are scored apart
+    repo = repository_of(paths.commits)
+    if repo is None:
+        log.warning("the repository of %s is not there: code search, the tree and symbols at the parent are left out",
+                    paths.commits)
+    rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed)
+    model_info: dict = {}
+    if predictor is not None:
+        model_info = {**target_loss(predictor.model, plan.examples, cfg.device), **generation}
+
+    names = [n for n in ("ranker_lm", "ranker", "model", *BASELINES) if n in rows]
+    metrics = {name: aggregate([rows[name][h] for h in plan.order if h in rows[name]]) for name in names}
+    if predictor is not None:
+        metrics["model"].update(loss=model_info["loss"], perplexity=model_info["perplexity"])
+    result = {
+        "split": plan.split,
+        "targets": len(plan.order),
+        "mined_history": "before_target" if plan.mined_until is None else f"commits 0..{plan.mined_until}",
+        "code_search": repo is not None,
+        "metrics": metrics,
+        "by_size": {name: by_size([rows[name][h] for h in plan.order if h in rows[name]]) for name in names},
+        "ranker": ranker_info(ranker),
+        "model": model_info or None,
+        "config": section_dict(cfg),
+        "per_commit": [
+            {"commit": h, **{name: {k: v for k, v in rows[name][h].items() if not k.startswith("change_type_")}
+                             for name in names if h in rows[name]}}
+            for h in plan.order
+        ],
+    }
+    write_json(paths.evaluation, result)
+    with atomic_open(report_path(paths)) as fh:
+        fh.write(markdown_report(result))
+    write_chart(metrics, chart_path(paths))
+    summary = {
+        "evaluation": str(paths.evaluation),
+        "report": str(report_path(paths)),
+        "chart": str(chart_path(paths)),
+        "targets": len(plan.order),
+        "metrics": {name: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "mrr")} for name, m in metrics.items()},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    log.info("evaluated %d target commits in %.1fs: %s -> %s", len(plan.order), summary["seconds"],
+             ", ".join(f"{name} recall@5 {fmt(m['recall@5'])}" for name, m in metrics.items()), paths.evaluation)
+    return summary
+
+
+def plan_targets(cfg: EvaluationConfig, paths: ArtifactPaths) -> Plan:
+    positions = {c["hash"]: i for i, c in enumerate(iter_commit_dicts(paths.commits))}
+    if cfg.test_from is not None:
+        if cfg.test_from >= len(positions):
+            raise UserError(f"evaluation.test_from: {cfg.test_from} is past the last commit ({len(positions)} commits)")
+        order = [h for h, i in sorted(positions.items(), key=lambda kv: kv[1]) if i >= cfg.test_from]
+        return Plan(order, "positions", None if cfg.mine_from == "before_target" else cfg.test_from - 1)
+    examples = ExampleSet.load(require(paths.split_data(cfg.split), "dataset_builder"))
+    train = ExampleSet.load(require(paths.train_data, "dataset_builder"))
+    if not len(examples):
+        raise UserError(f"{paths.split_data(cfg.split)}: has no examples: the history is too short to evaluate")
+    known = [positions[h] for h in train.commits if h in positions]
+    mined_until = None if cfg.mine_from == "before_target" else (max(known) if known else -1)
+    chosen = [] if cfg.baselines_only else evenly_spaced(len(examples), cfg.max_examples)
+    order = sorted((h for h in examples.commits if h in positions), key=positions.__getitem__)
+    missing = set(examples.commits) - set(order)
+    if missing:
+        raise UserError(f"{len(missing)} target commits (e.g. {sorted(missing)[0][:12]}) are not in {paths.commits}: "
+                        "the dataset is older or newer than commits.json; rerun the dataset_builder stage")
+    return Plan(order, cfg.split, mined_until, examples, chosen)
+
+
+def load_ranker(paths: ArtifactPaths, model_dir: Path) -> Ranker | None:
+    folder = find_ranker(paths.ranker_dir, Path(model_dir) / "ranker")
+    if folder is None:
+        log.info("no ranker in %s: the baselines and the model only (run the train_ranker stage for it)",
+                 paths.ranker_dir)
+        return None
+    return Ranker.load(folder)
+
+
+def ranker_info(ranker: Ranker | None) -> dict | None:
+    if ranker is None:
+        return None
+    metrics = ranker.metrics
+    return {"folder": str(ranker.folder), "feature_importance": metrics.get("feature_importance"),
+            "feature_importance_lm": metrics.get("feature_importance_lm"), "trees": metrics.get("trees"),
+            "fit_seconds": metrics.get("fit_seconds"), "change_types": metrics.get("change_types")}
+
+
+def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo: Path | None, ranker: Ranker | None,
+                  predictor: Predictor | None, prediction: PredictionConfig, seed: int) -> tuple[dict, dict]:
+    """One pass over the history scoring every predictor on every target (the model: on the chosen ones).
+    Returns ({predictor: {commit: row}}, the generation's figures)."""
+    rows: dict[str, dict[str, dict]] = {}
+    prompts = {}
+    if plan.examples is not None and predictor is not None:
+        prompts = {plan.examples.commits[i]: plan.examples.ids(i)[: int(plan.examples.target_starts[i])].tolist()
+                   for i in range(len(plan.examples))}
+    generated = {plan.examples.commits[i] for i in plan.chosen} if predictor is not None else set()
+    generation = {"malformed_candidates": 0, "candidates": 0, "samples": []}
+    pool = CandidatePool()
+    # The ranker's features are computed with the baseline settings it was trained with.
+    baselines = cfg.baselines()
+    if ranker is not None and ranker.settings.get("baselines") != section_dict(baselines):
+        log.warning("the ranker was trained with other baseline settings (%s): its features use those",
+                    ranker.settings.get("baselines"))
+    symbols_cache: dict[str, list] = {}
+    walk = walk_targets(paths.commits, paths.chunks, {h: plan.split for h in plan.order}, baselines, repo,
+                        plan.mined_until, on_commit=lambda commit, chunks: pool.add_chunks(chunks))
+    for state in progress(walk, total=len(plan.order), desc="evaluating", unit="targets"):
+        target = state.target
+        truth = Truth.of(target.commit, target.chunks)
+        for name, ranking in state.rankings.items():
+            files = [p for p, _ in ranking[: max(KS)]]
+            change_types, modules, symbols = state.past.structure(files)
+            rows.setdefault(name, {})[target.commit] = score(Prediction(ranking[: max(KS)], change_types, modules,
+                                                                         symbols), truth)
+        if ranker is not None:
+            prompt = prompts.get(target.commit)
+            lm = lm_scorer(predictor, prediction, prompt, state.past.file_module) if ranker.booster_lm else None
+            candidates = candidate_rows(state, ranker_candidates(ranker), lm=lm, dense=ranker.dense_scorer())
+            variants = [("ranker", False)] + ([("ranker_lm", True)] if lm is not None else [])
+            for name, with_lm in variants:
+                ranked = ranker.rank(candidates, lm=with_lm)[: max(KS)]
+                rows.setdefault(name, {})[target.commit] = score(
+                    structured(ranker, state, ranked, cfg.symbols_per_file, symbols_cache), truth)
+        if target.commit in generated:
+            output = predictor.predict_ids(prompts[target.commit], seed=seed,
+                                           candidates=pool.top(prediction.rank_candidates))
+            generation["malformed_candidates"] += sum(c["malformed"] for c in output["candidates"])
+            generation["candidates"] += len(output["candidates"])
+            rows.setdefault("model", {})[target.commit] = score(prediction_from_output(output), truth)
+            if len(generation["samples"]) < 3:
+                generation["samples"].append({
+                    "commit": target.commit, "actual_files": truth.files,
+                    "predicted_files": [f["path"] for f in output["files"][:10]],
+                    "raw_text": output["candidates"][0]["text"][:2000] if output["candidates"] else ""})
+    return rows, generation
+
+
+def ranker_candidates(ranker: Ranker) -> FeatureConfig:
+    """The candidate settings the ranker was trained with (and its dense features, when it has them)."""
+    return ranker.candidates()
+
+
+def lm_scorer(predictor: Predictor | None, prediction: PredictionConfig, prompt: list[int] | None,
+              modules: dict[str, str]):
+    """path list -> {path: log-probability} from the language model, for the LM ranker (None without one)."""
+    if predictor is None or prompt is None:
+        return None
+
+    def scores(paths: list[str]) -> dict[str, float]:
+        scored = predictor.score_files(prompt, [(p, modules.get(p)) for p in paths], prediction)
+        return {s["path"]: float(s["logprob"]) for s in scored}
+
+    return scores
+
+
+def structured(ranker: Ranker, state: TargetState, ranked: list[tuple[str, float]], symbols_per_file: int,
+               cache: dict[str, list]) -> Prediction:
+    """A ranker's files with their change types (classifier), modules and symbols (units at the parent)."""
+    files = [p for p, _ in ranked]
+    exists = {p: (float(p in state.code.blobs) if state.code is not None else math.nan) for p in files}
+    change_types = ranker.change_types([type_example(state.past, p, state.task_words, exists[p]) for p in files])
+    modules = list(dict.fromkeys(m for m in (state.past.file_module.get(p) for p in files) if m))
+    symbols: list[str] = []
+    for path in files:
+        units = []
+        if state.code is not None and path in state.code.blobs:
+            oid = state.code.blobs[path]
+            if oid not in cache:
+                if len(cache) > 4096:
+                    cache.clear()
+                cache[oid] = units_at_parent(path, state.code.read(path))
+            units = cache[oid]
+        for symbol in rank_symbols(state.past, path, units, state.task_words, symbols_per_file):
+            if symbol not in symbols:
+                symbols.append(symbol)
+    return Prediction(ranked, change_types, modules, symbols)
+
+
+# ---------------------------------------------------------------- the language model
+
+
+def evenly_spaced(n: int, limit: int) -> list[int]:
+    """`limit` indices spread evenly over range(n) (all of them when limit is 0 or >= n)."""
+    if limit == 0 or limit >= n:
+        return list(range(n))
+    if limit == 1:
+        return [n - 1]
+    return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
+
+
+def target_loss(model, examples: ExampleSet, device: str) -> dict:
+    """Mean cross-entropy (nats/token) and perplexity over the target tokens of every example."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in progress(range(len(examples)), desc="target loss", unit="examples"):
+            ids = examples.ids(i).long().unsqueeze(0).to(device)
+            labels = examples.labels(i).unsqueeze(0).to(device)
+            n = int((labels[:, 1:] != -100).sum())
+            if n == 0:
+                continue
+            loss = model(input_ids=ids, labels=labels).loss
+            total += float(loss) * n
+            count += n
+    mean = total / count if count else None
+    return {"loss": mean, "perplexity": math.exp(mean) if mean is not None else None, "target_tokens": count}
+
+
+def prediction_from_output(output: dict) -> Prediction:
+    """The prediction JSON -> a Prediction."""
+    files = [(f["path"], float(f["score"])) for f in output["files"]]
+    change_types = {f["path"]: f["change_types"][0]["type"] for f in output["files"] if f["change_types"]}
+    return Prediction(files=files, change_types=change_types, modules=list(output.get("modules", [])),
+                      symbols=list(output.get("symbols", [])))
+
+
+# ---------------------------------------------------------------- stage protocol
+
+
+def report_path(paths: ArtifactPaths) -> Path:
+    return paths.evaluation.with_suffix(".md")
+
+
+def chart_path(paths: ArtifactPaths) -> Path:
+    return paths.evaluation.with_suffix(".png")
+
+
+def stage_inputs(cfg: EvaluationConfig, paths: ArtifactPaths) -> list[Path]:
+    inputs = [paths.commits, paths.chunks]
+    if paths.ranker_dir.is_dir():
+        inputs.append(paths.ranker_dir)
+    if cfg.test_from is None:
+        inputs += [paths.train_data, paths.split_data(cfg.split)]
+        if not cfg.baselines_only:
+            inputs.append(paths.model_dir)
+    return inputs
+
+
+def stage_outputs(cfg: EvaluationConfig, paths: ArtifactPaths) -> list[Path]:
+    return [paths.evaluation, report_path(paths), chart_path(paths)]
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def markdown_report(result: dict) -> str:
+    metrics = result["metrics"]
+    names = list(metrics)
+    lines = [
+        f"# Evaluation on {result['targets']} target commits ({result['split']} split)",
+        "",
+        f"Mined history: {result['mined_history']}; code search: {'on' if result['code_search'] else 'off'}. "
+        "Higher is better; best of each row in bold.",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for key in METRIC_ROWS:
+        lines.append(f"| {key} | " + " | ".join(bold_best([metrics[n].get(key) for n in names])) + " |")
+    lines.append("| commits | " + " | ".join(str(metrics[n]["commits"]) for n in names) + " |")
+    if "model" in metrics:
+        model = metrics["model"]
+        lines.append("| target loss (nats/token) | " + " | ".join(fmt(model.get("loss")) if n == "model" else ""
+                                                                 for n in names) + " |")
+    lines += ["", "## Recall by commit size (changed files)", "",
+              "recall@5 / recall@10 per bucket; the commits of each bucket in brackets.", "",
+              "| predictor | " + " | ".join(bucket_names(result)) + " |", "|---|" + "---|" * len(bucket_names(result))]
+    for name in names:
+        cells = []
+        for bucket in bucket_names(result):
+            figures = result["by_size"].get(name, {}).get(bucket)
+            cells.append(f"{fmt(figures['recall@5'])} / {fmt(figures['recall@10'])} ({figures['commits']})"
+                         if figures else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Where each predictor loses", ""] + where_each_loses(result)
+    ranker = result.get("ranker")
+    if ranker and ranker.get("feature_importance"):
+        lines += ["", "## The ranker's feature importances (share of split gain)", "",
+                  "| feature | ranker |" + (" ranker_lm |" if ranker.get("feature_importance_lm") else ""),
+                  "|---|---|" + ("---|" if ranker.get("feature_importance_lm") else "")]
+        lm = ranker.get("feature_importance_lm") or {}
+        # The top 20 of each ranker, and the language model's own features whatever their share.
+        shown = list(ranker["feature_importance"])[:20] + list(lm)[:20]
+        shown += [f for f in lm if f.startswith("lm_") or f == "base_score"]
+        for feature in dict.fromkeys(shown):
+            cell = f" {lm.get(feature, 0.0):.3f} |" if lm else ""
+            lines.append(f"| {feature} | {ranker['feature_importance'].get(feature, 0.0):.3f} |{cell}")
+    info = result.get("model") or {}
+    if info.get("candidates"):
+        lines += ["", f"Malformed generations: {info['malformed_candidates']} of {info['candidates']} candidates."]
+    lines += [
+        "",
+        "recall@k = |top-k ∩ changed| / min(k, |changed|); mrr = 1 / rank of the first changed file; change_type_acc "
+        "pools the changed files a predictor named in its top 10; module_acc: the first predicted module is one of "
+        "the commit's modules; symbol_recall = |predicted ∩ changed symbols| / |changed symbols|.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def bold_best(values: list) -> list[str]:
+    present = [v for v in values if v is not None]
+    best = max(present) if present else None
+    bold = len(present) > 1 and min(present) < best  # no bold when every predictor ties
+    return [f"**{fmt(v)}**" if bold and v == best else fmt(v) for v in values]
+
+
+def bucket_names(result: dict) -> list[str]:
+    names: dict[str, None] = {}
+    for buckets in result["by_size"].values():
+        names.update(dict.fromkeys(buckets))
+    order = ["1", "2-3", "4-10", "11-30", "31+"]
+    return [b for b in order if b in names]
+
+
+def where_each_loses(result: dict) -> list[str]:
+    """For each predictor: which predictor beats it on which metric, and on which commit sizes (recall@10)."""
+    metrics = result["metrics"]
+    lines = []
+    for name, mine in metrics.items():
+        behind: dict[str, list[str]] = {}
+        for key in METRIC_ROWS:
+            rivals = {n: m[key] for n, m in metrics.items() if m.get(key) is not None}
+            if mine.get(key) is not None and max(rivals.values()) > mine[key]:
+                behind.setdefault(max(rivals, key=rivals.get), []).append(key)
+        sizes: dict[str, list[str]] = {}
+        for bucket, figures in result["by_size"].get(name, {}).items():
+            rivals = {n: b[bucket]["recall@10"] for n, b in result["by_size"].items()
+                      if bucket in b and b[bucket]["recall@10"] is not None}
+            if figures["recall@10"] is not None and max(rivals.values()) > figures["recall@10"]:
+                sizes.setdefault(max(rivals, key=rivals.get), []).append(bucket)
+        parts = [f"behind {rival} on {', '.join(keys)}" for rival, keys in behind.items()]
+        parts += [f"on commits of {', '.join(buckets)} files behind {rival} (recall@10)" for rival, buckets in sizes.items()]
+        lines.append(f"- **{name}**: " + ("; ".join(parts) if parts else "nowhere: best or tied on every metric and size"))
+    return lines
+
+
+def write_chart(metrics: dict, path: Path) -> Path:
+    names = list(metrics)
+    keys = [k for k in METRIC_ROWS if any(metrics[n].get(k) is not None for n in names)]
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(12, 5), dpi=100)
+    for j, name in enumerate(names):
+        values = [metrics[name].get(k) or 0.0 for k in keys]
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(keys))]
+        ax.bar(xs, values, width, label=name)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels(keys)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (higher is better)")
+    targets = metrics[names[0]]["commits"] if names else 0
+    ax.set_title(f"Every predictor on {targets} target commits")
+    ax.legend(ncol=min(9, max(1, len(names))), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@user_errors_to_exit
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_argument(parser)
+    parser.add_argument("--model", type=Path, help="the trained model folder (default: <output_dir>/model)")
+    parser.add_argument("--ranker", type=Path, help="the ranker folder (default: <output_dir>/ranker)")
+    parser.add_argument("--commits", type=Path, help="commits.json (default: <output_dir>/commits.json)")
+    parser.add_argument("--chunks", type=Path, help="chunks.jsonl (default: <output_dir>/chunks.jsonl)")
+    parser.add_argument("--output", type=Path, help="evaluation.json (the .md and .png go beside it)")
+    parser.add_argument("--split", choices=["test", "val"], help="override evaluation.split")
+    parser.add_argument("--max-examples", type=int, help="override evaluation.max_examples (0 = all)")
+    parser.add_argument("--baselines-only", action="store_true", help="no language model (baselines and ranker)")
+    parser.add_argument("--test-from", type=int, help="targets from this commit position on (no language model)")
+    parser.add_argument("--device", help="override evaluation.device")
+    parser.add_argument("--max-new-tokens", type=int, help="override prediction.max_new_tokens")
+    parser.add_argument("--seed", type=int, help="override pipeline.seed")
+    args = parser.parse_args(argv)
+    cfg, pipeline_cfg, paths = load_stage(args, SECTION, Config)
+    overrides = {name: getattr(args, name) for name in ("split", "max_examples", "test_from", "device")}
+    if args.baselines_only or args.test_from is not None:
+        overrides["baselines_only"] = True
+    cfg = apply_overrides(cfg, SECTION, overrides)
+    for name, attr in (("model", "model_dir"), ("ranker", "ranker_dir"), ("commits", "commits"), ("chunks", "chunks"),
+                       ("output", "evaluation")):
+        if getattr(args, name) is not None:
+            paths = dataclasses.replace(paths, **{attr: getattr(args, name).resolve()})
+    prediction = load_prediction_config(args.config)
+    prediction = apply_overrides(prediction, "prediction", {"max_new_tokens": args.max_new_tokens})
+    if args.model is not None:
+        prediction = dataclasses.replace(prediction, model_dir=args.model.resolve())
+    run(cfg, paths, seed=args.seed if args.seed is not None else pipeline_cfg.seed, prediction=prediction)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

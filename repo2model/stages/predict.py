@@ -1,0 +1,135 @@
+"""Predict the next change: given recent history and a task, which files change, how, and the code's shape.
+
+    python predict.py --config config.yaml --repo . --task "Add a retry to the scraper"
+    python predict.py --model outputs/model --commits outputs/commits.json --task "..." --decoding sample
+
+Reads
+    model/                  the trained model folder (scratch, LoRA/QLoRA adapter over its base, merged;
+                            default: prediction.model_dir, else <output_dir>/model), and the commit language
+                            beside it or in <output_dir>/tokenizer
+    the recent history      --repo: the repository's last N commits, scraped and chunked on the fly with the
+                            config's git_scraper and semantic_chunker sections (as the pipeline did); or
+                            --commits: the last N commits of a commits.json with their chunks from
+                            chunks.jsonl beside it (--chunks), and every file of commits.json as a candidate
+                            for the likelihood ranking
+Writes
+    JSON to stdout (or --output, atomically): files ranked with scores, change types and symbols per file,
+    modules, symbols, a code sketch, and every generated candidate's raw text with its parse problems; `context`
+    (the current code of the predicted symbols and files, then the units the code index finds, within
+    prediction.context_tokens; see repo2model/retrieval/unit_index.py) and `prompt` (one text for a code-writing model:
+    task, predicted change, code context, the --test-failures file).
+
+How the prompt is built and the files are ranked: repo2model/serving/predictor.py. The `prediction` section's keys
+are documented in config.yaml; the flags below override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from repo2model.core.artifacts import atomic_open, require
+from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
+from repo2model.core.errors import UserError
+from repo2model.serving.history import History, history_from_artifacts, history_from_repo, load_history_sections
+from repo2model.core.paths import ArtifactPaths
+from repo2model.serving.predictor import (
+    MAX_TASK_CHARS,
+    SECTION,
+    CandidatePool,
+    PredictionConfig,
+    Predictor,
+    add_decoding_arguments,
+    config_from_args,
+    pool_from_artifacts,
+)
+from repo2model.retrieval.unit_index import Retriever, load_index_config
+
+log = logging.getLogger("predict")
+
+Config = PredictionConfig  # the `prediction` section, under the name every stage script uses
+
+
+@user_errors_to_exit
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    cfg, pipeline_cfg, paths = load_stage(args, SECTION, PredictionConfig)
+    cfg = apply_overrides(config_from_args(cfg, args), SECTION, {"context_tokens": args.context_tokens})
+    check_task(args.task)
+    history, pool = read_history(args, cfg)
+    retriever = Retriever(load_index_config(args.config), paths.index_dir)
+    predictor = Predictor.load(cfg.model_dir or paths.model_dir, cfg, paths=paths, retriever=retriever)
+    seed = args.seed if args.seed is not None else pipeline_cfg.seed
+    try:
+        result = predictor.predict(history, args.task, seed=seed, pool=pool, repo=args.repo,
+                                   test_failures=read_test_failures(args.test_failures))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    write_result(result, args.output)
+    top = ", ".join(f"{f['path']} ({f['score']:.2f})" for f in result["files"][:3]) or "no file"
+    log.info("predicted %d files from %d candidates (%d malformed) in %.1fs: %s", len(result["files"]),
+             len(result["candidates"]), result["malformed_candidates"], result["seconds"], top)
+    return 0
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_argument(parser)
+    add_decoding_arguments(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--repo", type=Path, help="scrape the recent history of this repository")
+    source.add_argument("--commits", type=Path, help="take the recent history from this commits.json")
+    parser.add_argument("--chunks", type=Path, help="chunks.jsonl for --commits (default: beside it)")
+    parser.add_argument("--task", required=True, help="what the next change should do (its commit message)")
+    parser.add_argument("--seed", type=int, help="override pipeline.seed (sampling)")
+    parser.add_argument("--output", type=Path, help="write the JSON here instead of stdout")
+    parser.add_argument("--test-failures", type=Path, help="a file with recent test failures for the prompt "
+                                                          "(- reads stdin)")
+    parser.add_argument("--context-tokens", type=int, help="override prediction.context_tokens")
+    return parser.parse_args(argv)
+
+
+def read_test_failures(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if str(path) == "-":
+        return sys.stdin.read()
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"--test-failures: cannot read {path} ({exc.strerror})") from None
+
+
+def check_task(task: str) -> None:
+    if not task.strip():
+        raise UserError("--task: must not be empty")
+    if len(task) > MAX_TASK_CHARS:
+        raise UserError(f"--task: longer than {MAX_TASK_CHARS} characters")
+
+
+def read_history(args: argparse.Namespace, cfg: PredictionConfig) -> tuple[History, CandidatePool | None]:
+    """The recent history, and the candidate files of the likelihood ranking (None: the history's own)."""
+    if args.repo is not None:
+        scraper_cfg, chunker_cfg = load_history_sections(args.config)
+        return history_from_repo(args.repo, cfg.history_commits, scraper_cfg, chunker_cfg), None
+    chunks = args.chunks or ArtifactPaths.under(args.commits.resolve().parent).chunks  # chunks.jsonl(.zst) beside it
+    history = history_from_artifacts(require(args.commits, "git_scraper"), chunks, cfg.history_commits)
+    if cfg.file_ranking == "generation":
+        return history, None
+    return history, pool_from_artifacts(args.commits, chunks)  # every file of commits.json, not only the history's
+
+
+def write_result(result: dict, output: Path | None) -> None:
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    if output:
+        with atomic_open(output) as fh:
+            fh.write(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

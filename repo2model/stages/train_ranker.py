@@ -1,0 +1,427 @@
+"""Train the file ranker: LightGBM lambdarank over the history's signals (and the language model's, if any).
+
+Reads
+    commits.json, chunks.jsonl          the history; each target's features come only from the commits before it
+    training_data_{train,val,test}.pt   which commits are targets, and of which split (the dataset builder's
+                                        split by time: every test commit is later than every val commit, ...)
+    the repository                      (named in commits.json) for code search and the tree at each target's
+                                        parent; without it those features are missing values
+    model/                              optional: the language model's log-probability of each candidate file
+    ranker/file_vectors.*               optional, with `dense`: the previous run's file embeddings (reused)
+Writes
+    ranker/                             ranker.txt (LightGBM text model), ranker_lm.txt (with the language
+                                        model's features), change_types.txt, settings.json, metrics.json;
+                                        with `dense`: file_vectors.npy/.json (the files' embeddings)
+
+Steps (run() reads as this list):
+    1. targets: every train/val/test commit of the dataset (the latest `max_train_targets` train ones)
+    2. one pass over the history: per target, the candidates (every baseline's top files, folder mates of the
+       best ones) and their features (repo2model.ranking.features; with `dense`, the task's embedding similarity to
+       each file as it is at the target's parent), the change-type examples of its files and, for val/test
+       targets when a model exists, the model's log-probability of each candidate
+    3. the ranker: lambdarank on the train targets, early-stopped on val (NDCG@5/10); with `dense`, also the
+       same ranker without the dense features on the same rows, reported as ranker_without_dense (ablation)
+    4. the language-model ranker (when a model exists): the model trained on the train targets, so its scores
+       there are optimistic; this ranker is fitted on the val targets only (the model never trained on them),
+       over the ranker's features, the model's and the first ranker's score; its number of trees is chosen by
+       cross-fitting the two halves of val (fit on one, stop on the other, both ways); reported on test
+    5. the change-type classifier: LightGBM multiclass on the train targets' files, early-stopped on val
+    6. figures on the test targets beside every baseline: recall@1/5/10, MRR, candidate recall, per commit size
+
+Config keys (section `ranker`; the baseline keys of the `evaluation` section set the signals):
+    candidates_per_baseline  each baseline's top files that become candidates (30)
+    sibling_sources          the best fused files whose folder mates become candidates too (5)
+    siblings_per_folder      folder mates taken per folder, most recently changed first (10)
+    dense                    the dense task-file similarity features (all-MiniLM-L6-v2 as the `index` section
+                             sets it: model_dir, max_tokens, whole_file_lines) (false: on fd, axum and click it
+                             did not raise recall@5/10 and cost 160-440 s of CPU, bench/bench_prediction.py --dense)
+    dense_candidates         with dense: the N files of the parent's tree nearest the task join the candidates
+                             (0; every file version of the history is then embedded, not only candidates)
+    num_trees                boosting rounds at most; early stopping on val picks fewer (1000)
+    early_stopping_rounds    rounds without improvement on val before stopping (50)
+    learning_rate, num_leaves, min_data_in_leaf, feature_fraction   LightGBM's (0.05, 15, 20, 0.8)
+    num_threads              LightGBM threads (1: on a busy machine more threads spin and slow it down)
+    max_train_targets        train on the latest N train targets only (0 = all)
+    change_types             also train the change-type classifier (true)
+    language_model           auto: the model's features when <output_dir>/model (or prediction.model_dir)
+                             exists | off
+    device                   where the language model scores files: cpu, cuda, cuda:0 ... (cpu)
+
+    python train_ranker.py --config config.yaml
+    python train_ranker.py --output-dir outputs --no-language-model
+    python train_ranker.py --config config.yaml --dense          # with the dense similarity features
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+
+from repo2model.core.artifacts import require
+from repo2model.ranking.baselines import BASELINES, BaselineConfig
+from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
+from repo2model.core.config import load_config, section_dict
+from repo2model.core.errors import UserError
+from repo2model.language.examples import ExampleSet
+from repo2model.ranking.features import (
+    FEATURES, LM_FEATURES, CandidateRows, DenseScorer, FeatureConfig, candidate_recall, candidate_rows,
+    repository_of, walk_targets,
+)
+from repo2model.core.paths import ArtifactPaths
+from repo2model.serving.predictor import PredictionConfig, Predictor
+from repo2model.ranking.ranker import (
+    CHANGE_TYPES_FILE, TYPE_CLASSES, EvaluationConfig, FitSettings, Prediction, Ranker, RankerConfig, Truth,
+    TypeExample, aggregate, by_size, change_type_feature_names, change_type_features, dense_settings,
+    file_embeddings, fit_change_types, fit_lambdarank, importances, most_frequent_type, predict_change_types,
+    score, scorer_of, type_example,
+)
+from repo2model.retrieval.unit_index import IndexConfig, load_index_config
+from repo2model.core.progress import progress
+
+SECTION = "ranker"
+Config = RankerConfig
+# The baselines' settings (evaluation) shape the features; the prediction section says where the model is; the
+# index section, which embedding model and file texts the dense features use.
+USES_SECTIONS = {"evaluation": "evaluation", "prediction": "prediction", "index": "index"}
+log = logging.getLogger("train_ranker")
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Collected:
+    """What one pass over the history gathers, per split."""
+
+    rows: dict[str, list[CandidateRows]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    truths: dict[str, Truth] = field(default_factory=dict)  # val and test targets
+    baselines: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # test: name -> top 10
+    types: dict[str, list[TypeExample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    code_search: bool = False
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time (the machine may be shared)
+    dense_cpu_seconds: float = 0.0  # the part of it spent in the dense features (embedding files and tasks)
+
+
+class LanguageModelScores:
+    """The language model's log-probability that a target starts with each candidate file, from the exact
+    prompt the dataset builder made for that target (its example's ids up to the target)."""
+
+    def __init__(self, predictor: Predictor, cfg: PredictionConfig, prompts: dict[str, list[int]]):
+        self.predictor, self.cfg, self.prompts = predictor, cfg, prompts
+
+    def for_target(self, commit: str, modules: dict[str, str]):
+        prompt = self.prompts.get(commit)
+        if prompt is None:
+            return None
+
+        def score(paths: list[str]) -> dict[str, float]:
+            scored = self.predictor.score_files(prompt, [(p, modules.get(p)) for p in paths], self.cfg)
+            return {s["path"]: float(s["logprob"]) for s in scored}
+
+        return score
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: EvaluationConfig | None = None,
+        prediction: PredictionConfig | None = None, index: IndexConfig | None = None) -> dict:
+    started = time.monotonic()
+    baselines = (evaluation or EvaluationConfig()).baselines()
+    splits = load_splits(paths)
+    targets = choose_targets(splits, cfg.max_train_targets)
+    repo = repository_of(paths.commits)
+    if repo is None:
+        log.warning("the repository of %s is not there: code search, the tree and the dense features are left "
+                    "out", paths.commits)
+    scores = load_language_model(cfg, paths, prediction or PredictionConfig(), splits)
+    dense_info = dense_settings(index or IndexConfig()) if cfg.dense else None
+    embeddings = file_embeddings(dense_info) if dense_info is not None else None
+    if embeddings is not None:  # a refit (e.g. after an update) embeds only the file versions new since the last
+        embeddings.load(paths.ranker_dir)  # (vectors are keyed by path and blob: the same text, no leakage)
+    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores,
+                        scorer_of(embeddings) if embeddings is not None else None)
+    names = cfg.candidates().names()
+    fit_started, fit_cpu = time.monotonic(), time.process_time()
+    booster = fit_lambdarank(collected.rows["train"], collected.rows["val"], names, cfg.fit(), seed,
+                             columns=list(range(len(names))))
+    booster_lm = fit_lm_ranker(booster, collected.rows["val"], cfg.fit(), seed, names) if scores else None
+    fit_seconds, fit_cpu = time.monotonic() - fit_started, time.process_time() - fit_cpu
+    # The ablation: the same rows without the dense columns (not counted in the fit time).
+    without_dense = (fit_lambdarank(collected.rows["train"], collected.rows["val"], list(FEATURES), cfg.fit(), seed,
+                                    columns=list(range(len(FEATURES)))) if cfg.dense else None)
+    types_started = time.monotonic()
+    classes, type_model = fit_types(collected.types, cfg, seed) if cfg.change_types else ([], None)
+    types_seconds = time.monotonic() - types_started
+    settings = {
+        "features": names,
+        "lm_features": list(LM_FEATURES) + ["base_score"] if booster_lm is not None else [],
+        "baselines": section_dict(baselines),
+        "candidates": section_dict(cfg.candidates()),
+        "dense": dense_info,
+        "change_type_classes": classes,
+        "code_search": collected.code_search,
+        "lightgbm": {"version": lgb.__version__, **section_dict(cfg.fit()), "seed": seed},
+    }
+    ranker = Ranker(booster, settings, booster_lm, type_model, file_embeddings=embeddings)
+    ablation = ({"ranker_without_dense": Ranker(without_dense, {**settings, "features": list(FEATURES)})}
+                if without_dense is not None else {})
+    metrics = measure(ranker, collected, ablation)
+    metrics.update({
+        "targets": {s: len(collected.rows[s]) for s in SPLITS},
+        "trees": booster.num_trees(),
+        "trees_lm": booster_lm.num_trees() if booster_lm is not None else None,
+        "feature_importance": importances(booster),
+        "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
+        "features_seconds": round(collected.seconds, 2),
+        "features_cpu_seconds": round(collected.cpu_seconds, 2),
+        "dense_cpu_seconds": round(collected.dense_cpu_seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        "fit_cpu_seconds": round(fit_cpu, 2),
+        "change_types_seconds": round(types_seconds, 2),
+        "dense_files_embedded": embeddings.embedded if embeddings is not None else None,
+        "feature_importance_without_dense": importances(without_dense) if without_dense is not None else None,
+    })
+    ranker.metrics = metrics
+    ranker.save(paths.ranker_dir)
+    test = metrics["test"]
+    summary = {
+        "ranker": str(paths.ranker_dir),
+        "targets": metrics["targets"],
+        "test": {name: {k: test[name].get(k) for k in ("recall@1", "recall@5", "recall@10", "mrr")} for name in test},
+        "candidate_recall": metrics["candidate_recall"],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    best = max(BASELINES, key=lambda n: (test.get(n, {}).get("recall@5") or 0.0))
+    log.info("ranker: %d train targets, %d trees; test recall@5 %s (best baseline %s %s), recall@10 %s, "
+             "candidate recall %s; features %.1fs, fit %.1fs -> %s", metrics["targets"]["train"],
+             booster.num_trees(), fmt(test["ranker"]["recall@5"]), best, fmt(test.get(best, {}).get("recall@5")),
+             fmt(test["ranker"]["recall@10"]), fmt(metrics["candidate_recall"]), collected.seconds, fit_seconds,
+             paths.ranker_dir)
+    return summary
+
+
+def load_splits(paths: ArtifactPaths) -> dict[str, ExampleSet]:
+    sets = {split: ExampleSet.load(require(paths.split_data(split), "dataset_builder")) for split in SPLITS}
+    if not len(sets["train"]):
+        raise UserError(f"{paths.train_data}: has no examples: the history is too short to train a ranker")
+    return sets
+
+
+def choose_targets(splits: dict[str, ExampleSet], max_train: int) -> dict[str, str]:
+    """commit -> split for every target (train: the latest `max_train` when > 0). After an update
+    (pipeline.py --update) the train split holds the new examples and a replay sample only; the ranker,
+    refitted from scratch, then learns from every commit trained on so far (the split's trained_commits)."""
+    targets: dict[str, str] = {}
+    for split, examples in splits.items():
+        commits = list(examples.commits)
+        if split == "train" and max_train:
+            commits = commits[-max_train:]
+        elif split == "train":
+            commits = sorted(set(examples.meta.get("trained_commits") or ()) | set(commits))
+        targets.update({commit: split for commit in commits})
+    return targets
+
+
+def load_language_model(cfg: RankerConfig, paths: ArtifactPaths, prediction: PredictionConfig,
+                        splits: dict[str, ExampleSet]) -> LanguageModelScores | None:
+    """The model's scorer when `language_model: auto` and a model folder is there; else None."""
+    model_dir = prediction.model_dir or paths.model_dir
+    if cfg.language_model == "off" or not Path(model_dir).is_dir():
+        return None
+    predictor = Predictor.load(model_dir, prediction, device=cfg.device, paths=paths, ranker=False)
+    prompts = {}
+    for split in ("val", "test"):  # targets the model did not train on
+        examples = splits[split]
+        for i, commit in enumerate(examples.commits):
+            prompts[commit] = examples.ids(i)[: int(examples.target_starts[i])].tolist()
+    log.info("ranker: the language model %s scores the candidates of %d val/test targets", model_dir, len(prompts))
+    return LanguageModelScores(predictor, prediction, prompts)
+
+
+def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineConfig, features: FeatureConfig,
+            repo: Path | None, scores: LanguageModelScores | None, dense: DenseScorer | None = None) -> Collected:
+    """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines."""
+    started, cpu = time.monotonic(), time.process_time()
+    out = Collected(code_search=repo is not None)
+    bar = progress(total=len(targets), desc="features", unit="targets")
+
+    def timed_dense(task, code, paths):  # the dense features' share of the CPU time, for the record
+        cpu = time.process_time()
+        try:
+            return dense(task, code, paths)
+        finally:
+            out.dense_cpu_seconds += time.process_time() - cpu
+
+    for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo):
+        target = state.target
+        lm = scores.for_target(target.commit, state.past.file_module) if scores else None
+        rows = candidate_rows(state, features, lm=lm, dense=timed_dense if dense is not None else None)
+        out.rows[target.split].append(rows)
+        exists = tree_membership(state)
+        out.types[target.split] += [type_example(state.past, path, state.task_words, exists(path), target.chunks)
+                                    for path in target.files]
+        if target.split != "train":
+            out.truths[target.commit] = Truth.of(target.commit, target.chunks)
+        if target.split == "test":
+            out.baselines[target.commit] = {name: ranking[:10] for name, ranking in state.rankings.items()}
+        bar.update()
+    bar.close()
+    out.seconds, out.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
+    return out
+
+
+def tree_membership(state):
+    """path -> 1.0 in the parent's tree, 0.0 not, NaN unknown (no repository)."""
+    if state.code is None:
+        return lambda path: float("nan")
+    blobs = state.code.blobs
+    return lambda path: float(path in blobs)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def with_base_score(booster: lgb.Booster, rows: list[CandidateRows], n_base: int) -> list[CandidateRows]:
+    """Rows with the first ranker's score (over their first `n_base` columns) appended (the LM ranker's last
+    feature)."""
+    out = []
+    for r in rows:
+        base = booster.predict(r.features[:, :n_base]) if len(r.paths) else np.zeros(0)
+        out.append(dataclasses.replace(r, features=np.column_stack([r.features, base]).astype(np.float32)))
+    return out
+
+
+def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettings, seed: int,
+                  base: list[str]) -> lgb.Booster | None:
+    """The ranker with the language model's features, fitted on val only (see the module docstring); `base`:
+    the first ranker's features."""
+    names = list(base) + list(LM_FEATURES) + ["base_score"]
+    rows = [r for r in with_base_score(booster, val, len(base)) if r.features.shape[1] == len(names)]
+    if len(rows) < 4:
+        log.warning("ranker: too few val targets (%d) for the language-model ranker: left out", len(rows))
+        return None
+    half = len(rows) // 2
+    first, second = rows[:half], rows[half:]
+    trees = [fit_lambdarank(a, b, names, fit, seed).num_trees() for a, b in ((first, second), (second, first))]
+    return fit_lambdarank(rows, [], names, fit, seed, rounds=max(1, round(sum(trees) / len(trees))))
+
+
+def fit_types(types: dict[str, list[TypeExample]], cfg: RankerConfig, seed: int) -> tuple[list[str], lgb.Booster | None]:
+    """The change-type classes (the most frequent main types of the train targets' files) and the classifier."""
+    counts: dict[str, int] = {}
+    for example in types["train"]:
+        if example.main:
+            counts[example.main] = counts.get(example.main, 0) + 1
+    classes = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TYPE_CLASSES]]
+    if len(classes) < 2:
+        return classes, None
+
+    def matrix(examples: list[TypeExample]) -> tuple[np.ndarray, np.ndarray]:
+        kept = [e for e in examples if e.main in classes]
+        x = np.array([change_type_features(e, classes) for e in kept], dtype=np.float32)
+        return x.reshape(len(kept), len(change_type_feature_names(classes))), np.array([classes.index(e.main) for e in kept])
+
+    return classes, fit_change_types(matrix(types["train"]), matrix(types["val"]), classes, cfg.fit(), seed)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def measure(ranker: Ranker, collected: Collected, others: dict[str, Ranker] | None = None) -> dict:
+    """Test figures of the ranker(s) beside every baseline (and `others`: name -> ranker over the same rows'
+    first columns, e.g. the ablation), candidate recall, per commit size; val for the record."""
+    out: dict = {}
+    for split in ("val", "test"):
+        rows_by_name: dict[str, list[dict]] = {}
+        recalls = []
+        for rows in collected.rows[split]:
+            truth = collected.truths[rows.commit]
+            recalls.append(candidate_recall(rows, truth.files))
+            rows_by_name.setdefault("ranker", []).append(score(Prediction(ranker.rank(rows)[:10]), truth))
+            for name, other in (others or {}).items():
+                rows_by_name.setdefault(name, []).append(score(Prediction(other.rank(rows)[:10]), truth))
+            if ranker.booster_lm is not None and split == "test":
+                rows_by_name.setdefault("ranker_lm", []).append(score(Prediction(ranker.rank(rows, lm=True)[:10]), truth))
+            if split == "test":
+                for name, ranking in collected.baselines[rows.commit].items():
+                    rows_by_name.setdefault(name, []).append(score(Prediction(ranking), truth))
+        out[split] = {name: aggregate(r) for name, r in rows_by_name.items()}
+        if split == "test":
+            out["by_size"] = {name: by_size(r) for name, r in rows_by_name.items()}
+            valid = [r for r in recalls if r is not None]
+            out["candidate_recall"] = round(sum(valid) / len(valid), 4) if valid else None
+    out["change_types"] = change_type_figures(ranker, collected.types["test"])
+    return out
+
+
+def change_type_figures(ranker: Ranker, examples: list[TypeExample]) -> dict:
+    """On the test targets' files: the share whose predicted main type is one of the file's actual types, for
+    the classifier and for "most frequent type so far"."""
+    if not examples:
+        return {}
+    predicted = predict_change_types(ranker.change_type_model, ranker.classes, examples)
+    classifier = sum(predicted.get(e.path) in e.actual for e in examples)
+    frequent = sum(most_frequent_type(e) in e.actual for e in examples)
+    return {"files": len(examples), "classifier": round(classifier / len(examples), 4),
+            "most_frequent": round(frequent / len(examples), 4), "model_file": CHANGE_TYPES_FILE}
+
+
+def fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def stage_inputs(cfg: RankerConfig, paths: ArtifactPaths) -> list[Path]:
+    inputs = [paths.commits, paths.chunks, paths.train_data, paths.val_data, paths.test_data]
+    if cfg.language_model != "off" and paths.model_dir.is_dir():
+        inputs.append(paths.model_dir)
+    return inputs
+
+
+def stage_outputs(cfg: RankerConfig, paths: ArtifactPaths) -> list[Path]:
+    return [paths.ranker_dir]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@user_errors_to_exit
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_argument(parser)
+    parser.add_argument("--commits", type=Path, help="commits.json (default: <output_dir>/commits.json)")
+    parser.add_argument("--chunks", type=Path, help="chunks.jsonl (default: <output_dir>/chunks.jsonl)")
+    parser.add_argument("--output", type=Path, help="the ranker folder to write (default: <output_dir>/ranker)")
+    parser.add_argument("--no-language-model", action="store_true", help="leave the language model's features out")
+    parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=None,
+                        help="override ranker.dense (the dense task-file similarity features)")
+    parser.add_argument("--max-train-targets", type=int, help="override ranker.max_train_targets")
+    parser.add_argument("--threads", type=int, dest="num_threads", help="override ranker.num_threads")
+    parser.add_argument("--seed", type=int, help="override pipeline.seed")
+    args = parser.parse_args(argv)
+    cfg, pipeline_cfg, paths = load_stage(args, SECTION, Config)
+    cfg = apply_overrides(cfg, SECTION, {"max_train_targets": args.max_train_targets, "num_threads": args.num_threads,
+                                         "language_model": "off" if args.no_language_model else None,
+                                         "dense": args.dense})
+    for name, attr in (("commits", "commits"), ("chunks", "chunks"), ("output", "ranker_dir")):
+        if getattr(args, name) is not None:
+            paths = dataclasses.replace(paths, **{attr: getattr(args, name).resolve()})
+    evaluation, prediction = EvaluationConfig(), PredictionConfig()
+    if args.config is not None:
+        loaded = load_config(args.config, {"evaluation": EvaluationConfig, "prediction": PredictionConfig},
+                             strict_sections=False)
+        evaluation, prediction = loaded["evaluation"], loaded["prediction"]
+    run(cfg, paths, seed=args.seed if args.seed is not None else pipeline_cfg.seed, evaluation=evaluation,
+        prediction=prediction, index=load_index_config(args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training the language model: packing, model and optimizer, warm start, checkpoints, the loop, the memory estimate, and loading trained model folders."""
