@@ -15,14 +15,15 @@ Then, in this process:
 1. `torch.cuda.set_per_process_memory_fraction` caps PyTorch's allocator at --cap-gib (8). What
    the card holds besides - the CUDA context and libraries, outside the allocator - is measured
    and printed: on an 8 GB card it comes off the same 8 GiB.
-2. `train_model.setup_hardware` / `setup` with the shipped profile configs/rtx2060-llama2-7b-qlora.yaml
-   (only base_model pointed at the stand-in): NF4 with double quantisation (BitsAndBytesConfig),
-   the embeddings resized for the new tokens, LoRA on all linear layers, trainable new-token rows,
-   checkpointing, paged 8-bit AdamW, fp16 with dynamic loss scaling as on Turing even where bf16
-   exists, and the micro-batch / accumulation that vram_budget_gb picks from repo2model/training/memory.py.
+2. `hardware.setup_hardware` / `training_run.setup` (repo2model/training/) with the shipped profile
+   configs/rtx2060-llama2-7b-qlora.yaml (only base_model pointed at the stand-in): NF4 with double
+   quantisation (BitsAndBytesConfig), the embeddings resized for the new tokens, LoRA on all linear
+   layers, trainable new-token rows, checkpointing, paged 8-bit AdamW, fp16 with dynamic loss
+   scaling as on Turing even where bf16 exists, and the micro-batch / accumulation that
+   vram_budget_gb picks from repo2model/training/memory.py.
    On a GPU newer than Turing, SDPA is kept off FlashAttention (Turing has none) so attention uses
    the memory-efficient kernel the 2060 would use.
-3. `train_model.train_step` (the stage's own optimizer step, not a copy) for --steps steps.
+3. `loop.train_step` (the stage's own optimizer step, not a copy) for --steps steps.
 
 Prints peak allocated and reserved memory (loading and training apart), the memory outside the
 allocator, tokens/s and seconds per step, and the estimator's figure beside the measured peak with
@@ -58,6 +59,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast  # noqa: E402
 
 from repo2model.stages import train_model  # noqa: E402
+from repo2model.training.hardware import Hardware, check_outputs_writable, check_packages, setup_hardware  # noqa: E402
+from repo2model.training.loop import train_step  # noqa: E402
+from repo2model.training.training_run import TrainingRun, setup  # noqa: E402
 from repo2model.language.commit_language import BOS, EOS, PAD, CommitLanguage  # noqa: E402
 from repo2model.core.config import load_config, load_yaml  # noqa: E402
 from repo2model.language.examples import ExampleSet  # noqa: E402
@@ -210,17 +214,17 @@ def measure(cfg: train_model.Config, paths: ArtifactPaths, steps: int, cap_gib: 
     figures: dict = {}
     if tiny:
         # setup_hardware refuses fp16 without a GPU; the CPU's fp16 kernels run the same loss-scaling path.
-        hw = train_model.Hardware(torch.device("cpu"), "fp16")
+        hw = Hardware(torch.device("cpu"), "fp16")
     else:
         total = torch.cuda.mem_get_info()[1]
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * GIB / total))
-        hw = train_model.setup_hardware(cfg)  # the stage's own validation: device cuda, precision fp16
+        hw = setup_hardware(cfg)  # the stage's own validation: device cuda, precision fp16
         figures.update(device=torch.cuda.get_device_name(hw.device), device_total_gib=total / GIB, cap_gib=cap_gib)
-    train_model.check_packages(cfg)
-    train_model.check_outputs_writable(paths)
+    check_packages(cfg)
+    check_outputs_writable(paths)
     with turing_attention(hw):
         started = time.perf_counter()
-        run = train_model.setup(cfg, paths, hw, seed)
+        run = setup(cfg, paths, hw, seed)
         figures["load_s"] = time.perf_counter() - started
         figures.update(memory_figures(hw, "load"))
         figures.update(describe_run(run))
@@ -234,7 +238,7 @@ def measure(cfg: train_model.Config, paths: ArtifactPaths, steps: int, cap_gib: 
         scales = [run.scaler.get_scale() if run.scaler else None]  # the initial scale, then after each step
         for step in range(steps):
             started = time.perf_counter()
-            result = train_model.train_step(run, step)
+            result = train_step(run, step)
             if hw.device.type == "cuda":
                 torch.cuda.synchronize(hw.device)
                 free, total = torch.cuda.mem_get_info(hw.device)
@@ -269,7 +273,7 @@ def measure(cfg: train_model.Config, paths: ArtifactPaths, steps: int, cap_gib: 
     return figures
 
 
-def describe_run(run: train_model.TrainingRun) -> dict:
+def describe_run(run: TrainingRun) -> dict:
     """What was set up: the proof that the path is the QLoRA one (NF4 + double quantisation, paged 8-bit AdamW, ...)."""
     quantized = [m for m in run.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     state = quantized[0].weight.quant_state if quantized else None
@@ -289,14 +293,14 @@ def checkpointing(model) -> bool:
     return False
 
 
-def turing_attention(hw: train_model.Hardware):
+def turing_attention(hw: Hardware):
     """SDPA without FlashAttention on GPUs that have it: Turing's memory-efficient kernel, as on the 2060."""
     if hw.device.type == "cuda" and torch.cuda.get_device_capability(hw.device) >= (8, 0):
         return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
     return contextlib.nullcontext()
 
 
-def memory_figures(hw: train_model.Hardware, phase: str) -> dict:
+def memory_figures(hw: Hardware, phase: str) -> dict:
     if hw.device.type != "cuda":
         return {f"{phase}_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
     free, total = torch.cuda.mem_get_info(hw.device)

@@ -2,7 +2,7 @@
 
     python bench/bench_train.py [--steps 20] [--repeats 3] [--data outputs/training_data_train.pt]
 
-1. tokens/s of train_model's loop (`train_model.train`: batch assembly, schedule, clipping,
+1. tokens/s of train_model's loop (`repo2model.training.loop.train`: batch assembly, schedule, clipping,
    per-step seeding, logging, the evaluation hook on a 1-row validation split and the final
    checkpoint) against a bare loop - the same tiny LLaMA, initial weights, precision, optimizer and
    the very same batches, collated before timing - alternating runs in one process. Both wall time
@@ -31,6 +31,16 @@ import torch.nn.functional as F  # noqa: E402
 from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
 from repo2model.stages import train_model  # noqa: E402
+from repo2model.training.data import choose_seq_len  # noqa: E402
+from repo2model.training.model import scratch_config  # noqa: E402
+from repo2model.training.packing import (  # noqa: E402
+    collate,
+    pack_rows,
+    padding_share,
+    row_lengths,
+    row_tokens,
+    step_batches,
+)
 from helpers_models import make_dataset, make_tokenizer  # noqa: E402
 from repo2model.language.examples import IGNORE_INDEX, ExampleSet  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
@@ -61,7 +71,7 @@ def loop_run(paths: ArtifactPaths, cfg: train_model.Config) -> tuple[float, floa
     """(wall, CPU) tokens/s of train_model's training loop."""
     shutil.rmtree(paths.checkpoints_dir, ignore_errors=True)
     clock: dict = {}
-    original = train_model.train
+    original = train_model.train  # the name the stage's run() calls
     train_model.train = timed(original, clock)
     try:
         final = train_model.run(cfg, paths, seed=3, resume=False)
@@ -75,16 +85,16 @@ def bare_run(paths: ArtifactPaths, cfg: train_model.Config) -> tuple[float, floa
     train = ExampleSet.load(paths.train_data)
     tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     seq_len = cfg.seq_len
-    rows = train_model.pack_rows(train, seq_len, True)
-    lengths = train_model.row_lengths(train, rows, seq_len)
+    rows = pack_rows(train, seq_len, True)
+    lengths = row_lengths(train, rows, seq_len)
     micro = cfg.micro_batch_size
     batches, tokens = [], 0
     for step in range(cfg.max_steps):
-        (step_rows,) = train_model.step_batches(rows, lengths, micro, step, 1, 3, {})
-        batches.append(train_model.collate(train, step_rows, seq_len, tokenizer.pad_token_id))
-        tokens += train_model.row_tokens(train, step_rows, seq_len)
+        (step_rows,) = step_batches(rows, lengths, micro, step, 1, 3, {})
+        batches.append(collate(train, step_rows, seq_len, tokenizer.pad_token_id))
+        tokens += row_tokens(train, step_rows, seq_len)
     torch.manual_seed(3)
-    model = LlamaForCausalLM(train_model.scratch_config(cfg, tokenizer, seq_len)).train()
+    model = LlamaForCausalLM(scratch_config(cfg, tokenizer, seq_len)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     start, cpu = time.perf_counter(), time.process_time()
@@ -110,13 +120,13 @@ def waste_figures(real: Path | None) -> list[tuple[str, float]]:
     figures = []
     for label, examples, seq_len in [("synthetic 20..700 tokens, rows of 1024", spread, 1024)] + (
             [(f"{real}", ExampleSet.load(real), None)] if real else []):
-        seq_len = seq_len or train_model.choose_seq_len(train_model.Config(), examples)
+        seq_len = seq_len or choose_seq_len(train_model.Config(), examples)
         for packing in (True, False):
-            lengths = train_model.row_lengths(examples, train_model.pack_rows(examples, seq_len, packing), seq_len)
+            lengths = row_lengths(examples, pack_rows(examples, seq_len, packing), seq_len)
             naive = [lengths[i] for i in torch.randperm(len(lengths)).tolist()]
             naive_waste = 1 - sum(naive) / sum(max(naive[i:i + 8]) * len(naive[i:i + 8]) for i in range(0, len(naive), 8))
             figures.append((f"{label}, {'packed' if packing else 'one example per row'}, bucketed",
-                            train_model.padding_share(lengths, 8, seed=1)))
+                            padding_share(lengths, 8, seed=1)))
             figures.append((f"{label}, {'packed' if packing else 'one example per row'}, random order", naive_waste))
     return figures
 

@@ -10,6 +10,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from repo2model.stages import train_model
+from repo2model.training.batch_plan import plan_batches
+from repo2model.training.hardware import Hardware
 from repo2model.core.errors import UserError
 from repo2model.training.memory import (
     GIB,
@@ -102,14 +104,14 @@ def test_rtx2060_budget_picks_the_micro_batch_and_names_what_to_lower():
 
 def test_budget_that_cannot_fit_stops_with_one_line(tmp_path):
     """On a GPU the budget is applied; the error line names the setting to lower."""
-    hw = train_model.Hardware(torch.device("cuda", 0), "fp16")  # planning only: nothing is put on the device
+    hw = Hardware(torch.device("cuda", 0), "fp16")  # planning only: nothing is put on the device
     cfg = train_model.Config(mode="qlora", base_model="x", vram_budget_gb=4.0, effective_batch_size=16)
     with pytest.raises(UserError) as err:
-        train_model.plan_batches(cfg, LLAMA2_7B, dataclasses.replace(LEAN, seq_len=2048), hw)
+        plan_batches(cfg, LLAMA2_7B, dataclasses.replace(LEAN, seq_len=2048), hw)
     assert "\n" not in str(err.value)
     assert str(err.value).startswith("model_training.vram_budget_gb: the estimate for micro-batch 1 is")
     cfg = dataclasses.replace(cfg, vram_budget_gb=8.0)
-    plan = train_model.plan_batches(cfg, LLAMA2_7B, dataclasses.replace(LEAN, seq_len=2048), hw)
+    plan = plan_batches(cfg, LLAMA2_7B, dataclasses.replace(LEAN, seq_len=2048), hw)
     assert plan.micro_batch * plan.accumulation >= 16 and plan.estimate_gib <= 8.0
 
 

@@ -23,6 +23,14 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from repo2model.stages import train_model
+from repo2model.training.data import find_tokenizer
+from repo2model.training.hardware import Hardware, setup_hardware
+from repo2model.training.loop import evaluate_loss, token_loss_sum, validation_loss
+from repo2model.training.model import build_model, scratch_config
+from repo2model.training.optimizer import build_optimizer, learning_rate
+from repo2model.training.packing import collate, pack_rows, padding_share, row_lengths, step_batches
+from repo2model.training.training_run import setup
+from repo2model.training.warm_start import read_warm_start
 from repo2model.core.errors import UserError
 from repo2model.language.examples import IGNORE_INDEX, ExampleSet
 from repo2model.training.models import load_base_for_adapter, load_trained_model
@@ -76,8 +84,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cpu_hw(precision: str = "fp32") -> train_model.Hardware:
-    return train_model.Hardware(torch.device("cpu"), precision)
+def cpu_hw(precision: str = "fp32") -> Hardware:
+    return Hardware(torch.device("cpu"), precision)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -85,7 +93,7 @@ def cpu_hw(precision: str = "fp32") -> train_model.Hardware:
 
 def test_packing_fills_rows_and_places_every_example_once(shared):
     examples = ExampleSet.load(shared / "training_data_train.pt")
-    rows = train_model.pack_rows(examples, 256, packing=True)
+    rows = pack_rows(examples, 256, packing=True)
     placed = sorted(i for row in rows for i in row)
     assert placed == list(range(len(examples)))
     lengths = examples.lengths().tolist()
@@ -97,18 +105,18 @@ def test_packing_fills_rows_and_places_every_example_once(shared):
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
     varied = ExampleSet(torch.ones(int(offsets[-1]), dtype=torch.int32), offsets, torch.zeros(400, dtype=torch.long),
                         ["c"] * 400, ["t"] * 400, {})
-    packed = train_model.pack_rows(varied, 1024, packing=True)
-    assert train_model.padding_share(train_model.row_lengths(varied, packed, 1024), 8, seed=1) < 0.05
+    packed = pack_rows(varied, 1024, packing=True)
+    assert padding_share(row_lengths(varied, packed, 1024), 8, seed=1) < 0.05
     # One example per row, length-bucketed: little waste; the same rows in plain random order waste a lot.
-    unpacked = train_model.row_lengths(varied, train_model.pack_rows(varied, 1024, packing=False), 1024)
-    assert train_model.padding_share(unpacked, 8, seed=1) < 0.05
+    unpacked = row_lengths(varied, pack_rows(varied, 1024, packing=False), 1024)
+    assert padding_share(unpacked, 8, seed=1) < 0.05
     shuffled = [unpacked[i] for i in torch.randperm(400).tolist()]  # what the bucketing avoids
     assert 1 - sum(unpacked) / sum(max(shuffled[i:i + 8]) * 8 for i in range(0, 400, 8)) > 0.2
 
 
 def test_collate_masks_context_and_restarts_positions(shared):
     examples = ExampleSet.load(shared / "training_data_train.pt")
-    batch = train_model.collate(examples, [[0, 1], [2]], 256, pad_id=0)
+    batch = collate(examples, [[0, 1], [2]], 256, pad_id=0)
     n0, n1, n2 = (int(examples.lengths()[i]) for i in range(3))
     labels, positions = batch["labels"], batch["position_ids"]
     assert batch["input_ids"].shape == (2, n0 + n1)
@@ -125,11 +133,11 @@ def test_packed_loss_equals_the_examples_alone(shared):
     examples = ExampleSet.load(shared / "training_data_val.pt")
     tokenizer = AutoTokenizer.from_pretrained(str(shared / "tokenizer"))
     torch.manual_seed(0)
-    model = LlamaForCausalLM(train_model.scratch_config(train_model.Config(**TINY), tokenizer, 256)).eval()
+    model = LlamaForCausalLM(scratch_config(train_model.Config(**TINY), tokenizer, 256)).eval()
     hw = cpu_hw()
     with torch.no_grad():
-        packed, n_packed = train_model.token_loss_sum(model, train_model.collate(examples, [[0, 1, 2]], 256, 0), hw)
-        alone = [train_model.token_loss_sum(model, train_model.collate(examples, [[i]], 256, 0), hw) for i in range(3)]
+        packed, n_packed = token_loss_sum(model, collate(examples, [[0, 1, 2]], 256, 0), hw)
+        alone = [token_loss_sum(model, collate(examples, [[i]], 256, 0), hw) for i in range(3)]
     assert n_packed == sum(n for _, n in alone)
     assert float(packed) == pytest.approx(sum(float(loss) for loss, _ in alone), rel=1e-5)
 
@@ -137,14 +145,14 @@ def test_packed_loss_equals_the_examples_alone(shared):
 def test_data_order_is_a_function_of_the_step():
     rows = [[i] for i in range(10)]
     lengths = [5, 9, 1, 7, 3, 8, 2, 6, 4, 10]
-    first = [train_model.step_batches(rows, lengths, 3, s, 2, seed=3, cache={}) for s in range(6)]
-    again = [train_model.step_batches(rows, lengths, 3, s, 2, seed=3, cache={}) for s in (5, 2, 0, 1, 4, 3)]
+    first = [step_batches(rows, lengths, 3, s, 2, seed=3, cache={}) for s in range(6)]
+    again = [step_batches(rows, lengths, 3, s, 2, seed=3, cache={}) for s in (5, 2, 0, 1, 4, 3)]
     assert again == [first[s] for s in (5, 2, 0, 1, 4, 3)]
     epoch0 = [b for s in range(2) for b in first[s]]  # 4 micro-batches of 3, 3, 3 and 1 rows
     assert [len(b) for b in epoch0] == [3, 3, 3, 1]
     assert sorted(r[0] for b in epoch0 for r in b) == list(range(10))  # each row once per epoch
     assert all(len(b) == 3 for b in first[2])  # the next epoch starts with full micro-batches again
-    assert first[0] != train_model.step_batches(rows, lengths, 3, 0, 2, seed=4, cache={})  # the seed matters
+    assert first[0] != step_batches(rows, lengths, 3, 0, 2, seed=4, cache={})  # the seed matters
     # Length bucketing: the rows of a micro-batch have neighbouring lengths.
     for batch in epoch0[:3]:
         spread = [lengths[r[0]] for r in batch]
@@ -153,7 +161,7 @@ def test_data_order_is_a_function_of_the_step():
 
 def test_cosine_schedule_with_warmup():
     cfg = train_model.Config(learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1)
-    lrs = [train_model.learning_rate(cfg, s, 100) for s in range(101)]
+    lrs = [learning_rate(cfg, s, 100) for s in range(101)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[100] == pytest.approx(1e-4)
@@ -185,7 +193,7 @@ def test_scratch_trains_logs_and_reloads(shared, tmp_path):
     model, tokenizer = load_trained_model(paths.model_dir)
     assert not model.training and len(tokenizer) == model.config.vocab_size
     test = ExampleSet.load(paths.test_data)
-    loss, _ = train_model.evaluate_loss(model, test, train_model.pack_rows(test, final["seq_len"], True), 4, cpu_hw(),
+    loss, _ = evaluate_loss(model, test, pack_rows(test, final["seq_len"], True), 4, cpu_hw(),
                                         final["seq_len"])
     assert loss == pytest.approx(final["test_loss"], abs=1e-4)
 
@@ -202,7 +210,7 @@ def test_early_stopping_keeps_the_best_weights(shared, tmp_path):
     assert last_val < final["best_val_loss"] - 0.1  # the weights kept are not the last ones
     model, _ = load_trained_model(paths.model_dir)
     val = ExampleSet.load(paths.val_data)
-    loss, _ = train_model.evaluate_loss(model, val, train_model.pack_rows(val, final["seq_len"], True), 4, cpu_hw(),
+    loss, _ = evaluate_loss(model, val, pack_rows(val, final["seq_len"], True), 4, cpu_hw(),
                                         final["seq_len"])
     assert loss == pytest.approx(final["best_val_loss"], abs=1e-4)
 
@@ -211,7 +219,7 @@ def test_gpu_only_settings_are_refused_without_a_gpu(shared, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(UserError, match="precision: fp16 needs a CUDA GPU"):
-        train_model.setup_hardware(train_model.Config(precision="fp16"))
+        setup_hardware(train_model.Config(precision="fp16"))
     paths = outputs(shared, tmp_path)
     config = write_config(tmp_path / "c.yaml", paths.output_dir, device="cuda")
     proc = subprocess.run([sys.executable, str(ROOT / "train_model.py"), "--config", str(config)],
@@ -326,8 +334,8 @@ def test_lora_trains_only_adapters_and_new_rows_and_reloads(extended, tmp_path):
     cfg = train_model.Config(**TINY, mode="lora", base_model=str(extended["base"]), precision="fp32", max_steps=12,
                              eval_every=6, save_every=6, learning_rate=1e-2, merge=True)
     hw = cpu_hw()
-    tokenizer, tok_dir = train_model.find_tokenizer(ExampleSet.load(paths.train_data), paths, None)
-    model, new_ids = train_model.build_model(cfg, tokenizer, tok_dir, 256, hw)
+    tokenizer, tok_dir = find_tokenizer(ExampleSet.load(paths.train_data), paths, None)
+    model, new_ids = build_model(cfg, tokenizer, tok_dir, 256, hw)
     assert new_ids == extended["new_ids"]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n or "trainable_tokens" in n for n in names)
@@ -349,13 +357,13 @@ def test_lora_trains_only_adapters_and_new_rows_and_reloads(extended, tmp_path):
     rows = embed(ids)[0]
     assert torch.equal(rows[-2:], base.get_input_embeddings()(torch.tensor([5, 6])))  # old rows untouched
     test = ExampleSet.load(paths.test_data)
-    packed = train_model.pack_rows(test, final["seq_len"], True)
-    loss, _ = train_model.evaluate_loss(reloaded, test, packed, 4, hw, final["seq_len"])
+    packed = pack_rows(test, final["seq_len"], True)
+    loss, _ = evaluate_loss(reloaded, test, packed, 4, hw, final["seq_len"])
     assert loss == pytest.approx(final["test_loss"], abs=1e-4)
 
     merged, _ = load_trained_model(paths.model_dir / "merged")
     assert not isinstance(merged, PeftModel)
-    merged_loss, _ = train_model.evaluate_loss(merged, test, packed, 4, hw, final["seq_len"])
+    merged_loss, _ = evaluate_loss(merged, test, packed, 4, hw, final["seq_len"])
     assert merged_loss == pytest.approx(loss, abs=1e-4)
 
 
@@ -365,14 +373,14 @@ def test_qlora_nf4_on_cpu_with_paged_8bit_adamw(extended, tmp_path):
                              eval_every=2, save_every=2, optimizer="paged_adamw_8bit", learning_rate=1e-2,
                              gradient_checkpointing=True)
     hw = cpu_hw("bf16")
-    tokenizer, tok_dir = train_model.find_tokenizer(ExampleSet.load(paths.train_data), paths, None)
-    model, _ = train_model.build_model(cfg, tokenizer, tok_dir, 256, hw)
+    tokenizer, tok_dir = find_tokenizer(ExampleSet.load(paths.train_data), paths, None)
+    model, _ = build_model(cfg, tokenizer, tok_dir, 256, hw)
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
     assert q_proj.base_layer.weight.quant_state.quant_type == "nf4"
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for _, p in trainable)
-    assert isinstance(train_model.build_optimizer(cfg, trainable, hw), bnb.optim.PagedAdamW8bit)
+    assert isinstance(build_optimizer(cfg, trainable, hw), bnb.optim.PagedAdamW8bit)
     del model
 
     final = train_model.run(cfg, paths, seed=5)
@@ -386,7 +394,7 @@ def test_qlora_nf4_on_cpu_with_paged_8bit_adamw(extended, tmp_path):
     quantized = PeftModel.from_pretrained(base, str(paths.model_dir)).eval()
     assert isinstance(quantized.base_model.model.model.layers[0].self_attn.q_proj.base_layer, bnb.nn.Linear4bit)
     test = ExampleSet.load(paths.test_data)
-    loss, _ = train_model.evaluate_loss(quantized, test, train_model.pack_rows(test, final["seq_len"], True), 4,
+    loss, _ = evaluate_loss(quantized, test, pack_rows(test, final["seq_len"], True), 4,
                                         cpu_hw("bf16"), final["seq_len"])
     assert loss == pytest.approx(final["test_loss"], rel=0.05)
 
@@ -421,8 +429,8 @@ def test_qlora_with_prepare_model_for_kbit_training(extended, tmp_path):
     cfg = train_model.Config(**TINY, mode="qlora", base_model=str(extended["base"]), precision="bf16", max_steps=2,
                              eval_every=2, save_every=2, optimizer="adamw_8bit", prepare_kbit_training=True,
                              gradient_checkpointing=True)
-    tokenizer, tok_dir = train_model.find_tokenizer(ExampleSet.load(paths.train_data), paths, None)
-    model, _ = train_model.build_model(cfg, tokenizer, tok_dir, 256, cpu_hw("bf16"))
+    tokenizer, tok_dir = find_tokenizer(ExampleSet.load(paths.train_data), paths, None)
+    model, _ = build_model(cfg, tokenizer, tok_dir, 256, cpu_hw("bf16"))
     assert model.get_input_embeddings().weight.dtype == torch.float32
     del model
     final = train_model.run(cfg, paths, seed=5)
@@ -514,8 +522,8 @@ def test_warm_start_lora_adapter_continues_also_as_qlora(extended, tmp_path):
 
     # The LoRA adapter continues over the 4-bit base as well (QLoRA): nearly the same loss before any step.
     qlora = train_model.Config(**{**update, "mode": "qlora", "precision": "bf16"}, warm_start=first.model_dir)
-    run = train_model.setup(qlora, warm, cpu_hw("bf16"), 6, warm=train_model.read_warm_start(qlora))
-    assert train_model.validation_loss(run) == pytest.approx(trained["best_val_loss"], rel=0.05)
+    run = setup(qlora, warm, cpu_hw("bf16"), 6, warm=read_warm_start(qlora))
+    assert validation_loss(run) == pytest.approx(trained["best_val_loss"], rel=0.05)
     del run
 
     refused = adapter_outputs(extended, tmp_path / "refused")
@@ -530,7 +538,7 @@ def test_warm_start_lora_adapter_continues_also_as_qlora(extended, tmp_path):
 
 
 def test_gpu_qlora_bench_runs_its_tiny_path(tmp_path):
-    """bench/bench_gpu_qlora.py --tiny: the profile's QLoRA set-up and train_model.train_step, at toy shapes."""
+    """bench/bench_gpu_qlora.py --tiny: the profile's QLoRA set-up and loop.train_step, at toy shapes."""
     spec = importlib.util.spec_from_file_location("bench_gpu_qlora", ROOT / "bench" / "bench_gpu_qlora.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
