@@ -91,6 +91,7 @@ from repo2model.language.tokenizer_folder import load_commit_tokenizer
 from repo2model.core.progress import progress
 
 SECTION = "dataset_builder"
+CODE = ("core", "language")  # the packages it runs (its fingerprint covers them)
 SPLITS = ("train", "val", "test")
 log = logging.getLogger("dataset_builder")
 

@@ -86,6 +86,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 SECTION = "evaluation"
+CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving")  # its fingerprint covers them
 Config = EvaluationConfig
 # The pipeline runs this as its last stage and passes the `prediction` section as run(prediction=...).
 USES_SECTIONS = {"prediction": "prediction"}

@@ -93,6 +93,7 @@ from repo2model.git.scraping import (
 from repo2model.core.progress import progress
 
 SECTION = "git_scraper"
+CODE = ("core", "git")  # the packages it runs (its fingerprint covers them)
 Config = ScraperConfig
 log = logging.getLogger("git_scraper")
 

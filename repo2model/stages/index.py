@@ -53,6 +53,7 @@ log = logging.getLogger("index")
 
 Config = IndexConfig
 USES_SECTIONS = {"scraper": "git_scraper"}  # the repository, its filters and the secret redaction
+CODE = ("core", "git", "code", "retrieval")  # the packages it runs (its fingerprint covers them)
 
 
 def stage_inputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:

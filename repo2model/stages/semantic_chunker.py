@@ -89,6 +89,7 @@ from repo2model.git.redact import Redactor
 from repo2model.core.progress import progress
 
 SECTION = "semantic_chunker"
+CODE = ("core", "git", "code")  # the packages it runs (its fingerprint covers them)
 Config = ChunkerConfig
 log = logging.getLogger("semantic_chunker")
 

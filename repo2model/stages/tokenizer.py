@@ -100,6 +100,7 @@ from repo2model.language.tokenizer_folder import load_commit_tokenizer, tokenize
 from repo2model.core.progress import progress
 
 SECTION = "tokenizer"
+CODE = ("core", "language")  # the packages it runs (its fingerprint covers them)
 log = logging.getLogger("tokenizer")
 
 BYTE_ALPHABET = 256
