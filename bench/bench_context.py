@@ -80,18 +80,12 @@ from repo2model.git.commands import git  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
 from repo2model.serving.predictor import PredictionConfig  # noqa: E402
 from repo2model.ranking.ranker import FileRanking, Ranker  # noqa: E402
-from repo2model.retrieval.unit_index import (  # noqa: E402
-    ClientStore,
-    EdgeStore,
-    Embedder,
-    IndexConfig,
-    Prefetch,
-    Retriever,
-    StoredPoint,
-    UnitIndex,
-    build_context,
-    predicted_parts,
-)
+from repo2model.retrieval.context import build_context, predicted_parts  # noqa: E402
+from repo2model.retrieval.embedding import Embedder  # noqa: E402
+from repo2model.retrieval.index_config import IndexConfig  # noqa: E402
+from repo2model.retrieval.retriever import Retriever  # noqa: E402
+from repo2model.retrieval.stores import ClientStore, EdgeStore, Prefetch, StoredPoint  # noqa: E402
+from repo2model.retrieval.unit_index import UnitIndex  # noqa: E402
 from repo2model.git.scraping import PathFilter, ScraperConfig  # noqa: E402
 from repo2model.retrieval.bm25 import code_words  # noqa: E402
 

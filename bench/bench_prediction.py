@@ -55,7 +55,7 @@ from repo2model.serving.history import history_from_artifacts  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
 from repo2model.serving.predictor import PredictionConfig, Predictor  # noqa: E402
 from repo2model.ranking.ranker import EvaluationConfig, RankerConfig  # noqa: E402
-from repo2model.retrieval.unit_index import IndexConfig  # noqa: E402
+from repo2model.retrieval.index_config import IndexConfig  # noqa: E402
 
 STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder")
 PREDICTORS = ("ranker_lm", "ranker_dense", "ranker", "model", *BASELINES)

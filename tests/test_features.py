@@ -9,7 +9,8 @@ from helpers_data import scrape_and_chunk
 from repo2model.ranking.baselines import BaselineConfig
 from repo2model.ranking.features import DENSE_FEATURES, FEATURES, FeatureConfig, candidate_rows, repository_of, walk_targets
 from repo2model.ranking.ranker import scorer_of
-from repo2model.retrieval.unit_index import Embedder, FileEmbeddings, IndexConfig
+from repo2model.retrieval.embedding import Embedder, FileEmbeddings
+from repo2model.retrieval.index_config import IndexConfig
 
 TARGET = "Teach the parser to skip comments"
 HISTORY = [

@@ -11,7 +11,8 @@ from repo2model.stages import pipeline
 from conftest import ROOT
 from repo2model.core.artifacts import CommitsWriter
 from repo2model.core.paths import ArtifactPaths
-from repo2model.retrieval.unit_index import IndexConfig, UnitIndex
+from repo2model.retrieval.index_config import IndexConfig
+from repo2model.retrieval.unit_index import UnitIndex
 from repo2model.git.scraping import ScraperConfig
 
 

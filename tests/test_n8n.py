@@ -20,7 +20,9 @@ import pytest
 import helpers_predict as H
 from repo2model.stages import serve
 from repo2model.serving.predictor import OPTION_KEYS, PredictionConfig, Predictor
-from repo2model.retrieval.unit_index import IndexConfig, Retriever, UnitIndex
+from repo2model.retrieval.index_config import IndexConfig
+from repo2model.retrieval.retriever import Retriever
+from repo2model.retrieval.unit_index import UnitIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "integrations" / "n8n" / "workflow.json"

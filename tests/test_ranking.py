@@ -30,7 +30,7 @@ from repo2model.ranking.ranker import (
     FileRanking, Prediction, Ranker, RankerConfig, SymbolCandidate, Truth, aggregate, by_size, file_embeddings,
     rank_symbols, score, units_at_parent,
 )
-from repo2model.retrieval.bm25 import CodeIndex
+from repo2model.retrieval.bm25 import FileSearch
 
 FAST = dict(num_trees=200, early_stopping_rounds=20)
 
@@ -242,7 +242,7 @@ def test_the_dense_features_find_files_only_meaning_links_to_the_task(semantic_w
         assert answer["method"] == "ranker" and answer["files"][0]["path"] == expected, (task, answer["files"][:3])
     # A vector from the saved cache is the same bytes as one embedded afresh.
     fresh = file_embeddings(settings["dense"])
-    with CodeIndex(repo.path) as code:
+    with FileSearch(repo.path) as code:
         code.move_to(repo.head())
         assert (fresh.similarities("Handle the monsoon", code.blobs, code.read, files)
                 == ranking.ranker.file_embeddings.similarities("Handle the monsoon", code.blobs, code.read, files))

@@ -1,6 +1,6 @@
-"""repo2model.retrieval.unit_index: units of a tree, the index (Qdrant Edge and qdrant-client's code path), incremental
-updates, hybrid search, the context pack and the prompt. Real git repositories, real tree-sitter, the real
-all-MiniLM-L6-v2 and real Qdrant (in-process)."""
+"""repo2model.retrieval (units, unit_index, stores, context, prompt, retriever): units of a tree, the index
+(Qdrant Edge and qdrant-client's code path), incremental updates, hybrid search, the context pack and the prompt.
+Real git repositories, real tree-sitter, the real all-MiniLM-L6-v2 and real Qdrant (in-process)."""
 
 from __future__ import annotations
 
@@ -15,23 +15,16 @@ import pytest
 from repo2model.code.units import ModuleLookup
 from repo2model.core.errors import UserError
 from repo2model.git.redact import Redactor
-from repo2model.retrieval.unit_index import (
-    ClientStore,
-    Embedder,
-    IndexConfig,
-    IndexUnit,
-    Retriever,
-    UnitIndex,
-    build_context,
-    last_commits,
-    module_prefixes,
-    render_prompt,
-    sparse_query,
-    symbol_matches,
-    unit_words,
-    units_of_file,
-)
 from repo2model.retrieval.bm25 import BM25Index, code_words
+from repo2model.retrieval.context import build_context, symbol_matches
+from repo2model.retrieval.embedding import Embedder
+from repo2model.retrieval.index_config import IndexConfig
+from repo2model.retrieval.prompt import render_prompt
+from repo2model.retrieval.retriever import Retriever
+from repo2model.retrieval.sparse import sparse_query, unit_words
+from repo2model.retrieval.stores import ClientStore
+from repo2model.retrieval.unit_index import UnitIndex, last_commits
+from repo2model.retrieval.units import IndexUnit, module_prefixes, units_of_file
 
 LIB_RS = textwrap.dedent("""\
     //! The market.
@@ -454,14 +447,14 @@ def test_predictions_carry_context_and_prompt(tmp_path, make_repo, embedder):
 
 
 def test_file_embeddings_for_a_ranker_follow_the_tree_and_cache_by_blob(tmp_path, make_repo, embedder):
-    from repo2model.retrieval.unit_index import FileEmbeddings
-    from repo2model.retrieval.bm25 import CodeIndex
+    from repo2model.retrieval.bm25 import FileSearch
+    from repo2model.retrieval.embedding import FileEmbeddings
 
     repo = make_project(make_repo)
     old = repo.head()
     repo.commit("json everywhere", {"src/lib.rs": "pub fn to_json(value: u64) -> String {\n    format!(\"{}\", value)\n}\n"})
     dense = FileEmbeddings(embedder, IndexConfig())
-    with CodeIndex(repo.path) as code:
+    with FileSearch(repo.path) as code:
         code.move_to(old)
         before = dense.similarities("parse json requests", code.blobs, code.read, ["src/lib.rs", "tools/parser.py"])
         assert before["tools/parser.py"] > before["src/lib.rs"]

@@ -1,4 +1,4 @@
-"""repo2model/retrieval/bm25.py: the code-aware word split, BM25Index against bm25s, the CodeIndex on a real repository."""
+"""repo2model/retrieval/bm25.py: the code-aware word split, BM25Index against bm25s, FileSearch on a real repository."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import bm25s
 import pytest
 
 from repo2model.core.errors import UserError
-from repo2model.retrieval.bm25 import BM25Index, CodeIndex, bm25_scores, code_words, path_words, word_counts
+from repo2model.retrieval.bm25 import BM25Index, FileSearch, bm25_scores, code_words, path_words, word_counts
 
 
 def test_code_words_split_identifiers_paths_and_paths_of_modules():
@@ -68,14 +68,14 @@ def test_bm25_scores_one_shot_is_bm25s():
     assert bm25_scores(["w1"], [[], []]).tolist() == [0.0, 0.0]
 
 
-def test_code_index_follows_the_tree_from_commit_to_commit(make_repo):
+def test_file_search_follows_the_tree_from_commit_to_commit(make_repo):
     repo = make_repo()
     first = repo.commit("start", {"src/parser.py": "def parse_tokens(tokens):\n    return tokens\n",
                                   "src/render.py": "def render_html(page):\n    return page\n",
                                   "logo.png": b"\x89PNG\0\0binary"})
     second = repo.commit("more", {"src/render.py": "def render_markdown(page):\n    return page\n",
                                   "src/parser.py": None, "docs/guide.md": "How to parse tokens.\n"})
-    with CodeIndex(repo.path) as code:
+    with FileSearch(repo.path) as code:
         code.move_to(first)
         assert set(code.blobs) == {"src/parser.py", "src/render.py", "logo.png"}
         assert "logo.png" not in code.index  # binary: in the tree, not in the search

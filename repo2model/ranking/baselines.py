@@ -17,7 +17,7 @@ each baseline ranks files from them, best first, ties broken by path:
                      earlier commit message; a file scores the sum, over the `similar_commits` most similar
                      commits that changed it, of similarity / that commit's file count
     code_search      BM25 of the task against every file's content at the target's parent, path words
-                     weighted up (`search.CodeIndex`; needs the repository)
+                     weighted up (`bm25.FileSearch`; needs the repository)
     fusion           reciprocal-rank fusion (Cormack et al. 2009) of recent, cochange, similar_commits and
                      code_search: sum of 1 / (fusion_k + rank) over the members that rank the file
 
@@ -268,7 +268,7 @@ class PastCommits:
         return path not in self.unrendered
 
     def code_search(self, code_scores: dict[str, float], limit: int) -> list[tuple[str, float]]:
-        """The code index's scores (`CodeIndex.search`) without the files no predictor can name."""
+        """The file search's scores (`FileSearch.search`) without the files no predictor can name."""
         return ranked({p: s for p, s in code_scores.items() if self.searchable(p)}, limit)
 
     # ------------------------------------------------------------ structure of predicted files

@@ -5,7 +5,7 @@
         ...                                                # state is only valid inside the loop
 
 One streaming pass over commits.json + chunks.jsonl: at each target the `PastCommits` statistics hold
-exactly the commits before it (in commits.json's order) and the `CodeIndex` holds the tree of its first
+exactly the commits before it (in commits.json's order) and the `FileSearch` holds the tree of its first
 parent; the target is yielded, then observed. Nothing about the target itself is used but its task (the
 commit message), its author and its parent (the tree the change starts from).
 
@@ -61,7 +61,7 @@ from repo2model.ranking.baselines import (
 )
 from repo2model.core.errors import UserError
 from repo2model.git.commands import open_repository
-from repo2model.retrieval.bm25 import CodeIndex, code_words, path_words
+from repo2model.retrieval.bm25 import FileSearch, code_words, path_words
 
 log = logging.getLogger("features")
 
@@ -80,8 +80,8 @@ FEATURES = (
 )
 DENSE_FEATURES = ("dense_score", "dense_rank", "dense_gap")
 LM_FEATURES = ("lm_logprob", "lm_rank", "lm_gap")
-# (task, the code index at the target's parent, paths) -> {path: cosine}; e.g. retrieval.FileEmbeddings'
-DenseScorer = Callable[[str, CodeIndex, list[str]], dict[str, float]]
+# (task, the FileSearch at the target's parent, paths) -> {path: cosine}; e.g. retrieval.FileEmbeddings'
+DenseScorer = Callable[[str, FileSearch, list[str]], dict[str, float]]
 
 PARTNER_SOURCES = 5  # the best fused files whose co-change partners are candidates (partner_conf)
 DOC_EXTENSIONS = frozenset({".md", ".rst", ".txt", ".adoc", ".1", ".html"})
@@ -132,7 +132,7 @@ class TargetState:
 
     target: Target
     past: PastCommits
-    code: CodeIndex | None
+    code: FileSearch | None
     task_words: list[str]
     similar: dict[str, SimilarFile]  # similar_commits' evidence per file
     rules: dict[str, tuple[float, int]]  # co-change: each file's best rule (confidence, support)
@@ -163,7 +163,7 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
     the code search; their number is logged at the end.
     """
     past = PastCommits(cfg)
-    code = CodeIndex(repo, path_weight=cfg.code_path_weight) if repo is not None else None
+    code = FileSearch(repo, path_weight=cfg.code_path_weight) if repo is not None else None
     searched = code
     try:
         for position, (commit, chunks) in enumerate(iter_commits_with_chunks(commits_path, chunks_path)):
@@ -192,8 +192,8 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
                         "from %s (partial clone or pruned mirror)", len(searched.missing), searched.repo)
 
 
-def state_at(past: PastCommits, code: CodeIndex | None, target: Target, depth: int = 100) -> TargetState:
-    """The state for `target` given the past (moves the code index to the target's parent)."""
+def state_at(past: PastCommits, code: FileSearch | None, target: Target, depth: int = 100) -> TargetState:
+    """The state for `target` given the past (moves the file search to the target's parent)."""
     words = code_words(target.task)
     code_scores = None
     if code is not None:

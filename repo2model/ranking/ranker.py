@@ -52,8 +52,9 @@ from repo2model.ranking.features import (
     state_at,
 )
 from repo2model.core.paths import ArtifactPaths
-from repo2model.retrieval.unit_index import Embedder, FileEmbeddings, IndexConfig
-from repo2model.retrieval.bm25 import CodeIndex, FixedBM25, code_words
+from repo2model.retrieval.embedding import Embedder, FileEmbeddings
+from repo2model.retrieval.index_config import IndexConfig
+from repo2model.retrieval.bm25 import FileSearch, FixedBM25, code_words
 
 log = logging.getLogger("ranking")
 
@@ -475,9 +476,9 @@ def file_embeddings(settings: dict) -> FileEmbeddings:
 
 
 def scorer_of(embeddings: FileEmbeddings) -> DenseScorer:
-    """features.DenseScorer over a FileEmbeddings: the files as they are in the code index's tree."""
+    """features.DenseScorer over a FileEmbeddings: the files as they are in the FileSearch's tree."""
 
-    def dense(task: str, code: CodeIndex, paths: list[str]) -> dict[str, float]:
+    def dense(task: str, code: FileSearch, paths: list[str]) -> dict[str, float]:
         return embeddings.similarities(task, code.blobs, code.read, paths)
 
     return dense
@@ -610,7 +611,7 @@ class FileRanking:
 
     def __init__(self, ranker: Ranker, past: PastCommits, repo: Path | None, last_commit: str | None):
         self.ranker, self.past, self.repo, self.last_commit = ranker, past, repo, last_commit
-        self.code: CodeIndex | None = None
+        self.code: FileSearch | None = None
         self.seen: set[str] = set()
         self.candidates = ranker.candidates()
         self.dense = ranker.dense_scorer()  # None unless the ranker was fitted with the dense features
@@ -661,16 +662,16 @@ class FileRanking:
         fresh = [(c, chunks) for c, chunks in history if c.hash not in self.seen]
         if not fresh or self.repo is None:
             return
-        code = self.code_index()
+        code = self.file_search()
         for commit, chunks in fresh:
             if code is not None and code.has_commit(commit.hash):
                 self.past.observe(commit.to_dict(), [c.to_dict() for c in chunks])
                 self.seen.add(commit.hash)
                 self.last_commit = commit.hash
 
-    def code_index(self) -> CodeIndex | None:
+    def file_search(self) -> FileSearch | None:
         if self.code is None and self.repo is not None:
-            self.code = CodeIndex(self.repo, path_weight=self.past.cfg.code_path_weight)
+            self.code = FileSearch(self.repo, path_weight=self.past.cfg.code_path_weight)
         return self.code
 
     def rank(self, history: list, task: str, author: str | None = None,
@@ -678,7 +679,7 @@ class FileRanking:
         """The ranker's files for `task` after `history` (oldest first): path, score, change type, module and
         symbols each. `score(candidates)` (the language model's score_files) feeds the LM ranker when both exist."""
         self.catch_up(history)
-        code = self.code_index()
+        code = self.file_search()
         parent = history[-1][0].hash if history and history[-1][0].hash in self.seen else self.last_commit
         target = Target(commit="", position=self.past.position, task=task, author=(author or "").lower(),
                         parent=parent)
@@ -704,7 +705,7 @@ class FileRanking:
                                                   index=index)})
         return {"method": "ranker_lm" if lm is not None else "ranker", "files": files, "candidates": len(rows.paths)}
 
-    def symbol_index(self, path: str, code: CodeIndex | None) -> SymbolIndex:
+    def symbol_index(self, path: str, code: FileSearch | None) -> SymbolIndex:
         oid = code.blobs.get(path) if code is not None else None
         key = (path, oid, len(self.past.file_symbols.get(path) or ()))
         if key not in self.symbol_indexes:

@@ -19,8 +19,9 @@ rebuilding bm25s's index for each of thousands of targets costs O(history^2) (11
 messages). `BM25Index` keeps the same statistics (document frequencies, lengths) incrementally and scores a
 query with bm25s's own formulas; tests/test_search.py checks it against bm25s score for score.
 
-`CodeIndex` is the repository's tree at one commit in a BM25Index, moved from commit to commit with one
-long-lived `git diff-tree --stdin` (only the changed files are read, each blob's words cached).
+`FileSearch` is BM25 over the files of a repository at one commit (a BM25Index of the tree), moved from commit
+to commit with one long-lived `git diff-tree --stdin` (only the changed files are read, each blob's words
+cached).
 """
 
 from __future__ import annotations
@@ -235,13 +236,13 @@ def bm25_scores(query: list[str], documents: list[list[str]]) -> np.ndarray:
 # ---------------------------------------------------------------- the repository's tree
 
 
-class CodeIndex:
-    """The files of a repository at one commit: their blob ids, and their words in a BM25Index.
+class FileSearch:
+    """BM25 over the files of a repository at one commit: their blob ids, and their words in a BM25Index.
 
-        code = CodeIndex(repo)
-        code.move_to(parent_hash)            # the tree at that commit (git diff-tree from the last one)
-        code.search(code_words(task))        # {path: score}
-        code.blobs["src/main.rs"]            # blob id of every file of the tree (indexed or not)
+        files = FileSearch(repo)
+        files.move_to(parent_hash)           # the tree at that commit (git diff-tree from the last one)
+        files.search(code_words(task))       # {path: score}
+        files.blobs["src/main.rs"]           # blob id of every file of the tree (indexed or not)
 
     A file's document is its content's words plus its path's words `path_weight` times. Binary files and
     files over `max_file_bytes` are in `blobs` but not in the search, and so are files whose blob the
@@ -266,7 +267,7 @@ class CodeIndex:
         self._diff: subprocess.Popen | None = None
         self._buffer = b""
 
-    def __enter__(self) -> "CodeIndex":
+    def __enter__(self) -> "FileSearch":
         return self
 
     def __exit__(self, *exc) -> None:

@@ -62,7 +62,7 @@ from repo2model.training.models import language_dir, load_trained_model, read_tr
 from repo2model.core.paths import ArtifactPaths
 from repo2model.ranking.ranker import FileRanking
 from repo2model.core.records import Chunk, Commit
-from repo2model.retrieval.unit_index import Retriever
+from repo2model.retrieval.retriever import Retriever
 
 SECTION = "prediction"
 log = logging.getLogger("predict")
@@ -90,7 +90,7 @@ class PredictionConfig:
     rank_candidates: int = 200
     rank_score: Literal["sum", "mean"] = "sum"
     rank_batch_size: int = 32
-    context_tokens: int = 2000  # the code context's budget (repo2model.retrieval.unit_index); 0 = none
+    context_tokens: int = 2000  # the code context's budget (repo2model.retrieval.context); 0 = none
 
     def __post_init__(self):
         if self.file_ranking not in ("likelihood", "generation", "both"):

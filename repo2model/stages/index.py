@@ -9,11 +9,12 @@ file_filters and secret redaction. Writes
                                          `embedded: local` (qdrant-client's local mode); with `url` set the
                                          points go to that Qdrant server's collection instead
 
-Units, vectors, search and the context pack are described in repo2model/retrieval/unit_index.py. The first run embeds
-every unit (a progress bar); a later run (the pipeline reruns this stage whenever the tree at `rev` changed)
-re-embeds only the units whose text changed and refreshes the rest's line numbers, so an update after a few
-commits takes seconds. The index is rebuilt from scratch when its format, model, max_tokens, text_files,
-whole_file_lines, store or repository changed (index_info.json says which), or with --rebuild.
+Units are described in repo2model/retrieval/units.py, vectors in embedding.py and sparse.py, the store and
+search in unit_index.py (the package's __init__ lists its modules). The first run embeds every unit (a progress
+bar); a later run (the pipeline reruns this stage whenever the tree at `rev` changed) re-embeds only the units
+whose text changed and refreshes the rest's line numbers, so an update after a few commits takes seconds. The
+index is rebuilt from scratch when its format, model, max_tokens, text_files, whole_file_lines, store or
+repository changed (index_info.json says which), or with --rebuild.
 
 A file whose blob the repository lacks (a partial clone, a pruned mirror: git is never let fetch it) gets no
 unit; the summary counts them (`missing_objects`, with a few paths in `missing_sample`).
@@ -44,10 +45,11 @@ from repo2model.core.artifacts import read_commits_metadata
 from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.core.config import load_config
 from repo2model.core.errors import UserError
-from repo2model.git.commands import git, open_repository
 from repo2model.core.paths import ArtifactPaths
-from repo2model.retrieval.unit_index import SECTION, IndexConfig, UnitIndex, summary_dict, summary_line
+from repo2model.git.commands import git, open_repository
 from repo2model.git.scraping import PathFilter, ScraperConfig
+from repo2model.retrieval.index_config import SECTION, IndexConfig
+from repo2model.retrieval.unit_index import UnitIndex, summary_dict, summary_line
 
 log = logging.getLogger("index")
 

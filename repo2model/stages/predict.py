@@ -16,7 +16,7 @@ Writes
     JSON to stdout (or --output, atomically): files ranked with scores, change types and symbols per file,
     modules, symbols, a code sketch, and every generated candidate's raw text with its parse problems; `context`
     (the current code of the predicted symbols and files, then the units the code index finds, within
-    prediction.context_tokens; see repo2model/retrieval/unit_index.py) and `prompt` (one text for a code-writing model:
+    prediction.context_tokens; see repo2model/retrieval/context.py) and `prompt` (one text for a code-writing model:
     task, predicted change, code context, the --test-failures file).
 
 How the prompt is built and the files are ranked: repo2model/serving/predictor.py. The `prediction` section's keys
@@ -46,7 +46,8 @@ from repo2model.serving.predictor import (
     config_from_args,
     pool_from_artifacts,
 )
-from repo2model.retrieval.unit_index import Retriever, load_index_config
+from repo2model.retrieval.index_config import load_index_config
+from repo2model.retrieval.retriever import Retriever
 
 log = logging.getLogger("predict")
 

@@ -90,7 +90,8 @@ from repo2model.serving.predictor import (
     with_options,
 )
 from repo2model.training.models import INFO_FILE
-from repo2model.retrieval.unit_index import Retriever, load_index_config
+from repo2model.retrieval.index_config import load_index_config
+from repo2model.retrieval.retriever import Retriever
 
 SECTION = "serve"
 log = logging.getLogger("serve")

@@ -82,11 +82,10 @@ from repo2model.ranking.ranker import (
     file_embeddings, fit_change_types, fit_lambdarank, importances, most_frequent_type, predict_change_types,
     score, scorer_of, type_example,
 )
-from repo2model.retrieval.unit_index import IndexConfig, load_index_config
+from repo2model.retrieval.index_config import IndexConfig, load_index_config
 from repo2model.core.progress import progress
 
 SECTION = "ranker"
-CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving")  # its fingerprint covers them
 Config = RankerConfig
 # The baselines' settings (evaluation) shape the features; the prediction section says where the model is; the
 # index section, which embedding model and file texts the dense features use.
