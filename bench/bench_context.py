@@ -241,7 +241,7 @@ def run_stages(repo: Path, out: Path, stages: tuple[str, ...], rev_range: str | 
     `rev_range`, the history git reaches from it only."""
     config = out.with_name(f"{out.name}.yaml")
     config.write_text(f"pipeline:\n  output_dir: {out}\ngit_scraper:\n  repo: {repo}\n"
-                      + (f"  rev_range: {rev_range}\n" if rev_range else "") + "ranker:\n  language_model: 'off'\n")
+                      + (f"  rev_range: {rev_range}\n" if rev_range else "") + "train_ranker:\n  language_model: 'off'\n")
     for stage in stages:
         proc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(config), "--stage", stage],
                               capture_output=True, text=True)

@@ -7,7 +7,7 @@ Peak memory does not depend on the weights' values, so a model with LLaMA-2-7B's
 configuration (hidden 4096, 32 layers, 32 heads, MLP 11008, vocabulary 32,000) and random fp16
 weights stands in for the gated real one. It is saved once to `<work>/base` (13.5 GB on disk; built
 on the GPU in a child process, reused by later runs), so loading goes through the very code path a
-user's `model_training.base_model` takes. A stand-in tokenizer with 32,000 tokens is extended with
+user's `train_model.base_model` takes. A stand-in tokenizer with 32,000 tokens is extended with
 our special tokens exactly as the tokenizer stage extends LLaMA-2's (the profile's top_authors /
 top_modules), and synthetic training data fills every row of the profile's sequence length.
 
@@ -86,7 +86,7 @@ TINY_EFFECTIVE_BATCH = 2  # micro-batch 1 x accumulation 2: the profile's struct
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", type=Path, default=PROFILE, help="the training profile (its model_training)")
+    parser.add_argument("--profile", type=Path, default=PROFILE, help="the training profile (its train_model section)")
     parser.add_argument("--work", type=Path, default=WORK, help="folder for the stand-in base model and data")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 20; --tiny 2)")
     parser.add_argument("--cap-gib", type=float, default=8.0, help="PyTorch allocator cap, GiB (the card's memory)")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def profile_settings(profile: Path, base_dir: Path, tiny: bool) -> tuple[train_model.Config, int, int]:
-    """The profile's model_training section, its base model replaced by the stand-in; its tokenizer family sizes."""
+    """The profile's train_model section, its base model replaced by the stand-in; its tokenizer family sizes."""
     cfg = load_config(profile, {train_model.SECTION: train_model.Config}, strict_sections=False)[train_model.SECTION]
     cfg = dataclasses.replace(cfg, base_model=str(base_dir), max_minutes=None)
     if tiny:

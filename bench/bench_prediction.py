@@ -16,7 +16,7 @@ chunks.jsonl measured in the same run: the floor of any feature pass), and the l
 without generation through serve.py (file_ranking likelihood, a tiny untrained model when there is no trained
 one: the ranker's work, not the model's quality).
 
---dense: the ranker is trained with `ranker.dense: true` (the task's all-MiniLM-L6-v2 similarity to each candidate
+--dense: the ranker is trained with `train_ranker.dense: true` (the task's all-MiniLM-L6-v2 similarity to each candidate
 file at the target's parent); train_ranker also fits it without the dense features on the same candidate rows,
 so the rows `ranker_dense` and `ranker` of the table (both from ranker/metrics.json, the same test targets) are
 the ablation; the time lines add the dense features' CPU share and the files embedded. evaluate.py and serve.py
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--serve-requests", type=int, default=5, help="timed /predict requests per repository")
     parser.add_argument("--dense", action="store_true", help="the ranker with the dense features, and the ablation")
     parser.add_argument("--dense-candidates", type=int, default=0,
-                        help="with --dense: ranker.dense_candidates (the tree's N files nearest the task join)")
+                        help="with --dense: train_ranker.dense_candidates (the tree's N files nearest the task join)")
     args = parser.parse_args()
 
     results = {}
@@ -97,14 +97,14 @@ def bench_repo(name: str, args: argparse.Namespace) -> dict:
     for stage in STAGES + (("train_model",) if args.with_model else ()):
         if pipeline.run_pipeline(config, only=stage) != 0:
             raise SystemExit(f"{name}: stage {stage} failed (see {work / 'out' / 'pipeline.log'})")
-    loaded = load_config(config, {"pipeline": PipelineConfig, "ranker": RankerConfig, "evaluation": EvaluationConfig,
-                                  "prediction": PredictionConfig, "index": IndexConfig}, strict_sections=False)
+    loaded = load_config(config, {"pipeline": PipelineConfig, "train_ranker": RankerConfig, "evaluate": EvaluationConfig,
+                                  "predict": PredictionConfig, "index": IndexConfig}, strict_sections=False)
     paths = ArtifactPaths.under(loaded["pipeline"].output_dir)
     floor = plain_pass_seconds(paths)
-    train_ranker.run(loaded["ranker"], paths, evaluation=loaded["evaluation"], prediction=loaded["prediction"],
+    train_ranker.run(loaded["train_ranker"], paths, evaluation=loaded["evaluate"], prediction=loaded["predict"],
                      index=loaded["index"])
     ranker_metrics = read_json(paths.ranker_dir / "metrics.json")
-    evaluate.run(loaded["evaluation"], paths, prediction=loaded["prediction"])
+    evaluate.run(loaded["evaluate"], paths, prediction=loaded["predict"])
     evaluation = read_json(paths.evaluation)
     metrics = evaluation["metrics"]
     if args.dense:  # the ablation: both rankers on the same candidate rows (train_ranker's test figures)
@@ -121,9 +121,9 @@ def write_config(work: Path, repo: Path, args: argparse.Namespace) -> Path:
     config = {
         "pipeline": {"output_dir": str(work / "out")},
         "git_scraper": {"repo": str(repo), "include_remotes": True},
-        "evaluation": {"max_examples": args.max_examples, "baselines_only": not args.with_model},
-        "ranker": {"language_model": "auto" if args.with_model else "off", "dense": args.dense,
-                   "dense_candidates": args.dense_candidates if args.dense else 0},
+        "evaluate": {"max_examples": args.max_examples, "baselines_only": not args.with_model},
+        "train_ranker": {"language_model": "auto" if args.with_model else "off", "dense": args.dense,
+                         "dense_candidates": args.dense_candidates if args.dense else 0},
     }
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

@@ -64,7 +64,7 @@ tokenizer:
 dataset_builder:
   context_window: 256
   target_window: 128
-model_training:
+train_model:
   hidden_size: 128
   num_layers: 2
   num_heads: 4
@@ -78,9 +78,9 @@ model_training:
   max_minutes: null
   eval_every: 50
   save_every: 50
-evaluation:
+evaluate:
   max_examples: {eval_examples}
-prediction:
+predict:
   max_new_tokens: 64
 """
 
@@ -164,7 +164,7 @@ pipeline:
   output_dir: {out}
 git_scraper:
   repo: {repo}
-model_training:
+train_model:
   device: cpu
 """
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-commits", type=int, default=50, help="commits the update adds (default 50)")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps of a full training (default 150)")
     parser.add_argument("--update-steps", type=int, default=15, help="optimizer steps of the update (default 15)")
-    parser.add_argument("--eval-examples", type=int, default=10, help="evaluation.max_examples (default 10)")
+    parser.add_argument("--eval-examples", type=int, default=10, help="evaluate.max_examples (default 10)")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--profile", action="store_true", help="print the bench profile (config) and exit")

@@ -28,7 +28,7 @@ dataset_builder:
   context_window: 256
   target_window: 128
   history_commits: 2
-model_training:
+train_model:
   hidden_size: 32
   num_layers: 1
   num_heads: 2
@@ -46,11 +46,11 @@ model_training:
   max_minutes: null
   num_threads: 1
   log_every: 1
-ranker:
+train_ranker:
   num_trees: 20
-evaluation:
+evaluate:
   max_examples: 2
-prediction:
+predict:
   max_new_tokens: 16
 """
 

@@ -99,8 +99,8 @@ def test_missing_file(tmp_path):
 
 
 def test_known_sections_of_other_stages_are_accepted_when_not_strict(tmp_path):
-    path = write(tmp_path, "tokenizer:\n  name: x\nmodel_training:\n  anything: 1\n")
-    with pytest.raises(UserError, match="unknown section 'model_training'"):
+    path = write(tmp_path, "tokenizer:\n  name: x\ntrain_model:\n  anything: 1\n")
+    with pytest.raises(UserError, match="unknown section 'train_model'"):
         load_config(path, SECTIONS)
     assert load_config(path, SECTIONS, strict_sections=False)["tokenizer"].name == "x"
 
@@ -180,3 +180,64 @@ def test_non_utf8_config_is_one_line(tmp_path):
         load_config(path, SECTIONS)
     message = str(info.value)
     assert "not UTF-8 text (byte 0xe9 on line 2): save it as UTF-8" in message and "\n" not in message
+
+
+# ------------------------------------------------------------------ sections named like their stages
+
+
+@dataclasses.dataclass
+class Decoding:
+    max_new_tokens: int = 256
+    device: str = "cpu"
+
+
+def test_a_former_section_name_still_loads_with_one_warning(tmp_path, caplog):
+    path = write(tmp_path, "prediction:\n  max_new_tokens: 16\n")
+    for _ in range(3):  # a command may load its file several times: the user reads the warning once
+        assert load_config(path, {"predict": Decoding})["predict"].max_new_tokens == 16
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["config.yaml: section 'prediction' is now called 'predict': rename it (the old name still works)"]
+
+
+def test_both_names_of_one_section_are_refused_in_one_line(tmp_path):
+    path = write(tmp_path, "evaluate:\n  device: cpu\nevaluation:\n  device: cuda\n")
+    with pytest.raises(UserError) as info:
+        load_config(path, {"evaluate": Decoding})
+    assert str(info.value) == ("config.yaml: sections 'evaluation' and 'evaluate' are one section ('evaluation' is "
+                               "its former name): merge them into 'evaluate'")
+
+
+def test_a_former_name_is_refused_in_the_code_that_asks_for_it(tmp_path):
+    path = write(tmp_path, "predict:\n  max_new_tokens: 16\n")
+    with pytest.raises(TypeError, match="'prediction' is now called 'predict'"):
+        load_config(path, {"prediction": Decoding})
+
+
+def test_every_renamed_section_is_a_stage_section(tmp_path):
+    from repo2model.core.config import KNOWN_SECTIONS, RENAMED_SECTIONS
+    from repo2model.stages import pipeline
+
+    stage_sections = {pipeline.import_stage(module).SECTION for _, module in pipeline.STAGES}
+    assert stage_sections == {name for name, _ in pipeline.STAGES}  # each stage's section is named like it
+    assert set(RENAMED_SECTIONS.values()) <= set(KNOWN_SECTIONS)
+    assert not set(RENAMED_SECTIONS) & set(KNOWN_SECTIONS)
+
+
+def test_a_users_config_with_the_former_names_runs(tmp_path, make_repo):
+    """The whole command, as a user with an existing config.yaml runs it: one warning line per former name."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    repo = make_repo()
+    repo.commit("first", {"a.py": "x = 1\n"})
+    path = write(tmp_path, f"pipeline:\n  output_dir: out\ngit_scraper:\n  repo: {repo.path}\n"
+                           "model_training:\n  max_steps: 3\nranker:\n  num_trees: 5\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "--config", str(path), "--stage", "git_scraper"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    renamed = [line for line in proc.stderr.splitlines() if "is now called" in line]
+    assert renamed == ["config.yaml: section 'model_training' is now called 'train_model': rename it (the old name "
+                       "still works)", "config.yaml: section 'ranker' is now called 'train_ranker': rename it (the old "
+                       "name still works)"]

@@ -273,10 +273,10 @@ def test_every_stage_counts_what_the_missing_objects_take_away(runs, name):
     assert indexed and not indexed & lost
     # train_ranker and evaluate: the code search at each target's parent left out the missing blobs there
     paths = ArtifactPaths.under(run.out)
-    sections = load_config(run.config, {"ranker": RankerConfig, "evaluation": EvaluationConfig},
+    sections = load_config(run.config, {"train_ranker": RankerConfig, "evaluate": EvaluationConfig},
                            strict_sections=False)
-    trained = train_ranker.choose_targets(train_ranker.load_splits(paths), sections["ranker"].max_train_targets)
-    evaluated = plan_targets(sections["evaluation"], paths).order
+    trained = train_ranker.choose_targets(train_ranker.load_splits(paths), sections["train_ranker"].max_train_targets)
+    evaluated = plan_targets(sections["evaluate"], paths).order
     for stage, targets in (("train_ranker", set(trained)), ("evaluate", set(evaluated))):
         expected = searched_missing(run, targets)
         found = run.logged(stage, r"code search: (\d+) file versions")

@@ -109,7 +109,7 @@ def test_budget_that_cannot_fit_stops_with_one_line(tmp_path):
     with pytest.raises(UserError) as err:
         plan_batches(cfg, LLAMA2_7B, dataclasses.replace(LEAN, seq_len=2048), hw)
     assert "\n" not in str(err.value)
-    assert str(err.value).startswith("model_training.vram_budget_gb: the estimate for micro-batch 1 is")
+    assert str(err.value).startswith("train_model.vram_budget_gb: the estimate for micro-batch 1 is")
     cfg = dataclasses.replace(cfg, vram_budget_gb=8.0)
     plan = plan_batches(cfg, LLAMA2_7B, dataclasses.replace(LEAN, seq_len=2048), hw)
     assert plan.micro_batch * plan.accumulation >= 16 and plan.estimate_gib <= 8.0

@@ -132,7 +132,7 @@ def test_default_config_is_valid():
     stages = [pipeline.Stage(name, pipeline.import_stage(module)) for name, module in pipeline.STAGES]
     loaded = load_config(ROOT / "config.yaml", pipeline.section_classes(stages), strict_sections=True)
     assert loaded["git_scraper"].repo == ROOT
-    assert loaded["model_training"].mode == "scratch"
+    assert loaded["train_model"].mode == "scratch"
 
 
 def test_output_dir_that_cannot_be_created_is_one_line(tmp_path, make_repo, capsys):

@@ -74,7 +74,7 @@ def read_steps(paths: ArtifactPaths) -> list[dict]:
 
 def write_config(path: Path, output_dir: Path, **training) -> Path:
     path.write_text(yaml.safe_dump({"pipeline": {"output_dir": str(output_dir), "seed": 7},
-                                    "model_training": training}))
+                                    "train_model": training}))
     return path
 
 
@@ -227,7 +227,7 @@ def test_gpu_only_settings_are_refused_without_a_gpu(shared, tmp_path):
     assert proc.returncode == 2
     # Only our line (bitsandbytes may log a kernels hint while peft is imported, on CPUs with AVX512-BF16).
     ours = [line for line in proc.stderr.strip().splitlines() if "kernels-community" not in line]
-    assert ours == ["error: model_training.device: cuda, but PyTorch sees no CUDA GPU: set device: auto (or cpu)"]
+    assert ours == ["error: train_model.device: cuda, but PyTorch sees no CUDA GPU: set device: auto (or cpu)"]
 
 
 def test_missing_data_names_the_stage_to_run(tmp_path):
@@ -493,7 +493,7 @@ def test_warm_start_scratch_continues_and_beats_a_fresh_model(shared, tmp_path):
 
     # What cannot continue is refused in one line, before anything is trained.
     refused = outputs(shared, tmp_path / "refused")
-    with pytest.raises(UserError, match=r"model_training.num_layers: 3, but the warm-start model .* has 2"):
+    with pytest.raises(UserError, match=r"train_model.num_layers: 3, but the warm-start model .* has 2"):
         train_model.run(train_model.Config(**{**update, "num_layers": 3}, warm_start=first.model_dir), refused)
     retokenized = tmp_path / "retokenized"
     shutil.copytree(first.model_dir, retokenized)
@@ -527,9 +527,9 @@ def test_warm_start_lora_adapter_continues_also_as_qlora(extended, tmp_path):
     del run
 
     refused = adapter_outputs(extended, tmp_path / "refused")
-    with pytest.raises(UserError, match="model_training.lora_rank: 8, but the warm-start adapter .* has 16"):
+    with pytest.raises(UserError, match="train_model.lora_rank: 8, but the warm-start adapter .* has 16"):
         train_model.run(train_model.Config(**{**update, "lora_rank": 8}, warm_start=first.model_dir), refused)
-    with pytest.raises(UserError, match="holds a lora model and model_training.mode is scratch"):
+    with pytest.raises(UserError, match="holds a lora model and train_model.mode is scratch"):
         train_model.run(train_model.Config(**{**update, "mode": "scratch"}, warm_start=first.model_dir), refused)
     assert not refused.training_logs.exists()
 

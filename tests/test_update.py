@@ -133,7 +133,7 @@ def test_an_update_runs_the_full_pipeline_when_the_model_cannot_be_continued(pro
     add_commits(project.repo, 3, 40)
     assert project.update("--update") == 0
     why = project.results()["update"]["full_run"]
-    assert why.startswith("the live model cannot be continued with these settings (model_training.num_layers: 2, "
+    assert why.startswith("the live model cannot be continued with these settings (train_model.num_layers: 2, "
                           "but the warm-start model ")
     marker = project.marker()
     assert marker["warm_start"] is None and marker["trained_at"] != old_marker["trained_at"]

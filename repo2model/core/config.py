@@ -18,11 +18,16 @@ Floats must be finite (`.nan`, `.inf` are refused) unless the field says
 otherwise with `dataclasses.field(default=..., metadata=NONFINITE_OK)`.
 A key given twice in one mapping is refused (YAML would keep the last one
 silently), and so is a file that is not UTF-8.
+
+Each stage's section is named like the stage. Four had other names before
+(RENAMED_SECTIONS): a file that uses an old name still loads, with one warning
+line naming the new one; a file that uses both names for one section is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -33,6 +38,7 @@ import yaml
 
 from repo2model.core.errors import UserError
 
+log = logging.getLogger("config")
 
 # Field metadata for a float field that may be `.inf` or `.nan` (every other float must be finite).
 NONFINITE_OK = {"nonfinite_ok": True}
@@ -121,7 +127,10 @@ def load_config(path: Path | str, sections: Mapping[str, type], strict_sections:
     the sections it uses (plus `pipeline`).
     """
     path = Path(path).expanduser().resolve()
-    data = load_yaml(path)
+    renamed = sorted(set(sections) & set(RENAMED_SECTIONS))
+    if renamed:  # a caller's bug, not the user's: the code asks for a section by its former name
+        raise TypeError(f"section {renamed[0]!r} is now called {RENAMED_SECTIONS[renamed[0]]!r}")
+    data = new_section_names(load_yaml(path), path)
     known = set(sections) | set(KNOWN_SECTIONS)
     for name in data:
         if name not in known or (strict_sections and name not in sections):
@@ -131,6 +140,23 @@ def load_config(path: Path | str, sections: Mapping[str, type], strict_sections:
         name: build_section(cls, data.get(name) or {}, name, path.name, base_dir)
         for name, cls in sections.items()
     }
+
+
+def new_section_names(data: dict, path: Path) -> dict:
+    """The file's sections under their current names; a former name is warned about once per file."""
+    for old, new in RENAMED_SECTIONS.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise UserError(f"{path.name}: sections '{old}' and '{new}' are one section ('{old}' is its former name): "
+                            f"merge them into '{new}'")
+        if (path, old) not in _warned_renames:
+            _warned_renames.add((path, old))
+            log.warning("%s: section '%s' is now called '%s': rename it (the old name still works)", path.name, old, new)
+    return {RENAMED_SECTIONS.get(name, name): values for name, values in data.items()}
+
+
+_warned_renames: set[tuple[Path, str]] = set()  # a command may load one file several times: one warning each
 
 
 def build_section(cls: type, values: Any, section: str, source: str, base_dir: Path) -> Any:
@@ -287,9 +313,16 @@ KNOWN_SECTIONS = (
     "index",
     "tokenizer",
     "dataset_builder",
-    "model_training",
-    "prediction",
-    "evaluation",
-    "ranker",
+    "train_model",
+    "train_ranker",
+    "evaluate",
+    "predict",
     "serve",
 )
+# Former section name -> its name now (the name of its stage, or tool for `predict`).
+RENAMED_SECTIONS = {
+    "model_training": "train_model",
+    "ranker": "train_ranker",
+    "evaluation": "evaluate",
+    "prediction": "predict",
+}

@@ -48,7 +48,7 @@ BASELINES = ("frequent", "recent", "cochange", "similar_commits", "code_search",
 
 @dataclass
 class BaselineConfig:
-    """The baselines' settings (the `evaluation` section's keys of the same names)."""
+    """The baselines' settings (the `evaluate` section's keys of the same names)."""
 
     recent_commits: int = 3
     rules_min_support: int = 1

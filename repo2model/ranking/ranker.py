@@ -165,7 +165,7 @@ def by_size(rows: list[dict], ks: Iterable[int] = KS) -> dict[str, dict]:
 
 @dataclass
 class EvaluationConfig(BaselineConfig):
-    """The `evaluation` section (evaluate.py; its baseline keys also set the ranker's features)."""
+    """The `evaluate` section (evaluate.py; its baseline keys also set the ranker's features)."""
 
     split: Literal["test", "val"] = "test"
     max_examples: int = 40
@@ -212,7 +212,7 @@ class FitSettings:
 
 @dataclass
 class RankerConfig(FitSettings, FeatureConfig):
-    """The `ranker` section (train_ranker.py): candidates, LightGBM, the classifier, the language model."""
+    """The `train_ranker` section (train_ranker.py): candidates, LightGBM, the classifier, the language model."""
 
     max_train_targets: int = 0
     change_types: bool = True

@@ -34,7 +34,7 @@ File ranking (`file_ranking`):
                 A scored file keeps generation's score/votes/change types/symbols when generation named it
                 (else 0 / none); modules follow the merged order; symbols and the code sketch are generation's.
 
-The `prediction` config section (PredictionConfig) is documented key by key in config.yaml.
+The `predict` config section (PredictionConfig) is documented key by key in config.yaml.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from repo2model.ranking.ranker import FileRanking
 from repo2model.core.records import Chunk, Commit
 from repo2model.retrieval.retriever import Retriever
 
-SECTION = "prediction"
+SECTION = "predict"
 log = logging.getLogger("predict")
 
 MAX_TASK_CHARS = 4000  # a task is a commit message, not a document
@@ -72,7 +72,7 @@ MAX_TASK_CHARS = 4000  # a task is a commit message, not a document
 
 @dataclass
 class PredictionConfig:
-    """The `prediction` section: the model folder, the history in the prompt, decoding and file ranking."""
+    """The `predict` section: the model folder, the history in the prompt, decoding and file ranking."""
 
     model_dir: Path | None = None
     history_commits: int = 8
@@ -599,7 +599,7 @@ def code_sketch(candidate: dict) -> str:
 
 
 def load_prediction_config(config_path: Path | None) -> PredictionConfig:
-    """The `prediction` section of a config file (its defaults without one)."""
+    """The `predict` section of a config file (its defaults without one)."""
     if config_path is None:
         return PredictionConfig()
     return load_config(config_path, {SECTION: PredictionConfig}, strict_sections=False)[SECTION]
@@ -607,20 +607,20 @@ def load_prediction_config(config_path: Path | None) -> PredictionConfig:
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags predict.py and serve.py share: the model folder and the decoding settings."""
-    parser.add_argument("--model", type=Path, help="the trained model folder (default: prediction.model_dir, "
+    parser.add_argument("--model", type=Path, help="the trained model folder (default: predict.model_dir, "
                                                    "else <output_dir>/model)")
-    parser.add_argument("--history", type=int, dest="history_commits", help="override prediction.history_commits")
-    parser.add_argument("--decoding", choices=["greedy", "sample", "beam"], help="override prediction.decoding")
-    parser.add_argument("--num-candidates", type=int, help="override prediction.num_candidates")
-    parser.add_argument("--max-new-tokens", type=int, help="override prediction.max_new_tokens")
-    parser.add_argument("--temperature", type=float, help="override prediction.temperature")
-    parser.add_argument("--top-p", type=float, help="override prediction.top_p")
-    parser.add_argument("--top-k", type=int, help="override prediction.top_k")
-    parser.add_argument("--device", help="override prediction.device (cpu, cuda, cuda:0)")
-    parser.add_argument("--threads", type=int, dest="num_threads", help="override prediction.num_threads")
+    parser.add_argument("--history", type=int, dest="history_commits", help="override predict.history_commits")
+    parser.add_argument("--decoding", choices=["greedy", "sample", "beam"], help="override predict.decoding")
+    parser.add_argument("--num-candidates", type=int, help="override predict.num_candidates")
+    parser.add_argument("--max-new-tokens", type=int, help="override predict.max_new_tokens")
+    parser.add_argument("--temperature", type=float, help="override predict.temperature")
+    parser.add_argument("--top-p", type=float, help="override predict.top_p")
+    parser.add_argument("--top-k", type=int, help="override predict.top_k")
+    parser.add_argument("--device", help="override predict.device (cpu, cuda, cuda:0)")
+    parser.add_argument("--threads", type=int, dest="num_threads", help="override predict.num_threads")
     parser.add_argument("--file-ranking", choices=["likelihood", "generation", "both"],
-                        help="override prediction.file_ranking")
-    parser.add_argument("--rank-candidates", type=int, help="override prediction.rank_candidates")
+                        help="override predict.file_ranking")
+    parser.add_argument("--rank-candidates", type=int, help="override predict.rank_candidates")
 
 
 def config_from_args(cfg: PredictionConfig, args: argparse.Namespace) -> PredictionConfig:

@@ -53,7 +53,7 @@ Config section `dataset_builder`:
     first_parent_only   only commits on the default branch's first-parent line
     merge_targets       "auto" (merges are targets only with first_parent_only, where
                         their diff carries the branch's work), "include", "exclude"
-    batch_size          batch size for the padding-waste figures (match model_training)
+    batch_size          batch size for the padding-waste figures (match train_model)
     update              move the previous split forward instead of splitting afresh (see above)
     replay_share        update: share of the train split replayed from earlier training, in [0, 1)
 

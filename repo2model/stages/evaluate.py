@@ -18,7 +18,7 @@ Predictors, all scored on the same target commits, each knowing only the commits
     ranker      the LightGBM ranker over their signals (train_ranker.py), on every target
     ranker_lm   the ranker with the language model's features (when both exist), on every target
     model       the language model alone: generates the target from the exact prompt the dataset builder made
-                for it and ranks files as `prediction.file_ranking` says; on `max_examples` targets (evenly
+                for it and ranks files as `predict.file_ranking` says; on `max_examples` targets (evenly
                 spaced: generation is slow)
 Structure: a baseline names each predicted file's most frequent change type, the module its chunks last had,
 and its most often changed symbols; the rankers use the change-type classifier (else the most frequent type)
@@ -30,7 +30,7 @@ files count for no predictor). Metrics are defined in repo2model.ranking.ranker 
 as denominator, MRR, change-type accuracy, module accuracy, symbol recall); recall@k and MRR are also given
 per commit size (changed files: 1, 2-3, 4-10, 11-30, 31+) so that large commits are not hidden by the mean.
 
-Config keys (section `evaluation`):
+Config keys (section `evaluate`):
     split                   test | val: the split whose targets are evaluated (test)
     max_examples            targets that get a generation (evenly spaced; 0 = all) (40)
     recent_commits          commits before the target whose files are the co-change antecedent (3)
@@ -48,7 +48,7 @@ Config keys (section `evaluation`):
                             before; ignores the .pt splits, no language model (null)
     device                  cpu, cuda, cuda:0 ... (cpu)
 The baseline keys also shape the ranker's features (train_ranker reads them). Generation settings
-(decoding, max_new_tokens, file_ranking) come from the `prediction` section.
+(decoding, max_new_tokens, file_ranking) come from the `predict` section.
 
     python evaluate.py --config config.yaml
     python evaluate.py --baselines-only --test-from 200 --commits outputs/commits.json
@@ -85,11 +85,11 @@ from repo2model.core.progress import progress
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
-SECTION = "evaluation"
+SECTION = "evaluate"
 CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving")  # its fingerprint covers them
 Config = EvaluationConfig
-# The pipeline runs this as its last stage and passes the `prediction` section as run(prediction=...).
-USES_SECTIONS = {"prediction": "prediction"}
+# The pipeline runs this as its last stage and passes the `predict` section as run(prediction=...).
+USES_SECTIONS = {"prediction": "predict"}
 log = logging.getLogger("evaluate")
 
 METRIC_ROWS = ("recall@1", "recall@5", "recall@10", "mrr", "change_type_acc", "module_acc", "symbol_recall")
@@ -110,7 +110,7 @@ class Plan:
 
 
 def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42, prediction: PredictionConfig | None = None) -> dict:
-    """Evaluate; `prediction` is the `prediction` section (generation settings, model folder)."""
+    """Evaluate; `prediction` is the `predict` section (generation settings, model folder)."""
     started = time.monotonic()
     require(paths.commits, "git_scraper")
     require(paths.chunks, "semantic_chunker")
@@ -172,7 +172,7 @@ def plan_targets(cfg: EvaluationConfig, paths: ArtifactPaths) -> Plan:
     positions = {c["hash"]: i for i, c in enumerate(iter_commit_dicts(paths.commits))}
     if cfg.test_from is not None:
         if cfg.test_from >= len(positions):
-            raise UserError(f"evaluation.test_from: {cfg.test_from} is past the last commit ({len(positions)} commits)")
+            raise UserError(f"evaluate.test_from: {cfg.test_from} is past the last commit ({len(positions)} commits)")
         order = [h for h, i in sorted(positions.items(), key=lambda kv: kv[1]) if i >= cfg.test_from]
         return Plan(order, "positions", None if cfg.mine_from == "before_target" else cfg.test_from - 1)
     examples = ExampleSet.load(require(paths.split_data(cfg.split), "dataset_builder"))
@@ -497,12 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commits", type=Path, help="commits.json (default: <output_dir>/commits.json)")
     parser.add_argument("--chunks", type=Path, help="chunks.jsonl (default: <output_dir>/chunks.jsonl)")
     parser.add_argument("--output", type=Path, help="evaluation.json (the .md and .png go beside it)")
-    parser.add_argument("--split", choices=["test", "val"], help="override evaluation.split")
-    parser.add_argument("--max-examples", type=int, help="override evaluation.max_examples (0 = all)")
+    parser.add_argument("--split", choices=["test", "val"], help="override evaluate.split")
+    parser.add_argument("--max-examples", type=int, help="override evaluate.max_examples (0 = all)")
     parser.add_argument("--baselines-only", action="store_true", help="no language model (baselines and ranker)")
     parser.add_argument("--test-from", type=int, help="targets from this commit position on (no language model)")
-    parser.add_argument("--device", help="override evaluation.device")
-    parser.add_argument("--max-new-tokens", type=int, help="override prediction.max_new_tokens")
+    parser.add_argument("--device", help="override evaluate.device")
+    parser.add_argument("--max-new-tokens", type=int, help="override predict.max_new_tokens")
     parser.add_argument("--seed", type=int, help="override pipeline.seed")
     args = parser.parse_args(argv)
     cfg, pipeline_cfg, paths = load_stage(args, SECTION, Config)
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             paths = dataclasses.replace(paths, **{attr: getattr(args, name).resolve()})
     prediction = load_prediction_config(args.config)
-    prediction = apply_overrides(prediction, "prediction", {"max_new_tokens": args.max_new_tokens})
+    prediction = apply_overrides(prediction, "predict", {"max_new_tokens": args.max_new_tokens})
     if args.model is not None:
         prediction = dataclasses.replace(prediction, model_dir=args.model.resolve())
     run(cfg, paths, seed=args.seed if args.seed is not None else pipeline_cfg.seed, prediction=prediction)

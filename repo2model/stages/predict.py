@@ -5,7 +5,7 @@
 
 Reads
     model/                  the trained model folder (scratch, LoRA/QLoRA adapter over its base, merged;
-                            default: prediction.model_dir, else <output_dir>/model), and the commit language
+                            default: predict.model_dir, else <output_dir>/model), and the commit language
                             beside it or in <output_dir>/tokenizer
     the recent history      --repo: the repository's last N commits, scraped and chunked on the fly with the
                             config's git_scraper and semantic_chunker sections (as the pipeline did); or
@@ -16,10 +16,10 @@ Writes
     JSON to stdout (or --output, atomically): files ranked with scores, change types and symbols per file,
     modules, symbols, a code sketch, and every generated candidate's raw text with its parse problems; `context`
     (the current code of the predicted symbols and files, then the units the code index finds, within
-    prediction.context_tokens; see repo2model/retrieval/context.py) and `prompt` (one text for a code-writing model:
+    predict.context_tokens; see repo2model/retrieval/context.py) and `prompt` (one text for a code-writing model:
     task, predicted change, code context, the --test-failures file).
 
-How the prompt is built and the files are ranked: repo2model/serving/predictor.py. The `prediction` section's keys
+How the prompt is built and the files are ranked: repo2model/serving/predictor.py. The `predict` section's keys
 are documented in config.yaml; the flags below override them.
 """
 
@@ -51,7 +51,7 @@ from repo2model.retrieval.retriever import Retriever
 
 log = logging.getLogger("predict")
 
-Config = PredictionConfig  # the `prediction` section, under the name every stage script uses
+Config = PredictionConfig  # the `predict` section, under the name every stage script uses
 
 
 @user_errors_to_exit
@@ -89,7 +89,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="write the JSON here instead of stdout")
     parser.add_argument("--test-failures", type=Path, help="a file with recent test failures for the prompt "
                                                           "(- reads stdin)")
-    parser.add_argument("--context-tokens", type=int, help="override prediction.context_tokens")
+    parser.add_argument("--context-tokens", type=int, help="override predict.context_tokens")
     return parser.parse_args(argv)
 
 

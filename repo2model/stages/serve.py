@@ -53,7 +53,7 @@ Config keys (section `serve`):
     allow_update          POST/GET /update on (false); needs a bearer token
     update_config         the config file POST /update runs pipeline.py with (null: serve's own --config)
     update_timeout_s      an update running longer is stopped (7200)
-Decoding defaults and the model folder come from the `prediction` section.
+Decoding defaults and the model folder come from the `predict` section.
 """
 
 from __future__ import annotations

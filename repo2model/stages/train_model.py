@@ -26,7 +26,7 @@ model, optimizer: a `TrainingRun`) -> restore a checkpoint (checkpoints.py: a `T
 train (loop.py: `train_step` per optimizer step, evaluations, checkpoints; logs.py) -> finish
 (loop.py: the best weights' test loss) -> save (checkpoints.py: the model folder).
 
-Features, and the keys of the `model_training` section that switch them:
+Features, and the keys of the `train_model` section that switch them:
 
 - mode: scratch | lora | qlora.  scratch builds a LlamaForCausalLM from hidden_size, num_layers,
   num_heads, num_kv_heads, intermediate_size, rope_theta, tie_word_embeddings with the
@@ -103,7 +103,7 @@ from repo2model.training.model import ALL_LINEAR
 from repo2model.training.training_run import setup
 from repo2model.training.warm_start import check_warm_start, read_warm_start, with_update_schedule
 
-SECTION = "model_training"
+SECTION = "train_model"
 CODE = ("core", "language", "training")  # the packages it runs (its fingerprint covers them)
 log = logging.getLogger("train_model")
 
@@ -265,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-data", type=Path, help="training_data_val.pt")
     parser.add_argument("--test-data", type=Path, help="training_data_test.pt")
     parser.add_argument("--model-dir", type=Path, help="where the model folder goes (default: <output>/model)")
-    parser.add_argument("--mode", choices=["scratch", "lora", "qlora"], help="override model_training.mode")
-    parser.add_argument("--base-model", help="override model_training.base_model")
-    parser.add_argument("--max-steps", type=int, help="override model_training.max_steps (update_max_steps with a warm "
+    parser.add_argument("--mode", choices=["scratch", "lora", "qlora"], help="override train_model.mode")
+    parser.add_argument("--base-model", help="override train_model.base_model")
+    parser.add_argument("--max-steps", type=int, help="override train_model.max_steps (update_max_steps with a warm "
                         "start)")
-    parser.add_argument("--warm-start", type=Path, help="continue from this model folder (override model_training."
+    parser.add_argument("--warm-start", type=Path, help="continue from this model folder (override train_model."
                         "warm_start): its weights, a fresh short schedule (update_max_steps, update_learning_rate)")
     parser.add_argument("--seed", type=int, help="override pipeline.seed")
     group = parser.add_mutually_exclusive_group()

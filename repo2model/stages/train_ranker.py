@@ -28,7 +28,7 @@ Steps (run() reads as this list):
     5. the change-type classifier: LightGBM multiclass on the train targets' files, early-stopped on val
     6. figures on the test targets beside every baseline: recall@1/5/10, MRR, candidate recall, per commit size
 
-Config keys (section `ranker`; the baseline keys of the `evaluation` section set the signals):
+Config keys (section `train_ranker`; the baseline keys of the `evaluate` section set the signals):
     candidates_per_baseline  each baseline's top files that become candidates (30)
     sibling_sources          the best fused files whose folder mates become candidates too (5)
     siblings_per_folder      folder mates taken per folder, most recently changed first (10)
@@ -43,7 +43,7 @@ Config keys (section `ranker`; the baseline keys of the `evaluation` section set
     num_threads              LightGBM threads (1: on a busy machine more threads spin and slow it down)
     max_train_targets        train on the latest N train targets only (0 = all)
     change_types             also train the change-type classifier (true)
-    language_model           auto: the model's features when <output_dir>/model (or prediction.model_dir)
+    language_model           auto: the model's features when <output_dir>/model (or predict.model_dir)
                              exists | off
     device                   where the language model scores files: cpu, cuda, cuda:0 ... (cpu)
 
@@ -85,11 +85,12 @@ from repo2model.ranking.ranker import (
 from repo2model.retrieval.index_config import IndexConfig, load_index_config
 from repo2model.core.progress import progress
 
-SECTION = "ranker"
+SECTION = "train_ranker"
+CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving")  # its fingerprint covers them
 Config = RankerConfig
 # The baselines' settings (evaluation) shape the features; the prediction section says where the model is; the
 # index section, which embedding model and file texts the dense features use.
-USES_SECTIONS = {"evaluation": "evaluation", "prediction": "prediction", "index": "index"}
+USES_SECTIONS = {"evaluation": "evaluate", "prediction": "predict", "index": "index"}
 log = logging.getLogger("train_ranker")
 
 SPLITS = ("train", "val", "test")
@@ -401,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="the ranker folder to write (default: <output_dir>/ranker)")
     parser.add_argument("--no-language-model", action="store_true", help="leave the language model's features out")
     parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=None,
-                        help="override ranker.dense (the dense task-file similarity features)")
-    parser.add_argument("--max-train-targets", type=int, help="override ranker.max_train_targets")
-    parser.add_argument("--threads", type=int, dest="num_threads", help="override ranker.num_threads")
+                        help="override train_ranker.dense (the dense task-file similarity features)")
+    parser.add_argument("--max-train-targets", type=int, help="override train_ranker.max_train_targets")
+    parser.add_argument("--threads", type=int, dest="num_threads", help="override train_ranker.num_threads")
     parser.add_argument("--seed", type=int, help="override pipeline.seed")
     args = parser.parse_args(argv)
     cfg, pipeline_cfg, paths = load_stage(args, SECTION, Config)
@@ -415,9 +416,9 @@ def main(argv: list[str] | None = None) -> int:
             paths = dataclasses.replace(paths, **{attr: getattr(args, name).resolve()})
     evaluation, prediction = EvaluationConfig(), PredictionConfig()
     if args.config is not None:
-        loaded = load_config(args.config, {"evaluation": EvaluationConfig, "prediction": PredictionConfig},
+        loaded = load_config(args.config, {"evaluate": EvaluationConfig, "predict": PredictionConfig},
                              strict_sections=False)
-        evaluation, prediction = loaded["evaluation"], loaded["prediction"]
+        evaluation, prediction = loaded["evaluate"], loaded["predict"]
     run(cfg, paths, seed=args.seed if args.seed is not None else pipeline_cfg.seed, evaluation=evaluation,
         prediction=prediction, index=load_index_config(args.config))
     return 0

@@ -127,9 +127,9 @@ def update_sections(run: Run) -> dict[str, Any]:
     live = run.paths.model_dir.resolve()
     trainer = next(s.section for s in run.stages if s.name == "train_model")
     loaded[trainer] = dataclasses.replace(loaded[trainer], warm_start=live)
-    prediction = loaded.get("prediction")
+    prediction = loaded.get("predict")
     if prediction is not None and prediction.model_dir is not None and Path(prediction.model_dir).resolve() == live:
-        loaded["prediction"] = dataclasses.replace(prediction, model_dir=None)  # the ranker and evaluation: next/'s model
+        loaded["predict"] = dataclasses.replace(prediction, model_dir=None)  # the ranker and evaluation: next/'s model
     return loaded
 
 

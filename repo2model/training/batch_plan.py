@@ -81,7 +81,7 @@ def plan_batches(cfg: Config, shape: ModelShape | None, setup: TrainingSetup, hw
         if hw.device.type == "cuda":
             micro = largest_micro_batch(shape, setup, cfg.vram_budget_gb, per_rank)
             if micro == 0:
-                raise UserError("model_training.vram_budget_gb: " + setting_to_lower(shape, setup, cfg.vram_budget_gb))
+                raise UserError("train_model.vram_budget_gb: " + setting_to_lower(shape, setup, cfg.vram_budget_gb))
         else:
             log.warning("train_model: no GPU: vram_budget_gb is not applied (micro_batch_size %d is used)", micro)
     accumulation = math.ceil(per_rank / micro)

@@ -48,13 +48,13 @@ def setup_hardware(cfg: Config) -> Hardware:
     """Validate device and precision against the machine before any expensive work; start DDP if launched so."""
     cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not cuda:
-        raise UserError("model_training.device: cuda, but PyTorch sees no CUDA GPU: set device: auto (or cpu)")
+        raise UserError("train_model.device: cuda, but PyTorch sees no CUDA GPU: set device: auto (or cpu)")
     use_cuda = cuda and cfg.device != "cpu"
     if cfg.precision == "fp16" and not use_cuda:
-        raise UserError("model_training.precision: fp16 needs a CUDA GPU: use bf16 or fp32 on the CPU (or auto)")
+        raise UserError("train_model.precision: fp16 needs a CUDA GPU: use bf16 or fp32 on the CPU (or auto)")
     if cfg.precision == "bf16" and use_cuda and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name()
-        raise UserError(f"model_training.precision: bf16 is not supported by {name}: use fp16 (or auto)")
+        raise UserError(f"train_model.precision: bf16 is not supported by {name}: use fp16 (or auto)")
     precision = cfg.precision
     if precision == "auto":
         if use_cuda:
@@ -89,7 +89,7 @@ def check_packages(cfg: Config) -> None:
     """bitsandbytes is needed only for qlora and the 8-bit optimizers: its absence is one line, before any work."""
     needs = "mode: qlora" if cfg.mode == "qlora" else (f"optimizer: {cfg.optimizer}" if cfg.optimizer != "adamw" else None)
     if needs and importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError(f"model_training.{needs} needs bitsandbytes, which is not installed: "
+        raise UserError(f"train_model.{needs} needs bitsandbytes, which is not installed: "
                         "pip install bitsandbytes (or use mode: lora and optimizer: adamw)")
 
 

@@ -43,7 +43,7 @@ def load_base_config(base_model: str):
     try:
         return AutoConfig.from_pretrained(resolve_base(base_model))
     except OSError as exc:
-        raise UserError(f"model_training.base_model: cannot load {base_model!r} ({first_line(exc)}): give a "
+        raise UserError(f"train_model.base_model: cannot load {base_model!r} ({first_line(exc)}): give a "
                         "local folder with config.json and weights, or a hub id reachable from here") from None
 
 
@@ -55,7 +55,7 @@ def resolve_base(base_model: str) -> str:
 def check_tokenizer_extends_base(tok_dir: Path) -> None:
     """LoRA needs the base model's own tokenizer (extended); a tokenizer trained here numbers tokens differently."""
     if CommitLanguage.load(tok_dir).tokenizer_info.get("mode") == "train":
-        raise UserError(f"{tok_dir}: this tokenizer was trained from scratch; model_training.mode lora/qlora "
+        raise UserError(f"{tok_dir}: this tokenizer was trained from scratch; train_model.mode lora/qlora "
                         "needs the base model's tokenizer extended: set tokenizer.mode: extend and "
                         "tokenizer.base_tokenizer to the base model, then rerun the tokenizer stage")
 

@@ -37,13 +37,13 @@ class WarmStart:
 
 
 def read_warm_start(cfg: Config) -> WarmStart | None:
-    """model_training.warm_start, checked against the settings before anything is loaded; None when unset."""
+    """train_model.warm_start, checked against the settings before anything is loaded; None when unset."""
     if cfg.warm_start is None:
         return None
     folder = Path(cfg.warm_start).expanduser()
     info_path = folder / INFO_FILE
     if not info_path.is_file():
-        raise UserError(f"model_training.warm_start: {folder}: not a model folder written by train_model (no {INFO_FILE}): "
+        raise UserError(f"train_model.warm_start: {folder}: not a model folder written by train_model (no {INFO_FILE}): "
                         "train without warm_start first")
     raw = info_path.read_bytes()
     try:
@@ -53,20 +53,20 @@ def read_warm_start(cfg: Config) -> WarmStart | None:
     warm = WarmStart(folder, info, hashlib.blake2b(raw, digest_size=12).hexdigest())
     mode = info.get("mode")
     if mode not in ("scratch", "lora", "qlora") or (mode == "scratch") != (cfg.mode == "scratch"):
-        raise UserError(f"model_training.warm_start: {folder} holds a {mode} model and model_training.mode is "
+        raise UserError(f"train_model.warm_start: {folder} holds a {mode} model and train_model.mode is "
                         f"{cfg.mode}: a scratch model continues as scratch, an adapter as lora or qlora")
     if warm.is_adapter:
         base = resolve_base(cfg.base_model)
         if info.get("base_model") != base:
-            raise UserError(f"model_training.warm_start: {folder} is an adapter over {info.get('base_model')!r}, "
-                            f"model_training.base_model is {base!r}: an adapter continues over its own base only")
+            raise UserError(f"train_model.warm_start: {folder} is an adapter over {info.get('base_model')!r}, "
+                            f"train_model.base_model is {base!r}: an adapter continues over its own base only")
         adapter = read_json(require(folder / "adapter_config.json", "train_model"))
         for key, saved, asked in (("lora_rank", adapter.get("r"), cfg.lora_rank),
                                   ("lora_alpha", adapter.get("lora_alpha"), cfg.lora_alpha),
                                   ("lora_target_modules", sorted(adapter.get("target_modules") or []),
                                    sorted(cfg.lora_target_modules))):
             if saved != asked:
-                raise UserError(f"model_training.{key}: {asked}, but the warm-start adapter {folder} has {saved}: "
+                raise UserError(f"train_model.{key}: {asked}, but the warm-start adapter {folder} has {saved}: "
                                 "an adapter continues with its own shape (set it back, or warm_start: null)")
     return warm
 
@@ -83,7 +83,7 @@ def check_warm_start(warm: WarmStart, cfg: Config, tokenizer, seq_len: int) -> N
     """The token ids and (scratch) the architecture must be the warm model's: checked before building anything."""
     saved = warm.info.get("tokenizer_digest")
     if (saved is not None and saved != tokenizer_digest(tokenizer)) or warm.info.get("vocab_size") != len(tokenizer):
-        raise UserError(f"model_training.warm_start: the tokenizer changed since {warm.folder} was trained (its token "
+        raise UserError(f"train_model.warm_start: the tokenizer changed since {warm.folder} was trained (its token "
                         "ids differ): keep the tokenizer frozen for updates (tokenizer.frozen: true) or train "
                         "without warm_start")
     if warm.is_adapter:
@@ -94,7 +94,7 @@ def check_warm_start(warm: WarmStart, cfg: Config, tokenizer, seq_len: int) -> N
                          ("num_heads", "num_attention_heads"), ("num_kv_heads", "num_key_value_heads"),
                          ("intermediate_size", "intermediate_size"), ("tie_word_embeddings", "tie_word_embeddings")):
         if saved_config.get(theirs) != getattr(config, theirs):
-            raise UserError(f"model_training.{ours}: {getattr(config, theirs)}, but the warm-start model {warm.folder} "
+            raise UserError(f"train_model.{ours}: {getattr(config, theirs)}, but the warm-start model {warm.folder} "
                             f"has {saved_config.get(theirs)}: train with its settings (or warm_start: null)")
 
 
@@ -112,12 +112,12 @@ def load_warm_weights(model, warm: WarmStart) -> None:
         try:
             result = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # a shape differs
-            raise UserError(f"model_training.warm_start: {warm.folder} does not fit the model built from "
-                            f"model_training ({first_line(exc)})") from None
+            raise UserError(f"train_model.warm_start: {warm.folder} does not fit the model built from "
+                            f"train_model ({first_line(exc)})") from None
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
         mismatched = list(result.unexpected_keys) + [k for k in result.missing_keys
                                                      if not (tied and k == "lm_head.weight")]
     if mismatched:
-        raise UserError(f"model_training.warm_start: {warm.folder} does not fit the model built from model_training "
+        raise UserError(f"train_model.warm_start: {warm.folder} does not fit the model built from train_model "
                         f"({len(mismatched)} weights differ, e.g. {mismatched[0]}): train with its settings "
                         "(or warm_start: null)")
