@@ -85,7 +85,8 @@ class Embedder:
 
     def _embed(self, cut: list[str], order: list[int], batches: range, out: np.ndarray, progress: bool) -> np.ndarray:
         with torch.inference_mode():
-            for start in progress_bar(batches, desc="embedding", unit="batches", disable=not progress or len(batches) < 2):
+            quiet = not progress or len(batches) < 2
+            for start in progress_bar(batches, desc="embedding", unit="batches", disable=quiet):
                 rows = order[start: start + self.batch_size]
                 encoded = self.tokenizer([cut[i] for i in rows], padding=True, truncation=True,
                                          max_length=self.max_tokens, return_tensors="pt")
