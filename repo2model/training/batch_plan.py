@@ -26,7 +26,7 @@ from repo2model.training.model import (
     scratch_config,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Config belongs to the stage, which imports this package
     from repo2model.stages.train_model import Config
 
 log = logging.getLogger("train_model")

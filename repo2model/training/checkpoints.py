@@ -26,7 +26,7 @@ from repo2model.training.hardware import Hardware, barrier
 from repo2model.training.model import resolve_base
 from repo2model.training.models import INFO_FILE, merge_adapter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Config belongs to the stage, and training_run imports this module
     from repo2model.stages.train_model import Config
     from repo2model.training.batch_plan import BatchPlan
     from repo2model.training.training_run import TrainingRun

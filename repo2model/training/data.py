@@ -15,7 +15,7 @@ from repo2model.core.paths import ArtifactPaths
 from repo2model.language.examples import ExampleSet
 from repo2model.language.tokenizer_folder import load_commit_tokenizer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Config belongs to the stage, which imports this package
     from repo2model.stages.train_model import Config
 
 log = logging.getLogger("train_model")

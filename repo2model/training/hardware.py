@@ -18,7 +18,7 @@ from repo2model.core.artifacts import ensure_folder
 from repo2model.core.errors import UserError
 from repo2model.core.paths import ArtifactPaths
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Config belongs to the stage, which imports this package
     from repo2model.stages.train_model import Config
 
 

@@ -23,7 +23,7 @@ from repo2model.core.errors import UserError, first_line
 from repo2model.language.commit_language import CommitLanguage
 from repo2model.training.hardware import Hardware
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Config belongs to the stage, which imports this package
     from repo2model.stages.train_model import Config
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -16,7 +16,7 @@ import torch
 
 from repo2model.language.examples import IGNORE_INDEX, ExampleSet
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Config belongs to the stage, which imports this package
     from repo2model.stages.train_model import Config
 
 

@@ -20,7 +20,7 @@ from repo2model.training.optimizer import build_optimizer, total_steps
 from repo2model.training.packing import TrainingData, pack_data, padding_share
 from repo2model.training.warm_start import WarmStart, check_warm_start, load_warm_weights
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Config belongs to the stage, which imports this package
     from repo2model.stages.train_model import Config
 
 log = logging.getLogger("train_model")

@@ -19,7 +19,7 @@ from repo2model.language.tokenizer_folder import tokenizer_digest
 from repo2model.training.model import resolve_base, scratch_config
 from repo2model.training.models import INFO_FILE
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Config belongs to the stage, which imports this package
     from repo2model.stages.train_model import Config
 
 
