@@ -241,3 +241,100 @@ def test_a_users_config_with_the_former_names_runs(tmp_path, make_repo):
     assert renamed == ["config.yaml: section 'model_training' is now called 'train_model': rename it (the old name "
                        "still works)", "config.yaml: section 'ranker' is now called 'train_ranker': rename it (the old "
                        "name still works)"]
+
+
+# ------------------------------------------------------------------ --set section.key=value
+
+
+def sets(*texts: str, file: Path | None = None):
+    from repo2model.core.config import ConfigSource, Override
+
+    return ConfigSource(file, tuple(Override.parse(text) for text in texts))
+
+
+def test_set_values_go_on_top_of_the_file_typed_like_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "tokenizer:\n  name: x\n  size: 7\n  extensions: [.py]\n")
+    source = sets("tokenizer.size=9", "tokenizer.extensions=[.rs, .toml]", "tokenizer.limit=null",
+                  "tokenizer.base=models/base", "tokenizer.ratio=2", "pipeline.seed=5", file=path)
+    loaded = load_config(source, SECTIONS)
+    cfg = loaded["tokenizer"]
+    assert (cfg.name, cfg.size, cfg.extensions, cfg.limit, cfg.ratio) == ("x", 9, [".rs", ".toml"], None, 2.0)
+    assert cfg.base == tmp_path / "models" / "base"  # a path typed on the command line: from the current folder
+    assert loaded["pipeline"].seed == 5
+    assert load_config(path, SECTIONS)["tokenizer"].size == 7  # the file itself is unchanged
+
+
+def test_set_without_a_file_sets_the_defaults_and_may_give_a_required_key(tmp_path):
+    loaded = load_config(sets("tokenizer.name=y"), SECTIONS)
+    assert (loaded["tokenizer"].name, loaded["tokenizer"].size) == ("y", 3)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("tokenizer.size=big", "--set: tokenizer.size: expected int, got str ('big')"),
+        ("tokenizer.enabled=maybe", "--set: tokenizer.enabled: expected bool, got str ('maybe')"),
+        ("tokenizer.ratio=.nan", "--set: tokenizer.ratio: expected a finite number, got nan"),
+        ("tokenizer.sise=4", "--set tokenizer.sise=4: unknown key 'sise' in section 'tokenizer' (allowed: base, "
+                             "enabled, extensions, limit, mode, name, ratio, repo, size, weights)"),
+        ("tokeniser.size=4", "--set tokeniser.size=4: unknown section 'tokeniser' (allowed: "),
+        ("tokenizer.size=0", "config.yaml with --set: tokenizer.size: must be at least 1, got 0"),
+        ("tokenizer.size", "--set tokenizer.size: expected section.key=value (e.g. train_model.max_steps=200)"),
+        ("size=4", "--set size=4: expected section.key=value (e.g. train_model.max_steps=200)"),
+        ("tokenizer.extensions=[a", "--set tokenizer.extensions=[a: the value is not valid YAML"),
+    ],
+)
+def test_a_bad_set_is_one_line_naming_it(tmp_path, text, expected):
+    path = write(tmp_path, "tokenizer:\n  name: x\n")
+    with pytest.raises(UserError) as info:
+        load_config(sets(text, file=path), SECTIONS)
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_set_with_a_former_section_name_warns_and_applies(tmp_path, caplog):
+    loaded = load_config(sets("prediction.max_new_tokens=8"), {"predict": Decoding})
+    assert loaded["predict"].max_new_tokens == 8
+    assert [r.getMessage() for r in caplog.records] == [
+        "--set prediction.max_new_tokens=8: section 'prediction' is now called 'predict'"]
+
+
+STAGE_SCRIPTS = ("git_scraper", "semantic_chunker", "index", "tokenizer", "dataset_builder", "train_model",
+                 "train_ranker", "evaluate", "predict", "serve")
+
+
+@pytest.mark.parametrize("name", STAGE_SCRIPTS)
+def test_every_stage_script_checks_set_in_one_line_exit_2(name, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(f"repo2model.stages.{name}")
+    required = ["--commits", "none.json", "--task", "t"] if name == "predict" else []
+    section = module.SECTION
+    assert module.main(["--set", f"{section}.no_such_key=1", *required]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --set {section}.no_such_key=1: unknown key 'no_such_key' "
+                                               f"in section '{section}' (allowed: "), err
+    # A section the script does not read is checked too (its stage module is imported for its Config).
+    assert module.main(["--set", "train_model.max_steps=many", *required]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --set: train_model.max_steps: expected int, got str ('many')"]
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_stage_script_runs_with_the_set_values(tmp_path, make_repo, monkeypatch):
+    """git_scraper.py --set: the file's repository and filters replaced from the command line."""
+    import json
+
+    from repo2model.stages import git_scraper
+
+    repo = make_repo()
+    repo.commit("first", {"src/lib.rs": "fn a() {}\n", "notes.txt": "hello\n"})
+    monkeypatch.chdir(tmp_path)
+    config = write(tmp_path, "pipeline:\n  output_dir: out\ngit_scraper:\n  repo: /nonexistent\n")
+    assert git_scraper.main(["--config", str(config), "--set", f"git_scraper.repo={repo.path}",
+                             "--set", "git_scraper.file_filters=[.rs]", "--set", "pipeline.output_dir=elsewhere"]) == 0
+    commits = json.loads((tmp_path / "elsewhere" / "commits.json").read_text())
+    files = {f["path"]: f for c in commits["commits"] for f in c["files"]}
+    assert files["src/lib.rs"]["patch"] and files["notes.txt"]["patch"] is None
+    assert not (tmp_path / "conf" / "out").exists()

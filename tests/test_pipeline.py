@@ -268,3 +268,38 @@ def test_log_file_that_cannot_be_written_is_one_line(tmp_path, make_repo, capsys
     assert pipeline.main(["--config", str(config), "--stage", "git_scraper"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "blocker: cannot create output folder" in err[0], err
+
+
+def test_set_reaches_the_stages_changes_their_fingerprint_and_is_recorded(tmp_path, make_repo, capsys):
+    repo = make_repo()
+    repo.commit("first", {"src/lib.rs": "fn a() {}\n", "notes.txt": "hello\n"})
+    config = write_config(tmp_path, repo.path)
+    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper")
+    assert code == 0, err
+    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper", "--set", "git_scraper.file_filters=[.rs]")
+    assert code == 0, err
+    stage = results(tmp_path)["git_scraper"]
+    assert stage["status"] == "ok"  # a setting changed: not up to date
+    commits = json.loads((tmp_path / "out" / "commits.json").read_text())
+    assert {f["path"]: f["patch"] is None for c in commits["commits"] for f in c["files"]} == {
+        "src/lib.rs": False, "notes.txt": True}
+    recorded = json.loads((tmp_path / "out" / "pipeline_results.json").read_text())
+    assert recorded["set"] == ["git_scraper.file_filters=[.rs]"] and recorded["config"] == str(config)
+    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper", "--set", "git_scraper.file_filters=[.rs]")
+    assert results(tmp_path)["git_scraper"]["status"] == "skipped"
+
+
+def test_a_bad_set_on_the_pipeline_is_one_line_and_exit_2(tmp_path, make_repo, capsys):
+    repo = make_repo()
+    repo.commit("first", {"a.py": "x = 1\n"})
+    config = write_config(tmp_path, repo.path)
+    for setting, expected in (
+        ("predict.max_new_tokenz=3", "error: --set predict.max_new_tokenz=3: unknown key 'max_new_tokenz' in section "
+                                     "'predict' (allowed: "),
+        ("serve.port=http", "error: --set: serve.port: expected int, got str ('http')"),
+        ("train_model.max_steps", "error: --set train_model.max_steps: expected section.key=value"),
+    ):
+        code, err = run_main(capsys, "--config", str(config), "--set", setting)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(expected), (setting, lines)
+    assert not (tmp_path / "out").exists()  # refused before any stage ran

@@ -19,6 +19,11 @@ otherwise with `dataclasses.field(default=..., metadata=NONFINITE_OK)`.
 A key given twice in one mapping is refused (YAML would keep the last one
 silently), and so is a file that is not UTF-8.
 
+Values given on the command line (`--set section.key=value`, repeatable, the
+value read as YAML: 200, true, null, [a, b]) go on top of the file's and are
+checked the same way (Override, ConfigSource); a relative path given there is
+relative to the current folder.
+
 Each stage's section is named like the stage. Four had other names before
 (RENAMED_SECTIONS): a file that uses an old name still loads, with one warning
 line naming the new one; a file that uses both names for one section is refused.
@@ -118,27 +123,78 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: Path | str, sections: Mapping[str, type], strict_sections: bool = True) -> dict[str, Any]:
-    """Load `path` and build one dataclass instance per requested section.
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """One `--set section.key=value` of the command line, its value as YAML reads it."""
+
+    section: str
+    key: str
+    value: Any
+    text: str = dataclasses.field(default="", compare=False)  # as typed, for the log
+
+    @classmethod
+    def parse(cls, text: str) -> "Override":
+        name, equals, raw = text.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not equals or not dot or not section or not key.isidentifier():
+            raise UserError(f"--set {text}: expected section.key=value (e.g. train_model.max_steps=200)")
+        try:
+            value = yaml.load(raw, Loader=UniqueKeyLoader)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {text}: the value is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        if section in RENAMED_SECTIONS:
+            log.warning("--set %s: section '%s' is now called '%s'", text, section, RENAMED_SECTIONS[section])
+            section = RENAMED_SECTIONS[section]
+        return cls(section, key, value, text)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigSource:
+    """Where a command's settings come from: a config file (None: the built-in defaults) and the `--set`
+    overrides on top of it. load_config takes it wherever it takes a path."""
+
+    file: Path | None
+    overrides: tuple[Override, ...] = ()
+
+    def __fspath__(self) -> str:  # for code that needs the file itself (POST /update runs the pipeline on it)
+        if self.file is None:
+            raise UserError("no config file to pass on: give --config (--set values apply to this command only)")
+        return str(self.file)
+
+    def __str__(self) -> str:
+        shown = str(self.file) if self.file is not None else "the built-in defaults"
+        return shown + "".join(f" --set {o.text}" for o in self.overrides)
+
+
+def load_config(path: Path | str | ConfigSource, sections: Mapping[str, type],
+                strict_sections: bool = True) -> dict[str, Any]:
+    """Load `path` (a config file, or a ConfigSource: a file or none, and --set values) and build one
+    dataclass instance per requested section.
 
     `sections` maps section name -> dataclass. Sections missing from the file
     get their defaults. With `strict_sections`, a section the project does not
     know is an error; a stage run on its own passes False and validates just
     the sections it uses (plus `pipeline`).
     """
-    path = Path(path).expanduser().resolve()
+    source = path if isinstance(path, ConfigSource) else ConfigSource(Path(path))
+    file = Path(source.file).expanduser().resolve() if source.file is not None else None
     renamed = sorted(set(sections) & set(RENAMED_SECTIONS))
     if renamed:  # a caller's bug, not the user's: the code asks for a section by its former name
         raise TypeError(f"section {renamed[0]!r} is now called {RENAMED_SECTIONS[renamed[0]]!r}")
-    data = new_section_names(load_yaml(path), path)
+    data = new_section_names(load_yaml(file), file) if file is not None else {}
     known = set(sections) | set(KNOWN_SECTIONS)
     for name in data:
         if name not in known or (strict_sections and name not in sections):
-            raise UserError(f"{path.name}: unknown section '{name}' (allowed: {', '.join(sorted(known))})")
-    base_dir = path.parent
+            raise UserError(f"{file.name}: unknown section '{name}' (allowed: {', '.join(sorted(known))})")
+    for override in source.overrides:
+        if override.section not in known:
+            raise UserError(f"--set {override.text}: unknown section '{override.section}' "
+                            f"(allowed: {', '.join(sorted(known))})")
+    name, base_dir = (file.name, file.parent) if file is not None else ("defaults", Path.cwd())
     return {
-        name: build_section(cls, data.get(name) or {}, name, path.name, base_dir)
-        for name, cls in sections.items()
+        section: build_section(cls, data.get(section) or {}, section, name, base_dir,
+                               [o for o in source.overrides if o.section == section])
+        for section, cls in sections.items()
     }
 
 
@@ -159,8 +215,9 @@ def new_section_names(data: dict, path: Path) -> dict:
 _warned_renames: set[tuple[Path, str]] = set()  # a command may load one file several times: one warning each
 
 
-def build_section(cls: type, values: Any, section: str, source: str, base_dir: Path) -> Any:
-    """Build dataclass `cls` from a mapping, validating every key and type."""
+def build_section(cls: type, values: Any, section: str, source: str, base_dir: Path,
+                  overrides: list[Override] = ()) -> Any:
+    """Build dataclass `cls` from a mapping and the --set values of its section, validating every key and type."""
     if not isinstance(values, dict):
         raise UserError(f"{source}: section '{section}' must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -170,21 +227,32 @@ def build_section(cls: type, values: Any, section: str, source: str, base_dir: P
             raise UserError(
                 f"{source}: unknown key '{key}' in section '{section}' (allowed: {', '.join(sorted(fields))})"
             )
+    for override in overrides:
+        if override.key not in fields:
+            raise UserError(f"--set {override.text}: unknown key '{override.key}' in section '{section}' "
+                            f"(allowed: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, field in fields.items():
         if name in values:
             finite = not field.metadata.get("nonfinite_ok", False)
             kwargs[name] = coerce(values[name], hints[name], f"{section}.{name}", source, base_dir, finite)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            if any(o.key == name for o in overrides):
+                continue
             raise UserError(f"{source}: missing required key '{section}.{name}' ({describe(hints[name])})")
         elif hints[name] is Path or _is_optional_path(hints[name]):
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             if default is not None:
                 kwargs[name] = resolve_path(default, base_dir)
+    for override in overrides:  # the command line's values win over the file's
+        finite = not fields[override.key].metadata.get("nonfinite_ok", False)
+        kwargs[override.key] = coerce(override.value, hints[override.key], f"{section}.{override.key}", "--set",
+                                      Path.cwd(), finite)
     try:
         return cls(**kwargs)
     except (UserError, ValueError) as exc:
-        raise UserError(f"{source}: {section}.{exc}") from None
+        where = f"{source} with --set" if overrides else source
+        raise UserError(f"{where}: {section}.{exc}") from None
 
 
 def resolve_path(value: Path | str, base_dir: Path) -> Path:

@@ -2,6 +2,7 @@
 
     python pipeline.py --config config.yaml              # every stage, in order
     python pipeline.py --config config.yaml --stage tokenizer
+    python pipeline.py --config config.yaml --set train_model.max_steps=200 --set pipeline.seed=7
     python pipeline.py --list-stages
     python pipeline.py --config config.yaml --force      # rerun up-to-date stages too
     python pipeline.py --config config.yaml --update     # learn only the new commits (update_run.py)
@@ -61,8 +62,8 @@ from types import ModuleType
 from typing import IO, Any
 
 from repo2model.core.artifacts import compressed_twin, ensure_folder, file_sizes, remove_stale_temporaries, write_json
-from repo2model.core.cli import user_errors_to_exit
-from repo2model.core.config import PipelineConfig, load_config, load_yaml
+from repo2model.core.cli import add_set_argument, config_source, user_errors_to_exit
+from repo2model.core.config import ConfigSource, PipelineConfig, load_config, load_yaml
 from repo2model.core.errors import UserError
 from repo2model.core.logs import quiet_noisy_libraries, setup_logging
 from repo2model.core.paths import ArtifactPaths
@@ -131,11 +132,12 @@ def extra_sections(stage: Stage, loaded: dict) -> dict:
     return {keyword: loaded[section] for keyword, section in getattr(stage.module, "USES_SECTIONS", {}).items()}
 
 
-def run_pipeline(config_path: Path, only: str | None = None, force: bool = False, continue_on_error: bool = False,
-                 update: bool | None = None, rollback: bool = False) -> int:
-    """Run the stages (all, or `only`); `update`: --update (None: pipeline.update decides, for whole runs);
-    `rollback`: switch the previous model generation back in and run nothing."""
-    load_yaml(config_path)  # a missing or unreadable file is reported before the stages' heavy imports
+def run_pipeline(config_path: Path | ConfigSource, only: str | None = None, force: bool = False,
+                 continue_on_error: bool = False, update: bool | None = None, rollback: bool = False) -> int:
+    """Run the stages (all, or `only`) as `config_path` (a file, or a ConfigSource: a file and --set values) says;
+    `update`: --update (None: pipeline.update decides, for whole runs); `rollback`: switch the previous model
+    generation back in and run nothing."""
+    load_yaml(Path(config_path))  # a missing or unreadable file is reported before the stages' heavy imports
     stages = [Stage(name, import_stage(module)) for name, module in STAGES]
     # Not strict: a stage run alone validates only its sections, so the project's list of
     # section names (KNOWN_SECTIONS) is what refuses a misspelt one.
@@ -150,7 +152,8 @@ def run_pipeline(config_path: Path, only: str | None = None, force: bool = False
                  " (rollback)" if rollback else " (update)" if update else "")
         clean_stale_temporaries(paths)
         clean_stale_temporaries(staged_paths(paths))
-        run = Run(config_path, stages, loaded, paths, RunState.read(paths.state), force)
+        run = Run(Path(config_path), stages, loaded, paths, RunState.read(paths.state), force,
+                  overrides=[o.text for o in getattr(config_path, "overrides", ())])
         generations = Generations(paths)
         if rollback:
             roll_back(run, generations)
@@ -190,6 +193,7 @@ class Run:
     paths: ArtifactPaths
     state: RunState
     force: bool
+    overrides: list[str] = dataclasses.field(default_factory=list)  # the command line's --set values
     started: float = dataclasses.field(default_factory=time.perf_counter)
     results: dict[str, dict] = dataclasses.field(default_factory=dict)
     update: dict | None = None  # --update / --rollback: what it did (pipeline_results.json's `update`)
@@ -292,6 +296,7 @@ class Run:
             self.paths.pipeline_results,
             {
                 "config": str(self.config_path),
+                **({"set": self.overrides} if self.overrides else {}),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": round(time.perf_counter() - self.started, 3),
                 "stages": self.results,
@@ -359,6 +364,7 @@ def list_stages() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default: config.yaml)")
+    add_set_argument(parser)
     parser.add_argument("--stage", choices=STAGE_NAMES, help="run only this stage")
     parser.add_argument("--list-stages", action="store_true", help="list the stages in order and exit")
     parser.add_argument("--continue-on-error", action="store_true", help="run later stages after a failure")
@@ -377,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         list_stages()
         return 0
     quiet_noisy_libraries()  # before the stages import them
-    return run_pipeline(args.config.expanduser().resolve(), args.stage, args.force, args.continue_on_error, update=args.update,
+    config = config_source(args.config.expanduser().resolve(), args.set)
+    return run_pipeline(config, args.stage, args.force, args.continue_on_error, update=args.update,
                         rollback=args.rollback)
 
 
