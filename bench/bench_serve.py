@@ -32,8 +32,10 @@ def main() -> None:
 
     import helpers_predict as H
     from repo2model.stages import serve
+    from repo2model.serving.service import Service, make_server
     from repo2model.serving.history import history_from_records
-    from repo2model.serving.predictor import PredictionConfig, Predictor
+    from repo2model.serving.predictor import Predictor
+    from repo2model.serving.settings import PredictionConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer, lang, _, _ = H.trained_predictor_parts(Path(tmp))
@@ -42,7 +44,7 @@ def main() -> None:
         records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]} for c, chunks in history]
         predictor.predict(history, H.TASK)  # warm-up
 
-        server = serve.make_server(serve.Service(predictor, serve.Config(port=0)))
+        server = make_server(Service(predictor, serve.Config(port=0)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
         body = json.dumps({"task": H.TASK, "commits": records})
@@ -72,10 +74,10 @@ def main() -> None:
         http_s /= args.requests
         server.shutdown()
         server.server_close()
-        assert [f["path"] for f in reply["files"]] == [f["path"] for f in direct["files"]]
+        assert [f["path"] for f in reply["files"]] == [f.path for f in direct.files]
 
     print(f"predict direct: {direct_s * 1000:.1f} ms/request ({args.max_new_tokens} max new tokens, "
-          f"{len(direct['candidates'][0]['text'])} chars generated)")
+          f"{len(direct.candidates[0].text)} chars generated)")
     print(f"POST /predict:  {http_s * 1000:.1f} ms/request (keep-alive connection)")
     print(f"ratio HTTP / direct: {http_s / direct_s:.3f}")
 

@@ -14,9 +14,14 @@ from safetensors.torch import load_file, save_file
 import helpers_predict as H
 from repo2model.stages import predict
 from repo2model.serving import history as history_lib
-from repo2model.serving import predictor as prediction
+from repo2model.serving.generation import RankedFiles, merge_rankings, parse_generation, rank_candidates
+from repo2model.serving.prediction import Candidate, PredictedFile
+from repo2model.serving.predictor import CandidatePool, Predictor, pool_from_history
+from repo2model.serving.settings import PredictionConfig, with_options
 from repo2model.core.artifacts import CommitsWriter, write_jsonl
-from repo2model.language.commit_language import CommitLanguage, encode_texts
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.encoding import encode_texts
+from repo2model.language.parse import ParsedChunk, ParsedFile
 from repo2model.training.models import INFO_FILE, merge_adapter, trained_length
 
 
@@ -31,12 +36,12 @@ def learned(tmp_path_factory):
 def predictor(learned, **cfg):
     """Generation-only ranking unless asked (the generation tests); the likelihood tests ask for theirs."""
     cfg.setdefault("file_ranking", "generation")
-    return prediction.Predictor(learned["model"], learned["tokenizer"], learned["lang"],
-                             prediction.PredictionConfig(max_new_tokens=120, **cfg))
+    return Predictor(learned["model"], learned["tokenizer"], learned["lang"],
+                     PredictionConfig(max_new_tokens=120, **cfg))
 
 
 def test_greedy_prediction_recovers_the_learned_change(learned):
-    out = predictor(learned).predict(H.fixture_history(), H.TASK)
+    out = predictor(learned).predict(H.fixture_history(), H.TASK).to_json()
     assert [(f["path"], f["score"]) for f in out["files"]] == [("pkg/parse.py", 1.0), ("pkg/strip.py", 1.0)]
     assert [f["change_types"][0]["type"] for f in out["files"]] == ["MODIFIED_FUNCTION", "NEW_FUNCTION"]
     assert out["modules"] == ["pkg.parse", "pkg.strip"] and out["symbols"] == ["parse", "strip"]
@@ -52,8 +57,8 @@ def test_greedy_prediction_recovers_the_learned_change(learned):
 def test_sampling_ranks_across_candidates_and_is_seeded(learned):
     p = predictor(learned)
     options = {"decoding": "sample", "num_candidates": 4, "temperature": 1.2}
-    first = p.predict(H.fixture_history(), H.TASK, options, seed=7)
-    again = p.predict(H.fixture_history(), H.TASK, options, seed=7)
+    first = p.predict(H.fixture_history(), H.TASK, options, seed=7).to_json()
+    again = p.predict(H.fixture_history(), H.TASK, options, seed=7).to_json()
     assert [c["text"] for c in first["candidates"]] == [c["text"] for c in again["candidates"]]
     assert len(first["candidates"]) == 4
     scores = [f["score"] for f in first["files"]]
@@ -64,15 +69,15 @@ def test_sampling_ranks_across_candidates_and_is_seeded(learned):
         assert f["score"] == pytest.approx(share, abs=1e-5)
         assert f["votes"] == sum(f["path"] in c["files"] for c in first["candidates"])
     assert max(f["votes"] for f in first["files"]) == first["files"][0]["votes"] or first["files"][0]["score"] > 0.5
-    beam = p.predict(H.fixture_history(), H.TASK, {"decoding": "beam", "num_candidates": 2})
+    beam = p.predict(H.fixture_history(), H.TASK, {"decoding": "beam", "num_candidates": 2}).to_json()
     assert len(beam["candidates"]) == 2 and beam["files"][0]["path"] == "pkg/parse.py"
 
 
 def test_untrained_model_gives_malformed_candidates_not_a_crash(learned):
     model = H.tiny_llama(learned["tokenizer"], seed=3)
-    p = prediction.Predictor(model, learned["tokenizer"], learned["lang"],
-                          prediction.PredictionConfig(max_new_tokens=30, decoding="sample", num_candidates=3))
-    out = p.predict(H.fixture_history(), H.TASK)
+    p = Predictor(model, learned["tokenizer"], learned["lang"],
+                  PredictionConfig(max_new_tokens=30, decoding="sample", num_candidates=3))
+    out = p.predict(H.fixture_history(), H.TASK).to_json()
     assert len(out["candidates"]) == 3
     assert out["malformed_candidates"] == 3
     assert all(c["problems"] for c in out["candidates"])
@@ -80,33 +85,32 @@ def test_untrained_model_gives_malformed_candidates_not_a_crash(learned):
 
 def test_parse_generation_reports_problems():
     lang = CommitLanguage()
-    cut = prediction.parse_generation(lang, "<FILE>a.py\n<CHANGE:new_function>f\n<CODE>def f(")
-    assert cut["malformed"] and cut["files"][0]["path"] == "a.py"
-    assert any("COMMIT_END" in p for p in cut["problems"])
-    empty = prediction.parse_generation(lang, "garbage")
-    assert empty["malformed"] and empty["files"] == []
+    cut = parse_generation(lang, "<FILE>a.py\n<CHANGE:new_function>f\n<CODE>def f(", 1.0)
+    assert cut.malformed and cut.files[0].path == "a.py"
+    assert any("COMMIT_END" in p for p in cut.problems)
+    empty = parse_generation(lang, "garbage", 1.0)
+    assert empty.malformed and empty.files == []
 
 
 def test_rank_candidates_by_hand():
     def cand(score, *paths, malformed=False):
-        return {"score": score, "malformed": malformed, "files": [
-            {"path": p, "module": None, "changes": [{"change_type": "NEW_FUNCTION", "symbol": p[0], "code": "x"}]}
-            for p in paths]}
+        files = [ParsedFile(p, None, [ParsedChunk("NEW_FUNCTION", p[0], "x", "code")]) for p in paths]
+        return Candidate("", score, files, malformed=malformed, problems=[], truncated=False)
 
-    ranked = prediction.rank_candidates([cand(0.6, "a", "b"), cand(0.2, "b", "c"), cand(0.2, "a")], max_files=2)
-    assert [(f["path"], f["score"], f["votes"]) for f in ranked["files"]] == [("a", 0.8, 2), ("b", 0.8, 2)]
-    assert ranked["symbols"] == ["a", "b"]
-    assert ranked["code_sketch"].startswith("# a NEW_FUNCTION a")
+    ranked = rank_candidates([cand(0.6, "a", "b"), cand(0.2, "b", "c"), cand(0.2, "a")], max_files=2)
+    assert [(f.path, f.score, f.votes) for f in ranked.files] == [("a", 0.8, 2), ("b", 0.8, 2)]
+    assert ranked.symbols == ["a", "b"]
+    assert ranked.code_sketch.startswith("# a NEW_FUNCTION a")
 
 
 def test_options_are_validated():
-    cfg = prediction.PredictionConfig()
-    assert prediction.with_options(cfg, {"max_new_tokens": 10}).max_new_tokens == 10
+    cfg = PredictionConfig()
+    assert with_options(cfg, {"max_new_tokens": 10}).max_new_tokens == 10
     for options, word in [({"bogus": 1}, "options.bogus"), ({"max_new_tokens": "5"}, "options.max_new_tokens"),
                           ({"max_new_tokens": 0}, "options.max_new_tokens"), ({"decoding": "magic"}, "decoding"),
                           ({"top_p": 2.0}, "options.top_p"), ([1], "options")]:
         with pytest.raises(ValueError, match=word.replace(".", r"\.")):
-            prediction.with_options(cfg, options)
+            with_options(cfg, options)
 
 
 def test_history_from_artifacts_takes_the_last_commits_with_their_chunks(tmp_path):
@@ -135,8 +139,8 @@ def save_model_folder(learned, folder):
 
 
 def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
-    expected = predictor(learned, file_ranking="both").predict(H.fixture_history(), H.TASK)["files"]
-    cfg = prediction.PredictionConfig(max_new_tokens=120)  # the default ranking: likelihood, then generation's own files
+    expected = predictor(learned, file_ranking="both").predict(H.fixture_history(), H.TASK).to_json()["files"]
+    cfg = PredictionConfig(max_new_tokens=120)  # the default ranking: likelihood, then generation's own files
 
     scratch = save_model_folder(learned, tmp_path / "scratch")
     base = save_model_folder(learned, tmp_path / "base")
@@ -150,8 +154,8 @@ def test_scratch_adapter_and_merged_folders_all_predict(learned, tmp_path):
     merged = merge_adapter(adapter_dir, adapter_dir / "merged")
 
     for folder in (scratch, adapter_dir, merged):
-        loaded = prediction.Predictor.load(folder, cfg)
-        out = loaded.predict(H.fixture_history(), H.TASK)
+        loaded = Predictor.load(folder, cfg)
+        out = loaded.predict(H.fixture_history(), H.TASK).to_json()
         assert [f["path"] for f in out["files"]] == [f["path"] for f in expected], folder
         for got, want in zip(out["files"], expected):  # the cache path works through peft and merged weights
             assert got.get("logprob") == pytest.approx(want.get("logprob"), abs=1e-4), folder
@@ -200,8 +204,8 @@ def test_prompt_budget_follows_the_trained_length(learned, tmp_path):
     (tmp_path / "training_info.json").write_text(json.dumps({"seq_len": 200}))
     assert trained_length(tmp_path) == 200
     assert trained_length(tmp_path / "merged") == 200  # merged weights sit inside the adapter folder
-    p = prediction.Predictor(learned["model"], learned["tokenizer"], learned["lang"], prediction.PredictionConfig(max_new_tokens=120),
-                          trained_length=200)
+    p = Predictor(learned["model"], learned["tokenizer"], learned["lang"], PredictionConfig(max_new_tokens=120),
+                  trained_length=200)
     assert p.context_window(p.cfg) == 80
     with pytest.raises(ValueError, match="max_new_tokens"):
         p.predict(H.fixture_history(), H.TASK, {"max_new_tokens": 190})
@@ -223,7 +227,7 @@ def direct_logprob(model, prompt: list[int], continuation: list[int]) -> float:
 
 
 def test_likelihood_ranks_the_learned_file_first(learned):
-    out = predictor(learned, file_ranking="likelihood").predict_ids(learned["prompt"], candidates=CANDIDATES)
+    out = predictor(learned, file_ranking="likelihood").predict_ids(learned["prompt"], candidates=CANDIDATES).to_json()
     assert out["files"][0]["path"] == "pkg/parse.py"  # the target's first file
     assert sorted(f["path"] for f in out["files"]) == sorted(p for p, _ in CANDIDATES)
     logprobs = [f["logprob"] for f in out["files"]]
@@ -249,7 +253,7 @@ def test_continuation_is_the_training_file_header(learned):
 @pytest.mark.parametrize("batch_size", [1, 2, 16])
 def test_batched_cached_scores_equal_a_direct_computation(learned, batch_size):
     p = predictor(learned)
-    cfg = prediction.PredictionConfig(rank_batch_size=batch_size, rank_score="sum")
+    cfg = PredictionConfig(rank_batch_size=batch_size, rank_score="sum")
     scored = p.score_files(learned["prompt"], CANDIDATES, cfg)
     conts = p.file_continuations(CANDIDATES)
     assert [s["path"] for s in scored] == [path for path, _ in CANDIDATES]
@@ -257,13 +261,13 @@ def test_batched_cached_scores_equal_a_direct_computation(learned, batch_size):
         assert entry["tokens"] == len(ids)
         assert entry["logprob"] == pytest.approx(direct_logprob(learned["model"], learned["prompt"], ids), abs=1e-4)
         assert entry["rank_value"] == entry["logprob"]
-    mean = p.score_files(learned["prompt"], CANDIDATES, prediction.PredictionConfig(rank_score="mean"))
+    mean = p.score_files(learned["prompt"], CANDIDATES, PredictionConfig(rank_score="mean"))
     assert [m["rank_value"] for m in mean] == pytest.approx([s["logprob"] / s["tokens"] for s in scored])
 
 
 def test_both_puts_scored_files_first_then_generation_only_files(learned):
     history = H.fixture_history()
-    out = predictor(learned, file_ranking="both").predict(history, H.TASK)
+    out = predictor(learned, file_ranking="both").predict(history, H.TASK).to_json()
     # the history's files by likelihood, then pkg/strip.py (a new file: only the generation names it)
     assert [f["path"] for f in out["files"]] == ["pkg/parse.py", "tests/test_parse.py", "pkg/strip.py"]
     parse, test, strip = out["files"]
@@ -274,32 +278,79 @@ def test_both_puts_scored_files_first_then_generation_only_files(learned):
     assert out["file_ranking"] == {"method": "both", "score": "sum", "files_scored": 2}
     assert out["modules"] == ["pkg.parse", "tests.test_parse", "pkg.strip"]
     assert len(out["candidates"]) == 1 and "def strip(s)" in out["code_sketch"]
-    capped = predictor(learned, file_ranking="both", max_files=2).predict(history, H.TASK)
+    capped = predictor(learned, file_ranking="both", max_files=2).predict(history, H.TASK).to_json()
     assert [f["path"] for f in capped["files"]] == ["pkg/parse.py", "tests/test_parse.py"]
-    wider = prediction.CandidatePool()
+    wider = CandidatePool()
     wider.add_commit([("pkg/strip.py", "pkg.strip")])  # known from an older commit: now scored, not appended
-    prediction.pool_from_history(history, wider)
-    out = predictor(learned, file_ranking="both").predict(history, H.TASK, pool=wider)
+    pool_from_history(history, wider)
+    out = predictor(learned, file_ranking="both").predict(history, H.TASK, pool=wider).to_json()
     assert out["file_ranking"]["files_scored"] == 3 and all("logprob" in f for f in out["files"])
     assert out["files"][0]["path"] == "pkg/parse.py"
 
 
+# The prediction JSON predict.py prints and serve.py answers (n8n's workflows read it): key -> JSON type(s).
+ANSWER = {"task": str, "history": list, "model": (str, type(None)), "prompt_tokens": int, "decoding": dict,
+          "file_ranking": dict, "files": list, "modules": list, "symbols": list, "code_sketch": str,
+          "malformed_candidates": int, "candidates": list, "seconds": float, "ranking": str, "missing_objects": dict}
+HISTORY = {"hash": str, "message": str}
+DECODING = {"decoding": str, "max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int,
+            "num_candidates": int, "seed": int}
+FILE_RANKING = {"method": str, "score": str, "files_scored": int}
+GENERATED_FILE = {"path": str, "score": float, "votes": int, "module": (str, type(None)), "change_types": list,
+                  "symbols": list}
+SCORED_FILE = {**GENERATED_FILE, "logprob": float, "logprob_tokens": int}
+CHANGE_TYPE = {"type": str, "weight": float}
+CANDIDATE = {"text": str, "score": float, "malformed": bool, "problems": list, "truncated": bool, "files": list}
+MISSING_OBJECTS = {"history_files": int, "code_search_files": int, "context_files": int}
+
+
+def assert_shape(value: dict, shape: dict, where: str) -> None:
+    assert list(value) == list(shape), (where, list(value))
+    for key, expected in shape.items():
+        assert isinstance(value[key], expected) and not (expected is int and isinstance(value[key], bool)), \
+            (where, key, value[key])
+
+
+def test_the_prediction_json_keeps_its_keys_and_types(learned):
+    """A real answer (both rankings: a scored file, a file only generation names) as predict.py and serve.py
+    write it: every key in its place with its JSON type; optional keys absent rather than null."""
+    prediction = predictor(learned, file_ranking="both").predict(H.fixture_history(), H.TASK)
+    out = json.loads(json.dumps(prediction.to_json()))
+    assert_shape(out, ANSWER, "answer")
+    for commit in out["history"]:
+        assert_shape(commit, HISTORY, "history")
+    assert_shape(out["decoding"], DECODING, "decoding")
+    assert_shape(out["file_ranking"], FILE_RANKING, "file_ranking")
+    assert_shape(out["missing_objects"], MISSING_OBJECTS, "missing_objects")
+    parse, test, strip = out["files"]
+    for file, shape in ((parse, SCORED_FILE), (test, SCORED_FILE), (strip, GENERATED_FILE)):
+        assert set(file) == set(shape), file
+        assert_shape({k: file[k] for k in shape}, shape, file["path"])
+    for change_type in parse["change_types"] + strip["change_types"]:
+        assert_shape(change_type, CHANGE_TYPE, "change_types")
+    (candidate,) = out["candidates"]
+    assert_shape(candidate, CANDIDATE, "candidate")
+    assert candidate["files"] == ["pkg/parse.py", "pkg/strip.py"] and out["malformed_candidates"] == 0
+    # The typed prediction is what the JSON says, file by file.
+    assert [PredictedFile.from_json(f) for f in out["files"]] == prediction.files
+    assert [(f.path, f.logprob is None) for f in prediction.files] == [(f["path"], "logprob" not in f)
+                                                                       for f in out["files"]]
+
+
 def test_merge_rankings_by_hand():
-    generated = {"files": [{"path": "new.py", "score": 0.7, "votes": 2, "module": None, "change_types": [],
-                            "symbols": []},
-                           {"path": "b.py", "score": 0.3, "votes": 1, "module": "b", "change_types": [],
-                            "symbols": ["f"]}],
-                 "symbols": ["f"], "code_sketch": "x"}
+    generated = RankedFiles(files=[PredictedFile("new.py", 0.7, None, votes=2),
+                                   PredictedFile("b.py", 0.3, "b", symbols=["f"], votes=1)],
+                            modules=[], symbols=["f"], code_sketch="x")
     scored = [{"path": "a.py", "module": "a", "logprob": -3.0, "tokens": 3, "rank_value": -1.0},
               {"path": "b.py", "module": "b", "logprob": -2.0, "tokens": 1, "rank_value": -2.0}]
-    merged = prediction.merge_rankings(scored, generated, max_files=10)
-    assert [(f["path"], f["score"], f.get("logprob")) for f in merged["files"]] == [
+    merged = merge_rankings(scored, generated, max_files=10)
+    assert [(f.path, f.score, f.logprob) for f in merged.files] == [
         ("a.py", 0.0, -3.0), ("b.py", 0.3, -2.0), ("new.py", 0.7, None)]
-    assert merged["modules"] == ["a", "b"] and merged["symbols"] == ["f"] and merged["code_sketch"] == "x"
+    assert merged.modules == ["a", "b"] and merged.symbols == ["f"] and merged.code_sketch == "x"
 
 
 def test_candidate_pool_alternates_recent_and_frequent():
-    pool = prediction.CandidatePool()
+    pool = CandidatePool()
     for files in (["often.py", "old.py"], ["often.py"], ["often.py", "mid.py"], ["new.py"]):
         pool.add_commit([(f, None) for f in files])
     assert [p for p, _ in pool.top(10)] == ["new.py", "often.py", "mid.py", "old.py"]
@@ -309,13 +360,13 @@ def test_candidate_pool_alternates_recent_and_frequent():
 
 
 def test_ranking_options_are_validated():
-    assert prediction.with_options(prediction.PredictionConfig(), {"file_ranking": "likelihood"}).file_ranking == "likelihood"
+    assert with_options(PredictionConfig(), {"file_ranking": "likelihood"}).file_ranking == "likelihood"
     with pytest.raises(ValueError, match="options.file_ranking"):
-        prediction.with_options(prediction.PredictionConfig(), {"file_ranking": "votes"})
+        with_options(PredictionConfig(), {"file_ranking": "votes"})
     for bad, word in [({"rank_candidates": 0}, "rank_candidates"), ({"rank_score": "max"}, "rank_score"),
                       ({"rank_batch_size": 0}, "rank_batch_size")]:
         with pytest.raises(ValueError, match=word):
-            prediction.PredictionConfig(**bad)
+            PredictionConfig(**bad)
 
 
 # ---------------------------------------------------------------- a damaged model folder

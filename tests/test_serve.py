@@ -21,10 +21,13 @@ import pytest
 import helpers_predict as H
 from tests.conftest import ROOT
 from repo2model.stages import serve
+from repo2model.serving.reload import ModelReloader, PipelineUpdate
+from repo2model.serving.service import Service, make_server
 from repo2model.core.artifacts import atomic_path
 from repo2model.core.errors import UserError
 from repo2model.training.models import INFO_FILE
-from repo2model.serving.predictor import PredictionConfig, Predictor
+from repo2model.serving.predictor import Predictor
+from repo2model.serving.settings import PredictionConfig
 
 TOKEN = "s3cret-token"
 
@@ -37,8 +40,8 @@ def learned(tmp_path_factory):
 
 
 def start(predictor, **cfg):
-    service = serve.Service(predictor, serve.Config(port=0, max_body_bytes=20_000, **cfg))
-    server = serve.make_server(service)
+    service = Service(predictor, serve.Config(port=0, max_body_bytes=20_000, **cfg))
+    server = make_server(service)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server
@@ -168,7 +171,7 @@ def test_config_token_and_port_in_use(learned):
     first = start(learned)
     try:
         with pytest.raises(UserError, match="choose another --port"):
-            serve.make_server(serve.Service(learned, serve.Config(port=first.server_address[1])))
+            make_server(Service(learned, serve.Config(port=first.server_address[1])))
     finally:
         first.shutdown()
         first.server_close()
@@ -375,9 +378,9 @@ def test_marker_change_reloads_and_an_in_flight_request_finishes_on_the_old_mode
     model_dir = tmp_path / "model"
     shutil.copytree(folders["old"], model_dir)
     load = functools.partial(Predictor.load, model_dir, PredictionConfig(max_new_tokens=120, file_ranking="generation"))
-    service = serve.Service(load(), serve.Config(port=0, reload_poll_s=0.2))
-    service.reloader = serve.ModelReloader(service, load, model_dir / INFO_FILE, poll_s=0.2).start()
-    server = serve.make_server(service)
+    service = Service(load(), serve.Config(port=0, reload_poll_s=0.2))
+    service.reloader = ModelReloader(service, load, model_dir / INFO_FILE, poll_s=0.2).start()
+    server = make_server(service)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         health = call(server, "GET", "/health")[1]
@@ -432,9 +435,9 @@ def test_update_endpoint_is_off_by_default_needs_the_token_and_runs_one_pipeline
 
     config = tmp_path / "update.yaml"  # the update fails fast: its repository does not exist
     config.write_text("pipeline:\n  output_dir: out\ngit_scraper:\n  repo: no-such-repo\n")
-    service = serve.Service(learned, serve.Config(port=0, token_env="TEST_SERVE_TOKEN", allow_update=True))
-    service.update = serve.PipelineUpdate(config, timeout_s=600)
-    server = serve.make_server(service)
+    service = Service(learned, serve.Config(port=0, token_env="TEST_SERVE_TOKEN", allow_update=True))
+    service.update = PipelineUpdate(config, timeout_s=600)
+    server = make_server(service)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         assert call(server, "GET", "/update")[0] == 401  # even GET needs the token
@@ -457,9 +460,9 @@ def test_update_endpoint_is_off_by_default_needs_the_token_and_runs_one_pipeline
         service.update.stop()
         server.shutdown()
         server.server_close()
-    tokenless = serve.Service(learned, serve.Config(port=0, token_env="NO_SUCH_VARIABLE_X", allow_update=True))
-    tokenless.update = serve.PipelineUpdate(config, timeout_s=600)
-    server = serve.make_server(tokenless)
+    tokenless = Service(learned, serve.Config(port=0, token_env="NO_SUCH_VARIABLE_X", allow_update=True))
+    tokenless.update = PipelineUpdate(config, timeout_s=600)
+    server = make_server(tokenless)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         status, body, _ = call(server, "POST", "/update")

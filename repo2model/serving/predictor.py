@@ -6,21 +6,21 @@ Reads
     tokenizer/      the commit language (`commit_language.json`), from the model folder or <output_dir>/tokenizer
     the history     (Commit, [Chunk]) pairs, oldest first (repo2model.serving.history makes them from a repository, from
                     commits.json + chunks.jsonl, or from a caller's records)
-Writes nothing: `Predictor.predict` returns the prediction JSON (a dict) that predict.py prints and serve.py
-answers: files ranked across candidates with scores, change types and symbols per file, modules, symbols, a
-code sketch, and every candidate's raw text with its parse problems; `missing_objects` counts what objects the
-repository lacks (partial clone, pruned mirror) took away: file changes of the history without a patch, files of
-the ranker's code search and predicted files of the context without content.
+Writes nothing: `Predictor.predict` returns a Prediction (repo2model.serving.prediction), whose `to_json()` is
+what predict.py prints and serve.py answers: files ranked with scores, change types and symbols per file, modules,
+symbols, a code sketch, and every candidate's raw text with its parse problems; `missing_objects` counts what
+objects the repository lacks (partial clone, pruned mirror) took away: file changes of the history without a
+patch, files of the ranker's code search and predicted files of the context without content.
 
 The prompt is the one the dataset builder makes (`CommitLanguage.build_prompt`): the compact rendering of
 the recent commits, then the task as the new commit's message; the model generates the commit's full
 rendering, which `CommitLanguage.parse_commit` turns back into structure. A malformed generation is
-reported (`malformed`, `problems`), never fatal.
+reported (`malformed`, `problems`), never fatal (repo2model.serving.generation).
 
 File ranking (`file_ranking`):
     generation  each generated candidate gets the weight exp(mean log-probability of its tokens); a file's
                 `score` is the weight share of the candidates that name it (1.0: every candidate); ties keep
-                the order of first appearance.
+                the order of first appearance (repo2model.serving.generation).
     likelihood  the model scores candidate files instead of writing them: for each file of the known
                 history (CandidatePool: at most `rank_candidates`, alternately the most recently and the most
                 frequently changed), the log-probability that the target starts with that file, i.e. of
@@ -33,131 +33,48 @@ File ranking (`file_ranking`):
                 generation names (not among the scored ones, e.g. a new file), by their generation score.
                 A scored file keeps generation's score/votes/change types/symbols when generation named it
                 (else 0 / none); modules follow the merged order; symbols and the code sketch are generation's.
+With a learned ranker (train_ranker's folder beside the model), its files come first (FileRanking.merge).
 
-The `predict` config section (PredictionConfig) is documented key by key in config.yaml.
+The `predict` config section (repo2model.serving.settings.PredictionConfig) is documented key by key in
+config.yaml.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import heapq
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable
 
 import torch
 from transformers import DynamicCache
 
 from repo2model.core.artifacts import iter_commits, iter_jsonl, require
-from repo2model.core.cli import apply_overrides
-from repo2model.language.commit_language import COMMIT_END, FILE, CommitLanguage, decode_ids, encode_texts, escape_line
-from repo2model.core.config import load_config
 from repo2model.core.errors import UserError
-from repo2model.serving.history import unavailable_files
-from repo2model.training.models import language_dir, load_trained_model, read_training_info, trained_length
 from repo2model.core.paths import ArtifactPaths
-from repo2model.ranking.ranker import FileRanking
 from repo2model.core.records import Chunk, Commit
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.encoding import decode_ids, encode_texts
+from repo2model.language.tokens import COMMIT_END, FILE, escape_line
+from repo2model.ranking.file_ranking import FileRanking
+from repo2model.serving.generation import merge_rankings, parse_generation, rank_candidates
+from repo2model.serving.history import unavailable_files
+from repo2model.serving.prediction import (
+    Decoding,
+    FileRankingSummary,
+    HistoryCommit,
+    MissingObjects,
+    PredictedFile,
+    Prediction,
+)
+from repo2model.serving.settings import MAX_TASK_CHARS, OPTION_KEYS, PredictionConfig, with_options
+from repo2model.training.models import language_dir, load_trained_model, read_training_info, trained_length
 from repo2model.retrieval.retriever import Retriever
 
-SECTION = "predict"
 log = logging.getLogger("predict")
-
-MAX_TASK_CHARS = 4000  # a task is a commit message, not a document
-
-
-@dataclass
-class PredictionConfig:
-    """The `predict` section: the model folder, the history in the prompt, decoding and file ranking."""
-
-    model_dir: Path | None = None
-    history_commits: int = 8
-    decoding: Literal["greedy", "sample", "beam"] = "greedy"
-    num_candidates: int = 4
-    max_new_tokens: int = 256
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    context_window: int | None = None
-    max_files: int = 20
-    device: str = "cpu"
-    num_threads: int | None = None
-    file_ranking: Literal["likelihood", "generation", "both"] = "both"
-    rank_candidates: int = 200
-    rank_score: Literal["sum", "mean"] = "sum"
-    rank_batch_size: int = 32
-    context_tokens: int = 2000  # the code context's budget (repo2model.retrieval.context); 0 = none
-
-    def __post_init__(self):
-        if self.file_ranking not in ("likelihood", "generation", "both"):
-            raise ValueError("file_ranking: must be likelihood, generation or both")
-        if self.rank_candidates < 1:
-            raise ValueError("rank_candidates: must be >= 1")
-        if self.rank_score not in ("sum", "mean"):
-            raise ValueError("rank_score: must be sum or mean")
-        if self.rank_batch_size < 1:
-            raise ValueError("rank_batch_size: must be >= 1")
-        if self.history_commits < 0:
-            raise ValueError("history_commits: must be >= 0")
-        if not 1 <= self.num_candidates <= 64:
-            raise ValueError("num_candidates: must be between 1 and 64")
-        if not 1 <= self.max_new_tokens <= 8192:
-            raise ValueError("max_new_tokens: must be between 1 and 8192")
-        if not 0.0 < self.temperature <= 10.0:
-            raise ValueError("temperature: must be in (0, 10]")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError("top_p: must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError("top_k: must be >= 0 (0 = off)")
-        if self.context_window is not None and self.context_window < 16:
-            raise ValueError("context_window: must be >= 16 tokens")
-        if self.max_files < 1:
-            raise ValueError("max_files: must be >= 1")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError("num_threads: must be >= 1 (or null)")
-        if not 0 <= self.context_tokens <= 200_000:
-            raise ValueError("context_tokens: must be between 0 and 200000")
-
-    @property
-    def candidates(self) -> int:
-        return 1 if self.decoding == "greedy" else self.num_candidates
-
-
-# Settings a caller may change per request (the service's `options`).
-OPTION_KEYS = ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
-               "max_files", "file_ranking", "context_tokens")
-
-
-def with_options(cfg: PredictionConfig, options: dict | None) -> PredictionConfig:
-    """`cfg` with per-request `options`; a ValueError names the bad option."""
-    if not options:
-        return cfg
-    if not isinstance(options, dict):
-        raise ValueError("options: must be an object")
-    unknown = sorted(set(options) - set(OPTION_KEYS))
-    if unknown:
-        raise ValueError(f"options.{unknown[0]}: unknown option (allowed: {', '.join(OPTION_KEYS)})")
-    types = {f.name: f.type for f in dataclasses.fields(PredictionConfig)}
-    for key, value in options.items():
-        expected = types[key]
-        ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        }.get(expected, isinstance(value, str))
-        if not ok:
-            raise ValueError(f"options.{key}: expected {expected if expected in ('int', 'float') else 'a string'}")
-    if "decoding" in options and options["decoding"] not in ("greedy", "sample", "beam"):
-        raise ValueError("options.decoding: must be greedy, sample or beam")
-    if "file_ranking" in options and options["file_ranking"] not in ("likelihood", "generation", "both"):
-        raise ValueError("options.file_ranking: must be likelihood, generation or both")
-    try:
-        return dataclasses.replace(cfg, **options)
-    except ValueError as exc:
-        raise ValueError(f"options.{exc}") from None
 
 
 class CandidatePool:
@@ -231,7 +148,7 @@ def pool_from_artifacts(commits_path: Path, chunks_path: Path) -> CandidatePool:
 
 
 class Predictor:
-    """A model loaded once; `predict` turns (history, task) into the prediction JSON."""
+    """A model loaded once; `predict` turns (history, task) into a Prediction."""
 
     def __init__(self, model, tokenizer, language, cfg: PredictionConfig, model_dir: Path | None = None,
                  trained_length: int | None = None):
@@ -298,8 +215,8 @@ class Predictor:
 
     def predict(self, history: list[tuple[Commit, list[Chunk]]], task: str, options: dict | None = None,
                 seed: int = 42, pool: CandidatePool | None = None, repo: Path | None = None,
-                test_failures: str | None = None) -> dict:
-        """Prediction JSON for `task` after `history` (oldest first). ValueError for bad options or task.
+                test_failures: str | None = None) -> Prediction:
+        """The prediction for `task` after `history` (oldest first). ValueError for bad options or task.
 
         `pool`: the files of the known history the likelihood ranking scores (default: those of `history`).
         With a retriever: `context` (the predicted files' and symbols' current code, then what the index finds,
@@ -313,40 +230,35 @@ class Predictor:
         history = history[-cfg.history_commits:] if cfg.history_commits else []
         prompt = self.language.build_prompt(history, task, self.tokenizer, self.context_window(cfg))
         pool = pool if pool is not None else pool_from_history(history)
-        output = self.predict_ids(prompt, seed=seed, cfg=cfg, candidates=pool.top(cfg.rank_candidates))
+        prediction = self.predict_ids(prompt, seed=seed, cfg=cfg, candidates=pool.top(cfg.rank_candidates))
+        prediction.task = task
+        prediction.history = [HistoryCommit.of(commit) for commit, _ in history]
         if self.ranker is not None:  # its files first; the model keeps change types, symbols, sketch, new files
-            output = self.ranker.merge(output, history, task, cfg.max_files,
-                                       score=lambda candidates: self.score_files(prompt, candidates, cfg))
-        else:
-            output["ranking"] = cfg.file_ranking
-        result = {
-            "task": task,
-            "history": [{"hash": c.hash, "message": c.message.splitlines()[0] if c.message else ""}
-                        for c, _ in history],
-            **output,
-        }
+            prediction = apply_ranker(self.ranker, prediction, history, cfg.max_files,
+                                      score=lambda candidates: self.score_files(prompt, candidates, cfg))
         if self.retriever is not None:
-            result.update(self.retriever.answer(task, result, repo, cfg.context_tokens, test_failures))
+            answer = self.retriever.answer(task, prediction, repo, cfg.context_tokens, test_failures)
+            prediction.context, prediction.prompt = answer["context"], answer["prompt"]
+            prediction.context_source = answer["context_source"]
         code = self.ranker.code if self.ranker is not None else None
-        result["missing_objects"] = {
-            "history_files": unavailable_files(history),
-            "code_search_files": len(code.missing_files()) if code is not None else 0,
-            "context_files": (result.get("context_source") or {}).get("missing_objects", 0),
-        }
-        return result
+        prediction.missing_objects = MissingObjects(
+            history_files=unavailable_files(history),
+            code_search_files=len(code.missing_files()) if code is not None else 0,
+            context_files=(prediction.context_source or {}).get("missing_objects", 0),
+        )
+        return prediction
 
     def predict_ids(self, prompt_ids: list[int], seed: int = 42, cfg: PredictionConfig | None = None,
-                    candidates: list[tuple[str, str | None]] | None = None) -> dict:
+                    candidates: list[tuple[str, str | None]] | None = None) -> Prediction:
         """From a ready prompt (token ids): generate, parse and rank the candidates, and/or rank the candidate
-        files `candidates` ((path, module) pairs) by likelihood, as `cfg.file_ranking` says."""
+        files `candidates` ((path, module) pairs) by likelihood, as `cfg.file_ranking` says. The prediction's
+        task and history are left empty (the prompt holds them)."""
         cfg = cfg or self.cfg
         started = time.monotonic()
-        generated: list[dict] = []
+        generated = []
         if cfg.file_ranking != "likelihood":
             texts, weights = self.generate(prompt_ids, cfg, seed)
-            for text, weight in zip(texts, weights):
-                parsed = parse_generation(self.language, text)
-                generated.append({"text": text, "score": weight, **parsed})
+            generated = [parse_generation(self.language, text, weight) for text, weight in zip(texts, weights)]
         scored: list[dict] = []
         if cfg.file_ranking != "generation" and candidates:
             scored = self.score_files(prompt_ids, candidates, cfg)
@@ -354,21 +266,21 @@ class Predictor:
             ranked = rank_candidates(generated, cfg.max_files)
         else:
             ranked = merge_rankings(scored, rank_candidates(generated, 10 ** 9), cfg.max_files)
-        return {
-            "model": str(self.model_dir) if self.model_dir else None,
-            "prompt_tokens": len(prompt_ids),
-            "decoding": {k: getattr(cfg, k) for k in ("decoding", "max_new_tokens", "temperature", "top_p", "top_k")}
-            | {"num_candidates": cfg.candidates if cfg.file_ranking != "likelihood" else 0, "seed": seed},
-            "file_ranking": {"method": cfg.file_ranking, "score": cfg.rank_score, "files_scored": len(scored)},
-            **ranked,
-            "malformed_candidates": sum(c["malformed"] for c in generated),
-            "candidates": [
-                {"text": c["text"], "score": round(c["score"], 6), "malformed": c["malformed"],
-                 "problems": c["problems"], "truncated": c["truncated"], "files": [f["path"] for f in c["files"]]}
-                for c in generated
-            ],
-            "seconds": round(time.monotonic() - started, 3),
-        }
+        return Prediction(
+            task="",
+            model=str(self.model_dir) if self.model_dir else None,
+            prompt_tokens=len(prompt_ids),
+            decoding=Decoding(cfg.decoding, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
+                              num_candidates=cfg.candidates if cfg.file_ranking != "likelihood" else 0, seed=seed),
+            file_ranking=FileRankingSummary(cfg.file_ranking, cfg.rank_score, files_scored=len(scored)),
+            files=ranked.files,
+            modules=ranked.modules,
+            symbols=ranked.symbols,
+            code_sketch=ranked.code_sketch,
+            candidates=generated,
+            seconds=round(time.monotonic() - started, 3),
+            ranking=cfg.file_ranking,
+        )
 
     def file_continuations(self, candidates: list[tuple[str, str | None]]) -> list[list[int]]:
         """The ids a target starts with when it changes each file first: `<FILE>` + the path + the token that
@@ -490,144 +402,13 @@ def generated_length(ids: list[int], stop_ids: list[int]) -> int:
     return len(ids)
 
 
-# ---------------------------------------------------------------- parsing and ranking
-
-
-def parse_generation(language, text: str) -> dict:
-    """Generated text -> {"files": [{"path", "module", "changes": [{"change_type", "symbol", "code",
-    "code_form"}]}], "malformed", "problems", "truncated"}; never raises."""
-    try:
-        parsed = language.parse_commit(text)
-    except Exception as exc:  # the parser promises not to raise; a generation must never crash a request
-        log.warning("parse_commit raised %s on a generation", type(exc).__name__)
-        return {"files": [], "malformed": True, "problems": [f"parser error: {type(exc).__name__}: {exc}"],
-                "truncated": False}
-    files = [
-        {"path": f.path, "module": f.module,
-         "changes": [{"change_type": c.change_type, "symbol": c.symbol, "code": c.code, "code_form": c.code_form}
-                     for c in f.chunks]}
-        for f in parsed.files if f.path
-    ]
-    problems = list(parsed.problems)
-    if not files:
-        problems.append("no file in the generated text")
-    return {"files": files, "malformed": bool(problems), "problems": problems, "truncated": parsed.truncated}
-
-
-def rank_candidates(candidates: list[dict], max_files: int) -> dict:
-    """Files, modules and symbols ranked across candidates by weighted votes, plus the best code sketch."""
-    total = sum(c["score"] for c in candidates)
-    weights = [c["score"] / total if total > 0 else 1.0 / len(candidates) for c in candidates] if candidates else []
-    files: dict[str, dict] = {}
-    for weight, candidate in zip(weights, candidates):
-        seen = set()
-        for parsed in candidate["files"]:
-            entry = files.setdefault(parsed["path"], {"path": parsed["path"], "score": 0.0, "votes": 0,
-                                                      "module": parsed["module"], "_types": {}, "_symbols": {}})
-            if parsed["path"] not in seen:
-                entry["score"] += weight
-                entry["votes"] += 1
-                seen.add(parsed["path"])
-            entry["module"] = entry["module"] or parsed["module"]
-            for change in parsed["changes"]:
-                if change["change_type"]:
-                    entry["_types"][change["change_type"]] = entry["_types"].get(change["change_type"], 0.0) + weight
-                if change["symbol"]:
-                    entry["_symbols"][change["symbol"]] = entry["_symbols"].get(change["symbol"], 0.0) + weight
-    order = sorted(files.values(), key=lambda f: -f["score"])  # stable: first appearance breaks ties
-    ranked_files, modules, symbols = [], {}, {}
-    for entry in order[:max_files]:
-        types = sorted(entry.pop("_types").items(), key=lambda kv: -kv[1])
-        syms = sorted(entry.pop("_symbols").items(), key=lambda kv: -kv[1])
-        entry["score"] = round(entry["score"], 6)
-        entry["change_types"] = [{"type": t, "weight": round(w, 6)} for t, w in types]
-        entry["symbols"] = [s for s, _ in syms]
-        ranked_files.append(entry)
-        if entry["module"]:
-            modules[entry["module"]] = modules.get(entry["module"], 0.0) + entry["score"]
-        for s, w in syms:
-            symbols[s] = symbols.get(s, 0.0) + w
-    best = max(range(len(candidates)), key=lambda i: (not candidates[i]["malformed"], weights[i]), default=None)
-    return {
-        "files": ranked_files,
-        "modules": [m for m, _ in sorted(modules.items(), key=lambda kv: -kv[1])],
-        "symbols": [s for s, _ in sorted(symbols.items(), key=lambda kv: -kv[1])],
-        "code_sketch": code_sketch(candidates[best]) if best is not None else "",
-    }
-
-
-def merge_rankings(scored: list[dict], generated: dict, max_files: int) -> dict:
-    """The `both`/`likelihood` file list: every scored file by its likelihood (`rank_value`, best first; ties keep
-    the candidates' order), then the files only generation named (not scored: e.g. new files), in generation's
-    order. A file keeps its generation `score`/`votes`/change types/symbols when generation named it (else 0 /
-    none) and gets its `logprob`. Modules follow the merged file order; symbols and the code sketch are
-    generation's."""
-    by_path = {f["path"]: f for f in generated["files"]}
-    files = []
-    for entry in sorted(scored, key=lambda s: -s["rank_value"]):
-        gen = by_path.get(entry["path"])
-        files.append({
-            "path": entry["path"],
-            "score": gen["score"] if gen else 0.0,
-            "votes": gen["votes"] if gen else 0,
-            "module": (gen and gen["module"]) or entry["module"],
-            "change_types": gen["change_types"] if gen else [],
-            "symbols": gen["symbols"] if gen else [],
-            "logprob": round(entry["logprob"], 6),
-            "logprob_tokens": entry["tokens"],
-        })
-    seen = {f["path"] for f in files}
-    files += [f for f in generated["files"] if f["path"] not in seen]
-    files = files[:max_files]
-    modules = list(dict.fromkeys(f["module"] for f in files if f["module"]))
-    return {"files": files, "modules": modules, "symbols": generated["symbols"],
-            "code_sketch": generated["code_sketch"]}
-
-
-def code_sketch(candidate: dict) -> str:
-    """The code of one candidate, file by file, each unit headed by its change type and symbol."""
-    parts = []
-    for parsed in candidate["files"]:
-        for change in parsed["changes"]:
-            if change["code"]:
-                head = " ".join(x for x in (parsed["path"], change["change_type"], change["symbol"]) if x)
-                parts.append(f"# {head}\n{change['code'].rstrip()}\n")
-    return "\n".join(parts)
-
-
-# ---------------------------------------------------------------- the command line (predict.py, serve.py)
-
-
-def load_prediction_config(config_path: Path | None) -> PredictionConfig:
-    """The `predict` section of a config file (its defaults without one)."""
-    if config_path is None:
-        return PredictionConfig()
-    return load_config(config_path, {SECTION: PredictionConfig}, strict_sections=False)[SECTION]
-
-
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags predict.py and serve.py share: the model folder and the decoding settings."""
-    parser.add_argument("--model", type=Path, help="the trained model folder (default: predict.model_dir, "
-                                                   "else <output_dir>/model)")
-    parser.add_argument("--history", type=int, dest="history_commits", help="override predict.history_commits")
-    parser.add_argument("--decoding", choices=["greedy", "sample", "beam"], help="override predict.decoding")
-    parser.add_argument("--num-candidates", type=int, help="override predict.num_candidates")
-    parser.add_argument("--max-new-tokens", type=int, help="override predict.max_new_tokens")
-    parser.add_argument("--temperature", type=float, help="override predict.temperature")
-    parser.add_argument("--top-p", type=float, help="override predict.top_p")
-    parser.add_argument("--top-k", type=int, help="override predict.top_k")
-    parser.add_argument("--device", help="override predict.device (cpu, cuda, cuda:0)")
-    parser.add_argument("--threads", type=int, dest="num_threads", help="override predict.num_threads")
-    parser.add_argument("--file-ranking", choices=["likelihood", "generation", "both"],
-                        help="override predict.file_ranking")
-    parser.add_argument("--rank-candidates", type=int, help="override predict.rank_candidates")
-
-
-def config_from_args(cfg: PredictionConfig, args: argparse.Namespace) -> PredictionConfig:
-    """`cfg` with the flags of add_decoding_arguments that were given."""
-    overrides = {name: getattr(args, name) for name in
-                 ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
-                  "device", "num_threads", "file_ranking", "rank_candidates") if getattr(args, name, None) is not None}
-    if args.model is not None:
-        overrides["model_dir"] = args.model.resolve()
-    return apply_overrides(cfg, SECTION, overrides)
+def apply_ranker(ranking: FileRanking, prediction: Prediction, history: list, max_files: int,
+                 score: Callable[[list[tuple[str, str | None]]], list[dict]] | None = None) -> Prediction:
+    """`prediction` with the learned ranker's files first (FileRanking.merge, which reads and writes the files
+    as the prediction JSON has them): each keeps what generation said of it, the files only generation names
+    follow; `ranking` says which ranker ranked them."""
+    merged = ranking.merge({"files": [f.to_json() for f in prediction.files], "symbols": prediction.symbols},
+                           history, prediction.task, max_files, score=score)
+    return dataclasses.replace(prediction, files=[PredictedFile.from_json(f) for f in merged["files"]],
+                               modules=merged["modules"], symbols=merged["symbols"], ranking=merged["ranking"],
+                               ranker_candidates=merged["ranker_candidates"])

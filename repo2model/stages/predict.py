@@ -19,8 +19,9 @@ Writes
     predict.context_tokens; see repo2model/retrieval/context.py) and `prompt` (one text for a code-writing model:
     task, predicted change, code context, the --test-failures file).
 
-How the prompt is built and the files are ranked: repo2model/serving/predictor.py. The `predict` section's keys
-are documented in config.yaml; the flags below override them.
+How the prompt is built and the files are ranked: repo2model/serving/predictor.py; the JSON's keys:
+repo2model/serving/prediction.py. The `predict` section's keys are documented in config.yaml; the flags below
+override them.
 """
 
 from __future__ import annotations
@@ -36,15 +37,14 @@ from repo2model.core.cli import add_config_argument, apply_overrides, load_stage
 from repo2model.core.errors import UserError
 from repo2model.serving.history import History, history_from_artifacts, history_from_repo, load_history_sections
 from repo2model.core.paths import ArtifactPaths
-from repo2model.serving.predictor import (
+from repo2model.serving.prediction import Prediction
+from repo2model.serving.predictor import CandidatePool, Predictor, pool_from_artifacts
+from repo2model.serving.settings import (
     MAX_TASK_CHARS,
     SECTION,
-    CandidatePool,
     PredictionConfig,
-    Predictor,
     add_decoding_arguments,
     config_from_args,
-    pool_from_artifacts,
 )
 from repo2model.retrieval.index_config import load_index_config
 from repo2model.retrieval.retriever import Retriever
@@ -65,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.load(cfg.model_dir or paths.model_dir, cfg, paths=paths, retriever=retriever)
     seed = args.seed if args.seed is not None else pipeline_cfg.seed
     try:
-        result = predictor.predict(history, args.task, seed=seed, pool=pool, repo=args.repo,
-                                   test_failures=read_test_failures(args.test_failures))
+        prediction = predictor.predict(history, args.task, seed=seed, pool=pool, repo=args.repo,
+                                       test_failures=read_test_failures(args.test_failures))
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    write_result(result, args.output)
-    top = ", ".join(f"{f['path']} ({f['score']:.2f})" for f in result["files"][:3]) or "no file"
-    log.info("predicted %d files from %d candidates (%d malformed) in %.1fs: %s", len(result["files"]),
-             len(result["candidates"]), result["malformed_candidates"], result["seconds"], top)
+    write_prediction(prediction, args.output)
+    top = ", ".join(f"{f.path} ({f.score:.2f})" for f in prediction.files[:3]) or "no file"
+    log.info("predicted %d files from %d candidates (%d malformed) in %.1fs: %s", len(prediction.files),
+             len(prediction.candidates), prediction.malformed_candidates, prediction.seconds, top)
     return 0
 
 
@@ -123,8 +123,8 @@ def read_history(args: argparse.Namespace, cfg: PredictionConfig) -> tuple[Histo
     return history, pool_from_artifacts(args.commits, chunks)  # every file of commits.json, not only the history's
 
 
-def write_result(result: dict, output: Path | None) -> None:
-    text = json.dumps(result, indent=2, ensure_ascii=False)
+def write_prediction(prediction: Prediction, output: Path | None) -> None:
+    text = json.dumps(prediction.to_json(), indent=2, ensure_ascii=False)
     if output:
         with atomic_open(output) as fh:
             fh.write(text + "\n")

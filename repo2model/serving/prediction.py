@@ -1,0 +1,159 @@
+"""The prediction: what `Predictor.predict` answers, as typed records; `to_json()` is what predict.py prints and
+serve.py replies (the prediction JSON, the schema n8n's workflows read).
+
+    Prediction      the task and its history, the files ranked with what each is predicted to undergo, the modules
+                    and symbols, the code sketch, every generated candidate, how the files were ranked, and (with
+                    a code index) the code context and the prompt for a code-writing model
+    PredictedFile   one file: its score, module, change types, symbols; its likelihood (`logprob`) when the model
+                    scored it, its `votes` when generation ran, `ranked_by` when a learned ranker ranked the files
+    Candidate       one generated text, parsed back into files (malformed ones say why)
+
+A key whose value does not apply is left out of the JSON, not null: `votes` (a file only the ranker named),
+`logprob` / `logprob_tokens` (a file the model did not score), `ranked_by` and `ranker_candidates` (no ranker),
+`context` / `prompt` / `context_source` (no code index: repo2model.retrieval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from repo2model.core.records import Commit
+from repo2model.language.parse import ParsedFile
+
+
+@dataclass
+class ChangeTypeWeight:
+    type: str  # e.g. MODIFIED_FUNCTION
+    weight: float | None  # the weight share of the candidates saying so; None: the ranker's classifier says so
+
+
+@dataclass
+class PredictedFile:
+    path: str
+    score: float = 0.0  # the ranker's score, else the weight share of the candidates naming the file
+    module: str | None = None
+    change_types: list[ChangeTypeWeight] = field(default_factory=list)  # most likely first
+    symbols: list[str] = field(default_factory=list)  # most likely first
+    votes: int | None = None  # candidates naming the file (None: only the ranker named it)
+    logprob: float | None = None  # log-probability (nats) that the change starts with this file (None: not scored)
+    logprob_tokens: int | None = None  # the tokens that log-probability is over
+    ranked_by: str | None = None  # ranker, ranker_lm or generation (None: no ranker)
+
+    OPTIONAL = ("votes", "logprob", "logprob_tokens", "ranked_by")  # left out of the JSON when None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"path": self.path, "score": self.score, "votes": self.votes, "module": self.module,
+               "change_types": [asdict(t) for t in self.change_types], "symbols": list(self.symbols),
+               "logprob": self.logprob, "logprob_tokens": self.logprob_tokens, "ranked_by": self.ranked_by}
+        return {k: v for k, v in out.items() if v is not None or k not in self.OPTIONAL}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PredictedFile":
+        """The inverse of to_json (a key it does not know is a TypeError: a bug, not an input)."""
+        return cls(**{**data, "change_types": [ChangeTypeWeight(**t) for t in data.get("change_types") or []]})
+
+
+@dataclass
+class Candidate:
+    """One generated text and what the commit language's parser makes of it."""
+
+    text: str  # special tokens kept: they are the structure
+    score: float  # exp(mean log-probability of its tokens): its weight in the file ranking
+    files: list[ParsedFile]  # with path, module and the parsed changes (change type, symbol, code)
+    malformed: bool
+    problems: list[str]
+    truncated: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "score": round(self.score, 6), "malformed": self.malformed,
+                "problems": list(self.problems), "truncated": self.truncated, "files": [f.path for f in self.files]}
+
+
+@dataclass
+class Decoding:
+    decoding: str  # greedy, sample or beam
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    num_candidates: int  # 0: nothing generated (file_ranking likelihood)
+    seed: int
+
+
+@dataclass
+class FileRankingSummary:
+    """How the language model ranked the files (the prediction config's file_ranking and rank_score)."""
+
+    method: str  # likelihood, generation or both
+    score: str  # sum or mean
+    files_scored: int  # files whose likelihood the model computed
+
+
+@dataclass
+class HistoryCommit:
+    hash: str
+    message: str  # its first line
+
+    @classmethod
+    def of(cls, commit: Commit) -> "HistoryCommit":
+        return cls(commit.hash, commit.message.splitlines()[0] if commit.message else "")
+
+
+@dataclass
+class MissingObjects:
+    """What objects the repository lacks (a partial clone, a pruned mirror) took away from the prediction."""
+
+    history_files: int = 0  # file changes of the history without a patch
+    code_search_files: int = 0  # files the ranker's code search could not read
+    context_files: int = 0  # predicted files left out of the code context
+
+
+@dataclass
+class Prediction:
+    task: str
+    history: list[HistoryCommit] = field(default_factory=list)  # the commits in the prompt, oldest first
+    model: str | None = None  # the model folder
+    prompt_tokens: int = 0
+    decoding: Decoding | None = None
+    file_ranking: FileRankingSummary | None = None
+    files: list[PredictedFile] = field(default_factory=list)  # best first
+    modules: list[str] = field(default_factory=list)  # best first
+    symbols: list[str] = field(default_factory=list)  # best first
+    code_sketch: str = ""  # the best candidate's code, file by file
+    candidates: list[Candidate] = field(default_factory=list)
+    seconds: float = 0.0  # the language model's time
+    ranking: str = ""  # what ranked the files: ranker, ranker_lm, or the file_ranking method
+    ranker_candidates: int | None = None  # the files the learned ranker considered (None: no ranker)
+    context: list[dict] | None = None  # the code context's entries (repo2model.retrieval ContextEntry.to_dict)
+    prompt: str | None = None  # the text for a code-writing model
+    context_source: dict | None = None  # where the context's code came from, and why not from the index
+    missing_objects: MissingObjects = field(default_factory=MissingObjects)
+
+    @property
+    def malformed_candidates(self) -> int:
+        return sum(c.malformed for c in self.candidates)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "task": self.task,
+            "history": [asdict(c) for c in self.history],
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "decoding": asdict(self.decoding) if self.decoding else None,
+            "file_ranking": asdict(self.file_ranking) if self.file_ranking else None,
+            "files": [f.to_json() for f in self.files],
+            "modules": list(self.modules),
+            "symbols": list(self.symbols),
+            "code_sketch": self.code_sketch,
+            "malformed_candidates": self.malformed_candidates,
+            "candidates": [c.to_json() for c in self.candidates],
+            "seconds": self.seconds,
+            "ranking": self.ranking,
+        }
+        if self.ranker_candidates is not None:
+            out["ranker_candidates"] = self.ranker_candidates
+        if self.context is not None:
+            out.update(context=self.context, prompt=self.prompt, context_source=self.context_source)
+        out["missing_objects"] = asdict(self.missing_objects)
+        return out
