@@ -16,7 +16,7 @@ For each history (a bundle or a repository; cloned into --work):
    10% held out). No test commit is among its targets (checked), so nothing leaks. (The pipeline's own split of
    the whole history does not do: on these histories the bench's test commits, the last non-merge commits of
    the first-parent line, lie before its test split, since recent first-parent commits are merges.) At each test
-   commit the ranker predicts as predict.py / serve.py do, through repo2model.ranking.ranker.FileRanking.merge (its
+   commit the ranker predicts as predict.py / serve.py do, through repo2model.ranking.file_ranking.FileRanking.merge (its
    files, change types, modules, symbols; the language model's part left empty), with the history statistics
    of exactly the commits before it (commits.json's order) and the tree at its parent.
 4. The index is of a tree, not of a history, so it is built at the parent of the first test commit (timed: the
@@ -73,13 +73,15 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from repo2model.core.artifacts import iter_commits_with_chunks  # noqa: E402
-from repo2model.ranking.baselines import BaselineConfig, PastCommits  # noqa: E402
+from repo2model.ranking.baselines import similar_commits  # noqa: E402
+from repo2model.ranking.history import BaselineConfig, PastCommits  # noqa: E402
 from repo2model.language.examples import ExampleSet  # noqa: E402
-from repo2model.ranking.features import repository_of  # noqa: E402
+from repo2model.ranking.targets import repository_of  # noqa: E402
 from repo2model.git.commands import git  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
 from repo2model.serving.predictor import PredictionConfig  # noqa: E402
-from repo2model.ranking.ranker import FileRanking, Ranker  # noqa: E402
+from repo2model.ranking.file_ranking import FileRanking  # noqa: E402
+from repo2model.ranking.ranker import Ranker  # noqa: E402
 from repo2model.retrieval.context import build_context, predicted_parts  # noqa: E402
 from repo2model.retrieval.embedding import Embedder  # noqa: E402
 from repo2model.retrieval.index_config import IndexConfig  # noqa: E402
@@ -309,7 +311,7 @@ def truth_of(chunks: list[dict]) -> list[Truth]:
 
 
 def stand_in_prediction(past: PastCommits, task: str) -> dict:
-    files = [path for path, _ in past.similar_commits(code_words(task), 5)]
+    files = [path for path, _ in similar_commits(past, code_words(task), 5)]
     out = []
     for path in files:
         symbols = sorted(past.file_symbols.get(path, Counter()).items(), key=lambda kv: (-kv[1], kv[0]))[:5]

@@ -54,7 +54,7 @@ from repo2model.core.config import PipelineConfig, load_config  # noqa: E402
 from repo2model.serving.history import history_from_artifacts  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
 from repo2model.serving.predictor import PredictionConfig, Predictor  # noqa: E402
-from repo2model.ranking.ranker import EvaluationConfig, RankerConfig  # noqa: E402
+from repo2model.ranking.config import EvaluationConfig, RankerConfig  # noqa: E402
 from repo2model.retrieval.index_config import IndexConfig  # noqa: E402
 
 STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder")
@@ -235,7 +235,7 @@ def print_table(results: dict) -> None:
               f"{sum(ranker['targets'].values())} targets; one plain pass over the artifacts: "
               f"{r['floor']['wall']:.1f}s wall, {r['floor']['cpu']:.1f}s CPU (features = "
               f"{features_cpu / max(r['floor']['cpu'], 1e-9):.1f}x that pass's CPU); load average {r['load']:.1f}")
-        if ranker.get("dense_cpu_seconds") is not None:
+        if "ranker_dense" in metrics:  # --dense (train_ranker records dense_cpu_seconds, 0.0, without it too)
             dense = metrics["ranker_dense"]
             print(f"    dense: {ranker['dense_cpu_seconds']:.1f}s CPU of the features' {features_cpu:.1f}s "
                   f"({ranker['dense_files_embedded']} file versions embedded; without dense: features + fit "

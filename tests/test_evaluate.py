@@ -14,10 +14,13 @@ from repo2model.stages import tokenizer
 from repo2model.stages import train_model
 from repo2model.stages import train_ranker
 from repo2model.core.artifacts import CommitsWriter, iter_commits_with_chunks, write_jsonl
-from repo2model.ranking.baselines import BaselineConfig, PastCommits
-from repo2model.ranking.features import walk_targets
+from repo2model.ranking.baselines import cochange, frequent, most_recent, structure
+from repo2model.ranking.history import BaselineConfig, PastCommits
+from repo2model.ranking.metrics import Prediction, Truth, aggregate, score
+from repo2model.ranking.targets import walk_targets
 from repo2model.core.paths import ArtifactPaths
-from repo2model.serving.predictor import CandidatePool, PredictionConfig
+from repo2model.serving.predictor import CandidatePool
+from repo2model.serving.settings import PredictionConfig
 
 # A history where every baseline's answer can be worked out by hand.
 #   pos  commit  files (chunk: change type, symbol, module)
@@ -91,12 +94,12 @@ def test_baseline_rankings_match_hand_computed_answers(tmp_path):
     paths = write_history(tmp_path / "out")
     past = past_before(paths, 5, BaselineConfig(recent_commits=1), mined_until=3)
     # Before F: mined A..D, observed A..E.
-    assert [p for p, _ in past.frequent(10)] == ["a.py", "b.py", "c.py", "d.md"]
-    assert past.frequent(10)[0][1] == pytest.approx(3 / 5)
-    assert [p for p, _ in past.most_recent(10)] == ["b.py", "c.py", "d.md", "a.py"]
+    assert [p for p, _ in frequent(past, 10)] == ["a.py", "b.py", "c.py", "d.md"]
+    assert frequent(past, 10)[0][1] == pytest.approx(3 / 5)
+    assert [p for p, _ in most_recent(past, 10)] == ["b.py", "c.py", "d.md", "a.py"]
     # Antecedent = E's files {b, c}; rules b->a (2/2) and c->a (1/1); b and c never co-changed in A..D.
-    assert past.cochange(10) == [("a.py", 1.0)]
-    change_types, modules, symbols = past.structure([p for p, _ in past.frequent(10)])
+    assert cochange(past, 10) == [("a.py", 1.0)]
+    change_types, modules, symbols = structure(past, [p for p, _ in frequent(past, 10)])
     assert change_types == {"a.py": "MODIFIED_FUNCTION", "b.py": "MODIFIED_FUNCTION", "c.py": "NEW_CLASS",
                             "d.md": "NEW_HUNK"}
     assert modules == ["pkg.a", "pkg.b", "pkg.c"]
@@ -119,7 +122,7 @@ def test_baseline_metrics_on_the_fixture(tmp_path):
     # cochange before E: antecedent {d.md}, which never co-changed: no candidates at all.
     assert rows["cochange"][e]["recall@10"] == 0.0 and rows["cochange"][e]["module_acc"] == 0.0
     assert rows["cochange"][f]["recall@1"] == 1.0
-    totals = {name: evaluate.aggregate([by[e], by[f]]) for name, by in rows.items()}
+    totals = {name: aggregate([by[e], by[f]]) for name, by in rows.items()}
     assert totals["frequent"]["recall@1"] == 0.5 and totals["recent"]["recall@1"] == 0.0
     assert totals["frequent"]["change_type_acc"] == pytest.approx(2 / 3)
     assert totals["cochange"]["recall@5"] == 0.5
@@ -131,7 +134,7 @@ def test_mining_from_every_commit_before_the_target(tmp_path):
     paths = write_history(tmp_path / "out")
     past = past_before(paths, 5, BaselineConfig(recent_commits=1))
     # E mined too: b->a 2/3, c->a 1/2, c->b 1/2, b->c 1/3.
-    assert past.cochange(10) == [("a.py", pytest.approx(2 / 3)), ("b.py", 0.5), ("c.py", pytest.approx(1 / 3))]
+    assert cochange(past, 10) == [("a.py", pytest.approx(2 / 3)), ("b.py", 0.5), ("c.py", pytest.approx(1 / 3))]
     rows = baseline_rows(tmp_path / "again", mine_from="before_target")
     assert rows["cochange"][sha("F")]["recall@1"] == 1.0
 
@@ -142,17 +145,17 @@ def test_rule_thresholds_and_large_commits_are_left_out(tmp_path):
         (BaselineConfig(recent_commits=1, rules_min_support=2), [("a.py", 1.0)]),  # c->a has support 1
         (BaselineConfig(recent_commits=1, rules_max_commit_files=2), [("a.py", 1.0)]),
     ]:
-        assert past_before(paths, 5, cfg, mined_until=3).cochange(10) == expected
+        assert cochange(past_before(paths, 5, cfg, mined_until=3), 10) == expected
     past = PastCommits(BaselineConfig(recent_commits=1, rules_max_commit_files=2))
     past.observe({"hash": "x", "files": []}, [{"file": f, "change_type": "NEW_HUNK"} for f in "xyz"])
     assert past.partners == {}
 
 
 def test_score_recall_uses_the_best_possible_denominator():
-    truth = evaluate.Truth("c", ["a", "b", "c"], {"a": {"NEW_FUNCTION"}}, {"m"}, {"s", "t"})
-    pred = evaluate.Prediction(files=[("a", 1.0), ("x", 0.5), ("b", 0.2)], change_types={"a": "NEW_FUNCTION"},
+    truth = Truth("c", ["a", "b", "c"], {"a": {"NEW_FUNCTION"}}, {"m"}, {"s", "t"})
+    pred = Prediction(files=[("a", 1.0), ("x", 0.5), ("b", 0.2)], change_types={"a": "NEW_FUNCTION"},
                                modules=["m"], symbols=["t"])
-    row = evaluate.score(pred, truth)
+    row = score(pred, truth)
     assert row["recall@1"] == 1.0
     assert row["recall@5"] == pytest.approx(2 / 3)
     assert row["change_type_correct"] == 1 and row["change_type_hits"] == 1

@@ -1,4 +1,4 @@
-"""repo2model/ranking/features.py: a target's features come only from the commits before it; candidates."""
+"""repo2model/ranking/features.py and targets.py: a target's features come only from the commits before it; candidates."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from helpers_data import scrape_and_chunk
-from repo2model.ranking.baselines import BaselineConfig
-from repo2model.ranking.features import DENSE_FEATURES, FEATURES, FeatureConfig, candidate_rows, repository_of, walk_targets
-from repo2model.ranking.ranker import scorer_of
+from repo2model.ranking.history import BaselineConfig
+from repo2model.ranking.dense import scorer_of
+from repo2model.ranking.features import DENSE_FEATURES, FEATURES, FeatureConfig, candidate_rows
+from repo2model.ranking.targets import repository_of, walk_targets
 from repo2model.retrieval.embedding import Embedder, FileEmbeddings
 from repo2model.retrieval.index_config import IndexConfig
 
@@ -63,11 +64,11 @@ def test_no_feature_of_a_target_changes_when_commits_come_after_it(make_repo, em
     assert later_target.commit == target.commit  # the same commits up to the target: the same hashes
     assert target.files == ["src/parser.py", "tests/test_parser.py"]
     assert later_rows.paths == rows.paths
-    assert rows.features.shape[1] == len(FEATURES) + len(DENSE_FEATURES)
+    assert rows.names == list(FEATURES) + list(DENSE_FEATURES) and rows.features.shape[1] == len(rows.names)
     np.testing.assert_array_equal(later_rows.features, rows.features)
     np.testing.assert_array_equal(later_rows.labels, rows.labels)
     assert later_rankings == rankings
-    dense = {name: len(FEATURES) + i for i, name in enumerate(DENSE_FEATURES)}
+    dense = {name: rows.names.index(name) for name in DENSE_FEATURES}
     parser = rows.paths.index("src/parser.py")
     assert 0.0 < rows.features[parser, dense["dense_score"]] <= 1.0 and rows.features[parser, dense["dense_rank"]] >= 1
     # The test can fail: the same commit planted *before* the target changes its features (parser.py's
@@ -87,11 +88,11 @@ def test_candidates_and_their_features(make_repo):
     assert {"src/parser.py", "src/lexer.py", "tests/test_parser.py", "README.md"} <= set(rows.paths)
     assert "src/helper.py" not in rows.paths
     assert rows.labels.tolist() == [int(p in target.files) for p in rows.paths]
-    row = dict(zip(FEATURES, rows.features[rows.paths.index("src/parser.py")]))
+    row = dict(zip(rows.names, rows.features[rows.paths.index("src/parser.py")]))
     assert row["count_all"] == 2 and row["commits_since"] == 5 and row["exists"] == 1.0
     assert row["path_overlap"] == 1 and row["name_in_task"] == 1.0  # "parser" is in the task
     assert row["similar_score"] > 0 and row["code_score"] > 0 and row["is_test"] == 0.0
-    test_row = dict(zip(FEATURES, rows.features[rows.paths.index("tests/test_parser.py")]))
+    test_row = dict(zip(rows.names, rows.features[rows.paths.index("tests/test_parser.py")]))
     assert test_row["is_test"] == 1.0 and test_row["cochange_conf"] == 0.0  # nothing of it changed lately
     # code_search ranks by content at the parent; similar_commits by the earlier messages ("Parser handles ...").
     assert rankings["code_search"][0][0] == "src/parser.py"

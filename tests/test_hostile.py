@@ -33,7 +33,7 @@ from repo2model.core.config import load_config
 from repo2model.serving.history import load_history_sections
 from repo2model.core.paths import ArtifactPaths
 from repo2model.serving.predictor import Predictor, load_prediction_config
-from repo2model.ranking.ranker import EvaluationConfig, RankerConfig
+from repo2model.ranking.config import EvaluationConfig, RankerConfig
 from repo2model.retrieval.index_config import IndexConfig, load_index_config
 from repo2model.retrieval.retriever import Retriever
 from repo2model.retrieval.unit_index import UnitIndex

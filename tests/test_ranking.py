@@ -1,4 +1,4 @@
-"""train_ranker.py and repo2model/ranking/ranker.py: the ranker learns whichever signal a history rewards, is
+"""train_ranker.py and repo2model/ranking/ (ranker, file_ranking, symbols, metrics): the ranker learns whichever signal a history rewards, is
 deterministic, loads offline; the change-type classifier and symbol ranking; metrics."""
 
 from __future__ import annotations
@@ -17,19 +17,26 @@ from repo2model.stages import evaluate
 import helpers_predict as H
 from repo2model.stages import predict
 from repo2model.stages import serve
+from repo2model.serving.service import Service, make_server
 from repo2model.stages import train_ranker
 from conftest import GitRepo
 from helpers_ranking import artifacts, cochange_history, semantic_history, text_history
-from repo2model.ranking.baselines import BaselineConfig, PastCommits
+from repo2model.ranking.history import BaselineConfig, PastCommits
 from repo2model.language.commit_language import CommitLanguage
 from repo2model.core.errors import UserError
-from repo2model.ranking.features import DENSE_FEATURES, FEATURES, candidate_rows, repository_of, walk_targets
+from repo2model.core.paths import ArtifactPaths
+from repo2model.ranking import features, file_ranking
+from repo2model.ranking.config import RankerConfig
+from repo2model.ranking.dense import file_embeddings
+from repo2model.ranking.features import DENSE_FEATURES, FEATURES, candidate_rows
+from repo2model.ranking.file_ranking import FileRanking
+from repo2model.ranking.metrics import Prediction, Truth, aggregate, by_size, score
+from repo2model.ranking.symbols import SymbolCandidate, rank_symbols, units_at_parent
+from repo2model.ranking.targets import repository_of, walk_targets
 from repo2model.serving.history import history_from_artifacts
-from repo2model.serving.predictor import PredictionConfig, Predictor
-from repo2model.ranking.ranker import (
-    FileRanking, Prediction, Ranker, RankerConfig, SymbolCandidate, Truth, aggregate, by_size, file_embeddings,
-    rank_symbols, score, units_at_parent,
-)
+from repo2model.serving.predictor import Predictor
+from repo2model.serving.settings import PredictionConfig
+from repo2model.ranking.ranker import Ranker
 from repo2model.retrieval.bm25 import FileSearch
 
 FAST = dict(num_trees=200, early_stopping_rounds=20)
@@ -90,7 +97,7 @@ def test_the_ranker_is_deterministic_and_loads_offline(text_world, tmp_path):
     first = (text_world.ranker_dir / "ranker.txt").read_bytes()
     again = tmp_path / "again"
     train_ranker.run(RankerConfig(**FAST), dataclasses.replace(text_world, ranker_dir=again))
-    for name in ("ranker.txt", "change_types.txt", "settings.json"):
+    for name in ("ranker.txt", "change_types.txt", "settings.json", "history.json", "test_rows.npy", "test_rows.json"):
         assert (again / name).read_bytes() == (text_world.ranker_dir / name).read_bytes(), name
     assert first.startswith(b"tree\n") and b"objective=lambdarank" in first
     ranker = Ranker.load(again)
@@ -104,6 +111,90 @@ def test_the_ranker_is_deterministic_and_loads_offline(text_world, tmp_path):
         assert [p for p, _ in ranked] == sorted(rows.paths, key=lambda p: (-dict(ranked)[p], p))
         assert np.allclose([s for _, s in ranked], sorted(ranker.scores(rows), reverse=True))
         break
+
+
+def first_test_state(paths: ArtifactPaths):
+    """The walk's state at the first test target (valid while the returned generator is not advanced)."""
+    test_commits = set(train_ranker.load_splits(paths)["test"].commits)
+    walk = walk_targets(paths.commits, paths.chunks, {c: "test" for c in test_commits}, BaselineConfig(),
+                        repository_of(paths.commits))
+    return walk, next(walk)
+
+
+def test_rows_are_taken_by_name_never_by_position(text_world, monkeypatch):
+    ranker = Ranker.load(text_world.ranker_dir)
+    walk, state = first_test_state(text_world)
+    rows = candidate_rows(state, ranker.candidates())
+    # The same features computed in another column order: each name keeps its values, the ranker its scores.
+    monkeypatch.setattr(features, "FEATURES", tuple(reversed(FEATURES)))
+    permuted = candidate_rows(state, ranker.candidates())
+    assert permuted.names == list(reversed(FEATURES)) and permuted.paths == rows.paths
+    for name in FEATURES:
+        np.testing.assert_array_equal(permuted.columns([name]), rows.columns([name]))
+    np.testing.assert_array_equal(ranker.scores(permuted), ranker.scores(rows))
+    # What taking columns by position would have fed the ranker: other values (the checks above can fail).
+    by_position = dataclasses.replace(permuted, names=rows.names)
+    assert not np.array_equal(by_position.columns(ranker.features), rows.columns(ranker.features), equal_nan=True)
+    # A feature the ranker needs and the rows lack is a one-line error, not a shifted matrix.
+    with pytest.raises(UserError, match="count_50"):
+        ranker.scores(rows.select([n for n in rows.names if n != "count_50"]))
+    # A feature name no family computes (or a family computing an unnamed one) is caught as the rows are built.
+    monkeypatch.setattr(features, "FEATURES", FEATURES + ("made_up",))
+    with pytest.raises(ValueError, match="made_up"):
+        candidate_rows(state, ranker.candidates())
+    monkeypatch.setattr(features, "FEATURES", FEATURES[:-1])
+    with pytest.raises(ValueError, match=FEATURES[-1]):
+        candidate_rows(state, ranker.candidates())
+    walk.close()
+
+
+def test_the_ranker_predicts_without_commits_and_chunks(text_world, tmp_path, caplog):
+    """train_ranker saves the history's statistics with the ranker: prediction needs neither commits.json nor
+    chunks.jsonl (pipeline.keep_intermediates: false), and answers as when it replayed them."""
+    out = tmp_path / "out"
+    shutil.copytree(text_world.output_dir, out)
+    paths = ArtifactPaths.under(out)
+    ranker = Ranker.load(paths.ranker_dir)
+    replayed, commits, repo = FileRanking.replayed_history(ranker, paths.commits, paths.chunks)
+    saved, saved_commits, saved_repo = FileRanking.saved_history(paths.ranker_dir)
+    assert saved.to_state() == replayed.to_state() and saved_commits == commits and saved_repo == repo
+    assert saved.position == len(commits) > 100 and saved.messages.keys() == replayed.messages.keys()
+    task = "Improve the kilo engine for kilo users"
+    old = tmp_path / "old" / "ranker"  # a folder written before the statistics were saved: replays the files
+    shutil.copytree(paths.ranker_dir, old)
+    (old / "history.json").unlink()
+    before = FileRanking.load(old, paths.commits, paths.chunks).rank([], task)
+    paths.commits.unlink()
+    paths.chunks.unlink()
+    ranking = FileRanking.find(out / "model", paths)
+    assert ranking is not None and ranking.last_commit == commits[-1] and ranking.repo == repo
+    after = ranking.rank([], task)
+    assert after == before and {f["path"] for f in after["files"][:2]} == {"src/kilo.py", "tests/test_kilo.py"}
+    # Without the statistics and without the files to replay, the language model ranks alone (a warning).
+    (paths.ranker_dir / "history.json").unlink()
+    assert FileRanking.find(out / "model", paths) is None and "rerun train_ranker" in caplog.text
+
+
+def test_evaluate_reuses_the_test_rows_train_ranker_saved(text_world, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(text_world.output_dir, out)
+    paths = ArtifactPaths.under(out)
+    built = []
+    monkeypatch.setattr(file_ranking, "candidate_rows",
+                        lambda state, *args, **kwargs: built.append(state.target.commit) or candidate_rows(state, *args, **kwargs))
+    test_commits = train_ranker.load_splits(paths)["test"].commits
+    evaluate.run(evaluate.Config(baselines_only=True), paths)
+    reused = json.loads(paths.evaluation.read_text())
+    assert built == []  # every test target's rows came from the ranker folder
+    # Other baseline settings shape other rows: computed again, and so they are without the saved ones.
+    evaluate.run(evaluate.Config(baselines_only=True, similar_commits=5), paths)
+    assert sorted(built) == sorted(test_commits)
+    for name in ("test_rows.npy", "test_rows.json"):
+        (paths.ranker_dir / name).unlink()
+    built.clear()
+    evaluate.run(evaluate.Config(baselines_only=True), paths)
+    assert sorted(built) == sorted(test_commits)
+    assert json.loads(paths.evaluation.read_text())["per_commit"] == reused["per_commit"]
 
 
 def test_a_ranker_folder_that_is_not_one_is_a_one_line_error(tmp_path):
@@ -199,8 +290,8 @@ def test_predict_and_serve_rank_with_the_ranker_and_say_so(text_world, model_bes
     assert predict.main(["--model", str(alone), *argv[2:]]) == 0
     assert json.loads(out.read_text())["ranking"] == "likelihood"
     for folder, expected in ((model_beside_ranker, "ranker"), (alone, "likelihood")):
-        service = serve.Service(Predictor.load(folder, PredictionConfig(file_ranking="likelihood")), serve.Config(port=0))
-        server = serve.make_server(service)
+        service = Service(Predictor.load(folder, PredictionConfig(file_ranking="likelihood")), serve.Config(port=0))
+        server = make_server(service)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             body = post(server, {"task": task, "repo": str(repo)})

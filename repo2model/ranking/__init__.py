@@ -1,1 +1,15 @@
-"""Which files change next: history statistics, baselines, named features, the LightGBM rankers, change types, symbols, and the metrics every predictor is scored with."""
+"""Which files change next: the history's statistics, the model-free baselines, named features, the LightGBM
+ranker, change types, symbols, and the metrics every predictor is scored with.
+
+    history       PastCommits: the statistics of the commits so far (saved with the ranker as history.json)
+    baselines     the model-free predictors (frequent, recent, cochange, similar_commits, code_search, fusion)
+    targets       the walk over the history to each target commit: what a prediction for it may know
+    features      candidate files and their named features; saving and loading feature rows
+    dense         the dense task-file similarity feature (embeddings) and its saved settings
+    config        the `evaluate` and `train_ranker` config sections, LightGBM's settings
+    ranker        the LightGBM lambdarank ranker, its folder, fitting, importances
+    change_types  the change-type classifier of a predicted file
+    symbols       a predicted file's symbols most likely to change
+    file_ranking  the ranker at prediction time (FileRanking), merged into the prediction JSON
+    metrics       Prediction / Truth, recall@k, MRR, change-type / module / symbol scores, per commit size
+"""

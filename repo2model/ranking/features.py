@@ -1,13 +1,8 @@
-"""Candidate files and their features for each target commit, computed only from the commits before it.
+"""Candidate files and their named features for one target, computed only from the commits before it.
 
-    for state in walk_targets(paths.commits, paths.chunks, {hash: "test", ...}, BaselineConfig(), repo):
-        rows = candidate_rows(state, FeatureConfig())      # rows.paths, rows.features [n, len(FEATURES)]
-        ...                                                # state is only valid inside the loop
-
-One streaming pass over commits.json + chunks.jsonl: at each target the `PastCommits` statistics hold
-exactly the commits before it (in commits.json's order) and the `FileSearch` holds the tree of its first
-parent; the target is yielded, then observed. Nothing about the target itself is used but its task (the
-commit message), its author and its parent (the tree the change starts from).
+    for state in walk_targets(...):                           # repo2model.ranking.targets
+        rows = candidate_rows(state, FeatureConfig())         # rows.paths, rows.names, rows.features
+        x = rows.columns(ranker.features)                     # the matrix a ranker was fitted on, by name
 
 Candidates: the union of every baseline's top `candidates_per_baseline` files, as many of the best co-change
 partners of the PARTNER_SOURCES best fused files (files that changed together with the likely ones), the
@@ -17,7 +12,7 @@ parent's tree most similar to the task by embedding; files known to be gone from
 dropped (when the repository is there to say so). Large commits need the last ones: history's lists alone
 hold few of their files.
 
-Features (FEATURES; NaN = unknown, LightGBM's missing value):
+Features (FEATURES; NaN = unknown, LightGBM's missing value), each computed under its name by one family:
     recency          recent_rank (1 = changed by the last commit), commits_since, days_since (from the
                      latest commit before the target), file_age (commits since its first change)
     frequency        count_all, count_50, count_10 (commits that changed it: all, last 50, last 10)
@@ -37,33 +32,31 @@ Features (FEATURES; NaN = unknown, LightGBM's missing value):
     fusion           fusion_score, fusion_rank
     the task         task_words, last_commit_files (files of the previous commit)
 With `dense` on, DENSE_FEATURES follow FEATURES: dense_score (cosine of the task's and the file's embeddings,
-all-MiniLM-L6-v2, the file as it is at the parent: retrieval.FileEmbeddings), dense_rank (among the candidates,
+all-MiniLM-L6-v2, the file as it is at the parent: repo2model.ranking.dense), dense_rank (among the candidates,
 or among every file of the tree with dense_candidates), dense_gap (dense_score less the best one).
 The language model adds LM_FEATURES (last) when a scorer is given: lm_logprob (log-probability that the target
 starts with the file), lm_rank, lm_gap (lm_logprob less the best candidate's).
+
+FEATURES' order is the column order of the matrix (and of a ranker fitted on it); a ranker takes its columns
+by name (`CandidateRows.columns`), so rows built in another order, or lacking a feature, never reach it
+misaligned. Rows are saved as <name>.npy + <name>.json (`save_rows`, `load_rows`): no pickle.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import posixpath
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from repo2model.core.artifacts import iter_commits_with_chunks, read_commits_metadata
-from repo2model.ranking.baselines import (
-    BaselineConfig, PastCommits, SimilarFile, baseline_rankings, commit_author, folder_of, rendered_files,
-)
+from repo2model.core.artifacts import atomic_path, read_json, write_json
 from repo2model.core.errors import UserError
-from repo2model.git.commands import open_repository
+from repo2model.ranking.history import folder_of
+from repo2model.ranking.targets import TargetState
 from repo2model.retrieval.bm25 import FileSearch, code_words, path_words
-
-log = logging.getLogger("features")
 
 FEATURES = (
     "recent_rank", "commits_since", "days_since", "file_age",
@@ -80,10 +73,12 @@ FEATURES = (
 )
 DENSE_FEATURES = ("dense_score", "dense_rank", "dense_gap")
 LM_FEATURES = ("lm_logprob", "lm_rank", "lm_gap")
-# (task, the FileSearch at the target's parent, paths) -> {path: cosine}; e.g. retrieval.FileEmbeddings'
+# (task, the file search at the target's parent, paths) -> {path: cosine}; e.g. repo2model.ranking.dense's
 DenseScorer = Callable[[str, FileSearch, list[str]], dict[str, float]]
+# paths -> {path: log-probability that the target starts with it} (the language model's)
+LMScorer = Callable[[list[str]], dict[str, float]]
+Columns = dict[str, list[float]]  # feature name -> one value per candidate path
 
-PARTNER_SOURCES = 5  # the best fused files whose co-change partners are candidates (partner_conf)
 DOC_EXTENSIONS = frozenset({".md", ".rst", ".txt", ".adoc", ".1", ".html"})
 CONFIG_EXTENSIONS = frozenset({".toml", ".yml", ".yaml", ".json", ".cfg", ".ini", ".lock", ".in"})
 NAN = float("nan")
@@ -113,97 +108,40 @@ class FeatureConfig:
 
 
 @dataclass
-class Target:
-    """A commit whose files are to be predicted, as far as a prediction may know it."""
-
-    commit: str
-    position: int  # in commits.json
-    task: str  # its message
-    author: str  # lower-cased e-mail (or name); "" when unknown
-    parent: str | None  # the tree the change starts from (first parent)
-    split: str = ""
-    files: list[str] | None = None  # the truth: rendered files (None when predicting for real)
-    chunks: list[dict] | None = None
-
-
-@dataclass
-class TargetState:
-    """Everything known at one target (valid only until the walk moves on)."""
-
-    target: Target
-    past: PastCommits
-    code: FileSearch | None
-    task_words: list[str]
-    similar: dict[str, SimilarFile]  # similar_commits' evidence per file
-    rules: dict[str, tuple[float, int]]  # co-change: each file's best rule (confidence, support)
-    partners: dict[str, tuple[float, int]]  # co-change from the best fused files instead of the last commits
-    code_scores: dict[str, float] | None
-    rankings: dict[str, list[tuple[str, float]]]
-
-
-@dataclass
 class CandidateRows:
-    """One target's candidate files and their feature rows (FEATURES, then LM_FEATURES when scored)."""
+    """One target's candidate files and their feature rows, one column per name."""
 
     commit: str
     paths: list[str]
-    features: np.ndarray  # float32 [len(paths), n_features]
+    names: list[str]  # the feature of each column
+    features: np.ndarray  # float32 [len(paths), len(names)]
     labels: np.ndarray  # int8 [len(paths)]: 1 = the target changed it (all 0 when there is no truth)
 
+    def columns(self, names: list[str]) -> np.ndarray:
+        """The features `names`, in that order (a ranker's); UserError when one is missing."""
+        names = list(names)
+        if names == self.names[: len(names)]:
+            return self.features[:, : len(names)]
+        where = {name: i for i, name in enumerate(self.names)}
+        missing = [name for name in names if name not in where]
+        if missing:
+            raise UserError(f"the ranker's features {', '.join(missing)} are not among those computed "
+                            f"({len(self.names)} features): rerun the train_ranker stage")
+        return self.features[:, [where[name] for name in names]]
 
-def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str], cfg: BaselineConfig,
-                 repo: Path | None = None, mined_until: int | None = None, depth: int = 100,
-                 on_commit: Callable[[dict, list[dict]], None] | None = None) -> Iterator[TargetState]:
-    """One state per target commit (targets: hash -> split name), in commits.json's order.
+    def select(self, names: list[str]) -> "CandidateRows":
+        """These rows with only the features `names`, in that order."""
+        return CandidateRows(self.commit, self.paths, list(names), self.columns(names), self.labels)
 
-    `repo`: the repository (for code_search and the tree); None leaves them out. `mined_until`: the last
-    position whose commit is mined (None: every commit before each target). `on_commit(commit, chunks)` is
-    called for every commit after the past has taken it in (e.g. to keep another view of the history).
-    File versions whose blob the repository lacks (partial clone, pruned mirror) stay in the tree but out of
-    the code search; their number is logged at the end.
-    """
-    past = PastCommits(cfg)
-    code = FileSearch(repo, path_weight=cfg.code_path_weight) if repo is not None else None
-    searched = code
-    try:
-        for position, (commit, chunks) in enumerate(iter_commits_with_chunks(commits_path, chunks_path)):
-            split = targets.get(commit["hash"])
-            if split is not None:
-                parents = commit.get("parents") or []
-                target = Target(commit=commit["hash"], position=position, task=commit.get("message") or "",
-                                author=commit_author(commit), parent=parents[0] if parents else None, split=split,
-                                files=rendered_files(chunks), chunks=chunks)
-                try:
-                    state = state_at(past, code, target, depth)
-                except UserError as exc:  # the repository lost the commit (rewritten, gc'd): go on without it
-                    log.warning("code search and the tree are left out from commit %s on: %s", target.commit[:12], exc)
-                    code.close()
-                    code = None
-                    state = state_at(past, None, target, depth)
-                yield state
-            past.observe(commit, chunks, mine=mined_until is None or position <= mined_until)
-            if on_commit is not None:
-                on_commit(commit, chunks)
-    finally:
-        if code is not None:
-            code.close()
-        if searched is not None and searched.missing:
-            log.warning("code search: %d file versions of the targets' parent trees left out, their blobs missing "
-                        "from %s (partial clone or pruned mirror)", len(searched.missing), searched.repo)
-
-
-def state_at(past: PastCommits, code: FileSearch | None, target: Target, depth: int = 100) -> TargetState:
-    """The state for `target` given the past (moves the file search to the target's parent)."""
-    words = code_words(target.task)
-    code_scores = None
-    if code is not None:
-        code.move_to(target.parent)
-        code_scores = code.search(words)
-    similar, _ = past.similar_files(words)
-    rules = past.cochange_rules()
-    rankings = baseline_rankings(past, similar, code_scores, depth, rules)
-    partners = past.rules_from({p for p, _ in rankings["fusion"][:PARTNER_SOURCES]})
-    return TargetState(target, past, code, words, similar, rules, partners, code_scores, rankings)
+    def with_columns(self, columns: Columns) -> "CandidateRows":
+        """These rows with more named columns (replacing those of the same names)."""
+        kept = [n for n in self.names if n not in columns]
+        names = kept + list(columns)
+        matrix = np.empty((len(self.paths), len(names)), dtype=np.float32)
+        matrix[:, : len(kept)] = self.columns(kept)
+        for j, name in enumerate(columns, start=len(kept)):
+            matrix[:, j] = columns[name]
+        return CandidateRows(self.commit, self.paths, names, matrix, self.labels)
 
 
 # ---------------------------------------------------------------- candidates
@@ -223,18 +161,8 @@ def candidates(state: TargetState, cfg: FeatureConfig, extra: list[str] = (), ne
     for path, _ in sorted(state.partners.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[
             : cfg.candidates_per_baseline]:
         chosen.setdefault(path, None)
-    if cfg.sibling_sources and cfg.siblings_per_folder:
-        past = state.past
-        folders = {folder_of(p) for p, _ in state.rankings["fusion"][: cfg.sibling_sources]}
-        pool = state.code.blobs.keys() if state.code is not None else past.last_seen.keys()
-        mates: dict[str, list[str]] = {}
-        for path in pool:
-            if folder_of(path) in folders and past.searchable(path):
-                mates.setdefault(folder_of(path), []).append(path)
-        for folder in sorted(mates):
-            near = sorted(mates[folder], key=lambda p: (-past.last_seen.get(p, -1), p))
-            for path in near[: cfg.siblings_per_folder]:
-                chosen.setdefault(path, None)
+    for path in folder_mates(state, cfg):
+        chosen.setdefault(path, None)
     paths = list(chosen)
     if state.code is not None:
         blobs = state.code.blobs
@@ -242,7 +170,64 @@ def candidates(state: TargetState, cfg: FeatureConfig, extra: list[str] = (), ne
     return paths
 
 
-# ---------------------------------------------------------------- features
+def folder_mates(state: TargetState, cfg: FeatureConfig) -> list[str]:
+    """The files of the best fused files' folders, up to `siblings_per_folder` each, most recently changed first."""
+    if not (cfg.sibling_sources and cfg.siblings_per_folder):
+        return []
+    past = state.past
+    folders = {folder_of(p) for p, _ in state.rankings["fusion"][: cfg.sibling_sources]}
+    pool = state.code.blobs.keys() if state.code is not None else past.last_seen.keys()
+    mates: dict[str, list[str]] = {}
+    for path in pool:
+        if folder_of(path) in folders and past.searchable(path):
+            mates.setdefault(folder_of(path), []).append(path)
+    out = []
+    for folder in sorted(mates):
+        near = sorted(mates[folder], key=lambda p: (-past.last_seen.get(p, -1), p))
+        out += near[: cfg.siblings_per_folder]
+    return out
+
+
+# ---------------------------------------------------------------- the rows
+
+
+def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: LMScorer | None = None, lm_extra: list[str] = (),
+                   dense: DenseScorer | None = None) -> CandidateRows:
+    """The feature rows of one target's candidates.
+
+    `lm(paths) -> {path: log-probability}` adds LM_FEATURES; `lm_extra` are files only the language model
+    proposes (e.g. new files), added to the candidates. `dense` computes DENSE_FEATURES when `cfg.dense`
+    (their columns are there, missing values, without it or without the repository).
+    """
+    scored = cfg.dense and dense is not None and state.code is not None
+    tree_scores, nearest = {}, []
+    if scored and cfg.dense_candidates:  # every file of the tree scored: the nearest become candidates
+        tree_scores = dense(state.target.task, state.code, [p for p in state.code.blobs if state.past.searchable(p)])
+        nearest = [p for p, _ in sorted(tree_scores.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.dense_candidates]]
+    paths = candidates(state, cfg, lm_extra, nearest)
+    columns: Columns = {}
+    for family in FAMILIES:
+        columns.update(family(state, paths))
+    if cfg.dense:
+        scores = (tree_scores if cfg.dense_candidates else dense(state.target.task, state.code, paths)) if scored else {}
+        columns.update(score_columns(scores, paths, DENSE_FEATURES))
+    if lm is not None:
+        columns.update(score_columns(lm(paths), paths, LM_FEATURES))
+    truth = set(state.target.files or ())
+    labels = np.array([path in truth for path in paths], dtype=np.int8)
+    names = cfg.names(lm=lm is not None)
+    return CandidateRows(state.target.commit, paths, names, feature_matrix(columns, names, len(paths)), labels)
+
+
+def feature_matrix(columns: Columns, names: list[str], n_rows: int) -> np.ndarray:
+    """The named columns as a float32 matrix in `names`' order; every name computed, none left over."""
+    if set(columns) != set(names) or len(names) != len(set(names)):
+        missing, extra = sorted(set(names) - set(columns)), sorted(set(columns) - set(names))
+        raise ValueError(f"feature columns disagree with the feature names: missing {missing}, not named {extra}")
+    matrix = np.empty((n_rows, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        matrix[:, j] = columns[name]
+    return matrix
 
 
 def ranks_of(values: dict[str, float], wanted: list[str]) -> dict[str, int]:
@@ -254,6 +239,152 @@ def ranks_of(values: dict[str, float], wanted: list[str]) -> dict[str, int]:
     mine = np.array([values[p] for p in present], dtype=np.float64)
     ranks = len(ordered) - np.searchsorted(ordered, mine, side="right") + 1
     return dict(zip(present, ranks.tolist()))
+
+
+def score_columns(scores: dict[str, float], paths: list[str], names: tuple[str, str, str]) -> Columns:
+    """An outside scorer's (score, rank among the candidates, score less the best) under `names`."""
+    score, rank, gap = names
+    ranks = ranks_of(scores, paths)
+    best = max(scores.values(), default=NAN)
+    values = [scores.get(path, NAN) for path in paths]
+    return {score: values, rank: [ranks.get(path, NAN) for path in paths], gap: [v - best for v in values]}
+
+
+# ---------------------------------------------------------------- the feature families (module docstring)
+
+
+def recency_features(state: TargetState, paths: list[str]) -> Columns:
+    past = state.past
+    recent = ranks_of({p: float(s) for p, s in past.last_seen.items()}, paths)
+    seen = [past.last_seen.get(path) for path in paths]
+    return {
+        "recent_rank": [recent.get(path, NAN) for path in paths],
+        "commits_since": [past.position - s if s is not None else NAN for s in seen],
+        "days_since": [max(0.0, past.time - past.last_time[path]) / 86400.0 if s is not None else NAN
+                       for path, s in zip(paths, seen)],
+        "file_age": [past.position - past.first_seen[path] if s is not None else NAN for path, s in zip(paths, seen)],
+    }
+
+
+def frequency_features(state: TargetState, paths: list[str]) -> Columns:
+    past = state.past
+    return {"count_all": [past.file_commits.get(path, 0) for path in paths],
+            "count_50": [past.counts_50.get(path, 0) for path in paths],
+            "count_10": [past.counts_10.get(path, 0) for path in paths]}
+
+
+def cochange_features(state: TargetState, paths: list[str]) -> Columns:
+    rules, partners = state.rules, state.partners
+    last = state.past.cochange_rules(1)
+    rank = ranks_of({p: c + s * 1e-6 for p, (c, s) in rules.items()}, paths)
+    return {
+        "cochange_conf": [rules[path][0] if path in rules else 0.0 for path in paths],
+        "cochange_support": [rules[path][1] if path in rules else 0.0 for path in paths],
+        "cochange_rank": [rank.get(path, NAN) for path in paths],
+        "cochange_last_conf": [last[path][0] if path in last else 0.0 for path in paths],
+        "partner_conf": [partners[path][0] if path in partners else 0.0 for path in paths],
+        "partner_support": [partners[path][1] if path in partners else 0.0 for path in paths],
+    }
+
+
+def similar_features(state: TargetState, paths: list[str]) -> Columns:
+    similar = state.similar
+    rank = ranks_of({p: e.score for p, e in similar.items()}, paths)
+    found = [similar.get(path) for path in paths]
+    return {
+        "similar_score": [e.score if e else 0.0 for e in found],
+        "similar_rank": [rank.get(path, NAN) for path in paths],
+        "similar_best": [e.best if e else 0.0 for e in found],
+        "similar_hits": [e.hits if e else 0.0 for e in found],
+        "similar_best_rank": [e.best_rank if e else NAN for e in found],
+    }
+
+
+def code_features(state: TargetState, paths: list[str]) -> Columns:
+    scores = state.code_scores or {}
+    rank = ranks_of(scores, paths)
+    best = max(scores.values(), default=0.0)
+    return {
+        "code_score": [scores.get(path, 0.0) if state.code_scores is not None else NAN for path in paths],
+        "code_rank": [rank.get(path, NAN) for path in paths],
+        "code_ratio": [scores.get(path, 0.0) / best if best > 0 else NAN for path in paths],
+    }
+
+
+def task_word_features(state: TargetState, paths: list[str]) -> Columns:
+    task = set(state.task_words)
+    columns: Columns = {name: [] for name in ("path_overlap", "path_overlap_frac", "name_in_task",
+                                              "module_in_task", "folder_in_task")}
+    for path in paths:
+        info = path_info(path)
+        overlap = len(task & info.words)
+        module = state.past.file_module.get(path)
+        module_words = module_word_set(module) if module else frozenset()
+        columns["path_overlap"].append(overlap)
+        columns["path_overlap_frac"].append(overlap / len(info.words) if info.words else 0.0)
+        columns["name_in_task"].append(float(bool(info.name_words) and info.name_words <= task))
+        columns["module_in_task"].append(len(module_words & task) / len(module_words) if module_words else NAN)
+        columns["folder_in_task"].append(len(info.folder_words & task) / len(info.folder_words)
+                                         if info.folder_words else NAN)
+    return columns
+
+
+def people_features(state: TargetState, paths: list[str]) -> Columns:
+    author = state.target.author
+    counts = [state.past.file_authors.get(path) for path in paths]
+    return {
+        "author_share": [c[author] / sum(c.values()) if c and author else NAN for c in counts],
+        "author_changes": [c[author] if c and author else NAN for c in counts],
+        "file_authors": [len(c) if c else 0.0 for c in counts],
+    }
+
+
+def tree_features(state: TargetState, paths: list[str]) -> Columns:
+    kinds = [path_info(path).kind for path in paths]
+    return {"exists": [state.in_tree(path) for path in paths],
+            "is_test": [k[0] for k in kinds], "is_doc": [k[1] for k in kinds], "is_config": [k[2] for k in kinds]}
+
+
+def folder_features(state: TargetState, paths: list[str]) -> Columns:
+    folder_50: dict[str, float] = {}
+    for path, n in state.past.counts_50.items():
+        if n > 0:
+            folder_50[folder_of(path)] = folder_50.get(folder_of(path), 0.0) + n
+    folder_similar: dict[str, float] = {}
+    for path, entry in state.similar.items():
+        folder_similar[folder_of(path)] = folder_similar.get(folder_of(path), 0.0) + entry.score
+    folder_code: dict[str, float] = {}
+    folder_files: dict[str, int] = {}
+    if state.code is not None:
+        for path, score in (state.code_scores or {}).items():
+            folder_code[folder_of(path)] = max(folder_code.get(folder_of(path), 0.0), score)
+        for path in state.code.blobs:
+            folder_files[folder_of(path)] = folder_files.get(folder_of(path), 0) + 1
+    folders = [path_info(path).folder for path in paths]
+    tree = state.code is not None
+    return {"folder_count_50": [folder_50.get(f, 0.0) for f in folders],
+            "folder_similar": [folder_similar.get(f, 0.0) for f in folders],
+            "folder_code": [folder_code.get(f, 0.0) if tree else NAN for f in folders],
+            "folder_files": [folder_files.get(f, 0) if tree else NAN for f in folders]}
+
+
+def fusion_features(state: TargetState, paths: list[str]) -> Columns:
+    fused = dict(state.rankings["fusion"])
+    rank = {p: r for r, (p, _) in enumerate(state.rankings["fusion"], start=1)}
+    return {"fusion_score": [fused.get(path, 0.0) for path in paths],
+            "fusion_rank": [rank.get(path, NAN) for path in paths]}
+
+
+def task_features(state: TargetState, paths: list[str]) -> Columns:
+    last_files = len(state.past.recent[-1]) if state.past.recent else 0
+    return {"task_words": [len(state.task_words)] * len(paths), "last_commit_files": [last_files] * len(paths)}
+
+
+FAMILIES = (recency_features, frequency_features, cochange_features, similar_features, code_features,
+            task_word_features, people_features, tree_features, folder_features, fusion_features, task_features)
+
+
+# ---------------------------------------------------------------- what a path alone says
 
 
 @dataclass(frozen=True)
@@ -286,146 +417,64 @@ def file_kind(path: str) -> tuple[float, float, float]:
     return is_test, is_doc, float(ext in CONFIG_EXTENSIONS)
 
 
-def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: Callable[[list[str]], dict[str, float]] | None = None,
-                   lm_extra: list[str] = (), dense: DenseScorer | None = None) -> CandidateRows:
-    """The feature rows of one target's candidates.
-
-    `lm(paths) -> {path: log-probability}` adds LM_FEATURES; `lm_extra` are files only the language model
-    proposes (e.g. new files), added to the candidates. `dense` computes DENSE_FEATURES when `cfg.dense`
-    (their columns are there, missing values, without it or without the repository).
-    """
-    past, target = state.past, state.target
-    scored = cfg.dense and dense is not None and state.code is not None
-    dense_scores, nearest = {}, []
-    if scored and cfg.dense_candidates:  # every file of the tree scored: the nearest become candidates
-        dense_scores = dense(target.task, state.code, [p for p in state.code.blobs if past.searchable(p)])
-        nearest = [p for p, _ in sorted(dense_scores.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.dense_candidates]]
-    paths = candidates(state, cfg, lm_extra, nearest)
-    if scored and not cfg.dense_candidates:  # only the candidates scored
-        dense_scores = dense(target.task, state.code, paths)
-    n_features = len(cfg.names(lm=lm is not None))
-    rows = np.full((len(paths), n_features), np.nan, dtype=np.float32)
-    task = set(state.task_words)
-
-    recent = ranks_of({p: float(s) for p, s in past.last_seen.items()}, paths)
-    rules = state.rules
-    rules_last = past.cochange_rules(1)
-    rule_rank = ranks_of({p: c + s * 1e-6 for p, (c, s) in rules.items()}, paths)
-    similar = state.similar
-    similar_rank = ranks_of({p: e.score for p, e in similar.items()}, paths)
-    code_scores = state.code_scores or {}
-    code_rank = ranks_of(code_scores, paths)
-    code_best = max(code_scores.values(), default=0.0)
-    fusion = dict(state.rankings["fusion"])
-    fusion_rank = {p: r for r, (p, _) in enumerate(state.rankings["fusion"], start=1)}
-
-    folder_50: dict[str, float] = {}
-    for path, n in past.counts_50.items():
-        if n > 0:
-            folder_50[folder_of(path)] = folder_50.get(folder_of(path), 0.0) + n
-    folder_sim: dict[str, float] = {}
-    for path, entry in similar.items():
-        folder_sim[folder_of(path)] = folder_sim.get(folder_of(path), 0.0) + entry.score
-    folder_code: dict[str, float] = {}
-    folder_files: dict[str, int] = {}
-    if state.code is not None:
-        for path, score in code_scores.items():
-            f = folder_of(path)
-            folder_code[f] = max(folder_code.get(f, 0.0), score)
-        for path in state.code.blobs:
-            f = folder_of(path)
-            folder_files[f] = folder_files.get(f, 0) + 1
-    last_files = len(past.recent[-1]) if past.recent else 0
-    lm_scores = lm(paths) if lm is not None else {}
-    lm_rank = ranks_of(lm_scores, paths)
-    lm_best = max(lm_scores.values(), default=NAN)
-    dense_rank = ranks_of(dense_scores, paths)
-    dense_best = max(dense_scores.values(), default=NAN)
-
-    for i, path in enumerate(paths):
-        seen = past.last_seen.get(path)
-        info = path_info(path)
-        folder, word_set, name_words, folder_words = info.folder, info.words, info.name_words, info.folder_words
-        overlap = len(task & word_set)
-        module = past.file_module.get(path)
-        module_words = module_word_set(module) if module else frozenset()
-        authors = past.file_authors.get(path)
-        sim: SimilarFile | None = similar.get(path)
-        rule = rules.get(path)
-        kind = info.kind
-        values = [
-            recent.get(path, NAN),
-            past.position - seen if seen is not None else NAN,
-            max(0.0, past.time - past.last_time[path]) / 86400.0 if seen is not None else NAN,
-            past.position - past.first_seen[path] if seen is not None else NAN,
-            past.file_commits.get(path, 0),
-            past.counts_50.get(path, 0),
-            past.counts_10.get(path, 0),
-            rule[0] if rule else 0.0,
-            rule[1] if rule else 0.0,
-            rule_rank.get(path, NAN),
-            rules_last[path][0] if path in rules_last else 0.0,
-            state.partners[path][0] if path in state.partners else 0.0,
-            state.partners[path][1] if path in state.partners else 0.0,
-            sim.score if sim else 0.0,
-            similar_rank.get(path, NAN),
-            sim.best if sim else 0.0,
-            sim.hits if sim else 0.0,
-            sim.best_rank if sim else NAN,
-            code_scores.get(path, 0.0) if state.code_scores is not None else NAN,
-            code_rank.get(path, NAN),
-            code_scores.get(path, 0.0) / code_best if code_best > 0 else NAN,
-            overlap,
-            overlap / len(word_set) if word_set else 0.0,
-            float(bool(name_words) and name_words <= task),
-            len(module_words & task) / len(module_words) if module_words else NAN,
-            len(folder_words & task) / len(folder_words) if folder_words else NAN,
-            authors[target.author] / sum(authors.values()) if authors and target.author else NAN,
-            authors[target.author] if authors and target.author else NAN,
-            len(authors) if authors else 0.0,
-            float(path in state.code.blobs) if state.code is not None else NAN,
-            *kind,
-            folder_50.get(folder, 0.0),
-            folder_sim.get(folder, 0.0),
-            folder_code.get(folder, 0.0) if state.code is not None else NAN,
-            folder_files.get(folder, 0) if state.code is not None else NAN,
-            fusion.get(path, 0.0),
-            fusion_rank.get(path, NAN),
-            len(state.task_words),
-            last_files,
-        ]
-        if cfg.dense:
-            cosine = dense_scores.get(path, NAN)
-            values += [cosine, dense_rank.get(path, NAN), cosine - dense_best]
-        if lm is not None:
-            score = lm_scores.get(path, NAN)
-            values += [score, lm_rank.get(path, NAN), score - lm_best]
-        rows[i] = values
-    truth = set(target.files or ())
-    labels = np.array([path in truth for path in paths], dtype=np.int8)
-    return CandidateRows(commit=target.commit, paths=paths, features=rows, labels=labels)
-
-
-def repository_of(commits_path: Path) -> Path | None:
-    """The repository commits.json was scraped from (its metadata), when it is still there; else None."""
-    try:
-        repo = read_commits_metadata(commits_path).get("repository")
-        return open_repository(repo) if repo else None
-    except UserError:
-        return None
-
-
 @lru_cache(maxsize=1 << 14)
 def module_word_set(module: str) -> frozenset[str]:
     return frozenset(code_words(module))
 
 
-def candidate_recall(rows: CandidateRows, truth: list[str]) -> float | None:
-    """Share of the target's files among its candidates (what no ranking can exceed)."""
-    if not truth:
+# ---------------------------------------------------------------- the language model's scores
+
+
+def lm_scorer(score_files: Callable[[list[tuple[str, str | None]]], list[dict]], modules: dict[str, str]) -> LMScorer:
+    """An LMScorer over a language model's `score_files([(path, module)]) -> [{"path", "logprob"}]` (the
+    predictor's, with the prompt bound), each file asked with the module its chunks last had."""
+
+    def lm(paths: list[str]) -> dict[str, float]:
+        return {s["path"]: float(s["logprob"]) for s in score_files([(p, modules.get(p)) for p in paths])}
+
+    return lm
+
+
+# ---------------------------------------------------------------- saving rows
+
+
+def save_rows(folder: Path, name: str, rows: list[CandidateRows], settings: dict) -> None:
+    """`rows` as <name>.npy (every target's rows, one float32 matrix) and <name>.json (`settings`, the feature
+    names, and per target its commit, paths, changed paths and number of columns: the first that many names)."""
+    names = max((r.names for r in rows), key=len, default=[])
+    matrix = np.full((sum(len(r.paths) for r in rows), len(names)), np.nan, dtype=np.float32)
+    start = 0
+    targets = []
+    for r in rows:
+        if r.names != names[: len(r.names)]:
+            raise ValueError(f"{r.commit}: rows of other features than {names}")
+        matrix[start: start + len(r.paths), : len(r.names)] = r.features
+        start += len(r.paths)
+        targets.append({"commit": r.commit, "paths": r.paths, "changed": np.flatnonzero(r.labels).tolist(),
+                        "columns": len(r.names)})
+    with atomic_path(folder / f"{name}.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, matrix, allow_pickle=False)
+    write_json(folder / f"{name}.json", {"settings": settings, "names": names, "targets": targets}, indent=None)
+
+
+def load_rows(folder: Path, name: str) -> tuple[dict, dict[str, CandidateRows]] | None:
+    """What `save_rows` wrote: (settings, {commit: rows}); None when there is none."""
+    meta_path, matrix_path = folder / f"{name}.json", folder / f"{name}.npy"
+    if not (meta_path.is_file() and matrix_path.is_file()):
         return None
-    return len(set(rows.paths) & set(truth)) / len(set(truth))
+    try:
+        meta = read_json(meta_path)
+        matrix = np.load(matrix_path, allow_pickle=False)
+    except (OSError, ValueError, UserError):  # unreadable: the rows are computed again
+        return None
+    out, start = {}, 0
+    for target in meta["targets"]:
+        n, width = len(target["paths"]), target["columns"]
+        labels = np.zeros(n, dtype=np.int8)
+        labels[target["changed"]] = 1
+        out[target["commit"]] = CandidateRows(target["commit"], target["paths"], meta["names"][:width],
+                                              matrix[start: start + n, :width], labels)
+        start += n
+    return meta["settings"], out
 
-
-def finite_or_none(value: float) -> float | None:
-    return value if value is not None and math.isfinite(value) else None

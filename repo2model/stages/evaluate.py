@@ -10,7 +10,7 @@ Reads
 Writes
     evaluation.json                     every metric of every predictor, per commit-size bucket, per commit
     evaluation.md                       the same as tables, the ranker's feature importances, where each loses
-    evaluation.png                      every predictor side by side
+    evaluation.png                      every predictor side by side (both: repo2model.ranking.report)
 
 Predictors, all scored on the same target commits, each knowing only the commits before its target:
     frequent, recent, cochange, similar_commits, code_search, fusion
@@ -23,10 +23,12 @@ Predictors, all scored on the same target commits, each knowing only the commits
 Structure: a baseline names each predicted file's most frequent change type, the module its chunks last had,
 and its most often changed symbols; the rankers use the change-type classifier (else the most frequent type)
 and rank each predicted file's units at the parent by BM25 against the task, recency and frequency
-(repo2model.ranking.ranker.rank_symbols).
+(repo2model.ranking.symbols). The rankers' feature rows of the test targets are those train_ranker saved in
+the ranker folder when they were built with the same settings (baseline keys, mining, repository, history; the
+language model's columns only from the same model), else they are computed.
 
 The changed files of a commit are those with chunks (what the commit language renders; binary and filtered
-files count for no predictor). Metrics are defined in repo2model.ranking.ranker (recall@k with min(k, |changed|)
+files count for no predictor). Metrics are defined in repo2model.ranking.metrics (recall@k with min(k, |changed|)
 as denominator, MRR, change-type accuracy, module accuracy, symbol recall); recall@k and MRR are also given
 per commit size (changed files: 1, 2-3, 4-10, 11-30, 31+) so that large commits are not hidden by the mean.
 
@@ -64,26 +66,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import torch
 
-from repo2model.core.artifacts import atomic_open, atomic_path, iter_commit_dicts, require, write_json
-from repo2model.ranking.baselines import BASELINES
+from repo2model.core.artifacts import atomic_open, iter_commit_dicts, require, write_json
 from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.core.config import section_dict
 from repo2model.core.errors import UserError
-from repo2model.language.examples import ExampleSet
-from repo2model.ranking.features import FeatureConfig, TargetState, candidate_rows, repository_of, walk_targets
 from repo2model.core.paths import ArtifactPaths
-from repo2model.serving.predictor import CandidatePool, PredictionConfig, Predictor, load_prediction_config
-from repo2model.ranking.ranker import (
-    KS, EvaluationConfig, Prediction, Ranker, Truth, aggregate, by_size, find_ranker, rank_symbols, score,
-    type_example, units_at_parent,
-)
 from repo2model.core.progress import progress
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+from repo2model.language.examples import ExampleSet
+from repo2model.ranking.baselines import BASELINES, baseline_predictions
+from repo2model.ranking.config import EvaluationConfig
+from repo2model.ranking.features import CandidateRows, LMScorer, lm_scorer
+from repo2model.ranking.file_ranking import ranker_predictions
+from repo2model.ranking.metrics import KS, Prediction, Truth, aggregate, by_size, score
+from repo2model.ranking.ranker import Ranker, find_ranker, language_model_identity, reusable_test_rows, rows_settings
+from repo2model.ranking.report import markdown_report, write_chart
+from repo2model.ranking.symbols import SymbolIndexes
+from repo2model.ranking.targets import repository_of, walk_targets
+from repo2model.serving.prediction import Prediction as ModelPrediction  # the model's answer, scored as a Prediction
+from repo2model.serving.predictor import CandidatePool, Predictor
+from repo2model.serving.settings import PredictionConfig, load_prediction_config
 
 SECTION = "evaluate"
 CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving")  # its fingerprint covers them
@@ -91,8 +94,6 @@ Config = EvaluationConfig
 # The pipeline runs this as its last stage and passes the `predict` section as run(prediction=...).
 USES_SECTIONS = {"prediction": "predict"}
 log = logging.getLogger("evaluate")
-
-METRIC_ROWS = ("recall@1", "recall@5", "recall@10", "mrr", "change_type_acc", "module_acc", "symbol_recall")
 
 
 @dataclass
@@ -104,6 +105,13 @@ class Plan:
     mined_until: int | None  # last mined position (None: every commit before each target)
     examples: ExampleSet | None = None  # the split's examples (prompts for the language model)
     chosen: list[int] = dataclasses.field(default_factory=list)  # example indices that get a generation
+
+    def prompts(self) -> dict[str, list[int]]:
+        """Each target's prompt: its example's ids up to the target, as the dataset builder made it."""
+        if self.examples is None:
+            return {}
+        return {self.examples.commits[i]: self.examples.ids(i)[: int(self.examples.target_starts[i])].tolist()
+                for i in range(len(self.examples))}
 
 
 # ---------------------------------------------------------------- the run
@@ -130,16 +138,23 @@ def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42, prediction:
     model_info: dict = {}
     if predictor is not None:
         model_info = {**target_loss(predictor.model, plan.examples, cfg.device), **generation}
+    result = evaluation_result(cfg, plan, rows, repo is not None, ranker, model_info)
+    write_outputs(result, paths)
+    return summarize(result, paths, started)
 
+
+def evaluation_result(cfg: EvaluationConfig, plan: Plan, rows: dict[str, dict[str, dict]], code_search: bool,
+                      ranker: Ranker | None, model_info: dict) -> dict:
+    """evaluation.json: every predictor's figures over the targets, per commit size and per commit."""
     names = [n for n in ("ranker_lm", "ranker", "model", *BASELINES) if n in rows]
     metrics = {name: aggregate([rows[name][h] for h in plan.order if h in rows[name]]) for name in names}
-    if predictor is not None:
+    if model_info:
         metrics["model"].update(loss=model_info["loss"], perplexity=model_info["perplexity"])
-    result = {
+    return {
         "split": plan.split,
         "targets": len(plan.order),
         "mined_history": "before_target" if plan.mined_until is None else f"commits 0..{plan.mined_until}",
-        "code_search": repo is not None,
+        "code_search": code_search,
         "metrics": metrics,
         "by_size": {name: by_size([rows[name][h] for h in plan.order if h in rows[name]]) for name in names},
         "ranker": ranker_info(ranker),
@@ -151,19 +166,27 @@ def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42, prediction:
             for h in plan.order
         ],
     }
+
+
+def write_outputs(result: dict, paths: ArtifactPaths) -> None:
     write_json(paths.evaluation, result)
     with atomic_open(report_path(paths)) as fh:
         fh.write(markdown_report(result))
-    write_chart(metrics, chart_path(paths))
+    write_chart(result["metrics"], chart_path(paths))
+
+
+def summarize(result: dict, paths: ArtifactPaths, started: float) -> dict:
+    """The stage's summary (and its log line)."""
+    metrics = result["metrics"]
     summary = {
         "evaluation": str(paths.evaluation),
         "report": str(report_path(paths)),
         "chart": str(chart_path(paths)),
-        "targets": len(plan.order),
+        "targets": result["targets"],
         "metrics": {name: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "mrr")} for name, m in metrics.items()},
         "seconds": round(time.monotonic() - started, 1),
     }
-    log.info("evaluated %d target commits in %.1fs: %s -> %s", len(plan.order), summary["seconds"],
+    log.info("evaluated %d target commits in %.1fs: %s -> %s", result["targets"], summary["seconds"],
              ", ".join(f"{name} recall@5 {fmt(m['recall@5'])}" for name, m in metrics.items()), paths.evaluation)
     return summary
 
@@ -213,91 +236,69 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
     """One pass over the history scoring every predictor on every target (the model: on the chosen ones).
     Returns ({predictor: {commit: row}}, the generation's figures)."""
     rows: dict[str, dict[str, dict]] = {}
-    prompts = {}
-    if plan.examples is not None and predictor is not None:
-        prompts = {plan.examples.commits[i]: plan.examples.ids(i)[: int(plan.examples.target_starts[i])].tolist()
-                   for i in range(len(plan.examples))}
+    prompts = plan.prompts() if predictor is not None else {}
     generated = {plan.examples.commits[i] for i in plan.chosen} if predictor is not None else set()
     generation = {"malformed_candidates": 0, "candidates": 0, "samples": []}
     pool = CandidatePool()
-    # The ranker's features are computed with the baseline settings it was trained with.
     baselines = cfg.baselines()
     if ranker is not None and ranker.settings.get("baselines") != section_dict(baselines):
-        log.warning("the ranker was trained with other baseline settings (%s): its features use those",
-                    ranker.settings.get("baselines"))
-    symbols_cache: dict[str, list] = {}
+        log.warning("the ranker was trained with other baseline settings (%s): its features are computed with the "
+                    "evaluation's here", ranker.settings.get("baselines"))
+    saved = saved_rows(cfg, paths, plan, repo, ranker, predictor, prediction)
+    indexes = SymbolIndexes()
     walk = walk_targets(paths.commits, paths.chunks, {h: plan.split for h in plan.order}, baselines, repo,
                         plan.mined_until, on_commit=lambda commit, chunks: pool.add_chunks(chunks))
     for state in progress(walk, total=len(plan.order), desc="evaluating", unit="targets"):
         target = state.target
         truth = Truth.of(target.commit, target.chunks)
-        for name, ranking in state.rankings.items():
-            files = [p for p, _ in ranking[: max(KS)]]
-            change_types, modules, symbols = state.past.structure(files)
-            rows.setdefault(name, {})[target.commit] = score(Prediction(ranking[: max(KS)], change_types, modules,
-                                                                         symbols), truth)
+        predictions = baseline_predictions(state.past, state.rankings, max(KS))
         if ranker is not None:
-            prompt = prompts.get(target.commit)
-            lm = lm_scorer(predictor, prediction, prompt, state.past.file_module) if ranker.booster_lm else None
-            candidates = candidate_rows(state, ranker_candidates(ranker), lm=lm, dense=ranker.dense_scorer())
-            variants = [("ranker", False)] + ([("ranker_lm", True)] if lm is not None else [])
-            for name, with_lm in variants:
-                ranked = ranker.rank(candidates, lm=with_lm)[: max(KS)]
-                rows.setdefault(name, {})[target.commit] = score(
-                    structured(ranker, state, ranked, cfg.symbols_per_file, symbols_cache), truth)
+            lm = model_scorer(predictor, prediction, prompts.get(target.commit), state.past.file_module)
+            predictions.update(ranker_predictions(ranker, state, lm if ranker.booster_lm is not None else None,
+                                                  saved.get(target.commit), cfg.symbols_per_file, indexes))
+        for name, predicted in predictions.items():
+            rows.setdefault(name, {})[target.commit] = score(predicted, truth)
         if target.commit in generated:
             output = predictor.predict_ids(prompts[target.commit], seed=seed,
                                            candidates=pool.top(prediction.rank_candidates))
-            generation["malformed_candidates"] += sum(c["malformed"] for c in output["candidates"])
-            generation["candidates"] += len(output["candidates"])
             rows.setdefault("model", {})[target.commit] = score(prediction_from_output(output), truth)
-            if len(generation["samples"]) < 3:
-                generation["samples"].append({
-                    "commit": target.commit, "actual_files": truth.files,
-                    "predicted_files": [f["path"] for f in output["files"][:10]],
-                    "raw_text": output["candidates"][0]["text"][:2000] if output["candidates"] else ""})
+            record_generation(generation, output, truth)
     return rows, generation
 
 
-def ranker_candidates(ranker: Ranker) -> FeatureConfig:
-    """The candidate settings the ranker was trained with (and its dense features, when it has them)."""
-    return ranker.candidates()
+def saved_rows(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo: Path | None, ranker: Ranker | None,
+               predictor: Predictor | None, prediction: PredictionConfig) -> dict[str, CandidateRows]:
+    """The test targets' rows train_ranker saved, when it built them as this evaluation would ({} otherwise)."""
+    if ranker is None:
+        return {}
+    identity = None
+    if predictor is not None and ranker.booster_lm is not None:
+        identity = language_model_identity(prediction.model_dir or paths.model_dir, cfg.device, section_dict(prediction))
+    settings = rows_settings(cfg.baselines(), repo, plan.mined_until, paths.commits, paths.chunks, identity)
+    rows = reusable_test_rows(ranker, settings)
+    if rows:
+        log.info("the ranker's rows of %d test targets reused (saved by train_ranker)",
+                 len(set(rows) & set(plan.order)))
+    return rows
 
 
-def lm_scorer(predictor: Predictor | None, prediction: PredictionConfig, prompt: list[int] | None,
-              modules: dict[str, str]):
-    """path list -> {path: log-probability} from the language model, for the LM ranker (None without one)."""
+def model_scorer(predictor: Predictor | None, prediction: PredictionConfig, prompt: list[int] | None,
+                 modules: dict[str, str]) -> LMScorer | None:
+    """The language model's log-probabilities of candidate files after the target's prompt (None without them)."""
     if predictor is None or prompt is None:
         return None
-
-    def scores(paths: list[str]) -> dict[str, float]:
-        scored = predictor.score_files(prompt, [(p, modules.get(p)) for p in paths], prediction)
-        return {s["path"]: float(s["logprob"]) for s in scored}
-
-    return scores
+    return lm_scorer(lambda files: predictor.score_files(prompt, files, prediction), modules)
 
 
-def structured(ranker: Ranker, state: TargetState, ranked: list[tuple[str, float]], symbols_per_file: int,
-               cache: dict[str, list]) -> Prediction:
-    """A ranker's files with their change types (classifier), modules and symbols (units at the parent)."""
-    files = [p for p, _ in ranked]
-    exists = {p: (float(p in state.code.blobs) if state.code is not None else math.nan) for p in files}
-    change_types = ranker.change_types([type_example(state.past, p, state.task_words, exists[p]) for p in files])
-    modules = list(dict.fromkeys(m for m in (state.past.file_module.get(p) for p in files) if m))
-    symbols: list[str] = []
-    for path in files:
-        units = []
-        if state.code is not None and path in state.code.blobs:
-            oid = state.code.blobs[path]
-            if oid not in cache:
-                if len(cache) > 4096:
-                    cache.clear()
-                cache[oid] = units_at_parent(path, state.code.read(path))
-            units = cache[oid]
-        for symbol in rank_symbols(state.past, path, units, state.task_words, symbols_per_file):
-            if symbol not in symbols:
-                symbols.append(symbol)
-    return Prediction(ranked, change_types, modules, symbols)
+def record_generation(generation: dict, output: ModelPrediction, truth: Truth) -> None:
+    """Count the generation's malformed candidates, and keep the first three as samples."""
+    generation["malformed_candidates"] += output.malformed_candidates
+    generation["candidates"] += len(output.candidates)
+    if len(generation["samples"]) < 3:
+        generation["samples"].append({
+            "commit": truth.commit, "actual_files": truth.files,
+            "predicted_files": [f.path for f in output.files[:10]],
+            "raw_text": output.candidates[0].text[:2000] if output.candidates else ""})
 
 
 # ---------------------------------------------------------------- the language model
@@ -329,12 +330,12 @@ def target_loss(model, examples: ExampleSet, device: str) -> dict:
     return {"loss": mean, "perplexity": math.exp(mean) if mean is not None else None, "target_tokens": count}
 
 
-def prediction_from_output(output: dict) -> Prediction:
-    """The prediction JSON -> a Prediction."""
-    files = [(f["path"], float(f["score"])) for f in output["files"]]
-    change_types = {f["path"]: f["change_types"][0]["type"] for f in output["files"] if f["change_types"]}
-    return Prediction(files=files, change_types=change_types, modules=list(output.get("modules", [])),
-                      symbols=list(output.get("symbols", [])))
+def prediction_from_output(output: ModelPrediction) -> Prediction:
+    """The model's prediction -> the Prediction the metrics score."""
+    files = [(f.path, float(f.score)) for f in output.files]
+    change_types = {f.path: f.change_types[0].type for f in output.files if f.change_types}
+    return Prediction(files=files, change_types=change_types, modules=list(output.modules),
+                      symbols=list(output.symbols))
 
 
 # ---------------------------------------------------------------- stage protocol
@@ -363,126 +364,8 @@ def stage_outputs(cfg: EvaluationConfig, paths: ArtifactPaths) -> list[Path]:
     return [paths.evaluation, report_path(paths), chart_path(paths)]
 
 
-# ---------------------------------------------------------------- report
-
-
 def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def markdown_report(result: dict) -> str:
-    metrics = result["metrics"]
-    names = list(metrics)
-    lines = [
-        f"# Evaluation on {result['targets']} target commits ({result['split']} split)",
-        "",
-        f"Mined history: {result['mined_history']}; code search: {'on' if result['code_search'] else 'off'}. "
-        "Higher is better; best of each row in bold.",
-        "",
-        "| metric | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for key in METRIC_ROWS:
-        lines.append(f"| {key} | " + " | ".join(bold_best([metrics[n].get(key) for n in names])) + " |")
-    lines.append("| commits | " + " | ".join(str(metrics[n]["commits"]) for n in names) + " |")
-    if "model" in metrics:
-        model = metrics["model"]
-        lines.append("| target loss (nats/token) | " + " | ".join(fmt(model.get("loss")) if n == "model" else ""
-                                                                 for n in names) + " |")
-    lines += ["", "## Recall by commit size (changed files)", "",
-              "recall@5 / recall@10 per bucket; the commits of each bucket in brackets.", "",
-              "| predictor | " + " | ".join(bucket_names(result)) + " |", "|---|" + "---|" * len(bucket_names(result))]
-    for name in names:
-        cells = []
-        for bucket in bucket_names(result):
-            figures = result["by_size"].get(name, {}).get(bucket)
-            cells.append(f"{fmt(figures['recall@5'])} / {fmt(figures['recall@10'])} ({figures['commits']})"
-                         if figures else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Where each predictor loses", ""] + where_each_loses(result)
-    ranker = result.get("ranker")
-    if ranker and ranker.get("feature_importance"):
-        lines += ["", "## The ranker's feature importances (share of split gain)", "",
-                  "| feature | ranker |" + (" ranker_lm |" if ranker.get("feature_importance_lm") else ""),
-                  "|---|---|" + ("---|" if ranker.get("feature_importance_lm") else "")]
-        lm = ranker.get("feature_importance_lm") or {}
-        # The top 20 of each ranker, and the language model's own features whatever their share.
-        shown = list(ranker["feature_importance"])[:20] + list(lm)[:20]
-        shown += [f for f in lm if f.startswith("lm_") or f == "base_score"]
-        for feature in dict.fromkeys(shown):
-            cell = f" {lm.get(feature, 0.0):.3f} |" if lm else ""
-            lines.append(f"| {feature} | {ranker['feature_importance'].get(feature, 0.0):.3f} |{cell}")
-    info = result.get("model") or {}
-    if info.get("candidates"):
-        lines += ["", f"Malformed generations: {info['malformed_candidates']} of {info['candidates']} candidates."]
-    lines += [
-        "",
-        "recall@k = |top-k ∩ changed| / min(k, |changed|); mrr = 1 / rank of the first changed file; change_type_acc "
-        "pools the changed files a predictor named in its top 10; module_acc: the first predicted module is one of "
-        "the commit's modules; symbol_recall = |predicted ∩ changed symbols| / |changed symbols|.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def bold_best(values: list) -> list[str]:
-    present = [v for v in values if v is not None]
-    best = max(present) if present else None
-    bold = len(present) > 1 and min(present) < best  # no bold when every predictor ties
-    return [f"**{fmt(v)}**" if bold and v == best else fmt(v) for v in values]
-
-
-def bucket_names(result: dict) -> list[str]:
-    names: dict[str, None] = {}
-    for buckets in result["by_size"].values():
-        names.update(dict.fromkeys(buckets))
-    order = ["1", "2-3", "4-10", "11-30", "31+"]
-    return [b for b in order if b in names]
-
-
-def where_each_loses(result: dict) -> list[str]:
-    """For each predictor: which predictor beats it on which metric, and on which commit sizes (recall@10)."""
-    metrics = result["metrics"]
-    lines = []
-    for name, mine in metrics.items():
-        behind: dict[str, list[str]] = {}
-        for key in METRIC_ROWS:
-            rivals = {n: m[key] for n, m in metrics.items() if m.get(key) is not None}
-            if mine.get(key) is not None and max(rivals.values()) > mine[key]:
-                behind.setdefault(max(rivals, key=rivals.get), []).append(key)
-        sizes: dict[str, list[str]] = {}
-        for bucket, figures in result["by_size"].get(name, {}).items():
-            rivals = {n: b[bucket]["recall@10"] for n, b in result["by_size"].items()
-                      if bucket in b and b[bucket]["recall@10"] is not None}
-            if figures["recall@10"] is not None and max(rivals.values()) > figures["recall@10"]:
-                sizes.setdefault(max(rivals, key=rivals.get), []).append(bucket)
-        parts = [f"behind {rival} on {', '.join(keys)}" for rival, keys in behind.items()]
-        parts += [f"on commits of {', '.join(buckets)} files behind {rival} (recall@10)" for rival, buckets in sizes.items()]
-        lines.append(f"- **{name}**: " + ("; ".join(parts) if parts else "nowhere: best or tied on every metric and size"))
-    return lines
-
-
-def write_chart(metrics: dict, path: Path) -> Path:
-    names = list(metrics)
-    keys = [k for k in METRIC_ROWS if any(metrics[n].get(k) is not None for n in names)]
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(12, 5), dpi=100)
-    for j, name in enumerate(names):
-        values = [metrics[name].get(k) or 0.0 for k in keys]
-        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(keys))]
-        ax.bar(xs, values, width, label=name)
-    ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels(keys)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score (higher is better)")
-    targets = metrics[names[0]]["commits"] if names else 0
-    ax.set_title(f"Every predictor on {targets} target commits")
-    ax.legend(ncol=min(9, max(1, len(names))), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------- CLI

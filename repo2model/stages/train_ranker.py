@@ -11,7 +11,10 @@ Reads
 Writes
     ranker/                             ranker.txt (LightGBM text model), ranker_lm.txt (with the language
                                         model's features), change_types.txt, settings.json, metrics.json;
-                                        with `dense`: file_vectors.npy/.json (the files' embeddings)
+                                        history.json (the history's statistics at its last commit: what
+                                        prediction needs, so commits.json and chunks.jsonl may go);
+                                        test_rows.npy/.json (the test targets' feature rows, which evaluate.py
+                                        reuses); with `dense`: file_vectors.npy/.json (the files' embeddings)
 
 Steps (run() reads as this list):
     1. targets: every train/val/test commit of the dataset (the latest `max_train_targets` train ones)
@@ -27,6 +30,7 @@ Steps (run() reads as this list):
        cross-fitting the two halves of val (fit on one, stop on the other, both ways); reported on test
     5. the change-type classifier: LightGBM multiclass on the train targets' files, early-stopped on val
     6. figures on the test targets beside every baseline: recall@1/5/10, MRR, candidate recall, per commit size
+    7. the ranker folder, with the history's statistics after its last commit and the test targets' rows
 
 Config keys (section `train_ranker`; the baseline keys of the `evaluate` section set the signals):
     candidates_per_baseline  each baseline's top files that become candidates (30)
@@ -62,28 +66,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightgbm as lgb
-import numpy as np
 
 from repo2model.core.artifacts import require
-from repo2model.ranking.baselines import BASELINES, BaselineConfig
 from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.core.config import load_config, section_dict
 from repo2model.core.errors import UserError
-from repo2model.language.examples import ExampleSet
-from repo2model.ranking.features import (
-    FEATURES, LM_FEATURES, CandidateRows, DenseScorer, FeatureConfig, candidate_recall, candidate_rows,
-    repository_of, walk_targets,
-)
 from repo2model.core.paths import ArtifactPaths
-from repo2model.serving.predictor import PredictionConfig, Predictor
-from repo2model.ranking.ranker import (
-    CHANGE_TYPES_FILE, TYPE_CLASSES, EvaluationConfig, FitSettings, Prediction, Ranker, RankerConfig, Truth,
-    TypeExample, aggregate, by_size, change_type_feature_names, change_type_features, dense_settings,
-    file_embeddings, fit_change_types, fit_lambdarank, importances, most_frequent_type, predict_change_types,
-    score, scorer_of, type_example,
-)
-from repo2model.retrieval.index_config import IndexConfig, load_index_config
 from repo2model.core.progress import progress
+from repo2model.language.examples import ExampleSet
+from repo2model.ranking.baselines import BASELINES
+from repo2model.ranking.change_types import TypeExample, change_type_figures, fit_classifier, type_example
+from repo2model.ranking.config import EvaluationConfig, RankerConfig
+from repo2model.ranking.dense import dense_settings, file_embeddings, scorer_of
+from repo2model.ranking.features import FEATURES, LM_FEATURES, CandidateRows, FeatureConfig, LMScorer, candidate_rows, lm_scorer
+from repo2model.ranking.file_ranking import history_record
+from repo2model.ranking.history import BaselineConfig, PastCommits
+from repo2model.ranking.metrics import Prediction, Truth, aggregate, by_size, candidate_recall, score
+from repo2model.ranking.ranker import (
+    BASE_SCORE, CHANGE_TYPES_FILE, Ranker, fit_lambdarank, fit_lm_ranker, importances, language_model_identity,
+    rows_settings,
+)
+from repo2model.ranking.targets import repository_of, walk_targets
+from repo2model.retrieval.embedding import FileEmbeddings
+from repo2model.retrieval.index_config import IndexConfig, load_index_config
+from repo2model.serving.predictor import Predictor
+from repo2model.serving.settings import PredictionConfig
 
 SECTION = "train_ranker"
 CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving")  # its fingerprint covers them
@@ -105,28 +112,39 @@ class Collected:
     baselines: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # test: name -> top 10
     types: dict[str, list[TypeExample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     code_search: bool = False
+    history: dict | None = None  # history.json: the statistics after the last commit (file_ranking.history_record)
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # this process's CPU time (the machine may be shared)
     dense_cpu_seconds: float = 0.0  # the part of it spent in the dense features (embedding files and tasks)
+
+
+@dataclass
+class Fitted:
+    """The models fitted on the collected rows, and how long that took."""
+
+    booster: lgb.Booster
+    booster_lm: lgb.Booster | None  # with the language model's features
+    without_dense: lgb.Booster | None  # the ablation (dense only)
+    classes: list[str]  # the change-type classes
+    type_model: lgb.Booster | None
+    seconds: float  # the two rankers (not the ablation)
+    cpu_seconds: float
+    types_seconds: float
 
 
 class LanguageModelScores:
     """The language model's log-probability that a target starts with each candidate file, from the exact
     prompt the dataset builder made for that target (its example's ids up to the target)."""
 
-    def __init__(self, predictor: Predictor, cfg: PredictionConfig, prompts: dict[str, list[int]]):
+    def __init__(self, predictor: Predictor, cfg: PredictionConfig, prompts: dict[str, list[int]], identity: dict):
         self.predictor, self.cfg, self.prompts = predictor, cfg, prompts
+        self.identity = identity  # ranker.language_model_identity: saved with the test rows
 
-    def for_target(self, commit: str, modules: dict[str, str]):
+    def for_target(self, commit: str, modules: dict[str, str]) -> LMScorer | None:
         prompt = self.prompts.get(commit)
         if prompt is None:
             return None
-
-        def score(paths: list[str]) -> dict[str, float]:
-            scored = self.predictor.score_files(prompt, [(p, modules.get(p)) for p in paths], self.cfg)
-            return {s["path"]: float(s["logprob"]) for s in scored}
-
-        return score
+        return lm_scorer(lambda files: self.predictor.score_files(prompt, files, self.cfg), modules)
 
 
 # ---------------------------------------------------------------- the run
@@ -144,69 +162,17 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
                     "out", paths.commits)
     scores = load_language_model(cfg, paths, prediction or PredictionConfig(), splits)
     dense_info = dense_settings(index or IndexConfig()) if cfg.dense else None
-    embeddings = file_embeddings(dense_info) if dense_info is not None else None
-    if embeddings is not None:  # a refit (e.g. after an update) embeds only the file versions new since the last
-        embeddings.load(paths.ranker_dir)  # (vectors are keyed by path and blob: the same text, no leakage)
-    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores,
-                        scorer_of(embeddings) if embeddings is not None else None)
-    names = cfg.candidates().names()
-    fit_started, fit_cpu = time.monotonic(), time.process_time()
-    booster = fit_lambdarank(collected.rows["train"], collected.rows["val"], names, cfg.fit(), seed,
-                             columns=list(range(len(names))))
-    booster_lm = fit_lm_ranker(booster, collected.rows["val"], cfg.fit(), seed, names) if scores else None
-    fit_seconds, fit_cpu = time.monotonic() - fit_started, time.process_time() - fit_cpu
-    # The ablation: the same rows without the dense columns (not counted in the fit time).
-    without_dense = (fit_lambdarank(collected.rows["train"], collected.rows["val"], list(FEATURES), cfg.fit(), seed,
-                                    columns=list(range(len(FEATURES)))) if cfg.dense else None)
-    types_started = time.monotonic()
-    classes, type_model = fit_types(collected.types, cfg, seed) if cfg.change_types else ([], None)
-    types_seconds = time.monotonic() - types_started
-    settings = {
-        "features": names,
-        "lm_features": list(LM_FEATURES) + ["base_score"] if booster_lm is not None else [],
-        "baselines": section_dict(baselines),
-        "candidates": section_dict(cfg.candidates()),
-        "dense": dense_info,
-        "change_type_classes": classes,
-        "code_search": collected.code_search,
-        "lightgbm": {"version": lgb.__version__, **section_dict(cfg.fit()), "seed": seed},
-    }
-    ranker = Ranker(booster, settings, booster_lm, type_model, file_embeddings=embeddings)
-    ablation = ({"ranker_without_dense": Ranker(without_dense, {**settings, "features": list(FEATURES)})}
-                if without_dense is not None else {})
-    metrics = measure(ranker, collected, ablation)
-    metrics.update({
-        "targets": {s: len(collected.rows[s]) for s in SPLITS},
-        "trees": booster.num_trees(),
-        "trees_lm": booster_lm.num_trees() if booster_lm is not None else None,
-        "feature_importance": importances(booster),
-        "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
-        "features_seconds": round(collected.seconds, 2),
-        "features_cpu_seconds": round(collected.cpu_seconds, 2),
-        "dense_cpu_seconds": round(collected.dense_cpu_seconds, 2),
-        "fit_seconds": round(fit_seconds, 2),
-        "fit_cpu_seconds": round(fit_cpu, 2),
-        "change_types_seconds": round(types_seconds, 2),
-        "dense_files_embedded": embeddings.embedded if embeddings is not None else None,
-        "feature_importance_without_dense": importances(without_dense) if without_dense is not None else None,
-    })
-    ranker.metrics = metrics
+    embeddings = load_embeddings(dense_info, paths)
+    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores, embeddings)
+    fitted = fit(cfg, collected, seed, with_lm=scores is not None)
+    settings = ranker_settings(cfg, baselines, dense_info, collected, fitted, seed)
+    shaped_by = rows_settings(baselines, repo, None, paths.commits, paths.chunks,
+                              scores.identity if scores is not None else None)
+    ranker = Ranker(fitted.booster, settings, fitted.booster_lm, fitted.type_model, file_embeddings=embeddings,
+                    history=collected.history, test_rows=(shaped_by, collected.rows["test"]))
+    ranker.metrics = ranker_metrics(ranker, collected, fitted, embeddings)
     ranker.save(paths.ranker_dir)
-    test = metrics["test"]
-    summary = {
-        "ranker": str(paths.ranker_dir),
-        "targets": metrics["targets"],
-        "test": {name: {k: test[name].get(k) for k in ("recall@1", "recall@5", "recall@10", "mrr")} for name in test},
-        "candidate_recall": metrics["candidate_recall"],
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    best = max(BASELINES, key=lambda n: (test.get(n, {}).get("recall@5") or 0.0))
-    log.info("ranker: %d train targets, %d trees; test recall@5 %s (best baseline %s %s), recall@10 %s, "
-             "candidate recall %s; features %.1fs, fit %.1fs -> %s", metrics["targets"]["train"],
-             booster.num_trees(), fmt(test["ranker"]["recall@5"]), best, fmt(test.get(best, {}).get("recall@5")),
-             fmt(test["ranker"]["recall@10"]), fmt(metrics["candidate_recall"]), collected.seconds, fit_seconds,
-             paths.ranker_dir)
-    return summary
+    return summarize(ranker.metrics, collected, fitted, paths, started)
 
 
 def load_splits(paths: ArtifactPaths) -> dict[str, ExampleSet]:
@@ -244,14 +210,28 @@ def load_language_model(cfg: RankerConfig, paths: ArtifactPaths, prediction: Pre
         for i, commit in enumerate(examples.commits):
             prompts[commit] = examples.ids(i)[: int(examples.target_starts[i])].tolist()
     log.info("ranker: the language model %s scores the candidates of %d val/test targets", model_dir, len(prompts))
-    return LanguageModelScores(predictor, prediction, prompts)
+    identity = language_model_identity(model_dir, cfg.device, section_dict(prediction))
+    return LanguageModelScores(predictor, prediction, prompts, identity)
+
+
+def load_embeddings(dense_info: dict | None, paths: ArtifactPaths) -> FileEmbeddings | None:
+    """With `dense`: the file embeddings, holding the vectors of the last run's ranker folder. A refit (e.g. after
+    an update) embeds only the file versions new since then (vectors are keyed by path and blob: the same text,
+    no leakage)."""
+    if dense_info is None:
+        return None
+    embeddings = file_embeddings(dense_info)
+    embeddings.load(paths.ranker_dir)
+    return embeddings
 
 
 def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineConfig, features: FeatureConfig,
-            repo: Path | None, scores: LanguageModelScores | None, dense: DenseScorer | None = None) -> Collected:
-    """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines."""
+            repo: Path | None, scores: LanguageModelScores | None, embeddings: FileEmbeddings | None) -> Collected:
+    """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines;
+    at the end, the statistics of the whole history."""
     started, cpu = time.monotonic(), time.process_time()
     out = Collected(code_search=repo is not None)
+    dense = scorer_of(embeddings) if embeddings is not None else None
     bar = progress(total=len(targets), desc="features", unit="targets")
 
     def timed_dense(task, code, paths):  # the dense features' share of the CPU time, for the record
@@ -261,96 +241,105 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
         finally:
             out.dense_cpu_seconds += time.process_time() - cpu
 
-    for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo):
+    past, commits = PastCommits(baselines), []
+    for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo, past=past,
+                              on_commit=lambda commit, chunks: commits.append(commit["hash"])):
         target = state.target
         lm = scores.for_target(target.commit, state.past.file_module) if scores else None
         rows = candidate_rows(state, features, lm=lm, dense=timed_dense if dense is not None else None)
         out.rows[target.split].append(rows)
-        exists = tree_membership(state)
-        out.types[target.split] += [type_example(state.past, path, state.task_words, exists(path), target.chunks)
-                                    for path in target.files]
+        out.types[target.split] += [type_example(state.past, path, state.task_words, state.in_tree(path),
+                                                 target.chunks) for path in target.files]
         if target.split != "train":
             out.truths[target.commit] = Truth.of(target.commit, target.chunks)
         if target.split == "test":
             out.baselines[target.commit] = {name: ranking[:10] for name, ranking in state.rankings.items()}
         bar.update()
     bar.close()
+    out.history = history_record(past, commits, repo)
     out.seconds, out.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
     return out
-
-
-def tree_membership(state):
-    """path -> 1.0 in the parent's tree, 0.0 not, NaN unknown (no repository)."""
-    if state.code is None:
-        return lambda path: float("nan")
-    blobs = state.code.blobs
-    return lambda path: float(path in blobs)
 
 
 # ---------------------------------------------------------------- fitting
 
 
-def with_base_score(booster: lgb.Booster, rows: list[CandidateRows], n_base: int) -> list[CandidateRows]:
-    """Rows with the first ranker's score (over their first `n_base` columns) appended (the LM ranker's last
-    feature)."""
-    out = []
-    for r in rows:
-        base = booster.predict(r.features[:, :n_base]) if len(r.paths) else np.zeros(0)
-        out.append(dataclasses.replace(r, features=np.column_stack([r.features, base]).astype(np.float32)))
-    return out
+def fit(cfg: RankerConfig, collected: Collected, seed: int, with_lm: bool) -> Fitted:
+    """The ranker (and, with the language model, the LM ranker), the ablation without the dense features (not
+    counted in the fit time), and the change-type classifier."""
+    names = cfg.candidates().names()
+    train, val = collected.rows["train"], collected.rows["val"]
+    started, cpu = time.monotonic(), time.process_time()
+    booster = fit_lambdarank(train, val, names, cfg.fit(), seed)
+    booster_lm = fit_lm_ranker(booster, val, cfg.fit(), seed, names) if with_lm else None
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu
+    without_dense = fit_lambdarank(train, val, list(FEATURES), cfg.fit(), seed) if cfg.dense else None
+    types_started = time.monotonic()
+    classes, type_model = fit_classifier(collected.types, cfg.fit(), seed) if cfg.change_types else ([], None)
+    return Fitted(booster, booster_lm, without_dense, classes, type_model, seconds, cpu,
+                  time.monotonic() - types_started)
 
 
-def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettings, seed: int,
-                  base: list[str]) -> lgb.Booster | None:
-    """The ranker with the language model's features, fitted on val only (see the module docstring); `base`:
-    the first ranker's features."""
-    names = list(base) + list(LM_FEATURES) + ["base_score"]
-    rows = [r for r in with_base_score(booster, val, len(base)) if r.features.shape[1] == len(names)]
-    if len(rows) < 4:
-        log.warning("ranker: too few val targets (%d) for the language-model ranker: left out", len(rows))
-        return None
-    half = len(rows) // 2
-    first, second = rows[:half], rows[half:]
-    trees = [fit_lambdarank(a, b, names, fit, seed).num_trees() for a, b in ((first, second), (second, first))]
-    return fit_lambdarank(rows, [], names, fit, seed, rounds=max(1, round(sum(trees) / len(trees))))
-
-
-def fit_types(types: dict[str, list[TypeExample]], cfg: RankerConfig, seed: int) -> tuple[list[str], lgb.Booster | None]:
-    """The change-type classes (the most frequent main types of the train targets' files) and the classifier."""
-    counts: dict[str, int] = {}
-    for example in types["train"]:
-        if example.main:
-            counts[example.main] = counts.get(example.main, 0) + 1
-    classes = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TYPE_CLASSES]]
-    if len(classes) < 2:
-        return classes, None
-
-    def matrix(examples: list[TypeExample]) -> tuple[np.ndarray, np.ndarray]:
-        kept = [e for e in examples if e.main in classes]
-        x = np.array([change_type_features(e, classes) for e in kept], dtype=np.float32)
-        return x.reshape(len(kept), len(change_type_feature_names(classes))), np.array([classes.index(e.main) for e in kept])
-
-    return classes, fit_change_types(matrix(types["train"]), matrix(types["val"]), classes, cfg.fit(), seed)
+def ranker_settings(cfg: RankerConfig, baselines: BaselineConfig, dense_info: dict | None, collected: Collected,
+                    fitted: Fitted, seed: int) -> dict:
+    """settings.json: what the features were computed with, for prediction to compute them the same way."""
+    return {
+        "features": cfg.candidates().names(),
+        "lm_features": list(LM_FEATURES) + [BASE_SCORE] if fitted.booster_lm is not None else [],
+        "baselines": section_dict(baselines),
+        "candidates": section_dict(cfg.candidates()),
+        "dense": dense_info,
+        "change_type_classes": fitted.classes,
+        "code_search": collected.code_search,
+        "lightgbm": {"version": lgb.__version__, **section_dict(cfg.fit()), "seed": seed},
+    }
 
 
 # ---------------------------------------------------------------- figures
 
 
+def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddings: FileEmbeddings | None) -> dict:
+    """metrics.json: the test figures beside every baseline (and the ablation), importances, times."""
+    ablation = ({"ranker_without_dense": Ranker(fitted.without_dense, {**ranker.settings, "features": list(FEATURES)})}
+                if fitted.without_dense is not None else {})
+    metrics = measure(ranker, collected, ablation)
+    metrics["change_types"] = change_type_figures(ranker.change_type_model, ranker.classes, collected.types["test"])
+    if metrics["change_types"]:
+        metrics["change_types"]["model_file"] = CHANGE_TYPES_FILE
+    without_dense, booster_lm = fitted.without_dense, fitted.booster_lm
+    metrics.update({
+        "targets": {s: len(collected.rows[s]) for s in SPLITS},
+        "trees": fitted.booster.num_trees(),
+        "trees_lm": booster_lm.num_trees() if booster_lm is not None else None,
+        "feature_importance": importances(fitted.booster),
+        "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
+        "features_seconds": round(collected.seconds, 2),
+        "features_cpu_seconds": round(collected.cpu_seconds, 2),
+        "dense_cpu_seconds": round(collected.dense_cpu_seconds, 2),
+        "fit_seconds": round(fitted.seconds, 2),
+        "fit_cpu_seconds": round(fitted.cpu_seconds, 2),
+        "change_types_seconds": round(fitted.types_seconds, 2),
+        "dense_files_embedded": embeddings.embedded if embeddings is not None else None,
+        "feature_importance_without_dense": importances(without_dense) if without_dense is not None else None,
+    })
+    return metrics
+
+
 def measure(ranker: Ranker, collected: Collected, others: dict[str, Ranker] | None = None) -> dict:
-    """Test figures of the ranker(s) beside every baseline (and `others`: name -> ranker over the same rows'
-    first columns, e.g. the ablation), candidate recall, per commit size; val for the record."""
+    """Test figures of the ranker(s) beside every baseline (and `others`: name -> ranker over the same rows,
+    e.g. the ablation), candidate recall, per commit size; val for the record."""
     out: dict = {}
     for split in ("val", "test"):
         rows_by_name: dict[str, list[dict]] = {}
         recalls = []
         for rows in collected.rows[split]:
             truth = collected.truths[rows.commit]
-            recalls.append(candidate_recall(rows, truth.files))
-            rows_by_name.setdefault("ranker", []).append(score(Prediction(ranker.rank(rows)[:10]), truth))
-            for name, other in (others or {}).items():
-                rows_by_name.setdefault(name, []).append(score(Prediction(other.rank(rows)[:10]), truth))
+            recalls.append(candidate_recall(rows.paths, truth.files))
+            rankers = {"ranker": (ranker, False), **{name: (other, False) for name, other in (others or {}).items()}}
             if ranker.booster_lm is not None and split == "test":
-                rows_by_name.setdefault("ranker_lm", []).append(score(Prediction(ranker.rank(rows, lm=True)[:10]), truth))
+                rankers["ranker_lm"] = (ranker, True)
+            for name, (model, lm) in rankers.items():
+                rows_by_name.setdefault(name, []).append(score(Prediction(model.rank(rows, lm=lm)[:10]), truth))
             if split == "test":
                 for name, ranking in collected.baselines[rows.commit].items():
                     rows_by_name.setdefault(name, []).append(score(Prediction(ranking), truth))
@@ -359,24 +348,33 @@ def measure(ranker: Ranker, collected: Collected, others: dict[str, Ranker] | No
             out["by_size"] = {name: by_size(r) for name, r in rows_by_name.items()}
             valid = [r for r in recalls if r is not None]
             out["candidate_recall"] = round(sum(valid) / len(valid), 4) if valid else None
-    out["change_types"] = change_type_figures(ranker, collected.types["test"])
     return out
 
 
-def change_type_figures(ranker: Ranker, examples: list[TypeExample]) -> dict:
-    """On the test targets' files: the share whose predicted main type is one of the file's actual types, for
-    the classifier and for "most frequent type so far"."""
-    if not examples:
-        return {}
-    predicted = predict_change_types(ranker.change_type_model, ranker.classes, examples)
-    classifier = sum(predicted.get(e.path) in e.actual for e in examples)
-    frequent = sum(most_frequent_type(e) in e.actual for e in examples)
-    return {"files": len(examples), "classifier": round(classifier / len(examples), 4),
-            "most_frequent": round(frequent / len(examples), 4), "model_file": CHANGE_TYPES_FILE}
+def summarize(metrics: dict, collected: Collected, fitted: Fitted, paths: ArtifactPaths, started: float) -> dict:
+    """The stage's summary (and its log line)."""
+    test = metrics["test"]
+    summary = {
+        "ranker": str(paths.ranker_dir),
+        "targets": metrics["targets"],
+        "test": {name: {k: test[name].get(k) for k in ("recall@1", "recall@5", "recall@10", "mrr")} for name in test},
+        "candidate_recall": metrics["candidate_recall"],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    best = max(BASELINES, key=lambda n: (test.get(n, {}).get("recall@5") or 0.0))
+    log.info("ranker: %d train targets, %d trees; test recall@5 %s (best baseline %s %s), recall@10 %s, "
+             "candidate recall %s; features %.1fs, fit %.1fs -> %s", metrics["targets"]["train"],
+             fitted.booster.num_trees(), fmt(test["ranker"]["recall@5"]), best, fmt(test.get(best, {}).get("recall@5")),
+             fmt(test["ranker"]["recall@10"]), fmt(metrics["candidate_recall"]), collected.seconds, fitted.seconds,
+             paths.ranker_dir)
+    return summary
 
 
 def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- stage protocol
 
 
 def stage_inputs(cfg: RankerConfig, paths: ArtifactPaths) -> list[Path]:

@@ -1,0 +1,233 @@
+"""The ranker at prediction time: its files for a task, merged into the prediction JSON.
+
+    ranking = FileRanking.find(model_dir, paths)         # None when there is no ranker
+    ranked = ranking.rank(history, task)                 # {"method", "files": [...], "candidates"}
+    output = ranking.merge(lm_output, history, task, max_files, score=...)   # the prediction JSON
+
+The ranker's features need the history's statistics at its newest commit: train_ranker saves them in the
+ranker folder (history.json: `history_record`), so that loading reads one file and the pipeline's
+commits.json and chunks.jsonl may be gone (`pipeline.keep_intermediates: false`); a folder written before
+that replays commits.json + chunks.jsonl instead. `describe_files` and `ranked_prediction` give the ranker's
+files their change types (the classifier), modules and symbols, here and in evaluate.py alike
+(`ranker_predictions`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from repo2model.core.artifacts import iter_commits_with_chunks, read_json
+from repo2model.core.errors import UserError
+from repo2model.core.paths import ArtifactPaths
+from repo2model.ranking.change_types import type_example
+from repo2model.ranking.features import LM_FEATURES, CandidateRows, LMScorer, candidate_rows, lm_scorer, score_columns
+from repo2model.ranking.history import BaselineConfig, PastCommits
+from repo2model.ranking.metrics import KS, Prediction
+from repo2model.ranking.ranker import HISTORY_FILE, Ranker, find_ranker
+from repo2model.ranking.symbols import SymbolIndexes, rank_symbols
+from repo2model.ranking.targets import Target, TargetState, open_repository_named, repository_of, state_at
+from repo2model.retrieval.bm25 import FileSearch
+
+log = logging.getLogger("ranking")
+
+HISTORY_FORMAT = 1
+# A language model's score_files with the prompt bound: [(path, module)] -> [{"path", "logprob", ...}]
+FileScorer = Callable[[list[tuple[str, str | None]]], list[dict]]
+
+
+def history_record(past: PastCommits, commits: list[str], repo: Path | None) -> dict:
+    """What history.json holds: the statistics of `commits` (every commit of the history, oldest first) and
+    the repository they came from (for code search and the tree)."""
+    return {"format": HISTORY_FORMAT, "repository": str(repo) if repo is not None else None, "commits": commits,
+            "past": past.to_state()}
+
+
+@dataclass
+class RankedFile:
+    """One of the ranker's files, described."""
+
+    path: str
+    score: float
+    change_type: str | None
+    module: str | None
+    symbols: list[str]
+
+
+def describe_files(ranker: Ranker, state: TargetState, ranked: list[tuple[str, float]], symbols_per_file: int,
+                   indexes: SymbolIndexes) -> list[RankedFile]:
+    """The ranked files with their change types (classifier), modules and symbols (units at the parent)."""
+    past, paths = state.past, [p for p, _ in ranked]
+    types = ranker.change_types([type_example(past, p, state.task_words, state.in_tree(p)) for p in paths])
+    return [RankedFile(path, value, types.get(path), past.file_module.get(path),
+                       rank_symbols(past, path, [], state.task_words, symbols_per_file,
+                                    index=indexes.get(past, path, state.code)))
+            for path, value in ranked]
+
+
+def ranked_prediction(ranker: Ranker, state: TargetState, ranked: list[tuple[str, float]], symbols_per_file: int,
+                      indexes: SymbolIndexes) -> Prediction:
+    """A ranker's files as a Prediction to score: change types, modules and symbols in file order."""
+    files = describe_files(ranker, state, ranked, symbols_per_file, indexes)
+    return Prediction(ranked, {f.path: f.change_type for f in files if f.change_type},
+                      list(dict.fromkeys(f.module for f in files if f.module)),
+                      list(dict.fromkeys(s for f in files for s in f.symbols)))
+
+
+def ranker_predictions(ranker: Ranker, state: TargetState, lm: LMScorer | None, saved: CandidateRows | None,
+                       symbols_per_file: int, indexes: SymbolIndexes) -> dict[str, Prediction]:
+    """The ranker's prediction for a target of a walk (evaluate.py), and the LM ranker's when `lm` scores the
+    candidates; `saved`: the target's rows as train_ranker saved them (their language-model columns computed
+    here when they lack them), else they are computed."""
+    rows = saved
+    if rows is None:
+        rows = candidate_rows(state, ranker.candidates(), lm=lm, dense=ranker.dense_scorer())
+    elif lm is not None and not set(LM_FEATURES) <= set(rows.names):
+        rows = rows.with_columns(score_columns(lm(rows.paths), rows.paths, LM_FEATURES))
+    variants = {"ranker": False, **({"ranker_lm": True} if lm is not None else {})}
+    return {name: ranked_prediction(ranker, state, ranker.rank(rows, lm=with_lm)[: max(KS)], symbols_per_file, indexes)
+            for name, with_lm in variants.items()}
+
+
+class FileRanking:
+    """The ranker with what its features need at prediction time: the statistics of the whole history and the
+    repository's tree at the newest commit.
+
+    Commits of a request's history that the statistics have not seen are taken in (once) when the
+    repository has them (real commits, e.g. scraped by --repo); a caller's made-up records are not.
+    """
+
+    def __init__(self, ranker: Ranker, past: PastCommits, repo: Path | None, last_commit: str | None,
+                 seen: set[str] | None = None):
+        self.ranker, self.past, self.repo, self.last_commit = ranker, past, repo, last_commit
+        self.code: FileSearch | None = None
+        self.seen: set[str] = seen if seen is not None else set()
+        self.candidates = ranker.candidates()
+        self.dense = ranker.dense_scorer()  # None unless the ranker was fitted with the dense features
+        self.symbols_per_file = int(ranker.settings["baselines"].get("symbols_per_file", 5))
+        self.symbol_indexes = SymbolIndexes()
+
+    @classmethod
+    def find(cls, model_dir: Path, paths: ArtifactPaths | None = None) -> "FileRanking | None":
+        """The ranker beside the model folder (`<model>/ranker`, `<model>/../ranker`; or `<output_dir>/ranker` for
+        the pipeline's own model); None when there is none, or when it has no saved history statistics and no
+        commits.json / chunks.jsonl beside it to replay: the language model then ranks the files alone."""
+        model_dir = Path(model_dir).resolve()
+        places = [model_dir / "ranker", model_dir.parent / "ranker"]
+        if paths is not None and Path(paths.model_dir).resolve() == model_dir:
+            places.append(paths.ranker_dir)
+        folder = find_ranker(*places)
+        if folder is None:
+            return None
+        if (folder / HISTORY_FILE).is_file():
+            return cls.load(folder)
+        history = ArtifactPaths.under(folder.parent)
+        if not (history.commits.exists() and history.chunks.exists()):
+            log.warning("%s: no %s, and no %s / %s beside it, for the ranker's features: files ranked by the "
+                        "language model (rerun train_ranker)", folder, HISTORY_FILE, history.commits.name,
+                        history.chunks.name)
+            return None
+        return cls.load(folder, history.commits, history.chunks)
+
+    @classmethod
+    def load(cls, folder: Path, commits_path: Path | None = None, chunks_path: Path | None = None) -> "FileRanking":
+        """The ranker with the history statistics saved beside it; for a folder without them, replayed from
+        `commits_path` + `chunks_path`."""
+        started = time.monotonic()
+        ranker = Ranker.load(folder)
+        if (Path(folder) / HISTORY_FILE).is_file():
+            past, commits, repo = cls.saved_history(Path(folder))
+        elif commits_path is not None and chunks_path is not None:
+            past, commits, repo = cls.replayed_history(ranker, commits_path, chunks_path)
+        else:
+            raise UserError(f"{folder}: no {HISTORY_FILE} (the history's statistics): rerun the train_ranker stage")
+        repo = repo if ranker.settings.get("code_search") else None
+        ranking = cls(ranker, past, repo, commits[-1] if commits else None, set(commits))
+        if ranker.file_embeddings is not None:  # the embedding model loads now, not on the first request
+            ranker.file_embeddings.embedder.embed(["warm up"])
+        log.info("ranker %s with the statistics of %d commits loaded in %.1fs", folder, len(commits),
+                 time.monotonic() - started)
+        return ranking
+
+    @staticmethod
+    def saved_history(folder: Path) -> tuple[PastCommits, list[str], Path | None]:
+        record = read_json(folder / HISTORY_FILE)
+        try:
+            if record.get("format") != HISTORY_FORMAT:
+                raise ValueError(f"format {record.get('format')!r}, not {HISTORY_FORMAT}")
+            past = PastCommits.from_state(record["past"])
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{folder / HISTORY_FILE}: not the history statistics train_ranker writes "
+                            f"({type(exc).__name__}: {exc}): rerun that stage") from None
+        return past, list(record["commits"]), open_repository_named(record.get("repository"))
+
+    @staticmethod
+    def replayed_history(ranker: Ranker, commits_path: Path, chunks_path: Path
+                         ) -> tuple[PastCommits, list[str], Path | None]:
+        past = PastCommits(BaselineConfig(**ranker.settings["baselines"]))
+        commits = []
+        for commit, chunks in iter_commits_with_chunks(commits_path, chunks_path):
+            past.observe(commit, chunks)
+            commits.append(commit["hash"])
+        return past, commits, repository_of(commits_path)
+
+    def catch_up(self, history: list) -> None:
+        """Take in the history's commits (Commit, [Chunk]) not seen yet that the repository has."""
+        fresh = [(c, chunks) for c, chunks in history if c.hash not in self.seen]
+        if not fresh or self.repo is None:
+            return
+        code = self.file_search()
+        for commit, chunks in fresh:
+            if code is not None and code.has_commit(commit.hash):
+                self.past.observe(commit.to_dict(), [c.to_dict() for c in chunks])
+                self.seen.add(commit.hash)
+                self.last_commit = commit.hash
+
+    def file_search(self) -> FileSearch | None:
+        if self.code is None and self.repo is not None:
+            self.code = FileSearch(self.repo, path_weight=self.past.cfg.code_path_weight)
+        return self.code
+
+    def rank(self, history: list, task: str, author: str | None = None, score: FileScorer | None = None,
+             limit: int = 20) -> dict:
+        """The ranker's files for `task` after `history` (oldest first): path, score, change type, module and
+        symbols each. `score(candidates)` (the language model's score_files) feeds the LM ranker when both exist."""
+        self.catch_up(history)
+        code = self.file_search()
+        parent = history[-1][0].hash if history and history[-1][0].hash in self.seen else self.last_commit
+        target = Target(commit="", position=self.past.position, task=task, author=(author or "").lower(),
+                        parent=parent)
+        state = state_at(self.past, code, target)
+        lm = lm_scorer(score, self.past.file_module) if score is not None and self.ranker.booster_lm is not None else None
+        rows = candidate_rows(state, self.candidates, lm=lm, dense=self.dense)
+        ranked = self.ranker.rank(rows, lm=lm is not None)[:limit]
+        files = [{"path": f.path, "score": round(f.score, 6), "change_type": f.change_type, "module": f.module,
+                  "symbols": f.symbols}
+                 for f in describe_files(self.ranker, state, ranked, self.symbols_per_file, self.symbol_indexes)]
+        return {"method": "ranker_lm" if lm is not None else "ranker", "files": files, "candidates": len(rows.paths)}
+
+    def merge(self, output: dict, history: list, task: str, max_files: int, score: FileScorer | None = None) -> dict:
+        """The prediction JSON with the ranker's files first (each keeps what generation said of it: change
+        types, symbols, votes), then the files only generation names (e.g. new files); modules follow the
+        files; symbols are the ranker's, then generation's; the code sketch stays generation's."""
+        ranked = self.rank(history, task, score=score, limit=max_files)
+        generated = {f["path"]: f for f in output.get("files", [])}
+        files = []
+        for entry in ranked["files"]:
+            gen = generated.get(entry["path"], {})
+            types = gen.get("change_types") or ([{"type": entry["change_type"], "weight": None}]
+                                                if entry["change_type"] else [])
+            files.append({**{k: v for k, v in gen.items() if k not in ("path", "score", "module")},
+                          "path": entry["path"], "score": entry["score"], "ranked_by": ranked["method"],
+                          "module": entry["module"] or gen.get("module"), "change_types": types,
+                          "symbols": list(dict.fromkeys(entry["symbols"] + list(gen.get("symbols") or [])))})
+        known = {f["path"] for f in files}
+        files += [{**f, "ranked_by": "generation"} for f in output.get("files", [])
+                  if f["path"] not in known and f.get("votes")]
+        files = files[:max_files]
+        symbols = list(dict.fromkeys([s for f in files for s in f["symbols"]] + list(output.get("symbols") or [])))
+        return {**output, "ranking": ranked["method"], "ranker_candidates": ranked["candidates"], "files": files,
+                "modules": list(dict.fromkeys(f["module"] for f in files if f.get("module"))), "symbols": symbols}
