@@ -46,7 +46,7 @@ from repo2model.stages import semantic_chunker as sc  # noqa: E402
 from repo2model.code import units as code_units  # noqa: E402
 from repo2model.core.artifacts import CommitsWriter, iter_commit_dicts, iter_commits, read_commits_metadata  # noqa: E402
 from repo2model.core.artifacts import read_json  # noqa: E402
-from repo2model.git.commands import CatFile  # noqa: E402
+from repo2model.git.objects import CatFile  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
 
 CRATES = ["energy-market", "ledger", "consensus", "network", "storage", "rpc"]

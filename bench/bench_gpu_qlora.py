@@ -62,7 +62,8 @@ from repo2model.stages import train_model  # noqa: E402
 from repo2model.training.hardware import Hardware, check_outputs_writable, check_packages, setup_hardware  # noqa: E402
 from repo2model.training.loop import train_step  # noqa: E402
 from repo2model.training.training_run import TrainingRun, setup  # noqa: E402
-from repo2model.language.commit_language import BOS, EOS, PAD, CommitLanguage  # noqa: E402
+from repo2model.language.commit_language import CommitLanguage  # noqa: E402
+from repo2model.language.tokens import BOS, EOS, PAD  # noqa: E402
 from repo2model.core.config import load_config, load_yaml  # noqa: E402
 from repo2model.language.examples import ExampleSet  # noqa: E402
 from repo2model.training.memory import GIB  # noqa: E402

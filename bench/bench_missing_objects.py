@@ -8,7 +8,7 @@ For each history (a bundle, cloned into a temporary folder):
    repository: every commit and tree, only the checked-out blobs), its origin then removed: offline;
 2. every blob the history names (`git rev-list --objects --missing=print --all`, which lists without
    fetching) read through CatFile: after git's first death on a missing object CatFile answers the clone's
-   other missing objects from its local object list (repo2model.git.commands.LocalObjects); the reference is the
+   other missing objects from its local object list (repo2model.git.objects.LocalObjects); the reference is the
    same reader without that list, where git dies (and is restarted) once per missing object: measured on
    the first `--naive` names only (about 10 ms each), the ratio per object;
 3. the git_scraper stage on the partial clone against the full clone: seconds, objects reported missing,
@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as `python bench/bench_missing_objects.py` from anywhere
 
-from repo2model.git.commands import CatFile, git, git_environment, git_version  # noqa: E402
+from repo2model.git.commands import git, git_environment, git_version  # noqa: E402
+from repo2model.git.objects import CatFile  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
 from repo2model.git.scraping import ScraperConfig  # noqa: E402
 

@@ -30,9 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as `python bench/bench_redaction.py` from anywhere
 
-from repo2model.git.commands import CatFile  # noqa: E402
+from repo2model.git.objects import CatFile  # noqa: E402
 from repo2model.git.redact import Redactor  # noqa: E402
-from repo2model.git.scraping import BranchGraph, Repository, Scraper, ScraperConfig, list_commits, select_refs  # noqa: E402
+from repo2model.git.refs import BranchGraph, Repository, list_commits, select_refs  # noqa: E402
+from repo2model.git.scraping import Scraper, ScraperConfig  # noqa: E402
 
 DEFAULT_HISTORIES = [ROOT.parent / "shared" / "data" / "repos" / f"{name}.bundle" for name in ("fd", "axum", "click")]
 PLACEHOLDER = re.compile(r"<REDACTED:([a-z0-9_]+)>")

@@ -37,7 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from repo2model.stages import dataset_builder  # noqa: E402
 from repo2model.stages import tokenizer as tokenizer_stage  # noqa: E402
 from repo2model.core.artifacts import CommitsWriter, write_jsonl  # noqa: E402
-from repo2model.language.commit_language import backend, iter_commit_records  # noqa: E402
+from repo2model.language.encoding import backend  # noqa: E402
+from repo2model.language.history_encoding import EncodingNotes, rendered_batches  # noqa: E402
+from repo2model.language.history_reader import iter_commit_records  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
 from repo2model.core.records import Chunk, Commit, FileChange, Person  # noqa: E402
 from repo2model.language.tokenizer_folder import load_commit_tokenizer  # noqa: E402
@@ -138,8 +140,8 @@ def bench_stage3(paths: ArtifactPaths, cfg: tokenizer_stage.Config) -> dict:
     frozen_stats, encode_seconds = timed(frozen_stage_from_scratch, frozen, paths, label="encode_pass")
     _, reuse_seconds = timed(tokenizer_stage.run, frozen, paths, label="reuse_pass")
     lang, tok = load_commit_tokenizer(paths.tokenizer_dir)
-    notes = tokenizer_stage.EncodingNotes(0)
-    texts = [t for batch in tokenizer_stage.rendered_batches(
+    notes = EncodingNotes(0)
+    texts = [t for batch in rendered_batches(
         lang, iter_commit_records(paths.commits, paths.chunks), 1 << 62, notes, {}) for t in batch.texts]
     raw = backend(tok)
     # the library, all texts in one call, ids taken out (what any user of the ids pays)

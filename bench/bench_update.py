@@ -44,11 +44,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from repo2model.language.commit_language import decode_ids  # noqa: E402
+from repo2model.language.encoding import decode_ids  # noqa: E402
 from repo2model.language.examples import IGNORE_INDEX, ExampleSet  # noqa: E402
 from repo2model.git.commands import git  # noqa: E402
 from repo2model.training.models import load_trained_model  # noqa: E402
-from repo2model.git.scraping import Repository, ScraperConfig, list_commits, select_refs  # noqa: E402
+from repo2model.git.refs import Repository, list_commits, select_refs  # noqa: E402
+from repo2model.git.scraping import ScraperConfig  # noqa: E402
 
 DEFAULT_HISTORY = ROOT.parent / "shared" / "data" / "repos" / "fd.bundle"
 TIME_TARGET = 0.15

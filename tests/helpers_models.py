@@ -10,7 +10,8 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from repo2model.language.commit_language import BOS, EOS, PAD, CommitLanguage
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.tokens import BOS, EOS, PAD
 from repo2model.language.examples import ExampleSet
 
 BASE_SPECIALS = ["<pad>", "<bos>", "<eos>"]  # a stand-in base model's own, as LLaMA-2 has <s> and </s>

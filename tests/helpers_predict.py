@@ -13,7 +13,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from repo2model.language.commit_language import BOS, COMMIT_END, EOS, PAD, CommitLanguage, encode_texts
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.encoding import encode_texts
+from repo2model.language.tokens import BOS, COMMIT_END, EOS, PAD
 from repo2model.core.records import Chunk, Commit, Person
 
 ALICE = Person("Alice", "alice@example.com")

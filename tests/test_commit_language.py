@@ -7,19 +7,10 @@ import random
 import pytest
 
 from helpers_data import chunk, commit, linear_history, tricky_commit, write_history
-from repo2model.language.commit_language import (
-    BOS,
-    COMMIT_END,
-    CommitLanguage,
-    assemble_prompt,
-    decode_ids,
-    escape,
-    escape_line,
-    iter_commit_records,
-    module_top,
-    unescape,
-    unescape_line,
-)
+from repo2model.language.commit_language import CommitLanguage, assemble_prompt
+from repo2model.language.encoding import decode_ids
+from repo2model.language.history_reader import iter_commit_records
+from repo2model.language.tokens import BOS, COMMIT_END, escape, escape_line, module_top, unescape, unescape_line
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from repo2model.core.errors import UserError

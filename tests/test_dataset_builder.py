@@ -18,10 +18,13 @@ from repo2model.stages import dataset_builder as stage
 from repo2model.stages import tokenizer as tokenizer_stage
 from conftest import GitRepo
 from helpers_data import build_fixture_repo, commit, chunk, linear_history, scrape_and_chunk, write_history
-from repo2model.language.commit_language import CommitLanguage, decode_ids, encode_texts, iter_commit_records
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.encoding import decode_ids, encode_texts
+from repo2model.language.history_reader import iter_commit_records
 from repo2model.language.encoded_commits import EncodedCommits
 from repo2model.core.errors import UserError
 from repo2model.language.examples import IGNORE_INDEX, ExampleSet
+from repo2model.language.splits import SPLITS, chronological_order, padding_estimate, untie
 from repo2model.core.paths import ArtifactPaths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +52,7 @@ def outputs_in(paths: ArtifactPaths, folder: Path) -> ArtifactPaths:
 def build(paths, folder, **cfg):
     out = outputs_in(paths, folder)
     stats = stage.run(stage.Config(**{**CFG, **cfg}), out)
-    return out, stats, {s: ExampleSet.load(out.split_data(s)) for s in stage.SPLITS}
+    return out, stats, {s: ExampleSet.load(out.split_data(s)) for s in SPLITS}
 
 
 def effective_times(repo: GitRepo) -> dict[str, int]:
@@ -69,7 +72,7 @@ def test_labels_mask_the_context_token_by_token(history, tmp_path):
     tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     lang = CommitLanguage.load(paths.tokenizer_dir)
     records = {c.hash: (c, ch) for c, ch in iter_commit_records(paths.commits, paths.chunks)}
-    order = stage.chronological_order(EncodedCommits.load(paths.tokens), False).hashes
+    order = chronological_order(EncodedCommits.load(paths.tokens), False).hashes
     checked = 0
     for split, examples in splits.items():
         assert examples.meta["split"] == split
@@ -202,7 +205,7 @@ def test_commits_read_ahead_of_their_turn_wait_in_order(tmp_path):
     paths = ArtifactPaths.under(tmp_path / "out")
     tokenizer_stage.run(tokenizer_stage.Config(vocab_size=600, top_authors=1, top_modules=1), paths)
     stage.run(stage.Config(**{**CFG, "merge_targets": "include"}), paths)
-    commits = [h for s in stage.SPLITS for h in ExampleSet.load(paths.split_data(s)).commits]
+    commits = [h for s in SPLITS for h in ExampleSet.load(paths.split_data(s)).commits]
     assert commits[:3] == [b.hash, a.hash, c.hash]
     assert len(commits) == 10
 
@@ -253,7 +256,7 @@ def test_cli_missing_artifacts_exit_2_with_one_line(tmp_path):
 
 def test_padding_estimate_by_hand():
     lengths = np.array([10, 20, 30, 40, 50])
-    waste = stage.padding_estimate(lengths, batch_size=2, context_window=64)
+    waste = padding_estimate(lengths, batch_size=2, context_window=64)
     # batches [10,20] [30,40] [50] padded to 20, 40, 50 -> 40 + 80 + 50 = 170 slots for 150 tokens
     assert waste["unpacked"] == round(1 - 150 / 170, 4)
     # rows: [10,20,30] [40] [50] -> 3 rows of 64
@@ -276,7 +279,7 @@ def test_huge_commits_are_cut_at_whole_chunks_or_lines(tmp_path):
     assert stats["truncation"]["targets_truncated"] >= 2 and stats["truncation"]["cut_inside_first_chunk"] >= 1
     tok = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     lang = CommitLanguage.load(paths.tokenizer_dir)
-    splits = {s: ExampleSet.load(paths.split_data(s)) for s in stage.SPLITS}
+    splits = {s: ExampleSet.load(paths.split_data(s)) for s in SPLITS}
     where = {h: (data, i) for data in splits.values() for i, h in enumerate(data.commits)}
     for target, chunks in (pairs[4], pairs[7]):
         data, i = where[target.hash]
@@ -300,11 +303,11 @@ def test_a_zero_ratio_leaves_that_split_empty(history, tmp_path):
 
 def test_split_boundaries_move_off_equal_times():
     times = [1, 2, 2, 2, 3, 4, 5]
-    assert stage._untie(2, 1, 6, times) == 4  # forward past the run of 2s
-    assert stage._untie(2, 1, 4, times) == 1  # forward would empty the next split: backward instead
-    assert stage._untie(4, 1, 6, times) == 4  # no tie
-    assert stage._untie(2, 2, 4, [2, 2, 2, 2, 2]) == 2  # cannot separate: left as is (stats show it)
-    assert stage._untie(3, 1, 3, times) == 3  # the next split is empty (ratio 0): untouched
+    assert untie(2, 1, 6, times) == 4  # forward past the run of 2s
+    assert untie(2, 1, 4, times) == 1  # forward would empty the next split: backward instead
+    assert untie(4, 1, 6, times) == 4  # no tie
+    assert untie(2, 2, 4, [2, 2, 2, 2, 2]) == 2  # cannot separate: left as is (stats show it)
+    assert untie(3, 1, 3, times) == 3  # the next split is empty (ratio 0): untouched
 
 
 def test_an_output_that_cannot_be_written_fails_before_any_work(history, tmp_path):
@@ -342,7 +345,7 @@ def encoded_history(folder: Path, pairs: list, frozen: bool = False) -> Artifact
 
 
 def split_commits(paths: ArtifactPaths) -> dict[str, list[str]]:
-    return {s: ExampleSet.load(paths.split_data(s)).commits for s in stage.SPLITS}
+    return {s: ExampleSet.load(paths.split_data(s)).commits for s in SPLITS}
 
 
 def test_update_moves_the_split_forward_and_replays_earlier_training(tmp_path):
@@ -351,7 +354,7 @@ def test_update_moves_the_split_forward_and_replays_earlier_training(tmp_path):
     paths = encoded_history(tmp_path / "out", history[:40])
     stage.run(stage.Config(**UPDATE_CFG), paths)
     full = split_commits(paths)
-    assert [len(full[s]) for s in stage.SPLITS] == [32, 4, 4]
+    assert [len(full[s]) for s in SPLITS] == [32, 4, 4]
 
     encoded_history(tmp_path / "out", history[:50], frozen=True)
     stats = stage.run(stage.Config(**UPDATE_CFG, update=True, replay_share=0.25), paths, seed=7)
@@ -388,7 +391,7 @@ def test_update_moves_the_split_forward_and_replays_earlier_training(tmp_path):
     assert not (set(second["val"]) | set(second["test"])) & set(trained)
     assert second["train"] == [h for h in first["val"] + first["test"] + [c.hash for c, _ in history[50:]]
                                if h not in second["val"] + second["test"]]
-    assert [len(second[s]) for s in stage.SPLITS] == [8, 6, 6]
+    assert [len(second[s]) for s in SPLITS] == [8, 6, 6]
 
 
 def test_update_without_a_previous_split_is_one_line(tmp_path):

@@ -1,4 +1,4 @@
-"""repo2model.git.commands against real repositories: the one way to run git."""
+"""repo2model.git.commands and repo2model.git.objects against real repositories: the one way to run git."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import pytest
 
 from conftest import ROOT
 from repo2model.core.errors import UserError
-from repo2model.git.commands import (
-    CatFile, GitError, git, git_bytes, git_environment, git_popen, is_partial_clone, ls_tree, open_repository,
-)
+from repo2model.git.commands import GitError, git, git_bytes, git_environment, git_popen, open_repository
+from repo2model.git.objects import CatFile, is_partial_clone, ls_tree
 
 
 @pytest.fixture
@@ -157,7 +156,7 @@ def test_a_partial_clone_is_read_as_it_is_never_fetched_from(make_repo, tmp_path
 READ_MISSING = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from repo2model.git.commands import CatFile, ls_tree
+from repo2model.git.objects import CatFile, ls_tree
 started = time.monotonic()
 with CatFile(sys.argv[2]) as objects:
     assert objects.read(sys.argv[3]) is None and objects.unreadable == 0

@@ -13,7 +13,9 @@ import pytest
 
 from repo2model.stages import git_scraper
 from repo2model.stages.git_scraper import Config
+from repo2model.git.log import LogReader
 from repo2model.git import scraping
+from repo2model.git.totals import Totals
 from repo2model.core.artifacts import iter_commits, read_commits_metadata
 from repo2model.core.paths import ArtifactPaths
 from tests.conftest import ROOT, GitRepo
@@ -353,7 +355,7 @@ def test_deterministic_and_scrape_recent(history, tmp_path, monkeypatch):
     git_scraper.run(Config(repo=repo.path, **SMALL), again)
     assert again.commits.read_bytes() == paths.commits.read_bytes()
     for chunk in (1, 7):  # the stream read a few bytes at a time: every boundary falls mid-token somewhere
-        monkeypatch.setattr(scraping.LogReader, "CHUNK", chunk)
+        monkeypatch.setattr(LogReader, "CHUNK", chunk)
         git_scraper.run(Config(repo=repo.path, **SMALL), again)
         assert again.commits.read_bytes() == paths.commits.read_bytes()
     monkeypatch.undo()
@@ -562,12 +564,12 @@ def test_killed_write_leaves_old_file_intact(make_repo, tmp_path, monkeypatch):
     before = paths.commits.read_bytes()
     # a real SIGKILL in the middle of the scrape, after some commits were written to the spool
     script = (
-        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import git_scraper; from repo2model.git import scraping\n"
-        "add = scraping.Totals.add\n"
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import git_scraper; from repo2model.git.totals import Totals\n"
+        "add = Totals.add\n"
         "def dying(self, record):\n"
         "    add(self, record)\n"
         "    if self.commits == 4: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "scraping.Totals.add = dying\n"
+        "Totals.add = dying\n"
         "git_scraper.main(['--repo', sys.argv[2], '--output', sys.argv[3]])\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, str(ROOT), str(repo.path), str(paths.commits)],
@@ -575,14 +577,14 @@ def test_killed_write_leaves_old_file_intact(make_repo, tmp_path, monkeypatch):
     assert proc.returncode == -signal.SIGKILL
     assert paths.commits.read_bytes() == before
     # Ctrl-C half-way also leaves it, and no temporary file behind
-    add = scraping.Totals.add
+    add = Totals.add
 
     def interrupted(self, record):
         add(self, record)
         if self.commits == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(scraping.Totals, "add", interrupted)
+    monkeypatch.setattr(Totals, "add", interrupted)
     with pytest.raises(KeyboardInterrupt):
         git_scraper.run(Config(repo=repo.path), paths)
     assert paths.commits.read_bytes() == before

@@ -22,11 +22,12 @@ from repo2model.stages import git_scraper
 from repo2model.stages import semantic_chunker as sc
 from helpers_chunker import commit_record, coverage_problems, history, summary
 from repo2model.code import chunking
+from repo2model.code.patches import parse_patch
 from repo2model.code import units as code_units
 from repo2model.core.artifacts import CommitsWriter, iter_commits, iter_jsonl, open_text
 from repo2model.core.config import load_config
 from repo2model.core.errors import UserError
-from repo2model.git.commands import CatFile
+from repo2model.git.objects import CatFile
 from repo2model.core.paths import ArtifactPaths
 from repo2model.core.records import KINDS, Chunk
 
@@ -432,7 +433,7 @@ def test_parse_errors_are_flagged():
 
 def test_parse_patch_line_numbers():
     patch = "@@ -2,3 +2,4 @@ fn a\n x\n-y\n+y2\n+y3\n z\n\\ No newline at end of file\n"
-    lines = chunking.parse_patch(patch)
+    lines = parse_patch(patch)
     assert [(l.tag, l.old, l.new) for l in lines] == [(" ", 2, 2), ("-", 3, 3), ("+", 4, 3), ("+", 4, 4), (" ", 4, 5)]
     assert lines[-1].tail == "\\ No newline at end of file"
 

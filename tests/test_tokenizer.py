@@ -16,7 +16,9 @@ import torch
 from repo2model.stages import tokenizer as stage
 from conftest import GitRepo
 from helpers_data import build_fixture_repo, chunk, linear_history, scrape_and_chunk, tricky_commit, write_history
-from repo2model.language.commit_language import CommitLanguage, decode_ids, encode_texts, group_by_file, iter_commit_records
+from repo2model.language.commit_language import CommitLanguage, group_by_file
+from repo2model.language.encoding import decode_ids, encode_texts
+from repo2model.language.history_reader import iter_commit_records
 from repo2model.core.config import build_section
 from repo2model.language.encoded_commits import EncodedCommits
 from repo2model.core.errors import UserError

@@ -25,6 +25,11 @@ MOVED_<KIND>; with the same body under a new name -> RENAMED_<KIND>.
 
 `before`/`after` (file text read from the repository) are redacted with the same
 `Redactor` the scraper used on the patches, so a secret never reaches a chunk.
+
+The parts: `patches.py` (a patch's lines, a chunk's diff text, splitting large
+units), `pieces.py` (changed lines grouped by unit or hunk), `moves.py` (moves and
+renames within a commit); this module reads the file versions, parses them (a
+per-process cache) and turns pieces into `Chunk` records.
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from repo2model.code import units as code_units
-from repo2model.git.commands import CatFile
+from repo2model.code.moves import pair_moves
+from repo2model.code.patches import PatchLine, diff_text, parse_patch, patch_side, split_hunk, split_unit
+from repo2model.code.pieces import Piece, Side, hunk_pieces, merge_small_hunks, unit_pieces
 from repo2model.core.records import Chunk, Commit, FileChange, change_type
+from repo2model.git.objects import CatFile
 from repo2model.git.redact import Redactor
 
 # Version of what chunks the same commit gives: bump it when a change to this module (or to
@@ -204,7 +210,7 @@ class Chunker:
         for change in commit.files:
             chunks.extend(context.chunk_file(change))
         if self.cfg.detect_moves:
-            chunks = _pair_moves(chunks)
+            chunks = pair_moves(chunks)
         _count_chunks(commit, chunks, stats)
         return chunks
 
@@ -309,81 +315,7 @@ class _ParseCache:
 _PARSE_CACHE = _ParseCache()
 
 
-# ---------------------------------------------------------------- patches
-
-_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@")
-
-
-@dataclass
-class PatchLine:
-    tag: str  # "+", "-" or " "
-    text: str  # the line as the patch shows it, tag included
-    old: int  # old line number ("-", " "), or the old line a "+" line is inserted before
-    new: int  # new line number ("+", " "), or the new line a "-" line was removed before
-    hunk: int  # index of its @@ hunk
-    tail: str | None = None  # a "\ No newline at end of file" line that follows it
-
-
-def parse_patch(patch: str) -> list[PatchLine]:
-    """The lines of a unified diff (as FileChange.patch holds it) with their line numbers."""
-    lines: list[PatchLine] = []
-    old = new = 0
-    hunk = -1
-    for raw in patch.split("\n"):
-        if raw.startswith("@@ "):
-            match = _HUNK_HEADER.match(raw)
-            if match:
-                old, new = int(match.group(1)), int(match.group(2))
-                old, new = max(old, 1), max(new, 1)  # "-0,0": a file that was empty
-                hunk += 1
-                continue
-        if hunk < 0:
-            continue
-        tag = raw[:1]
-        if tag == "\\":
-            if lines:
-                lines[-1].tail = raw
-            continue
-        if tag == "+":
-            lines.append(PatchLine("+", raw, old, new, hunk))
-            new += 1
-        elif tag == "-":
-            lines.append(PatchLine("-", raw, old, new, hunk))
-            old += 1
-        elif tag == " " or raw == "":
-            lines.append(PatchLine(" ", raw or " ", old, new, hunk))
-            old += 1
-            new += 1
-    if lines and lines[-1].tag == " " and lines[-1].text == " " and patch.endswith("\n"):
-        lines.pop()  # the split after the final newline, not a context line
-    return lines
-
-
-# ---------------------------------------------------------------- one file
-
-
-@dataclass
-class _Side:
-    """One version of a file: its units, lines and module."""
-
-    path: str
-    units: code_units.FileUnits
-    lines: list[str]
-    owner: list[int]
-    keys: list[tuple]
-    module: str | None  # the file's module (units add their nested mods)
-
-
-@dataclass
-class _Piece:
-    """The changed lines of one chunk-to-be, before it becomes a Chunk."""
-
-    kind: str
-    symbol: str | None
-    old_unit: int | None = None  # index into the old side's units
-    new_unit: int | None = None
-    members: list[int] = field(default_factory=list)  # indices of its changed PatchLines
-    module: str | None = None
+# ---------------------------------------------------------------- the files of one commit
 
 
 class _CommitContext:
@@ -438,10 +370,10 @@ class _CommitContext:
         if old is None and new is None:
             rev, path = (self.parent, old_path) if change.status == "D" else (self.commit.hash, change.path)
             module = self.modules.file_module(rev, path, language)
-            pieces = _hunk_pieces(patch, range(len(patch)), module)
+            pieces = hunk_pieces(patch, range(len(patch)), module)
         else:
-            pieces = _unit_pieces(patch, old, new)
-        pieces = _merge_small_hunks(pieces, patch, self.cfg)
+            pieces = unit_pieces(patch, old, new)
+        pieces = merge_small_hunks(pieces, patch, self.cfg.min_chunk_size, self.cfg.max_chunk_size)
         chunks = []
         for piece in pieces:
             chunks.extend(self._to_chunks(piece, patch, old, new, change, language, parse_error))
@@ -464,17 +396,17 @@ class _CommitContext:
             if entry is None:
                 return None, None, True
             units, lines, owner, keys = entry
-            sides.append(_Side(path, units, lines, owner, keys, self.modules.file_module(rev, path, language)))
+            sides.append(Side(path, units, lines, owner, keys, self.modules.file_module(rev, path, language)))
         return sides[0], sides[1], False
 
-    def _text(self, side: _Side | None, span: tuple[int, int] | None) -> str | None:
+    def _text(self, side: Side | None, span: tuple[int, int] | None) -> str | None:
         """Lines `span` of a file version, secrets redacted (patches come redacted from the scraper)."""
         if side is None or span is None:
             return None
         text = _slice(side.lines, span)
         return self.redactor.redact(text, path=side.path)[0] if self.redactor is not None else text
 
-    def _to_chunks(self, piece: _Piece, patch: list[PatchLine], old: _Side | None, new: _Side | None,
+    def _to_chunks(self, piece: Piece, patch: list[PatchLine], old: Side | None, new: Side | None,
                    change: FileChange, language: str, parse_error: bool) -> list[Chunk]:
         members = piece.members
         has_old = any(patch[i].tag == "-" for i in members)
@@ -495,14 +427,14 @@ class _CommitContext:
             old_file=old_file, parse_error=parse_error,
         )
         if piece.kind == "hunk":
-            parts = _split_hunk(members, patch, self.cfg.max_chunk_size)
+            parts = split_hunk(members, patch, self.cfg.max_chunk_size)
             chunks = []
             for index, part in enumerate(parts):
-                before, old_span = _patch_side(patch, part, "-") if has_old else (None, None)
-                after, new_span = _patch_side(patch, part, "+") if has_new else (None, None)
+                before, old_span = patch_side(patch, part, "-") if has_old else (None, None)
+                after, new_span = patch_side(patch, part, "+") if has_new else (None, None)
                 chunks.append(Chunk(
                     **base, change_type=change_type(prefix, "hunk"), before=before, after=after,
-                    diff=_diff_text(patch, part, set(part), all_context=True), old_span=old_span, new_span=new_span,
+                    diff=diff_text(patch, part, set(part), all_context=True), old_span=old_span, new_span=new_span,
                     part=index if len(parts) > 1 else None,
                 ))
             if len(parts) > 1:
@@ -518,22 +450,26 @@ class _CommitContext:
                 prefix = "MOVED"  # the same text, elsewhere in the file
             return [Chunk(
                 **base, change_type=change_type(prefix, piece.kind), before=before, after=after,
-                diff=_diff_text(patch, members, set(members), old_range, new_range),
+                diff=diff_text(patch, members, set(members), old_range, new_range),
                 old_span=list(old_range) if old_range else None, new_span=list(new_range) if new_range else None,
             )]
         self.stats.split_units += 1
         chunks = []
-        parts = _split_unit(members, patch, old_unit, new_unit, self.cfg.max_chunk_size)
+        parts = split_unit(members, patch, old_unit, new_unit, self.cfg.max_chunk_size)
         for index, (part, old_window, new_window) in enumerate(parts):
             chunks.append(Chunk(
                 **base, change_type=change_type(prefix, piece.kind),
                 before=self._text(old, old_window),
                 after=self._text(new, new_window),
-                diff=_diff_text(patch, part, set(part), old_window, new_window),
+                diff=diff_text(patch, part, set(part), old_window, new_window),
                 old_span=list(old_window) if old_window else None, new_span=list(new_window) if new_window else None,
                 part=index,
             ))
         return chunks
+
+
+def _slice(lines: list[str], span: tuple[int, int]) -> str:
+    return "\n".join(lines[span[0] - 1 : span[1]])
 
 
 def _unit_keys(units: code_units.FileUnits) -> list[tuple]:
@@ -547,349 +483,4 @@ def _unit_keys(units: code_units.FileUnits) -> list[tuple]:
         keys.append((*key, seen[key]))
         seen[key] += 1
     return keys
-
-
-def _is_blank(line: PatchLine) -> bool:
-    return not line.text[1:].strip()
-
-
-def _unit_pieces(patch: list[PatchLine], old: _Side | None, new: _Side | None) -> list[_Piece]:
-    """Group the changed lines by innermost unit; lines outside every unit become hunk pieces."""
-    owners: list[tuple[str, int] | None] = []  # per patch line: ("-", old unit) / ("+", new unit) / None
-    for line in patch:
-        if line.tag == " ":
-            owners.append(None)
-            continue
-        side = old if line.tag == "-" else new
-        number = line.old if line.tag == "-" else line.new
-        unit = side.owner[number] if side is not None and 0 < number < len(side.owner) else -1
-        owners.append((line.tag, unit))
-    _attach_blank_lines(patch, owners, old, new)
-
-    pieces: dict[tuple, _Piece] = {}
-    order: list[tuple] = []  # piece keys by first changed line
-    gap_members: list[int] = []
-    for index, (line, owner) in enumerate(zip(patch, owners)):
-        if owner is None:
-            continue
-        tag, unit = owner
-        if unit < 0:
-            gap_members.append(index)
-            continue
-        side = old if tag == "-" else new
-        key = side.keys[unit]
-        piece = pieces.get(key)
-        if piece is None:
-            other = new if tag == "-" else old
-            other_unit = _find_key(other, key)
-            old_unit, new_unit = (unit, other_unit) if tag == "-" else (other_unit, unit)
-            shown = new.units.units[new_unit] if new_unit is not None else old.units.units[old_unit]
-            module_side = new if new_unit is not None else old
-            piece = _Piece(shown.kind, shown.symbol, old_unit, new_unit,
-                           module=code_units.join_module(module_side.module, shown.modpath, module_side.path))
-            pieces[key] = piece
-            order.append(key)
-        piece.members.append(index)
-    result = [pieces[key] for key in order]
-    module = (new or old).module
-    result.extend(_gap_pieces(patch, owners, gap_members, module))
-    result.sort(key=lambda p: p.members[0])
-    return result
-
-
-def _find_key(side: _Side | None, key: tuple) -> int | None:
-    if side is None:
-        return None
-    try:
-        return side.keys.index(key)
-    except ValueError:
-        return None
-
-
-def _attach_blank_lines(patch: list[PatchLine], owners: list, old: _Side | None, new: _Side | None) -> None:
-    """A blank changed line between units joins the unit next to it in the same run of changes.
-
-    So that adding `\\nfn b() {}` gives one NEW_FUNCTION chunk, not a function plus a
-    one-line hunk. A blank line inside a unit's body stays where it is unless the
-    neighbour is nested in that unit (a blank between two methods joins the method).
-    """
-    run: list[int] = []
-    for index in range(len(patch) + 1):
-        if index < len(patch) and owners[index] is not None:
-            run.append(index)
-            continue
-        if len(run) > 1:
-            _attach_in_run(patch, owners, run, old, new)
-        run = []
-
-
-def _attach_in_run(patch, owners, run, old, new) -> None:
-    for position, index in enumerate(run):
-        if not _is_blank(patch[index]):
-            continue
-        tag, unit = owners[index]
-        side = old if tag == "-" else new
-        following = [run[p] for p in range(position + 1, len(run))]
-        preceding = [run[p] for p in range(position - 1, -1, -1)]
-        for candidates in (following, preceding):
-            target = next((i for i in candidates if patch[i].tag == tag and not _is_blank(patch[i])), None)
-            if target is None:
-                continue
-            target_unit = owners[target][1]
-            if target_unit >= 0 and (unit < 0 or _nested(side.units.units[target_unit], side.units.units[unit])):
-                owners[index] = (tag, target_unit)
-                break
-
-
-def _nested(inner: code_units.Unit, outer: code_units.Unit) -> bool:
-    return inner is not outer and inner.depth > outer.depth and outer.start <= inner.start and inner.end <= outer.end
-
-
-def _gap_pieces(patch: list[PatchLine], owners: list, gap_members: list[int], module: str | None) -> list[_Piece]:
-    """Changed lines outside every unit: one hunk piece per run not interrupted by unit lines."""
-    pieces: list[_Piece] = []
-    previous = None
-    for index in gap_members:
-        interrupted = previous is None or patch[previous].hunk != patch[index].hunk or any(
-            owners[i] is not None and owners[i][1] >= 0 for i in range(previous + 1, index)
-        )
-        if interrupted:
-            pieces.append(_Piece("hunk", None, module=module))
-        pieces[-1].members.append(index)
-        previous = index
-    return pieces
-
-
-def _hunk_pieces(patch: list[PatchLine], indices: Iterable[int], module: str | None) -> list[_Piece]:
-    """One hunk piece per @@ hunk of the patch (files without units)."""
-    pieces: dict[int, _Piece] = {}
-    for index in indices:
-        line = patch[index]
-        if line.tag == " ":
-            continue
-        piece = pieces.get(line.hunk)
-        if piece is None:
-            piece = pieces[line.hunk] = _Piece("hunk", None, module=module)
-        piece.members.append(index)
-    return list(pieces.values())
-
-
-def _merge_small_hunks(pieces: list[_Piece], patch: list[PatchLine], cfg: ChunkerConfig) -> list[_Piece]:
-    """Neighbouring hunk pieces with fewer than min_chunk_size changed lines merge (within max size)."""
-    unit_lines = {i for piece in pieces if piece.kind != "hunk" for i in piece.members}
-    merged: list[_Piece] = []
-    for piece in pieces:
-        last = merged[-1] if merged else None
-        if (
-            last is not None and last.kind == "hunk" and piece.kind == "hunk"
-            and (len(last.members) < cfg.min_chunk_size or len(piece.members) < cfg.min_chunk_size)
-            and piece.members[-1] - last.members[0] < cfg.max_chunk_size
-            and not any(i in unit_lines for i in range(last.members[-1] + 1, piece.members[0]))
-        ):
-            last.members.extend(piece.members)
-            continue
-        merged.append(piece)
-    return merged
-
-
-# ---------------------------------------------------------------- chunk text
-
-
-def _slice(lines: list[str], span: tuple[int, int]) -> str:
-    return "\n".join(lines[span[0] - 1 : span[1]])
-
-
-def _patch_side(patch: list[PatchLine], members: list[int], tag: str) -> tuple[str | None, list[int] | None]:
-    """The text of one side of a hunk piece, from its first to its last changed line, and its span."""
-    lines = []
-    numbers = []
-    member_set = set(members)
-    for index in range(members[0], members[-1] + 1):
-        line = patch[index]
-        if line.tag == " " or (line.tag == tag and index in member_set):
-            lines.append(line.text[1:])
-            numbers.append(line.old if tag == "-" else line.new)
-    if not lines:
-        return None, None
-    return "\n".join(lines), [min(numbers), max(numbers)]
-
-
-def _diff_text(patch: list[PatchLine], members: list[int], member_set: set[int],
-               old_range: tuple[int, int] | None = None, new_range: tuple[int, int] | None = None,
-               all_context: bool = False) -> str:
-    """The piece's changed lines, with the patch's context lines that fall inside its spans
-    (hunk pieces: every context line between its first and last changed line)."""
-    out = []
-    first, last = members[0], members[-1]
-    if not all_context:  # context lines inside the unit may precede or follow its changed lines
-        while first > 0 and patch[first - 1].tag == " " and patch[first - 1].hunk == patch[first].hunk:
-            first -= 1
-        while last + 1 < len(patch) and patch[last + 1].tag == " " and patch[last + 1].hunk == patch[last].hunk:
-            last += 1
-    for index in range(first, last + 1):
-        line = patch[index]
-        if index in member_set:
-            keep = True
-        elif line.tag == " " and all_context:
-            keep = True
-        elif line.tag == " ":
-            keep = (old_range is None or old_range[0] <= line.old <= old_range[1]) and (
-                new_range is None or new_range[0] <= line.new <= new_range[1]
-            ) and (old_range is not None or new_range is not None)
-        else:
-            keep = False
-        if keep:
-            out.append(line.text)
-            if line.tail:
-                out.append(line.tail)
-    return "\n".join(out)
-
-
-# ---------------------------------------------------------------- splitting large units
-
-
-def _split_hunk(members: list[int], patch: list[PatchLine], max_size: int) -> list[list[int]]:
-    """Cut a hunk piece so that each part spans at most max_size patch lines, preferring blank lines."""
-    if members[-1] - members[0] + 1 <= max_size:
-        return [members]
-    parts: list[list[int]] = [[]]
-    for index in members:
-        part = parts[-1]
-        if part and index - part[0] + 1 > max_size:
-            cut = max((p for p, i in enumerate(part) if _is_blank(patch[i]) and p > 0), default=None)
-            if cut is not None and cut + 1 < len(part):
-                parts[-1], rest = part[: cut + 1], part[cut + 1 :]
-                parts.append(rest)
-                if index - rest[0] + 1 > max_size:
-                    parts.append([])
-            else:
-                parts.append([])
-        parts[-1].append(index)
-    return [p for p in parts if p]
-
-
-def _split_unit(members, patch, old_unit, new_unit, max_size):
-    """Parts of a large unit's changed lines, each with the windows of the unit shown on each side.
-
-    A part's changed lines are contiguous in the patch and span at most max_size lines
-    on each side; cuts fall before a line that starts one of the unit's children
-    (statements, items) where possible. Windows widen to the enclosing children.
-    """
-    parts: list[list[int]] = [[]]
-    for index in members:
-        part = parts[-1]
-        if part:
-            olds = [patch[i].old for i in part] + [patch[index].old]
-            news = [patch[i].new for i in part] + [patch[index].new]
-            if max(olds) - min(olds) + 1 > max_size or max(news) - min(news) + 1 > max_size:
-                cut = None
-                if not _starts_child(patch[index], old_unit, new_unit) and patch[index].hunk == patch[part[-1]].hunk:
-                    cut = max((p for p, i in enumerate(part) if p > 0 and _starts_child(patch[i], old_unit, new_unit)
-                               and not (patch[part[p - 1]].tag == "-" and patch[i].tag == "+")), default=None)
-                if cut is not None:
-                    parts[-1], rest = part[:cut], part[cut:]
-                    parts.append(rest)
-                    olds = [patch[i].old for i in rest] + [patch[index].old]
-                    news = [patch[i].new for i in rest] + [patch[index].new]
-                    if max(olds) - min(olds) + 1 > max_size or max(news) - min(news) + 1 > max_size:
-                        parts.append([])
-                else:
-                    parts.append([])
-        parts[-1].append(index)
-    result = []
-    for part in parts:
-        if not part:
-            continue
-        old_window = _window([patch[i].old for i in part], old_unit, max_size)
-        new_window = _window([patch[i].new for i in part], new_unit, max_size)
-        result.append((part, old_window, new_window))
-    return result
-
-
-def _starts_child(line: PatchLine, old_unit, new_unit) -> bool:
-    if line.tag == "-":
-        return old_unit is not None and line.old in old_unit.inner
-    return new_unit is not None and line.new in new_unit.inner
-
-
-def _window(numbers: list[int], unit, max_size: int) -> tuple[int, int] | None:
-    """Lines of `unit` to show around `numbers`: widened to its children's boundaries within max_size."""
-    if unit is None:
-        return None
-    low = max(unit.start, min(numbers))
-    high = min(unit.end, max(max(numbers), low))
-    if high < low:
-        high = low
-    starts = [s for s in unit.inner if s <= low]
-    wide_low = starts[-1] if starts else unit.start
-    after = [s for s in unit.inner if s > high]
-    wide_high = (after[0] - 1) if after else unit.end
-    if wide_high - wide_low + 1 <= max_size:
-        return wide_low, wide_high
-    return max(unit.start, low - 3), min(unit.end, high + 3, max(unit.start, low - 3) + max_size - 1)
-
-
-# ---------------------------------------------------------------- moves and renames
-
-
-def _normalize(text: str | None) -> str:
-    return " ".join((text or "").split())
-
-
-def _pair_moves(chunks: list[Chunk]) -> list[Chunk]:
-    """DELETED_X + NEW_X with the same body in one commit -> one MOVED_X (or RENAMED_X) chunk."""
-    deleted = [i for i, c in enumerate(chunks) if c.change_type.startswith("DELETED_") and c.kind != "hunk" and c.part is None]
-    added = [i for i, c in enumerate(chunks) if c.change_type.startswith("NEW_") and c.kind != "hunk" and c.part is None]
-    if not deleted or not added:
-        return chunks
-    by_body: dict[tuple, list[int]] = collections.defaultdict(list)
-    by_shape: dict[tuple, list[int]] = collections.defaultdict(list)
-    for i in deleted:
-        chunk = chunks[i]
-        by_body[(_family(chunk.kind), _normalize(chunk.before))].append(i)
-        name = _bare_name(chunk.symbol)
-        if name:
-            by_shape[(_family(chunk.kind), _normalize(_replace_name(chunk.before, name)))].append(i)
-    used: set[int] = set()
-    replaced: dict[int, Chunk] = {}
-    for i in added:
-        chunk = chunks[i]
-        prefix = "MOVED"
-        candidates = [j for j in by_body.get((_family(chunk.kind), _normalize(chunk.after)), []) if j not in used]
-        if not candidates:
-            name = _bare_name(chunk.symbol)
-            if not name:
-                continue
-            shape = (_family(chunk.kind), _normalize(_replace_name(chunk.after, name)))
-            candidates = [j for j in by_shape.get(shape, []) if j not in used and _bare_name(chunks[j].symbol) != name]
-            prefix = "RENAMED"
-        if not candidates:
-            continue
-        j = candidates[0]
-        used.add(j)
-        source = chunks[j]
-        replaced[i] = dataclasses.replace(
-            chunk,
-            change_type=change_type(prefix, chunk.kind),
-            before=source.before,
-            old_span=source.old_span,
-            old_file=source.file if source.file != chunk.file else source.old_file,
-            old_symbol=source.symbol if prefix == "RENAMED" else None,
-            diff="\n".join(part for part in (source.diff, chunk.diff) if part),
-        )
-    return [replaced.get(i, c) for i, c in enumerate(chunks) if i not in used]
-
-
-def _family(kind: str) -> str:
-    return "fn" if kind in ("function", "method", "test") else kind
-
-
-def _bare_name(symbol: str | None) -> str:
-    if not symbol:
-        return ""
-    return re.split(r"::|\.", symbol)[-1]
-
-
-def _replace_name(text: str | None, name: str) -> str:
-    return re.sub(rf"\b{re.escape(name)}\b", "\x00", text or "", count=1)
 

@@ -4,11 +4,11 @@
     commits = scrape_recent(Path("~/projects/the-block").expanduser(), 20)   # the last 20 of HEAD
 
 How: `git rev-list --date-order --reverse` fixes the commits and their order
-(topological, parents first, ties by commit time); one `git log --no-walk
+(topological, parents first, ties by commit time: `repo2model.git.refs`); one `git log --no-walk
 --stdin --raw -p -z --diff-merges=first-parent -M` per 1,000 commits streams
 headers, tree diffs (full blob ids) and patches (git keeps what it parsed until
-it exits: batches keep its memory flat); `LogReader` reads the stream one file
-section at a time (a commit that adds 100 MB of vendored code never sits in
+it exits: batches keep its memory flat); `LogReader` (`repo2model.git.log`) reads the
+stream one file section at a time (a commit that adds 100 MB of vendored code never sits in
 memory whole), and `Scraper` counts `+`/`-` lines from the patch (no --numstat:
 that would diff everything twice), filters, truncates and redacts as it goes.
 Branch membership comes from one `git rev-list --topo-order --parents` pass with
@@ -32,14 +32,11 @@ import subprocess
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
-from repo2model.core.artifacts import is_compressed, open_text, read_commits_metadata
-from repo2model.core.errors import UserError, first_line
-from repo2model.git.commands import CatFile, GitError, git, git_error_line, git_popen, git_version, open_repository
+from repo2model.core.errors import UserError
 from repo2model.core.records import (
     PATCH_BINARY,
     PATCH_FILTERED,
@@ -49,9 +46,23 @@ from repo2model.core.records import (
     Commit,
     FileChange,
     Person,
-    shape_error,
 )
+from repo2model.git.commands import git_error_line
+from repo2model.git.log import (
+    LOG_FORMAT,
+    SUBMODULE_MODE,
+    LogReader,
+    RawCommit,
+    RawFile,
+    StreamCut,
+    index_oids,
+    parse_raw,
+    split_header,
+    split_sections,
+)
+from repo2model.git.objects import CatFile
 from repo2model.git.redact import Redactor
+from repo2model.git.refs import BranchGraph, Repository, select_refs
 
 log = logging.getLogger("git_scraper")
 
@@ -67,6 +78,10 @@ DEFAULT_EXCLUDE_GLOBS = [
     "*.min.js", "*.min.css", "*.js.map", "*.css.map", "*.pyc",
     "*.pb.go", "*_pb2.py", "*_pb2_grpc.py", "*.generated.*", "*_generated.*",
 ]
+
+# Commits per `git log` process: git keeps every object it parsed until it exits (169 MB at
+# 10,000 commits in one process, 57 MB per 1,000-commit batch), so batches keep git's memory flat too.
+LOG_BATCH = 1000
 
 
 @dataclass
@@ -116,488 +131,6 @@ def scrape_recent(repo: Path, count: int, cfg: ScraperConfig | None = None, ref:
         commit.branches = list(graph.branches_of(commit.hash))
         commit.on_default_first_parent = commit.hash in graph.first_parent
     return commits
-
-
-# ====================================================================== the repository
-
-
-class Repository:
-    """The repository being scraped: its top folder, and the git commands the scraper runs in it."""
-
-    def __init__(self, top: Path):
-        self.top = top
-        self.version = git_version()
-
-    @classmethod
-    def open(cls, path: Path | str) -> "Repository":
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise UserError(f"{path}: no such folder (git_scraper.repo / --repo must name a git repository)")
-        top = open_repository(path).resolve()
-        if top != path.resolve() and not git(top, "rev-parse", "--is-bare-repository").strip() == "true":
-            # a subfolder would silently scrape the whole repository: say which one to give
-            raise UserError(f"{path}: not a git repository: it is inside the repository {top}, give that folder")
-        return cls(top)
-
-    def head_branch(self) -> str | None:
-        """The branch HEAD points to, None when detached."""
-        ref = self.git("symbolic-ref", "-q", "HEAD", check=False)
-        return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
-
-    def git(self, *args: str, check: bool = True) -> str:
-        """One small git command; its output without the final newline ("" on failure with check=False)."""
-        try:
-            return git(self.top, *args).removesuffix("\n")
-        except GitError:
-            if not check:
-                return ""
-            raise
-
-    def rev_list(self, *args: str, what: str) -> list[str]:
-        try:
-            return git(self.top, "rev-list", *args, "--").split()
-        except GitError as exc:
-            raise UserError(f"{self.top}: cannot list the commits of {what}: {git_error_line(exc.stderr)}") from None
-
-    def popen(self, args: list[str], stdin: IO | int | None = None, stderr: IO | int | None = None) -> subprocess.Popen:
-        """A streaming git process (its stderr to a file or discarded: a pipe nobody reads could fill up)."""
-        return git_popen(self.top, args, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                         stderr=stderr if stderr is not None else subprocess.DEVNULL)
-
-    def shallow_boundary(self) -> list[str]:
-        """The commits a shallow clone cut the history at (their parents are missing); [] when not shallow."""
-        shallow = Path(self.git("rev-parse", "--absolute-git-dir")) / "shallow"
-        return sorted(shallow.read_text().split()) if shallow.is_file() else []
-
-    def mailmap_digest(self) -> str:
-        digest = hashlib.blake2b(digest_size=12)
-        mailmap = self.top / ".mailmap"
-        if mailmap.is_file():
-            digest.update(mailmap.read_bytes())
-        else:
-            digest.update(self.git("cat-file", "blob", "HEAD:.mailmap", check=False).encode())
-        settings = self.git("config", "--get-regexp", r"^mailmap\.", check=False)
-        digest.update(settings.encode())
-        for line in settings.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "mailmap.file" and Path(value).expanduser().is_file():
-                digest.update(Path(value).expanduser().read_bytes())
-        return digest.hexdigest()
-
-
-# ====================================================================== refs and commits
-
-
-@dataclass
-class Refs:
-    scrape: list[str]  # what rev-list walks (refs' object ids, or the rev range's words)
-    branches: dict[str, list[str]]  # branch name -> its tips (a local branch and its remote twin: two)
-    default_branch: str | None
-    default_tip: str | None  # where the default branch's first-parent line starts
-    scraped_refs: list[str]  # for the metadata
-    tips: dict[str, str]  # every scraped ref -> object id, for the metadata
-
-
-@dataclass
-class RefListing:
-    """The repository's branches and tags, and how a remote-tracking branch is named."""
-
-    local: dict[str, str]  # main -> oid
-    remote: dict[str, str]  # origin/main -> oid (origin/HEAD left out)
-    tags: dict[str, str]  # refs/tags/v1 -> the commit it points to
-    primary_remote: str | None  # origin (or the only remote): its branches are named like local ones
-
-    @classmethod
-    def read(cls, repo: Repository) -> "RefListing":
-        listing = repo.git(
-            "for-each-ref", "--format=%(refname)%00%(objectname)%00%(*objectname)%00%(symref)%00%(objecttype)%00%(*objecttype)",
-            "refs/heads", "refs/remotes", "refs/tags",
-        )
-        local: dict[str, str] = {}
-        remote: dict[str, str] = {}
-        tags: dict[str, str] = {}
-        for line in listing.splitlines():
-            refname, oid, peeled, symref, kind, peeled_kind = line.split("\0")
-            if symref or (peeled_kind or kind) != "commit":
-                continue  # origin/HEAD; tags of trees or blobs
-            if refname.startswith("refs/heads/"):
-                local[refname[len("refs/heads/"):]] = oid
-            elif refname.startswith("refs/remotes/"):
-                if not refname.endswith("/HEAD"):
-                    remote[refname[len("refs/remotes/"):]] = oid
-            else:
-                tags[refname] = peeled or oid
-        remotes = repo.git("remote", check=False).split()
-        primary = "origin" if "origin" in remotes else (remotes[0] if len(remotes) == 1 else None)
-        return cls(local, remote, tags, primary)
-
-    def name_of(self, remote_branch: str) -> str:
-        """`origin/main` -> `main` (the twin of the local `main`); other remotes keep their prefix."""
-        prefix = f"{self.primary_remote}/" if self.primary_remote else None
-        return remote_branch[len(prefix):] if prefix and remote_branch.startswith(prefix) else remote_branch
-
-    def known(self) -> str:
-        names = sorted(set(self.local) | {self.name_of(r) for r in self.remote} | set(self.remote))
-        return ", ".join(names) or "none"
-
-
-def select_refs(repo: Repository, cfg: ScraperConfig) -> Refs:
-    """The refs to scrape, the branches for membership, the default branch: all checked.
-
-    By default every branch: local ones and remote-tracking ones (a fresh clone has
-    its other branches only as origin/*). A branch and its twin on the primary
-    remote (`main`, `origin/main`) are one branch, named `main`.
-    """
-    refs = RefListing.read(repo)
-    with_remotes = cfg.include_remotes
-    chosen: dict[str, str] = {}  # full ref name -> oid
-    if cfg.branches:
-        for name in cfg.branches:
-            matched = _refs_named(refs, name, with_remotes)
-            if not matched:
-                raise UserError(f"{repo.top}: unknown branch '{name}' (git_scraper.branches; branches: {refs.known()})")
-            chosen.update(matched)
-    else:
-        chosen = {f"refs/heads/{n}": oid for n, oid in refs.local.items()}
-        if with_remotes:
-            chosen.update({f"refs/remotes/{n}": oid for n, oid in refs.remote.items()})
-    if cfg.include_tags and not cfg.branches:  # naming branches narrows the scrape to them
-        chosen.update(refs.tags)
-
-    if not chosen:  # a detached HEAD and no branches (e.g. a CI checkout), or no commits at all
-        head_commit = repo.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
-        if not head_commit:
-            raise UserError(f"{repo.top}: the repository has no commits yet: nothing to scrape")
-        chosen = {"HEAD": head_commit}
-
-    membership: dict[str, set[str]] = {name: {oid} for name, oid in refs.local.items()}
-    if with_remotes or any(r.startswith("refs/remotes/") for r in chosen):
-        for remote_branch, oid in refs.remote.items():
-            membership.setdefault(refs.name_of(remote_branch), set()).add(oid)
-
-    default, default_tip = _default_branch(repo, refs, cfg, membership)
-    if cfg.rev_range:
-        scrape = cfg.rev_range.split()
-        scraped_refs = [cfg.rev_range]
-        tips = {}
-    else:
-        scrape = sorted(set(chosen.values()))
-        scraped_refs = sorted(chosen)
-        tips = dict(sorted(chosen.items()))
-    branches = {name: sorted(oids) for name, oids in sorted(membership.items())}
-    return Refs(scrape, branches, default, default_tip, scraped_refs, tips)
-
-
-def _refs_named(refs: RefListing, name: str, with_remotes: bool) -> dict[str, str]:
-    """The refs a `branches:` entry names: `main` (and, with remotes, its origin/ twin),
-    `origin/main` or `refs/remotes/origin/main` (the remote one), `refs/heads/main` (the local one)."""
-    if name.startswith("refs/heads/"):
-        short = name[len("refs/heads/"):]
-        return {name: refs.local[short]} if short in refs.local else {}
-    if name.startswith("refs/remotes/"):
-        short = name[len("refs/remotes/"):]
-        return {name: refs.remote[short]} if short in refs.remote else {}
-    matched = {}
-    if name in refs.local:
-        matched[f"refs/heads/{name}"] = refs.local[name]
-    elif name in refs.remote:
-        return {f"refs/remotes/{name}": refs.remote[name]}
-    twins = {r: oid for r, oid in refs.remote.items() if refs.name_of(r) == name and r != name}
-    if twins and (with_remotes or not matched):
-        matched.update({f"refs/remotes/{r}": oid for r, oid in twins.items()})
-    return matched
-
-
-def _default_branch(repo: Repository, refs: RefListing, cfg: ScraperConfig,
-                    membership: dict[str, set[str]]) -> tuple[str | None, str | None]:
-    """The default branch's name and the tip its first-parent line starts from (the local one first)."""
-    def tip_of(name: str) -> str | None:
-        if name in refs.local:
-            return refs.local[name]
-        twins = sorted(r for r in refs.remote if refs.name_of(r) == name)
-        return refs.remote[twins[0]] if twins else refs.remote.get(name)
-
-    if cfg.default_branch is not None:
-        name = cfg.default_branch
-        tip = tip_of(name)
-        if tip is None:
-            raise UserError(f"{repo.top}: unknown default branch '{name}' (git_scraper.default_branch; "
-                            f"branches: {refs.known()})")
-        if name in refs.remote and name not in membership:
-            membership.setdefault(name, set()).add(tip)
-        elif name not in membership:
-            membership[name] = {tip}
-        return name, tip
-    head = repo.head_branch()
-    candidates = [b for b in (head, "main", "master") if b]
-    name = next((b for b in candidates if b in refs.local), None)
-    if name is None:
-        name = next((b for b in candidates if b in membership), None) or (min(refs.local) if refs.local else None)
-    return name, (tip_of(name) if name else None)
-
-
-def list_commits(repo: Repository, scrape: list[str], cfg: ScraperConfig) -> list[str]:
-    """Every commit to scrape, once each, parents first, ties by commit time."""
-    args = ["--date-order", "--reverse"] + (["--no-merges"] if cfg.skip_merges else [])
-    what = f"rev_range '{cfg.rev_range}'" if cfg.rev_range else "the selected refs"
-    hashes = repo.rev_list(*args, *scrape, what=what)
-    if not hashes:
-        raise UserError(f"{repo.top}: {what} select no commits: nothing to scrape")
-    return hashes
-
-
-@dataclass
-class BranchGraph:
-    """Which branches contain each commit (a bitset per commit), and the default first-parent line."""
-
-    names: list[str]
-    bits: dict[str, int]
-    first_parent: set[str]
-    _names_by_mask: dict[int, list[str]] = field(default_factory=dict)  # few distinct masks, many commits
-
-    @classmethod
-    def build(cls, repo: Repository, refs: Refs) -> "BranchGraph":
-        names = list(refs.branches)
-        bits: dict[str, int] = {}
-        for i, name in enumerate(names):
-            for tip in refs.branches[name]:
-                bits[tip] = bits.get(tip, 0) | (1 << i)
-        if names:
-            # children before parents: each commit's bits are final when it is reached
-            all_tips = sorted({tip for tips in refs.branches.values() for tip in tips})
-            out = repo.git("rev-list", "--topo-order", "--parents", *all_tips, "--")
-            for line in out.splitlines():
-                sha, *parents = line.split()
-                mine = bits.get(sha, 0)
-                for parent in parents:
-                    bits[parent] = bits.get(parent, 0) | mine
-        first_parent: set[str] = set()
-        if refs.default_tip:
-            first_parent = set(repo.rev_list("--first-parent", refs.default_tip, what=f"branch '{refs.default_branch}'"))
-        return cls(names, bits, first_parent)
-
-    def branches_of(self, sha: str) -> list[str]:
-        """The branch names (sorted) that contain `sha`; the list is shared: do not modify it."""
-        mask = self.bits.get(sha, 0)
-        names = self._names_by_mask.get(mask)
-        if names is None:
-            names = self._names_by_mask[mask] = [name for i, name in enumerate(self.names) if mask >> i & 1]
-        return names
-
-
-# ====================================================================== the stream
-
-
-MARKER = b"\x00\x00\x1eR2M\x1e"  # starts every commit in the stream; cannot occur in git's -z output
-LOG_FORMAT = "%x00%x00%x1eR2M%x1e%H%x00%P%x00%aN%x00%aE%x00%aI%x00%cN%x00%cE%x00%cI%x00%B%x00"
-HEADER_FIELDS = 9
-# Commits per `git log` process: git keeps every object it parsed until it exits (169 MB at
-# 10,000 commits in one process, 57 MB per 1,000-commit batch), so batches keep git's memory flat too.
-LOG_BATCH = 1000
-ZERO_OIDS = {"0" * 40, "0" * 64}
-SUBMODULE_MODE = "160000"
-
-
-@dataclass
-class RawFile:
-    """One line of `git log --raw -z`: the tree-level facts of a file change."""
-
-    old_mode: str
-    new_mode: str
-    old_oid: str | None
-    new_oid: str | None
-    status: ChangeStatus
-    similarity: int | None
-    path: str
-    old_path: str | None
-
-
-@dataclass
-class RawCommit:
-    hash: str
-    parents: list[str]
-    fields: list[bytes]  # aN, aE, aI, cN, cE, cI, B
-    files: list[RawFile]
-    sections: Iterator[bytes]  # the `diff --git` sections, in the files' order (read lazily)
-
-
-def parse_raw(data: bytes) -> tuple[list[RawFile], bytes]:
-    """`:mode mode oid oid status\\0path\\0[path2\\0]` entries; returns them and what follows."""
-    files = []
-    pos = 0
-    while data.startswith(b":", pos):
-        end = data.index(b"\0", pos)
-        old_mode, new_mode, old_oid, new_oid, status = data[pos + 1:end].decode().split(" ")
-        pos = end + 1
-        end = data.index(b"\0", pos)
-        first = data[pos:end].decode("utf-8", "replace")
-        pos = end + 1
-        old_path = None
-        if status[0] in "RC":
-            end = data.index(b"\0", pos)
-            old_path, first = first, data[pos:end].decode("utf-8", "replace")
-            pos = end + 1
-        files.append(RawFile(
-            old_mode, new_mode,
-            None if old_oid in ZERO_OIDS else old_oid,
-            None if new_oid in ZERO_OIDS else new_oid,
-            ChangeStatus(status[0]), int(status[1:]) if len(status) > 1 else None, first, old_path,
-        ))
-    return files, data[pos:].lstrip(b"\0\n")
-
-
-def split_sections(patch: bytes) -> list[bytes]:
-    """The patch text cut at each `diff --git` line (hunk lines never start with `d`)."""
-    if not patch:
-        return []
-    sections = patch.split(b"\ndiff --git ")
-    sections[0] = sections[0].removeprefix(b"diff --git ")
-    return sections
-
-
-class StreamCut(Exception):
-    """git stopped before the end of a commit (a missing object: exit 128)."""
-
-
-class LogReader:
-    """Reads the `git log -z --raw [-p]` stream one piece at a time: a commit's header and
-    tree diff, then its patch sections one by one. Memory holds one section (at most about
-    twice max_file_size), never a whole commit or the whole history."""
-
-    SECTION = b"diff --git "
-    NEXT_SECTION = b"\n" + SECTION
-    CHUNK = 1 << 20  # bytes per read
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
-        self._read = proc.stdout.read1 if hasattr(proc.stdout, "read1") else proc.stdout.read
-        self.buf = bytearray()
-        self.pos = 0
-        self.eof = False
-
-    # -- buffer
-
-    def _fill(self) -> bool:
-        if self.eof:
-            return False
-        chunk = self._read(self.CHUNK)
-        if not chunk:
-            self.eof = True
-            return False
-        self.buf += chunk
-        return True
-
-    def _compact(self) -> None:
-        """Drop what was parsed (only where no buffer index is held)."""
-        if self.pos:
-            del self.buf[:self.pos]
-            self.pos = 0
-
-    def _available(self, n: int) -> bool:
-        while len(self.buf) - self.pos < n:
-            if not self._fill():
-                return False
-        return True
-
-    def _at(self, prefix: bytes) -> bool:
-        self._available(len(prefix))
-        return self.buf.startswith(prefix, self.pos)
-
-    def _find(self, needle: bytes, start: int) -> int:
-        while (i := self.buf.find(needle, start)) < 0:
-            start = max(start, len(self.buf) - len(needle) + 1)
-            if not self._fill():
-                return -1
-        return i
-
-    def _section_end(self, start: int) -> int:
-        """Where the section starting before `start` ends: the next section or commit; -1 at EOF."""
-        while True:
-            ends = [i for i in (self.buf.find(self.NEXT_SECTION, start), self.buf.find(MARKER, start)) if i >= 0]
-            if ends:
-                return min(ends)
-            start = max(start, len(self.buf) - len(self.NEXT_SECTION) + 1)
-            if not self._fill():
-                return -1
-
-    def _skip_separators(self) -> None:
-        while self._available(1) and self.buf[self.pos] in (0, 10) and not self._at(MARKER):
-            self.pos += 1
-
-    def _finished_well(self) -> None:
-        """At the end of the stream: a commit that ends here is complete only if git succeeded."""
-        if self.proc.wait() != 0:
-            raise StreamCut
-
-    # -- records
-
-    def commits(self) -> Iterator[RawCommit]:
-        while self._at(MARKER):
-            self.pos += len(MARKER)
-            self._compact()
-            end = self.pos
-            for _ in range(HEADER_FIELDS):
-                end = self._find(b"\0", end)
-                if end < 0:
-                    raise StreamCut
-                end += 1
-            parts = bytes(self.buf[self.pos:end]).split(b"\0")
-            self.pos = end
-            self._skip_separators()
-            files = self._raw_entries()
-            self._skip_separators()
-            raw = RawCommit(parts[0].decode(), parts[1].decode().split(), parts[2:HEADER_FIELDS], files,
-                            self._sections())
-            yield raw
-            for _ in raw.sections:  # what the reader of `raw` left
-                pass
-        if self._available(1):
-            raise RuntimeError(f"unexpected git log output: {bytes(self.buf[self.pos:self.pos + 80])!r}")
-        self._finished_well()
-
-    def _raw_entries(self) -> list[RawFile]:
-        files = []
-        while self._at(b":"):
-            ends = []
-            end = self.pos
-            for _ in range(2):
-                end = self._find(b"\0", end)
-                if end < 0:
-                    raise StreamCut
-                ends.append(end)
-                end += 1
-            if chr(self.buf[ends[0] - 1]) in "0123456789":  # R075 / C100: a second path follows
-                status = bytes(self.buf[self.pos:ends[0]]).split(b" ")[-1]
-                if status[:1] in (b"R", b"C"):
-                    end = self._find(b"\0", end)
-                    if end < 0:
-                        raise StreamCut
-                    ends.append(end)
-            entry, _ = parse_raw(bytes(self.buf[self.pos:ends[-1] + 1]))
-            files += entry
-            self.pos = ends[-1] + 1
-        return files
-
-    def _sections(self) -> Iterator[bytes]:
-        while True:
-            if not self._at(self.SECTION):
-                if not self._available(1):
-                    self._finished_well()
-                return
-            self._compact()
-            end = self._section_end(len(self.SECTION))
-            if end < 0:  # the last section of the stream
-                self._finished_well()
-                section = bytes(self.buf[len(self.SECTION):])
-                self.pos = len(self.buf)
-                yield section
-                return
-            section = bytes(self.buf[len(self.SECTION):end])
-            self.pos = end + 1 if self.buf.startswith(self.NEXT_SECTION, end) else end
-            yield section
-
-
-# ====================================================================== commits
 
 
 class Scraper:
@@ -760,7 +293,7 @@ class Scraper:
             if second is None:
                 raise RuntimeError(f"commit {raw.hash}: type change of {entry.path} without its second section")
             taken.append(second)
-        index_line = _index_oids(first)
+        index_line = index_oids(first)
         if index_line and index_line[0] != (entry.old_oid or index_line[0]) and entry.status != ChangeStatus.TYPE_CHANGED:
             raise RuntimeError(f"commit {raw.hash}: patch section of {index_line} does not match {entry.path}")
         return taken
@@ -773,7 +306,7 @@ class Scraper:
         )
         body = b""
         for section in sections:
-            header, hunks = _split_header(section)
+            header, hunks = split_header(section)
             if b"\nBinary files " in header or header.startswith(b"Binary files "):
                 change.binary = True
             body += hunks
@@ -906,34 +439,12 @@ def record_of(commit: Commit) -> dict:
     return record
 
 
-def _split_header(section: bytes) -> tuple[bytes, bytes]:
-    """A `diff --git` section into its header and its hunks (from the first `@@ `)."""
-    i = section.find(b"\n@@ ")
-    if i < 0:
-        return section, b""
-    hunks = section[i + 1:]
-    if not hunks.endswith(b"\n"):
-        hunks += b"\n"
-    return section[:i], hunks
-
-
-def _index_oids(section: bytes) -> tuple[str, str] | None:
-    i = section.find(b"\nindex ")
-    if i < 0:
-        return None
-    line = section[i + 7:section.find(b"\n", i + 1) if section.find(b"\n", i + 1) > 0 else None]
-    old, _, new = line.split(b" ")[0].partition(b"..")
-    old_s, new_s = old.decode(), new.decode()
-    return (None if old_s in ZERO_OIDS else old_s), (None if new_s in ZERO_OIDS else new_s)
-
-
 def decode(data: bytes) -> tuple[str, bool]:
     """UTF-8 text, or replacement-decoded text flagged as not UTF-8."""
     try:
         return data.decode("utf-8"), False
     except UnicodeDecodeError:
         return data.decode("utf-8", "replace"), True
-
 
 
 class PathFilter:
@@ -963,221 +474,3 @@ class PathFilter:
         if any(fnmatchcase(name, pattern) for pattern in self.names):
             return True
         return any(fnmatchcase(path, pattern) for pattern in self.paths)
-
-
-# ====================================================================== incremental
-
-
-class WrongShape(UserError):
-    """A commits.json line that is valid JSON but not a commit record (someone edited the file)."""
-
-
-class PreviousScrape:
-    """The commits of an existing commits.json (an incremental run): which it holds, and their
-    records by hash, read back one at a time.
-
-    `reusable` is False (with `reason`) when the records cannot be reused: no file, a
-    cut-off or corrupt one, or one made with other settings, .mailmap or git. `known`
-    (the hashes it holds) is read whenever the file is readable, reusable or not, so
-    that the run can say which commits are new and which are gone (rewritten history).
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.known: set[str] = set()
-        self.offsets: dict[str, tuple[int, int]] = {}  # hash -> (byte offset, line number)
-        self.reusable = False
-        self.reason: str | None = None
-        self._fh: IO[bytes] | None = None
-
-    @classmethod
-    def open(cls, path: Path, digest: str) -> "PreviousScrape":
-        previous = cls(path)
-        if not path.is_file():
-            previous.reason = f"no {path.name} yet"
-            return previous
-        try:
-            metadata = read_commits_metadata(path)
-            previous._index()
-        except WrongShape:
-            previous.close()
-            raise
-        except (UserError, UnicodeDecodeError, ValueError) as exc:
-            previous.close()
-            previous.known.clear()
-            previous.offsets.clear()
-            previous.reason = f"{path.name} is cut off or corrupt ({first_line(exc, 120)})"
-            return previous
-        if metadata.get("scrape_digest") != digest:
-            previous.close()
-            previous.reason = f"settings, .mailmap, git or the scraper's format changed since {path.name} was written"
-            return previous
-        previous.reusable = True
-        return previous
-
-    def _index(self) -> None:
-        """One pass over the file: each commit line's hash, offset and line number, each record's
-        shape checked (before any work is done), and the end of the file checked."""
-        self._fh = _readable_copy(self.path)
-        fh = self._fh
-        fh.readline()
-        if fh.readline() != b'"commits": [\n':
-            raise ValueError("no commit list on line 2")
-        offset, lineno, complete = fh.tell(), 2, False
-        for line in fh:
-            lineno += 1
-            if line == b"]}\n":
-                complete = True
-                break
-            if not line.endswith(b"\n"):
-                break
-            record = json.loads(line[:-2] if line.endswith(b",\n") else line)
-            problem = shape_error(Commit, record) or _time_problem(record)
-            if problem:
-                raise WrongShape(f"{self.path}: line {lineno}: {problem}: not a commit record git_scraper "
-                                 "wrote (rerun without --incremental to scrape everything again)")
-            self.known.add(record["hash"])
-            # a file git could not read last time is tried again
-            if not any(f["patch_skipped"] == PATCH_UNAVAILABLE for f in record["files"] if "patch_skipped" in f):
-                self.offsets[record["hash"]] = (offset, lineno)
-            offset += len(line)
-        if not complete:
-            raise ValueError(f"ends at line {lineno} without the closing ]}}")
-
-    def __contains__(self, sha: str) -> bool:
-        return self.reusable and sha in self.offsets
-
-    def read(self, sha: str) -> dict:
-        """The record of `sha` (checked when the file was opened)."""
-        offset, _ = self.offsets[sha]
-        self._fh.seek(offset)
-        line = self._fh.readline()
-        return json.loads(line[:-2] if line.endswith(b",\n") else line)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def _time_problem(record: dict) -> str | None:
-    for key in ("authored_at", "committed_at"):
-        try:
-            datetime.fromisoformat(record[key])
-        except ValueError:
-            return f"{key}: expected an ISO 8601 time, got {record[key][:40]!r}"
-    return None
-
-
-def _readable_copy(path: Path) -> IO[bytes]:
-    """The file itself, or for a `.zst` one a decompressed temporary copy (records are read by offset)."""
-    if not is_compressed(path):
-        return open(path, "rb")
-    spool = tempfile.TemporaryFile(dir=path.parent)
-    with open_text(path) as fh:
-        for line in fh:
-            spool.write(line.encode("utf-8"))
-    spool.seek(0)
-    return spool
-
-
-# ====================================================================== totals
-
-
-class Totals:
-    """What the metadata counts, accumulated one commit at a time."""
-
-    def __init__(self):
-        self.commits = 0
-        self.merges = 0
-        self.authors: set[str] = set()
-        self.file_changes = 0
-        self.additions = 0
-        self.deletions = 0
-        self.redactions: Counter = Counter()
-        self.skipped: Counter = Counter()
-        self.truncated = 0
-        self.non_utf8 = 0
-        self.non_utf8_messages = 0
-        self.non_utf8_paths = 0  # git's bytes were not UTF-8: the path holds U+FFFD in their place
-        self.empty_commits = 0
-        self.octopus_merges = 0
-        self.first: tuple[datetime, str] | None = None
-        self.last: tuple[datetime, str] | None = None
-
-    def add(self, record: dict) -> None:
-        self.commits += 1
-        self.merges += record["is_merge"]
-        self.octopus_merges += len(record["parents"]) > 2
-        self.empty_commits += not record["files"] and not record["is_merge"]
-        self.non_utf8_messages += bool(record.get("message_non_utf8"))
-        author = record["author"]
-        self.authors.add((author["email"] or author["name"]).lower())
-        moment = (datetime.fromisoformat(record["authored_at"]), record["authored_at"])
-        if self.first is None or moment[0] < self.first[0]:
-            self.first = moment
-        if self.last is None or moment[0] > self.last[0]:
-            self.last = moment
-        if record.get("redactions"):
-            self.redactions.update(record["redactions"])
-        for change in record["files"]:
-            self.file_changes += 1
-            self.additions += change["additions"]
-            self.deletions += change["deletions"]
-            if change["patch_skipped"]:
-                self.skipped[change["patch_skipped"]] += 1
-            self.truncated += change["truncated"]
-            self.non_utf8 += change["non_utf8"]
-            self.non_utf8_paths += "\ufffd" in change["path"]
-
-    def metadata(self, repo: Repository, refs: Refs, cfg: ScraperConfig, scraper: Scraper) -> dict:
-        return {
-            "repository": str(repo.top),
-            "refs": refs.scraped_refs,
-            "ref_tips": refs.tips,
-            "branches": list(refs.branches),
-            "default_branch": refs.default_branch,
-            "total_commits": self.commits,
-            "total_merges": self.merges,
-            "total_authors": len(self.authors),
-            "total_file_changes": self.file_changes,
-            "total_additions": self.additions,
-            "total_deletions": self.deletions,
-            "date_range": {"first": self.first[1] if self.first else None, "last": self.last[1] if self.last else None},
-            "redactions": dict(sorted(self.redactions.items())),
-            "patches_skipped": {k: self.skipped.get(k, 0) for k in (PATCH_BINARY, PATCH_TOO_LARGE, PATCH_FILTERED, PATCH_UNAVAILABLE)},
-            "unavailable_files": self.skipped.get(PATCH_UNAVAILABLE, 0),
-            "truncated_patches": self.truncated,
-            "non_utf8_patches": self.non_utf8,
-            "non_utf8_messages": self.non_utf8_messages,
-            "non_utf8_paths": self.non_utf8_paths,
-            "empty_commits": self.empty_commits,
-            "octopus_merges": self.octopus_merges,
-            # a shallow clone: these commits' parents are not in the repository (their diffs add every file)
-            "shallow_boundary": repo.shallow_boundary(),
-            "settings": {
-                "skip_merges": cfg.skip_merges, "detect_renames": cfg.detect_renames,
-                "file_filters": cfg.file_filters, "exclude_globs": cfg.exclude_globs,
-                "max_file_size": cfg.max_file_size, "max_patch_bytes": cfg.max_patch_bytes,
-                "redact_secrets": cfg.redact_secrets,
-                # the semantic chunker redacts the file versions it reads with the same rules
-                "redact_patterns": cfg.redact_patterns, "redact_allowlist": cfg.redact_allowlist,
-            },
-            "git_version": repo.version,
-            "format_version": FORMAT_VERSION,
-            "scrape_digest": scraper.digest,
-        }
-
-    def summary(self, seconds: float, reused: int, missing: set[str]) -> dict:
-        return {
-            "commits": self.commits,
-            "reused_commits": reused,
-            "authors": len(self.authors),
-            "file_changes": self.file_changes,
-            "redactions": sum(self.redactions.values()),
-            "redactions_by_type": dict(sorted(self.redactions.items())),
-            "unavailable_files": self.skipped.get(PATCH_UNAVAILABLE, 0),
-            "missing_objects": len(missing),
-            "seconds": round(seconds, 3),
-        }
-

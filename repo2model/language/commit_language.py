@@ -1,8 +1,8 @@
 """The commit language: how a commit is written as text, defined once for every stage.
 
 Stages 3 (tokenizer), 4 (dataset builder), training and prediction all read and
-write commits through this module, so the special tokens, the rendering and the
-parser cannot drift apart.
+write commits through this module and its parts, so the special tokens, the
+rendering and the parser cannot drift apart.
 
 Rendering (`render_commit(commit, chunks, form="full")`):
 
@@ -49,148 +49,50 @@ Training example (`build_prompt` + the target, see `dataset_builder.py`):
 
 The commit language object (`CommitLanguage`) carries the chosen author and
 module families and is saved as `commit_language.json` in the tokenizer folder.
+Its parts: the special tokens and escaping (`tokens.py`), the parser
+(`parse.py`, `parse_commit`), text <-> ids through a tokenizer (`encoding.py`).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
-import re
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
-from repo2model.core.artifacts import iter_commit_dicts, iter_commits_with_chunks, iter_jsonl, require, write_json
+from repo2model.core.artifacts import require, write_json
 from repo2model.core.errors import UserError
-from repo2model.core.records import ALL_CHANGE_TYPES, Chunk, Commit, shape_error
+from repo2model.core.records import ALL_CHANGE_TYPES, Chunk, Commit
+from repo2model.language.encoding import encode_texts, special_id
+from repo2model.language.parse import ParsedCommit, parse_commit
+from repo2model.language.tokens import (
+    AUTHOR,
+    BOS,
+    CHANGE,
+    CHANGE_TOKENS,
+    CODE,
+    COMMIT_END,
+    COMMIT_START,
+    DATE,
+    DIFF,
+    EOS,
+    FILE,
+    FROM,
+    MODULE,
+    MSG,
+    PAD,
+    STRUCTURE_TOKENS,
+    TASK,
+    TRUNCATED,
+    WAS,
+    escape,
+    escape_line,
+    family_safe,
+    module_top,
+)
 
 LANGUAGE_FILE = "commit_language.json"
 FORMAT_VERSION = 1
-
-PAD = "<PAD>"
-BOS = "<BOS>"
-EOS = "<EOS>"
-
-COMMIT_START = "<COMMIT_START>"
-COMMIT_END = "<COMMIT_END>"
-AUTHOR = "<AUTHOR>"  # followed by a name spelled out (not among the top K)
-DATE = "<DATE>"
-MSG = "<MSG>"
-FILE = "<FILE>"
-MODULE = "<MODULE>"  # followed by a module spelled out
-CHANGE = "<CHANGE>"  # followed by a change type we have no token for
-FROM = "<FROM>"  # a moved unit's old file
-WAS = "<WAS>"  # a renamed unit's old name
-CODE = "<CODE>"
-DIFF = "<DIFF>"
-TASK = "<TASK>"
-TRUNCATED = "<TRUNCATED>"
-
-STRUCTURE_TOKENS = (COMMIT_START, COMMIT_END, AUTHOR, DATE, MSG, FILE, MODULE, CHANGE, FROM, WAS, CODE, DIFF, TASK, TRUNCATED)
-CHANGE_TOKENS = tuple(f"<CHANGE:{c.lower()}>" for c in ALL_CHANGE_TYPES)
-
-_STRUCTURE_NAMES = "|".join(t[1:-1] for t in STRUCTURE_TOKENS + (PAD, BOS, EOS))
-# Anything in free text that spells one of our tokens (or a family prefix): escaped on render.
-_ESCAPE_RE = re.compile(r"<(?=(?:" + _STRUCTURE_NAMES + r")>|(?:CHANGE|AUTHOR|MODULE):)")
-_ESC = "\u2060"
-_UNESCAPE_RE = re.compile("<" + _ESC + "(" + _ESC + "?)")
-# The tokens as the parser sees them.
-_TOKEN_RE = re.compile(r"(<(?:" + _STRUCTURE_NAMES + r")>|<(?:CHANGE|AUTHOR|MODULE):[^<>\n]*>)")
-
-MAX_FAMILY_NAME = 64
-
-
-def escape(text: str) -> str:
-    """Make free text unable to spell a token: `<FILE>` -> `<\\u2060FILE>` (reversible)."""
-    if "<" not in text:
-        return text
-    text = text.replace("<" + _ESC, "<" + _ESC + _ESC)
-    return _ESCAPE_RE.sub("<" + _ESC, text)
-
-
-def unescape(text: str) -> str:
-    if _ESC not in text:
-        return text
-    return _UNESCAPE_RE.sub(lambda m: "<" + m.group(1), text)
-
-
-_NL = "\u2424"  # SYMBOL FOR NEWLINE: a newline inside a one-line field (a path, a symbol) is ␤n, a ␤ is ␤␤
-_LINE_UNESCAPE_RE = re.compile(_NL + "([" + _NL + "n])")
-
-
-def escape_line(text: str) -> str:
-    """`escape` for a field that must stay on its line (path, module, symbol): newlines made visible, reversibly."""
-    text = escape(text)
-    if "\n" not in text and _NL not in text:
-        return text
-    return text.replace(_NL, _NL + _NL).replace("\n", _NL + "n")
-
-
-def unescape_line(text: str) -> str:
-    if _NL in text:
-        text = _LINE_UNESCAPE_RE.sub(lambda m: _NL if m.group(1) == _NL else "\n", text)
-    return unescape(text)
-
-
-def module_top(module: str) -> tuple[str, str]:
-    """`core::market::x` -> (`core`, `::market::x`); `pkg.mod` -> (`pkg`, `.mod`)."""
-    cut = len(module)
-    for sep in ("::", "."):
-        i = module.find(sep)
-        if 0 < i < cut:
-            cut = i
-    return module[:cut], module[cut:]
-
-
-def _family_safe(name: str) -> bool:
-    return bool(name) and len(name) <= MAX_FAMILY_NAME and not any(c in name for c in "<>\n\r") and name == name.strip()
-
-
-# ------------------------------------------------------------------ parsed structure
-
-
-@dataclasses.dataclass
-class ParsedChunk:
-    change_type: str  # e.g. NEW_FUNCTION
-    symbol: str | None
-    code: str | None  # the code (after `<CODE>`) or diff lines (after `<DIFF>`)
-    code_form: str | None  # "code", "diff" or None
-    old_file: str | None = None
-    old_symbol: str | None = None
-
-
-@dataclasses.dataclass
-class ParsedFile:
-    path: str
-    module: str | None
-    chunks: list[ParsedChunk] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class ParsedCommit:
-    """What `parse_commit` recovers; `problems` lists what was malformed (empty when well formed)."""
-
-    author: str | None = None
-    date: str | None = None
-    message: str | None = None
-    task: str | None = None
-    files: list[ParsedFile] = dataclasses.field(default_factory=list)
-    truncated: bool = False  # the text carries the <TRUNCATED> marker
-    complete: bool = False  # <COMMIT_END> was reached
-    problems: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def well_formed(self) -> bool:
-        return self.complete and not self.problems
-
-    @property
-    def changes(self) -> list[tuple[str, str, str | None]]:
-        """(path, change type, symbol) for every chunk, in order."""
-        return [(f.path, c.change_type, c.symbol) for f in self.files for c in f.chunks]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # ------------------------------------------------------------------ the language
@@ -218,7 +120,7 @@ class CommitLanguage:
         """The K most frequent of each family (ties by name, so the choice is deterministic)."""
 
         def top(counts: dict[str, int], k: int) -> list[str]:
-            eligible = [(n, c) for n, c in counts.items() if _family_safe(n)]
+            eligible = [(n, c) for n, c in counts.items() if family_safe(n)]
             eligible.sort(key=lambda nc: (-nc[1], nc[0]))
             return [n for n, _ in eligible[:k]]
 
@@ -458,276 +360,3 @@ def group_by_file(chunks: Sequence[Chunk]) -> list[tuple[str, str | None, list[C
         else:
             groups.append((chunk.file, chunk.module, [chunk]))
     return groups
-
-
-def parse_commit(text: str) -> ParsedCommit:
-    """See `CommitLanguage.parse_commit` (the parser needs no family list: tokens carry their value)."""
-    parsed = ParsedCommit()
-    if TASK in text:  # a prompt followed by its continuation: the commit starts at the task
-        text = text[text.rindex(TASK) :]
-    pieces = _TOKEN_RE.split(text)
-    # pieces alternate: text, token, text, token, ..., text
-    current_file: ParsedFile | None = None
-    current_chunk: ParsedChunk | None = None
-    i = 1
-    if pieces[0].strip():
-        parsed.problems.append(f"text before the first token: {pieces[0][:40]!r}")
-    while i < len(pieces):
-        token, body = pieces[i], pieces[i + 1]
-        i += 2
-        if token == COMMIT_END:
-            parsed.complete = True
-            break
-        line, _, rest = body.partition("\n")
-        if token in (BOS, PAD, EOS, COMMIT_START):
-            _expect_empty(parsed, token, body)
-        elif token == AUTHOR or token.startswith("<AUTHOR:"):
-            parsed.author = token[8:-1] if token != AUTHOR else unescape(line)
-            if token != AUTHOR:
-                _expect_empty(parsed, token, body)
-        elif token == DATE:
-            parsed.date = line
-            _expect_empty(parsed, token, rest)
-        elif token in (MSG, TASK):
-            value = unescape(_strip_one_newline(body))
-            if token == MSG:
-                parsed.message = value
-            else:
-                parsed.task = value
-        elif token == FILE:
-            current_file = ParsedFile(path=unescape_line(line), module=None)
-            current_chunk = None
-            parsed.files.append(current_file)
-            if "\n" not in body and i < len(pieces) and not pieces[i].startswith("<MODULE"):
-                _expect_newline(parsed, token, body)
-            _expect_empty(parsed, token, rest)
-        elif token == MODULE or token.startswith("<MODULE:"):
-            value = unescape_line(line) if token == MODULE else token[8:-1] + unescape_line(line)
-            if current_file is None:
-                parsed.problems.append(f"{token} outside a file")
-            else:
-                current_file.module = value
-            _expect_empty(parsed, token, rest)
-        elif token == CHANGE or token.startswith("<CHANGE:"):
-            if token == CHANGE:
-                change, _, symbol = line.partition(" ")
-                change = unescape(change)
-            else:
-                change, symbol = token[8:-1].upper(), line
-            symbol = unescape_line(symbol) or None
-            if current_file is None:
-                parsed.problems.append(f"{token} before any {FILE}")
-                current_file = ParsedFile(path="", module=None)
-                parsed.files.append(current_file)
-            current_chunk = ParsedChunk(change_type=change, symbol=symbol, code=None, code_form=None)
-            current_file.chunks.append(current_chunk)
-            if "\n" not in body and not (i < len(pieces) and pieces[i] in (FROM, WAS)):
-                _expect_newline(parsed, token, body)
-            _expect_empty(parsed, token, rest)
-        elif token in (FROM, WAS):
-            if current_chunk is None:
-                parsed.problems.append(f"{token} outside a change")
-            elif token == FROM:
-                current_chunk.old_file = unescape_line(line)
-            else:
-                current_chunk.old_symbol = unescape_line(line)
-            if "\n" not in body and not (i < len(pieces) and pieces[i] == FROM):
-                _expect_newline(parsed, token, body)
-            _expect_empty(parsed, token, rest)
-        elif token in (CODE, DIFF):
-            if current_chunk is None:
-                parsed.problems.append(f"{token} outside a change")
-            else:
-                current_chunk.code = unescape(_strip_one_newline(body))
-                current_chunk.code_form = "code" if token == CODE else "diff"
-        elif token == TRUNCATED:
-            parsed.truncated = True
-            _expect_empty(parsed, token, body)
-    if not parsed.complete:
-        parsed.problems.append(f"no {COMMIT_END}: the text stops early")
-    return parsed
-
-
-def _strip_one_newline(text: str) -> str:
-    return text[:-1] if text.endswith("\n") else text
-
-
-def _expect_empty(parsed: ParsedCommit, token: str, text: str) -> None:
-    if text.strip():
-        parsed.problems.append(f"unexpected text after {token}: {text.strip()[:40]!r}")
-
-
-def _expect_newline(parsed: ParsedCommit, token: str, body: str) -> None:
-    parsed.problems.append(f"line after {token} does not end: {body[:40]!r}")
-
-
-# ------------------------------------------------------------------ tokenizers
-
-
-def backend(tokenizer: Any) -> Any:
-    """The `tokenizers.Tokenizer` behind a transformers tokenizer (or the object itself)."""
-    return getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None) or tokenizer
-
-
-def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Ids of each text, without bos/eos, through the library's batch encoder."""
-    if not texts:
-        return []
-    raw = backend(tokenizer)
-    if len(texts) == 1:  # one text: no thread pool to wake (the same ids)
-        return [raw.encode(texts[0], add_special_tokens=False).ids]
-    encode = getattr(raw, "encode_batch_fast", None) or raw.encode_batch  # _fast: no character offsets (~1.6x faster)
-    return [e.ids for e in encode(list(texts), add_special_tokens=False)]
-
-
-def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
-    """Text of `ids`, special tokens kept, no space clean-up (the exact inverse of `encode_texts`).
-
-    The tokenizers library runs added tokens through the byte-level decoder too, which garbles one that
-    holds a non-ASCII character (`<MODULE:naïve>` decodes as `<MODULE:na\ufffdve>`): those are put back
-    by id, and the runs between them decoded as usual.
-    """
-    raw = backend(tokenizer)
-    ids = list(ids)
-    verbatim = _non_ascii_added_tokens(raw)
-    if not verbatim or not any(i in verbatim for i in ids):
-        return raw.decode(ids, skip_special_tokens=False)
-    parts, run = [], []
-    for i in ids:
-        if i in verbatim:
-            if run:
-                parts.append(raw.decode(run, skip_special_tokens=False))
-                run = []
-            parts.append(verbatim[i])
-        else:
-            run.append(i)
-    if run:
-        parts.append(raw.decode(run, skip_special_tokens=False))
-    return "".join(parts)
-
-
-_VERBATIM: dict[int, tuple[Any, int, dict[int, str]]] = {}  # id(raw) -> (raw, its size, its non-ASCII added tokens)
-
-
-def _non_ascii_added_tokens(raw: Any) -> dict[int, str]:
-    """Added tokens whose text is not ASCII, by id; cached per tokenizer and its size (tokens get added)."""
-    if not hasattr(raw, "get_added_tokens_decoder"):
-        return {}
-    size = raw.get_vocab_size(with_added_tokens=True)
-    cached = _VERBATIM.get(id(raw))
-    if cached is None or cached[0] is not raw or cached[1] != size:
-        found = {int(i): t.content for i, t in raw.get_added_tokens_decoder().items() if not t.content.isascii()}
-        cached = _VERBATIM[id(raw)] = (raw, size, found)
-    return cached[2]
-
-
-_DEFAULT_SPECIAL = {"bos": BOS, "eos": EOS, "pad": PAD}
-
-
-def special_id(tokenizer: Any, name: str) -> int | None:
-    """The id of the tokenizer's bos/eos/pad token (a transformers tokenizer's own, else ours)."""
-    value = getattr(tokenizer, f"{name}_token_id", None)
-    if value is not None:
-        return int(value)
-    raw = backend(tokenizer)
-    value = raw.token_to_id(_DEFAULT_SPECIAL[name]) if hasattr(raw, "token_to_id") else None
-    return None if value is None else int(value)
-
-
-# ------------------------------------------------------------------ reading a history
-
-
-def iter_commit_records(commits_path: Path, chunks_path: Path) -> Iterator[tuple[Commit, list[Chunk]]]:
-    """Each commit of `commits.json` with its chunks from `chunks.jsonl`, as checked records, streaming.
-
-    A record of the wrong shape (valid JSON, but `{"hash": 5}`, `files: "oops"`, a chunk line
-    `{"x": 1}`) is a UserError naming the file, the line and the field.
-    """
-    position = 0
-    chunk_line = 0
-    joined = iter_commits_with_chunks(commits_path, chunks_path)
-    while True:
-        try:
-            pair = next(joined, None)
-        except (KeyError, TypeError, AttributeError):  # the join met a record that is not a commit or chunk
-            raise _first_malformed(commits_path, chunks_path) from None
-        if pair is None:
-            return
-        commit_dict, chunk_dicts = pair
-        commit = commit_record(commit_dict, commits_path, position + COMMITS_FIRST_LINE)
-        chunks = [chunk_record(c, chunks_path, chunk_line + k + 1) for k, c in enumerate(chunk_dicts)]
-        position += 1
-        chunk_line += len(chunk_dicts)
-        yield commit, chunks
-
-
-COMMITS_FIRST_LINE = 3  # commits.json: the metadata on line 1, `"commits": [` on line 2, then one commit per line
-
-_TEXT, _OPTIONAL_TEXT = (str,), (str, type(None))
-# The fields rendering and ordering read, with their types: checked on every record (a fast check;
-# records.shape_error, which checks every field, names the problem when one fails).
-_COMMIT_READS = {"hash": _TEXT, "parents": (list,), "author": (dict,), "authored_at": _TEXT, "committed_at": _TEXT,
-                 "message": _TEXT, "files": (list,), "is_merge": (bool,), "on_default_first_parent": (bool,)}
-_CHUNK_READS = {"commit": _TEXT, "file": _TEXT, "module": _OPTIONAL_TEXT, "symbol": _OPTIONAL_TEXT, "change_type": _TEXT,
-                "after": _OPTIONAL_TEXT, "diff": _TEXT, "old_file": _OPTIONAL_TEXT, "old_symbol": _OPTIONAL_TEXT}
-
-
-def _reads_fit(data: Any, fields: dict[str, tuple]) -> bool:
-    return type(data) is dict and all(isinstance(data.get(name), types) for name, types in fields.items() if name in data)
-
-
-def commit_record(data: Any, path: Path, line: int) -> Commit:
-    """A commit record from its commits.json dict; UserError naming the file, line and field when it is malformed."""
-    commit = _commit_if_readable(data)
-    if commit is None:
-        problem = shape_error(Commit, data) or "not a commit record"
-        raise UserError(f"{path}: line {line}: {problem}: rerun the git_scraper stage")
-    for name in ("authored_at", "committed_at"):
-        try:
-            datetime.fromisoformat(getattr(commit, name))
-        except ValueError:
-            value = getattr(commit, name)[:40]
-            raise UserError(f"{path}: line {line}: {name}: expected an ISO 8601 time, got {value!r}: rerun the git_scraper stage") from None
-    return commit
-
-
-def _commit_if_readable(data: Any) -> Commit | None:
-    if not (_reads_fit(data, _COMMIT_READS) and _reads_fit(data.get("author"), {"name": _TEXT})
-            and all(isinstance(p, str) for p in data.get("parents", ()))):
-        return None
-    try:
-        return Commit.from_dict(data)
-    except (KeyError, TypeError, ValueError, AttributeError):  # a field missing, or a malformed entry of `files`
-        return None
-
-
-def chunk_record(data: Any, path: Path, line: int) -> Chunk:
-    """A chunk record from its chunks.jsonl dict; UserError naming the file, line and field when it is malformed."""
-    if _reads_fit(data, _CHUNK_READS):
-        try:
-            return Chunk.from_dict(data)
-        except TypeError:  # a required field is missing
-            pass
-    problem = shape_error(Chunk, data) or "not a chunk record"
-    raise UserError(f"{path}: line {line}: {problem}: rerun the semantic_chunker stage")
-
-
-def _first_malformed(commits_path: Path, chunks_path: Path) -> UserError:
-    """The first malformed record of either file (the join stopped on one it could not read)."""
-    for position, data in enumerate(iter_commit_dicts(commits_path)):
-        commit_record(data, commits_path, position + COMMITS_FIRST_LINE)  # raises on the bad one
-    for position, data in enumerate(iter_jsonl(chunks_path, "semantic_chunker")):
-        chunk_record(data, chunks_path, position + 1)
-    return UserError(f"{commits_path}, {chunks_path}: a record could not be read: rerun the git_scraper and semantic_chunker stages")
-
-
-def count_families(history: Iterable[tuple[Commit, Sequence[Chunk]]]) -> tuple[dict[str, int], dict[str, int]]:
-    """Commits per author name, chunks per module top segment."""
-    authors: collections.Counter = collections.Counter()
-    modules: collections.Counter = collections.Counter()
-    for commit, chunks in history:
-        authors[commit.author.name] += 1
-        for chunk in chunks:
-            if chunk.module:
-                modules[module_top(chunk.module)[0]] += 1
-    return dict(authors), dict(modules)

@@ -46,10 +46,11 @@ import numpy as np
 import torch
 
 from repo2model.core.artifacts import load_pt, save_pt
-from repo2model.language.commit_language import COMMIT_END, CommitLanguage
 from repo2model.core.errors import UserError
 from repo2model.core.records import Chunk, Commit
+from repo2model.language.commit_language import CommitLanguage
 from repo2model.language.tokenizer_folder import tokenizer_digest
+from repo2model.language.tokens import COMMIT_END
 
 FORMAT_VERSION = 2
 PIECES_BEFORE_SEGMENTS = 3  # compact, task, header

@@ -4,6 +4,7 @@
     <tokenizer_dir>/commit_language.json                          the commit language's token families
     <tokenizer_dir>/vocab.json
 
+`save_commit_tokenizer` writes it (atomically, whole);
 `load_commit_tokenizer(folder)` gives the commit language and the tokenizer,
 checked against each other (every special token one id); `tokenizer_digest(tokenizer)`
 names the exact vocabulary, so that token ids made with one tokenizer are never
@@ -13,14 +14,30 @@ read with another (tokens.pt and the model folder's training_info.json record it
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
 
-from repo2model.core.artifacts import require
-from repo2model.language.commit_language import CommitLanguage, backend
+from repo2model.core.artifacts import atomic_path, require, write_json
 from repo2model.core.errors import UserError, first_line
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.encoding import backend
+
+
+def save_commit_tokenizer(tokenizer: Any, lang: CommitLanguage, tokenizer_dir: Path, vocab_path: Path) -> None:
+    """The tokenizer folder (replaced whole, atomically) and a copy of its vocab.json at `vocab_path`."""
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+    with atomic_path(tokenizer_dir) as tmp:
+        tmp.mkdir(parents=True)
+        tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / "vocab.json", vocab, indent=None)
+        lang.save(tmp)
+    if vocab_path.resolve() != (tokenizer_dir / "vocab.json").resolve():
+        with atomic_path(vocab_path) as tmp:
+            shutil.copyfile(tokenizer_dir / "vocab.json", tmp)
+
 
 def load_commit_tokenizer(tokenizer_dir: Path | str) -> tuple[CommitLanguage, Any]:
     """The commit language and tokenizer saved by the tokenizer stage; UserError unless they agree."""

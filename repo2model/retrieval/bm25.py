@@ -39,7 +39,8 @@ import bm25s
 import numpy as np
 
 from repo2model.core.errors import UserError
-from repo2model.git.commands import CatFile, git_popen, ls_tree
+from repo2model.git.commands import git_popen
+from repo2model.git.objects import CatFile, ls_tree
 
 K1 = 1.5  # bm25s's defaults
 B = 0.75

@@ -6,7 +6,7 @@
         hits = index.search("Add a retry to the scraper", mode="hybrid")
         units = index.units_of(["src/lib.rs"])
 
-Reads a repository's tree at one revision (repo2model.git.commands: `ls_tree` + `CatFile`) and writes the index:
+Reads a repository's tree at one revision (repo2model.git.objects: `ls_tree` + `CatFile`) and writes the index:
 `<output_dir>/index/index_info.json` (what the index holds: repository, commit, tree, model, counts) and the
 store itself, `<output_dir>/index/shard/` (Qdrant Edge, in-process: the default), `<output_dir>/index/qdrant/`
 (qdrant-client's local mode, `index.embedded: local`) or a collection on a Qdrant server (`index.url`).
@@ -51,7 +51,8 @@ from repo2model.code.units import ModuleLookup
 from repo2model.core.artifacts import atomic_path, read_json, write_json
 from repo2model.core.errors import UserError
 from repo2model.core.progress import progress as progress_bar
-from repo2model.git.commands import CatFile, git, git_popen, ls_tree, open_repository
+from repo2model.git.commands import git, git_popen, open_repository
+from repo2model.git.objects import CatFile, ls_tree
 from repo2model.git.redact import Redactor
 from repo2model.retrieval.embedding import Embedder
 from repo2model.retrieval.index_config import IndexConfig

@@ -21,7 +21,8 @@ from repo2model.core.artifacts import iter_commits, iter_jsonl
 from repo2model.code.chunking import DEGRADED_MISSING_OBJECT, Chunker, ChunkerConfig, ChunkingStats, default_redactor
 from repo2model.core.config import load_config
 from repo2model.core.errors import UserError
-from repo2model.git.commands import CatFile, open_repository
+from repo2model.git.commands import open_repository
+from repo2model.git.objects import CatFile
 from repo2model.core.records import PATCH_UNAVAILABLE, Chunk, Commit
 from repo2model.git.scraping import ScraperConfig, scrape_recent
 

@@ -3,7 +3,8 @@
 Reads a git repository and writes `<output_dir>/commits.json` (metadata on the
 first line, then one commit per line, so `json.load` reads it whole and
 `repo2model.core.artifacts.iter_commits` reads it commit by commit). The scraping
-itself lives in `repo2model/git/scraping.py`.
+itself lives in `repo2model/git/` (refs.py: what to scrape; scraping.py: the records;
+previous.py: an incremental run's reuse; totals.py: the metadata).
 
     python git_scraper.py --repo ~/projects/the-block --output outputs/commits.json
     python git_scraper.py --config config.yaml --incremental
@@ -78,18 +79,10 @@ from repo2model.core.cli import add_config_argument, apply_overrides, load_stage
 from repo2model.core.errors import UserError
 from repo2model.core.paths import ArtifactPaths
 from repo2model.core.records import PATCH_UNAVAILABLE
-from repo2model.git.scraping import (
-    BranchGraph,
-    PreviousScrape,
-    Refs,
-    Repository,
-    Scraper,
-    ScraperConfig,
-    Totals,
-    list_commits,
-    record_of,
-    select_refs,
-)
+from repo2model.git.previous import PreviousScrape
+from repo2model.git.refs import BranchGraph, Refs, Repository, list_commits, select_refs
+from repo2model.git.scraping import Scraper, ScraperConfig, record_of
+from repo2model.git.totals import Totals
 from repo2model.core.progress import progress
 
 SECTION = "git_scraper"

@@ -5,7 +5,7 @@ every changed Rust and Python file, the file's content from the repository
 (one long-lived `git cat-file --batch` per worker, parses deduplicated by blob
 id). How a commit becomes chunks is `repo2model/code/chunking.py` (units:
 `repo2model/code/units.py`); this script runs it over the whole history in
-parallel, in batches of commits, and writes:
+parallel, in batches of commits (`repo2model/code/execution.py`), and writes:
 
     chunks.jsonl          one `repo2model.core.records.Chunk` per line, grouped by commit in the
                           commits' order, the chunks of one file in order of position
@@ -57,36 +57,31 @@ leaving the previous chunks.jsonl; temporaries left by a killed run
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import glob
-import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
-
-from repo2model.core.artifacts import atomic_open, iter_commit_dicts, open_text, read_commits_metadata, read_json, require
-from repo2model.core.artifacts import ensure_folder, write_json
-from repo2model.code.chunking import CHUNKS_FORMAT, Chunker, ChunkerConfig, ChunkingStats, default_redactor
+from repo2model.code.chunking import CHUNKS_FORMAT, ChunkerConfig, ChunkingStats, default_redactor
+from repo2model.code.execution import execute_plan, make_plan
+from repo2model.code.previous import PreviousChunks
+from repo2model.core.artifacts import atomic_open, ensure_folder, iter_commit_dicts, read_commits_metadata, require, write_json
 from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.core.errors import UserError
-from repo2model.git.commands import CatFile, open_repository
 from repo2model.core.paths import ArtifactPaths
-from repo2model.core.records import Commit, shape_error
-from repo2model.git.redact import Redactor
 from repo2model.core.progress import progress
+from repo2model.core.records import Commit, shape_error
+from repo2model.git.commands import open_repository
+from repo2model.git.redact import Redactor
 
 SECTION = "semantic_chunker"
 CODE = ("core", "git", "code")  # the packages it runs (its fingerprint covers them)
@@ -133,25 +128,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = N
     reuse = reuse_settings(cfg, metadata, repo_path)
     workers = worker_count(cfg, metadata)
     remove_own_temporaries(paths)
-    stats, tally = ChunkingStats(), Tally()
-    with _spool_folder(paths.chunks) as spool, contextlib.ExitStack() as cleanup:
-        previous = PreviousChunks.load(paths, reuse, spool) if incremental else None
-        if previous is not None:
-            cleanup.callback(previous.close)
-        with atomic_open(paths.chunks) as out:
-            plan = _plan(checked_records(paths.commits), previous, cfg.batch_size)
-            bar = progress(total=metadata.get("total_commits"), unit="commits", desc="chunking")
-            for part in _execute(plan, paths.commits, cfg, repo_path, workers, redactor, spool):
-                if part.reused is not None:
-                    tally.reused_chunks += previous.copy_to(out, part.reused)
-                    tally.reused_commits += 1
-                else:
-                    part.write_to(out)
-                    stats.merge(part.stats)
-                bar.update(part.commits)
-            bar.close()
-        if previous is not None:
-            tally.dropped_commits, tally.dropped_chunks = previous.unused()
+    stats, tally = write_chunks(cfg, paths, metadata, repo_path, redactor, reuse, workers, incremental)
     stats.seconds = round(time.perf_counter() - started, 3)
     summary = {
         **stats.to_dict(), "total_commits": stats.commits + tally.reused_commits,
@@ -172,6 +149,31 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, repo: Path | None = N
         result.update(commits=summary["total_commits"], chunks=summary["total_chunks"], reused_commits=tally.reused_commits,
                       chunked_commits=stats.commits, dropped_commits=tally.dropped_commits)
     return result
+
+
+def write_chunks(cfg: Config, paths: ArtifactPaths, metadata: dict, repo_path: Path | None,
+                 redactor: Redactor | None, reuse: dict, workers: int, incremental: bool) -> tuple[ChunkingStats, Tally]:
+    """chunks.jsonl, atomically, in commits.json's order: each commit chunked, or its previous chunks copied."""
+    stats, tally = ChunkingStats(), Tally()
+    with _spool_folder(paths.chunks) as spool, contextlib.ExitStack() as cleanup:
+        previous = PreviousChunks.load(paths, reuse, spool) if incremental else None
+        if previous is not None:
+            cleanup.callback(previous.close)
+        with atomic_open(paths.chunks) as out:
+            plan = make_plan(checked_records(paths.commits), previous, cfg.batch_size)
+            bar = progress(total=metadata.get("total_commits"), unit="commits", desc="chunking")
+            for part in execute_plan(plan, paths.commits, cfg, repo_path, workers, redactor, spool):
+                if part.reused is not None:
+                    tally.reused_chunks += previous.copy_to(out, part.reused)
+                    tally.reused_commits += 1
+                else:
+                    part.write_to(out)
+                    stats.merge(part.stats)
+                bar.update(part.commits)
+            bar.close()
+        if previous is not None:
+            tally.dropped_commits, tally.dropped_chunks = previous.unused()
+    return stats, tally
 
 
 @dataclass
@@ -275,301 +277,6 @@ def _spool_folder(chunks_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- the previous chunks (incremental)
-
-
-class PreviousChunks:
-    """The previous chunks.jsonl, by commit, spooled to a plain file so that any commit's lines
-    can be copied out in any order (also from a compressed chunks.jsonl.zst)."""
-
-    def __init__(self, spool: Path, groups: dict[str, tuple[int, int, int]]):
-        self.groups = groups  # commit -> (offset, bytes, chunks) in the spool file
-        self.used: set[str] = set()
-        self._file = open(spool, "rb")
-
-    @classmethod
-    def load(cls, paths: ArtifactPaths, reuse: dict, folder: Path) -> PreviousChunks | None:
-        """The chunks of the last run when they can be reused (logged why not, if not)."""
-        reason = cls._why_not(paths, reuse)
-        if reason is None:
-            spool = folder / "previous.jsonl"
-            groups = _spool_chunks(paths.chunks, spool)
-            if isinstance(groups, str):
-                reason = groups
-            else:
-                return cls(spool, groups)
-        log.info("semantic_chunker: incremental: chunking every commit (%s)", reason)
-        return None
-
-    @staticmethod
-    def _why_not(paths: ArtifactPaths, reuse: dict) -> str | None:
-        if not paths.chunks.exists():
-            return f"no previous {paths.chunks.name}"
-        try:
-            recorded = read_json(paths.chunking_stats).get("reuse")
-        except (UserError, AttributeError):
-            recorded = None
-        if recorded is None:
-            return f"{paths.chunking_stats.name} does not say how the previous chunks were made"
-        changed = sorted(k for k in set(reuse) | set(recorded) if reuse.get(k) != recorded.get(k))
-        if changed:
-            return f"the previous chunks were made with other settings ({', '.join(changed)})"
-        return None
-
-    def has(self, commit: str) -> bool:
-        return commit in self.groups
-
-    def copy_to(self, out: IO[str], commit: str) -> int:
-        """Write the commit's previous chunk lines to `out`; returns how many."""
-        offset, size, count = self.groups[commit]
-        self._file.seek(offset)
-        out.write(self._file.read(size).decode("utf-8"))
-        self.used.add(commit)
-        return count
-
-    def close(self) -> None:
-        self._file.close()
-
-    def unused(self) -> tuple[int, int]:
-        """(commits, chunks) of the previous file that were not copied: dropped."""
-        dropped = [count for commit, (_, _, count) in self.groups.items() if commit not in self.used]
-        return len(dropped), sum(dropped)
-
-
-_CHUNK_PREFIX = '{"commit": "'  # how the stage writes every line (Chunk's first field)
-
-
-def _spool_chunks(chunks_path: Path, spool: Path) -> dict[str, tuple[int, int, int]] | str:
-    """Copy chunks.jsonl into `spool` (plain), indexing each commit's run of lines; a reason string
-    when the file is not one this stage wrote (then nothing is reused)."""
-    groups: dict[str, tuple[int, int, int]] = {}
-    current, start, count, offset = None, 0, 0, 0
-    try:
-        with open_text(chunks_path) as source, open(spool, "wb") as target:
-            for lineno, line in enumerate(source, 1):
-                if not line.endswith("\n"):
-                    return f"{chunks_path.name} is cut off at line {lineno}"
-                commit = _commit_of(line)
-                if commit is None:
-                    return f"{chunks_path.name} line {lineno} is not a chunk"
-                if commit != current:
-                    if current is not None:
-                        groups[current] = (start, offset - start, count)
-                    if commit in groups:
-                        return f"{chunks_path.name}: the chunks of commit {commit[:12]} are not together"
-                    current, start, count = commit, offset, 0
-                data = line.encode("utf-8")
-                target.write(data)
-                offset += len(data)
-                count += 1
-    except UserError as exc:  # a corrupt compressed file
-        return str(exc)
-    except UnicodeDecodeError:
-        return f"{chunks_path.name} is not UTF-8"
-    if current is not None:
-        groups[current] = (start, offset - start, count)
-    return groups
-
-
-def _commit_of(line: str) -> str | None:
-    """The `commit` of one chunks.jsonl line (read from its start: the stage writes it first)."""
-    if line.startswith(_CHUNK_PREFIX):
-        end = line.find('"', len(_CHUNK_PREFIX))
-        if end > 0:
-            return line[len(_CHUNK_PREFIX):end]
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    commit = record.get("commit") if isinstance(record, dict) else None
-    return commit if isinstance(commit, str) else None
-
-
-# ---------------------------------------------------------------- the plan: what to chunk, what to reuse
-
-
-@dataclass
-class _Batch:
-    """Commits to chunk: their line numbers in commits.json (pool workers read the records
-    themselves) and the records (chunked in-process when there is one worker)."""
-
-    lines: list[int] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
-
-
-def _plan(records: Iterator[tuple[int, dict]], previous: PreviousChunks | None, size: int) -> Iterator[_Batch | str]:
-    """Batches of commits to chunk and, between them in commits.json's order, reused commits (their hash)."""
-    batch = _Batch()
-    for line, record in records:
-        if previous is not None and previous.has(record["hash"]):
-            if batch.lines:
-                yield batch
-                batch = _Batch()
-            yield record["hash"]
-            continue
-        batch.lines.append(line)
-        batch.records.append(record)
-        if len(batch.lines) == size:
-            yield batch
-            batch = _Batch()
-    if batch.lines:
-        yield batch
-
-
-@dataclass
-class _Part:
-    """One piece of chunks.jsonl, in order: a reused commit, or a chunked batch (text or spool file)."""
-
-    commits: int
-    reused: str | None = None
-    stats: ChunkingStats | None = None
-    text: str | None = None
-    spool_file: Path | None = None
-
-    def write_to(self, out: IO[str]) -> None:
-        if self.text is not None:
-            out.write(self.text)
-            return
-        with open(self.spool_file, encoding="utf-8", newline="") as fh:
-            shutil.copyfileobj(fh, out, 1 << 20)
-        self.spool_file.unlink()
-
-
-# ---------------------------------------------------------------- parallel map, ordered and bounded
-
-
-def _execute(plan: Iterator[_Batch | str], commits_path: Path, cfg: Config, repo: Path | None, workers: int,
-             redactor: Redactor | None, spool: Path) -> Iterator[_Part]:
-    """The plan's parts in order; batches chunked in-process (one worker) or by a pool.
-
-    Pool tasks carry line numbers and answers carry a spool file name, never the data
-    itself: a pipe never holds megabytes, so stopping the pool (Ctrl-C) cannot hang on one.
-    """
-    if workers <= 1:
-        worker = _Worker(Chunker(CatFile(repo) if repo is not None else None, cfg, redactor))
-        try:
-            for item in plan:
-                if isinstance(item, str):
-                    yield _Part(1, reused=item)
-                else:
-                    text, stats = worker.chunk(item.records)
-                    yield _Part(len(item.records), stats=stats, text=text)
-        finally:
-            worker.close()
-        return
-    with _interrupts_ignored():  # from the fork on, not only from the initializer on
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_pool_worker,
-                                                        initargs=(commits_path, repo, cfg, redactor))
-    try:
-        in_flight: collections.deque = collections.deque()
-        limit = workers * 2  # bounded: the reader never runs far ahead of the writer
-        for number, item in enumerate(plan):
-            if isinstance(item, str):
-                in_flight.append(_Part(1, reused=item))
-            else:
-                spool_file = spool / f"{number}.jsonl"
-                in_flight.append((pool.apply_async(_chunk_lines, (item.lines, str(spool_file))), spool_file))
-            while len(in_flight) > limit:
-                yield _resolve(in_flight.popleft())
-        while in_flight:
-            yield _resolve(in_flight.popleft())
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-@contextlib.contextmanager
-def _interrupts_ignored() -> Iterator[None]:
-    """SIGINT ignored while the block runs (only the main thread may change signal handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _resolve(entry) -> _Part:
-    if isinstance(entry, _Part):
-        return entry
-    answer, spool_file = entry
-    stats, count = answer.get()
-    return _Part(count, stats=stats, spool_file=spool_file)
-
-
-@dataclass
-class _Worker:
-    """What one process chunks with; pool workers also read their records from commits.json."""
-
-    chunker: Chunker
-    commits: _CommitLines | None = None
-
-    def chunk(self, records: list[dict]) -> tuple[str, ChunkingStats]:
-        stats = ChunkingStats()
-        commits = [Commit.from_dict(record) for record in records]
-        text = "".join(
-            json.dumps(vars(chunk), ensure_ascii=False) + "\n"  # flat: no asdict copy
-            for chunks in self.chunker.chunk_commits(commits, stats) for chunk in chunks
-        )
-        return text, stats
-
-    def close(self) -> None:
-        if self.chunker.objects is not None:
-            self.chunker.objects.close()
-        if self.commits is not None:
-            self.commits.close()
-
-
-class _CommitLines:
-    """Commit records of commits.json by line number, reading forward (a worker's tasks come in
-    increasing order; it reopens the file if one does not)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._stack = contextlib.ExitStack()
-        self._lines: Iterator[str] | None = None
-        self._position = 0  # lines read so far
-
-    def records(self, numbers: list[int]) -> list[dict]:
-        if self._lines is None or numbers[0] <= self._position:
-            self.close()
-            self._lines, self._position = iter(self._stack.enter_context(open_text(self.path))), 0
-        records = []
-        for number in numbers:
-            line = ""
-            while self._position < number:
-                line = next(self._lines, None)
-                if line is None:
-                    raise UserError(f"{self.path}: ends before line {number}: it changed while being chunked")
-                self._position += 1
-            records.append(json.loads(line.rstrip("\n").rstrip(",")))  # CommitsWriter: one commit a line
-        return records
-
-    def close(self) -> None:
-        self._stack.close()
-
-
-_worker: _Worker | None = None  # in each pool process
-
-
-def _init_pool_worker(commits_path: Path, repo: Path | None, cfg: Config, redactor: Redactor | None) -> None:
-    global _worker
-    # Ctrl-C reaches the whole process group: the parent stops the pool; workers (and the git
-    # processes they start, which inherit this) must not die mid-batch printing tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker = _Worker(Chunker(CatFile(repo) if repo is not None else None, cfg, redactor), _CommitLines(commits_path))
-
-
-def _chunk_lines(lines: list[int], spool_file: str) -> tuple[ChunkingStats, int]:
-    text, stats = _worker.chunk(_worker.commits.records(lines))
-    with open(spool_file, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-    return stats, len(lines)
 
 
 # ---------------------------------------------------------------- CLI

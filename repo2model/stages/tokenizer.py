@@ -25,7 +25,8 @@ every record's shape); train BPE on the full renderings (or extend a base
 tokenizer); save and reload the folder; encode every commit's pieces in
 batches; check decode(ids) == text for the first `roundtrip_sample` commits.
 The first pass keeps the records it read in a temporary spool, so the history's
-JSON is parsed once.
+JSON is parsed once. The steps' library lives in `repo2model/language/`
+(tokenizer_training.py, history_encoding.py, history_reader.py, tokenizer_folder.py).
 
 Frozen (`frozen: true`, for updates): the tokenizer folder is kept as it is, so
 token ids stay what the model learnt; nothing is trained. An author or module
@@ -58,53 +59,30 @@ CLI (the seed's flags work): python tokenizer.py --chunks outputs/chunks.jsonl
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import logging
 import os
-import pickle
-import shutil
 import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
-import numpy as np
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-from repo2model.core.artifacts import atomic_path, ensure_folder, read_commits_metadata, require, write_json
+from repo2model.core.artifacts import ensure_folder, read_commits_metadata, require, write_json
 from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
-from repo2model.language.commit_language import (
-    BOS,
-    CHANGE_TOKENS,
-    EOS,
-    PAD,
-    STRUCTURE_TOKENS,
-    CommitLanguage,
-    backend,
-    count_families,
-    decode_ids,
-    encode_texts,
-    iter_commit_records,
-    module_top,
-)
-from repo2model.language.encoded_commits import CommitInfo, EncodedCommits, EncodedCommitsBuilder, render_digest, render_pieces
-from repo2model.core.errors import UserError, first_line
+from repo2model.core.errors import UserError
 from repo2model.core.paths import ArtifactPaths, tokenizer_dir_for_vocab
-from repo2model.core.records import Chunk, Commit
-from repo2model.core.stats import length_percentiles
-from repo2model.language.tokenizer_folder import load_commit_tokenizer, tokenizer_digest
 from repo2model.core.progress import progress
+from repo2model.core.records import Chunk, Commit
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.encoded_commits import EncodedCommits
+from repo2model.language.history_encoding import EncodingNotes, check_roundtrip, encode_history, encoding_stats
+from repo2model.language.history_reader import HistorySpool, count_families, iter_commit_records
+from repo2model.language.tokenizer_folder import load_commit_tokenizer, save_commit_tokenizer, tokenizer_digest
+from repo2model.language.tokenizer_training import BYTE_ALPHABET, FIXED_SPECIALS, extend_tokenizer, train_tokenizer
 
 SECTION = "tokenizer"
 CODE = ("core", "language")  # the packages it runs (its fingerprint covers them)
 log = logging.getLogger("tokenizer")
-
-BYTE_ALPHABET = 256
-FIXED_SPECIALS = 3 + len(STRUCTURE_TOKENS) + len(CHANGE_TOKENS)
 
 
 @dataclasses.dataclass
@@ -166,18 +144,19 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
         lang, tokenizer = frozen_tokenizer(paths)
         previous = previous_encoding(paths, lang, tokenizer)
         history = _progress(iter_commit_records(paths.commits, paths.chunks), total_commits, "encoding commits")
-        encoded, notes = encode_history(cfg, lang, tokenizer, paths, history, previous)
+        encoded, notes = encode_commits(cfg, lang, tokenizer, paths, history, previous)
     else:
         with HistorySpool(paths.tokens.parent) as spool:
             lang = choose_language(cfg, paths, spool, total_commits)
             if cfg.mode == "train":
-                tokenizer = train_tokenizer(cfg, lang, spool)
+                tokenizer = train_tokenizer(lang, full_renderings(lang, spool), spool.count, cfg.vocab_size,
+                                            cfg.min_frequency)
             else:
-                tokenizer = extend_tokenizer(cfg, lang)
+                tokenizer = extend_tokenizer(lang, cfg.base_tokenizer)
             lang.check_tokenizer(tokenizer, "the new tokenizer")
-            save_tokenizer(tokenizer, lang, paths)
+            save_commit_tokenizer(tokenizer, lang, paths.tokenizer_dir, paths.vocab)
             lang, tokenizer = load_commit_tokenizer(paths.tokenizer_dir)  # encode with what later stages will load
-            encoded, notes = encode_history(cfg, lang, tokenizer, paths, _progress(spool, spool.count, "encoding commits"))
+            encoded, notes = encode_commits(cfg, lang, tokenizer, paths, _progress(spool, spool.count, "encoding commits"))
     encoded.save(paths.tokens)
     roundtrip = check_roundtrip(lang, tokenizer, encoded, notes)
     stats = {
@@ -225,41 +204,6 @@ def check_writable(outputs: Iterable[Path]) -> None:
             raise UserError(f"{folder}: output folder is not writable")
 
 
-class HistorySpool:
-    """The history's records, pickled to a temporary file by the first pass so that the later
-    passes (BPE training, encoding) read them back without parsing JSON and checking shapes again.
-
-    Only what rendering reads is kept: a commit's `files` (with their patches) and a chunk's
-    `before` are left out. The file has no name on disk and disappears when closed.
-    """
-
-    def __init__(self, folder: Path):
-        self._file = tempfile.TemporaryFile(dir=folder, prefix=".tokenizer-spool-")
-        self.count = 0
-
-    def add(self, commit: Commit, chunks: list[Chunk]) -> None:
-        record = (dataclasses.replace(commit, files=[]), [dataclasses.replace(c, before=None) for c in chunks])
-        pickle.dump(record, self._file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.count += 1
-
-    def filled_from(self, history: Iterable[tuple[Commit, list[Chunk]]]) -> Iterator[tuple[Commit, list[Chunk]]]:
-        """`history`, passed through, each record added on its way."""
-        for commit, chunks in history:
-            self.add(commit, chunks)
-            yield commit, chunks
-
-    def __iter__(self) -> Iterator[tuple[Commit, list[Chunk]]]:
-        self._file.seek(0)
-        for _ in range(self.count):
-            yield pickle.load(self._file)
-
-    def __enter__(self) -> "HistorySpool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
-
-
 def choose_language(cfg: Config, paths: ArtifactPaths, spool: HistorySpool, total_commits: int | None) -> CommitLanguage:
     """The K most frequent authors and modules of the whole history (the pass that reads the
     artifacts, checks every record's shape and fills the spool)."""
@@ -275,111 +219,9 @@ def choose_language(cfg: Config, paths: ArtifactPaths, spool: HistorySpool, tota
     return lang
 
 
-def train_tokenizer(cfg: Config, lang: CommitLanguage, spool: HistorySpool) -> Any:
-    """Byte-level BPE on the full renderings: every byte is in the alphabet, so nothing is unknown."""
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size,
-        min_frequency=cfg.min_frequency,
-        special_tokens=lang.special_tokens(),  # whole tokens, never split, ids 0..n-1
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    full_texts = (lang.render_commit(commit, chunks, "full") for commit, chunks in _progress(spool, spool.count, "training BPE"))
-    raw.train_from_iterator(full_texts, trainer=trainer, length=spool.count)
-    reached = raw.get_vocab_size(with_added_tokens=True)
-    if reached < cfg.vocab_size:
-        log.warning("tokenizer: BPE stopped at %d tokens of the %d asked (history too small for more merges)", reached, cfg.vocab_size)
-    lang.tokenizer_info = {"mode": "train", "vocab_size_requested": cfg.vocab_size, "vocab_size": reached, "added_tokens": 0}
-    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=PAD)
-
-
-def extend_tokenizer(cfg: Config, lang: CommitLanguage) -> Any:
-    """The base model's tokenizer plus our special tokens (appended; bos/eos/pad kept when it has them)."""
-    base = cfg.base_tokenizer
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(base).expanduser()) if Path(base).expanduser().exists() else base)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"tokenizer.base_tokenizer: cannot load {base!r} ({first_line(exc)}): give a local tokenizer folder") from None
-    if not hasattr(tokenizer, "backend_tokenizer"):
-        raise UserError(f"tokenizer.base_tokenizer: {base!r} has no fast (tokenizers) version: convert it first")
-    base_size = len(tokenizer)
-    vocab = tokenizer.get_vocab()
-    new = [t for t in lang.special_tokens() if t not in (PAD, BOS, EOS) and t not in vocab]
-    # add_tokens appends; add_special_tokens({"additional_special_tokens"}) would replace the base's extras (measured with transformers 5)
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
-    for name, ours in (("pad", PAD), ("bos", BOS), ("eos", EOS)):
-        if getattr(tokenizer, f"{name}_token", None) is None:
-            tokenizer.add_tokens([AddedToken(ours, special=True, normalized=False)], special_tokens=True)
-            setattr(tokenizer, f"{name}_token", ours)
-    added = len(tokenizer) - base_size
-    fixed = exact_after_tokens(tokenizer)
-    lang.tokenizer_info = {
-        "mode": "extend",
-        "base_tokenizer": str(base),
-        "base_vocab_size": base_size,
-        "vocab_size": len(tokenizer),
-        "added_tokens": added,  # training resizes the embeddings by this many rows
-        "prefix_space_removed": fixed,
-    }
-    log.info("tokenizer: extended %s (%d tokens) with %d special tokens", base, base_size, added)
-    return tokenizer
-
-
-PROBE = "<FILE>src/a.rs<MODULE>a\n<CHANGE:new_function>f\n<DIFF> fn f() {\n+    x();\n }\n<COMMIT_END>\n"
-
-
-def exact_after_tokens(tokenizer: Any) -> bool:
-    """Make text after a special token round-trip exactly; True if the base tokenizer had to change.
-
-    SentencePiece-style tokenizers (LLaMA-2 "legacy") put a word-start marker before every text
-    segment, so after each of our tokens a space would appear on decoding (`<FILE> src/a.rs`) and
-    parsed paths would be wrong. Text in the commit language always follows a special token, so
-    the marker is only prepended at the very start of a text ("first"), as transformers does for
-    non-legacy LLaMA tokenizers.
-    """
-    if decode_ids(tokenizer, encode_texts(tokenizer, [PROBE])[0]) == PROBE:
-        return False
-    spec = json.loads(backend(tokenizer).to_str())
-
-    def edit(node: Any) -> Any:
-        if isinstance(node, dict):
-            if node.get("type") == "Sequence":
-                key = "normalizers" if "normalizers" in node else "pretokenizers" if "pretokenizers" in node else None
-                if key:
-                    node[key] = [edit(n) for n in node[key] if not (isinstance(n, dict) and n.get("type") == "Prepend")]
-                    return node
-            if node.get("type") == "Metaspace" and node.get("prepend_scheme") == "always":
-                node["prepend_scheme"] = "first"
-        return node
-
-    for key in ("normalizer", "pre_tokenizer"):
-        if isinstance(spec.get(key), dict) and spec[key].get("type") == "Prepend":
-            spec[key] = None
-        else:
-            spec[key] = edit(spec.get(key))
-    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))
-    if "legacy" in tokenizer.init_kwargs or hasattr(tokenizer, "legacy"):
-        tokenizer.init_kwargs["legacy"] = False  # a LLaMA tokenizer class rebuilds its pre-tokenizer from this
-        tokenizer.legacy = False
-    if decode_ids(tokenizer, encode_texts(tokenizer, [PROBE])[0]) != PROBE:
-        log.warning("tokenizer: the base tokenizer changes text around special tokens; decoded text will differ")
-    return True
-
-
-def save_tokenizer(tokenizer: Any, lang: CommitLanguage, paths: ArtifactPaths) -> None:
-    """The tokenizer folder (replaced whole, atomically) and the vocab.json copy beside it."""
-    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
-    with atomic_path(paths.tokenizer_dir) as tmp:
-        tmp.mkdir(parents=True)
-        tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / "vocab.json", vocab, indent=None)
-        lang.save(tmp)
-    if paths.vocab.resolve() != (paths.tokenizer_dir / "vocab.json").resolve():
-        with atomic_path(paths.vocab) as tmp:
-            shutil.copyfile(paths.tokenizer_dir / "vocab.json", tmp)
+def full_renderings(lang: CommitLanguage, spool: HistorySpool) -> Iterator[str]:
+    """What BPE is trained on: every commit's full rendering, read back from the spool."""
+    return (lang.render_commit(commit, chunks, "full") for commit, chunks in _progress(spool, spool.count, "training BPE"))
 
 
 def frozen_tokenizer(paths: ArtifactPaths) -> tuple[CommitLanguage, Any]:
@@ -405,58 +247,11 @@ def previous_encoding(paths: ArtifactPaths, lang: CommitLanguage, tokenizer: Any
     return previous
 
 
-@dataclasses.dataclass
-class EncodingNotes:
-    """What the encoding pass saw, for the stats: the first commits' texts (to check the round trip
-    against the stored ids), sizes, reuse, and the names that fell back to spelling."""
-
-    sample_size: int
-    sample_texts: list[str] = dataclasses.field(default_factory=list)
-    sample_structures: list[list[tuple]] = dataclasses.field(default_factory=list)
-    text_bytes: int = 0  # UTF-8 bytes of every full rendering (for bytes/token)
-    encoded_commits: int = 0
-    reused_commits: int = 0  # copied from the previous tokens.pt (frozen tokenizer, same rendering)
-    spelled_authors: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # name -> encoded commits
-    spelled_modules: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # top segment -> chunks
-
-    def saw(self, lang: CommitLanguage, commit: Commit, chunks: list[Chunk], pieces: list[str], reused: bool) -> None:
-        full = "".join(pieces[2:])
-        self.text_bytes += len(full.encode("utf-8"))
-        if len(self.sample_texts) < self.sample_size:
-            self.sample_texts.append(full)
-            self.sample_structures.append([(c.file, c.change_type, c.symbol) for c in chunks])
-        if reused:
-            self.reused_commits += 1
-            return
-        self.encoded_commits += 1
-        if not lang.has_author_token(commit.author.name):
-            self.spelled_authors[commit.author.name] += 1
-        for chunk in chunks:
-            if chunk.module and not lang.has_module_token(chunk.module):
-                self.spelled_modules[module_top(chunk.module)[0]] += 1
-
-
-def encode_history(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: ArtifactPaths,
+def encode_commits(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: ArtifactPaths,
                    history: Iterable[tuple[Commit, list[Chunk]]],
                    previous: EncodedCommits | None = None) -> tuple[EncodedCommits, EncodingNotes]:
-    """Every commit's pieces (compact, task, header, segments, end), encoded `batch_size` texts at a time;
-    a commit whose rendering is unchanged since `previous` (same tokenizer) is copied from it instead.
-
-    The tokenizers library encodes without holding Python's lock, so one batch is encoded in a
-    worker thread while the next one is rendered: the pass costs about what encoding alone does.
-    """
-    builder = EncodedCommitsBuilder()
-    notes = EncodingNotes(cfg.roundtrip_sample)
-    known = {(info.hash, digest): i for i, (info, digest) in enumerate(zip(previous.infos, previous.digests))} if previous else {}
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        in_flight: collections.deque = collections.deque()  # (future ids, the batch's commits); at most 2
-        for batch in rendered_batches(lang, history, cfg.batch_size, notes, known):
-            in_flight.append((worker.submit(encode_texts, tokenizer, batch.texts), batch))
-            if len(in_flight) > 1:
-                ids, done = in_flight.popleft()
-                add_batch(builder, done, ids.result(), previous)
-        for ids, done in in_flight:
-            add_batch(builder, done, ids.result(), previous)
+    """tokens.pt's content: every commit encoded (or copied from `previous`), and what it was made from."""
+    builder, notes = encode_history(lang, tokenizer, history, cfg.batch_size, cfg.roundtrip_sample, previous)
     meta = {
         "tokenizer_dir": str(paths.tokenizer_dir),
         "tokenizer_digest": tokenizer_digest(tokenizer),
@@ -470,123 +265,11 @@ def encode_history(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: Art
     return builder.build(meta), notes
 
 
-@dataclasses.dataclass
-class PendingCommit:
-    """A rendered commit waiting for its ids: its pieces are in the batch's texts, or it is copied."""
-
-    info: CommitInfo
-    digest: str  # render_digest of its pieces
-    pieces: int  # how many of the batch's texts are its pieces (0 when copied)
-    previous: int | None  # its index in the previous tokens.pt when its ids are copied from there
-
-
-@dataclasses.dataclass
-class RenderedBatch:
-    """About `batch_size` texts to encode, and the commits they belong to, in order."""
-
-    texts: list[str] = dataclasses.field(default_factory=list)
-    commits: list[PendingCommit] = dataclasses.field(default_factory=list)
-
-
-def rendered_batches(lang: CommitLanguage, history: Iterable[tuple[Commit, list[Chunk]]], batch_size: int,
-                     notes: EncodingNotes, known: dict[tuple[str, str], int]) -> Iterator[RenderedBatch]:
-    """The history rendered into batches of about `batch_size` texts; a commit found in `known`
-    ((hash, render digest) -> index in the previous tokens.pt) adds no text: its ids are copied."""
-    batch = RenderedBatch()
-    for commit, chunks in history:
-        pieces = render_pieces(lang, commit, chunks)
-        digest = render_digest(pieces)
-        reuse = known.get((commit.hash, digest))
-        notes.saw(lang, commit, chunks, pieces, reused=reuse is not None)
-        if reuse is None:
-            batch.texts.extend(pieces)
-        batch.commits.append(PendingCommit(CommitInfo.of(commit), digest, 0 if reuse is not None else len(pieces), reuse))
-        if len(batch.texts) >= batch_size:
-            yield batch
-            batch = RenderedBatch()
-    if batch.commits:
-        yield batch
-
-
-def add_batch(builder: EncodedCommitsBuilder, batch: RenderedBatch, ids: list[list[int]], previous: EncodedCommits | None) -> None:
-    """The batch's commits, in order, with the ids of their encoded texts or copied from `previous`."""
-    start = 0
-    for pending in batch.commits:
-        if pending.previous is not None:
-            builder.add(pending.info, pending.digest, *previous.commit_ids(pending.previous))
-        else:
-            builder.add_encoded(pending.info, pending.digest, ids[start : start + pending.pieces])
-            start += pending.pieces
-
-
-def check_roundtrip(lang: CommitLanguage, tokenizer: Any, encoded: EncodedCommits, notes: EncodingNotes) -> dict:
-    """decode(ids) == render(c) for the stored full ids, and parse(render(c)) == c's structure, on the first commits."""
-    exact = 0
-    first_bad = None
-    for i, text in enumerate(notes.sample_texts):
-        if decode_ids(tokenizer, encoded.full(i).tolist()) == text:
-            exact += 1
-        elif first_bad is None:
-            first_bad = text[:80]
-    parsed_ok = 0
-    for text, structure in zip(notes.sample_texts, notes.sample_structures):
-        parsed = lang.parse_commit(text)
-        parsed_ok += parsed.changes == structure and parsed.well_formed
-    if exact < len(notes.sample_texts):
-        log.warning(
-            "tokenizer: decode(encode(text)) differs from the text for %d of %d commits (first: %r)%s",
-            len(notes.sample_texts) - exact,
-            len(notes.sample_texts),
-            first_bad,
-            ": the base tokenizer normalises text" if lang.tokenizer_info.get("mode") == "extend" else "",
-        )
-    return {"checked": len(notes.sample_texts), "exact": exact, "parsed": parsed_ok}
-
-
-def encoding_stats(encoded: EncodedCommits, lang: CommitLanguage, tokenizer: Any, notes: EncodingNotes) -> dict:
-    """Sizes of the full renderings (what a model reads and writes): tokens, bytes per token, special share."""
-    lengths = encoded.piece_lengths()
-    pieces = np.arange(len(lengths))
-    owner = np.repeat(np.arange(len(encoded)), np.diff(encoded.commit_pieces))
-    within = pieces - encoded.commit_pieces[owner]  # 0 compact, 1 task, 2 header, 3.. segments, last: end
-    in_full = within >= 2
-    is_segment = (within >= 3) & (pieces < encoded.commit_pieces[owner + 1] - 1)
-    full_tokens = np.repeat(in_full, lengths)
-    vocab = tokenizer.get_vocab()
-    special_ids = np.array(sorted({vocab[t] for t in lang.special_tokens() if t in vocab}), dtype=np.int32)
-    total = int(lengths[in_full].sum())
-    special = int(np.isin(encoded.input_ids[full_tokens], special_ids).sum()) if total else 0
-    chunk_counts = np.array([encoded.chunk_count(i) for i in range(len(encoded))], dtype=np.int64)
-    per_commit = np.bincount(owner[in_full], weights=lengths[in_full], minlength=len(encoded)).astype(np.int64)
-    return {
-        "commits": len(encoded),
-        "commits_with_chunks": int((chunk_counts > 0).sum()),
-        "chunks": int(chunk_counts.sum()),
-        "tokens": total,
-        "compact_tokens": int(lengths[within == 0].sum()),
-        "text_bytes": notes.text_bytes,
-        "bytes_per_token": round(notes.text_bytes / total, 3) if total else 0.0,
-        "special_token_share": round(special / total, 4) if total else 0.0,
-        "tokens_per_commit": length_percentiles(per_commit),
-        "tokens_per_chunk": length_percentiles(lengths[is_segment]),
-        "encoded_commits": notes.encoded_commits,
-        "reused_commits": notes.reused_commits,
-        # names without a token in the commits encoded this run (a frozen tokenizer's new authors and modules)
-        "spelled_out": {
-            "authors": len(notes.spelled_authors),
-            "author_commits": sum(notes.spelled_authors.values()),
-            "modules": len(notes.spelled_modules),
-            "module_chunks": sum(notes.spelled_modules.values()),
-        },
-    }
-
-
 def _progress(iterable, total: int | None, desc: str):
     return progress(iterable, total=total, desc=desc, unit="commits")
 
 
 # ------------------------------------------------------------------ CLI
-
 
 
 @user_errors_to_exit
