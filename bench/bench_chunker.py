@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from repo2model.stages import git_scraper  # noqa: E402
 from repo2model.stages import semantic_chunker as sc  # noqa: E402

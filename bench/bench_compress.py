@@ -29,7 +29,6 @@ from pathlib import Path
 import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from repo2model.core.artifacts import iter_commit_dicts, iter_jsonl  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402

@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import bitsandbytes as bnb  # noqa: E402
 import torch  # noqa: E402

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as `python bench/bench_missing_objects.py` from anywhere
 
 from repo2model.git.commands import git, git_environment, git_version  # noqa: E402
 from repo2model.git.objects import CatFile  # noqa: E402

@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
 os.environ.setdefault("TQDM_DISABLE", "1")  # one table, not thousands of progress lines
 
 from repo2model.stages import evaluate  # noqa: E402

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import yaml  # noqa: E402

@@ -28,7 +28,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as `python bench/bench_redaction.py` from anywhere
 
 from repo2model.git.objects import CatFile  # noqa: E402
 from repo2model.git.redact import Redactor  # noqa: E402

@@ -197,7 +197,6 @@ if kind == "git":
     with open("/dev/null", "wb") as null:
         subprocess.run(["git", "-C", repo, "log", "--all", "-p", "--numstat"], stdout=null, check=True)
 else:
-    sys.path.insert(0, sys.argv[4])
     from repo2model.stages import git_scraper
     args = ["--repo", repo, "--output", out] + (["--branches", kind] if kind != "all" else [])
     assert git_scraper.main(args) == 0
@@ -215,7 +214,7 @@ print(json.dumps({"seconds": seconds,
 
 def measure(kind: str, repo: Path, out: Path) -> dict:
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-c", MEASURE, kind, str(repo), str(out), str(ROOT)],
+    proc = subprocess.run([sys.executable, "-c", MEASURE, kind, str(repo), str(out)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"measurement {kind} failed:\n{proc.stderr}")

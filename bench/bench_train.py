@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' fixture builders (repo2model itself is installed)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

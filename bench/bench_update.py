@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from repo2model.language.encoding import decode_ids  # noqa: E402
 from repo2model.language.examples import IGNORE_INDEX, ExampleSet  # noqa: E402

@@ -1,5 +1,6 @@
-"""The install: every import the code makes is a requirement, every module imports in this environment, and
-an older Python is refused in one line.
+"""The install: pyproject.toml is the one list of requirements, every import the code makes is in it, the
+README's install line installs the project with its console commands, every module imports in this environment,
+and an older Python is refused in one line.
 
 Run by .ci/run in a virtual environment built fresh from the README's install command, these tests are what
 proves that command installs everything; anywhere else they check the same against the environment at hand.
@@ -14,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "repo2model"
 SCRIPTS = sorted(p for p in ROOT.glob("*.py"))
-REQUIREMENT_FILES = (ROOT / "requirements.txt",)
-# Imported only where the user asked for what needs them, and refused in one line when missing.
+PYPROJECT = ROOT / "pyproject.toml"
+# Imported only where the user asked for what needs them, and refused in one line when missing: in an extra.
 OPTIONAL = {"bitsandbytes"}
 
 
@@ -50,19 +52,17 @@ def third_party_imports(files: list[Path]) -> dict[str, set[str]]:
     return found
 
 
-def required_distributions(requirement_files=REQUIREMENT_FILES) -> set[str]:
-    """Distribution names the requirement files list (normalized), following `-r` includes."""
-    names: set[str] = set()
-    pending = list(requirement_files)
-    while pending:
-        path = pending.pop()
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line.startswith("-r "):
-                pending.append(path.parent / line[3:].strip())
-            elif line and not line.startswith("-"):
-                names.add(normalize(re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0]))
-    return names
+def project(pyproject: Path = PYPROJECT) -> dict:
+    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+
+
+def distribution_name(requirement: str) -> str:
+    return normalize(re.split(r"[<>=!~;\[ ]", requirement.strip(), maxsplit=1)[0])
+
+
+def required_distributions(pyproject: Path = PYPROJECT) -> set[str]:
+    """The distributions pyproject.toml's dependencies name (normalized): what every install gets."""
+    return {distribution_name(r) for r in project(pyproject)["dependencies"]}
 
 
 def normalize(name: str) -> str:
@@ -87,10 +87,10 @@ def transitive(names: set[str]) -> set[str]:
     return seen
 
 
-def unlisted_imports(files: list[Path], requirement_files=REQUIREMENT_FILES) -> list[str]:
+def unlisted_imports(files: list[Path], pyproject: Path = PYPROJECT) -> list[str]:
     """The third-party imports of `files` that no listed requirement (or what it pulls in) provides."""
     distributions = importlib.metadata.packages_distributions()
-    installed = transitive(required_distributions(requirement_files))
+    installed = transitive(required_distributions(pyproject))
     missing = []
     for module, users in sorted(third_party_imports(files).items()):
         if module in OPTIONAL:
@@ -112,11 +112,51 @@ def test_every_import_is_a_requirement():
 def test_the_requirement_check_catches_an_unlisted_import(tmp_path):
     source = tmp_path / "compress.py"
     source.write_text("import json\nimport zstandard\n\ndef f():\n    import yaml\n", encoding="utf-8")
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("PyYAML>=6.0\n", encoding="utf-8")
-    assert [m.split()[0] for m in unlisted_imports([source], (requirements,))] == ["zstandard"]
-    requirements.write_text("PyYAML>=6.0\nzstandard>=0.22  # compressed artifacts\n", encoding="utf-8")
-    assert unlisted_imports([source], (requirements,)) == []
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\ndependencies = ["PyYAML>=6.0"]\n', encoding="utf-8")
+    assert [m.split()[0] for m in unlisted_imports([source], pyproject)] == ["zstandard"]
+    pyproject.write_text('[project]\nname = "x"\ndependencies = ["PyYAML>=6.0", "zstandard>=0.22"]\n', encoding="utf-8")
+    assert unlisted_imports([source], pyproject) == []
+
+
+def test_optional_imports_are_extras_and_the_test_extra_pulls_them_in():
+    extras = {name: {distribution_name(r) for r in reqs} for name, reqs in project()["optional-dependencies"].items()}
+    distributions = importlib.metadata.packages_distributions()
+    for module in OPTIONAL:
+        providers = {normalize(d) for d in distributions.get(module, [module])}
+        assert providers & extras["gpu"], f"{module}: not in the gpu extra"
+        assert not providers & required_distributions(), f"{module}: optional, yet a dependency of every install"
+    assert {"repo2model", "pytest"} <= extras["dev"]  # dev = the gpu extra (the suite runs NF4 on the CPU) + tools
+    assert "repo2model[gpu]" in project()["optional-dependencies"]["dev"]
+
+
+def test_requirements_txt_installs_the_project_with_its_test_extras():
+    """requirements.txt is the README's install line: the project itself (editable), nothing listed twice."""
+    lines = [line.split("#", 1)[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert [line for line in lines if line] == ["-e .[dev]"]
+    assert project()["requires-python"] == ">=3.11"
+
+
+def test_console_commands_run_the_stage_mains():
+    """Each command of pyproject.toml runs a stage module's main, every stage has one, and each is installed here."""
+    commands = project()["scripts"]
+    stage_modules = {f"repo2model.stages.{p.stem}" for p in SCRIPTS}
+    targets = {}
+    for command, target in commands.items():
+        module, _, function = target.partition(":")
+        assert command.startswith("repo2model-") and function == "main", (command, target)
+        targets[module] = command
+    assert set(targets) == stage_modules, "each top-level script's stage needs a command (and only those)"
+    for module in stage_modules:  # read, not imported: importing every stage takes seconds
+        source = (ROOT / Path(*module.split("."))).with_suffix(".py").read_text(encoding="utf-8")
+        assert re.search(r"^def main\(", source, re.M), f"{module} has no main()"
+    bin_dir = Path(sys.executable).parent
+    missing = sorted(c for c in commands if not (bin_dir / c).is_file())
+    assert not missing, f"not installed in {bin_dir}: {missing} (pip install -r requirements.txt installs them)"
+    proc = subprocess.run([str(bin_dir / "repo2model-pipeline"), "--list-stages"], capture_output=True, text=True,
+                          cwd=ROOT.parent, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()][:2] == ["git_scraper", "semantic_chunker"]
 
 
 def test_every_module_and_script_imports_in_this_environment():
