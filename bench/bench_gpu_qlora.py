@@ -27,7 +27,7 @@ Then, in this process:
 
 Prints peak allocated and reserved memory (loading and training apart), the memory outside the
 allocator, tokens/s and seconds per step, and the estimator's figure beside the measured peak with
-their ratio. Targets (issue 14): peak reserved at most 7.5 GiB under the 8 GiB cap with no OOM over
+their ratio. Targets: peak reserved at most 7.5 GiB under the 8 GiB cap with no OOM over
 20 steps; the estimate within 10% of the measured peak.
 
 `--tiny` runs the same path at tiny shapes on the CPU (fp16 autocast + loss scaling on the CPU's

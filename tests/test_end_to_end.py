@@ -61,7 +61,14 @@ def test_default_pipeline_on_own_history(tmp_path):
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     answer = json.loads(predicted.stdout)
-    assert answer["candidates"] and isinstance(answer["files"], list)
+    touched = {f["path"] for c in json.loads((out / "commits.json").read_text())["commits"] for f in c["files"]}
+    files = [f["path"] for f in answer["files"]]
+    assert answer["candidates"] and files, answer
+    assert len(files) == len(set(files))
+    # The ranker trained above ranks the files: its top ones are files this history changed, best first.
+    ranked = [f for f in answer["files"] if f.get("ranked_by") in ("ranker", "ranker_lm")]
+    assert ranked and ranked[0]["path"] == files[0] and all(f["path"] in touched for f in ranked), answer["files"][:5]
+    assert [f["score"] for f in ranked] == sorted((f["score"] for f in ranked), reverse=True)
 
     again = subprocess.run(
         [sys.executable, str(ROOT / "pipeline.py"), "--config", str(config)],

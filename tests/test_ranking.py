@@ -214,7 +214,31 @@ def test_train_ranker_without_a_dataset_is_a_one_line_error(tmp_path, capsys):
 
 def test_change_types_beat_or_match_the_most_frequent_type(text_world):
     figures = json.loads((text_world.ranker_dir / "metrics.json").read_text())["change_types"]
-    assert figures["files"] > 0 and figures["classifier"] >= figures["most_frequent"] - 0.05
+    assert figures["files"] > 0 and figures["classifier"] >= figures["most_frequent"]
+
+
+def test_the_change_type_classifier_learns_what_the_most_frequent_type_misses():
+    """Files mostly modified so far; a task that says "add" adds a function. The most frequent type is right
+    for half the test files; the classifier, which reads the task's words, for all of them."""
+    from repo2model.ranking.change_types import TypeExample, change_type_figures, fit_classifier
+    from repo2model.ranking.config import FitSettings
+
+    def examples(split: str, n: int) -> list[TypeExample]:
+        made = []
+        for i in range(n):
+            adds = i % 2 == 1
+            main = "NEW_FUNCTION" if adds else "MODIFIED_FUNCTION"
+            history = {"MODIFIED_FUNCTION": 5 + i % 3, "NEW_FUNCTION": 2}
+            made.append(TypeExample(f"{split}/m{i}.py", history, "MODIFIED_FUNCTION", 7,
+                                    frozenset({"add" if adds else "fix", "parser"}), 1.0, frozenset({main}), main))
+        return made
+
+    test = examples("test", 40)
+    classes, model = fit_classifier({"train": examples("train", 200), "val": examples("val", 60)},
+                                    FitSettings(num_trees=100, early_stopping_rounds=10), seed=1)
+    assert set(classes) == {"MODIFIED_FUNCTION", "NEW_FUNCTION"} and model is not None
+    figures = change_type_figures(model, classes, test)
+    assert figures == {"files": 40, "classifier": 1.0, "most_frequent": 0.5}
 
 
 def test_symbols_ranked_by_the_task_recency_and_frequency():

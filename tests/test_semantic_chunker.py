@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from repo2model.stages import git_scraper
 from repo2model.stages import semantic_chunker as sc
@@ -135,7 +136,7 @@ pub mod rates {
 
 
 def build_rust_workspace(make_repo):
-    """(repo, [(sha, expected summary)]) for the Rust workspace history of issue 3."""
+    """(repo, [(sha, expected summary)]): a Rust workspace of two crates whose history holds every change type."""
     repo = make_repo("workspace")
     steps = []
     market_lib, dispute, ledger = MARKET_LIB, DISPUTE, LEDGER
@@ -908,9 +909,12 @@ def test_interrupt_is_quiet_and_a_killed_run_is_cleaned_up(make_repo, tmp_path):
     assert not list(out.glob(".chunk*.tmp"))
 
 
-def test_config_yaml_section_loads():
-    loaded = load_config(ROOT / "config.yaml", {"semantic_chunker": sc.Config}, strict_sections=False)
-    assert isinstance(loaded["semantic_chunker"], sc.Config)
+def test_config_yaml_section_loads_as_written():
+    """config.yaml lists every key of the section, and each loads as the value written there."""
+    written = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))["semantic_chunker"]
+    loaded = load_config(ROOT / "config.yaml", {"semantic_chunker": sc.Config}, strict_sections=False)["semantic_chunker"]
+    assert set(written) == {f.name for f in dataclasses.fields(sc.Config)}
+    assert {key: getattr(loaded, key) for key in written} == written
 
 
 # ---------------------------------------------------------------- incremental runs
