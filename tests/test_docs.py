@@ -1,5 +1,6 @@
 """The documentation cannot drift from the code: config.yaml is the key reference, the README's
-test command is CI's.
+test command is CI's, and the manual (README.md and docs/*.md) names only links, config keys and modules that
+exist.
 
 config.yaml documents every key of every section the pipeline knows (found
 through pipeline.py's stages and tools, so a new stage's section is checked
@@ -11,6 +12,7 @@ its value is the built-in default unless the comment says `built-in default: ...
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import subprocess
 from pathlib import Path
@@ -20,7 +22,7 @@ import yaml
 
 from repo2model.stages import pipeline
 from conftest import ROOT
-from repo2model.core.config import KNOWN_SECTIONS, build_section, load_config
+from repo2model.core.config import KNOWN_SECTIONS, RENAMED_SECTIONS, build_section, load_config
 
 OVERRIDE_MARK = "built-in default"
 
@@ -110,3 +112,104 @@ def test_ci_runs_the_readmes_install_and_test_commands():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert '-m venv "$WORK/venv"' in ci and 'bash -euo pipefail -c "$TEST"' in ci
     assert "pytest" not in ci.replace("$TEST", "")  # no second, hand-written test command
+
+
+# ------------------------------------------------------------------ the manual
+
+MANUAL = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+# `pipeline.py`, `evaluation.json`, `tokenizer.json`: file names, not section.key
+FILE_SUFFIXES = {"py", "json", "jsonl", "md", "png", "log", "lock", "yaml", "txt", "zst", "pt", "npy"}
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation (but - and _) dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    found, seen = set(), {}
+    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", path.read_text(encoding="utf-8")), re.M):
+        base = slug(heading)
+        found.add(base if base not in seen else f"{base}-{seen[base]}")
+        seen[base] = seen.get(base, 0) + 1
+    return found
+
+
+def broken_links(path: Path) -> list[str]:
+    """The relative links of a Markdown file whose file or #anchor does not exist."""
+    problems = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", FENCE.sub("", path.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto: ...
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file).resolve() if file else path
+        if not resolved.exists():
+            problems.append(f"{path.name}: {target}: no such file")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            problems.append(f"{path.name}: {target}: no heading #{anchor} in {resolved.name}")
+    return problems
+
+
+def unknown_keys(text: str, sections: dict[str, type]) -> list[str]:
+    """Every `section.key` the text names that the config does not have (a former section name included)."""
+    names = "|".join(sorted(set(sections) | set(RENAMED_SECTIONS), key=len, reverse=True))
+    problems = []
+    for section, key in re.findall(rf"(?<![\w./-])({names})\.([a-z_][a-z0-9_]*)\b", text):
+        if key in FILE_SUFFIXES:
+            continue
+        if section in RENAMED_SECTIONS:
+            problems.append(f"{section}.{key}: '{section}' is now '{RENAMED_SECTIONS[section]}'")
+        elif key not in {f.name for f in dataclasses.fields(sections[section])}:
+            problems.append(f"{section}.{key}: no such key")
+    return problems
+
+
+def test_the_readme_is_short_and_every_page_is_linked_from_it():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count("\n") <= 300, "README.md: at most 300 lines; the rest belongs in docs/"
+    unlinked = [p.name for p in MANUAL[1:] if f"(docs/{p.name})" not in readme]
+    assert not unlinked, f"README.md links no {unlinked}"
+
+
+@pytest.mark.parametrize("page", MANUAL, ids=lambda p: p.name)
+def test_every_relative_link_resolves(page):
+    problems = broken_links(page)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", MANUAL, ids=lambda p: p.name)
+def test_every_config_key_the_manual_names_exists(page, sections):
+    problems = unknown_keys(page.read_text(encoding="utf-8"), sections)
+    assert not problems, f"{page.name}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("page", MANUAL, ids=lambda p: p.name)
+def test_every_module_the_manual_names_exists(page):
+    text = page.read_text(encoding="utf-8")
+    problems = [p for p in re.findall(r"repo2model/[\w/]*\w(?:\.py)?", text) if not (ROOT / p).exists()]
+    for dotted in set(re.findall(r"repo2model(?:\.\w+)+", text)):
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                target = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ImportError:
+                continue
+        for attribute in parts[cut:]:
+            target = getattr(target, attribute, None)
+        if target is None:
+            problems.append(dotted)
+    assert not problems, f"{page.name} names what does not exist: {sorted(set(problems))}"
+
+
+def test_the_manual_checks_catch_drift(tmp_path, sections):
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    (tmp_path / "other.md").write_text("# Other\n\n## A `b.py` — c → `d.json`\n", encoding="utf-8")
+    page.write_text("[ok](../other.md#a-bpy--c--djson) [gone](missing.md) [bad](../other.md#nowhere)\n"
+                    "```\n[in code](not-checked.md)\n```\n", encoding="utf-8")
+    assert broken_links(page) == ["page.md: missing.md: no such file",
+                                  "page.md: ../other.md#nowhere: no heading #nowhere in other.md"]
+    assert unknown_keys("`train_model.max_steps`, `pipeline.py`, `tokenizer.vocab_sise`, `prediction.top_k`",
+                        sections) == ["tokenizer.vocab_sise: no such key", "prediction.top_k: 'prediction' is now 'predict'"]
