@@ -196,7 +196,8 @@ def test_a_former_section_name_still_loads_with_one_warning(tmp_path, caplog):
     for _ in range(3):  # a command may load its file several times: the user reads the warning once
         assert load_config(path, {"predict": Decoding})["predict"].max_new_tokens == 16
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["config.yaml: section 'prediction' is now called 'predict': rename it (the old name still works)"]
+    assert warnings == [
+        "config.yaml: section 'prediction' is now called 'predict': rename it (the old name still works)"]
 
 
 def test_both_names_of_one_section_are_refused_in_one_line(tmp_path):

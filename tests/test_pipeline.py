@@ -276,7 +276,8 @@ def test_set_reaches_the_stages_changes_their_fingerprint_and_is_recorded(tmp_pa
     config = write_config(tmp_path, repo.path)
     code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper")
     assert code == 0, err
-    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper", "--set", "git_scraper.file_filters=[.rs]")
+    only_rust = ("--stage", "git_scraper", "--set", "git_scraper.file_filters=[.rs]")
+    code, err = run_main(capsys, "--config", str(config), *only_rust)
     assert code == 0, err
     stage = results(tmp_path)["git_scraper"]
     assert stage["status"] == "ok"  # a setting changed: not up to date
@@ -285,7 +286,7 @@ def test_set_reaches_the_stages_changes_their_fingerprint_and_is_recorded(tmp_pa
         "src/lib.rs": False, "notes.txt": True}
     recorded = json.loads((tmp_path / "out" / "pipeline_results.json").read_text())
     assert recorded["set"] == ["git_scraper.file_filters=[.rs]"] and recorded["config"] == str(config)
-    code, err = run_main(capsys, "--config", str(config), "--stage", "git_scraper", "--set", "git_scraper.file_filters=[.rs]")
+    code, err = run_main(capsys, "--config", str(config), *only_rust)
     assert results(tmp_path)["git_scraper"]["status"] == "skipped"
 
 

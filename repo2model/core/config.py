@@ -141,7 +141,8 @@ class Override:
         try:
             value = yaml.load(raw, Loader=UniqueKeyLoader)
         except yaml.YAMLError as exc:
-            raise UserError(f"--set {text}: the value is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+            problem = getattr(exc, "problem", None) or exc
+            raise UserError(f"--set {text}: the value is not valid YAML ({problem})") from None
         if section in RENAMED_SECTIONS:
             log.warning("--set %s: section '%s' is now called '%s'", text, section, RENAMED_SECTIONS[section])
             section = RENAMED_SECTIONS[section]
@@ -208,7 +209,8 @@ def new_section_names(data: dict, path: Path) -> dict:
                             f"merge them into '{new}'")
         if (path, old) not in _warned_renames:
             _warned_renames.add((path, old))
-            log.warning("%s: section '%s' is now called '%s': rename it (the old name still works)", path.name, old, new)
+            log.warning("%s: section '%s' is now called '%s': rename it (the old name still works)",
+                        path.name, old, new)
     return {RENAMED_SECTIONS.get(name, name): values for name, values in data.items()}
 
 
