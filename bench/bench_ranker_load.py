@@ -18,7 +18,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -73,8 +72,8 @@ def prepare(bundle: Path, work: Path) -> ArtifactPaths:
     if not repo.exists():
         subprocess.run(["git", "clone", "-q", str(bundle), str(repo)], check=True)
     config = work / "config.yaml"
-    config.write_text(yaml.safe_dump({"pipeline": {"output_dir": str(work / "out")}, "git_scraper": {"repo": str(repo)}},
-                                     sort_keys=False), encoding="utf-8")
+    settings = {"pipeline": {"output_dir": str(work / "out")}, "git_scraper": {"repo": str(repo)}}
+    config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     for stage in STAGES:
         if pipeline.run_pipeline(config, only=stage) != 0:
             raise SystemExit(f"stage {stage} failed (see {work / 'out' / 'pipeline.log'})")

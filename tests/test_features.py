@@ -1,4 +1,5 @@
-"""repo2model/ranking/features.py and targets.py: a target's features come only from the commits before it; candidates."""
+"""repo2model/ranking/features.py and targets.py: a target's features come only from the commits before it;
+candidates."""
 
 from __future__ import annotations
 

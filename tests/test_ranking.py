@@ -1,5 +1,6 @@
-"""train_ranker.py and repo2model/ranking/ (ranker, file_ranking, symbols, metrics): the ranker learns whichever signal a history rewards, is
-deterministic, loads offline; the change-type classifier and symbol ranking; metrics."""
+"""train_ranker.py and repo2model/ranking/ (ranker, file_ranking, symbols, metrics): the ranker learns whichever
+signal a history rewards, is deterministic, loads offline, takes its features by name and its history's statistics
+from its folder; the change-type classifier and symbol ranking; metrics."""
 
 from __future__ import annotations
 
@@ -180,8 +181,11 @@ def test_evaluate_reuses_the_test_rows_train_ranker_saved(text_world, tmp_path, 
     shutil.copytree(text_world.output_dir, out)
     paths = ArtifactPaths.under(out)
     built = []
-    monkeypatch.setattr(file_ranking, "candidate_rows",
-                        lambda state, *args, **kwargs: built.append(state.target.commit) or candidate_rows(state, *args, **kwargs))
+    def counted(state, *args, **kwargs):
+        built.append(state.target.commit)
+        return candidate_rows(state, *args, **kwargs)
+
+    monkeypatch.setattr(file_ranking, "candidate_rows", counted)
     test_commits = train_ranker.load_splits(paths)["test"].commits
     evaluate.run(evaluate.Config(baselines_only=True), paths)
     reused = json.loads(paths.evaluation.read_text())

@@ -12,4 +12,5 @@ ranker, change types, symbols, and the metrics every predictor is scored with.
     symbols       a predicted file's symbols most likely to change
     file_ranking  the ranker at prediction time (FileRanking), merged into the prediction JSON
     metrics       Prediction / Truth, recall@k, MRR, change-type / module / symbol scores, per commit size
+    report        an evaluation's markdown tables (evaluation.md) and chart (evaluation.png)
 """

@@ -79,7 +79,8 @@ def fusion(rankings: dict[str, list[tuple[str, float]]], k: int, limit: int,
 
 
 def baseline_rankings(past: PastCommits, similar: dict[str, SimilarFile], code_scores: dict[str, float] | None,
-                      depth: int, rules: dict[str, tuple[float, int]] | None = None) -> dict[str, list[tuple[str, float]]]:
+                      depth: int, rules: dict[str, tuple[float, int]] | None = None
+                      ) -> dict[str, list[tuple[str, float]]]:
     """Every baseline's top `depth` files for one target, from its similar-commit evidence
     (`past.similar_files`), code-search scores (code_search only when `code_scores` is given) and co-change
     rules (`past.cochange_rules()`, computed when not given)."""

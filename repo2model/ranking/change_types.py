@@ -95,7 +95,8 @@ def fit_classifier(examples: dict[str, list[TypeExample]], fit: FitSettings, see
     def matrix(split: list[TypeExample]) -> tuple[np.ndarray, np.ndarray]:
         kept = [e for e in split if e.main in classes]
         x = np.array([change_type_features(e, classes) for e in kept], dtype=np.float32)
-        return x.reshape(len(kept), len(change_type_feature_names(classes))), np.array([classes.index(e.main) for e in kept])
+        labels = np.array([classes.index(e.main) for e in kept])
+        return x.reshape(len(kept), len(change_type_feature_names(classes))), labels
 
     return classes, fit_change_types(matrix(examples["train"]), matrix(examples["val"]), classes, fit, seed)
 

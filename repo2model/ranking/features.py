@@ -209,7 +209,9 @@ def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: LMScorer | None =
     for family in FAMILIES:
         columns.update(family(state, paths))
     if cfg.dense:
-        scores = (tree_scores if cfg.dense_candidates else dense(state.target.task, state.code, paths)) if scored else {}
+        scores = {}
+        if scored:  # with dense_candidates, every file of the tree is scored already
+            scores = tree_scores if cfg.dense_candidates else dense(state.target.task, state.code, paths)
         columns.update(score_columns(scores, paths, DENSE_FEATURES))
     if lm is not None:
         columns.update(score_columns(lm(paths), paths, LM_FEATURES))

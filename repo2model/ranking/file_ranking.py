@@ -201,7 +201,8 @@ class FileRanking:
         target = Target(commit="", position=self.past.position, task=task, author=(author or "").lower(),
                         parent=parent)
         state = state_at(self.past, code, target)
-        lm = lm_scorer(score, self.past.file_module) if score is not None and self.ranker.booster_lm is not None else None
+        with_lm = score is not None and self.ranker.booster_lm is not None
+        lm = lm_scorer(score, self.past.file_module) if with_lm else None
         rows = candidate_rows(state, self.candidates, lm=lm, dense=self.dense)
         ranked = self.ranker.rank(rows, lm=lm is not None)[:limit]
         files = [{"path": f.path, "score": round(f.score, 6), "change_type": f.change_type, "module": f.module,

@@ -273,7 +273,8 @@ def reusable_test_rows(ranker: Ranker, settings: dict) -> dict[str, CandidateRow
     if saved is None:
         return {}
     shaped, rows = saved
-    differ = sorted(k for k in set(shaped) | set(settings) if k != "language_model" and shaped.get(k) != settings.get(k))
+    differ = sorted(k for k in set(shaped) | set(settings)
+                    if k != "language_model" and shaped.get(k) != settings.get(k))
     if differ:
         log.info("the ranker's saved test rows were built with other %s: computed again", ", ".join(differ))
         return {}

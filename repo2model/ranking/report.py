@@ -101,8 +101,10 @@ def where_each_loses(result: dict) -> list[str]:
             if figures["recall@10"] is not None and max(rivals.values()) > figures["recall@10"]:
                 sizes.setdefault(max(rivals, key=rivals.get), []).append(bucket)
         parts = [f"behind {rival} on {', '.join(keys)}" for rival, keys in behind.items()]
-        parts += [f"on commits of {', '.join(buckets)} files behind {rival} (recall@10)" for rival, buckets in sizes.items()]
-        lines.append(f"- **{name}**: " + ("; ".join(parts) if parts else "nowhere: best or tied on every metric and size"))
+        parts += [f"on commits of {', '.join(buckets)} files behind {rival} (recall@10)"
+                  for rival, buckets in sizes.items()]
+        lines.append(f"- **{name}**: "
+                     + ("; ".join(parts) if parts else "nowhere: best or tied on every metric and size"))
     return lines
 
 

@@ -117,7 +117,8 @@ class Plan:
 # ---------------------------------------------------------------- the run
 
 
-def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42, prediction: PredictionConfig | None = None) -> dict:
+def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42,
+        prediction: PredictionConfig | None = None) -> dict:
     """Evaluate; `prediction` is the `predict` section (generation settings, model folder)."""
     started = time.monotonic()
     require(paths.commits, "git_scraper")
@@ -183,7 +184,8 @@ def summarize(result: dict, paths: ArtifactPaths, started: float) -> dict:
         "report": str(report_path(paths)),
         "chart": str(chart_path(paths)),
         "targets": result["targets"],
-        "metrics": {name: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "mrr")} for name, m in metrics.items()},
+        "metrics": {name: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "mrr")}
+                    for name, m in metrics.items()},
         "seconds": round(time.monotonic() - started, 1),
     }
     log.info("evaluated %d target commits in %.1fs: %s -> %s", result["targets"], summary["seconds"],
@@ -273,7 +275,8 @@ def saved_rows(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo: Pa
         return {}
     identity = None
     if predictor is not None and ranker.booster_lm is not None:
-        identity = language_model_identity(prediction.model_dir or paths.model_dir, cfg.device, section_dict(prediction))
+        model_dir = prediction.model_dir or paths.model_dir
+        identity = language_model_identity(model_dir, cfg.device, section_dict(prediction))
     settings = rows_settings(cfg.baselines(), repo, plan.mined_until, paths.commits, paths.chunks, identity)
     rows = reusable_test_rows(ranker, settings)
     if rows:

@@ -78,7 +78,9 @@ from repo2model.ranking.baselines import BASELINES
 from repo2model.ranking.change_types import TypeExample, change_type_figures, fit_classifier, type_example
 from repo2model.ranking.config import EvaluationConfig, RankerConfig
 from repo2model.ranking.dense import dense_settings, file_embeddings, scorer_of
-from repo2model.ranking.features import FEATURES, LM_FEATURES, CandidateRows, FeatureConfig, LMScorer, candidate_rows, lm_scorer
+from repo2model.ranking.features import (
+    FEATURES, LM_FEATURES, CandidateRows, FeatureConfig, LMScorer, candidate_rows, lm_scorer,
+)
 from repo2model.ranking.file_ranking import history_record
 from repo2model.ranking.history import BaselineConfig, PastCommits
 from repo2model.ranking.metrics import Prediction, Truth, aggregate, by_size, candidate_recall, score
