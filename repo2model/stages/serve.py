@@ -34,7 +34,9 @@ Requests are served by threads, generations one at a time (a lock). A new model 
 restart: on SIGHUP, and when the folder's marker `<model>/training_info.json` (written last by train_model)
 changes, checked every reload_poll_s. The new model is loaded in the background and swapped in whole: a
 request already running finishes on the model it started with. A failed load keeps the model being served and
-logs one line (also in /health `reloads.last`).
+logs one line (also in /health `reloads.last`). The code: repo2model/serving/service.py (the requests and the
+endpoints), repo2model/serving/reload.py (reloads and POST /update); the reply is a Prediction's to_json()
+(repo2model/serving/prediction.py).
 
 Config keys (section `serve`):
     host                  interface to bind (127.0.0.1: this machine only; anything beyond loopback, e.g.
@@ -84,6 +86,8 @@ log = logging.getLogger("serve")
 
 @dataclass
 class Config:
+    """The `serve` section (its keys above)."""
+
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
