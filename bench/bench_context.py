@@ -78,7 +78,9 @@ from repo2model.language.examples import ExampleSet  # noqa: E402
 from repo2model.ranking.targets import repository_of  # noqa: E402
 from repo2model.git.commands import git  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
-from repo2model.serving.predictor import PredictionConfig  # noqa: E402
+from repo2model.serving.prediction import PredictedFile, Prediction  # noqa: E402
+from repo2model.serving.predictor import apply_ranker  # noqa: E402
+from repo2model.serving.settings import PredictionConfig  # noqa: E402
 from repo2model.ranking.file_ranking import FileRanking  # noqa: E402
 from repo2model.ranking.ranker import Ranker  # noqa: E402
 from repo2model.retrieval.context import build_context, predicted_parts  # noqa: E402
@@ -122,9 +124,9 @@ class TestCommit:
     parent: str
     message: str
     truth: list[Truth]
-    prediction: dict  # the model-free stand-in's
-    oracle: dict
-    ranked: dict  # the learned ranker's, as predict.py / serve.py make it (FileRanking.merge)
+    prediction: Prediction  # the model-free stand-in's
+    oracle: Prediction
+    ranked: Prediction  # the learned ranker's, as predict.py / serve.py make it (FileRanking.merge)
 
 
 @dataclass
@@ -279,8 +281,8 @@ def test_commits(paths: ArtifactPaths, chosen: list[str], ranker_paths: Artifact
             ranking.last_commit = commit["parents"][0]
             tests[commit["hash"]] = TestCommit(
                 commit["hash"], commit["parents"][0], task, truth, stand_in_prediction(past, task),
-                {"files": [{"path": p} for p in dict.fromkeys(t.path for t in truth)]},
-                ranking.merge({}, [], task, max_files))
+                Prediction(task, files=[PredictedFile(p) for p in dict.fromkeys(t.path for t in truth)]),
+                apply_ranker(ranking, Prediction(task), [], max_files))
         past.observe(commit, chunks)
     if ranking.code is not None:
         ranking.code.close()
@@ -309,13 +311,13 @@ def truth_of(chunks: list[dict]) -> list[Truth]:
     return out
 
 
-def stand_in_prediction(past: PastCommits, task: str) -> dict:
+def stand_in_prediction(past: PastCommits, task: str) -> Prediction:
     files = [path for path, _ in similar_commits(past, code_words(task), 5)]
     out = []
     for path in files:
         symbols = sorted(past.file_symbols.get(path, Counter()).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
-        out.append({"path": path, "module": past.file_module.get(path), "symbols": [s for s, _ in symbols]})
-    return {"files": out, "modules": [f["module"] for f in out if f["module"]]}
+        out.append(PredictedFile(path, module=past.file_module.get(path), symbols=[s for s, _ in symbols]))
+    return Prediction(task, files=out, modules=[f.module for f in out if f.module])
 
 
 def update_after(index_dir: Path, repo: Path, start: str, commits: int, cfg: IndexConfig, embedder: Embedder,
@@ -354,11 +356,11 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                    "oracle": test.oracle}
     truth_files = {t.path for t in test.truth}
     for name in ("ranker-guided", "guided"):
-        top = {f["path"] for f in predictions[name]["files"][:5]}
+        top = {f.path for f in predictions[name].files[:5]}
         result.file_recall.setdefault(name, []).append(len(top & truth_files) / min(5, len(truth_files)))
     with index:
         for mode in MODES:
-            prediction = predictions.get(mode, {})
+            prediction = predictions.get(mode, Prediction(task))
             search_mode = "guided" if mode in predictions else mode
             hits = None
 

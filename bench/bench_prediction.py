@@ -45,6 +45,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # one table, not thousands of progre
 from repo2model.stages import evaluate  # noqa: E402
 from repo2model.stages import pipeline  # noqa: E402
 from repo2model.stages import serve  # noqa: E402
+from repo2model.serving.service import Service, make_server  # noqa: E402
 from repo2model.stages import train_ranker  # noqa: E402
 import yaml  # noqa: E402
 from repo2model.core.artifacts import iter_commits_with_chunks, read_json  # noqa: E402
@@ -52,7 +53,8 @@ from repo2model.ranking.baselines import BASELINES  # noqa: E402
 from repo2model.core.config import PipelineConfig, load_config  # noqa: E402
 from repo2model.serving.history import history_from_artifacts  # noqa: E402
 from repo2model.core.paths import ArtifactPaths  # noqa: E402
-from repo2model.serving.predictor import PredictionConfig, Predictor  # noqa: E402
+from repo2model.serving.predictor import Predictor  # noqa: E402
+from repo2model.serving.settings import PredictionConfig  # noqa: E402
 from repo2model.ranking.config import EvaluationConfig, RankerConfig  # noqa: E402
 from repo2model.retrieval.index_config import IndexConfig  # noqa: E402
 
@@ -145,7 +147,7 @@ def serve_latency(work: Path, paths: ArtifactPaths, repo: Path, requests: int) -
                                paths=paths if model_dir == paths.model_dir else None)
     if predictor.ranker is None:
         raise SystemExit(f"{model_dir}: the ranker was not found beside it")
-    server = serve.make_server(serve.Service(predictor, serve.Config(port=0)))
+    server = make_server(Service(predictor, serve.Config(port=0)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     history = history_from_artifacts(paths.commits, paths.chunks, 8)
     records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]} for c, chunks in history]

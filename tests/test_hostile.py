@@ -25,6 +25,7 @@ import pytest
 
 from repo2model.stages import pipeline
 from repo2model.stages import serve
+from repo2model.serving.service import Service, make_server
 from repo2model.stages import train_ranker
 from repo2model.stages.evaluate import plan_targets
 from helpers_update import CONFIG
@@ -32,7 +33,8 @@ from repo2model.core.artifacts import iter_jsonl
 from repo2model.core.config import load_config
 from repo2model.serving.history import load_history_sections
 from repo2model.core.paths import ArtifactPaths
-from repo2model.serving.predictor import Predictor, load_prediction_config
+from repo2model.serving.predictor import Predictor
+from repo2model.serving.settings import load_prediction_config
 from repo2model.ranking.config import EvaluationConfig, RankerConfig
 from repo2model.retrieval.index_config import IndexConfig, load_index_config
 from repo2model.retrieval.retriever import Retriever
@@ -137,8 +139,8 @@ def served(hostile, runs) -> dict[tuple[str, str], dict]:
         paths = ArtifactPaths.under(runs[name].out)
         retriever = Retriever(load_index_config(config), paths.index_dir)
         predictor = Predictor.load(paths.model_dir, load_prediction_config(config), paths=paths, retriever=retriever)
-        service = serve.Service(predictor, serve.Config(port=0), *load_history_sections(config))
-        server = serve.make_server(service)
+        service = Service(predictor, serve.Config(port=0), *load_history_sections(config))
+        server = make_server(service)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             for other, repo in repos.items():

@@ -19,7 +19,9 @@ import pytest
 
 import helpers_predict as H
 from repo2model.stages import serve
-from repo2model.serving.predictor import OPTION_KEYS, PredictionConfig, Predictor
+from repo2model.serving.service import Service, make_server
+from repo2model.serving.predictor import Predictor
+from repo2model.serving.settings import OPTION_KEYS, PredictionConfig
 from repo2model.retrieval.index_config import IndexConfig
 from repo2model.retrieval.retriever import Retriever
 from repo2model.retrieval.unit_index import UnitIndex
@@ -165,7 +167,7 @@ def test_workflow_runs_in_real_n8n(version, tmp_path, make_repo, monkeypatch):
     token = "n8n-credential-secret"
     monkeypatch.delenv("REPO2MODEL_SERVE_TOKEN", raising=False)
     # A token is required: the reply below proves n8n sent the credential's token (401 otherwise).
-    server = serve.make_server(serve.Service(predictor, serve.Config(port=0, token=token)))
+    server = make_server(Service(predictor, serve.Config(port=0, token=token)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         workflow = load()

@@ -25,6 +25,7 @@ from repo2model.retrieval.sparse import sparse_query, unit_words
 from repo2model.retrieval.stores import ClientStore
 from repo2model.retrieval.unit_index import UnitIndex, last_commits
 from repo2model.retrieval.units import IndexUnit, module_prefixes, units_of_file
+from repo2model.serving.prediction import ChangeTypeWeight, PredictedFile, Prediction
 
 LIB_RS = textwrap.dedent("""\
     //! The market.
@@ -316,8 +317,8 @@ def test_an_index_held_by_another_process_waits_then_says_so(tmp_path, make_repo
 
 
 def prediction_for(path, symbols, module=None):
-    return {"files": [{"path": path, "module": module, "change_types": [{"type": "MODIFIED_METHOD", "weight": 1}],
-                       "symbols": symbols}], "modules": [module] if module else [], "symbols": symbols}
+    file = PredictedFile(path, 1.0, module, [ChangeTypeWeight("MODIFIED_METHOD", 1.0)], symbols)
+    return Prediction(task="", files=[file], modules=[module] if module else [], symbols=symbols)
 
 
 def test_context_pack_order_budget_and_reasons(tmp_path, make_repo, embedder):
@@ -422,8 +423,9 @@ def test_predictions_carry_context_and_prompt(tmp_path, make_repo, embedder):
     repository, within the per-request `context_tokens`; serve's `test_failures` field goes into the prompt."""
     import helpers_predict as H
 
-    from repo2model.stages import serve
-    from repo2model.serving.predictor import PredictionConfig, Predictor
+    from repo2model.serving.service import RequestError, check_test_failures
+    from repo2model.serving.predictor import Predictor
+    from repo2model.serving.settings import PredictionConfig
 
     repo = make_repo("project")
     repo.commit("add parser", {"pkg/parse.py": "def parse(s):\n    return s\n"})
@@ -431,19 +433,19 @@ def test_predictions_carry_context_and_prompt(tmp_path, make_repo, embedder):
     model, tokenizer, lang, _, _ = H.trained_predictor_parts(tmp_path / "model")
     predictor = Predictor(model, tokenizer, lang, PredictionConfig(max_new_tokens=120), model_dir=tmp_path)
     history = H.fixture_history()
-    assert "context" not in predictor.predict(history, H.TASK)  # no retriever: the prediction alone
+    assert "context" not in predictor.predict(history, H.TASK).to_json()  # no retriever: the prediction alone
     predictor.retriever = Retriever(IndexConfig(), tmp_path / "index", embedder)
-    result = predictor.predict(history, H.TASK, repo=repo.path, test_failures="FAILED test_parse")
+    result = predictor.predict(history, H.TASK, repo=repo.path, test_failures="FAILED test_parse").to_json()
     assert result["files"][0]["path"] == "pkg/parse.py"
     assert result["context"][0]["why"] == "predicted symbol parse of predicted file #1"
     assert result["context"][0]["code"] == "def parse(s):\n    return s"
     assert "FAILED test_parse" in result["prompt"] and H.TASK in result["prompt"]
     assert result["context_source"]["index"]["commit"] == repo.head()
-    nothing = predictor.predict(history, H.TASK, options={"context_tokens": 0}, repo=repo.path)
+    nothing = predictor.predict(history, H.TASK, options={"context_tokens": 0}, repo=repo.path).to_json()
     assert nothing["context"] == [] and "No code context available." in nothing["prompt"]
-    assert serve.check_test_failures(["a", "b"]) == "a\n\nb" and serve.check_test_failures(None) is None
-    with pytest.raises(serve.RequestError, match="test_failures: must be a string"):
-        serve.check_test_failures({"x": 1})
+    assert check_test_failures(["a", "b"]) == "a\n\nb" and check_test_failures(None) is None
+    with pytest.raises(RequestError, match="test_failures: must be a string"):
+        check_test_failures({"x": 1})
 
 
 def test_file_embeddings_for_a_ranker_follow_the_tree_and_cache_by_blob(tmp_path, make_repo, embedder):

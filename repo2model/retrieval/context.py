@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from repo2model.retrieval.stores import Hit
 from repo2model.retrieval.units import IndexUnit, module_prefixes
+from repo2model.serving.prediction import Prediction
 
 Found = tuple[IndexUnit, str]  # a unit and why it is in the pack
 
@@ -44,16 +45,16 @@ class ContextEntry:
         return out
 
 
-def predicted_parts(prediction: dict, max_files: int) -> tuple[list[str], list[str], dict[str, list[str]]]:
-    """(files, modules, symbols per file) from a prediction's JSON, best first."""
-    files = [f["path"] for f in prediction.get("files", []) if f.get("path")][:max_files]
-    modules = list(dict.fromkeys([m for m in prediction.get("modules", []) if m]
-                                 + [f["module"] for f in prediction.get("files", [])[:max_files] if f.get("module")]))
-    symbols = {f["path"]: [s for s in f.get("symbols") or [] if s] for f in prediction.get("files", [])[:max_files]}
+def predicted_parts(prediction: Prediction, max_files: int) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """(files, modules, symbols per file) of a prediction, best first."""
+    files = [f.path for f in prediction.files if f.path][:max_files]
+    modules = list(dict.fromkeys([m for m in prediction.modules if m]
+                                 + [f.module for f in prediction.files[:max_files] if f.module]))
+    symbols = {f.path: [s for s in f.symbols if s] for f in prediction.files[:max_files]}
     return files, modules, symbols
 
 
-def build_context(task: str, prediction: dict, units_of: Callable[[list[str]], list[IndexUnit]],
+def build_context(task: str, prediction: Prediction, units_of: Callable[[list[str]], list[IndexUnit]],
                   search: Callable[..., list[Hit]] | None, budget: int, count_tokens: Callable[[str], int],
                   max_files: int = 5, mode: str = "guided", predicted_share: float = 0.5,
                   files_first: bool = False, fuse_weight: float | None = None, fuse_k: int = 2) -> list[ContextEntry]:

@@ -12,27 +12,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from repo2model.retrieval.context import ContextEntry, entry_header
+from repo2model.serving.prediction import Prediction
 
 FENCE_LANGUAGE = {"rust": "rust", "python": "python", "markdown": "markdown", "toml": "toml", "yaml": "yaml",
                   "json": "json", "shell": "bash", "javascript": "javascript", "typescript": "typescript"}
 
 
-def render_prompt(task: str, prediction: dict, context: list[ContextEntry], test_failures: str | None = None,
+def render_prompt(task: str, prediction: Prediction, context: list[ContextEntry], test_failures: str | None = None,
                   repository: str | None = None, commit: str | None = None, max_files: int = 10) -> str:
     """One text for the code-writing model: the task, the predicted change, the code, recent test failures."""
     where = f" `{Path(repository).name}`" if repository else ""
     at = f" at commit {commit[:12]}" if commit else ""
     parts = [f"You are changing the repository{where}{at}.", "", "## Task", task.strip(), "",
              "## Predicted change (from the repository's own history model; it may be wrong)"]
-    files = prediction.get("files", [])[:max_files]
+    files = prediction.files[:max_files]
     if not files:
         parts.append("No file predicted.")
     for rank, entry in enumerate(files, start=1):
-        types = ", ".join(t["type"] if isinstance(t, dict) else str(t) for t in entry.get("change_types") or [])
-        module = f" (module {entry['module']})" if entry.get("module") else ""
-        parts.append(f"{rank}. {entry['path']}{module}" + (f": {types}" if types else ""))
-        if entry.get("symbols"):
-            parts.append("   symbols: " + ", ".join(entry["symbols"][:12]))
+        types = ", ".join(t.type for t in entry.change_types)
+        module = f" (module {entry.module})" if entry.module else ""
+        parts.append(f"{rank}. {entry.path}{module}" + (f": {types}" if types else ""))
+        if entry.symbols:
+            parts.append("   symbols: " + ", ".join(entry.symbols[:12]))
     parts += ["", "## Code context (current code)"]
     if not context:
         parts.append("No code context available.")

@@ -22,6 +22,7 @@ from repo2model.retrieval.embedding import Embedder
 from repo2model.retrieval.index_config import IndexConfig
 from repo2model.retrieval.prompt import render_prompt
 from repo2model.retrieval.unit_index import UnitIndex, tree_units
+from repo2model.serving.prediction import Prediction
 
 log = logging.getLogger("index")
 
@@ -61,7 +62,7 @@ class Retriever:
         self._closer.daemon = True
         self._closer.start()
 
-    def answer(self, task: str, prediction: dict, repo: Path | str | None = None, budget: int = 2000,
+    def answer(self, task: str, prediction: Prediction, repo: Path | str | None = None, budget: int = 2000,
                test_failures: str | None = None) -> dict:
         """{"context": [...], "prompt": str, "context_source": {...}} for a prediction of `task`.
 
@@ -79,7 +80,7 @@ class Retriever:
             return {"context": [], "prompt": render_prompt(task, prediction, [], test_failures),
                     "context_source": {"index": None, "tokens": budget, "reason": str(exc), "used_tokens": 0}}
 
-    def _answer(self, task: str, prediction: dict, repo: Path | str | None, budget: int,
+    def _answer(self, task: str, prediction: Prediction, repo: Path | str | None, budget: int,
                 test_failures: str | None) -> dict:
         index = self.index()
         source: dict[str, Any] = {"index": None, "tokens": budget}
