@@ -30,19 +30,18 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import torch
+import yaml
 
-from repo2model.core.paths import ArtifactPaths  # noqa: E402
-from repo2model.export.backend import LlamaCppModel  # noqa: E402
-from repo2model.export.verify import (  # noqa: E402
+from repo2model.core.paths import ArtifactPaths
+from repo2model.export.backend import LlamaCppModel
+from repo2model.export.verify import (
     likelihood_recall,
     llama_file_scorer,
     max_logit_difference,
@@ -52,12 +51,12 @@ from repo2model.export.verify import (  # noqa: E402
     torch_file_scorer,
     torch_token_logprobs,
 )
-from repo2model.language.commit_language import CommitLanguage  # noqa: E402
-from repo2model.language.examples import ExampleSet  # noqa: E402
-from repo2model.serving.predictor import Predictor  # noqa: E402
-from repo2model.serving.settings import PredictionConfig  # noqa: E402
-from repo2model.stages import export, pipeline  # noqa: E402
-from repo2model.training.models import load_trained_model  # noqa: E402
+from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.examples import ExampleSet
+from repo2model.serving.predictor import Predictor
+from repo2model.serving.settings import PredictionConfig
+from repo2model.stages import export, pipeline
+from repo2model.training.models import load_trained_model
 
 STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder", "train_model")
 TYPES = ("f16", "q8_0", "q4_k_m")
@@ -69,9 +68,9 @@ def main() -> None:
     parser.add_argument("--bundles", type=Path, default=ROOT / ".." / "shared" / "data" / "repos")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-export"), help="clones and artifacts")
     parser.add_argument("--commits", type=int, default=400, help="the latest commits of the branch scraped")
-    parser.add_argument("--hidden", type=int, default=512, help="the model's width (a multiple of 256)")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=150, help="train_model.max_steps")
+    parser.add_argument("--hidden", type=int, default=256, help="the model's width (a multiple of 256)")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=60, help="train_model.max_steps")
     parser.add_argument("--examples", type=int, default=16, help="test targets compared")
     parser.add_argument("--candidates", type=int, default=50, help="files ranked per target (rank_candidates)")
     parser.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per prompt for gen/s")
@@ -118,7 +117,7 @@ def write_config(work: Path, repo: Path, args: argparse.Namespace) -> Path:
         "pipeline": {"output_dir": str(work / "out")},
         "git_scraper": {"repo": str(repo), "include_remotes": False, "include_tags": False, "rev_range": rev_range},
         "tokenizer": {"vocab_size": 2000},
-        "dataset_builder": {"context_window": 384, "target_window": 128, "history_commits": 4},
+        "dataset_builder": {"context_window": 256, "target_window": 96, "history_commits": 3},
         "train_model": {"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": args.hidden // 64,
                         "intermediate_size": 3 * args.hidden, "max_steps": args.steps, "max_minutes": None,
                         "warmup_steps": 10, "eval_every": args.steps, "save_every": args.steps,
@@ -137,11 +136,11 @@ def compare_backends(paths: ArtifactPaths, info: dict, args: argparse.Namespace)
     examples = ExampleSet.load(paths.test_data)
     sequences = split_sequences(examples, args.examples)
     targets = recall_targets(paths.commits, paths.chunks, examples, args.candidates, args.examples)
-    rows = {"torch": {"loss": target_loss(torch_token_logprobs(model), sequences),
-                      "recall@5": likelihood_recall(torch_file_scorer(predictor, cfg), targets)[0],
+    recall, top = likelihood_recall(torch_file_scorer(predictor, cfg), targets)
+    tops = {"torch": top}
+    rows = {"torch": {"loss": target_loss(torch_token_logprobs(model), sequences), "recall@5": recall,
                       **speed(lambda ids: model(input_ids=torch.tensor([ids])), torch_generate(model, args.gen_tokens),
                               sequences, args.gen_tokens)}}
-    tops = {"torch": likelihood_recall(torch_file_scorer(predictor, cfg), targets)[1]}
     for file_type in TYPES:
         path = paths.output_dir / "export" / info["files"][file_type]["file"]
         with LlamaCppModel(path, threads=args.threads) as backend:

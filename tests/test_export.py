@@ -29,14 +29,34 @@ from repo2model.core.artifacts import iter_commits_with_chunks
 from repo2model.core.paths import ArtifactPaths
 from repo2model.core.records import Chunk, Commit
 from repo2model.export import packages
+from repo2model.export.backend import LlamaCppModel, Sampling
+from repo2model.export.gguf_file import write_gguf
+from repo2model.export.quantize import tensor_types
+from repo2model.export.verify import (
+    likelihood_recall,
+    llama_file_scorer,
+    max_logit_difference,
+    recall_targets,
+    split_sequences,
+    target_loss,
+    torch_file_scorer,
+    torch_logits,
+    torch_token_logprobs,
+)
+from repo2model.export.vocabulary import read_vocabulary
 from repo2model.language.commit_language import COMMIT_END, CommitLanguage, encode_texts
 from repo2model.language.examples import ExampleSet
+from repo2model.serving.predictor import Predictor, stop_token_ids
+from repo2model.serving.settings import PredictionConfig
+from repo2model.stages import dataset_builder, export, tokenizer, train_model
+from repo2model.training.models import load_base_for_adapter, load_trained_model, trained_length
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import GitRepo  # noqa: E402
-from helpers_data import scrape_and_chunk  # noqa: E402
-from helpers_models import corpus_lines, make_base_model  # noqa: E402
+from conftest import GitRepo
+from helpers_data import scrape_and_chunk
+from helpers_models import corpus_lines, make_base_model
 
+# The library imports gguf and llama_cpp on first use: without them every test below fails in one line.
 MISSING = packages.missing()
 REQUIRED = os.environ.get("REPO2MODEL_REQUIRE_EXPORT") == "1"
 if MISSING and not REQUIRED:
@@ -49,32 +69,11 @@ def test_the_export_extra_is_installed():
                          "pip install -r requirements-export.txt")
 
 
-if not MISSING:
-    from repo2model.export.backend import LlamaCppModel, Sampling
-    from repo2model.export.gguf_file import write_gguf
-    from repo2model.export.quantize import tensor_types
-    from repo2model.export.verify import (
-        likelihood_recall,
-        llama_file_scorer,
-        max_logit_difference,
-        recall_targets,
-        split_sequences,
-        target_loss,
-        torch_file_scorer,
-        torch_logits,
-        torch_token_logprobs,
-    )
-    from repo2model.serving.predictor import Predictor, stop_token_ids
-    from repo2model.serving.settings import PredictionConfig
-    from repo2model.export.vocabulary import read_vocabulary
-    from repo2model.stages import dataset_builder, export, tokenizer, train_model
-    from repo2model.training.models import load_base_for_adapter, load_trained_model, trained_length
-
 F16_LOGITS = 1e-2
 Q8_LOSS, Q4_LOSS = 0.01, 0.05
 ATTR = {"unknown": 1 << 0, "normal": 1 << 2, "control": 1 << 3, "user_defined": 1 << 4, "byte": 1 << 5}
-TINY_TRAINING = dict(micro_batch_size=4, effective_batch_size=4, warmup_steps=2, max_minutes=None, device="cpu",
-                     num_threads=1)
+TINY_TRAINING = {"micro_batch_size": 4, "effective_batch_size": 4, "warmup_steps": 2, "max_minutes": None,
+                 "device": "cpu", "num_threads": 1}
 
 
 # ----------------------------------------------------------------------------- the history and the models
@@ -247,6 +246,18 @@ def test_scratch_export_writes_gguf_files_the_modelfile_and_the_info(scratch):
     assert seq_len and f"PARAMETER num_ctx {seq_len}\n" in modelfile and info["modelfile"]["num_ctx"] == seq_len
     assert "FROM ./model-q4_k_m.gguf\n" in modelfile and 'TEMPLATE """{{ .Prompt }}"""\n' in modelfile
     assert f'PARAMETER stop "{COMMIT_END}"\n' in modelfile
+
+
+def test_cli_without_f16_keeps_an_f16_file_already_there_and_leaves_no_temporary(scratch, tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model-f16.gguf").write_bytes(b"an earlier export")
+    assert export.main(["--model", str(scratch.model_dir), "--out", str(out), "--types", "q8_0"]) == 0
+    assert (out / "model-f16.gguf").read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "export_info.json", "model-f16.gguf",
+                                                     "model-q8_0.gguf"]
+    assert "FROM ./model-q8_0.gguf" in (out / "Modelfile").read_text()  # the only type written
+    assert set(tensor_types(out / "model-q8_0.gguf")) == {"Q8_0", "F32"}
 
 
 def test_scratch_f16_logits_and_likelihood_recall_match_torch(scratch):

@@ -18,8 +18,9 @@ from torch's (another random generator).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Self
 
 import numpy as np
 
@@ -38,7 +39,12 @@ class Sampling:
 
 
 class LlamaCppModel:
-    """A GGUF model in llama.cpp (CPU, or the GPU when llama-cpp-python was built for one: `gpu_layers`)."""
+    """A GGUF model in llama.cpp (CPU, or the GPU when llama-cpp-python was built for one: `gpu_layers`).
+
+    `context_length`: the positions of llama.cpp's context (None: the model's own, the GGUF's context_length).
+    Every position's logits are kept (n_ctx x n_vocab floats: 0.5 GB for LLaMA-2's 32k tokens at 4096), so
+    prediction passes the length it needs.
+    """
 
     def __init__(self, path: Path, context_length: int | None = None, threads: int | None = None,
                  batch: int = 512, gpu_layers: int = 0):
@@ -75,6 +81,8 @@ class LlamaCppModel:
     def continuation_logprobs(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
         """The summed log-probability of each continuation after `prompt`; the prompt is evaluated once and each
         continuation from the end of its cache."""
+        if any(not continuation for continuation in continuations):
+            raise ValueError("an empty continuation has no log-probability")
         self._eval_from(0, prompt)
         first = log_softmax(self.llm.scores[len(prompt) - 1: len(prompt)])[0]
         totals = []
@@ -138,7 +146,7 @@ class LlamaCppModel:
     def close(self) -> None:
         self.llm.close()
 
-    def __enter__(self) -> "LlamaCppModel":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,14 +28,18 @@ def missing() -> list[str]:
 
 
 def gguf() -> ModuleType:
-    return _module("gguf", "gguf")
+    module = _module("gguf", "gguf")
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs the endianness and each file at INFO
+    return module
 
 
 def llama_cpp() -> ModuleType:
     module = _module("llama_cpp", "llama-cpp-python")
     quiet = logging.getLogger("llama-cpp-python")  # llama.cpp's own log (a line per tensor when quantizing)
     if quiet.level == logging.NOTSET:
-        quiet.setLevel(logging.WARNING)  # its warnings stay: e.g. a K-quant falling back on narrow rows
+        # llama-cpp-python maps ggml's levels one step up (ggml's INFO to WARNING, WARN to ERROR): at ERROR its
+        # information is left out and its warnings stay (e.g. a K-quant falling back on narrow rows)
+        quiet.setLevel(logging.ERROR)
     return module
 
 

@@ -13,8 +13,8 @@ tests/test_export.py and bench/bench_export.py hold the exports to the tolerance
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -34,11 +34,15 @@ Config keys (section `export`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -51,7 +55,7 @@ from repo2model.core.paths import ArtifactPaths
 from repo2model.export import packages
 from repo2model.export.backend import LlamaCppModel
 from repo2model.export.gguf_file import write_gguf
-from repo2model.export.merge import ExportSource, load_for_export
+from repo2model.export.merge import load_for_export
 from repo2model.export.modelfile import write_modelfile
 from repo2model.export.quantize import TYPES, quantize, tensor_types
 from repo2model.export.vocabulary import Vocabulary, read_vocabulary
@@ -113,23 +117,19 @@ def stage_outputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
 
 def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     """Export the model folder to GGUF files, the Modelfile and export_info.json; returns export_info."""
-    packages.gguf(), packages.llama_cpp()  # both before minutes of merging
+    packages.gguf()  # both packages checked before minutes of merging
+    packages.llama_cpp()
     out = ensure_folder(export_folder(cfg, paths))
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    source = load_for_export(model_folder(cfg, paths), DTYPES[cfg.merge_dtype])
-    seconds["load_and_merge"] = time.monotonic() - started
-    log.info("export: %s model from %s", source.kind, source.model_dir)
-    files, vocabulary, positions = write_f16(cfg, source, out, seconds)
-    del source
-    gc.collect()  # the torch weights go before llama.cpp reads the file (a 7B model twice would not fit)
-    files.update(write_quantized(cfg, files["f16"], out, seconds))
-    check_vocabulary(files[cfg.types[0]], vocabulary)
+    with f16_path(cfg, out) as f16:
+        kind, vocabulary, positions = write_f16(cfg, model_folder(cfg, paths), f16, seconds)
+        written = {"f16": f16, **write_quantized(cfg, f16, out, seconds)}
+        files = {file_type: written[file_type] for file_type in cfg.types}
+        check_vocabulary(files[cfg.modelfile], vocabulary)
     context = cfg.context_length or trained_length(model_folder(cfg, paths)) or positions
     write_modelfile(out, files[cfg.modelfile].name, context)
-    if "f16" not in cfg.types:
-        files.pop("f16").unlink()
-    info = export_info(cfg, paths, files, vocabulary, context, seconds)
+    info = export_info(cfg, paths, kind, files, vocabulary, context, seconds)
     write_json(out / "export_info.json", info)
     log.info("export: %s in %.0fs -> %s (Modelfile: %s, num_ctx %d)",
              ", ".join(f"{t} {info['files'][t]['bytes'] / 2**20:.1f} MiB" for t in cfg.types),
@@ -137,14 +137,37 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     return info
 
 
-def write_f16(cfg: Config, source: ExportSource, out: Path,
-              seconds: dict[str, float]) -> tuple[dict[str, Path], Vocabulary, int]:
-    """The f16 GGUF (always: the quantizer's input). Returns ({"f16": path}, the vocabulary, the positions)."""
+@contextlib.contextmanager
+def f16_path(cfg: Config, out: Path) -> Iterator[Path]:
+    """Where the f16 file goes: its own name when `types` lists it, else a temporary beside the outputs (the
+    quantizer's input), removed at the end; an f16 file already there is left as it is."""
+    if "f16" in cfg.types:
+        yield out / f"{cfg.name}-f16.gguf"
+        return
+    handle, name = tempfile.mkstemp(prefix=f".{cfg.name}-f16.gguf.", suffix=".tmp", dir=out)
+    os.close(handle)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def write_f16(cfg: Config, model_dir: Path, path: Path, seconds: dict[str, float]) -> tuple[str, Vocabulary, int]:
+    """The model folder as one full model (an adapter merged), written at f16 to `path` with its vocabulary.
+    Returns (the source's kind, the vocabulary, the model's positions); the torch weights are freed on return,
+    before llama.cpp reads the file (a 7B model twice would not fit)."""
+    started = time.monotonic()
+    source = load_for_export(model_dir, DTYPES[cfg.merge_dtype])
+    seconds["load_and_merge"] = time.monotonic() - started
+    log.info("export: %s model from %s", source.kind, source.model_dir)
     started = time.monotonic()
     vocabulary = read_vocabulary(source.tokenizer, source.model.get_input_embeddings().weight.shape[0])
-    path = write_gguf(source.model, vocabulary, out / f"{cfg.name}-f16.gguf", cfg.name)
+    write_gguf(source.model, vocabulary, path, cfg.name)
     seconds["f16"] = time.monotonic() - started
-    return {"f16": path}, vocabulary, int(source.model.config.max_position_embeddings)
+    kind, positions = source.kind, int(source.model.config.max_position_embeddings)
+    del source
+    gc.collect()
+    return kind, vocabulary, positions
 
 
 def write_quantized(cfg: Config, f16: Path, out: Path, seconds: dict[str, float]) -> dict[str, Path]:
@@ -158,7 +181,7 @@ def write_quantized(cfg: Config, f16: Path, out: Path, seconds: dict[str, float]
 
 def check_vocabulary(path: Path, vocabulary: Vocabulary) -> None:
     """llama.cpp reads back the vocabulary we wrote: its size, and each special and added token's text by id."""
-    with LlamaCppModel(path) as model:
+    with LlamaCppModel(path, context_length=64) as model:
         if model.n_vocab != len(vocabulary.tokens):
             raise UserError(f"{path}: llama.cpp reads {model.n_vocab} tokens, {len(vocabulary.tokens)} were written")
         wrong = [(i, text, model.token_text(i)) for i, (text, _) in vocabulary.added().items()
@@ -169,14 +192,14 @@ def check_vocabulary(path: Path, vocabulary: Vocabulary) -> None:
                         f"({len(wrong)} tokens differ)")
 
 
-def export_info(cfg: Config, paths: ArtifactPaths, files: dict[str, Path], vocabulary: Vocabulary, context: int,
-                seconds: dict[str, float]) -> dict:
+def export_info(cfg: Config, paths: ArtifactPaths, kind: str, files: dict[str, Path], vocabulary: Vocabulary,
+                context: int, seconds: dict[str, float]) -> dict:
     training = read_training_info(model_folder(cfg, paths))
     return {
         "model_dir": str(model_folder(cfg, paths)),
-        "mode": training.get("mode", "scratch"),
+        "mode": kind,  # scratch, lora, qlora (merged here), or merged (a merged/ folder exported as it is)
         "base_model": training.get("base_model"),
-        "merge_dtype": cfg.merge_dtype if training.get("mode") in ("lora", "qlora") else None,
+        "merge_dtype": cfg.merge_dtype if kind in ("lora", "qlora") else None,
         "files": {t: {"file": files[t].name, "bytes": files[t].stat().st_size, "tensor_types": tensor_types(files[t])}
                   for t in cfg.types},
         "modelfile": {"file": "Modelfile", "gguf": files[cfg.modelfile].name, "num_ctx": context},
