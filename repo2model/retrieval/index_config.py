@@ -28,6 +28,7 @@ class IndexConfig:
     collection: str = "repo2model_units"
     embedded: Literal["edge", "local"] = "edge"
     model_dir: Path | None = None
+    backend: Literal["auto", "onnx-int8", "onnx", "torch"] = "auto"
     max_tokens: int = 256
     batch_size: int = 32
     num_threads: int | None = None
@@ -46,6 +47,8 @@ class IndexConfig:
     def __post_init__(self):
         if self.embedded not in ("edge", "local"):
             raise ValueError("embedded: must be edge or local")
+        if self.backend not in ("auto", "onnx-int8", "onnx", "torch"):
+            raise ValueError("backend: must be auto, onnx-int8, onnx or torch")
         if not 8 <= self.max_tokens <= 512:
             raise ValueError("max_tokens: must be between 8 and 512 (the model's positions)")
         for name in ("batch_size", "max_file_bytes", "whole_file_lines", "search_limit", "rrf_k", "context_files"):

@@ -11,6 +11,7 @@ repo2model.retrieval.bm25's Lucene BM25 over the same words. Word ids: 32-bit bl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from repo2model.retrieval.units import IndexUnit
 K1, B = 1.5, 0.75  # BM25 as repo2model.retrieval.bm25 computes it (bm25s's Lucene defaults)
 
 
+@functools.lru_cache(maxsize=1 << 18)  # a tree's vocabulary repeats: hashing each word once is enough
 def word_id(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "little")
 

@@ -91,7 +91,7 @@ class UnitIndex:
     def __init__(self, cfg: IndexConfig, folder: Path, embedder: Embedder | None = None):
         self.cfg = cfg
         self.folder = Path(folder)
-        self.embedder = embedder or Embedder(cfg.model_dir, cfg.max_tokens, cfg.batch_size, cfg.num_threads)
+        self.embedder = embedder or Embedder.from_config(cfg)
         self.info: dict = self.read_info(self.folder)
         self.store: EdgeStore | ClientStore | None = None
 
@@ -153,7 +153,7 @@ class UnitIndex:
 
     def _update(self, top: Path, commit: str, redactor, excluded, folder: Path | None, fresh: bool,
                 progress: bool) -> UpdateSummary:
-        model = self.embedder.name
+        model = self.embedder.identity
         tree = [e for e in ls_tree(top, commit) if e.mode != "120000" and indexable(e.path, e.size, self.cfg)
                 and not (excluded and excluded(e.path))]
         store = self.open_store(self.embedder.dim, folder)
@@ -169,16 +169,17 @@ class UnitIndex:
             changed = [e for e in tree if {p["blob"] for p in by_path.get(e.path, {}).values()} != {e.oid}]
             removed = sorted(set(by_path) - set(blobs))
             units, missing = self._read_units(top, commit, changed, redactor, progress)
+            words = [unit_words(u) for u in units]
             average = self.info.get("average_length") if not fresh else None
             if average is None:  # a first build: the average unit length of this tree
-                lengths = [sum(unit_words(u).values()) for u in units]
+                lengths = [sum(w.values()) for w in words]
                 average = float(np.mean(lengths)) if lengths else 1.0
             self.average_length = average
-            to_embed, payloads, delete = [], {}, []
+            to_embed, embed_words, payloads, delete = [], [], {}, []
             for path in removed:
                 delete.extend(by_path[path])
             new_ids: dict[str, set[int]] = {}
-            for unit in units:
+            for unit, unit_counts in zip(units, words):
                 new_ids.setdefault(unit.path, set()).add(unit.id)
                 old = by_path.get(unit.path, {}).get(unit.id)
                 if old is not None and old.get("digest") == unit.digest(model):
@@ -186,12 +187,13 @@ class UnitIndex:
                     payloads[unit.id] = unit.payload(model)
                 else:
                     to_embed.append(unit)
+                    embed_words.append(unit_counts)
             for entry in changed:
                 delete.extend(i for i in by_path.get(entry.path, {}) if i not in new_ids.get(entry.path, set()))
             self._set_commits(top, commit, to_embed, self.info.get("commit") if not fresh else None)
             if to_embed:
                 vectors = self.embedder.embed([u.embedding_text() for u in to_embed], progress=progress)
-                store.upsert([StoredPoint(u.id, vectors[i].tolist(), sparse_document(unit_words(u), average),
+                store.upsert([StoredPoint(u.id, vectors[i].tolist(), sparse_document(embed_words[i], average),
                                           u.payload(model)) for i, u in enumerate(to_embed)])
             store.set_payloads(payloads)
             store.delete(delete)
@@ -243,6 +245,7 @@ class UnitIndex:
             "store": "server" if self.cfg.url else self.cfg.embedded,
             "location": self.location,
             "model": self.embedder.name,
+            "embedder": self.embedder.identity,
             "dim": self.embedder.dim,
             "max_tokens": self.cfg.max_tokens,
             "text_files": self.cfg.text_files,
@@ -260,6 +263,9 @@ class UnitIndex:
         if self.store is None:
             if not self.exists():
                 raise UserError(f"{self.folder}: no code index: run the index stage (python index.py)")
+            if self.info.get("embedder") != self.embedder.identity:
+                raise UserError(f"{self.folder}: the index's vectors were made by {self.info.get('embedder')!r}, "
+                                f"queries here by {self.embedder.identity!r}: rerun the index stage (python index.py)")
             self.store = self.open_store()
         return self
 
@@ -298,7 +304,7 @@ def rebuild_reason(info: dict, embedder: Embedder, cfg: IndexConfig, top: Path) 
     """Why an existing index cannot be updated in place (None: it can)."""
     if not info:
         return None
-    checks = [("format", INDEX_FORMAT), ("model", embedder.name), ("max_tokens", cfg.max_tokens),
+    checks = [("format", INDEX_FORMAT), ("embedder", embedder.identity), ("max_tokens", cfg.max_tokens),
               ("text_files", cfg.text_files), ("whole_file_lines", cfg.whole_file_lines),
               ("store", "server" if cfg.url else cfg.embedded), ("repository", str(top))]
     for key, value in checks:

@@ -21,7 +21,7 @@ import hashlib
 import posixpath
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from repo2model.code.units import PARSED_LANGUAGES, ModuleLookup, language_of, located_units
 from repo2model.git.redact import Redactor
@@ -64,8 +64,7 @@ class IndexUnit:
         return hashlib.blake2b(data, digest_size=16).hexdigest()
 
     def payload(self, model: str) -> dict:
-        out = asdict(self)
-        out.pop("ordinal")
+        out = {name: getattr(self, name) for name in PAYLOAD_FIELDS}  # dataclasses.asdict, without its deep copies
         out["modules"] = module_prefixes(self.module)
         out["digest"] = self.digest(model)
         return out
@@ -74,6 +73,9 @@ class IndexUnit:
     def from_payload(cls, payload: dict) -> IndexUnit:
         names = {f for f in cls.__dataclass_fields__ if f != "ordinal"}
         return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+PAYLOAD_FIELDS = tuple(f.name for f in fields(IndexUnit) if f.name != "ordinal")
 
 
 def module_prefixes(module: str | None) -> list[str]:
