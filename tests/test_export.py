@@ -393,7 +393,8 @@ def test_qlora_adapter_merged_into_its_dequantized_4bit_base(qlora):
     into_4bit = logits_of(trained.merge_and_unload())  # after as_trained: the merge changes `trained` in place
     distances = {"export": distance(exported, as_trained), "original base": distance(original_base, as_trained),
                  "into 4-bit": distance(into_4bit, as_trained)}
-    print("max |logit - the QLoRA model's|:", {k: f"{v:.2e}" for k, v in distances.items()})
+    print("max |logit - the QLoRA model's|:", {k: f"{v:.2e}" for k, v in distances.items()},
+          f"export vs exact: {distance(exported, exact):.2e}")
     assert distance(exported, exact) <= F16_LOGITS
     assert distances["export"] * 10 < min(distances["original base"], distances["into 4-bit"]), distances
 
