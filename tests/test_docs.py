@@ -118,8 +118,8 @@ def test_ci_runs_the_readmes_install_and_test_commands():
 
 MANUAL = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
-# `pipeline.py`, `evaluation.json`, `tokenizer.json`: file names, not section.key
-FILE_SUFFIXES = {"py", "json", "jsonl", "md", "png", "log", "lock", "yaml", "txt", "zst", "pt", "npy"}
+# `pipeline.py`, `evaluation.json`, `tokenizer.json`, SentencePiece's `tokenizer.model`: file names, not section.key
+FILE_SUFFIXES = {"py", "json", "jsonl", "md", "png", "log", "lock", "yaml", "txt", "zst", "pt", "npy", "model"}
 
 
 def slug(heading: str) -> str:
