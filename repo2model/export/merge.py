@@ -81,6 +81,11 @@ def merge_lora(model_dir: Path, dtype: torch.dtype):
 
 def merge_qlora(model_dir: Path, dtype: torch.dtype):
     """(the adapter merged into its NF4 base dequantized to `dtype`, tokenizer)."""
+    try:
+        import bitsandbytes  # noqa: F401  (the NF4 base as training saw it: transformers quantizes with it)
+    except ImportError:
+        raise UserError(f"{model_dir}: a QLoRA adapter is merged into its 4-bit base, which needs bitsandbytes: "
+                        'pip install -e ".[gpu]"') from None
     base, tokenizer = load_base_for_adapter(model_dir, "cpu", torch.float32, quantize=True)
     base = dequantized(base, dtype)
     return adapter_class().from_pretrained(base, str(model_dir)).merge_and_unload(), tokenizer
