@@ -123,3 +123,70 @@ def test_a_file_whose_blob_is_missing_is_left_out_and_counted_at_every_update(tm
     repo.git("commit", "-q", "-m", "more")
     second = index.run(IndexConfig(), paths, scraper=ScraperConfig(repo=repo.path))
     assert second["rebuilt"] is None and second["missing_objects"] == 1 and second["embedded"] == 2
+
+
+# ---------------------------------------------------------------- the embedding backends
+
+CODE_TEXTS = [
+    ("src/routing/mod.rs\nfunction route\npub fn route(path: &str, method_router: MethodRouter<S>) -> Self {\n"
+     "    self.inner.route(path, method_router).expect(\"invalid route\")\n}"),
+    ("src/extract/query.rs\nstruct Query\n/// Extractor that deserializes query strings into some type.\n"
+     "pub struct Query<T>(pub T);"),
+    "README.md\ndoc Usage\nAdd `axum` to your Cargo.toml and write a handler: an async function of extractors.",
+    ("click/core.py\nmethod Context.invoke\ndef invoke(self, callback, *args, **kwargs):\n"
+     "    with augment_usage_errors(self):\n        return callback(*args, **kwargs)"),
+    "Add a retry to the scraper when git is busy",
+    "fix: handle a missing trailing slash in nested routers",
+    "tests/test_cli.py\ntest test_version\ndef test_version(runner):\n    assert runner.invoke(cli, ['--version']).exit_code == 0",
+    "x",
+]
+
+
+def test_onnx_vectors_match_torch_and_the_export_is_made_once(tmp_path, monkeypatch):
+    import numpy as np
+
+    from repo2model.retrieval.embedding import Embedder
+
+    monkeypatch.setenv("REPO2MODEL_CACHE", str(tmp_path / "cache"))
+    texts = CODE_TEXTS * 3 + [t * 20 for t in CODE_TEXTS[:3]]  # repeats, and texts past max_tokens
+    reference = Embedder(backend="torch", max_tokens=128).embed(texts)
+    plain = Embedder(backend="onnx", max_tokens=128).embed(texts)
+    int8 = Embedder(backend="onnx-int8", max_tokens=128)
+    quantized = int8.embed(texts)
+    assert np.allclose(np.linalg.norm(quantized, axis=1), 1.0, atol=1e-4)
+    assert (plain * reference).sum(axis=1).min() > 0.9999  # the float graph is torch's model
+    cosines = (quantized * reference).sum(axis=1)
+    assert cosines.min() >= 0.97 and cosines.mean() >= 0.99, cosines
+    assert np.array_equal(quantized[0], quantized[len(CODE_TEXTS)])  # equal texts, equal vectors
+    exports = sorted((tmp_path / "cache" / "embedders").glob("*/*.onnx"))
+    assert [p.name for p in exports] == ["model-int8.onnx", "model.onnx"]
+    record = json.loads(exports[0].with_suffix(".json").read_text())
+    assert record["weights_digest"] == int8.digest and min(record["check_cosines"]) >= 0.97
+    stamp = exports[0].stat().st_mtime_ns
+    again = Embedder(backend="onnx-int8", max_tokens=128)
+    assert np.array_equal(again.embed(texts[:4]), int8.embed(texts[:4]))
+    assert exports[0].stat().st_mtime_ns == stamp  # read from the cache, not exported again
+    assert int8.identity.split()[:2] == ["all-MiniLM-L6-v2", "onnx-int8"] and int8.identity != again.identity.replace(
+        "onnx-int8", "onnx")
+
+
+def test_the_index_records_its_embedder_rebuilds_for_another_and_refuses_its_queries(tmp_path, make_repo,
+                                                                                      monkeypatch):
+    import pytest
+
+    from repo2model.core.errors import UserError
+    from repo2model.retrieval.embedding import Embedder
+
+    monkeypatch.setenv("REPO2MODEL_CACHE", str(tmp_path / "cache"))
+    repo = small_repo(make_repo)
+    cfg, folder = IndexConfig(backend="onnx-int8"), tmp_path / "index"
+    first = UnitIndex(cfg, folder).update(repo.path)
+    info = UnitIndex.read_info(folder)
+    assert first.rebuilt == "no index yet" and info["embedder"] == Embedder.from_config(cfg).identity
+    torch_cfg = IndexConfig(backend="torch")
+    with pytest.raises(UserError, match="rerun the index stage"), UnitIndex(torch_cfg, folder) as index:
+        index.search("parse")
+    second = UnitIndex(torch_cfg, folder).update(repo.path)
+    assert second.rebuilt.startswith("embedder was ") and second.embedded == second.units == first.units
+    with UnitIndex(torch_cfg, folder) as index:
+        assert index.search("split a string on commas", mode="dense")[0].payload["path"] == "pkg/parse.py"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,11 +37,11 @@ def small_history():
     return pairs
 
 
-def trained(tmp_path: Path, pairs=None, **cfg) -> tuple[ArtifactPaths, dict]:
+def trained(tmp_path: Path, pairs=None, dataset=None, **cfg) -> tuple[ArtifactPaths, dict]:
     write_history(tmp_path / "out", pairs or small_history())
     paths = ArtifactPaths.under(tmp_path / "out")
     settings = {"vocab_size": 700, "top_authors": 2, "top_modules": 3, **cfg}
-    return paths, stage.run(stage.Config(**settings), paths)
+    return paths, stage.run(stage.Config(**settings), paths, dataset=dataset)
 
 
 def test_trained_tokenizer_loads_offline_and_round_trips_every_commit(tmp_path):
@@ -66,7 +67,7 @@ def test_trained_tokenizer_loads_offline_and_round_trips_every_commit(tmp_path):
             assert ids == encode_texts(tok, [text])[0]
             parsed = lang.parse_commit(tok.decode(ids))
             assert parsed.well_formed and parsed.changes == [(c.file, c.change_type, c.symbol) for c in chunks]
-    assert stats["roundtrip"] == {"checked": 25, "exact": 25, "parsed": 25}
+    assert stats["roundtrip"] == {"checked": 25, "exact": 25, "parsed": 25, "cut": 0}
     vocab = json.loads(paths.vocab.read_text(encoding="utf-8"))
     assert vocab == tok.get_vocab() == json.loads((paths.tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
 
@@ -390,3 +391,62 @@ def test_frozen_without_a_tokenizer_is_one_line(tmp_path):
         stage.run(stage.Config(frozen=True), paths)
     assert stage.stage_outputs(stage.Config(frozen=True), paths) == [paths.tokens, paths.tokenizer_stats]
     assert paths.tokenizer_dir in stage.stage_inputs(stage.Config(frozen=True), paths)
+
+
+def test_segments_are_encoded_only_as_far_as_an_example_can_use_them(tmp_path):
+    """A commit's segments stop at target_window + 1 ids (cut commits marked), exactly the whole encoding's
+    first ids; the examples are the same as from whole segments, and a larger target_window is refused."""
+    from repo2model.language.dataset_config import DatasetConfig
+    from repo2model.language.examples import ExampleSet
+    from repo2model.stages import dataset_builder
+
+    pairs = small_history()
+    settings = {"vocab_size": 700, "top_authors": 2, "top_modules": 3}
+    whole_paths, whole_stats = trained(tmp_path / "whole", pairs, dataset=DatasetConfig(context_window=9000, target_window=8000))
+    paths, stats = trained(tmp_path / "cut", pairs, dataset=DatasetConfig(context_window=64, target_window=24))
+    whole, bounded = EncodedCommits.load(whole_paths.tokens), EncodedCommits.load(paths.tokens)
+    tok = load_commit_tokenizer(paths.tokenizer_dir)[1]
+    assert whole_stats["cut_commits"] == 0 and whole.segment_budget == 8001
+    assert bounded.segment_budget == 25 and stats["cut_commits"] == int(bounded.cut.sum()) > 5
+    assert stats["roundtrip"]["exact"] == stats["roundtrip"]["checked"] == len(pairs) and stats["roundtrip"]["cut"] > 5
+    for i in range(len(pairs)):
+        full = [s.tolist() for s in whole.segments(i)]
+        kept = [s.tolist() for s in bounded.segments(i)]
+        assert len(kept) == len(full) == bounded.chunk_count(i)
+        flat_full, flat_kept = sum(full, []), sum(kept, [])
+        assert flat_kept == flat_full[: len(flat_kept)]  # the first ids of the whole encoding
+        if bounded.cut[i]:
+            assert 25 <= len(flat_kept) <= 28 < len(flat_full)  # a character's bytes stay together
+            last = max(j for j, s in enumerate(kept) if s)
+            assert kept[:last] == full[:last] and not any(kept[last + 1:])
+        else:
+            assert kept == full and len(flat_full) <= 25
+        assert bounded.compact(i).tolist() == whole.compact(i).tolist() and bounded.task(i).tolist() == whole.task(i).tolist()
+    assert decode_ids(tok, bounded.full(0).tolist()) == decode_ids(tok, whole.full(0).tolist()) or bounded.cut[0]
+    windows = {"context_window": 64, "target_window": 24, "history_commits": 3, "val_ratio": 0.2, "test_ratio": 0.2}
+    for out in (whole_paths, paths):
+        dataset_builder.run(dataset_builder.Config(**windows), out)
+    for split in ("train", "val", "test"):
+        a, b = ExampleSet.load(whole_paths.split_data(split)), ExampleSet.load(paths.split_data(split))
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.offsets, b.offsets)
+        assert torch.equal(a.target_starts, b.target_starts) and a.commits == b.commits
+    with pytest.raises(UserError, match=r"holds up to 24 target tokens per commit.*target_window is 40"):
+        dataset_builder.run(dataset_builder.Config(**{**windows, "target_window": 40}), paths)
+    stage.run(stage.Config(**settings, frozen=True), paths, dataset=DatasetConfig(context_window=64, target_window=24))
+    again = EncodedCommits.load(paths.tokens)  # frozen: every commit copied, marks and all
+    assert np.array_equal(again.input_ids, bounded.input_ids) and np.array_equal(again.cut, bounded.cut)
+
+
+def test_bpe_learns_from_a_bounded_sample_cutting_the_longest_renderings(tmp_path):
+    from repo2model.language.tokenizer_training import bpe_sample, fair_cap
+
+    assert fair_cap([5, 7, 9], 21) is None and fair_cap([5, 7, 9], 17) == 6 and fair_cap([1, 50, 50], 41) == 20
+    texts = ["short", "a much longer rendering " * 10, "ünïcode ✓ " * 30]
+    sample, count = bpe_sample(iter(texts), 10_000, tmp_path)
+    assert count == 3 and list(sample) == texts
+    sample, count = bpe_sample(iter(texts), 205, tmp_path)
+    cut = list(sample)
+    assert cut == [texts[0], texts[1][:100], texts[2][:100]] and sum(map(len, cut)) <= 205
+    _, small = trained(tmp_path / "a")
+    _, bounded = trained(tmp_path / "b", bpe_sample_chars=3000)
+    assert bounded["vocab_size"] <= small["vocab_size"] and bounded["roundtrip"]["exact"] == bounded["roundtrip"]["checked"]

@@ -31,7 +31,16 @@ Layout (loadable with `torch.load(weights_only=True)`):
     on_default_first_parent  bool [n]
     render_digests list[str]         a hash of each commit's rendered pieces: a frozen tokenizer's
                                      next run copies the ids of a commit whose rendering is unchanged
-    meta           dict              format_version, tokenizer_dir, tokenizer_digest, vocab_size, ...
+    segments_cut   bool [n]          the commit's segments were encoded only up to the budget (below)
+    meta           dict              format_version, tokenizer_dir, tokenizer_digest, vocab_size,
+                                     segment_budget, ...
+
+Bounded segments. A target keeps at most `target_window` ids of a commit's segments, so the tokenizer
+stage encodes them only up to `meta["segment_budget"]` ids (target_window + 1: the one more id tells
+the builder the commit is longer). In a cut commit (`segments_cut`), the segments before the budget
+is reached are whole, the one that reaches it holds only the first ids of its text (exactly the ids
+encoding the whole text would start with), and the ones after it are empty: the builder cuts there
+whatever it was given, and refuses a `target_window` beyond the budget.
 """
 
 from __future__ import annotations
@@ -52,11 +61,11 @@ from repo2model.language.commit_language import CommitLanguage
 from repo2model.language.tokenizer_folder import tokenizer_digest
 from repo2model.language.tokens import COMMIT_END
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 PIECES_BEFORE_SEGMENTS = 3  # compact, task, header
 END_PIECE = COMMIT_END + "\n"
 _KEYS = ("input_ids", "piece_offsets", "commit_pieces", "commits", "parents", "authored_at", "committed_at",
-         "is_merge", "on_default_first_parent", "render_digests", "meta")
+         "is_merge", "on_default_first_parent", "render_digests", "segments_cut", "meta")
 
 
 def render_pieces(lang: CommitLanguage, commit: Commit, chunks: Sequence[Chunk]) -> list[str]:
@@ -105,6 +114,7 @@ class EncodedCommits:
     commit_pieces: np.ndarray  # int64
     infos: list[CommitInfo]
     digests: list[str]  # render_digest of each commit's pieces
+    cut: np.ndarray  # bool [n]: the commit's segments stop at meta["segment_budget"] ids
     meta: dict
 
     def __len__(self) -> int:
@@ -136,6 +146,11 @@ class EncodedCommits:
         """True if these ids are what `lang` and `tokenizer` give (same vocabulary, same rendering)."""
         return self.meta.get("tokenizer_digest") == tokenizer_digest(tokenizer) and self.meta.get("rendering") == lang.rendering()
 
+    @property
+    def segment_budget(self) -> int | None:
+        """The most ids of a commit's segments stored (None: every segment whole)."""
+        return self.meta.get("segment_budget")
+
     def piece_lengths(self) -> np.ndarray:
         return np.diff(self.piece_offsets)
 
@@ -159,6 +174,7 @@ class EncodedCommits:
                 "is_merge": torch.tensor([c.is_merge for c in self.infos], dtype=torch.bool),
                 "on_default_first_parent": torch.tensor([c.on_default_first_parent for c in self.infos], dtype=torch.bool),
                 "render_digests": list(self.digests),
+                "segments_cut": torch.from_numpy(np.asarray(self.cut, dtype=bool)),
                 "meta": {**self.meta, "format_version": FORMAT_VERSION},
             },
             path,
@@ -175,14 +191,15 @@ class EncodedCommits:
         if version != FORMAT_VERSION:
             raise UserError(f"{path}: encoded history format {version}, this code reads {FORMAT_VERSION}: {fix}")
         n = len(data["commits"])
-        columns = [data[k] for k in ("parents", "authored_at", "committed_at", "is_merge", "on_default_first_parent", "render_digests")]
+        columns = [data[k] for k in ("parents", "authored_at", "committed_at", "is_merge", "on_default_first_parent", "render_digests",
+                                     "segments_cut")]
         offsets, pieces = data["piece_offsets"], data["commit_pieces"]
         if (any(len(c) != n for c in columns) or len(pieces) != n + 1 or len(offsets) < 1
                 or int(pieces[-1]) != len(offsets) - 1 or int(offsets[-1]) != data["input_ids"].numel()):
             raise UserError(f"{path}: inconsistent counts of commits, pieces and ids: {fix}")
         infos = [
             CommitInfo(h, list(p), a, c, bool(m), bool(f))
-            for h, p, a, c, m, f, _ in zip(data["commits"], *columns)
+            for h, p, a, c, m, f, _, _ in zip(data["commits"], *columns)
         ]
         return cls(
             input_ids=data["input_ids"].numpy(),
@@ -190,6 +207,7 @@ class EncodedCommits:
             commit_pieces=pieces.numpy(),
             infos=infos,
             digests=list(data["render_digests"]),
+            cut=data["segments_cut"].numpy(),
             meta=dict(data["meta"]),
         )
 
@@ -202,20 +220,28 @@ class EncodedCommitsBuilder:
         self._lengths: list[np.ndarray] = []
         self.infos: list[CommitInfo] = []
         self.digests: list[str] = []
+        self.cut: list[bool] = []
 
-    def add(self, info: CommitInfo, digest: str, ids: np.ndarray, piece_lengths: np.ndarray) -> None:
-        """One commit: all its pieces' ids concatenated, and each piece's length."""
+    def add(self, info: CommitInfo, digest: str, ids: np.ndarray, piece_lengths: np.ndarray, cut: bool = False) -> None:
+        """One commit: all its pieces' ids concatenated, each piece's length, whether its segments were cut."""
         if len(piece_lengths) < PIECES_BEFORE_SEGMENTS + 1 or int(piece_lengths.sum()) != len(ids):
             raise ValueError(f"commit {info.hash[:12]}: {len(piece_lengths)} pieces of {int(piece_lengths.sum())} ids for {len(ids)} ids")
         self.infos.append(info)
         self.digests.append(digest)
+        self.cut.append(bool(cut))
         self._parts.append(np.asarray(ids, dtype=np.int32))
         self._lengths.append(np.asarray(piece_lengths, dtype=np.int64))
 
-    def add_encoded(self, info: CommitInfo, digest: str, pieces: Sequence[Sequence[int]]) -> None:
+    def add_encoded(self, info: CommitInfo, digest: str, pieces: Sequence[Sequence[int]], cut: bool = False) -> None:
         """One commit from its pieces' ids as `encode_texts` returns them (lists)."""
         lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
-        self.add(info, digest, np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32, count=int(lengths.sum())), lengths)
+        ids = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32, count=int(lengths.sum()))
+        self.add(info, digest, ids, lengths, cut)
+
+    def last_full(self) -> np.ndarray:
+        """The full-rendering ids (header .. end) of the commit added last."""
+        ids, lengths = self._parts[-1], self._lengths[-1]
+        return ids[int(lengths[: PIECES_BEFORE_SEGMENTS - 1].sum()):]
 
     def build(self, meta: dict[str, Any]) -> EncodedCommits:
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
@@ -224,4 +250,5 @@ class EncodedCommitsBuilder:
         commit_pieces = np.zeros(len(self._lengths) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, self._lengths), dtype=np.int64, count=len(self._lengths)), out=commit_pieces[1:])
         input_ids = np.concatenate(self._parts) if self._parts else np.zeros(0, dtype=np.int32)
-        return EncodedCommits(input_ids, piece_offsets, commit_pieces, list(self.infos), list(self.digests), dict(meta))
+        cut = np.asarray(self.cut, dtype=bool)
+        return EncodedCommits(input_ids, piece_offsets, commit_pieces, list(self.infos), list(self.digests), cut, dict(meta))

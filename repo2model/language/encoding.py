@@ -76,3 +76,37 @@ def special_id(tokenizer: Any, name: str) -> int | None:
     raw = backend(tokenizer)
     value = raw.token_to_id(_DEFAULT_SPECIAL[name]) if hasattr(raw, "token_to_id") else None
     return None if value is None else int(value)
+
+
+CHARS_PER_ID = 6  # a first guess of the text an id covers (the commit language averages about 3.8 bytes per id)
+
+
+def encode_prefix(tokenizer: Any, text: str, count: int) -> tuple[list[int], str]:
+    """The first `count` ids of `text` (or a few more, not to split a character), exactly as encoding the
+    whole text starts, and the text they decode to; all of them when the text has no more.
+
+    Only a beginning of the text is encoded: cut after a line end, then the ids whose text ends before the
+    cut's trailing whitespace are the whole text's too (a word, a number, a run of punctuation or of spaces
+    ends where it ends in the whole text; the whitespace at the cut may join the next line's), so those are
+    kept. Encoded again with twice as much while they are fewer than `count`.
+    """
+    raw = backend(tokenizer)
+    size = max(count, 1) * CHARS_PER_ID
+    while True:
+        end = text.find("\n", size) + 1 if size < len(text) else 0
+        prefix = text[:end] if end else text
+        encoding = raw.encode(prefix, add_special_tokens=False)
+        ids, offsets = encoding.ids, encoding.offsets
+        if prefix is text:
+            safe = len(ids)
+        else:
+            stable = len(prefix.rstrip())
+            safe = next((i for i, (_, stop) in enumerate(offsets) if stop > stable), len(ids))
+        if safe >= count or prefix is text:
+            kept = min(count, safe)
+            while 0 < kept < safe and offsets[kept][1] == offsets[kept - 1][1]:
+                kept += 1  # the next id ends in the same character: a character's bytes stay together
+            if kept == len(ids) and prefix is text:
+                return ids, text
+            return ids[:kept], prefix[: offsets[kept - 1][1]] if kept else ""
+        size *= 2

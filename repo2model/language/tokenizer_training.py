@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+import tempfile
+from typing import Any, Iterable, Iterator
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -24,6 +25,49 @@ log = logging.getLogger("tokenizer")
 
 BYTE_ALPHABET = 256
 FIXED_SPECIALS = 3 + len(STRUCTURE_TOKENS) + len(CHANGE_TOKENS)  # <PAD> <BOS> <EOS>, structure, change types
+
+
+def bpe_sample(texts: Iterable[str], max_chars: int, folder: Path) -> tuple[Iterator[str], int]:
+    """What BPE is trained on: every text while they hold at most `max_chars` characters together; beyond,
+    each text cut to the same length, the largest that keeps the total within `max_chars` (short texts
+    whole, the longest cut), so that no commit's share is lost and a few huge ones cannot dominate.
+
+    The texts are written to a temporary file in `folder` first (their sizes decide the cut); returns the
+    sample (read back lazily) and its number of texts.
+    """
+    spool = tempfile.TemporaryFile(dir=folder)
+    sizes = []
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        spool.write(len(data).to_bytes(8, "little") + data)
+        sizes.append(len(text))
+    cap = fair_cap(sizes, max_chars)
+    if cap is not None:
+        log.info("tokenizer: BPE trained on %d characters of the %d rendered (each commit's first %d at most)",
+                 sum(min(size, cap) for size in sizes), sum(sizes), cap)
+
+    def read_back() -> Iterator[str]:
+        with spool:
+            spool.seek(0)
+            for _ in sizes:
+                text = spool.read(int.from_bytes(spool.read(8), "little")).decode("utf-8", "surrogatepass")
+                yield text if cap is None else text[:cap]
+
+    return read_back(), len(sizes)
+
+
+def fair_cap(sizes: list[int], budget: int) -> int | None:
+    """The largest cap with sum(min(size, cap)) <= budget (None: every size fits whole)."""
+    if sum(sizes) <= budget:
+        return None
+    ordered = sorted(sizes)
+    left, remaining = budget, len(ordered)
+    for size in ordered:
+        if size * remaining > left:
+            return left // remaining
+        left -= size
+        remaining -= 1
+    return ordered[-1]
 
 
 def train_tokenizer(lang: CommitLanguage, full_texts: Iterable[str], count: int, vocab_size: int,

@@ -29,7 +29,7 @@ class IndexConfig:
     embedded: Literal["edge", "local"] = "edge"
     model_dir: Path | None = None
     backend: Literal["auto", "onnx-int8", "onnx", "torch"] = "auto"
-    max_tokens: int = 256
+    max_tokens: int = 128
     batch_size: int = 32
     num_threads: int | None = None
     max_file_bytes: int = 300_000

@@ -71,8 +71,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,7 @@ from repo2model.core.errors import UserError
 from repo2model.core.paths import ArtifactPaths, tokenizer_dir_for_vocab
 from repo2model.core.stats import length_percentiles
 from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.dataset_config import DatasetConfig, segment_budget
 from repo2model.language.encoded_commits import EncodedCommits
 from repo2model.language.encoding import special_id
 from repo2model.language.examples import Built, ExampleSet, TargetTokens, build_examples, save_split
@@ -103,37 +105,7 @@ CODE = ("core", "language")  # the packages it runs (its fingerprint covers them
 log = logging.getLogger("dataset_builder")
 
 
-@dataclasses.dataclass
-class Config:
-    context_window: int = 512
-    target_window: int = 256
-    history_commits: int = 8
-    val_ratio: float = 0.1
-    test_ratio: float = 0.1
-    first_parent_only: bool = False
-    merge_targets: Literal["auto", "include", "exclude"] = "auto"
-    batch_size: int = 8
-    update: bool = False
-    replay_share: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.target_window < 8:
-            raise ValueError(f"target_window: must be at least 8, got {self.target_window}")
-        if self.context_window < self.target_window + 8:
-            raise ValueError(
-                f"context_window: must leave at least 8 tokens of context beside target_window {self.target_window}, got {self.context_window}"
-            )
-        if self.history_commits < 0:
-            raise ValueError("history_commits: must be >= 0")
-        for name in ("val_ratio", "test_ratio"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
-        if self.val_ratio + self.test_ratio >= 1:
-            raise ValueError(f"val_ratio: val_ratio + test_ratio must be below 1, got {self.val_ratio + self.test_ratio}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size: must be >= 1")
-        if not 0 <= self.replay_share < 1:
-            raise ValueError(f"replay_share: must be in [0, 1), got {self.replay_share}")
+Config = DatasetConfig
 
 
 def stage_inputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
@@ -153,6 +125,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     trained = commits_trained_before(paths) if cfg.update else None  # read before the splits are replaced
     lang, tokenizer = load_commit_tokenizer(paths.tokenizer_dir)
     encoded = load_encoded(paths, lang, tokenizer)
+    check_segment_budget(cfg, encoded, paths.tokens)
     order = chronological_order(encoded, cfg.first_parent_only)
     built = examples_in_order(cfg, encoded, order, tokenizer)
     plan = plan_splits(cfg, built, order, trained, seed)
@@ -211,6 +184,14 @@ def load_encoded(paths: ArtifactPaths, lang: CommitLanguage, tokenizer: Any) -> 
             "rerun the tokenizer stage (python pipeline.py --stage tokenizer --force)"
         )
     return encoded
+
+
+def check_segment_budget(cfg: Config, encoded: EncodedCommits, tokens_path: Path) -> None:
+    """UserError when tokens.pt holds fewer ids of a long commit's segments than a target may take."""
+    budget = encoded.segment_budget
+    if budget is not None and segment_budget(cfg) > budget:
+        raise UserError(f"{tokens_path} holds up to {budget - 1} target tokens per commit, dataset_builder.target_window "
+                        f"is {cfg.target_window}: rerun the tokenizer stage with this config (python pipeline.py)")
 
 
 def examples_in_order(cfg: Config, encoded: EncodedCommits, order: Order, tokenizer: Any) -> Built:

@@ -18,12 +18,16 @@ each commit in the commit language (`repo2model/language/commit_language.py`) an
     <output_dir>/tokenizer_stats.json
 
 Every commit is rendered and encoded here, once: the dataset builder assembles
-its examples from tokens.pt without encoding again.
+its examples from tokens.pt without encoding again. A commit's change segments are
+encoded only as far as an example can use them: `target_window + 1` ids of the
+dataset_builder section (the rest of a long commit is never trained on; tokens.pt
+marks such a commit `segments_cut`, and the builder refuses a larger target_window).
 
 Steps: check the outputs can be written; count authors and modules (and check
-every record's shape); train BPE on the full renderings (or extend a base
-tokenizer); save and reload the folder; encode every commit's pieces in
-batches; check decode(ids) == text for the first `roundtrip_sample` commits.
+every record's shape); train BPE on the full renderings, `bpe_sample_chars` of
+them at most (or extend a base tokenizer); save and reload the folder; encode
+every commit's pieces in batches, the segments up to the budget; check
+decode(ids) == the text encoded for the first `roundtrip_sample` commits.
 The first pass keeps the records it read in a temporary spool, so the history's
 JSON is parsed once. The steps' library lives in `repo2model/language/`
 (tokenizer_training.py, history_encoding.py, history_reader.py, tokenizer_folder.py).
@@ -47,6 +51,8 @@ Config section `tokenizer`:
     compact_max_files    history (compact) renderings list at most this many files (0 = all)
     compact_max_changes  ... and at most this many change lines (0 = all); saved in
                     commit_language.json so prediction renders history the same way
+    bpe_sample_chars  train: BPE learns from at most this many characters of full renderings
+                    (beyond, each commit's rendering is cut to the same length: the longest are cut)
     batch_size      texts per encode_batch call (bounds memory)
     roundtrip_sample commits checked for decode(encode(render)) == render
     frozen          keep the existing tokenizer folder (ids stable) and only encode the
@@ -69,19 +75,22 @@ from typing import Any, Iterable, Iterator, Literal
 
 from repo2model.core.artifacts import ensure_folder, read_commits_metadata, require, write_json
 from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
+from repo2model.core.config import load_config
 from repo2model.core.errors import UserError
 from repo2model.core.paths import ArtifactPaths, tokenizer_dir_for_vocab
 from repo2model.core.progress import progress
 from repo2model.core.records import Chunk, Commit
 from repo2model.language.commit_language import CommitLanguage
+from repo2model.language.dataset_config import DatasetConfig, segment_budget
 from repo2model.language.encoded_commits import EncodedCommits
 from repo2model.language.history_encoding import EncodingNotes, check_roundtrip, encode_history, encoding_stats
 from repo2model.language.history_reader import HistorySpool, count_families, iter_commit_records
 from repo2model.language.tokenizer_folder import load_commit_tokenizer, save_commit_tokenizer, tokenizer_digest
-from repo2model.language.tokenizer_training import BYTE_ALPHABET, FIXED_SPECIALS, extend_tokenizer, train_tokenizer
+from repo2model.language.tokenizer_training import BYTE_ALPHABET, FIXED_SPECIALS, bpe_sample, extend_tokenizer, train_tokenizer
 
 SECTION = "tokenizer"
 CODE = ("core", "language")  # the packages it runs (its fingerprint covers them)
+USES_SECTIONS = {"dataset": "dataset_builder"}  # its target_window bounds what is encoded
 log = logging.getLogger("tokenizer")
 
 
@@ -95,6 +104,7 @@ class Config:
     top_modules: int = 64
     compact_max_files: int = 32
     compact_max_changes: int = 16
+    bpe_sample_chars: int = 32_000_000
     batch_size: int = 1024
     roundtrip_sample: int = 200
     frozen: bool = False
@@ -113,6 +123,8 @@ class Config:
             raise ValueError("min_frequency: must be >= 1")
         if self.batch_size < 1:
             raise ValueError("batch_size: must be >= 1")
+        if self.bpe_sample_chars < 1000:
+            raise ValueError("bpe_sample_chars: must be >= 1000")
         if self.roundtrip_sample < 0:
             raise ValueError("roundtrip_sample: must be >= 0")
         if self.mode == "extend" and not self.base_tokenizer:
@@ -134,29 +146,31 @@ def stage_outputs(cfg: Config, paths: ArtifactPaths) -> list[Path]:
     return [paths.tokenizer_dir, paths.vocab, paths.tokens, paths.tokenizer_stats]
 
 
-def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
-    """Choose the token families, build the tokenizer (or keep it: frozen), encode every commit, save stats."""
+def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, dataset: DatasetConfig | None = None) -> dict:
+    """Choose the token families, build the tokenizer (or keep it: frozen), encode every commit (its segments up
+    to what `dataset`'s examples can use), save stats."""
+    budget = segment_budget(dataset or DatasetConfig())
     require(paths.commits, "git_scraper")
     require(paths.chunks, "semantic_chunker")
     check_writable(stage_outputs(cfg, paths))  # before minutes of BPE training
     total_commits = read_commits_metadata(paths.commits).get("total_commits")
     if cfg.frozen:
         lang, tokenizer = frozen_tokenizer(paths)
-        previous = previous_encoding(paths, lang, tokenizer)
+        previous = previous_encoding(paths, lang, tokenizer, budget)
         history = _progress(iter_commit_records(paths.commits, paths.chunks), total_commits, "encoding commits")
-        encoded, notes = encode_commits(cfg, lang, tokenizer, paths, history, previous)
+        encoded, notes = encode_commits(cfg, lang, tokenizer, paths, history, budget, previous)
     else:
         with HistorySpool(paths.tokens.parent) as spool:
             lang = choose_language(cfg, paths, spool, total_commits)
             if cfg.mode == "train":
-                tokenizer = train_tokenizer(lang, full_renderings(lang, spool), spool.count, cfg.vocab_size,
-                                            cfg.min_frequency)
+                sample, count = bpe_sample(full_renderings(lang, spool), cfg.bpe_sample_chars, paths.tokens.parent)
+                tokenizer = train_tokenizer(lang, sample, count, cfg.vocab_size, cfg.min_frequency)
             else:
                 tokenizer = extend_tokenizer(lang, cfg.base_tokenizer)
             lang.check_tokenizer(tokenizer, "the new tokenizer")
             save_commit_tokenizer(tokenizer, lang, paths.tokenizer_dir, paths.vocab)
             lang, tokenizer = load_commit_tokenizer(paths.tokenizer_dir)  # encode with what later stages will load
-            encoded, notes = encode_commits(cfg, lang, tokenizer, paths, _progress(spool, spool.count, "encoding commits"))
+            encoded, notes = encode_commits(cfg, lang, tokenizer, paths, _progress(spool, spool.count, "encoding commits"), budget)
     encoded.save(paths.tokens)
     roundtrip = check_roundtrip(lang, tokenizer, encoded, notes)
     stats = {
@@ -174,7 +188,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
     }
     write_json(paths.tokenizer_stats, stats)
     log.info(
-        "tokenizer: %s vocab %d (%s), %d commits (%d encoded, %d unchanged reused), %d chunks -> %d tokens, "
+        "tokenizer: %s vocab %d (%s), %d commits (%d encoded, %d unchanged reused; %d cut at %d segment ids), %d chunks -> %d tokens, "
         "%.2f bytes/token, %.1f%% special; %d authors and %d modules without a token spelled out; round trip %d/%d exact",
         stats["mode"],
         len(tokenizer),
@@ -182,6 +196,8 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42) -> dict:
         stats["commits"],
         stats["encoded_commits"],
         stats["reused_commits"],
+        stats["cut_commits"],
+        budget,
         stats["chunks"],
         stats["tokens"],
         stats["bytes_per_token"],
@@ -220,8 +236,8 @@ def choose_language(cfg: Config, paths: ArtifactPaths, spool: HistorySpool, tota
 
 
 def full_renderings(lang: CommitLanguage, spool: HistorySpool) -> Iterator[str]:
-    """What BPE is trained on: every commit's full rendering, read back from the spool."""
-    return (lang.render_commit(commit, chunks, "full") for commit, chunks in _progress(spool, spool.count, "training BPE"))
+    """Every commit's full rendering, read back from the spool (BPE trains on a sample of them: bpe_sample)."""
+    return (lang.render_commit(commit, chunks, "full") for commit, chunks in _progress(spool, spool.count, "rendering for BPE"))
 
 
 def frozen_tokenizer(paths: ArtifactPaths) -> tuple[CommitLanguage, Any]:
@@ -232,8 +248,9 @@ def frozen_tokenizer(paths: ArtifactPaths) -> tuple[CommitLanguage, Any]:
     return load_commit_tokenizer(paths.tokenizer_dir)
 
 
-def previous_encoding(paths: ArtifactPaths, lang: CommitLanguage, tokenizer: Any) -> EncodedCommits | None:
-    """The tokens.pt this run replaces, when made with this very tokenizer: its unchanged commits are copied."""
+def previous_encoding(paths: ArtifactPaths, lang: CommitLanguage, tokenizer: Any, budget: int) -> EncodedCommits | None:
+    """The tokens.pt this run replaces, when made with this very tokenizer and segment budget: its unchanged
+    commits are copied."""
     if not paths.tokens.exists():
         return None
     try:
@@ -244,20 +261,25 @@ def previous_encoding(paths: ArtifactPaths, lang: CommitLanguage, tokenizer: Any
     if not previous.made_with(lang, tokenizer):
         log.info("tokenizer: %s was made with another tokenizer: every commit is encoded again", paths.tokens)
         return None
+    if previous.segment_budget != budget:
+        log.info("tokenizer: %s kept %s ids of each commit's segments, now %d: every commit is encoded again",
+                 paths.tokens, previous.segment_budget, budget)
+        return None
     return previous
 
 
 def encode_commits(cfg: Config, lang: CommitLanguage, tokenizer: Any, paths: ArtifactPaths,
-                   history: Iterable[tuple[Commit, list[Chunk]]],
+                   history: Iterable[tuple[Commit, list[Chunk]]], budget: int,
                    previous: EncodedCommits | None = None) -> tuple[EncodedCommits, EncodingNotes]:
     """tokens.pt's content: every commit encoded (or copied from `previous`), and what it was made from."""
-    builder, notes = encode_history(lang, tokenizer, history, cfg.batch_size, cfg.roundtrip_sample, previous)
+    builder, notes = encode_history(lang, tokenizer, history, cfg.batch_size, cfg.roundtrip_sample, previous, budget)
     meta = {
         "tokenizer_dir": str(paths.tokenizer_dir),
         "tokenizer_digest": tokenizer_digest(tokenizer),
         "rendering": lang.rendering(),
         "vocab_size": len(tokenizer),
         "pieces": "compact, task, header, one segment per chunk, end",
+        "segment_budget": budget,
         # what it was encoded from (the dataset builder checks the seed's --commits/--chunks against it)
         "sources": {name: {"path": str(path), "bytes": path.stat().st_size} for name, path in
                     (("commits", paths.commits), ("chunks", paths.chunks))},
@@ -310,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokenizer_dir:
         changes["tokenizer_dir"] = args.tokenizer_dir.resolve()
     paths = dataclasses.replace(paths, **changes)
-    summary = run(cfg, paths, seed=pipeline.seed)
+    dataset = DatasetConfig()
+    if args.config is not None:
+        dataset = load_config(args.config, {"dataset_builder": DatasetConfig}, strict_sections=False)["dataset_builder"]
+    summary = run(cfg, paths, seed=pipeline.seed, dataset=dataset)
     print(json.dumps({k: summary[k] for k in ("vocab_size", "chunks", "tokens", "bytes_per_token")}))
     return 0
 
