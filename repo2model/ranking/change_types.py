@@ -121,19 +121,18 @@ def fit_change_types(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray
 
 
 def predict_change_types(model: lgb.Booster | None, classes: list[str], examples: list[TypeExample]) -> dict[str, str]:
-    """Each example's predicted main change type: the classifier's when there is one, else the file's most
-    frequent type so far (files with no history and no classifier get none)."""
-    out: dict[str, str] = {}
+    """Each example's predicted main change type by path (the examples of one target: one per file); see
+    `predicted_main_types` for examples of several targets, where a path can come back."""
+    return {e.path: main for e, main in zip(examples, predicted_main_types(model, classes, examples)) if main}
+
+
+def predicted_main_types(model: lgb.Booster | None, classes: list[str], examples: list[TypeExample]) -> list[str | None]:
+    """Each example's predicted main change type, in order: the classifier's when there is one, else the file's
+    most frequent type so far (None: no history and no classifier)."""
     if model is not None and examples:
         x = np.array([change_type_features(e, classes) for e in examples], dtype=np.float32)
-        for example, row in zip(examples, np.atleast_2d(model.predict(x))):
-            out[example.path] = classes[int(np.argmax(row))]
-        return out
-    for example in examples:
-        main = most_frequent_type(example)
-        if main:
-            out[example.path] = main
-    return out
+        return [classes[int(np.argmax(row))] for row in np.atleast_2d(model.predict(x))]
+    return [most_frequent_type(e) or None for e in examples]
 
 
 def change_type_figures(model: lgb.Booster | None, classes: list[str], examples: list[TypeExample]) -> dict:
@@ -141,8 +140,9 @@ def change_type_figures(model: lgb.Booster | None, classes: list[str], examples:
     the classifier and for "most frequent type so far"."""
     if not examples:
         return {}
-    predicted = predict_change_types(model, classes, examples)
-    classifier = sum(predicted.get(e.path) in e.actual for e in examples)
+    # per example, not per path: a file changed by several test targets is scored at each of them
+    predicted = predicted_main_types(model, classes, examples)
+    classifier = sum(main in e.actual for e, main in zip(examples, predicted))
     frequent = sum(most_frequent_type(e) in e.actual for e in examples)
     return {"files": len(examples), "classifier": round(classifier / len(examples), 4),
             "most_frequent": round(frequent / len(examples), 4)}
