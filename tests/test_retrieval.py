@@ -263,7 +263,7 @@ def test_settings_that_change_vectors_rebuild_and_the_old_store_stays_until_done
     index.update(repo.path)
     other = Embedder(max_tokens=64)
     again = UnitIndex(IndexConfig(max_tokens=64), tmp_path / "index", other).update(repo.path)
-    assert again.rebuilt == "max_tokens was 256, now 64" and again.embedded == again.units
+    assert again.rebuilt == "max_tokens was 128, now 64" and again.embedded == again.units
     assert not list((tmp_path / "index").glob(".shard.*"))  # the temporary build folder was renamed into place
 
 
