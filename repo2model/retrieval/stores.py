@@ -80,10 +80,11 @@ class EdgeStore:
     def count(self) -> int:
         return self.shard.count(edge.CountRequest(exact=True))
 
-    def payloads(self) -> dict[int, dict]:
+    def payloads(self, fields: list[str] | None = None) -> dict[int, dict]:
+        """Every point's payload (only `fields` of it when given: an update needs no code text)."""
         out, offset = {}, None
         while True:
-            records, offset = self.shard.scroll(edge.ScrollRequest(offset=offset, limit=1024, with_payload=True,
+            records, offset = self.shard.scroll(edge.ScrollRequest(offset=offset, limit=1024, with_payload=fields or True,
                                                                    with_vector=False))
             out.update({int(r.id): r.payload for r in records})
             if offset is None:
@@ -196,11 +197,12 @@ class ClientStore:
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count
 
-    def payloads(self) -> dict[int, dict]:
+    def payloads(self, fields: list[str] | None = None) -> dict[int, dict]:
+        """Every point's payload (only `fields` of it when given)."""
         out, offset = {}, None
         while True:
-            records, offset = self.client.scroll(self.collection, limit=1024, offset=offset, with_payload=True,
-                                                 with_vectors=False)
+            records, offset = self.client.scroll(self.collection, limit=1024, offset=offset,
+                                                 with_payload=fields or True, with_vectors=False)
             out.update({int(r.id): r.payload for r in records})
             if offset is None:
                 return out
