@@ -13,8 +13,13 @@ Units are described in repo2model/retrieval/units.py, vectors in embedding.py an
 search in unit_index.py (the package's __init__ lists its modules). The first run embeds every unit (a progress
 bar); a later run (the pipeline reruns this stage whenever the tree at `rev` changed) re-embeds only the units
 whose text changed and refreshes the rest's line numbers, so an update after a few commits takes seconds. The
-index is rebuilt from scratch when its format, model, max_tokens, text_files, whole_file_lines, store or
-repository changed (index_info.json says which), or with --rebuild.
+index is rebuilt from scratch when its format, embedder (model, backend, weights), max_tokens, text_files,
+whole_file_lines, store or repository changed (index_info.json says which), or with --rebuild.
+
+Embedding runs in ONNX Runtime with int8 weights by default (`index.backend`; the first run exports the model
+once into ~/.cache/repo2model, or $REPO2MODEL_CACHE: about 20 s), in torch on a CUDA GPU when there is one, or
+in torch on the CPU with `backend: torch`. Each unit's first `max_tokens` (128) word pieces are embedded; BM25
+counts all of its words.
 
 A file whose blob the repository lacks (a partial clone, a pruned mirror: git is never let fetch it) gets no
 unit; the summary counts them (`missing_objects`, with a few paths in `missing_sample`).
