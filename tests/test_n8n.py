@@ -101,7 +101,7 @@ def uses_the_token_credential(node: dict) -> bool:
 def test_no_workflow_reads_the_environment():
     # n8n 2.x blocks $env in expressions by default (N8N_BLOCK_ENV_ACCESS_IN_NODE): the node would fail.
     files = sorted(WORKFLOW.parent.glob("*.json"))
-    assert len(files) == 2
+    assert len(files) == 3
     for path in files:
         assert "$env" not in path.read_text(encoding="utf-8"), path.name
 

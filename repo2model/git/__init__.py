@@ -9,4 +9,5 @@ counted, never crash.
     previous.py   an incremental scrape's previous commits.json, its records reused by offset
     totals.py     what commits.json's metadata and the scraper's summary count
     redact.py     `Redactor`: secrets in patches, messages and paths replaced by <REDACTED:type>
+    working_tree.py  the uncommitted changes (staged, unstaged, untracked) as one partial commit on top of HEAD
 """

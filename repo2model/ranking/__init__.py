@@ -13,4 +13,8 @@ ranker, change types, symbols, and the metrics every predictor is scored with.
     file_ranking  the ranker at prediction time (FileRanking), merged into the prediction JSON
     metrics       Prediction / Truth, recall@k, MRR, change-type / module / symbol scores, per commit size
     report        an evaluation's markdown tables (evaluation.md) and chart (evaluation.png)
+    live          the work in progress as evidence: in-progress features, the live ranker, simulated partial commits
+    people        who and when: the activity (activity.json), likely authors (author model), the next commit's time
+    live_training what train_ranker adds for predictions as you code: the live ranker, author model, activity
+    live_evaluation  evaluate.py's figures for them: the partial-commit simulation, who and when against baselines
 """

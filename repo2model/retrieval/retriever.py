@@ -35,7 +35,7 @@ class Retriever:
     def __init__(self, cfg: IndexConfig, folder: Path, embedder: Embedder | None = None):
         self.cfg = cfg
         self.folder = Path(folder)
-        self.embedder = embedder or Embedder(cfg.model_dir, cfg.max_tokens, cfg.batch_size, cfg.num_threads)
+        self.embedder = embedder or Embedder.from_config(cfg)
         self._open: UnitIndex | None = None
         self._lock = threading.Lock()
         self._closer: threading.Timer | None = None

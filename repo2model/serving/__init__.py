@@ -10,4 +10,7 @@
                 learned ranker and the code context put together into a Prediction; the CandidatePool it scores
     service     the HTTP service serve.py runs: Service (the requests), Handler (the endpoints), make_server
     reload      a new model without a restart (ModelReloader) and POST /update's pipeline run (PipelineUpdate)
+    work_in_progress  a repository's uncommitted changes chunked as a partial commit (the `in_progress` files)
+    live_prediction   what the ranker folder adds: the remaining files (live ranker), likely authors, when
+    watch       predictions that follow a working tree and HEAD (watchfiles): predict.py --watch, GET /watch
 """

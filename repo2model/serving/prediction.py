@@ -9,8 +9,16 @@ serve.py replies (the prediction JSON, the schema n8n's workflows read).
     Candidate       one generated text, parsed back into files (malformed ones say why)
 
 A key whose value does not apply is left out of the JSON, not null: `votes` (a file only the ranker named),
+Who and when: `authors` (the likely authors, top 3 with probabilities) and `when` (the expected time to the next
+commit touching the top files, with an interval) come from the ranker folder's author model and activity
+(repo2model.ranking.people). With the working tree as evidence: `in_progress` (the files already changed, with
+their change types from the chunker) and `work_in_progress` (HEAD, counts, which ranker ranked the remaining
+files); `files` then holds only files not yet changed.
+
 `logprob` / `logprob_tokens` (a file the model did not score), `ranked_by` and `ranker_candidates` (no ranker),
-`context` / `prompt` / `context_source` (no code index: repo2model.retrieval).
+`context` / `prompt` / `context_source` (no code index: repo2model.retrieval), `authors` and `when` (no activity
+saved with a ranker),
+`in_progress` / `work_in_progress` (no working tree asked for).
 """
 
 from __future__ import annotations
@@ -122,6 +130,57 @@ class Prediction:
     symbols: list[str] = field(default_factory=list)  # best first
     code_sketch: str = ""  # the best candidate's code, file by file
     candidates: list[Candidate] = field(default_factory=list)
+@dataclass
+class ChangeTypeCount:
+    type: str  # e.g. NEW_FUNCTION
+    chunks: int  # the chunks of the file with that change type
+
+
+@dataclass
+class InProgressFile:
+    """A file the working tree already changes (against HEAD): the chunker's view of it."""
+
+    path: str
+    status: str  # git's letter: A (untracked files too), M, D, R, C or T
+    module: str | None = None
+    change_types: list[ChangeTypeCount] = field(default_factory=list)  # most chunks first
+    symbols: list[str] = field(default_factory=list)  # the changed symbols, in the file's order
+    patch_skipped: str | None = None  # binary, too_large, filtered: no chunks, so no change types
+
+
+@dataclass
+class WorkInProgressSummary:
+    """What the working tree held, and how the remaining files were ranked."""
+
+    head: str | None  # the commit the changes are on top of (None: no commit yet)
+    files: int  # changed files (staged, unstaged, untracked)
+    untracked: int  # of which untracked, taken as new files
+    left_out: dict[str, int] = field(default_factory=dict)  # untracked files not taken, by reason
+    redactions: dict[str, int] = field(default_factory=dict)  # secrets replaced in the changes, per type
+    ranking: str = ""  # live: the live ranker (in-progress features); ranker: without them; generation: no ranker
+    changed: bool | None = None  # the top remaining files differ from the previous answer (None: not followed)
+
+
+@dataclass
+class LikelyAuthor:
+    author: str  # the e-mail as the history has it (lower-cased), or the name
+    name: str
+    probability: float
+
+
+@dataclass
+class NextCommitTime:
+    """When the next commit touching the top files is expected, counted from the latest commit (`after`)."""
+
+    files: list[str]
+    after: str | None  # the latest commit's time (ISO 8601)
+    expected_seconds: float | None
+    expected_at: str | None
+    interval_seconds: list[float] | None  # [10th percentile, 90th percentile]
+    basis: str  # files: the files' own gaps between changes; commits: the gaps between all commits
+    gaps: int  # how many gaps the estimate read
+
+
     seconds: float = 0.0  # the language model's time
     ranking: str = ""  # what ranked the files: ranker, ranker_lm, or the file_ranking method
     ranker_candidates: int | None = None  # the files the learned ranker considered (None: no ranker)
@@ -142,6 +201,10 @@ class Prediction:
             "prompt_tokens": self.prompt_tokens,
             "decoding": asdict(self.decoding) if self.decoding else None,
             "file_ranking": asdict(self.file_ranking) if self.file_ranking else None,
+    authors: list[LikelyAuthor] | None = None  # most likely first (None: no activity saved with a ranker)
+    when: NextCommitTime | None = None
+    in_progress: list[InProgressFile] | None = None  # with the working tree: the files already changed
+    work_in_progress: WorkInProgressSummary | None = None
             "files": [f.to_json() for f in self.files],
             "modules": list(self.modules),
             "symbols": list(self.symbols),
@@ -157,3 +220,10 @@ class Prediction:
             out.update(context=self.context, prompt=self.prompt, context_source=self.context_source)
         out["missing_objects"] = asdict(self.missing_objects)
         return out
+        if self.authors is not None:
+            out["authors"] = [asdict(a) for a in self.authors]
+        if self.when is not None:
+            out["when"] = asdict(self.when)
+        if self.in_progress is not None:
+            out["in_progress"] = [asdict(f) for f in self.in_progress]
+            out["work_in_progress"] = asdict(self.work_in_progress) if self.work_in_progress else None

@@ -63,6 +63,7 @@ from repo2model.ranking.file_ranking import FileRanking
 from repo2model.serving.generation import merge_rankings, parse_generation, rank_candidates
 from repo2model.serving.history import unavailable_files
 from repo2model.serving.prediction import (
+from repo2model.serving.live_prediction import LiveExtras
     Decoding,
     FileRankingSummary,
     HistoryCommit,
@@ -70,6 +71,7 @@ from repo2model.serving.prediction import (
     PredictedFile,
     Prediction,
 )
+from repo2model.serving.work_in_progress import WorkInProgress
 from repo2model.serving.settings import MAX_TASK_CHARS, OPTION_KEYS, PredictionConfig, with_options
 from repo2model.training.models import language_dir, load_trained_model, read_training_info, trained_length
 from repo2model.retrieval.retriever import Retriever
@@ -169,6 +171,7 @@ class Predictor:
              paths: ArtifactPaths | None = None, ranker: bool = True,
              retriever: Retriever | None = None) -> "Predictor":
         model_dir = require(Path(model_dir), "train_model")
+        self._extras: LiveExtras | None = None  # the ranker folder's live ranker, author model, activity
         device = device or cfg.device
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
@@ -208,6 +211,12 @@ class Predictor:
     def context_window(self, cfg: PredictionConfig) -> int:
         """The prompt's token budget: as set, else the trained sequence length less the generated tokens."""
         budget = cfg.context_window or (self.trained_length - cfg.max_new_tokens)
+    def extras(self) -> LiveExtras:
+        """The live ranker, author model and activity of the ranker's folder (loaded once per ranker)."""
+        if self._extras is None or self._extras.ranking is not self.ranker:
+            self._extras = LiveExtras.load(self.ranker)
+        return self._extras
+
         if budget < 16:
             raise ValueError(f"max_new_tokens: {cfg.max_new_tokens} leaves no room for a prompt in the "
                              f"{self.trained_length} positions the model was trained on (lower it or set context_window)")
@@ -215,7 +224,7 @@ class Predictor:
 
     def predict(self, history: list[tuple[Commit, list[Chunk]]], task: str, options: dict | None = None,
                 seed: int = 42, pool: CandidatePool | None = None, repo: Path | None = None,
-                test_failures: str | None = None) -> Prediction:
+                test_failures: str | None = None, work: WorkInProgress | None = None) -> Prediction:
         """The prediction for `task` after `history` (oldest first). ValueError for bad options or task.
 
         `pool`: the files of the known history the likelihood ranking scores (default: those of `history`).
@@ -223,7 +232,10 @@ class Predictor:
         within `context_tokens`) and `prompt` (the step-4 text, with `test_failures`) for the repository `repo`.
         """
         cfg = with_options(self.cfg, options)
-        if not isinstance(task, str) or not task.strip():
+        if not isinstance(task, str) or (not task.strip() and work is None):
+        `work`: the working tree's changes (repo2model.serving.work_in_progress), the evidence of a change in
+        progress: its files become `in_progress`, the remaining ones are ranked (the task may then be empty).
+        Likely authors and the next commit's time come with every prediction the ranker folder can answer.
             raise ValueError("task: must be a non-empty string")
         if len(task) > MAX_TASK_CHARS:
             raise ValueError(f"task: longer than {MAX_TASK_CHARS} characters")
@@ -233,12 +245,13 @@ class Predictor:
         prediction = self.predict_ids(prompt, seed=seed, cfg=cfg, candidates=pool.top(cfg.rank_candidates))
         prediction.task = task
         prediction.history = [HistoryCommit.of(commit) for commit, _ in history]
-        if self.ranker is not None:  # its files first; the model keeps change types, symbols, sketch, new files
+        if self.ranker is not None and work is None:  # its files first; the model keeps types, symbols, new files
             prediction = apply_ranker(self.ranker, prediction, history, cfg.max_files,
                                       score=lambda candidates: self.score_files(prompt, candidates, cfg))
         if self.retriever is not None:
             answer = self.retriever.answer(task, prediction, repo, cfg.context_tokens, test_failures)
             prediction.context, prediction.prompt = answer["context"], answer["prompt"]
+        prediction = self.extras().apply(prediction, history, task, work, cfg.max_files)
             prediction.context_source = answer["context_source"]
         code = self.ranker.code if self.ranker is not None else None
         prediction.missing_objects = MissingObjects(

@@ -2,13 +2,13 @@
 
     Service        what the handler threads share: the predictor (swapped whole by a reload), the serve section's
                    limits, how a request's history is read; `handle_predict` checks a /predict body and predicts
-    Handler        the endpoints (GET /health, POST /predict, POST and GET /update), bearer token, body limits,
-                   every error as JSON {"error", "status"}
+    Handler        the endpoints (GET /health, POST /predict, GET /watch, POST and GET /update), bearer token, body
+                   limits, every error as JSON {"error", "status"}
     make_server    a threading HTTP server bound to the serve section's host and port
     RequestError   a client error: HTTP status and one line
 
 The endpoints, the errors and the `serve` section's keys are documented in repo2model/stages/serve.py; a new model
-without a restart and POST /update: repo2model.serving.reload.
+without a restart and POST /update: repo2model.serving.reload; GET /watch's stream: repo2model.serving.watch.
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from repo2model.core.errors import UserError
 from repo2model.serving.history import history_from_records, history_from_repo
+from repo2model.serving.live_prediction import top_paths
 from repo2model.serving.prediction import Prediction
 from repo2model.serving.settings import MAX_TASK_CHARS, with_options
+from repo2model.serving.watch import Watch, update_index
+from repo2model.serving.work_in_progress import read_work_in_progress
 
 if TYPE_CHECKING:  # annotations only: reload.py and serve.py import this module
     from repo2model.code.chunking import ChunkerConfig
@@ -62,6 +66,9 @@ class Service:
     in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set on shutdown: GET /watch streams end
+    watchers: int = 0  # GET /watch streams open
+    last_top: dict[str, frozenset] = field(default_factory=dict)  # repository -> its last working tree's top files
 
     def count_request(self) -> None:
         with self._count_lock:
@@ -80,15 +87,16 @@ class Service:
     def predict_with(self, predictor: Predictor, body: Any) -> Prediction:
         if not isinstance(body, dict):
             raise RequestError(422, "body: must be a JSON object")
-        allowed = {"task", "repo", "commits", "options", "seed", "test_failures"}
+        allowed = {"task", "repo", "commits", "options", "seed", "test_failures", "working_tree"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise RequestError(422, f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
-        task = body.get("task")
-        if not isinstance(task, str) or not task.strip():
-            raise RequestError(422, "task: required, a non-empty string")
-        if len(task) > MAX_TASK_CHARS:
-            raise RequestError(422, f"task: longer than {MAX_TASK_CHARS} characters")
+        working_tree = body.get("working_tree", False)
+        if not isinstance(working_tree, bool):
+            raise RequestError(422, "working_tree: must be true or false")
+        if working_tree and "repo" not in body:
+            raise RequestError(422, "working_tree: needs repo (the repository whose uncommitted changes are read)")
+        task = check_task(body.get("task", "" if working_tree else None), required=not working_tree)
         seed = body.get("seed", 42)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
             raise RequestError(422, "seed: must be an integer in [0, 2^32)")
@@ -98,9 +106,11 @@ class Service:
             raise RequestError(422, "repo or commits: give exactly one (a repository path, or commit records)")
         history_commits = options.get("history_commits", predictor.cfg.history_commits)
         repo = None  # the repository whose code goes into the context (None: the index's own)
+        work = None
         if "repo" in body:
             history = self.history_from_repo(body["repo"], history_commits)
             repo = Path(body["repo"]).expanduser().resolve()
+            work = self.work_in_progress(repo) if working_tree else None
         else:
             commits = body["commits"]
             if not isinstance(commits, list):
@@ -113,9 +123,21 @@ class Service:
                 raise RequestError(422, str(exc)) from None
         with self.lock:
             try:
-                return predictor.predict(history, task, options, seed, repo=repo, test_failures=failures)
+                prediction = predictor.predict(history, task, options, seed, repo=repo, test_failures=failures,
+                                               work=work)
             except ValueError as exc:
                 raise RequestError(422, str(exc)) from None
+            if prediction.work_in_progress is not None:  # did the top remaining files change since last time?
+                top = top_paths(prediction)
+                prediction.work_in_progress.changed = top != self.last_top.get(str(repo))
+                self.last_top[str(repo)] = top
+            return prediction
+
+    def work_in_progress(self, repo: Path):
+        try:
+            return read_work_in_progress(repo, self.scraper_cfg, self.chunker_cfg)
+        except UserError as exc:
+            raise RequestError(422, f"repo: {exc}") from None
 
     def check_options(self, predictor: Predictor, options: Any) -> dict:
         if options is None:
@@ -132,6 +154,14 @@ class Service:
         return options
 
     def history_from_repo(self, repo: Any, count: int):
+        path = self.check_repo(repo)
+        try:
+            return history_from_repo(path, count, self.scraper_cfg, self.chunker_cfg)
+        except UserError as exc:
+            raise RequestError(422, f"repo: {exc}") from None
+
+    def check_repo(self, repo: Any) -> Path:
+        """A request's `repo`: a path under the allowed repository roots (RequestError otherwise)."""
         if not isinstance(repo, str) or not repo:
             raise RequestError(422, "repo: must be a path to a local git repository")
         if "\x00" in repo:
@@ -143,20 +173,45 @@ class Service:
         roots = [Path(r).resolve() for r in self.cfg.allowed_repo_roots]
         if roots and not any(path == r or r in path.parents for r in roots):
             raise RequestError(403, f"repo: {path} is outside the allowed repository roots")
+        return path
+
+    def watch(self, repo: Path, task: str, seed: int) -> Watch:
+        """GET /watch's stream over `repo`: each prediction made by the predictor served at that moment, one
+        generation at a time with the requests."""
+
+        def predict(history, work):
+            with self.lock:
+                return self.predictor.predict(history, task, None, seed, repo=repo, work=work)
+
         try:
-            return history_from_repo(path, count, self.scraper_cfg, self.chunker_cfg)
+            return Watch(self.predictor, repo, task, seed=seed, scraper_cfg=self.scraper_cfg,
+                         chunker_cfg=self.chunker_cfg, predict=predict,
+                         on_new_head=update_index(self.predictor.retriever, self.scraper_cfg))
         except UserError as exc:
             raise RequestError(422, f"repo: {exc}") from None
 
     def health(self) -> dict:
         return {"status": "ok", "model": self.predictor.info(), "requests": self.requests,
-                "in_flight": self.in_flight, "uptime_s": round(time.monotonic() - self.started, 1),
+                "in_flight": self.in_flight, "watchers": self.watchers,
+                "uptime_s": round(time.monotonic() - self.started, 1),
                 "reloads": self.reloader.status() if self.reloader else None,
                 "update": {"enabled": self.cfg.allow_update,
                            "state": self.update.state if self.update else "never run"}}
 
 
 MAX_TEST_FAILURE_CHARS = 100_000
+WATCH_HEARTBEAT_S = 15.0  # GET /watch writes a keep-alive comment after this long without a prediction
+
+
+def check_task(value: Any, required: bool = True) -> str:
+    """`task`: a string; empty only where it is not required (a working tree's prediction)."""
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise RequestError(422, "task: required, a non-empty string" if required else "task: must be a string")
+    if len(value) > MAX_TASK_CHARS:
+        raise RequestError(422, f"task: longer than {MAX_TASK_CHARS} characters")
+    return value
 
 
 def check_test_failures(value: Any) -> str | None:
@@ -189,6 +244,8 @@ class Handler(BaseHTTPRequestHandler):
             self.error(405, "use POST for /predict", allow="POST")
         elif path == "/update":
             self.handle_update(start=False)
+        elif path == "/watch":
+            self.handle_watch()
         else:
             self.error(404, f"{path}: not found ({ENDPOINTS})")
 
@@ -197,8 +254,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/update":
             return self.handle_update(start=True)
         if path != "/predict":
-            if path == "/health":
-                return self.error(405, "use GET for /health", allow="GET")
+            if path in ("/health", "/watch"):
+                return self.error(405, f"use GET for {path}", allow="GET")
             return self.error(404, f"{path}: not found ({ENDPOINTS})")
         try:
             self.check_token()
@@ -214,6 +271,58 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(500, "internal error (see the service's log)")
         log.info("POST /predict: %d files in %.1fs", len(prediction.files), time.monotonic() - started)
         self.reply(200, answer)
+
+    def handle_watch(self) -> None:
+        """GET /watch?repo=...[&task=...&seed=...]: server-sent events, one `prediction` event per change of the
+        repository's HEAD or set of changed files (the first at once), a keep-alive comment when quiet."""
+        try:
+            self.check_token()
+            query = parse_qs(urlsplit(self.path).query)
+            repo = self.service.check_repo((query.get("repo") or [""])[0])
+            task = check_task((query.get("task") or [""])[0], required=False)
+            seed = (query.get("seed") or ["42"])[0]
+            if not seed.isdigit() or int(seed) >= 2**32:
+                raise RequestError(422, "seed: must be an integer in [0, 2^32)")
+            watch = self.service.watch(repo, task, int(seed))
+        except RequestError as exc:
+            return self.error(exc.status, str(exc))
+        self.close_connection = True  # the stream ends when either side stops
+        self.send_response(200, "OK")
+        for key, value in (("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+                           ("Connection", "close"), ("X-Accel-Buffering", "no")):
+            self.send_header(key, value)
+        self.end_headers()
+        with self.service._count_lock:
+            self.service.watchers += 1
+        try:
+            self.stream(watch)
+        finally:
+            with self.service._count_lock:
+                self.service.watchers -= 1
+
+    def stream(self, watch: Watch) -> None:
+        try:
+            for prediction in watch.predictions(self.service.stopping, heartbeat_s=WATCH_HEARTBEAT_S):
+                if prediction is None:
+                    self.wfile.write(b": keep-alive\n\n")
+                else:
+                    data = json.dumps(prediction.to_json(), ensure_ascii=False)
+                    self.wfile.write(f"event: prediction\ndata: {data}\n\n".encode("utf-8"))
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            log.info("GET /watch: the client left")
+        except (UserError, ValueError) as exc:  # the repository went away, a bad task: the last event says why
+            self.write_event("error", {"error": str(exc), "status": 422})
+        except Exception:
+            log.exception("GET /watch failed")
+            self.write_event("error", {"error": "internal error (see the service's log)", "status": 500})
+
+    def write_event(self, name: str, payload: dict) -> None:
+        try:
+            self.wfile.write(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode("utf-8"))
+            self.wfile.flush()
+        except OSError:
+            pass
 
     def do_PUT(self) -> None:
         self.error(405, ENDPOINTS, allow="GET, POST")
@@ -339,4 +448,4 @@ def make_server(service: Service) -> ThreadingHTTPServer:
     return server
 
 
-ENDPOINTS = "endpoints: GET /health, POST /predict, POST /update, GET /update"
+ENDPOINTS = "endpoints: GET /health, POST /predict, GET /watch, POST /update, GET /update"

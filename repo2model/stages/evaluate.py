@@ -32,6 +32,12 @@ files count for no predictor). Metrics are defined in repo2model.ranking.metrics
 as denominator, MRR, change-type accuracy, module accuracy, symbol recall); recall@k and MRR are also given
 per commit size (changed files: 1, 2-3, 4-10, 11-30, 31+) so that large commits are not hidden by the mean.
 
+Predictions as you code (repo2model.ranking.live_evaluation), on the same targets: `work_in_progress` (each
+target's first 1, 2 and half of its files revealed: recall@k of the rest for the live ranker, the ranker without
+the in-progress features and co-change from the revealed files alone), `who` (likely authors against the author of
+the last commit) and `when` (the expected wait to the next commit touching the top files against the median gap
+between commits), in evaluation.json and evaluation.md.
+
 Config keys (section `evaluate`):
     split                   test | val: the split whose targets are evaluated (test)
     max_examples            targets that get a generation (evenly spaced; 0 = all) (40)
@@ -79,6 +85,7 @@ from repo2model.ranking.baselines import BASELINES, baseline_predictions
 from repo2model.ranking.config import EvaluationConfig
 from repo2model.ranking.features import CandidateRows, LMScorer, lm_scorer
 from repo2model.ranking.file_ranking import ranker_predictions
+from repo2model.ranking.live_evaluation import LiveEvaluation, live_report
 from repo2model.ranking.metrics import KS, Prediction, Truth, aggregate, by_size, score
 from repo2model.ranking.ranker import Ranker, find_ranker, language_model_identity, reusable_test_rows, rows_settings
 from repo2model.ranking.report import markdown_report, write_chart
@@ -135,11 +142,12 @@ def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42,
     if repo is None:
         log.warning("the repository of %s is not there: code search, the tree and symbols at the parent are left out",
                     paths.commits)
-    rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed)
+    live = LiveEvaluation(ranker)  # the work in progress, who and when, on the same targets
+    rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed, live)
     model_info: dict = {}
     if predictor is not None:
         model_info = {**target_loss(predictor.model, plan.examples, cfg.device), **generation}
-    result = evaluation_result(cfg, plan, rows, repo is not None, ranker, model_info)
+    result = {**evaluation_result(cfg, plan, rows, repo is not None, ranker, model_info), **live.figures()}
     write_outputs(result, paths)
     return summarize(result, paths, started)
 
@@ -172,7 +180,7 @@ def evaluation_result(cfg: EvaluationConfig, plan: Plan, rows: dict[str, dict[st
 def write_outputs(result: dict, paths: ArtifactPaths) -> None:
     write_json(paths.evaluation, result)
     with atomic_open(report_path(paths)) as fh:
-        fh.write(markdown_report(result))
+        fh.write(markdown_report(result) + "".join(line + "\n" for line in live_report(result)))
     write_chart(result["metrics"], chart_path(paths))
 
 
@@ -234,9 +242,10 @@ def ranker_info(ranker: Ranker | None) -> dict | None:
 
 
 def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo: Path | None, ranker: Ranker | None,
-                  predictor: Predictor | None, prediction: PredictionConfig, seed: int) -> tuple[dict, dict]:
-    """One pass over the history scoring every predictor on every target (the model: on the chosen ones).
-    Returns ({predictor: {commit: row}}, the generation's figures)."""
+                  predictor: Predictor | None, prediction: PredictionConfig, seed: int,
+                  live: LiveEvaluation | None = None) -> tuple[dict, dict]:
+    """One pass over the history scoring every predictor on every target (the model: on the chosen ones), and
+    `live`'s figures. Returns ({predictor: {commit: row}}, the generation's figures)."""
     rows: dict[str, dict[str, dict]] = {}
     prompts = plan.prompts() if predictor is not None else {}
     generated = {plan.examples.commits[i] for i in plan.chosen} if predictor is not None else set()
@@ -248,8 +257,14 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
                     "evaluation's here", ranker.settings.get("baselines"))
     saved = saved_rows(cfg, paths, plan, repo, ranker, predictor, prediction)
     indexes = SymbolIndexes()
+
+    def on_commit(commit, chunks):
+        pool.add_chunks(chunks)
+        if live is not None:
+            live.on_commit(commit, chunks)
+
     walk = walk_targets(paths.commits, paths.chunks, {h: plan.split for h in plan.order}, baselines, repo,
-                        plan.mined_until, on_commit=lambda commit, chunks: pool.add_chunks(chunks))
+                        plan.mined_until, on_commit=on_commit)
     for state in progress(walk, total=len(plan.order), desc="evaluating", unit="targets"):
         target = state.target
         truth = Truth.of(target.commit, target.chunks)
@@ -260,6 +275,8 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
                                                   saved.get(target.commit), cfg.symbols_per_file, indexes))
         for name, predicted in predictions.items():
             rows.setdefault(name, {})[target.commit] = score(predicted, truth)
+        if live is not None:
+            live.add(state, [p for p, _ in predictions.get("ranker", predictions["fusion"]).files])
         if target.commit in generated:
             output = predictor.predict_ids(prompts[target.commit], seed=seed,
                                            candidates=pool.top(prediction.rank_candidates))

@@ -13,12 +13,23 @@ Endpoints
     POST /predict   body: {"task": str, "repo": str | "commits": [commit records],
                            "options": {history_commits, decoding, num_candidates, max_new_tokens,
                                        temperature, top_p, top_k, max_files, file_ranking, context_tokens},
-                           "seed": int, "test_failures": str | [str]}
+                           "seed": int, "test_failures": str | [str], "working_tree": bool}
                     exactly one of `repo` (a local repository: its last commits are scraped and chunked
                     on the fly) and `commits` (commits.json records, oldest first, each optionally with
                     its "chunks"); reply: the prediction JSON (as predict.py prints it), with `context`
                     (the predicted code and what the code index finds) and `prompt` (the text for a
-                    code-writing model, `test_failures` included).
+                    code-writing model, `test_failures` included), `authors` and `when` (who makes the
+                    change, and when the next commit touching the top files is expected). With
+                    "working_tree": true (and `repo`; `task` then optional) the repository's uncommitted
+                    changes are the change in progress: `in_progress` lists them, `files` the remaining ones,
+                    and `work_in_progress.changed` says whether the top 5 remaining files differ from this
+                    service's previous working-tree answer for that repository (what a polling workflow
+                    posts on).
+    GET  /watch     ?repo=<path>[&task=...&seed=n] (token as for /predict): server-sent events; an
+                    `event: prediction` (data: the prediction JSON, as with "working_tree": true) at once and
+                    each time the repository's HEAD or set of changed files changes, a `: keep-alive` comment
+                    after 15 s without one, an `event: error` before the stream ends on a failure. A new
+                    commit also updates the code index incrementally (repo2model/serving/watch.py).
     POST /update    (off unless serve.allow_update; always needs the bearer token) starts
                     `python pipeline.py --config <serve.update_config> --update` in the background:
                     202 with its status, 409 while one runs. When it succeeds the new model is picked up.
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                         on_success=lambda: service.reloader.request("update", force=False))
     server = make_server(service)
     host, port = server.server_address[:2]
-    log.info("serving %s on http://%s:%d (POST /predict, GET /health%s)%s", model_dir, host, port,
+    log.info("serving %s on http://%s:%d (POST /predict, GET /watch, GET /health%s)%s", model_dir, host, port,
              ", POST /update" if update_config else "", ", bearer token required" if cfg.bearer_token() else "")
     signal.signal(signal.SIGTERM, _stop)  # `kill` (systemd, docker stop) shuts down like Ctrl-C
     if hasattr(signal, "SIGHUP"):
@@ -161,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
+        service.stopping.set()  # GET /watch streams end
         service.reloader.stop()
         if service.update is not None:
             service.update.stop()

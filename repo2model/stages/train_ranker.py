@@ -32,6 +32,11 @@ Steps (run() reads as this list):
     6. figures on the test targets beside every baseline: recall@1/5/10, MRR, candidate recall, per commit size
     7. the ranker folder, with the history's statistics after its last commit and the test targets' rows
 
+Then, for predictions as you code (repo2model.ranking.live_training), beside them in the ranker folder: the live
+ranker (live_ranker.txt, live.json: the ranker's features plus the in-progress ones, fitted on the train targets'
+simulated partial commits, their first 1, 2 and half of the files revealed), the author model (authors.txt,
+people.json) and who committed when (activity.json).
+
 Config keys (section `train_ranker`; the baseline keys of the `evaluate` section set the signals):
     candidates_per_baseline  each baseline's top files that become candidates (30)
     sibling_sources          the best fused files whose folder mates become candidates too (5)
@@ -83,6 +88,7 @@ from repo2model.ranking.features import (
 )
 from repo2model.ranking.file_ranking import history_record
 from repo2model.ranking.history import BaselineConfig, PastCommits
+from repo2model.ranking.live_training import LiveTraining
 from repo2model.ranking.metrics import Prediction, Truth, aggregate, by_size, candidate_recall, score
 from repo2model.ranking.ranker import (
     BASE_SCORE, CHANGE_TYPES_FILE, Ranker, fit_lambdarank, fit_lm_ranker, importances, language_model_identity,
@@ -165,7 +171,8 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
     scores = load_language_model(cfg, paths, prediction or PredictionConfig(), splits)
     dense_info = dense_settings(index or IndexConfig()) if cfg.dense else None
     embeddings = load_embeddings(dense_info, paths)
-    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores, embeddings)
+    live = LiveTraining(cfg.candidates(), scorer_of(embeddings) if embeddings is not None else None)
+    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores, embeddings, live)
     fitted = fit(cfg, collected, seed, with_lm=scores is not None)
     settings = ranker_settings(cfg, baselines, dense_info, collected, fitted, seed)
     shaped_by = rows_settings(baselines, repo, None, paths.commits, paths.chunks,
@@ -174,7 +181,8 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
                     history=collected.history, test_rows=(shaped_by, collected.rows["test"]))
     ranker.metrics = ranker_metrics(ranker, collected, fitted, embeddings)
     ranker.save(paths.ranker_dir)
-    return summarize(ranker.metrics, collected, fitted, paths, started)
+    extras = live.finish(ranker, paths.ranker_dir, cfg.fit(), seed)  # the live ranker, authors, activity
+    return {**summarize(ranker.metrics, collected, fitted, paths, started), "work_in_progress": extras}
 
 
 def load_splits(paths: ArtifactPaths) -> dict[str, ExampleSet]:
@@ -228,9 +236,10 @@ def load_embeddings(dense_info: dict | None, paths: ArtifactPaths) -> FileEmbedd
 
 
 def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineConfig, features: FeatureConfig,
-            repo: Path | None, scores: LanguageModelScores | None, embeddings: FileEmbeddings | None) -> Collected:
+            repo: Path | None, scores: LanguageModelScores | None, embeddings: FileEmbeddings | None,
+            live: LiveTraining | None = None) -> Collected:
     """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines;
-    at the end, the statistics of the whole history."""
+    at the end, the statistics of the whole history. `live` gathers the partial commits and authors."""
     started, cpu = time.monotonic(), time.process_time()
     out = Collected(code_search=repo is not None)
     dense = scorer_of(embeddings) if embeddings is not None else None
@@ -244,8 +253,13 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
             out.dense_cpu_seconds += time.process_time() - cpu
 
     past, commits = PastCommits(baselines), []
-    for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo, past=past,
-                              on_commit=lambda commit, chunks: commits.append(commit["hash"])):
+
+    def on_commit(commit, chunks):
+        commits.append(commit["hash"])
+        if live is not None:
+            live.on_commit(commit, chunks)
+
+    for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo, past=past, on_commit=on_commit):
         target = state.target
         lm = scores.for_target(target.commit, state.past.file_module) if scores else None
         rows = candidate_rows(state, features, lm=lm, dense=timed_dense if dense is not None else None)
@@ -256,6 +270,8 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
             out.truths[target.commit] = Truth.of(target.commit, target.chunks)
         if target.split == "test":
             out.baselines[target.commit] = {name: ranking[:10] for name, ranking in state.rankings.items()}
+        if live is not None:
+            live.add(state, rows)
         bar.update()
     bar.close()
     out.history = history_record(past, commits, repo)
