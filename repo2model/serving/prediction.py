@@ -8,13 +8,13 @@ serve.py replies (the prediction JSON, the schema n8n's workflows read).
                     scored it, its `votes` when generation ran, `ranked_by` when a learned ranker ranked the files
     Candidate       one generated text, parsed back into files (malformed ones say why)
 
-A key whose value does not apply is left out of the JSON, not null: `votes` (a file only the ranker named),
 Who and when: `authors` (the likely authors, top 3 with probabilities) and `when` (the expected time to the next
 commit touching the top files, with an interval) come from the ranker folder's author model and activity
 (repo2model.ranking.people). With the working tree as evidence: `in_progress` (the files already changed, with
 their change types from the chunker) and `work_in_progress` (HEAD, counts, which ranker ranked the remaining
 files); `files` then holds only files not yet changed.
 
+A key whose value does not apply is left out of the JSON, not null: `votes` (a file only the ranker named),
 `logprob` / `logprob_tokens` (a file the model did not score), `ranked_by` and `ranker_candidates` (no ranker),
 `context` / `prompt` / `context_source` (no code index: repo2model.retrieval), `authors` and `when` (no activity
 saved with a ranker),
@@ -118,19 +118,6 @@ class MissingObjects:
 
 
 @dataclass
-class Prediction:
-    task: str
-    history: list[HistoryCommit] = field(default_factory=list)  # the commits in the prompt, oldest first
-    model: str | None = None  # the model folder
-    prompt_tokens: int = 0
-    decoding: Decoding | None = None
-    file_ranking: FileRankingSummary | None = None
-    files: list[PredictedFile] = field(default_factory=list)  # best first
-    modules: list[str] = field(default_factory=list)  # best first
-    symbols: list[str] = field(default_factory=list)  # best first
-    code_sketch: str = ""  # the best candidate's code, file by file
-    candidates: list[Candidate] = field(default_factory=list)
-@dataclass
 class ChangeTypeCount:
     type: str  # e.g. NEW_FUNCTION
     chunks: int  # the chunks of the file with that change type
@@ -181,6 +168,19 @@ class NextCommitTime:
     gaps: int  # how many gaps the estimate read
 
 
+@dataclass
+class Prediction:
+    task: str
+    history: list[HistoryCommit] = field(default_factory=list)  # the commits in the prompt, oldest first
+    model: str | None = None  # the model folder
+    prompt_tokens: int = 0
+    decoding: Decoding | None = None
+    file_ranking: FileRankingSummary | None = None
+    files: list[PredictedFile] = field(default_factory=list)  # best first
+    modules: list[str] = field(default_factory=list)  # best first
+    symbols: list[str] = field(default_factory=list)  # best first
+    code_sketch: str = ""  # the best candidate's code, file by file
+    candidates: list[Candidate] = field(default_factory=list)
     seconds: float = 0.0  # the language model's time
     ranking: str = ""  # what ranked the files: ranker, ranker_lm, or the file_ranking method
     ranker_candidates: int | None = None  # the files the learned ranker considered (None: no ranker)
@@ -188,6 +188,10 @@ class NextCommitTime:
     prompt: str | None = None  # the text for a code-writing model
     context_source: dict | None = None  # where the context's code came from, and why not from the index
     missing_objects: MissingObjects = field(default_factory=MissingObjects)
+    authors: list[LikelyAuthor] | None = None  # most likely first (None: no activity saved with a ranker)
+    when: NextCommitTime | None = None
+    in_progress: list[InProgressFile] | None = None  # with the working tree: the files already changed
+    work_in_progress: WorkInProgressSummary | None = None
 
     @property
     def malformed_candidates(self) -> int:
@@ -201,10 +205,6 @@ class NextCommitTime:
             "prompt_tokens": self.prompt_tokens,
             "decoding": asdict(self.decoding) if self.decoding else None,
             "file_ranking": asdict(self.file_ranking) if self.file_ranking else None,
-    authors: list[LikelyAuthor] | None = None  # most likely first (None: no activity saved with a ranker)
-    when: NextCommitTime | None = None
-    in_progress: list[InProgressFile] | None = None  # with the working tree: the files already changed
-    work_in_progress: WorkInProgressSummary | None = None
             "files": [f.to_json() for f in self.files],
             "modules": list(self.modules),
             "symbols": list(self.symbols),
@@ -219,7 +219,6 @@ class NextCommitTime:
         if self.context is not None:
             out.update(context=self.context, prompt=self.prompt, context_source=self.context_source)
         out["missing_objects"] = asdict(self.missing_objects)
-        return out
         if self.authors is not None:
             out["authors"] = [asdict(a) for a in self.authors]
         if self.when is not None:
@@ -227,3 +226,4 @@ class NextCommitTime:
         if self.in_progress is not None:
             out["in_progress"] = [asdict(f) for f in self.in_progress]
             out["work_in_progress"] = asdict(self.work_in_progress) if self.work_in_progress else None
+        return out

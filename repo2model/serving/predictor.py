@@ -62,8 +62,8 @@ from repo2model.language.tokens import COMMIT_END, FILE, escape_line
 from repo2model.ranking.file_ranking import FileRanking
 from repo2model.serving.generation import merge_rankings, parse_generation, rank_candidates
 from repo2model.serving.history import unavailable_files
-from repo2model.serving.prediction import (
 from repo2model.serving.live_prediction import LiveExtras
+from repo2model.serving.prediction import (
     Decoding,
     FileRankingSummary,
     HistoryCommit,
@@ -71,8 +71,8 @@ from repo2model.serving.live_prediction import LiveExtras
     PredictedFile,
     Prediction,
 )
-from repo2model.serving.work_in_progress import WorkInProgress
 from repo2model.serving.settings import MAX_TASK_CHARS, OPTION_KEYS, PredictionConfig, with_options
+from repo2model.serving.work_in_progress import WorkInProgress
 from repo2model.training.models import language_dir, load_trained_model, read_training_info, trained_length
 from repo2model.retrieval.retriever import Retriever
 
@@ -165,13 +165,13 @@ class Predictor:
         self.training = read_training_info(model_dir) if model_dir is not None else {}
         self.ranker: FileRanking | None = None  # the learned file ranker (train_ranker), when there is one
         self.retriever: Retriever | None = None  # adds the code context and the prompt (index.py's index)
+        self._extras: LiveExtras | None = None  # the ranker folder's live ranker, author model, activity
 
     @classmethod
     def load(cls, model_dir: Path, cfg: PredictionConfig, device: str | None = None,
              paths: ArtifactPaths | None = None, ranker: bool = True,
              retriever: Retriever | None = None) -> "Predictor":
         model_dir = require(Path(model_dir), "train_model")
-        self._extras: LiveExtras | None = None  # the ranker folder's live ranker, author model, activity
         device = device or cfg.device
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
@@ -208,15 +208,15 @@ class Predictor:
             "index": None if self.retriever is None else str(self.retriever.folder),
         }
 
-    def context_window(self, cfg: PredictionConfig) -> int:
-        """The prompt's token budget: as set, else the trained sequence length less the generated tokens."""
-        budget = cfg.context_window or (self.trained_length - cfg.max_new_tokens)
     def extras(self) -> LiveExtras:
         """The live ranker, author model and activity of the ranker's folder (loaded once per ranker)."""
         if self._extras is None or self._extras.ranking is not self.ranker:
             self._extras = LiveExtras.load(self.ranker)
         return self._extras
 
+    def context_window(self, cfg: PredictionConfig) -> int:
+        """The prompt's token budget: as set, else the trained sequence length less the generated tokens."""
+        budget = cfg.context_window or (self.trained_length - cfg.max_new_tokens)
         if budget < 16:
             raise ValueError(f"max_new_tokens: {cfg.max_new_tokens} leaves no room for a prompt in the "
                              f"{self.trained_length} positions the model was trained on (lower it or set context_window)")
@@ -230,12 +230,12 @@ class Predictor:
         `pool`: the files of the known history the likelihood ranking scores (default: those of `history`).
         With a retriever: `context` (the predicted files' and symbols' current code, then what the index finds,
         within `context_tokens`) and `prompt` (the step-4 text, with `test_failures`) for the repository `repo`.
-        """
-        cfg = with_options(self.cfg, options)
-        if not isinstance(task, str) or (not task.strip() and work is None):
         `work`: the working tree's changes (repo2model.serving.work_in_progress), the evidence of a change in
         progress: its files become `in_progress`, the remaining ones are ranked (the task may then be empty).
         Likely authors and the next commit's time come with every prediction the ranker folder can answer.
+        """
+        cfg = with_options(self.cfg, options)
+        if not isinstance(task, str) or (not task.strip() and work is None):
             raise ValueError("task: must be a non-empty string")
         if len(task) > MAX_TASK_CHARS:
             raise ValueError(f"task: longer than {MAX_TASK_CHARS} characters")
@@ -248,10 +248,10 @@ class Predictor:
         if self.ranker is not None and work is None:  # its files first; the model keeps types, symbols, new files
             prediction = apply_ranker(self.ranker, prediction, history, cfg.max_files,
                                       score=lambda candidates: self.score_files(prompt, candidates, cfg))
+        prediction = self.extras().apply(prediction, history, task, work, cfg.max_files)
         if self.retriever is not None:
             answer = self.retriever.answer(task, prediction, repo, cfg.context_tokens, test_failures)
             prediction.context, prediction.prompt = answer["context"], answer["prompt"]
-        prediction = self.extras().apply(prediction, history, task, work, cfg.max_files)
             prediction.context_source = answer["context_source"]
         code = self.ranker.code if self.ranker is not None else None
         prediction.missing_objects = MissingObjects(
