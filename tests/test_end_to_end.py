@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from repo2model.stages.pipeline import STAGE_NAMES
+from repo2model.stages.pipeline import RUN_BY_DEFAULT
 
 
 @pytest.mark.slow
@@ -41,8 +41,8 @@ def test_default_pipeline_on_own_history(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
     stages = json.loads((out / "pipeline_results.json").read_text())["stages"]
-    assert list(stages) == list(STAGE_NAMES), stages
-    assert [s["status"] for s in stages.values()] == ["ok"] * len(STAGE_NAMES), stages
+    assert list(stages) == list(RUN_BY_DEFAULT), stages
+    assert [s["status"] for s in stages.values()] == ["ok"] * len(RUN_BY_DEFAULT), stages
     print(f"default pipeline: {seconds:.0f}s; " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in stages.items()))
 
     final = json.loads((out / "training_logs" / "final_eval.json").read_text())
@@ -76,4 +76,4 @@ def test_default_pipeline_on_own_history(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-3000:]
     stages = json.loads((out / "pipeline_results.json").read_text())["stages"]
-    assert [s["status"] for s in stages.values()] == ["skipped"] * len(STAGE_NAMES), stages
+    assert [s["status"] for s in stages.values()] == ["skipped"] * len(RUN_BY_DEFAULT), stages

@@ -420,3 +420,160 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     config.write_text("export:\n  types: [f16]\n", encoding="utf-8")  # the Modelfile's q4_k_m is not written
     assert export.main(["--config", str(config)]) == 2
     assert "export.modelfile" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- predict.backend: llama_cpp
+
+
+def llama_settings(paths: ArtifactPaths, file_type: str = "f16", **settings) -> PredictionConfig:
+    return PredictionConfig(backend="llama_cpp", gguf=gguf(paths, file_type), **settings)
+
+
+def test_the_predictor_through_llama_cpp_at_f16_ranks_and_writes_as_torch(scratch):
+    """The same prompts through Predictor.load with either backend: the same top files with log-probabilities
+    within the f16 tolerance, the same greedy candidate; the torch weights are not loaded for llama_cpp."""
+    settings = {"rank_candidates": 20, "max_new_tokens": 24}
+    by_torch = Predictor.load(scratch.model_dir, PredictionConfig(**settings), paths=scratch, ranker=False)
+    by_llama = Predictor.load(scratch.model_dir, llama_settings(scratch, **settings), paths=scratch, ranker=False)
+    info = by_llama.info()
+    assert by_llama.model is None and info["backend"] == "llama_cpp" and by_torch.info()["backend"] == "torch"
+    assert info["gguf"] == str(gguf(scratch, "f16")) and info["file_type"] == "f16"
+    assert info["parameters"] == by_torch.info()["parameters"] and by_llama.max_positions == by_torch.max_positions
+    targets = recall_targets(scratch.commits, scratch.chunks, ExampleSet.load(scratch.test_data), 20, limit=4)
+    for target in targets:
+        expected = by_torch.predict_ids(target.prompt, candidates=target.candidates)
+        answer = by_llama.predict_ids(target.prompt, candidates=target.candidates)
+        assert answer.file_ranking.files_scored == expected.file_ranking.files_scored == len(target.candidates)
+        assert [f.path for f in answer.files[:5]] == [f.path for f in expected.files[:5]]
+        scored = {f.path: f.logprob for f in expected.files if f.logprob is not None}
+        assert all(f.logprob == pytest.approx(scored[f.path], abs=0.05) for f in answer.files if f.logprob is not None)
+        assert [c.text for c in answer.candidates] == [c.text for c in expected.candidates]
+        assert answer.candidates[0].score == pytest.approx(expected.candidates[0].score, abs=0.01)
+
+
+def post(server, path: str, body: dict | None = None) -> tuple[int, dict]:
+    import http.client
+
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=120)
+    conn.request("POST" if body is not None else "GET", path, body=json.dumps(body) if body is not None else None,
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_serve_answers_predict_through_the_exported_q4_k_m_and_refuses_beam_in_one_line(scratch):
+    import threading
+
+    from repo2model.serving.service import Service, make_server
+    from repo2model.stages import serve
+
+    # predict.gguf unset: the file the export's Modelfile loads (q4_k_m)
+    cfg = PredictionConfig(backend="llama_cpp", max_new_tokens=24, rank_candidates=20)
+    server = make_server(Service(Predictor.load(scratch.model_dir, cfg, paths=scratch), serve.Config(port=0)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        records = [{**commit, "chunks": chunks} for commit, chunks in iter_commits_with_chunks(scratch.commits,
+                                                                                               scratch.chunks)]
+        status, health = post(server, "/health")
+        assert status == 200 and health["model"]["backend"] == "llama_cpp"
+        assert health["model"]["file_type"] == "q4_k_m" and health["model"]["gguf"] == str(gguf(scratch, "q4_k_m"))
+        status, answer = post(server, "/predict", {"task": "Fix the parser", "commits": records[-6:]})
+        assert status == 200, answer
+        assert answer["files"] and len(answer["candidates"]) == 1 and answer["prompt_tokens"] > 0
+        assert {f["path"] for f in answer["files"]} <= {c["file"] for r in records for c in r["chunks"]} | {
+            p for c in answer["candidates"] for p in c["files"]}
+        status, refused = post(server, "/predict", {"task": "Fix the parser", "commits": records[-6:],
+                                                    "options": {"decoding": "beam", "num_candidates": 2}})
+        assert status == 422 and "beam is not supported with backend llama_cpp" in refused["error"]
+        assert "\n" not in refused["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_evaluate_scores_the_model_through_llama_cpp_as_through_torch(scratch, tmp_path):
+    from repo2model.ranking.config import EvaluationConfig
+    from repo2model.stages import evaluate
+
+    shutil.copytree(scratch.output_dir, tmp_path / "out")
+    paths = ArtifactPaths.under(tmp_path / "out")
+    results = {}
+    for backend, cfg in (("torch", PredictionConfig(max_new_tokens=24, rank_candidates=20)),
+                         ("llama_cpp", llama_settings(paths, max_new_tokens=24, rank_candidates=20))):
+        evaluate.run(EvaluationConfig(max_examples=3), paths, prediction=cfg)
+        results[backend] = json.loads(paths.evaluation.read_text())
+    model = {backend: result["model"] for backend, result in results.items()}
+    assert model["llama_cpp"]["loss"] == pytest.approx(model["torch"]["loss"], rel=1e-3)
+    assert model["llama_cpp"]["target_tokens"] == model["torch"]["target_tokens"] > 0
+    metrics = {backend: result["metrics"]["model"] for backend, result in results.items()}
+    assert metrics["llama_cpp"]["recall@5"] == metrics["torch"]["recall@5"]
+
+
+def test_the_rankers_language_model_features_through_llama_cpp(scratch):
+    from repo2model.stages import train_ranker
+
+    splits = train_ranker.load_splits(scratch)
+    scores = {cfg.backend: train_ranker.load_language_model(train_ranker.Config(), scratch, cfg, splits)
+              for cfg in (PredictionConfig(rank_candidates=20), llama_settings(scratch, rank_candidates=20))}
+    assert scores["llama_cpp"].predictor.lm.name == "llama_cpp"
+    # the saved feature rows of one backend are not taken for the other's
+    assert scores["llama_cpp"].identity != scores["torch"].identity
+    target = recall_targets(scratch.commits, scratch.chunks, splits["test"], 20, limit=1)[0]
+    files = [path for path, _ in target.candidates]
+    modules = {path: module for path, module in target.candidates if module}
+    by_torch = scores["torch"].for_target(target.commit, modules)(files)
+    by_llama = scores["llama_cpp"].for_target(target.commit, modules)(files)
+    assert set(by_llama) == set(by_torch) == set(files)
+    assert all(by_llama[path] == pytest.approx(by_torch[path], abs=0.05) for path in files)
+
+
+def test_a_bad_llama_cpp_backend_setting_is_one_line(scratch, tmp_path, capsys):
+    from repo2model.core.errors import UserError
+    from repo2model.stages import predict
+
+    base = ["--model", str(scratch.model_dir), "--commits", str(scratch.commits), "--task", "Fix the parser"]
+    assert predict.main([*base, "--backend", "llama_cpp", "--decoding", "beam"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "beam is not supported with backend llama_cpp" in err
+    # no export beside the model folder
+    shutil.copytree(scratch.model_dir, tmp_path / "out" / "model")
+    with pytest.raises(UserError, match="no exported model"):
+        Predictor.load(tmp_path / "out" / "model", PredictionConfig(backend="llama_cpp"))
+    # a GGUF exported from another training run than the folder's
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(gguf(scratch, "f16"), other / "model-f16.gguf")
+    info = json.loads((scratch.output_dir / "export" / "export_info.json").read_text())
+    (other / "export_info.json").write_text(json.dumps({**info, "trained_at": "2001-01-01T00:00:00+0000"}))
+    assert predict.main([*base, "--backend", "llama_cpp", "--gguf", str(other / "model-f16.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exported from the model trained at 2001-01-01" in err and "--stage export" in err
+    # not a GGUF at all
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF but not really")
+    assert predict.main([*base, "--backend", "llama_cpp", "--gguf", str(tmp_path / "broken.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot load it" in err
+
+
+def test_the_pipeline_runs_the_export_stage_when_asked_and_skips_it_when_up_to_date(scratch, tmp_path, capsys):
+    from repo2model.stages import pipeline
+
+    shutil.copytree(scratch.model_dir, tmp_path / "out" / "model")
+    config = tmp_path / "config.yaml"
+    settings = "pipeline:\n  output_dir: out\nexport:\n  types: [q8_0]\n  modelfile: q8_0\n"
+    config.write_text(settings, encoding="utf-8")
+
+    def export_result() -> dict:
+        assert pipeline.main(["--config", str(config), "--stage", "export"]) == 0, capsys.readouterr().err
+        return json.loads((tmp_path / "out" / "pipeline_results.json").read_text())["stages"]["export"]
+
+    result = export_result()
+    assert result["status"] == "ok" and result["summary"]["mode"] == "scratch"
+    assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == [
+        "Modelfile", "export_info.json", "model-q8_0.gguf"]
+    assert export_result()["status"] == "skipped"
+    config.write_text(settings + "  enabled: true\n", encoding="utf-8")  # switching it on changes nothing it writes
+    assert export_result()["status"] == "skipped"
+    config.write_text(settings.replace("q8_0", "q4_k_m"), encoding="utf-8")
+    assert export_result()["status"] == "ok"
+    assert (tmp_path / "out" / "export" / "model-q4_k_m.gguf").is_file()

@@ -151,7 +151,7 @@ def test_editing_a_package_reruns_exactly_the_stages_that_import_it(tmp_path):
     edit(sorted((library / "serving").glob("*.py"))[-1])
     statuses = run_copy(project)
     assert {name for name, status in statuses.items() if status == "ok"} == serving, statuses
-    assert {name for name, status in statuses.items() if status == "skipped"} == set(pipeline.STAGE_NAMES) - serving
+    assert {name for name, status in statuses.items() if status == "skipped"} == set(pipeline.RUN_BY_DEFAULT) - serving
 
     # The chunking code: the chunker reruns, and so do the stages that import code/; its output is the same
     # bytes, so the stages after it that import no code/ module find their inputs unchanged.

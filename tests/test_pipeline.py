@@ -45,6 +45,9 @@ def test_list_stages_in_order():
     core = ["git_scraper", "semantic_chunker", "tokenizer", "dataset_builder", "train_model", "evaluate"]
     assert [name for name in names if name in core] == core and names[-1] == "evaluate"
     assert all(len(line.split(None, 1)) == 2 for line in proc.stdout.splitlines())  # each with its docstring
+    off = [line.split()[0] for line in proc.stdout.splitlines() if "(off by default" in line]
+    assert off == list(pipeline.OPTIONAL_STAGES) == ["export"]
+    assert names.index("train_model") < names.index("export") < names.index("train_ranker")
 
 
 def test_stage_is_skipped_when_up_to_date_and_rerun_when_not(tmp_path, make_repo, capsys):
@@ -101,7 +104,7 @@ def test_failed_stage_stops_the_run_unless_asked_to_continue(tmp_path, capsys):
     stages = results(tmp_path)
     assert stages["git_scraper"]["status"] == "failed"
     assert "not a git repository" in stages["git_scraper"]["error"]
-    assert all(stages[name]["status"] == "not_run" for name in pipeline.STAGE_NAMES[1:])
+    assert all(stages[name]["status"] == "not_run" for name in pipeline.RUN_BY_DEFAULT[1:])
     assert "Traceback" not in err
 
     code, err = run_main(capsys, "--config", str(config), "--continue-on-error")
@@ -133,6 +136,37 @@ def test_default_config_is_valid():
     loaded = load_config(ROOT / "config.yaml", pipeline.section_classes(stages), strict_sections=True)
     assert loaded["git_scraper"].repo == ROOT
     assert loaded["train_model"].mode == "scratch"
+
+
+def test_export_runs_only_when_enabled_or_asked_and_its_section_loads_for_every_stage(tmp_path, make_repo):
+    """A config with an `export:` section loads for every stage and tool run alone (each reads only its own
+    sections, as its main does); a whole run leaves the export out unless export.enabled is true, and
+    `--stage export` runs it regardless."""
+    import argparse
+
+    from repo2model.core.cli import load_stage
+    from repo2model.core.config import load_config
+
+    repo = make_repo()
+    repo.commit("first", {"a.py": "x = 1\n"})
+    config = write_config(tmp_path, repo.path, "export:\n  types: [f16]\n  modelfile: f16\n")
+    modules = [pipeline.import_stage(module) for _, module in pipeline.STAGES]
+    modules += [pipeline.import_stage(tool, pipeline.TOOL_PROTOCOL) for tool in pipeline.TOOLS]
+    for module in modules:
+        cfg, _, _ = load_stage(argparse.Namespace(config=config), module.SECTION, module.Config)
+        assert isinstance(cfg, module.Config), module.__name__
+    stages = [pipeline.Stage(name, module) for (name, _), module in zip(pipeline.STAGES, modules)]
+    loaded = load_config(config, pipeline.section_classes(stages), strict_sections=True)
+    assert loaded["export"].types == ["f16"] and loaded["export"].enabled is False
+
+    def chosen(only=None):
+        return [stage.name for stage in pipeline.stages_of_run(stages, loaded, only)]
+
+    assert chosen() == list(pipeline.RUN_BY_DEFAULT) and "export" not in chosen()
+    assert "export" in chosen("export")
+    write_config(tmp_path, repo.path, "export:\n  enabled: true\n")
+    loaded = load_config(config, pipeline.section_classes(stages), strict_sections=True)
+    assert chosen() == list(pipeline.STAGE_NAMES)
 
 
 def test_output_dir_that_cannot_be_created_is_one_line(tmp_path, make_repo, capsys):

@@ -384,6 +384,7 @@ KNOWN_SECTIONS = (
     "tokenizer",
     "dataset_builder",
     "train_model",
+    "export",
     "train_ranker",
     "evaluate",
     "predict",

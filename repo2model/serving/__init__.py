@@ -8,6 +8,8 @@
                 after the likelihood's scored files
     predictor   the Predictor: a model loaded once; the prompt, generation, the likelihood of candidate files, the
                 learned ranker and the code context put together into a Prediction; the CandidatePool it scores
+    backends    the language model behind the Predictor: torch (the model folder) or llama.cpp (the exported GGUF,
+                predict.backend: llama_cpp)
     service     the HTTP service serve.py runs: Service (the requests), Handler (the endpoints), make_server
     reload      a new model without a restart (ModelReloader) and POST /update's pipeline run (PipelineUpdate)
     work_in_progress  a repository's uncommitted changes chunked as a partial commit (the `in_progress` files)

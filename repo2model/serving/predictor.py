@@ -35,8 +35,9 @@ File ranking (`file_ranking`):
                 (else 0 / none); modules follow the merged order; symbols and the code sketch are generation's.
 With a learned ranker (train_ranker's folder beside the model), its files come first (FileRanking.merge).
 
-The `predict` config section (repo2model.serving.settings.PredictionConfig) is documented key by key in
-config.yaml.
+The language model runs in torch (the model folder) or, with `backend: llama_cpp`, in llama.cpp (the GGUF the
+export stage wrote): repo2model.serving.backends. The `predict` config section
+(repo2model.serving.settings.PredictionConfig) is documented key by key in config.yaml.
 """
 
 from __future__ import annotations
@@ -47,10 +48,9 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-from transformers import DynamicCache
 
 from repo2model.core.artifacts import iter_commits, iter_jsonl, require
 from repo2model.core.errors import UserError
@@ -60,6 +60,7 @@ from repo2model.language.commit_language import CommitLanguage
 from repo2model.language.encoding import decode_ids, encode_texts
 from repo2model.language.tokens import COMMIT_END, FILE, escape_line
 from repo2model.ranking.file_ranking import FileRanking
+from repo2model.serving.backends import LanguageModelBackend, TorchBackend, generated_length, load_language_model
 from repo2model.serving.generation import merge_rankings, parse_generation, rank_candidates
 from repo2model.serving.history import unavailable_files
 from repo2model.serving.live_prediction import LiveExtras
@@ -73,7 +74,7 @@ from repo2model.serving.prediction import (
 )
 from repo2model.serving.settings import MAX_TASK_CHARS, OPTION_KEYS, PredictionConfig, with_options
 from repo2model.serving.work_in_progress import WorkInProgress
-from repo2model.training.models import language_dir, load_trained_model, read_training_info, trained_length
+from repo2model.training.models import language_dir, read_training_info, trained_length
 from repo2model.retrieval.retriever import Retriever
 
 log = logging.getLogger("predict")
@@ -150,15 +151,20 @@ def pool_from_artifacts(commits_path: Path, chunks_path: Path) -> CandidatePool:
 
 
 class Predictor:
-    """A model loaded once; `predict` turns (history, task) into a Prediction."""
+    """A model loaded once; `predict` turns (history, task) into a Prediction.
+
+    `model`: a torch model, or a LanguageModelBackend (repo2model.serving.backends: llama.cpp); `self.lm` scores
+    and generates, `self.model` is the torch model (None with another backend).
+    """
 
     def __init__(self, model, tokenizer, language, cfg: PredictionConfig, model_dir: Path | None = None,
                  trained_length: int | None = None):
-        self.model, self.tokenizer, self.language, self.cfg = model, tokenizer, language, cfg
+        self.lm: LanguageModelBackend = TorchBackend(model) if isinstance(model, torch.nn.Module) else model
+        self.model = model if isinstance(self.lm, TorchBackend) else None
+        self.tokenizer, self.language, self.cfg = tokenizer, language, cfg
         self.model_dir = model_dir
-        self.device = next(model.parameters()).device
         self.stop_ids = stop_token_ids(tokenizer)
-        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self.max_positions = self.lm.max_positions
         # The sequence length training used: prompts beyond it reach positions the model never saw.
         self.trained_length = min(trained_length or self.max_positions, self.max_positions)
         # What the model learned up to (train_model's training_info.json; absent in older folders).
@@ -175,14 +181,12 @@ class Predictor:
         device = device or cfg.device
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
-        if device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise UserError(f"device {device}: no CUDA GPU is available here; use --device cpu")
         started = time.monotonic()
-        model, tokenizer = load_trained_model(model_dir, device=device)
+        lm, tokenizer = load_language_model(model_dir, cfg, device, paths)
         language = CommitLanguage.load(language_dir(model_dir, paths))
-        log.info("loaded %s on %s in %.1fs", model_dir, device, time.monotonic() - started)
-        predictor = cls(model, tokenizer, language, cfg, model_dir, trained_length(model_dir))
+        log.info("loaded %s (%s) on %s in %.1fs", model_dir, lm.describe().get("gguf", lm.name), device,
+                 time.monotonic() - started)
+        predictor = cls(lm, tokenizer, language, cfg, model_dir, trained_length(model_dir))
         # <output_dir>/ranker (or beside the model) ranks the files; without one (an older folder) the model does.
         predictor.ranker = FileRanking.find(model_dir, paths) if ranker else None
         predictor.retriever = retriever
@@ -191,8 +195,7 @@ class Predictor:
     def info(self) -> dict:
         return {
             "model": str(self.model_dir) if self.model_dir else None,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "device": str(self.device),
+            **self.lm.describe(),  # backend, device, parameters (llama_cpp: the gguf file and its type)
             "max_positions": self.max_positions,
             "trained_length": self.trained_length,
             "vocab_size": len(self.tokenizer),
@@ -307,8 +310,8 @@ class Predictor:
 
     def score_files(self, prompt_ids: list[int], candidates: list[tuple[str, str | None]],
                     cfg: PredictionConfig) -> list[dict]:
-        """Log-probability of each candidate file's continuation after the prompt, batched over the files with
-        the prompt's KV cache computed once. Returns [{"path", "module", "logprob", "tokens", "rank_value"}] in
+        """Log-probability of each candidate file's continuation after the prompt (the backend evaluates the
+        prompt once: repo2model.serving.backends). Returns [{"path", "module", "logprob", "tokens", "rank_value"}] in
         the candidates' order (files whose continuation does not fit in the model's positions are left out)."""
         conts = self.file_continuations(candidates)
         room = self.max_positions - len(prompt_ids)
@@ -316,34 +319,8 @@ class Predictor:
         if not keep:
             return []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        totals: dict[int, float] = {}
-        with torch.no_grad():
-            out = self.model(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            layers = [(layer.keys, layer.values) for layer in out.cache.layers]  # transformers 5: `cache`
-            del out
-            for start in range(0, len(keep), cfg.rank_batch_size):
-                batch = keep[start: start + cfg.rank_batch_size]
-                width = max(len(conts[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long, device=self.device)
-                mask = torch.zeros((len(batch), width), dtype=torch.long, device=self.device)
-                for row, i in enumerate(batch):
-                    ids[row, : len(conts[i])] = torch.tensor(conts[i], dtype=torch.long)
-                    mask[row, : len(conts[i])] = 1
-                cache = DynamicCache(ddp_cache_data=[(k.expand(len(batch), -1, -1, -1),
-                                                      v.expand(len(batch), -1, -1, -1)) for k, v in layers])
-                attention = torch.cat([torch.ones((len(batch), len(prompt_ids)), dtype=torch.long,
-                                                  device=self.device), mask], dim=1)
-                token_lp = first[ids[:, 0]].unsqueeze(1)
-                if width > 1:
-                    logits = self.model(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
-                                        cache=cache, use_cache=True).logits
-                    rest = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-                    token_lp = torch.cat([token_lp, rest], dim=1)
-                sums = (token_lp * mask).sum(dim=1)
-                for row, i in enumerate(batch):
-                    totals[i] = float(sums[row])
+        values = self.lm.continuation_logprobs(prompt_ids, [conts[i] for i in keep], cfg.rank_batch_size, pad)
+        totals = dict(zip(keep, values))
         scored = []
         for i in keep:
             n = len(conts[i])
@@ -357,37 +334,10 @@ class Predictor:
         max_new = min(cfg.max_new_tokens, self.max_positions - len(prompt_ids))
         if max_new < 1:
             raise ValueError(f"the prompt ({len(prompt_ids)} tokens) fills the model's {self.max_positions} positions")
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
-            return_dict_in_generate=True,
-            output_scores=True,
-            num_return_sequences=cfg.candidates,
-        )
-        if cfg.decoding == "sample":
-            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
-        elif cfg.decoding == "beam":
-            kwargs.update(do_sample=False, num_beams=cfg.candidates)
-        else:
-            kwargs.update(do_sample=False, num_beams=1)
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        new = out.sequences[:, input_ids.shape[1]:]
-        if cfg.decoding == "beam" and getattr(out, "sequences_scores", None) is not None:
-            mean_logprobs = [float(s) for s in out.sequences_scores]
-        else:
-            steps = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-            mean_logprobs = []
-            for row_ids, row_scores in zip(new, steps):
-                n = generated_length(row_ids.tolist(), self.stop_ids)
-                values = row_scores[:n].float()
-                values = values[torch.isfinite(values)]
-                mean_logprobs.append(float(values.mean()) if len(values) else float("-inf"))
-        texts = [self.decode(row.tolist()) for row in new]
-        return texts, [math.exp(lp) if math.isfinite(lp) else 0.0 for lp in mean_logprobs]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        generated = self.lm.generate(prompt_ids, cfg, max_new, self.stop_ids, pad, seed)
+        texts = [self.decode(ids) for ids, _ in generated]
+        return texts, [math.exp(lp) if math.isfinite(lp) else 0.0 for _, lp in generated]
 
     def decode(self, ids: list[int]) -> str:
         """The generated text up to the stop token, exactly as the commit language reads it."""
@@ -405,14 +355,6 @@ def stop_token_ids(tokenizer) -> list[int]:
     if not ids:
         raise UserError("the tokenizer has neither an eos token nor the commit language's end token: retrain it")
     return ids
-
-
-def generated_length(ids: list[int], stop_ids: list[int]) -> int:
-    """Tokens up to and including the first stop token (all of them if none)."""
-    for i, token in enumerate(ids):
-        if token in stop_ids:
-            return i + 1
-    return len(ids)
 
 
 def apply_ranker(ranking: FileRanking, prediction: Prediction, history: list, max_files: int,

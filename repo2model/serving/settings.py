@@ -1,7 +1,8 @@
 """The prediction settings: the `predict` config section, what a caller may change per request, the shared flags.
 
     PredictionConfig        the `predict` section (documented key by key in config.yaml): the model folder,
-                            the history in the prompt, decoding, file ranking, the code context's budget
+                            the backend (torch, or llama.cpp and the GGUF), the history in the prompt,
+                            decoding, file ranking, the code context's budget
     with_options            the section with a request's `options` (OPTION_KEYS: what a caller of serve.py may set)
     add_decoding_arguments  the flags predict.py and serve.py share; config_from_args applies the given ones
 """
@@ -19,13 +20,17 @@ from repo2model.core.config import load_config
 
 SECTION = "predict"
 MAX_TASK_CHARS = 4000  # a task is a commit message, not a document
+BEAM_WITH_LLAMA_CPP = "decoding: beam is not supported with backend llama_cpp (use greedy or sample, or backend torch)"
 
 
 @dataclass
 class PredictionConfig:
-    """The `predict` section: the model folder, the history in the prompt, decoding and file ranking."""
+    """The `predict` section: the model folder, the language model's backend, the history in the prompt,
+    decoding and file ranking."""
 
     model_dir: Path | None = None
+    backend: Literal["torch", "llama_cpp"] = "torch"  # llama_cpp: the exported GGUF (repo2model.serving.backends)
+    gguf: Path | None = None  # the GGUF llama_cpp loads (None: the export stage's, <output_dir>/export)
     history_commits: int = 8
     decoding: Literal["greedy", "sample", "beam"] = "greedy"
     num_candidates: int = 4
@@ -44,6 +49,10 @@ class PredictionConfig:
     context_tokens: int = 2000  # the code context's budget (repo2model.retrieval.context); 0 = none
 
     def __post_init__(self):
+        if self.backend not in ("torch", "llama_cpp"):
+            raise ValueError("backend: must be torch or llama_cpp")
+        if self.backend == "llama_cpp" and self.decoding == "beam":
+            raise ValueError(BEAM_WITH_LLAMA_CPP)
         if self.file_ranking not in ("likelihood", "generation", "both"):
             raise ValueError("file_ranking: must be likelihood, generation or both")
         if self.rank_candidates < 1:
@@ -130,6 +139,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, help="override predict.top_p")
     parser.add_argument("--top-k", type=int, help="override predict.top_k")
     parser.add_argument("--device", help="override predict.device (cpu, cuda, cuda:0)")
+    parser.add_argument("--backend", choices=["torch", "llama_cpp"], help="override predict.backend")
+    parser.add_argument("--gguf", type=Path, help="override predict.gguf (the GGUF file of --backend llama_cpp)")
     parser.add_argument("--threads", type=int, dest="num_threads", help="override predict.num_threads")
     parser.add_argument("--file-ranking", choices=["likelihood", "generation", "both"],
                         help="override predict.file_ranking")
@@ -140,7 +151,10 @@ def config_from_args(cfg: PredictionConfig, args: argparse.Namespace) -> Predict
     """`cfg` with the flags of add_decoding_arguments that were given."""
     overrides = {name: getattr(args, name) for name in
                  ("history_commits", "decoding", "num_candidates", "max_new_tokens", "temperature", "top_p", "top_k",
-                  "device", "num_threads", "file_ranking", "rank_candidates") if getattr(args, name, None) is not None}
+                  "device", "num_threads", "file_ranking", "rank_candidates", "backend")
+                 if getattr(args, name, None) is not None}
     if args.model is not None:
         overrides["model_dir"] = args.model.resolve()
+    if getattr(args, "gguf", None) is not None:
+        overrides["gguf"] = args.gguf.resolve()
     return apply_overrides(cfg, SECTION, overrides)

@@ -72,8 +72,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from repo2model.core.artifacts import atomic_open, iter_commit_dicts, require, write_json
 from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.core.config import section_dict
@@ -91,12 +89,14 @@ from repo2model.ranking.ranker import Ranker, find_ranker, language_model_identi
 from repo2model.ranking.report import markdown_report, write_chart
 from repo2model.ranking.symbols import SymbolIndexes
 from repo2model.ranking.targets import repository_of, walk_targets
+from repo2model.serving.backends import LanguageModelBackend
 from repo2model.serving.prediction import Prediction as ModelPrediction  # the model's answer, scored as a Prediction
 from repo2model.serving.predictor import CandidatePool, Predictor
 from repo2model.serving.settings import PredictionConfig, load_prediction_config
 
 SECTION = "evaluate"
-CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving")  # its fingerprint covers them
+# The packages it runs, which its fingerprint covers (export: llama.cpp scores with predict.backend llama_cpp).
+CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving", "export")
 Config = EvaluationConfig
 # The pipeline runs this as its last stage and passes the `predict` section as run(prediction=...).
 USES_SECTIONS = {"prediction": "predict"}
@@ -146,7 +146,7 @@ def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42,
     rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed, live)
     model_info: dict = {}
     if predictor is not None:
-        model_info = {**target_loss(predictor.model, plan.examples, cfg.device), **generation}
+        model_info = {**target_loss(predictor.lm, plan.examples), **generation}
     result = {**evaluation_result(cfg, plan, rows, repo is not None, ranker, model_info), **live.figures()}
     write_outputs(result, paths)
     return summarize(result, paths, started)
@@ -333,19 +333,14 @@ def evenly_spaced(n: int, limit: int) -> list[int]:
     return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
 
 
-def target_loss(model, examples: ExampleSet, device: str) -> dict:
-    """Mean cross-entropy (nats/token) and perplexity over the target tokens of every example."""
+def target_loss(lm: LanguageModelBackend, examples: ExampleSet) -> dict:
+    """Mean cross-entropy (nats/token) and perplexity over the target tokens of every example, from the
+    prediction's backend (torch, or llama.cpp's GGUF)."""
     total, count = 0.0, 0
-    with torch.no_grad():
-        for i in progress(range(len(examples)), desc="target loss", unit="examples"):
-            ids = examples.ids(i).long().unsqueeze(0).to(device)
-            labels = examples.labels(i).unsqueeze(0).to(device)
-            n = int((labels[:, 1:] != -100).sum())
-            if n == 0:
-                continue
-            loss = model(input_ids=ids, labels=labels).loss
-            total += float(loss) * n
-            count += n
+    for i in progress(range(len(examples)), desc="target loss", unit="examples"):
+        loss, n = lm.target_loss(examples.ids(i).long(), examples.labels(i))
+        total += loss
+        count += n
     mean = total / count if count else None
     return {"loss": mean, "perplexity": math.exp(mean) if mean is not None else None, "target_tokens": count}
 

@@ -16,9 +16,15 @@ requirements-export.txt: `pip install -r requirements-export.txt` (llama-cpp-pyt
 
     python export.py --config config.yaml
     python export.py --model outputs/model --types f16 q4_k_m
+    python pipeline.py --config config.yaml --stage export
     ollama create my-repo -f outputs/export/Modelfile
 
+Off by default in the pipeline: a whole run leaves it out unless `enabled: true`; `--stage export` runs it
+regardless. It runs right after train_model, so that with `predict.backend: llama_cpp` the ranker's language-model
+features and the evaluation score the new model's GGUF.
+
 Config keys (section `export`):
+    enabled          true: a whole pipeline run exports the model (false: only --stage export or export.py do)
     model_dir        the model folder (null: <output_dir>/model)
     output_dir       where the files go (null: <output_dir>/export)
     name             the files' names, <name>-<type>.gguf, and the GGUF's general.name (model)
@@ -70,6 +76,7 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 @dataclasses.dataclass
 class Config:
+    enabled: bool = False
     model_dir: Path | None = None
     output_dir: Path | None = None
     name: str = "model"
@@ -199,6 +206,9 @@ def export_info(cfg: Config, paths: ArtifactPaths, kind: str, files: dict[str, P
         "model_dir": str(model_folder(cfg, paths)),
         "mode": kind,  # scratch, lora, qlora (merged here), or merged (a merged/ folder exported as it is)
         "base_model": training.get("base_model"),
+        # the training run exported: prediction with backend llama_cpp refuses a GGUF of another run
+        "trained_at": training.get("trained_at"),
+        "last_commit": training.get("last_commit"),
         "merge_dtype": cfg.merge_dtype if kind in ("lora", "qlora") else None,
         "files": {t: {"file": files[t].name, "bytes": files[t].stat().st_size, "tensor_types": tensor_types(files[t])}
                   for t in cfg.types},

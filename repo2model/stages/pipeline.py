@@ -2,6 +2,7 @@
 
     python pipeline.py --config config.yaml              # every stage, in order
     python pipeline.py --config config.yaml --stage tokenizer
+    python pipeline.py --config config.yaml --stage export    # GGUF for llama.cpp / Ollama (off in a whole run)
     python pipeline.py --config config.yaml --set train_model.max_steps=200 --set pipeline.seed=7
     python pipeline.py --list-stages
     python pipeline.py --config config.yaml --force      # rerun up-to-date stages too
@@ -10,9 +11,12 @@
 Stages run in-process, in order, through each stage module's `run(cfg, paths, seed=...)`:
 
     git_scraper -> semantic_chunker -> index -> tokenizer -> dataset_builder -> train_model
-                -> train_ranker -> evaluate
+                -> [export] -> train_ranker -> evaluate
 
 (`evaluate` scores the trained model and the ranker on the test split beside model-free baselines.)
+Optional stages (OPTIONAL_STAGES, in brackets) run in a whole run only when their section says `enabled: true`;
+`--stage NAME` runs one regardless. `export` writes the model as GGUF files (llama.cpp, Ollama); it needs the
+export extra (requirements-export.txt).
 
 Up to date means skipped: a stage whose inputs (files and, for the scraper, the
 repository's refs), config section, seed and code (its module and the packages
@@ -82,10 +86,14 @@ STAGES = (
     ("tokenizer", "repo2model.stages.tokenizer"),
     ("dataset_builder", "repo2model.stages.dataset_builder"),
     ("train_model", "repo2model.stages.train_model"),
+    ("export", "repo2model.stages.export"),
     ("train_ranker", "repo2model.stages.train_ranker"),
     ("evaluate", "repo2model.stages.evaluate"),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)
+# Left out of a whole run unless their section sets `enabled: true`; `--stage NAME` runs one regardless.
+OPTIONAL_STAGES = ("export",)
+RUN_BY_DEFAULT = tuple(name for name in STAGE_NAMES if name not in OPTIONAL_STAGES)
 # Tools that use the trained model have config sections too; validated here so
 # that a typo in them surfaces before hours of training, not after.
 TOOLS = ("repo2model.stages.predict", "repo2model.stages.serve")
@@ -127,6 +135,19 @@ def section_classes(stages: list[Stage]) -> dict[str, type]:
     return sections
 
 
+def stages_of_run(stages: list[Stage], loaded: dict, only: str | None) -> list[Stage]:
+    """The stages this run may run: every stage but the optional ones whose section leaves them off, unless
+    `only` names one."""
+    chosen = []
+    for stage in stages:
+        if stage.name in OPTIONAL_STAGES and stage.name != only and not loaded[stage.section].enabled:
+            if only is None:
+                log.info("%s: off (%s.enabled: false; `--stage %s` runs it)", stage.name, stage.section, stage.name)
+            continue
+        chosen.append(stage)
+    return chosen
+
+
 def extra_sections(stage: Stage, loaded: dict) -> dict:
     """The other config sections a stage reads, as keyword arguments of its run()."""
     return {keyword: loaded[section] for keyword, section in getattr(stage.module, "USES_SECTIONS", {}).items()}
@@ -152,8 +173,8 @@ def run_pipeline(config_path: Path | ConfigSource, only: str | None = None, forc
                  " (rollback)" if rollback else " (update)" if update else "")
         clean_stale_temporaries(paths)
         clean_stale_temporaries(staged_paths(paths))
-        run = Run(Path(config_path), stages, loaded, paths, RunState.read(paths.state), force,
-                  overrides=[o.text for o in getattr(config_path, "overrides", ())])
+        run = Run(Path(config_path), stages_of_run(stages, loaded, only), loaded, paths, RunState.read(paths.state),
+                  force, overrides=[o.text for o in getattr(config_path, "overrides", ())])
         generations = Generations(paths)
         if rollback:
             roll_back(run, generations)
@@ -219,6 +240,8 @@ class Run:
 
     def fingerprint(self, stage: Stage) -> str:
         cfg = self.loaded[stage.section]
+        if stage.name in OPTIONAL_STAGES:  # switching a stage on changes nothing it writes
+            cfg = dataclasses.replace(cfg, enabled=False)
         return fingerprint(stage.name, stage.module, cfg, self.paths, self.pipeline.seed,
                            extra_sections(stage, self.loaded), self.state)
 
@@ -226,7 +249,7 @@ class Run:
         """Run one stage unless it is up to date; returns its entry of pipeline_results.json."""
         cfg = self.loaded[stage.section]
         outputs = [Path(p) for p in stage.module.stage_outputs(cfg, self.paths)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             before = self.fingerprint(stage)
             present = all(p.exists() or str(p) in self.state.removed for p in outputs)
@@ -245,7 +268,8 @@ class Run:
                 self.state.input_states[stage.name] = input_state_digest(stage.module, cfg, self.paths)
             seconds = time.perf_counter() - started
             log.info("%s: done in %.1fs", stage.name, seconds)
-            return {"status": "ok", "seconds": round(seconds, 3), "outputs": file_sizes(outputs), "summary": summary}
+            return {"status": "ok", "seconds": round(seconds, 3), "cpu_seconds": round(time.process_time() - cpu, 3),
+                    "outputs": file_sizes(outputs), "summary": summary}
         except UserError as exc:
             self.state.fingerprints.pop(stage.name, None)
             log.error("%s: error: %s", stage.name, exc)
@@ -357,7 +381,8 @@ def list_stages() -> None:
     for name, _ in STAGES:
         source = (STAGES_DIR / f"{name}.py").read_text(encoding="utf-8")
         doc = (ast.get_docstring(ast.parse(source)) or "").strip().splitlines()
-        print(f"{name:18} {doc[0] if doc else ''}")
+        off = f" (off by default: {name}.enabled: true, or --stage {name})" if name in OPTIONAL_STAGES else ""
+        print(f"{name:18} {doc[0] if doc else ''}{off}")
 
 
 @user_errors_to_exit

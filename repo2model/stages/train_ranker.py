@@ -101,7 +101,8 @@ from repo2model.serving.predictor import Predictor
 from repo2model.serving.settings import PredictionConfig
 
 SECTION = "train_ranker"
-CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving")  # its fingerprint covers them
+# The packages it runs, which its fingerprint covers (export: llama.cpp scores with predict.backend llama_cpp).
+CODE = ("core", "git", "code", "language", "training", "retrieval", "ranking", "serving", "export")
 Config = RankerConfig
 # The baselines' settings (evaluation) shape the features; the prediction section says where the model is; the
 # index section, which embedding model and file texts the dense features use.
