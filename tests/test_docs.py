@@ -106,11 +106,18 @@ def readme_block(tag: str) -> str:
 def test_ci_runs_the_readmes_install_and_test_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert readme.count("<!-- ci:install -->") == 1 and readme.count("<!-- ci:test -->") == 1
-    install, test = readme_block("install"), readme_block("test")
+    assert readme.count("<!-- ci:install-export -->") == 1
+    install, export, test = readme_block("install"), readme_block("install-export"), readme_block("test")
     assert "pip install" in install and "requirements.txt" in install
+    assert export == "pip install -r requirements-export.txt"
     assert test == "python -m pytest -q"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert '-m venv "$WORK/venv"' in ci and 'bash -euo pipefail -c "$TEST"' in ci
+    # the export extra is installed after the project, and its tests may not skip
+    assert ci.index('-c "$INSTALL"') < ci.index('-c "$INSTALL_EXPORT"') < ci.index('-c "$TEST"')
+    assert "export REPO2MODEL_REQUIRE_EXPORT=1" in ci
+    extra = (ROOT / "requirements-export.txt").read_text(encoding="utf-8")
+    assert [line for line in extra.splitlines() if not line.startswith("#")] == ["-e .[export]"]
     assert "pytest" not in ci.replace("$TEST", "")  # no second, hand-written test command
 
 
