@@ -208,3 +208,20 @@ def test_post_predict_with_the_working_tree_says_when_the_remaining_files_change
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_predict_working_tree_writes_the_in_progress_files(learned, repo, tmp_path, capsys):
+    from repo2model.stages import predict
+
+    model = save_model(learned, tmp_path / "model")
+    repo.write("pkg/parse.py", "def parse(s):\n    return s.strip()\n")
+    out = tmp_path / "prediction.json"
+    assert predict.main(["--model", str(model), "--repo", str(repo.path), "--working-tree", "--file-ranking",
+                         "likelihood", "--output", str(out)]) == 0
+    prediction = json.loads(out.read_text(encoding="utf-8"))
+    assert in_progress(prediction) == ["pkg/parse.py"] and prediction["task"] == ""
+    assert prediction["in_progress"][0]["change_types"] == [{"type": "MODIFIED_FUNCTION", "chunks": 1}]
+    assert "pkg/parse.py" not in [f["path"] for f in prediction["files"]]
+    capsys.readouterr()
+    assert predict.main(["--model", str(model), "--commits", str(tmp_path / "c.json"), "--working-tree"]) == 2
+    assert "--working-tree: needs --repo" in capsys.readouterr().err
