@@ -38,11 +38,16 @@ For each history (a bundle or a repository; cloned into --work):
    Recall: the share of a test commit's truth symbols whose code at the parent is in the pack (an entry of the
    same path and symbol, or a full-text entry whose lines cover the symbol's span), averaged over test commits.
    Also printed: recall@5 of the truth symbols' files for the ranker and the stand-in.
+   The symbol ranker (bench/bench_symbols.py): the pack chosen for recall per token against today's pack, plain
+   hybrid search and the true-files oracle at 1k / 2k / 4k / 8k tokens, with precision; symbol recall@5/@10 of the
+   symbol ranker, today's fusion and each single signal; where it loses, by commit size. "ranker-guided" above is
+   today's pack (the ranker's files with the untrained fusion's symbols).
    --tune: the ranker-guided recall under other fusion settings (rrf_k, guided_weight) and under other pack
    strategies (PACKS: predicted_share, files first, the fused pack of build_context's fuse_weight, the same with
    the unguided hybrid search's hits, only the top predicted file).
-6. Timings: one query as the service answers it (Retriever.answer with the ranker's prediction: open the index,
-   embed the task, guided search, the 4,000-token pack, the prompt; median and 90th percentile), each update, the
+6. Timings: one query as the service answers it (Retriever.answer with the ranker's prediction and, when there is
+   one, the symbol ranker's scorer: open the index, embed the task, guided search, the 4,000-token pack, the
+   prompt; median and 90th percentile), each update, the
    build (wall and CPU seconds; this machine is shared, so wall times are also printed against a reference
    measured in the same run: embedding 256 fixed texts).
 
@@ -70,6 +75,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
+
+import bench_symbols  # noqa: E402
 
 from repo2model.core.artifacts import iter_commits_with_chunks  # noqa: E402
 from repo2model.ranking.baselines import similar_commits  # noqa: E402
@@ -126,7 +133,10 @@ class TestCommit:
     truth: list[Truth]
     prediction: Prediction  # the model-free stand-in's
     oracle: Prediction
-    ranked: Prediction  # the learned ranker's, as predict.py / serve.py make it (FileRanking.merge)
+    ranked: Prediction  # the learned ranker's, as predict.py / serve.py make it (FileRanking.merge), today's symbols
+    learned: Prediction | None = None  # the same with the symbol ranker's symbols
+    scorer: object = None  # the symbol ranker's scorer for its pack (None: no symbol ranker)
+    files: int = 0  # changed files (the commit's size)
 
 
 @dataclass
@@ -149,6 +159,7 @@ class HistoryResult:
     file_recall: dict[str, list[float]] = field(default_factory=dict)  # predictor -> recall@5 of the truth's files
     test_commits: int = 0
     truth_symbols: int = 0
+    symbols: bench_symbols.SymbolResult = field(default_factory=bench_symbols.SymbolResult)
 
 
 def main() -> int:
@@ -275,17 +286,20 @@ def test_commits(paths: ArtifactPaths, chosen: list[str], ranker_paths: Artifact
     past = PastCommits(BaselineConfig(**ranker.settings["baselines"]))
     ranking = FileRanking(ranker, past, repository_of(paths.commits) if ranker.settings.get("code_search") else None,
                           None)
+    bench_symbols.attach_symbols(ranking, ranker_paths.ranker_dir)
     max_files, wanted = PredictionConfig().max_files, set(chosen)
     tests: dict[str, TestCommit] = {}
     for commit, chunks in iter_commits_with_chunks(paths.commits, paths.chunks):
         if commit["hash"] in wanted:
             task, truth = commit.get("message") or "", truth_of(chunks)
             ranking.last_commit = commit["parents"][0]
+            learned, today, scorer = bench_symbols.predictions_at(ranking, task, max_files)
             tests[commit["hash"]] = TestCommit(
                 commit["hash"], commit["parents"][0], task, truth, stand_in_prediction(past, task),
                 Prediction(task, files=[PredictedFile(p) for p in dict.fromkeys(t.path for t in truth)]),
-                apply_ranker(ranking, Prediction(task), [], max_files))
+                today, learned, scorer, len(dict.fromkeys(c["file"] for c in chunks)))
         past.observe(commit, chunks)
+        ranking.symbol_history.observe(chunks)
     if ranking.code is not None:
         ranking.code.close()
     return [tests[sha] for sha in chosen]
@@ -351,7 +365,7 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
     retriever = Retriever(index.cfg, index.folder, embedder)
     for times in (result.cold_ms, result.query_ms):  # the first opens the index, the second finds it open
         started = time.perf_counter()
-        retriever.answer(task, test.ranked, budget=max(BUDGETS))
+        retriever.answer(task, test.learned or test.ranked, budget=max(BUDGETS), scorer=test.scorer)
         times.append(1000 * (time.perf_counter() - started))
     retriever.close()
     predictions = {"ranker-guided": test.ranked, "guided": test.prediction, "guided-files-first": test.prediction,
@@ -386,6 +400,8 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                                      embedder.count_tokens, base.context_files, "guided", base.predicted_share)
                 result.tuning.setdefault((k, weight, budget), []).append(recall(pack, test.truth))
         index.cfg = base
+        bench_symbols.evaluate_packs(index, test, embedder.count_tokens, base.context_files, base.predicted_share,
+                                     result.symbols, recall)
         if tune:  # the ranker-guided pack under other strategies, from the same hits
             found = {"guided": index.search(task, mode="guided", files=files, modules=modules),
                      "hybrid": index.search(task, mode="hybrid")}
@@ -450,6 +466,7 @@ def print_results(results: list[HistoryResult], reference: float) -> None:
             cells = ", ".join(f"{name}: {np.mean(r.packs[(name, 2000)]):.3f} / {np.mean(r.packs[(name, 4000)]):.3f}"
                               for name in PACKS if (name, 2000) in r.packs)
             print(f"  {r.name}: {cells}")
+    bench_symbols.print_symbol_results([(r.name, r.symbols) for r in results])
     sys.stdout.flush()
 
 
@@ -462,7 +479,8 @@ def result_dict(r: HistoryResult, reference: float) -> dict:
             "tuning": {f"k={k},w={w}@{b}": float(np.mean(v)) for (k, w, b), v in r.tuning.items()},
             "file_recall@5": {name: float(np.mean(v)) for name, v in r.file_recall.items()},
             "packs": {f"{name}@{b}": float(np.mean(v)) for (name, b), v in r.packs.items()},
-            "test_commits": r.test_commits, "truth_symbols": r.truth_symbols}
+            "test_commits": r.test_commits, "truth_symbols": r.truth_symbols,
+            "symbols": bench_symbols.result_dict(r.symbols)}
 
 
 # ---------------------------------------------------------------- Qdrant Edge vs qdrant-client local mode

@@ -16,7 +16,7 @@ from repo2model.code.units import ModuleLookup
 from repo2model.core.errors import UserError
 from repo2model.git.redact import Redactor
 from repo2model.retrieval.bm25 import BM25Index, code_words
-from repo2model.retrieval.context import build_context, symbol_matches
+from repo2model.retrieval.context import build_context, entry_header, symbol_matches
 from repo2model.retrieval.embedding import Embedder
 from repo2model.retrieval.index_config import IndexConfig
 from repo2model.retrieval.prompt import render_prompt
@@ -392,6 +392,73 @@ def test_fused_pack_ranks_predicted_symbols_and_search_hits_together(tmp_path, m
         assert len({(e.path, e.symbol, e.start) for e in pack}) == len(pack)
         assert sum(e.tokens for e in pack) <= budget
     assert any(e.path == "tools/parser.py" for e in small)
+
+
+class FixedScorer:
+    """The symbol ranker's part of the chosen pack, with fixed probabilities by symbol (the ranker itself:
+    tests/test_symbol_ranker.py), so that the knapsack's choices can be checked exactly."""
+
+    def __init__(self, files: list[str], p: dict[str, float]):
+        self.files, self.p = files, p
+        self.seen: list[str] = []
+
+    def __call__(self, units):
+        self.seen = [u.symbol for u in units]
+        return [(self.p.get(u.symbol, 0.001), "fixed") for u in units]
+
+
+def long_module(lines: int) -> str:
+    """A Python file past whole_file_lines: one very long function among small ones."""
+    body = "".join(f"    total += {i} * value\n" for i in range(lines))
+    return ("def small_one(value):\n    return value\n\n\n"
+            f"def huge_settlement(value):\n    total = 0\n{body}    return total\n\n\n"
+            "def small_two(value):\n    return value * 2\n")
+
+
+def test_chosen_pack_weighs_probability_per_token_whole_files_and_outlines(tmp_path, make_repo, embedder):
+    repo = make_project(make_repo)
+    repo.commit("long module", {"tools/long.py": long_module(260)})
+    index = UnitIndex(IndexConfig(), tmp_path / "index", embedder)
+    index.update(repo.path, progress=False)
+    prediction = prediction_for("src/lib.rs", ["settle"], "energy_market")
+    task = "Settle orders at the closing price"
+
+    def pack(scorer, budget, prediction=prediction, task=task):
+        with index:
+            return build_context(task, prediction, index.units_of, index.search, budget, embedder.count_tokens,
+                                 scorer=scorer)
+
+    # One likely unit: it comes first, says why and how likely, and the pack keeps to the budget.
+    one = FixedScorer(["src/lib.rs"], {"Market::settle": 0.9})
+    small = pack(one, 150)
+    assert (small[0].symbol, small[0].score) == ("Market::settle", 0.9) and small[0].why == "p 0.90: fixed"
+    assert sum(e.tokens for e in small) <= 150 and "Market::new" in one.seen and "Parser.parse" in one.seen
+    for entry in small:
+        assert entry.tokens == embedder.count_tokens(entry_header(entry)) + embedder.count_tokens(entry.text) + 4
+    # Entries follow their probability; a search hit outside the predicted files says so.
+    hits = pack(FixedScorer(["src/lib.rs"], {"Market::settle": 0.9, "Parser.parse": 0.5}), 150,
+                task="Settle orders and parse json")
+    assert [e.symbol for e in hits[:2]] == ["Market::settle", "Parser.parse"]
+    assert hits[1].why.startswith("p 0.50: search hit #") and [e.score for e in hits] == sorted(
+        [e.score for e in hits], reverse=True)
+    # Many likely units of one short file: its whole text is worth more per token, and replaces them.
+    likely = {s: 0.8 for s in ("Market::new", "Market::settle", "retry_with_backoff", "settles_empty_market",
+                               "Market", "energy market")}
+    whole = pack(FixedScorer(["src/lib.rs"], likely), 4000)
+    files = [e for e in whole if e.kind == "file" and e.path == "src/lib.rs"]
+    assert files and files[0].full and files[0].why.startswith("p ") and "whole" in files[0].why
+    assert not [e for e in whole if e.path == "src/lib.rs" and e.kind != "file"]
+    assert len({(e.path, e.symbol, e.start) for e in whole}) == len(whole) and sum(e.tokens for e in whole) <= 4000
+    # A likely unit too big for the budget: the long file's outline shows where it is.
+    long = prediction_for("tools/long.py", ["huge_settlement"])
+    outlined = pack(FixedScorer(["tools/long.py"], {"huge_settlement": 0.9}), 600, long)
+    assert all(e.symbol != "huge_settlement" for e in outlined)
+    (outline,) = [e for e in outlined if e.kind == "file" and e.path == "tools/long.py"]
+    assert not outline.full and "def huge_settlement(value): ..." in outline.text
+    assert "outline: huge_settlement too big to show whole" in outline.why
+    # With room for it, the unit itself is shown and the outline is worth nothing more.
+    roomy = pack(FixedScorer(["tools/long.py"], {"huge_settlement": 0.9}), 8000, long)
+    assert roomy[0].symbol == "huge_settlement" and not [e for e in roomy if e.kind == "file" and not e.full]
 
 
 def test_retriever_uses_the_index_of_the_repo_and_else_reads_the_tree(tmp_path, make_repo, embedder):

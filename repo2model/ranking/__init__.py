@@ -10,6 +10,10 @@ ranker, change types, symbols, and the metrics every predictor is scored with.
     ranker        the LightGBM lambdarank ranker, its folder, fitting, importances
     change_types  the change-type classifier of a predicted file
     symbols       a predicted file's symbols most likely to change
+    symbol_history   each symbol's changes, answered as of any commit: recency, similar commits, co-change
+    symbol_features  candidate units (of the likely files, of search hits) and their named features
+    symbol_ranker    the learned symbol ranker: lambdarank, calibrated probabilities, its files, UnitScorer
+    symbol_training  fitting it in train_ranker; symbol recall@5/@10 there and in evaluate.py
     file_ranking  the ranker at prediction time (FileRanking), merged into the prediction JSON
     metrics       Prediction / Truth, recall@k, MRR, change-type / module / symbol scores, per commit size
     report        an evaluation's markdown tables (evaluation.md) and chart (evaluation.png)

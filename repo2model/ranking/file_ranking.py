@@ -9,14 +9,16 @@ ranker folder (history.json: `history_record`), so that loading reads one file a
 commits.json and chunks.jsonl may be gone (`pipeline.keep_intermediates: false`); a folder written before
 that replays commits.json + chunks.jsonl instead. `describe_files` and `ranked_prediction` give the ranker's
 files their change types (the classifier), modules and symbols, here and in evaluate.py alike
-(`ranker_predictions`).
+(`ranker_predictions`). With a symbol ranker in the folder (repo2model.ranking.symbol_ranker), a file's symbols
+are its units at the newest commit that the symbol ranker finds most likely to change, each with its
+probability, and `symbol_scorer` scores units for the context pack; without one, the untrained fusion names them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,9 +30,12 @@ from repo2model.ranking.features import LM_FEATURES, CandidateRows, LMScorer, ca
 from repo2model.ranking.history import BaselineConfig, PastCommits
 from repo2model.ranking.metrics import KS, Prediction
 from repo2model.ranking.ranker import HISTORY_FILE, Ranker, find_ranker
+from repo2model.ranking.symbol_features import SymbolContext
+from repo2model.ranking.symbol_history import SymbolHistory
+from repo2model.ranking.symbol_ranker import FILE_RANKS, SYMBOL_FILES, SymbolRanker, TreeUnits, UnitScorer
 from repo2model.ranking.symbols import SymbolIndexes, rank_symbols
 from repo2model.ranking.targets import Target, TargetState, open_repository_named, repository_of, state_at
-from repo2model.retrieval.bm25 import FileSearch
+from repo2model.retrieval.bm25 import FileSearch, code_words
 
 log = logging.getLogger("ranking")
 
@@ -55,16 +60,23 @@ class RankedFile:
     change_type: str | None
     module: str | None
     symbols: list[str]
+    symbol_scores: list[tuple[str, float]] = field(default_factory=list)  # the symbol ranker's, when it named them
 
 
 def describe_files(ranker: Ranker, state: TargetState, ranked: list[tuple[str, float]], symbols_per_file: int,
-                   indexes: SymbolIndexes) -> list[RankedFile]:
-    """The ranked files with their change types (classifier), modules and symbols (units at the parent)."""
+                   indexes: SymbolIndexes, learned: dict[str, list[tuple[str, float]]] | None = None
+                   ) -> list[RankedFile]:
+    """The ranked files with their change types (classifier), modules and symbols: the symbol ranker's
+    (`learned`: path -> [(symbol, probability)], best first) where it scored the file, else the untrained
+    fusion's (units at the parent)."""
     past, paths = state.past, [p for p, _ in ranked]
     types = ranker.change_types([type_example(past, p, state.task_words, state.in_tree(p)) for p in paths])
+    learned = learned or {}
     return [RankedFile(path, value, types.get(path), past.file_module.get(path),
+                       [s for s, _ in learned[path]] if path in learned else
                        rank_symbols(past, path, [], state.task_words, symbols_per_file,
-                                    index=indexes.get(past, path, state.code)))
+                                    index=indexes.get(past, path, state.code)),
+                       learned.get(path, []))
             for path, value in ranked]
 
 
@@ -109,6 +121,9 @@ class FileRanking:
         self.dense = ranker.dense_scorer()  # None unless the ranker was fitted with the dense features
         self.symbols_per_file = int(ranker.settings["baselines"].get("symbols_per_file", 5))
         self.symbol_indexes = SymbolIndexes()
+        self.symbol_ranker: SymbolRanker | None = None  # use_symbols: the learned symbol ranker and its history
+        self.symbol_history = SymbolHistory()
+        self.tree_units = TreeUnits()
 
     @classmethod
     def find(cls, model_dir: Path, paths: ArtifactPaths | None = None) -> "FileRanking | None":
@@ -146,6 +161,17 @@ class FileRanking:
             raise UserError(f"{folder}: no {HISTORY_FILE} (the history's statistics): rerun the train_ranker stage")
         repo = repo if ranker.settings.get("code_search") else None
         ranking = cls(ranker, past, repo, commits[-1] if commits else None, set(commits))
+        try:
+            symbols = SymbolRanker.load(folder)
+        except UserError as exc:  # unreadable: the files still rank, the untrained fusion names the symbols
+            log.warning("%s: symbols named by the untrained fusion", exc)
+            symbols = None
+        if symbols is not None and (symbols.history is None or symbols.history.position != past.position):
+            log.warning("%s: the symbol ranker's history is not the ranker's (%s commits, not %d): symbols named by "
+                        "the untrained fusion (rerun train_ranker)", folder,
+                        symbols.history.position if symbols.history else "no", past.position)
+        elif symbols is not None:
+            ranking.use_symbols(symbols, symbols.history)
         if ranker.file_embeddings is not None:  # the embedding model loads now, not on the first request
             ranker.file_embeddings.embedder.embed(["warm up"])
         log.info("ranker %s with the statistics of %d commits loaded in %.1fs", folder, len(commits),
@@ -174,6 +200,10 @@ class FileRanking:
             commits.append(commit["hash"])
         return past, commits, repository_of(commits_path)
 
+    def use_symbols(self, symbols: SymbolRanker, history: SymbolHistory) -> None:
+        """Name and score symbols with `symbols`; `history` holds the same commits as the statistics."""
+        self.symbol_ranker, self.symbol_history = symbols, history
+
     def catch_up(self, history: list) -> None:
         """Take in the history's commits (Commit, [Chunk]) not seen yet that the repository has."""
         fresh = [(c, chunks) for c, chunks in history if c.hash not in self.seen]
@@ -183,6 +213,7 @@ class FileRanking:
         for commit, chunks in fresh:
             if code is not None and code.has_commit(commit.hash):
                 self.past.observe(commit.to_dict(), [c.to_dict() for c in chunks])
+                self.symbol_history.observe([c.to_dict() for c in chunks])
                 self.seen.add(commit.hash)
                 self.last_commit = commit.hash
 
@@ -204,11 +235,45 @@ class FileRanking:
         with_lm = score is not None and self.ranker.booster_lm is not None
         lm = lm_scorer(score, self.past.file_module) if with_lm else None
         rows = candidate_rows(state, self.candidates, lm=lm, dense=self.dense)
-        ranked = self.ranker.rank(rows, lm=lm is not None)[:limit]
+        everything = self.ranker.rank(rows, lm=lm is not None)
+        ranked = everything[:limit]
+        learned = self.learned_symbols(state, everything)
         files = [{"path": f.path, "score": round(f.score, 6), "change_type": f.change_type, "module": f.module,
-                  "symbols": f.symbols}
-                 for f in describe_files(self.ranker, state, ranked, self.symbols_per_file, self.symbol_indexes)]
+                  "symbols": f.symbols, "symbol_scores": [{"symbol": s, "score": p} for s, p in f.symbol_scores]}
+                 for f in describe_files(self.ranker, state, ranked, self.symbols_per_file, self.symbol_indexes,
+                                         learned)]
         return {"method": "ranker_lm" if lm is not None else "ranker", "files": files, "candidates": len(rows.paths)}
+
+    def learned_symbols(self, state: TargetState, ranked: list[tuple[str, float]]) -> dict[str, list[tuple[str, float]]]:
+        """The symbol ranker's most likely symbols of the best files (path -> [(symbol, probability)]), from
+        their units in the tree; {} without a symbol ranker or a tree."""
+        if self.symbol_ranker is None or state.code is None:
+            return {}
+        files = [path for path, _ in ranked[:SYMBOL_FILES]]
+        scorer = self.scorer_for(state.target.task, ranked, files)
+        out: dict[str, list[tuple[str, float]]] = {}
+        for unit, p in scorer.ranked(self.tree_units.candidates(state.code, files, [], state.task_words)):
+            named = out.setdefault(unit.path, [])
+            if len(named) < self.symbols_per_file and unit.symbol not in {s for s, _ in named}:
+                named.append((unit.symbol, round(p, 6)))
+        return out
+
+    def scorer_for(self, task: str, ranked: list[tuple[str, float]], files: list[str]) -> UnitScorer:
+        """The symbol ranker's scorer for `task` now (the statistics' last commit), the files ranked so."""
+        words = code_words(task)
+        _, similar = self.past.similar_files(words)
+        ranks = {path: (rank, score) for rank, (path, score) in enumerate(ranked[:FILE_RANKS], start=1)}
+        context = SymbolContext(words, self.past.position, self.symbol_history, similar, ranks)
+        return UnitScorer(self.symbol_ranker, context, files)
+
+    def symbol_scorer(self, prediction) -> UnitScorer | None:
+        """For the context pack of a prediction (serving.prediction.Prediction) this ranking made: units ->
+        (probability of change, why), its files as the learned ranker ranked them; None without a symbol
+        ranker."""
+        if self.symbol_ranker is None:
+            return None
+        files = [(f.path, f.score) for f in prediction.files if f.ranked_by in ("ranker", "ranker_lm")]
+        return self.scorer_for(prediction.task, files, [path for path, _ in files[:SYMBOL_FILES]])
 
     def merge(self, output: dict, history: list, task: str, max_files: int, score: FileScorer | None = None) -> dict:
         """The prediction JSON with the ranker's files first (each keeps what generation said of it: change
@@ -224,7 +289,8 @@ class FileRanking:
             files.append({**{k: v for k, v in gen.items() if k not in ("path", "score", "module")},
                           "path": entry["path"], "score": entry["score"], "ranked_by": ranked["method"],
                           "module": entry["module"] or gen.get("module"), "change_types": types,
-                          "symbols": list(dict.fromkeys(entry["symbols"] + list(gen.get("symbols") or [])))})
+                          "symbols": list(dict.fromkeys(entry["symbols"] + list(gen.get("symbols") or []))),
+                          "symbol_scores": entry["symbol_scores"]})
         known = {f["path"] for f in files}
         files += [{**f, "ranked_by": "generation"} for f in output.get("files", [])
                   if f["path"] not in known and f.get("votes")]

@@ -19,6 +19,7 @@ The ranker folder (written by train_ranker.py, atomically):
     file_vectors.npy    with dense: the file versions' embeddings computed while training, and their (path, blob)
     file_vectors.json   keys, so that evaluation and the first predictions need not embed them again
     metrics.json        train/val/test figures, feature importances, fit time
+    symbol_ranker.*     optional: the symbol ranker and the symbols' history (repo2model.ranking.symbol_ranker)
 
 A ranker takes its features by name (CandidateRows.columns), never by position.
 Determinism: LightGBM runs with `deterministic`, `force_row_wise`, a fixed thread count and seed, so the same
@@ -74,6 +75,7 @@ class Ranker:
     file_embeddings: FileEmbeddings | None = None  # with dense: saved with the ranker, loaded on first use
     history: dict | None = None  # to save: history.json (read by file_ranking.FileRanking, not by load)
     test_rows: tuple[dict, list[CandidateRows]] | None = None  # to save: (settings, rows); read by saved_test_rows
+    companions: list = field(default_factory=list)  # to save beside it: models with save(folder), e.g. the symbol ranker
 
     @property
     def features(self) -> list[str]:
@@ -141,6 +143,8 @@ class Ranker:
                 save_rows(tmp, TEST_ROWS, self.test_rows[1], self.test_rows[0])
             if self.file_embeddings is not None:
                 self.file_embeddings.save(tmp)
+            for companion in self.companions:
+                companion.save(tmp)
         return folder
 
     @classmethod

@@ -3,6 +3,7 @@
 
     retriever = Retriever(load_index_config(config_path), paths.index_dir)   # once, by predict.py / serve.py
     retriever.answer(task, prediction, repo=repo, budget=2000, test_failures=...)  # {"context", "prompt", ...}
+    retriever.answer(..., scorer=ranking.symbol_scorer(prediction))   # the pack chosen by the symbol ranker
 
 The index is opened on a request and closed after `keep_open_s` without one, so that the index stage (which
 waits up to `lock_wait_s` for the embedded store's lock) can update it between bursts of requests.
@@ -17,7 +18,7 @@ from typing import Any
 
 from repo2model.core.errors import UserError
 from repo2model.git.commands import git, open_repository
-from repo2model.retrieval.context import build_context
+from repo2model.retrieval.context import UnitScorer, build_context
 from repo2model.retrieval.embedding import Embedder
 from repo2model.retrieval.index_config import IndexConfig
 from repo2model.retrieval.prompt import render_prompt
@@ -63,16 +64,17 @@ class Retriever:
         self._closer.start()
 
     def answer(self, task: str, prediction: Prediction, repo: Path | str | None = None, budget: int = 2000,
-               test_failures: str | None = None) -> dict:
+               test_failures: str | None = None, scorer: UnitScorer | None = None) -> dict:
         """{"context": [...], "prompt": str, "context_source": {...}} for a prediction of `task`.
 
         The index serves when it is of `repo` (or no repo is given); otherwise the predicted files' current code
-        is read from `repo`'s HEAD and no search is made (context_source says why).
+        is read from `repo`'s HEAD and no search is made (context_source says why). `scorer` (the symbol
+        ranker's, for this prediction) chooses the pack for recall per token (context.chosen_pack).
         """
         try:
             with self._lock:
                 try:
-                    return self._answer(task, prediction, repo, budget, test_failures)
+                    return self._answer(task, prediction, repo, budget, test_failures, scorer)
                 finally:
                     self._close_later()
         except UserError as exc:  # an index in use too long, a server down: the prediction still answers
@@ -81,7 +83,7 @@ class Retriever:
                     "context_source": {"index": None, "tokens": budget, "reason": str(exc), "used_tokens": 0}}
 
     def _answer(self, task: str, prediction: Prediction, repo: Path | str | None, budget: int,
-                test_failures: str | None) -> dict:
+                test_failures: str | None, scorer: UnitScorer | None) -> dict:
         index = self.index()
         source: dict[str, Any] = {"index": None, "tokens": budget}
         top = open_repository(repo) if repo is not None else None
@@ -90,7 +92,7 @@ class Retriever:
         if use_index:
             context = build_context(task, prediction, index.units_of, index.search, budget,
                                     self.embedder.count_tokens, self.cfg.context_files,
-                                    predicted_share=self.cfg.predicted_share)
+                                    predicted_share=self.cfg.predicted_share, scorer=scorer)
             commit = index.info.get("commit")
             source["index"] = {k: index.info.get(k) for k in ("repository", "commit", "units", "updated_at")}
             if top is not None:
@@ -106,7 +108,7 @@ class Retriever:
                 context = build_context(task, prediction,
                                         lambda paths: tree_units(top, commit, paths, self.cfg, missing=missing),
                                         None, budget, self.embedder.count_tokens, self.cfg.context_files,
-                                        predicted_share=1.0)  # nothing else to show: no search
+                                        predicted_share=1.0, scorer=scorer)  # nothing else to show: no search
                 source["missing_objects"] = len(missing)  # predicted files whose blob the repository lacks
                 if missing:
                     log.warning("context: %d predicted files left out, their blobs missing from %s (e.g. %s)",

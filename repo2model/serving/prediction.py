@@ -5,7 +5,8 @@ serve.py replies (the prediction JSON, the schema n8n's workflows read).
                     and symbols, the code sketch, every generated candidate, how the files were ranked, and (with
                     a code index) the code context and the prompt for a code-writing model
     PredictedFile   one file: its score, module, change types, symbols; its likelihood (`logprob`) when the model
-                    scored it, its `votes` when generation ran, `ranked_by` when a learned ranker ranked the files
+                    scored it, its `votes` when generation ran, `ranked_by` when a learned ranker ranked the files,
+                    `symbol_scores` when the symbol ranker named its symbols (each with its probability of change)
     Candidate       one generated text, parsed back into files (malformed ones say why)
 
 Who and when: `authors` (the likely authors, top 3 with probabilities) and `when` (the expected time to the next
@@ -16,6 +17,7 @@ files); `files` then holds only files not yet changed.
 
 A key whose value does not apply is left out of the JSON, not null: `votes` (a file only the ranker named),
 `logprob` / `logprob_tokens` (a file the model did not score), `ranked_by` and `ranker_candidates` (no ranker),
+`symbol_scores` (no symbol ranker named the file's symbols),
 `context` / `prompt` / `context_source` (no code index: repo2model.retrieval), `authors` and `when` (no activity
 saved with a ranker),
 `in_progress` / `work_in_progress` (no working tree asked for).
@@ -37,6 +39,12 @@ class ChangeTypeWeight:
 
 
 @dataclass
+class SymbolScore:
+    symbol: str
+    score: float  # the symbol ranker's probability that the change touches this symbol
+
+
+@dataclass
 class PredictedFile:
     path: str
     score: float = 0.0  # the ranker's score, else the weight share of the candidates naming the file
@@ -47,19 +55,24 @@ class PredictedFile:
     logprob: float | None = None  # log-probability (nats) that the change starts with this file (None: not scored)
     logprob_tokens: int | None = None  # the tokens that log-probability is over
     ranked_by: str | None = None  # ranker, ranker_lm or generation (None: no ranker)
+    symbol_scores: list[SymbolScore] = field(default_factory=list)  # the symbol ranker's symbols, most likely first
 
     OPTIONAL = ("votes", "logprob", "logprob_tokens", "ranked_by")  # left out of the JSON when None
 
     def to_json(self) -> dict[str, Any]:
         out = {"path": self.path, "score": self.score, "votes": self.votes, "module": self.module,
                "change_types": [asdict(t) for t in self.change_types], "symbols": list(self.symbols),
-               "logprob": self.logprob, "logprob_tokens": self.logprob_tokens, "ranked_by": self.ranked_by}
+               "logprob": self.logprob, "logprob_tokens": self.logprob_tokens, "ranked_by": self.ranked_by,
+               "symbol_scores": [asdict(s) for s in self.symbol_scores]}
+        if not self.symbol_scores:  # no symbol ranker named them
+            del out["symbol_scores"]
         return {k: v for k, v in out.items() if v is not None or k not in self.OPTIONAL}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "PredictedFile":
         """The inverse of to_json (a key it does not know is a TypeError: a bug, not an input)."""
-        return cls(**{**data, "change_types": [ChangeTypeWeight(**t) for t in data.get("change_types") or []]})
+        return cls(**{**data, "change_types": [ChangeTypeWeight(**t) for t in data.get("change_types") or []],
+                      "symbol_scores": [SymbolScore(**s) for s in data.get("symbol_scores") or []]})
 
 
 @dataclass

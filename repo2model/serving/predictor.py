@@ -253,7 +253,8 @@ class Predictor:
                                       score=lambda candidates: self.score_files(prompt, candidates, cfg))
         prediction = self.extras().apply(prediction, history, task, work, cfg.max_files)
         if self.retriever is not None:
-            answer = self.retriever.answer(task, prediction, repo, cfg.context_tokens, test_failures)
+            scorer = self.ranker.symbol_scorer(prediction) if self.ranker is not None else None
+            answer = self.retriever.answer(task, prediction, repo, cfg.context_tokens, test_failures, scorer=scorer)
             prediction.context, prediction.prompt = answer["context"], answer["prompt"]
             prediction.context_source = answer["context_source"]
         code = self.ranker.code if self.ranker is not None else None

@@ -23,7 +23,10 @@ Predictors, all scored on the same target commits, each knowing only the commits
 Structure: a baseline names each predicted file's most frequent change type, the module its chunks last had,
 and its most often changed symbols; the rankers use the change-type classifier (else the most frequent type)
 and rank each predicted file's units at the parent by BM25 against the task, recency and frequency
-(repo2model.ranking.symbols). The rankers' feature rows of the test targets are those train_ranker saved in
+(repo2model.ranking.symbols). With a symbol ranker in the ranker folder, `symbols` (evaluation.json, and a section
+of evaluation.md) holds symbol recall@5/@10 and MRR of the symbol ranker, of that untrained fusion and of each
+single signal, over the changed symbols that existed at the parent, per commit size
+(repo2model.ranking.symbol_training). The rankers' feature rows of the test targets are those train_ranker saved in
 the ranker folder when they were built with the same settings (baseline keys, mining, repository, history; the
 language model's columns only from the same model), else they are computed.
 
@@ -87,6 +90,7 @@ from repo2model.ranking.live_evaluation import LiveEvaluation, live_report
 from repo2model.ranking.metrics import KS, Prediction, Truth, aggregate, by_size, score
 from repo2model.ranking.ranker import Ranker, find_ranker, language_model_identity, reusable_test_rows, rows_settings
 from repo2model.ranking.report import markdown_report, write_chart
+from repo2model.ranking.symbol_training import SymbolEvaluation, symbol_report
 from repo2model.ranking.symbols import SymbolIndexes
 from repo2model.ranking.targets import repository_of, walk_targets
 from repo2model.serving.backends import LanguageModelBackend
@@ -143,11 +147,13 @@ def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42,
         log.warning("the repository of %s is not there: code search, the tree and symbols at the parent are left out",
                     paths.commits)
     live = LiveEvaluation(ranker)  # the work in progress, who and when, on the same targets
-    rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed, live)
+    symbols = SymbolEvaluation(ranker, cfg.symbols_per_file)  # the symbol ranker's recall, on the same targets
+    rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed, live, symbols)
     model_info: dict = {}
     if predictor is not None:
         model_info = {**target_loss(predictor.lm, plan.examples), **generation}
     result = {**evaluation_result(cfg, plan, rows, repo is not None, ranker, model_info), **live.figures()}
+    result.update(symbols.figures())
     write_outputs(result, paths)
     return summarize(result, paths, started)
 
@@ -181,6 +187,7 @@ def write_outputs(result: dict, paths: ArtifactPaths) -> None:
     write_json(paths.evaluation, result)
     with atomic_open(report_path(paths)) as fh:
         fh.write(markdown_report(result) + "".join(line + "\n" for line in live_report(result)))
+        fh.write("".join(line + "\n" for line in symbol_report(result)))
     write_chart(result["metrics"], chart_path(paths))
 
 
@@ -243,7 +250,7 @@ def ranker_info(ranker: Ranker | None) -> dict | None:
 
 def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo: Path | None, ranker: Ranker | None,
                   predictor: Predictor | None, prediction: PredictionConfig, seed: int,
-                  live: LiveEvaluation | None = None) -> tuple[dict, dict]:
+                  live: LiveEvaluation | None = None, symbols: SymbolEvaluation | None = None) -> tuple[dict, dict]:
     """One pass over the history scoring every predictor on every target (the model: on the chosen ones), and
     `live`'s figures. Returns ({predictor: {commit: row}}, the generation's figures)."""
     rows: dict[str, dict[str, dict]] = {}
@@ -262,6 +269,8 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
         pool.add_chunks(chunks)
         if live is not None:
             live.on_commit(commit, chunks)
+        if symbols is not None:
+            symbols.on_commit(commit, chunks)
 
     walk = walk_targets(paths.commits, paths.chunks, {h: plan.split for h in plan.order}, baselines, repo,
                         plan.mined_until, on_commit=on_commit)
@@ -277,6 +286,8 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
             rows.setdefault(name, {})[target.commit] = score(predicted, truth)
         if live is not None:
             live.add(state, [p for p, _ in predictions.get("ranker", predictions["fusion"]).files])
+        if symbols is not None and ranker is not None:
+            symbols.add(state, saved.get(target.commit))
         if target.commit in generated:
             output = predictor.predict_ids(prompts[target.commit], seed=seed,
                                            candidates=pool.top(prediction.rank_candidates))

@@ -14,7 +14,8 @@ Writes
                                         history.json (the history's statistics at its last commit: what
                                         prediction needs, so commits.json and chunks.jsonl may go);
                                         test_rows.npy/.json (the test targets' feature rows, which evaluate.py
-                                        reuses); with `dense`: file_vectors.npy/.json (the files' embeddings)
+                                        reuses); with `dense`: file_vectors.npy/.json (the files' embeddings);
+                                        symbol_ranker.txt/.json and symbol_history.json (the symbol ranker)
 
 Steps (run() reads as this list):
     1. targets: every train/val/test commit of the dataset (the latest `max_train_targets` train ones)
@@ -30,7 +31,12 @@ Steps (run() reads as this list):
        cross-fitting the two halves of val (fit on one, stop on the other, both ways); reported on test
     5. the change-type classifier: LightGBM multiclass on the train targets' files, early-stopped on val
     6. figures on the test targets beside every baseline: recall@1/5/10, MRR, candidate recall, per commit size
-    7. the ranker folder, with the history's statistics after its last commit and the test targets' rows
+    7. the symbol ranker (repo2model.ranking.symbol_training): lambdarank over the units of the best files at each
+       target's parent (features: the task against each unit's name, comments and code, the unit's own changes,
+       similar past commits and co-change at symbol level, kind, size, its file's score, test links), fitted on
+       the later half of the train targets as ranked by a file ranker fitted on the earlier half, early-stopped
+       and calibrated on val; symbol recall@5/@10 on test beside the untrained fusion and each single signal
+    8. the ranker folder, with the history's statistics after its last commit and the test targets' rows
 
 Then, for predictions as you code (repo2model.ranking.live_training), beside them in the ranker folder: the live
 ranker (live_ranker.txt, live.json: the ranker's features plus the in-progress ones, fitted on the train targets'
@@ -94,6 +100,7 @@ from repo2model.ranking.ranker import (
     BASE_SCORE, CHANGE_TYPES_FILE, Ranker, fit_lambdarank, fit_lm_ranker, importances, language_model_identity,
     rows_settings,
 )
+from repo2model.ranking.symbol_training import SymbolTraining, train_symbol_ranker
 from repo2model.ranking.targets import repository_of, walk_targets
 from repo2model.retrieval.embedding import FileEmbeddings
 from repo2model.retrieval.index_config import IndexConfig, load_index_config
@@ -175,12 +182,17 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
     live = LiveTraining(cfg.candidates(), scorer_of(embeddings) if embeddings is not None else None)
     collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores, embeddings, live)
     fitted = fit(cfg, collected, seed, with_lm=scores is not None)
+    symbols = train_symbol_ranker(SymbolTraining(paths, targets, collected.rows, fitted.booster, cfg.candidates().names(),
+                                                 cfg.fit(), seed, baselines, repo, index or IndexConfig()))
     settings = ranker_settings(cfg, baselines, dense_info, collected, fitted, seed)
     shaped_by = rows_settings(baselines, repo, None, paths.commits, paths.chunks,
                               scores.identity if scores is not None else None)
     ranker = Ranker(fitted.booster, settings, fitted.booster_lm, fitted.type_model, file_embeddings=embeddings,
-                    history=collected.history, test_rows=(shaped_by, collected.rows["test"]))
+                    history=collected.history, test_rows=(shaped_by, collected.rows["test"]),
+                    companions=[symbols] if symbols is not None else [])
     ranker.metrics = ranker_metrics(ranker, collected, fitted, embeddings)
+    if symbols is not None:
+        ranker.metrics["symbols"] = symbols.metrics
     ranker.save(paths.ranker_dir)
     extras = live.finish(ranker, paths.ranker_dir, cfg.fit(), seed)  # the live ranker, authors, activity
     return {**summarize(ranker.metrics, collected, fitted, paths, started), "work_in_progress": extras}
