@@ -103,7 +103,8 @@ def test_predict_watch_prints_a_line_per_change_and_stops_cleanly_on_ctrl_c(lear
     proc = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), "--model", str(model), "--repo", str(repo.path),
                              "--watch", "--file-ranking", "likelihood", "--history", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+                            # PYTHONFAULTHANDLER: a process that does not stop prints every thread's stack on SIGABRT
+                            env={**os.environ, "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"})
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
@@ -115,7 +116,11 @@ def test_predict_watch_prints_a_line_per_change_and_stops_cleanly_on_ctrl_c(lear
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            code = proc.wait(timeout=30)
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            raise AssertionError("predict --watch did not stop on Ctrl-C:\n" + proc.stderr.read()[-6000:]) from None
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -5,6 +5,11 @@ Pool tasks carry line numbers of commits.json and answers carry a spool file's
 name, never the data itself: a pipe never holds megabytes, so stopping the pool
 (Ctrl-C) cannot hang on one. At most twice as many batches as workers are in flight:
 the reader never runs far ahead of the writer.
+
+Workers start from a fork server (a clean process), never by forking this one: a process that has
+loaded torch, ONNX Runtime or Qdrant has threads, and a child forked while one of them holds a lock
+can wait on it forever. A worker that dies (killed, out of memory) stops the stage with one line
+instead of leaving its batch unanswered.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import collections
 import contextlib
 import json
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import shutil
 import signal
 import threading
@@ -92,9 +99,8 @@ def execute_plan(plan: Iterator[Batch | str], commits_path: Path, cfg: ChunkerCo
         finally:
             worker.close()
         return
-    with _interrupts_ignored():  # from the fork on, not only from the initializer on
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_pool_worker,
-                                                        initargs=(commits_path, repo, cfg, redactor))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                               initializer=_init_pool_worker, initargs=(commits_path, repo, cfg, redactor))
     try:
         in_flight: collections.deque = collections.deque()
         limit = workers * 2  # bounded: the reader never runs far ahead of the writer
@@ -103,15 +109,18 @@ def execute_plan(plan: Iterator[Batch | str], commits_path: Path, cfg: ChunkerCo
                 in_flight.append(Part(1, reused=item))
             else:
                 spool_file = spool / f"{number}.jsonl"
-                in_flight.append((pool.apply_async(_chunk_lines, (item.lines, str(spool_file))), spool_file))
+                with _interrupts_ignored():  # workers start on a submit: from their start on, not only from
+                    future = pool.submit(_chunk_lines, item.lines, str(spool_file))  # the initializer on
+                in_flight.append((future, spool_file))
             while len(in_flight) > limit:
                 yield _resolve(in_flight.popleft())
         while in_flight:
             yield _resolve(in_flight.popleft())
-        pool.close()
+    except BrokenProcessPool:
+        raise UserError(f"semantic_chunker: a worker process died (killed, or out of memory?); "
+                        f"fewer workers (semantic_chunker.workers, now {workers}) use less memory") from None
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -131,7 +140,7 @@ def _resolve(entry) -> Part:
     if isinstance(entry, Part):
         return entry
     answer, spool_file = entry
-    stats, count = answer.get()
+    stats, count = answer.result()
     return Part(count, stats=stats, spool_file=spool_file)
 
 

@@ -155,7 +155,8 @@ def train_symbol_ranker(job: SymbolTraining) -> SymbolRanker | None:
     collected: dict[str, list[SymbolTarget]] = {"train": [], "val": [], "test": []}
     tree, indexes = TreeUnits(job.index), SymbolIndexes()
     walk = walk_targets(job.paths.commits, job.paths.chunks, {c: job.targets[c] for c in ranked}, job.baselines,
-                        job.repo, on_commit=lambda commit, chunks: history.observe(chunks))
+                        job.repo, on_commit=lambda commit, chunks: history.observe(chunks),
+                        report_missing=False)  # the file ranker's walk over these targets reported them
     for state in progress(walk, total=len(ranked), desc="symbol features", unit="targets"):
         collected[state.target.split].append(
             target_rows(state, ranked[state.target.commit], history, tree, indexes, job.baselines.symbols_per_file))

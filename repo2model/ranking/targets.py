@@ -64,7 +64,7 @@ class TargetState:
 def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str], cfg: BaselineConfig,
                  repo: Path | None = None, mined_until: int | None = None, depth: int = 100,
                  on_commit: Callable[[dict, list[dict]], None] | None = None,
-                 past: PastCommits | None = None) -> Iterator[TargetState]:
+                 past: PastCommits | None = None, report_missing: bool = True) -> Iterator[TargetState]:
     """One state per target commit (targets: hash -> split name), in commits.json's order.
 
     `repo`: the repository (for code_search and the tree); None leaves them out. `mined_until`: the last
@@ -72,7 +72,8 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
     called for every commit after the past has taken it in (e.g. to keep another view of the history).
     `past`: the statistics to fill (PastCommits(cfg) when None); once the walk is done they hold the whole
     history. File versions whose blob the repository lacks (partial clone, pruned mirror) stay in the tree but
-    out of the code search; their number is logged at the end.
+    out of the code search; their number is logged at the end (unless `report_missing` is false: a second walk
+    over targets a first one already reported).
     """
     past = PastCommits(cfg) if past is None else past
     code = FileSearch(repo, path_weight=cfg.code_path_weight) if repo is not None else None
@@ -99,7 +100,7 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
     finally:
         if code is not None:
             code.close()
-        if searched is not None and searched.missing:
+        if report_missing and searched is not None and searched.missing:
             log.warning("code search: %d file versions of the targets' parent trees left out, their blobs missing "
                         "from %s (partial clone or pruned mirror)", len(searched.missing), searched.repo)
 
