@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import helpers_predict as H
 import pytest
 
-import helpers_predict as H
 from repo2model.serving.predictor import Predictor
 from repo2model.serving.service import Service, make_server
 from repo2model.serving.settings import PredictionConfig

@@ -18,14 +18,15 @@ import collections
 import contextlib
 import json
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from repo2model.code.chunking import Chunker, ChunkerConfig, ChunkingStats
 from repo2model.code.previous import PreviousChunks

@@ -12,9 +12,9 @@ commit message), its author and its parent (the tree the change starts from).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from repo2model.core.artifacts import iter_commits_with_chunks, read_commits_metadata
 from repo2model.core.errors import UserError
