@@ -4,6 +4,12 @@ The real runs need n8n (../shared/tools/n8n/run-workflow.sh installs each versio
 2-3 GB). Each workflow runs on the current n8n (2.x, with its defaults: `$env` blocked in expressions) and on
 the last 1.x. A version not installed is skipped, unless REPO2MODEL_REQUIRE_N8N=1 (set by .ci/run): then a
 missing runner fails, and the runner installs that version on its first call.
+
+The main workflow also runs with its last node, the code-writing LLM, enabled against llama-cpp-python's
+OpenAI-compatible server (`python -m llama_cpp.server`) serving the tests' tiny model exported to GGUF: its code
+is nonsense, but every node runs for real and the step-4 request is answered by a real chat-completions endpoint.
+That run needs the export extra (requirements-export.txt) and is skipped without it, unless
+REPO2MODEL_REQUIRE_EXPORT=1 (set by .ci/run).
 """
 
 from __future__ import annotations
@@ -11,14 +17,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import helpers_predict as H
-from repo2model.stages import serve
+from repo2model.core.paths import ArtifactPaths
+from repo2model.export import packages
+from repo2model.stages import export, serve
 from repo2model.serving.service import Service, make_server
 from repo2model.serving.predictor import Predictor
 from repo2model.serving.settings import OPTION_KEYS, PredictionConfig
@@ -36,6 +48,11 @@ TRIGGER, SET, HTTP, CODE, NOTE = ("n8n-nodes-base.manualTrigger", "n8n-nodes-bas
                                   "n8n-nodes-base.code", "n8n-nodes-base.stickyNote")
 # The credential both workflows name: n8n holds the token, the workflow files hold no secret.
 CREDENTIAL = {"id": "r2mServeToken001", "name": "repo2model serve token"}
+EXPORT_MISSING = packages.missing()  # the code-writing endpoint below needs the export extra
+WITH_LLM = pytest.param(True, id="llm", marks=pytest.mark.skipif(
+    bool(EXPORT_MISSING) and os.environ.get("REPO2MODEL_REQUIRE_EXPORT") != "1",
+    reason=f"the export extra is not installed ({', '.join(EXPORT_MISSING)}): pip install -r requirements-export.txt "
+           "(REPO2MODEL_REQUIRE_EXPORT=1 makes this a failure)"))
 
 
 def load():
@@ -153,9 +170,54 @@ def run_in_n8n(version: str, workflow: dict, token: str, tmp_path: Path, timeout
     return execution
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def code_writing_endpoint(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server serving the tests' tiny model, exported to GGUF by the export
+    stage: the base URL of a real chat-completions endpoint, up for the module."""
+    assert not EXPORT_MISSING, f"REPO2MODEL_REQUIRE_EXPORT=1 but {', '.join(EXPORT_MISSING)} cannot be imported"
+    folder = tmp_path_factory.mktemp("code-writer")
+    model, tokenizer, _, _, _ = H.trained_predictor_parts(folder / "tokenizer")
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    export.run(export.Config(model_dir=folder / "model", output_dir=folder / "export", types=["f16"],
+                             modelfile="f16"), ArtifactPaths.under(folder))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # n_ctx above the model's 512 positions: the step-4 prompt in a 600-token vocabulary is long
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(folder / "export" / "model-f16.gguf"),
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"]
+    with open(folder / "server.log", "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert server.poll() is None, (folder / "server.log").read_text(errors="replace")[-3000:]
+                try:
+                    with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    assert time.monotonic() < deadline, "llama_cpp.server did not answer within 120 s"
+                    time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("llm", [False, WITH_LLM])
 @pytest.mark.parametrize("version", n8n_versions())
-def test_workflow_runs_in_real_n8n(version, tmp_path, make_repo, monkeypatch):
+def test_workflow_runs_in_real_n8n(version, llm, tmp_path, make_repo, monkeypatch, request):
+    """Every node for real: the service answers /predict, the Code node packs its prompt into a chat request, and
+    the LLM node, disabled as the file ships, passes it through; enabled (llm), a real OpenAI-compatible endpoint
+    answers it."""
     repo = make_repo("project")
     repo.commit("add parser", {"pkg/parse.py": "def parse(s):\n    return s\n",
                                "pkg/other.py": "def unrelated():\n    return 0\n"})
@@ -173,6 +235,9 @@ def test_workflow_runs_in_real_n8n(version, tmp_path, make_repo, monkeypatch):
         workflow = load()
         nodes = chain(workflow)
         nodes[2]["parameters"]["url"] = f"http://127.0.0.1:{server.server_address[1]}/predict"
+        if llm:  # a copy with the last node enabled, pointed at llama.cpp's server
+            del nodes[4]["disabled"]
+            nodes[4]["parameters"]["url"] = request.getfixturevalue("code_writing_endpoint") + "/v1/chat/completions"
         values = {"repo": str(repo.path), "num_candidates": 2, "test_failures": "FAILED tests/test_parse.py"}
         for field in nodes[1]["parameters"]["assignments"]["assignments"]:
             field["value"] = values.get(field["name"], field["value"])
@@ -190,9 +255,17 @@ def test_workflow_runs_in_real_n8n(version, tmp_path, make_repo, monkeypatch):
         assert "def parse(s):" in prompt["prompt"] and "FAILED tests/test_parse.py" in prompt["prompt"]
         assert prompt["request"]["messages"][1]["content"] == reply["prompt"]
         assert prompt["request"]["model"] == "qwen2.5-coder:7b"
-        # The disabled LLM node passes its input through: nothing was sent anywhere.
-        llm = runs[nodes[4]["name"]][0]["data"]["main"][0][0]["json"]
-        assert llm == prompt
+        answer = runs[nodes[4]["name"]][0]["data"]["main"][0][0]["json"]
+        if not llm:  # the disabled LLM node passes its input through: nothing was sent anywhere
+            assert answer == prompt
+            return
+        # llama.cpp's server answered the request n8n built: a chat completion over the whole step-4 prompt
+        assert answer["object"] == "chat.completion" and len(answer["choices"]) == 1
+        choice = answer["choices"][0]
+        assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+        assert choice["finish_reason"] in ("stop", "length")
+        assert answer["usage"]["prompt_tokens"] > len(tokenizer(prompt["prompt"])["input_ids"])
+        assert answer["usage"]["completion_tokens"] >= 1
     finally:
         server.shutdown()
         server.server_close()

@@ -5,6 +5,9 @@ ranker, change types, symbols, and the metrics every predictor is scored with.
     baselines     the model-free predictors (frequent, recent, cochange, similar_commits, code_search, fusion)
     targets       the walk over the history to each target commit: what a prediction for it may know
     features      candidate files and their named features; saving and loading feature rows
+    pool          candidates for large commits (a cheap pre-score over the tree), name and folder relations
+    messages      commit messages that say nothing (boilerplate, near-empty): the rule and the history's counts
+    prior         the prior ranker learned across histories, shipped in prior/, that every ranker starts from
     dense         the dense task-file similarity feature (embeddings) and its saved settings
     config        the `evaluate` and `train_ranker` config sections, LightGBM's settings
     ranker        the LightGBM lambdarank ranker, its folder, fitting, importances
