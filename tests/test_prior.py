@@ -217,7 +217,8 @@ def test_large_commits_widen_the_candidates(agent_world):
         recalls["narrow"].append(candidate_recall(base, state.target.files))
         recalls["wide"].append(candidate_recall(more, state.target.files))
     assert len(recalls["wide"]) == 12
-    assert sum(recalls["wide"]) / 12 >= 0.9 > 0.5 > sum(recalls["narrow"]) / 12
+    # A pool of 3 commits' worth (27 of 49 files) holds most of a module the task names; the narrow one a third.
+    assert sum(recalls["wide"]) / 12 >= 0.75 > 0.5 > sum(recalls["narrow"]) / 12
 
 
 def test_small_commits_keep_their_candidates(make_repo):
@@ -225,14 +226,14 @@ def test_small_commits_keep_their_candidates(make_repo):
     files = [f"src/m{i}.py" for i in range(20)]
     repo.commit("Start", {f: python_body(f"m{i}", ["start"], 0) for i, f in enumerate(files)})
     rng = random.Random(1)
-    for v in range(1, 30):
+    for v in range(1, 60):  # past the 50 commits that typical_size looks at: the first commit's 20 files drop out
         i = rng.randrange(20)
         repo.commit(f"Improve module {i} for users", {files[i]: python_body(f"m{i}", ["work"], v)})
     paths = scrape_and_chunk(repo.path, repo.path.parent / "small-out")
     last = [c["hash"] for c, _ in iter_commits_with_chunks(paths.commits, paths.chunks)][-5:]
     for state in walk_targets(paths.commits, paths.chunks, {c: "test" for c in last}, BaselineConfig(),
                               repository_of(paths.commits)):
-        assert state.past.typical_size() < 1.5
+        assert state.past.typical_size() == 1.0
         assert candidates(state, FeatureConfig()) == candidates(state, FeatureConfig(pool_per_commit_size=0))
         assert candidates(state, FeatureConfig(candidates_per_baseline=1, sibling_sources=0,
                                                pool_per_commit_size=15))  # 15 x 1: some files join
