@@ -244,9 +244,12 @@ def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettin
     return fit_lambdarank(rows, [], names, fit, seed, rounds=max(1, round(sum(trees) / len(trees))))
 
 
-def importances(booster: lgb.Booster) -> dict[str, float]:
-    """Each feature's share of the total split gain, largest first."""
+def importances(booster: lgb.Booster, after: int = 0) -> dict[str, float]:
+    """Each feature's share of the total split gain, largest first; of the trees after the first `after` only (a
+    ranker boosted on from the prior: what its own history taught it)."""
     gain = booster.feature_importance("gain")
+    if after:
+        gain = gain - booster.feature_importance("gain", iteration=after)
     total = float(gain.sum()) or 1.0
     pairs = sorted(zip(booster.feature_name(), gain), key=lambda kv: (-kv[1], kv[0]))
     return {name: round(float(value) / total, 4) for name, value in pairs}

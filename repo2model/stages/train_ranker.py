@@ -390,15 +390,16 @@ def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddi
         metrics["change_types"]["model_file"] = CHANGE_TYPES_FILE
     without_dense, booster_lm = fitted.without_dense, fitted.booster_lm
     prior = ranker.settings.get("prior")
+    prior_trees = prior["trees"] if prior else 0  # importances are of the trees after them: what this history taught
     metrics.update({
         "targets": {s: len(collected.rows[s]) for s in SPLITS},
         "messages": uninformative_figures({s: [r.commit for r in collected.rows[s]] for s in SPLITS},
                                           collected.uninformative),
         "prior": prior,
         "trees": fitted.booster.num_trees(),
-        "own_trees": fitted.booster.num_trees() - (prior["trees"] if prior else 0),
+        "own_trees": fitted.booster.num_trees() - prior_trees,
         "trees_lm": booster_lm.num_trees() if booster_lm is not None else None,
-        "feature_importance": importances(fitted.booster),
+        "feature_importance": importances(fitted.booster, after=prior_trees),
         "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
         "features_seconds": round(collected.seconds, 2),
         "rows": collected.rows_cache,
@@ -408,7 +409,8 @@ def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddi
         "fit_cpu_seconds": round(fitted.cpu_seconds, 2),
         "change_types_seconds": round(fitted.types_seconds, 2),
         "dense_files_embedded": embeddings.embedded if embeddings is not None else None,
-        "feature_importance_without_dense": importances(without_dense) if without_dense is not None else None,
+        "feature_importance_without_dense": (importances(without_dense, after=prior_trees)
+                                             if without_dense is not None else None),
     })
     return metrics
 
