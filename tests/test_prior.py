@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import random
-import shutil
 import tomllib
 from pathlib import Path
 
@@ -111,6 +110,9 @@ def test_a_stale_or_altered_prior_is_refused(tmp_path, monkeypatch, caplog):
     with pytest.raises(UserError, match="sha256"):
         load_prior(str(altered), names)
     assert load_prior("off", names) is None
+    with pytest.raises(UserError, match="no prior") as missing:  # a folder without one: one line saying so
+        load_prior(str(tmp_path / "nowhere"), names)
+    assert "\n" not in str(missing.value) and "bench/train_prior.py" in str(missing.value)
 
 
 def test_fitting_a_prior_gives_the_same_bytes_and_learns_from_portable_features(agent_world):
@@ -193,6 +195,8 @@ def test_the_evaluation_says_which_situation_it_measures(agent_rankers):
     assert info["candidate_recall_by_size"]["4-10"]["commits"] == 12
     report = paths.evaluation.with_suffix(".md").read_text()
     assert "## The situation measured" in report and "1 of 12 target messages are uninformative" in report
+    train = json.loads((paths.ranker_dir / "metrics.json").read_text())["targets"]["train"]
+    assert f"fitted on {train} training targets, {train} of them with an uninformative message" in report
 
 
 # ---------------------------------------------------------------- candidates for large commits

@@ -9,7 +9,8 @@ changed.
 
 What a target's rows depend on, and so what keys them:
 - the settings that shape every row (`shaping_settings`: the baseline and candidate settings, the feature names,
-  the repository, the dense settings, the prior, and the source of the code that computes rows): when one differs
+  the repository, the dense settings, and the source of the code that computes rows; not the prior, which shapes
+  the fit, not the rows): when one differs
   the whole cache is set aside, and the log says which;
 - the history up to the target: every commit before it with its chunks, in commits.json's order, then the target
   itself (its commit and chunks: its task, author, parent and, as labels, its files). A digest chained commit by
@@ -43,12 +44,10 @@ CODE = ("ranking", "retrieval")  # the packages whose source computes rows: an e
 
 
 def shaping_settings(baselines: BaselineConfig, features: FeatureConfig, names: list[str], repo: Path | None,
-                     dense: dict | None = None, prior: str | None = None) -> dict:
-    """Everything besides the history that shapes every target's rows (`prior`: the digest of the prior the ranker
-    starts from, None without one)."""
+                     dense: dict | None = None) -> dict:
+    """Everything besides the history that shapes every target's rows."""
     return {"baselines": section_dict(baselines), "candidates": section_dict(features), "features": list(names),
-            "repository": str(repo) if repo is not None else None, "dense": dense, "prior": prior,
-            "code": code_digest()}
+            "repository": str(repo) if repo is not None else None, "dense": dense, "code": code_digest()}
 
 
 def code_digest() -> str:

@@ -58,6 +58,8 @@ class Situation:
                 for name, per in rows.items() if any(h in per for h in informative)},
             "candidate_recall_by_size": candidate_recall_by_size([self.candidates[h] for h in order
                                                                   if h in self.candidates]),
+            # What the ranker was fitted on (train_ranker's judgement of its train and val messages)
+            "ranker_training": (self.ranker.metrics.get("messages") if self.ranker is not None else None),
         }}
 
 
@@ -71,6 +73,11 @@ def situation_report(result: dict) -> list[str]:
              "across the history, or fewer than two words); "
              + (f"{100 * info['history_informative_share']:.0f}% of the history's messages are informative."
                 if info.get("history_informative_share") is not None else "")]
+    trained = (info.get("ranker_training") or {}).get("train")
+    if trained:
+        lines += ["", f"The ranker was fitted on {trained['targets']} training targets, {trained['uninformative']} "
+                  "of them with an uninformative message (their task features hidden: those targets taught it the "
+                  "history's signals only)."]
     shown = info.get("informative_metrics") or {}
     if info["uninformative"] and shown:
         lines += ["", "On the targets whose message is informative:", "",
