@@ -18,6 +18,7 @@ from conftest import GitRepo
 from helpers_data import scrape_and_chunk
 from helpers_ranking import artifacts, python_body
 from repo2model.core.artifacts import iter_commits_with_chunks
+from repo2model.core.config import load_config
 from repo2model.core.errors import UserError
 from repo2model.ranking import prior as prior_module
 from repo2model.ranking.features import (
@@ -172,8 +173,13 @@ def test_boilerplate_targets_teach_nothing_about_the_task(agent_rankers):
     assert sum(splits.values()) > 0 and sum(splits[name] for name in TASK_FEATURES if name in splits) == 0
 
 
-def test_predictions_work_with_the_prior_off(agent_rankers):
+def test_predictions_work_with_the_prior_off(agent_rankers, tmp_path):
     _, off = agent_rankers
+    # `prior: off` as a user writes it in YAML (which reads it as false) is off
+    config = tmp_path / "config.yaml"
+    config.write_text("train_ranker:\n  prior: off\n", encoding="utf-8")
+    loaded = load_config(config, {"train_ranker": train_ranker.Config}, strict_sections=False)
+    assert loaded["train_ranker"].prior == "off"
     ranking = FileRanking.load(off.ranker_dir)
     answer = ranking.rank([], "Rework the charlie module: lexer first")
     assert answer["method"] == "ranker" and len(answer["files"]) == 20
