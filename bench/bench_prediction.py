@@ -1,6 +1,8 @@
 """Which files change next, on real histories: every baseline, the learned ranker (and the language model).
 
     python bench/bench_prediction.py                       # fd, axum, click from ../shared/data/repos/
+    python bench/bench_prediction.py --repos fd axum click axum-agentic --reference-code /tmp/before
+    python bench/bench_prediction.py --last-commits 300    # only each history's latest 300 commits
     python bench/bench_prediction.py --repos fd --with-model --work /tmp/bench-prediction
     python bench/bench_prediction.py --dense                # the ranker with the dense similarity, and without
     python bench/bench_prediction.py --repos fd --dense --dense-candidates 20 --work /tmp/bench-dense20
@@ -21,6 +23,21 @@ file at the target's parent); train_ranker also fits it without the dense featur
 so the rows `ranker_dense` and `ranker` of the table (both from ranker/metrics.json, the same test targets) are
 the ablation; the time lines add the dense features' CPU share and the files embedded. evaluate.py and serve.py
 then use the dense ranker.
+
+The prior (repo2model.ranking.prior) the ranker starts from: by default (--prior leave-out) one fitted without
+the tested history, as a new repository's ranker starts from a prior that never saw it: fd without fd (and fd
+squashed), axum-agentic without axum (it is axum squashed); a history the shipped prior never saw uses the
+shipped one. The priors and the rows they learn from are built by bench/train_prior.py's code in <work>/prior
+(cached). --prior shipped: the shipped prior; --prior off: none.
+
+--last-commits N: only each history's latest N commits are scraped (git_scraper.rev_range "--max-count=N
+HEAD"), split by the dataset builder as usual (test = the latest 10%): a young repository, where the prior
+matters most. --reference-code DIR (a checkout of earlier code, e.g. `git worktree add /tmp/before <commit>`):
+that code's train_ranker.py and evaluate.py also run on the same artifacts, as the table's row `reference`.
+
+Besides the table: per history the share of train and test targets whose message is uninformative
+(repo2model.ranking.messages), the ranker's recall on the informative test targets, candidate recall by commit
+size, and the prior's trees.
 
 The machine may be shared: the CPU seconds and the ratios are the figures to compare, not wall seconds alone.
 """
@@ -48,6 +65,7 @@ from repo2model.stages import serve  # noqa: E402
 from repo2model.serving.service import Service, make_server  # noqa: E402
 from repo2model.stages import train_ranker  # noqa: E402
 import yaml  # noqa: E402
+import train_prior  # noqa: E402  (bench/, beside this script)
 from repo2model.core.artifacts import iter_commits_with_chunks, read_json  # noqa: E402
 from repo2model.ranking.baselines import BASELINES  # noqa: E402
 from repo2model.core.config import PipelineConfig, load_config  # noqa: E402
@@ -59,7 +77,7 @@ from repo2model.ranking.config import EvaluationConfig, RankerConfig  # noqa: E4
 from repo2model.retrieval.index_config import IndexConfig  # noqa: E402
 
 STAGES = ("git_scraper", "semantic_chunker", "tokenizer", "dataset_builder")
-PREDICTORS = ("ranker_lm", "ranker_dense", "ranker", "model", *BASELINES)
+PREDICTORS = ("ranker_lm", "ranker_dense", "ranker", "reference", "model", *BASELINES)
 COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr")
 # A quick prototype ranker measured before this one (no language model, no code search), test recall@5 / @10.
 PROTOTYPE = {"fd": (0.822, 0.884), "axum": (0.664, 0.745), "click": (0.618, 0.714)}
@@ -77,6 +95,10 @@ def main() -> None:
     parser.add_argument("--dense", action="store_true", help="the ranker with the dense features, and the ablation")
     parser.add_argument("--dense-candidates", type=int, default=0,
                         help="with --dense: train_ranker.dense_candidates (the tree's N files nearest the task join)")
+    parser.add_argument("--prior", choices=("leave-out", "shipped", "off"), default="leave-out",
+                        help="the prior the ranker starts from (default: one that never saw the tested history)")
+    parser.add_argument("--last-commits", type=int, default=0, help="only each history's latest N commits (0: all)")
+    parser.add_argument("--reference-code", type=Path, help="also this checkout's train_ranker and evaluate")
     args = parser.parse_args()
 
     results = {}
@@ -90,11 +112,11 @@ def bench_repo(name: str, args: argparse.Namespace) -> dict:
     bundle = (args.bundles / f"{name}.bundle").resolve()
     if not bundle.is_file():
         raise SystemExit(f"{bundle}: not found (give --bundles)")
-    work = args.work.resolve() / name
+    work = args.work.resolve() / (name + (f"-last{args.last_commits}" if args.last_commits else ""))
     repo = work / "repo"
     if not repo.exists():
         subprocess.run(["git", "clone", "-q", str(bundle), str(repo)], check=True)
-    config = write_config(work, repo, args)
+    config = write_config(work, repo, args, prior_for(name, args))
     for stage in STAGES + (("train_model",) if args.with_model else ()):
         if pipeline.run_pipeline(config, only=stage) != 0:
             raise SystemExit(f"{name}: stage {stage} failed (see {work / 'out' / 'pipeline.log'})")
@@ -111,24 +133,53 @@ def bench_repo(name: str, args: argparse.Namespace) -> dict:
     if args.dense:  # the ablation: both rankers on the same candidate rows (train_ranker's test figures)
         metrics = {**metrics, "ranker_dense": ranker_metrics["test"]["ranker"],
                    "ranker": ranker_metrics["test"]["ranker_without_dense"]}
+    if args.reference_code is not None:
+        metrics = {**metrics, "reference": reference_run(args.reference_code, work, paths)}
     latency = serve_latency(work, paths, repo, args.serve_requests)
-    return {"metrics": metrics, "targets": evaluation["targets"],
+    return {"metrics": metrics, "targets": evaluation["targets"], "messages": evaluation.get("messages"),
             "candidate_recall": ranker_metrics["candidate_recall"], "ranker": ranker_metrics, "floor": floor,
             "serve": latency, "load": os.getloadavg()[0]}
 
 
-def write_config(work: Path, repo: Path, args: argparse.Namespace) -> Path:
+def prior_for(name: str, args: argparse.Namespace) -> str:
+    """train_ranker.prior for history `name`: off, auto (the shipped prior), or a prior that never saw it."""
+    if args.prior != "leave-out":
+        return {"off": "off", "shipped": "auto"}[args.prior]
+    base = "axum" if name == "axum-agentic" else name  # axum-agentic is axum squashed
+    if base not in train_prior.BASES:
+        return "auto"  # the shipped prior never saw it
+    return str(train_prior.prior_without([base], args.work.resolve() / "prior", args.bundles))
+
+
+def write_config(work: Path, repo: Path, args: argparse.Namespace, prior: str) -> Path:
     work.mkdir(parents=True, exist_ok=True)
+    scraper = {"repo": str(repo), "include_remotes": True}
+    if args.last_commits:
+        scraper["rev_range"] = f"--max-count={args.last_commits} HEAD"
     config = {
         "pipeline": {"output_dir": str(work / "out")},
-        "git_scraper": {"repo": str(repo), "include_remotes": True},
+        "git_scraper": scraper,
         "evaluate": {"max_examples": args.max_examples, "baselines_only": not args.with_model},
         "train_ranker": {"language_model": "auto" if args.with_model else "off", "dense": args.dense,
-                         "dense_candidates": args.dense_candidates if args.dense else 0},
+                         "dense_candidates": args.dense_candidates if args.dense else 0, "prior": prior},
     }
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def reference_run(code: Path, work: Path, paths: ArtifactPaths) -> dict:
+    """The test figures of `code`'s train_ranker.py + evaluate.py (without a language model) on these artifacts,
+    each its own process run from that checkout (so that it imports its own library)."""
+    config = work / "reference.yaml"
+    config.write_text(yaml.safe_dump({"pipeline": {"output_dir": str(paths.output_dir)}}), encoding="utf-8")
+    ranker, evaluation = work / "reference-ranker", work / "reference-evaluation.json"
+    for command in (["train_ranker.py", "--config", str(config), "--output", str(ranker), "--no-language-model"],
+                    ["evaluate.py", "--config", str(config), "--ranker", str(ranker), "--output", str(evaluation),
+                     "--baselines-only"]):
+        subprocess.run([sys.executable, *command], cwd=code, check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "PYTHONPATH": str(code)})
+    return read_json(evaluation)["metrics"]["ranker"]
 
 
 def plain_pass_seconds(paths: ArtifactPaths) -> dict:
@@ -243,8 +294,30 @@ def print_table(results: dict) -> None:
                   f"{features_cpu - ranker['dense_cpu_seconds'] + fit_cpu:.1f}s CPU); ranker_dense - ranker: "
                   f"recall@5 {dense['recall@5'] - mine['recall@5']:+.3f}, recall@10 "
                   f"{dense['recall@10'] - mine['recall@10']:+.3f}, MRR {dense['mrr'] - mine['mrr']:+.3f}")
+        print_situation(r)
         print(f"    /predict without generation, through serve.py: {r['serve']['repo']:.2f}s (repo body), "
               f"{r['serve']['commits']:.2f}s (commit records); the first request {r['serve']['first']:.2f}s")
+
+
+def print_situation(r: dict) -> None:
+    """The messages, the ranker on the informative test targets, candidate recall by size, the prior."""
+    messages, ranker, metrics = r["ranker"].get("messages") or {}, r["ranker"], r["metrics"]
+    shares = ", ".join(f"{split} {m['uninformative']}/{m['targets']}" for split, m in messages.items())
+    informative = ((r.get("messages") or {}).get("informative_metrics") or {}).get("ranker")
+    print(f"    uninformative messages: {shares}"
+          + (f"; ranker on the {informative['commits']} informative test targets recall@1/5/10 "
+             f"{fmt(informative['recall@1'])}/{fmt(informative['recall@5'])}/{fmt(informative['recall@10'])}"
+             if informative else ""))
+    sizes = ranker.get("candidate_recall_by_size") or {}
+    print("    candidate recall by commit size: " + ", ".join(
+        f"{b} files {s['candidate_recall']:.3f} ({s['commits']} commits, {s['candidates']:.0f} candidates)"
+        for b, s in sizes.items()))
+    prior = ranker.get("prior")
+    print(f"    prior: {prior['trees']} trees ({', '.join(prior['histories'] or {})}); the ranker's own trees "
+          f"{ranker['own_trees']}" if prior else "    prior: none")
+    if "reference" in metrics:
+        mine, ref = metrics["ranker"], metrics["reference"]
+        print("    ranker - reference: " + ", ".join(f"{k} {mine[k] - ref[k]:+.3f}" for k in COLUMNS))
 
 
 def fmt(value) -> str:

@@ -100,6 +100,10 @@ def test_the_ranker_is_deterministic_and_loads_offline(text_world, tmp_path):
     train_ranker.run(RankerConfig(**FAST), dataclasses.replace(text_world, ranker_dir=again))
     for name in ("ranker.txt", "change_types.txt", "settings.json", "history.json", "test_rows.npy", "test_rows.json"):
         assert (again / name).read_bytes() == (text_world.ranker_dir / name).read_bytes(), name
+    # The second fit computed no row: every target's rows came from the first one's cache (the live ranker folder),
+    # and gave the same bytes above.
+    metrics = json.loads((again / "metrics.json").read_text())
+    assert metrics["rows"] == {"reused": sum(metrics["targets"].values()), "computed": 0, "lm_columns_computed": 0}
     assert first.startswith(b"tree\n") and b"objective=lambdarank" in first
     ranker = Ranker.load(again)
     assert ranker.features == json.loads((again / "settings.json").read_text())["features"]

@@ -30,7 +30,7 @@ from repo2model.training.model import build_model, scratch_config
 from repo2model.training.optimizer import build_optimizer, learning_rate
 from repo2model.training.packing import collate, pack_rows, padding_share, row_lengths, step_batches
 from repo2model.training.training_run import setup
-from repo2model.training.warm_start import read_warm_start
+from repo2model.training.warm_start import read_warm_start, with_update_schedule
 from repo2model.core.errors import UserError
 from repo2model.language.examples import IGNORE_INDEX, ExampleSet
 from repo2model.training.models import load_base_for_adapter, load_trained_model
@@ -469,7 +469,7 @@ def test_warm_start_scratch_continues_and_beats_a_fresh_model(shared, tmp_path):
     assert info["tokenizer_digest"] == tokenizer_digest(AutoTokenizer.from_pretrained(str(first.tokenizer_dir)))
 
     update = dict(**TINY, precision="fp32", eval_every=2, save_every=100, learning_rate=3e-3, update_max_steps=4,
-                  update_warmup_steps=2, log_every=1)
+                  update_epochs=None, update_warmup_steps=2, log_every=1)
     warm = outputs(shared, tmp_path / "warm")
     continued = train_model.run(train_model.Config(**update, warm_start=first.model_dir), warm, seed=6)
     fresh = outputs(shared, tmp_path / "fresh")
@@ -505,12 +505,41 @@ def test_warm_start_scratch_continues_and_beats_a_fresh_model(shared, tmp_path):
     assert not refused.training_logs.exists() and not refused.model_dir.exists()
 
 
+def test_warm_start_is_sized_in_epochs_over_the_update_examples(shared, tmp_path):
+    """An update trains its examples (new + replayed) update_epochs times, at most update_max_steps steps; with
+    update_epochs null the cap alone decides (the old fixed schedule)."""
+    first = outputs(shared, tmp_path / "first")
+    train_model.run(train_model.Config(**TINY, precision="fp32", max_steps=2, eval_every=2, save_every=100), first,
+                    seed=5)
+    warm = outputs(shared, tmp_path / "warm")
+    base = dict(**TINY, precision="fp32", eval_every=100, save_every=100, warm_start=first.model_dir)
+
+    def planned(**keys) -> tuple[int, int, int]:
+        cfg = with_update_schedule(train_model.Config(**base, **keys))
+        run = setup(cfg, warm, cpu_hw(), 6, warm=read_warm_start(cfg))
+        return run.total_steps, len(run.data.train.rows), run.plan.global_batch
+
+    steps, rows, batch = planned(update_epochs=2.0, update_max_steps=100)
+    assert 1 < rows < len(ExampleSet.load(warm.train_data))  # packed: a pass over the rows is one over the examples
+    assert steps == math.ceil(2.0 * rows / batch)
+    assert planned(update_epochs=6.0, update_max_steps=100)[0] == math.ceil(6.0 * rows / batch) > steps
+    assert planned(update_epochs=6.0, update_max_steps=3)[0] == 3  # the cap
+    assert planned(update_epochs=None, update_max_steps=5)[0] == 5
+    # max_steps and max_epochs belong to full runs: an update ignores them.
+    assert planned(update_epochs=2.0, max_steps=1, max_epochs=0.1)[0] == steps
+
+    final = train_model.run(train_model.Config(**base, update_epochs=2.0), warm, seed=6)
+    assert final["steps"] == steps and final["stop_reason"] == "max_steps"
+    assert final["epochs"] == pytest.approx(steps * batch / rows, abs=0.01) and final["epochs"] >= 2.0
+    assert final["train_examples"] == len(ExampleSet.load(warm.train_data))
+
+
 def test_warm_start_lora_adapter_continues_also_as_qlora(extended, tmp_path):
     settings = dict(**TINY, mode="lora", base_model=str(extended["base"]), precision="fp32", learning_rate=1e-2,
                     save_every=100)
     first = adapter_outputs(extended, tmp_path / "first")
     trained = train_model.run(train_model.Config(**settings, max_steps=8, eval_every=4), first, seed=5)
-    update = dict(**settings, eval_every=3, update_max_steps=3)
+    update = dict(**settings, eval_every=3, update_max_steps=3, update_epochs=None)
     warm = adapter_outputs(extended, tmp_path / "warm")
     continued = train_model.run(train_model.Config(**update, warm_start=first.model_dir), warm, seed=6)
     fresh = adapter_outputs(extended, tmp_path / "fresh")

@@ -219,7 +219,9 @@ def training_step(project: Project) -> int:
 @pytest.mark.slow
 def test_a_killed_update_leaves_the_live_model_and_a_rerun_completes_it(project):
     config = project.folder / "long-update.yaml"  # long enough a training to be killed in the middle of it
-    config.write_text(CONFIG.format(update_steps=150), encoding="utf-8")
+    # 150 steps whatever the examples number (update_epochs would stop it after a few passes over them)
+    config.write_text(CONFIG.format(update_steps=150).replace("  update_max_steps:", "  update_epochs: null\n"
+                                                              "  update_max_steps:"), encoding="utf-8")
     live = (project.out / "model" / "training_info.json").read_bytes()
     add_commits(project.repo, 8, 40)
 

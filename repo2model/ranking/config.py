@@ -81,6 +81,9 @@ class RankerConfig(FitSettings, FeatureConfig):
     change_types: bool = True
     language_model: Literal["auto", "off"] = "auto"
     device: str = "cpu"
+    # auto: the shipped prior (repo2model.ranking.prior) | off | a folder holding one. YAML reads an unquoted off
+    # (and no, false) as false, and on as true: those mean off and auto.
+    prior: str | bool = "auto"
 
     def __post_init__(self):
         FitSettings.__post_init__(self)
@@ -89,6 +92,10 @@ class RankerConfig(FitSettings, FeatureConfig):
             raise ValueError("max_train_targets: must be >= 0 (0 = all)")
         if self.language_model not in ("auto", "off"):
             raise ValueError("language_model: must be auto or off")
+        if isinstance(self.prior, bool):
+            self.prior = "auto" if self.prior else "off"
+        if not isinstance(self.prior, str) or not self.prior:
+            raise ValueError("prior: must be auto, off or the folder of a prior (prior.txt + prior.json)")
 
     def fit(self) -> FitSettings:
         return FitSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FitSettings)})

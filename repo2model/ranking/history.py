@@ -15,6 +15,10 @@ and authors. The baselines (repo2model.ranking.baselines) and the ranker's featu
 
 `mine=False` in `observe` records a commit as seen (recency, antecedents, messages) without adding it to the
 mined counts (evaluation's `mine_from: train`).
+
+Two statistics describe the history as a whole, so that features can be compared across repositories:
+`typical_size()` (the mean number of files of the last 50 commits) and `message_counts`
+(repo2model.ranking.messages: how many of the messages are boilerplate).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from datetime import datetime
 from functools import lru_cache
 
 from repo2model.core.config import section_dict
+from repo2model.ranking.messages import MessageCounts
 from repo2model.retrieval.bm25 import BM25Index, code_words
 
 RECENT_WINDOW = 50  # commits whose files count as "recent" (counts in the last 50, recency windows)
-STATE_FORMAT = 1  # PastCommits.to_state's layout
+STATE_FORMAT = 2  # PastCommits.to_state's layout (2: with the message counts)
+READABLE_FORMATS = (1, 2)  # format 1 lacks the message counts: they start empty
 
 
 @dataclass
@@ -142,6 +148,7 @@ class PastCommits:
         self.messages = BM25Index()  # position -> message words
         self.message_words: dict[int, Counter[str]] = {}  # the same words, for to_state
         self.commit_files: dict[int, list[str]] = {}
+        self.message_counts = MessageCounts()  # every observed commit's first line, normalised
 
     # ------------------------------------------------------------ learning from a commit
 
@@ -168,6 +175,7 @@ class PastCommits:
         self.recent.append(unique)
         self.counts_50.update(unique)
         self.counts_10.update(unique)
+        self.message_counts.add(commit.get("message") or "")
         if unique:
             words = Counter(code_words(commit.get("message") or ""))
             if words:
@@ -231,6 +239,13 @@ class PastCommits:
                 entry.hits += 1
         return files, top
 
+    def typical_size(self) -> float:
+        """The mean number of files of the last RECENT_WINDOW commits (at least 1.0): how large a commit of
+        this history usually is."""
+        if not self.recent:
+            return 1.0
+        return max(1.0, sum(len(files) for files in self.recent) / len(self.recent))
+
     def searchable(self, path: str) -> bool:
         """Whether a file could be a predicted change: not one the history only ever saw without chunks."""
         return path not in self.unrendered
@@ -258,12 +273,13 @@ class PastCommits:
             "last_time": self.last_time, "file_authors": {p: dict(c) for p, c in self.file_authors.items()},
             "unrendered": sorted(self.unrendered), "recent": list(self.recent),
             "counts_50": dict(self.counts_50), "counts_10": dict(self.counts_10), "messages": messages,
+            "message_counts": self.message_counts.to_state(),
         }
 
     @classmethod
     def from_state(cls, state: dict) -> "PastCommits":
         """The statistics `to_state` saved; ValueError when the state is not one."""
-        if state.get("format") != STATE_FORMAT:
+        if state.get("format") not in READABLE_FORMATS:
             raise ValueError(f"history statistics of format {state.get('format')!r}, not {STATE_FORMAT}")
         past = cls(BaselineConfig(**state["baselines"]))
         past.position, past.time = state["position"], state["time"]
@@ -283,4 +299,5 @@ class PastCommits:
             past.message_words[key] = Counter(words)
             past.messages.add(key, past.message_words[key])
             past.commit_files[key] = files
+        past.message_counts = MessageCounts(state.get("message_counts"))
         return past

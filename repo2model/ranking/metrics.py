@@ -117,3 +117,18 @@ def candidate_recall(candidates: list[str], truth: list[str]) -> float | None:
     if not truth:
         return None
     return len(set(candidates) & set(truth)) / len(set(truth))
+
+
+def candidate_recall_by_size(targets: list[tuple[list[str], list[str]]]) -> dict[str, dict]:
+    """Candidate recall per commit-size bucket over (candidates, changed files) of each target: the mean
+    share, the targets, the mean number of candidates."""
+    buckets: dict[str, list[tuple[float, int]]] = {}
+    for candidates, truth in targets:
+        recall = candidate_recall(candidates, truth)
+        if recall is not None:
+            buckets.setdefault(size_bucket(len(set(truth))), []).append((recall, len(candidates)))
+    order = [size_bucket(low) for low, _ in SIZE_BUCKETS]
+    return {name: {"candidate_recall": round(sum(r for r, _ in buckets[name]) / len(buckets[name]), 4),
+                   "commits": len(buckets[name]),
+                   "candidates": round(sum(n for _, n in buckets[name]) / len(buckets[name]), 1)}
+            for name in order if name in buckets}

@@ -86,6 +86,7 @@ class Ranker:
         written before the dense features existed has neither the key nor the features)."""
         known = {f.name for f in dataclasses.fields(FeatureConfig)}
         values = {k: v for k, v in (self.settings.get("candidates") or {}).items() if k in known}
+        values.setdefault("pool_per_commit_size", 0)  # a folder written before the pool grew gathers as it did
         return FeatureConfig(**{**values, "dense": any(name in self.features for name in DENSE_FEATURES)})
 
     def dense_scorer(self) -> DenseScorer | None:
@@ -192,15 +193,21 @@ def stack(groups: list[CandidateRows], names: list[str]) -> tuple[np.ndarray, np
 
 
 def fit_lambdarank(train: list[CandidateRows], val: list[CandidateRows], names: list[str], fit: FitSettings,
-                   seed: int, rounds: int | None = None) -> lgb.Booster:
+                   seed: int, rounds: int | None = None, init_model: lgb.Booster | None = None) -> lgb.Booster:
     """A lambdarank booster over the features `names` on `train`'s targets, early-stopped on `val`'s (or
-    exactly `rounds` trees)."""
+    exactly `rounds` trees). `init_model` (e.g. the prior, repo2model.ranking.prior), a model over the first of
+    `names`, is boosted on: its scores start every row, and the booster holds its trees, then the new ones."""
     x, y, groups = stack(train, names)
     if not groups or not y.any():
         raise UserError("no training target has a changed file among its candidates: the history is too short "
                         "to train a ranker (or every candidate list missed): lower dataset_builder's val/test ratios")
     params = fit.lightgbm_params(seed, objective="lambdarank", metric="ndcg", eval_at=[5, 10],
                                  lambdarank_truncation_level=20)
+    if init_model is not None:
+        if init_model.feature_name() != list(names[: init_model.num_feature()]):
+            raise ValueError("the model to boost on is over other features than the first of these")
+        if init_model.num_feature() < len(names):  # it reads the first columns only
+            params["predict_disable_shape_check"] = True
     train_set = lgb.Dataset(x, y, group=groups, feature_name=list(names), free_raw_data=True)
     callbacks, valid_sets = [], []
     xv, yv, gv = stack(val, names)
@@ -208,8 +215,8 @@ def fit_lambdarank(train: list[CandidateRows], val: list[CandidateRows], names: 
         valid_sets = [lgb.Dataset(xv, yv, group=gv, reference=train_set)]
         callbacks = [lgb.early_stopping(fit.early_stopping_rounds, first_metric_only=False, verbose=False)]
     booster = lgb.train(params, train_set, num_boost_round=rounds or fit.num_trees, valid_sets=valid_sets,
-                        callbacks=callbacks)
-    if valid_sets and booster.best_iteration:
+                        callbacks=callbacks, init_model=init_model)
+    if valid_sets and booster.best_iteration:  # counts init_model's trees too
         booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
     return booster
 
@@ -237,9 +244,12 @@ def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettin
     return fit_lambdarank(rows, [], names, fit, seed, rounds=max(1, round(sum(trees) / len(trees))))
 
 
-def importances(booster: lgb.Booster) -> dict[str, float]:
-    """Each feature's share of the total split gain, largest first."""
+def importances(booster: lgb.Booster, after: int = 0) -> dict[str, float]:
+    """Each feature's share of the total split gain, largest first; of the trees after the first `after` only (a
+    ranker boosted on from the prior: what its own history taught it)."""
     gain = booster.feature_importance("gain")
+    if after:
+        gain = gain - booster.feature_importance("gain", iteration=after)
     total = float(gain.sum()) or 1.0
     pairs = sorted(zip(booster.feature_name(), gain), key=lambda kv: (-kv[1], kv[0]))
     return {name: round(float(value) / total, 4) for name, value in pairs}

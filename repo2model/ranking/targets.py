@@ -6,26 +6,28 @@
 One streaming pass over commits.json + chunks.jsonl: at each target the `PastCommits` statistics hold
 exactly the commits before it (in commits.json's order) and the `FileSearch` holds the tree of its first
 parent; the target is yielded, then observed. Nothing about the target itself is used but its task (the
-commit message), its author and its parent (the tree the change starts from).
+commit message, or the task `tasks` gives it), its author and its parent (the tree the change starts from).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from repo2model.core.artifacts import iter_commits_with_chunks, read_commits_metadata
 from repo2model.core.errors import UserError
 from repo2model.git.commands import open_repository
-from repo2model.ranking.baselines import baseline_rankings
+from repo2model.ranking.baselines import baseline_rankings, fusion
 from repo2model.ranking.history import BaselineConfig, PastCommits, SimilarFile, commit_author, rendered_files
 from repo2model.retrieval.bm25 import FileSearch, code_words
 
 log = logging.getLogger("features")
 
 PARTNER_SOURCES = 5  # the best fused files whose co-change partners are candidates (partner_conf)
+FUSED_DEPTH = 200  # the longer fused list that large commits' candidates and relations are drawn from
+FUSED_PARTNER_SOURCES = 20  # the best fused files whose co-change partners count for large commits (p20_*)
 
 
 @dataclass
@@ -55,6 +57,8 @@ class TargetState:
     partners: dict[str, tuple[float, int]]  # co-change from the best fused files instead of the last commits
     code_scores: dict[str, float] | None
     rankings: dict[str, list[tuple[str, float]]]  # every baseline's top files
+    fused: list[str] = field(default_factory=list)  # the fusion's top FUSED_DEPTH files (members that deep too)
+    fused_partners: dict[str, tuple[float, int]] = field(default_factory=dict)  # co-change from the top 20 fused
 
     def in_tree(self, path: str) -> float:
         """1.0: the file is in the parent's tree, 0.0: not (a new file), NaN: unknown (no repository)."""
@@ -64,7 +68,8 @@ class TargetState:
 def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str], cfg: BaselineConfig,
                  repo: Path | None = None, mined_until: int | None = None, depth: int = 100,
                  on_commit: Callable[[dict, list[dict]], None] | None = None,
-                 past: PastCommits | None = None, report_missing: bool = True) -> Iterator[TargetState]:
+                 past: PastCommits | None = None, tasks: dict[str, str] | None = None,
+                 report_missing: bool = True) -> Iterator[TargetState]:
     """One state per target commit (targets: hash -> split name), in commits.json's order.
 
     `repo`: the repository (for code_search and the tree); None leaves them out. `mined_until`: the last
@@ -73,7 +78,8 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
     `past`: the statistics to fill (PastCommits(cfg) when None); once the walk is done they hold the whole
     history. File versions whose blob the repository lacks (partial clone, pruned mirror) stay in the tree but
     out of the code search; their number is logged at the end (unless `report_missing` is false: a second walk
-    over targets a first one already reported).
+    over targets a first one already reported). `tasks`: commit -> the task to ask with instead of its message
+    (e.g. the real task of a squashed commit whose message is boilerplate).
     """
     past = PastCommits(cfg) if past is None else past
     code = FileSearch(repo, path_weight=cfg.code_path_weight) if repo is not None else None
@@ -83,7 +89,9 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
             split = targets.get(commit["hash"])
             if split is not None:
                 parents = commit.get("parents") or []
-                target = Target(commit=commit["hash"], position=position, task=commit.get("message") or "",
+                task = tasks.get(commit["hash"]) if tasks else None
+                target = Target(commit=commit["hash"], position=position,
+                                task=task if task is not None else commit.get("message") or "",
                                 author=commit_author(commit), parent=parents[0] if parents else None, split=split,
                                 files=rendered_files(chunks), chunks=chunks)
                 try:
@@ -106,7 +114,10 @@ def walk_targets(commits_path: Path, chunks_path: Path, targets: dict[str, str],
 
 
 def state_at(past: PastCommits, code: FileSearch | None, target: Target, depth: int = 100) -> TargetState:
-    """The state for `target` given the past (moves the file search to the target's parent)."""
+    """The state for `target` given the past (moves the file search to the target's parent).
+
+    The baselines are ranked FUSED_DEPTH deep once; each baseline's top `depth` files are a prefix of that (ties
+    are broken by path), and the fusion of those prefixes is the fused ranking of `depth` members."""
     words = code_words(target.task)
     code_scores = None
     if code is not None:
@@ -114,9 +125,13 @@ def state_at(past: PastCommits, code: FileSearch | None, target: Target, depth: 
         code_scores = code.search(words)
     similar, _ = past.similar_files(words)
     rules = past.cochange_rules()
-    rankings = baseline_rankings(past, similar, code_scores, depth, rules)
+    deep = baseline_rankings(past, similar, code_scores, max(depth, FUSED_DEPTH), rules)
+    rankings = {name: ranking[:depth] for name, ranking in deep.items() if name != "fusion"}
+    rankings["fusion"] = fusion(rankings, past.cfg.fusion_k, depth)
+    fused = [p for p, _ in deep["fusion"][:FUSED_DEPTH]]
     partners = past.rules_from({p for p, _ in rankings["fusion"][:PARTNER_SOURCES]})
-    return TargetState(target, past, code, words, similar, rules, partners, code_scores, rankings)
+    return TargetState(target, past, code, words, similar, rules, partners, code_scores, rankings, fused,
+                       past.rules_from(set(fused[:FUSED_PARTNER_SOURCES])))
 
 
 def repository_of(commits_path: Path) -> Path | None:

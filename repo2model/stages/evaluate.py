@@ -30,6 +30,10 @@ single signal, over the changed symbols that existed at the parent, per commit s
 the ranker folder when they were built with the same settings (baseline keys, mining, repository, history; the
 language model's columns only from the same model), else they are computed.
 
+The situation measured (`messages` in evaluation.json, a section of evaluation.md; repo2model.ranking.situation):
+how many targets' messages are uninformative (boilerplate repeated across the history, or near-empty), every
+predictor's figures on the informative ones apart, and the ranker's candidate recall by commit size.
+
 The changed files of a commit are those with chunks (what the commit language renders; binary and filtered
 files count for no predictor). Metrics are defined in repo2model.ranking.metrics (recall@k with min(k, |changed|)
 as denominator, MRR, change-type accuracy, module accuracy, symbol recall); recall@k and MRR are also given
@@ -90,6 +94,7 @@ from repo2model.ranking.live_evaluation import LiveEvaluation, live_report
 from repo2model.ranking.metrics import KS, Prediction, Truth, aggregate, by_size, score
 from repo2model.ranking.ranker import Ranker, find_ranker, language_model_identity, reusable_test_rows, rows_settings
 from repo2model.ranking.report import markdown_report, write_chart
+from repo2model.ranking.situation import Situation, situation_report
 from repo2model.ranking.symbol_training import SymbolEvaluation, symbol_report
 from repo2model.ranking.symbols import SymbolIndexes
 from repo2model.ranking.targets import repository_of, walk_targets
@@ -148,12 +153,15 @@ def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42,
                     paths.commits)
     live = LiveEvaluation(ranker)  # the work in progress, who and when, on the same targets
     symbols = SymbolEvaluation(ranker, cfg.symbols_per_file)  # the symbol ranker's recall, on the same targets
-    rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed, live, symbols)
+    situation = Situation(ranker)  # uninformative messages, candidate recall by commit size
+    rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed, live, symbols,
+                                     situation)
     model_info: dict = {}
     if predictor is not None:
         model_info = {**target_loss(predictor.lm, plan.examples), **generation}
     result = {**evaluation_result(cfg, plan, rows, repo is not None, ranker, model_info), **live.figures()}
     result.update(symbols.figures())
+    result.update(situation.figures(rows, plan.order))
     write_outputs(result, paths)
     return summarize(result, paths, started)
 
@@ -188,6 +196,7 @@ def write_outputs(result: dict, paths: ArtifactPaths) -> None:
     with atomic_open(report_path(paths)) as fh:
         fh.write(markdown_report(result) + "".join(line + "\n" for line in live_report(result)))
         fh.write("".join(line + "\n" for line in symbol_report(result)))
+        fh.write("".join(line + "\n" for line in situation_report(result)))
     write_chart(result["metrics"], chart_path(paths))
 
 
@@ -250,7 +259,8 @@ def ranker_info(ranker: Ranker | None) -> dict | None:
 
 def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo: Path | None, ranker: Ranker | None,
                   predictor: Predictor | None, prediction: PredictionConfig, seed: int,
-                  live: LiveEvaluation | None = None, symbols: SymbolEvaluation | None = None) -> tuple[dict, dict]:
+                  live: LiveEvaluation | None = None, symbols: SymbolEvaluation | None = None,
+                  situation: Situation | None = None) -> tuple[dict, dict]:
     """One pass over the history scoring every predictor on every target (the model: on the chosen ones), and
     `live`'s figures. Returns ({predictor: {commit: row}}, the generation's figures)."""
     rows: dict[str, dict[str, dict]] = {}
@@ -288,6 +298,8 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
             live.add(state, [p for p, _ in predictions.get("ranker", predictions["fusion"]).files])
         if symbols is not None and ranker is not None:
             symbols.add(state, saved.get(target.commit))
+        if situation is not None:
+            situation.add(state, saved.get(target.commit))
         if target.commit in generated:
             output = predictor.predict_ids(prompts[target.commit], seed=seed,
                                            candidates=pool.top(prediction.rank_candidates))

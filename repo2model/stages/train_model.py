@@ -64,8 +64,10 @@ Features, and the keys of the `train_model` section that switch them:
 - warm_start (a model folder this stage wrote, e.g. the current <output_dir>/model; null = off): the
   run starts from that model's weights - scratch: every weight; lora/qlora: the adapter and the
   new-token rows continue over the same base (a LoRA adapter may continue as QLoRA and back) -
-  with a fresh optimizer and a short schedule: update_max_steps steps (instead of max_steps),
-  update_warmup_steps of warm-up, update_learning_rate (null = learning_rate).  The tokenizer must be
+  with a fresh optimizer and a short schedule sized by what is new: update_epochs passes over the update's
+  training examples (the new ones and the replayed ones), at most update_max_steps steps (instead of
+  max_steps and max_epochs), update_warmup_steps of warm-up, update_learning_rate (null = learning_rate).
+  The tokenizer must be
   the one the model was trained with (tokenizer_digest in training_info.json), and the architecture
   or adapter shape the same; otherwise one line says which setting differs.  pipeline.py --update
   uses it to learn new commits in minutes.
@@ -162,6 +164,7 @@ class Config:
     merge: bool = False
     # update: continue from a trained model folder (pipeline.py --update points it at the current model)
     warm_start: Path | None = None
+    update_epochs: float | None = 3.0
     update_max_steps: int = 100
     update_learning_rate: float | None = None
     update_warmup_steps: int = 5
@@ -191,7 +194,7 @@ class Config:
             raise ValueError(f"base_model: mode {self.mode} needs a base model (a local folder or a hub id)")
         if self.vram_budget_gb is not None and self.vram_budget_gb <= 0:
             raise ValueError("vram_budget_gb: must be positive (or null)")
-        for name in ("max_minutes", "max_epochs"):
+        for name in ("max_minutes", "max_epochs", "update_epochs"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive (or null)")
         if self.update_learning_rate is not None and self.update_learning_rate <= 0:
@@ -270,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, help="override train_model.max_steps (update_max_steps with a warm "
                         "start)")
     parser.add_argument("--warm-start", type=Path, help="continue from this model folder (override train_model."
-                        "warm_start): its weights, a fresh short schedule (update_max_steps, update_learning_rate)")
+                        "warm_start): its weights, a fresh short schedule (update_epochs, at most update_max_steps "
+                        "steps, update_learning_rate)")
     parser.add_argument("--seed", type=int, help="override pipeline.seed")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (error if none)")

@@ -8,13 +8,16 @@ Reads
                                         parent; without it those features are missing values
     model/                              optional: the language model's log-probability of each candidate file
     ranker/file_vectors.*               optional, with `dense`: the previous run's file embeddings (reused)
+    ranker/row_cache.*                  optional: the previous fit's feature rows of every target (reused for
+                                        the targets whose history is unchanged: repo2model.ranking.row_cache)
 Writes
     ranker/                             ranker.txt (LightGBM text model), ranker_lm.txt (with the language
                                         model's features), change_types.txt, settings.json, metrics.json;
                                         history.json (the history's statistics at its last commit: what
                                         prediction needs, so commits.json and chunks.jsonl may go);
                                         test_rows.npy/.json (the test targets' feature rows, which evaluate.py
-                                        reuses); with `dense`: file_vectors.npy/.json (the files' embeddings);
+                                        reuses); row_cache.npy/.json (every target's rows, for the next fit);
+                                        with `dense`: file_vectors.npy/.json (the files' embeddings);
                                         symbol_ranker.txt/.json and symbol_history.json (the symbol ranker)
 
 Steps (run() reads as this list):
@@ -22,9 +25,14 @@ Steps (run() reads as this list):
     2. one pass over the history: per target, the candidates (every baseline's top files, folder mates of the
        best ones) and their features (repo2model.ranking.features; with `dense`, the task's embedding similarity to
        each file as it is at the target's parent), the change-type examples of its files and, for val/test
-       targets when a model exists, the model's log-probability of each candidate
-    3. the ranker: lambdarank on the train targets, early-stopped on val (NDCG@5/10); with `dense`, also the
-       same ranker without the dense features on the same rows, reported as ranker_without_dense (ablation)
+       targets when a model exists, the model's log-probability of each candidate; the rows of a target the last
+       fit saw, with the same history up to it, are reused (its LM columns computed again when the model changed)
+    3. the ranker: lambdarank on the train targets, early-stopped on val (NDCG@5/10), boosted on from the prior
+       (repo2model.ranking.prior: a ranker learned across histories, shipped with the project), so that its model
+       holds the prior's trees, then its own; the task's features are hidden on the train and val targets whose
+       message is uninformative (repo2model.ranking.messages: boilerplate, near-empty), whose counts metrics.json
+       gives per split; with `dense`, also the same ranker without the dense features on the same rows, reported
+       as ranker_without_dense (ablation)
     4. the language-model ranker (when a model exists): the model trained on the train targets, so its scores
        there are optimistic; this ranker is fitted on the val targets only (the model never trained on them),
        over the ranker's features, the model's and the first ranker's score; its number of trees is chosen by
@@ -52,6 +60,13 @@ Config keys (section `train_ranker`; the baseline keys of the `evaluate` section
                              did not raise recall@5/10 and cost 160-440 s of CPU, bench/bench_prediction.py --dense)
     dense_candidates         with dense: the N files of the parent's tree nearest the task join the candidates
                              (0; every file version of the history is then embedded, not only candidates)
+    pool_per_commit_size     where commits are large, candidates are made at least this many x the typical commit
+                             size (the mean files of the last 50 commits) by the best files of the tree by a
+                             cheap pre-score (repo2model.ranking.pool), e.g. 15 (0 = off: on axum-agentic it raised
+                             candidate recall 0.65 -> 0.94 but not recall@5, for 1.8x the feature time)
+    pool_max                 but at most this many (1000)
+    prior                    auto: start from the shipped prior | off: from nothing | the folder of another
+                             prior (prior.txt + prior.json, written by bench/train_prior.py) (auto)
     num_trees                boosting rounds at most; early stopping on val picks fewer (1000)
     early_stopping_rounds    rounds without improvement on val before stopping (50)
     learning_rate, num_leaves, min_data_in_leaf, feature_fraction   LightGBM's (0.05, 15, 20, 0.8)
@@ -90,16 +105,21 @@ from repo2model.ranking.change_types import TypeExample, change_type_figures, fi
 from repo2model.ranking.config import EvaluationConfig, RankerConfig
 from repo2model.ranking.dense import dense_settings, file_embeddings, scorer_of
 from repo2model.ranking.features import (
-    FEATURES, LM_FEATURES, CandidateRows, FeatureConfig, LMScorer, candidate_rows, lm_scorer,
+    FEATURES, LM_FEATURES, CandidateRows, FeatureConfig, LMScorer, candidate_rows, lm_scorer, task_hidden,
 )
 from repo2model.ranking.file_ranking import history_record
 from repo2model.ranking.history import BaselineConfig, PastCommits
 from repo2model.ranking.live_training import LiveTraining
-from repo2model.ranking.metrics import Prediction, Truth, aggregate, by_size, candidate_recall, score
+from repo2model.ranking.messages import uninformative_figures
+from repo2model.ranking.metrics import (
+    Prediction, Truth, aggregate, by_size, candidate_recall, candidate_recall_by_size, score,
+)
+from repo2model.ranking.prior import PRIOR_DIR, Prior, load_prior
 from repo2model.ranking.ranker import (
     BASE_SCORE, CHANGE_TYPES_FILE, Ranker, fit_lambdarank, fit_lm_ranker, importances, language_model_identity,
     rows_settings,
 )
+from repo2model.ranking.row_cache import RowCache, model_key, shaping_settings
 from repo2model.ranking.symbol_training import SymbolTraining, train_symbol_ranker
 from repo2model.ranking.targets import repository_of, walk_targets
 from repo2model.retrieval.embedding import FileEmbeddings
@@ -128,10 +148,13 @@ class Collected:
     baselines: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # test: name -> top 10
     types: dict[str, list[TypeExample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     code_search: bool = False
+    tasks: dict[str, str] = field(default_factory=dict)  # each target's task (its message)
+    uninformative: set[str] = field(default_factory=set)  # targets whose message says nothing (messages.py)
     history: dict | None = None  # history.json: the statistics after the last commit (file_ranking.history_record)
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # this process's CPU time (the machine may be shared)
     dense_cpu_seconds: float = 0.0  # the part of it spent in the dense features (embedding files and tasks)
+    rows_cache: dict = field(default_factory=dict)  # targets whose rows were reused from the last fit / computed
 
 
 @dataclass
@@ -179,12 +202,15 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
     scores = load_language_model(cfg, paths, prediction or PredictionConfig(), splits)
     dense_info = dense_settings(index or IndexConfig()) if cfg.dense else None
     embeddings = load_embeddings(dense_info, paths)
+    cache = load_row_cache(paths, cfg, baselines, repo, dense_info)
     live = LiveTraining(cfg.candidates(), scorer_of(embeddings) if embeddings is not None else None)
-    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores, embeddings, live)
-    fitted = fit(cfg, collected, seed, with_lm=scores is not None)
+    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores, embeddings, live, cache=cache)
+    prior = load_prior(cfg.prior, cfg.candidates().names())
+    fitted = fit(cfg, collected, seed, with_lm=scores is not None, prior=prior)
     symbols = train_symbol_ranker(SymbolTraining(paths, targets, collected.rows, fitted.booster, cfg.candidates().names(),
                                                  cfg.fit(), seed, baselines, repo, index or IndexConfig()))
     settings = ranker_settings(cfg, baselines, dense_info, collected, fitted, seed)
+    settings["prior"] = prior.summary() if prior is not None else None
     shaped_by = rows_settings(baselines, repo, None, paths.commits, paths.chunks,
                               scores.identity if scores is not None else None)
     ranker = Ranker(fitted.booster, settings, fitted.booster_lm, fitted.type_model, file_embeddings=embeddings,
@@ -194,6 +220,7 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
     if symbols is not None:
         ranker.metrics["symbols"] = symbols.metrics
     ranker.save(paths.ranker_dir)
+    cache.save(paths.ranker_dir)  # every target's rows, for the next refit
     extras = live.finish(ranker, paths.ranker_dir, cfg.fit(), seed)  # the live ranker, authors, activity
     return {**summarize(ranker.metrics, collected, fitted, paths, started), "work_in_progress": extras}
 
@@ -248,13 +275,26 @@ def load_embeddings(dense_info: dict | None, paths: ArtifactPaths) -> FileEmbedd
     return embeddings
 
 
+def load_row_cache(paths: ArtifactPaths, cfg: RankerConfig, baselines: BaselineConfig, repo: Path | None,
+                   dense_info: dict | None) -> RowCache:
+    """The rows of the targets a previous fit computed: from this ranker folder, else from the live one (an update
+    writes its ranker under next/)."""
+    live_folder = ArtifactPaths.under(paths.output_dir).ranker_dir
+    folders = [paths.ranker_dir] + ([live_folder] if live_folder != paths.ranker_dir else [])
+    return RowCache.load(folders, shaping_settings(baselines, cfg.candidates(), cfg.candidates().names(), repo,
+                                                   dense_info))
+
+
 def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineConfig, features: FeatureConfig,
             repo: Path | None, scores: LanguageModelScores | None, embeddings: FileEmbeddings | None,
-            live: LiveTraining | None = None) -> Collected:
+            live: LiveTraining | None = None, cache: RowCache | None = None) -> Collected:
     """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines;
-    at the end, the statistics of the whole history. `live` gathers the partial commits and authors."""
+    at the end, the statistics of the whole history. `live` gathers the partial commits and authors. `cache`: the
+    rows a previous fit computed, reused where the history up to the target is the same (and kept for the next)."""
     started, cpu = time.monotonic(), time.process_time()
     out = Collected(code_search=repo is not None)
+    cache = cache if cache is not None else RowCache({})
+    lm_key = model_key(Path(scores.identity["model_dir"]), scores.identity) if scores is not None else None
     dense = scorer_of(embeddings) if embeddings is not None else None
     bar = progress(total=len(targets), desc="features", unit="targets")
 
@@ -269,14 +309,18 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
 
     def on_commit(commit, chunks):
         commits.append(commit["hash"])
+        cache.observe(commit, chunks)
         if live is not None:
             live.on_commit(commit, chunks)
 
     for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo, past=past, on_commit=on_commit):
         target = state.target
         lm = scores.for_target(target.commit, state.past.file_module) if scores else None
-        rows = candidate_rows(state, features, lm=lm, dense=timed_dense if dense is not None else None)
+        rows = cache.rows_for(target, lambda: candidate_rows(state, features, lm=lm,
+                                                             dense=timed_dense if dense is not None else None),
+                              lm, lm_key)
         out.rows[target.split].append(rows)
+        out.tasks[target.commit] = target.task
         out.types[target.split] += [type_example(state.past, path, state.task_words, state.in_tree(path),
                                                  target.chunks) for path in target.files]
         if target.split != "train":
@@ -288,23 +332,31 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
         bar.update()
     bar.close()
     out.history = history_record(past, commits, repo)
+    # Judged against the whole history's messages: boilerplate is what repeats anywhere in it.
+    out.uninformative = {c for c, task in out.tasks.items() if past.message_counts.uninformative(task)}
     out.seconds, out.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
+    out.rows_cache = cache.summary()
+    log.info("ranker: rows of %d targets reused from the last fit (%d of them with the language model's columns "
+             "computed again), %d computed", cache.reused, cache.lm_computed, cache.computed)
     return out
 
 
 # ---------------------------------------------------------------- fitting
 
 
-def fit(cfg: RankerConfig, collected: Collected, seed: int, with_lm: bool) -> Fitted:
+def fit(cfg: RankerConfig, collected: Collected, seed: int, with_lm: bool, prior: Prior | None = None) -> Fitted:
     """The ranker (and, with the language model, the LM ranker), the ablation without the dense features (not
-    counted in the fit time), and the change-type classifier."""
+    counted in the fit time), and the change-type classifier; both rankers boosted on from `prior`, the task's
+    features hidden on the targets with uninformative messages."""
     names = cfg.candidates().names()
-    train, val = collected.rows["train"], collected.rows["val"]
+    train = task_hidden(collected.rows["train"], collected.uninformative)
+    val = task_hidden(collected.rows["val"], collected.uninformative)
+    start = prior.booster if prior is not None else None
     started, cpu = time.monotonic(), time.process_time()
-    booster = fit_lambdarank(train, val, names, cfg.fit(), seed)
+    booster = fit_lambdarank(train, val, names, cfg.fit(), seed, init_model=start)
     booster_lm = fit_lm_ranker(booster, val, cfg.fit(), seed, names) if with_lm else None
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
-    without_dense = fit_lambdarank(train, val, list(FEATURES), cfg.fit(), seed) if cfg.dense else None
+    without_dense = fit_lambdarank(train, val, list(FEATURES), cfg.fit(), seed, init_model=start) if cfg.dense else None
     types_started = time.monotonic()
     classes, type_model = fit_classifier(collected.types, cfg.fit(), seed) if cfg.change_types else ([], None)
     return Fitted(booster, booster_lm, without_dense, classes, type_model, seconds, cpu,
@@ -338,20 +390,28 @@ def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddi
     if metrics["change_types"]:
         metrics["change_types"]["model_file"] = CHANGE_TYPES_FILE
     without_dense, booster_lm = fitted.without_dense, fitted.booster_lm
+    prior = ranker.settings.get("prior")
+    prior_trees = prior["trees"] if prior else 0  # importances are of the trees after them: what this history taught
     metrics.update({
         "targets": {s: len(collected.rows[s]) for s in SPLITS},
+        "messages": uninformative_figures({s: [r.commit for r in collected.rows[s]] for s in SPLITS},
+                                          collected.uninformative),
+        "prior": prior,
         "trees": fitted.booster.num_trees(),
+        "own_trees": fitted.booster.num_trees() - prior_trees,
         "trees_lm": booster_lm.num_trees() if booster_lm is not None else None,
-        "feature_importance": importances(fitted.booster),
+        "feature_importance": importances(fitted.booster, after=prior_trees),
         "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
         "features_seconds": round(collected.seconds, 2),
+        "rows": collected.rows_cache,
         "features_cpu_seconds": round(collected.cpu_seconds, 2),
         "dense_cpu_seconds": round(collected.dense_cpu_seconds, 2),
         "fit_seconds": round(fitted.seconds, 2),
         "fit_cpu_seconds": round(fitted.cpu_seconds, 2),
         "change_types_seconds": round(fitted.types_seconds, 2),
         "dense_files_embedded": embeddings.embedded if embeddings is not None else None,
-        "feature_importance_without_dense": importances(without_dense) if without_dense is not None else None,
+        "feature_importance_without_dense": (importances(without_dense, after=prior_trees)
+                                             if without_dense is not None else None),
     })
     return metrics
 
@@ -379,6 +439,8 @@ def measure(ranker: Ranker, collected: Collected, others: dict[str, Ranker] | No
             out["by_size"] = {name: by_size(r) for name, r in rows_by_name.items()}
             valid = [r for r in recalls if r is not None]
             out["candidate_recall"] = round(sum(valid) / len(valid), 4) if valid else None
+            out["candidate_recall_by_size"] = candidate_recall_by_size(
+                [(rows.paths, collected.truths[rows.commit].files) for rows in collected.rows[split]])
     return out
 
 
@@ -390,12 +452,15 @@ def summarize(metrics: dict, collected: Collected, fitted: Fitted, paths: Artifa
         "targets": metrics["targets"],
         "test": {name: {k: test[name].get(k) for k in ("recall@1", "recall@5", "recall@10", "mrr")} for name in test},
         "candidate_recall": metrics["candidate_recall"],
+        "messages": metrics["messages"],
         "seconds": round(time.monotonic() - started, 1),
     }
     best = max(BASELINES, key=lambda n: (test.get(n, {}).get("recall@5") or 0.0))
-    log.info("ranker: %d train targets, %d trees; test recall@5 %s (best baseline %s %s), recall@10 %s, "
-             "candidate recall %s; features %.1fs, fit %.1fs -> %s", metrics["targets"]["train"],
-             fitted.booster.num_trees(), fmt(test["ranker"]["recall@5"]), best, fmt(test.get(best, {}).get("recall@5")),
+    log.info("ranker: %d train targets (%d with an uninformative message), %d trees (%d of them the prior's); test "
+             "recall@5 %s (best baseline %s %s), recall@10 %s, candidate recall %s; features %.1fs, fit %.1fs -> %s",
+             metrics["targets"]["train"], metrics["messages"]["train"]["uninformative"], fitted.booster.num_trees(),
+             fitted.booster.num_trees() - metrics["own_trees"], fmt(test["ranker"]["recall@5"]), best,
+             fmt(test.get(best, {}).get("recall@5")),
              fmt(test["ranker"]["recall@10"]), fmt(metrics["candidate_recall"]), collected.seconds, fitted.seconds,
              paths.ranker_dir)
     return summary
@@ -412,6 +477,8 @@ def stage_inputs(cfg: RankerConfig, paths: ArtifactPaths) -> list[Path]:
     inputs = [paths.commits, paths.chunks, paths.train_data, paths.val_data, paths.test_data]
     if cfg.language_model != "off" and paths.model_dir.is_dir():
         inputs.append(paths.model_dir)
+    if cfg.prior != "off":  # not code: its files are no module of the fingerprint's
+        inputs.append(PRIOR_DIR if cfg.prior == "auto" else Path(cfg.prior))
     return inputs
 
 

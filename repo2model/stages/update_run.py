@@ -11,7 +11,8 @@ frozen (ids stable; new authors and modules are spelled out, and counted), the
 dataset builder moves the split forward (the newest commits never trained on
 become val and test; train = the rest of them + a `replay_share` of earlier
 examples), train_model continues the live model (`warm_start`: its weights, a
-fresh short schedule: train_model.update_max_steps, update_learning_rate,
+fresh short schedule sized by what is new: train_model.update_epochs over the
+update's examples, at most update_max_steps, update_learning_rate,
 update_warmup_steps), then the ranker is refitted and the model evaluated
 again. Everything that belongs to one model (model/,
 ranker/, the splits, training_logs/, evaluation.*) is written under
@@ -27,7 +28,9 @@ training split or tokenizer, or settings the model cannot continue with (mode,
 architecture, adapter shape: train_model.warm_start_refusal). A full run
 discards an unfinished update. The summary line (and `update` in
 pipeline_results.json) gives the new/removed commits, the authors and modules
-spelled out, the steps trained and the validation loss before and after.
+spelled out, the steps trained and the validation loss before and after, and
+where the time went (`time_split`: each stage's wall and CPU seconds and its
+share of the run).
 """
 
 from __future__ import annotations
@@ -172,7 +175,8 @@ def record_stage(journal: Journal, name: str, result: dict) -> None:
             log.info("update: the scraper scraped every commit again (%s)", journal.full_rescrape)
     elif result["status"] == "ok":
         keys = {"tokenizer": ("spelled_out",), "dataset_builder": ("update", "examples"),
-                "train_model": ("steps", "stop_reason", "initial_val_loss", "best_val_loss", "test_loss", "split"),
+                "train_model": ("steps", "epochs", "train_examples", "stop_reason", "initial_val_loss",
+                                "best_val_loss", "test_loss", "split"),
                 "train_ranker": ("targets",)}.get(name, ())
         journal.figures[name] = {k: summary[k] for k in keys if k in summary}
     if name not in journal.completed:
@@ -194,11 +198,13 @@ def update_report(run: Run, journal: Journal, switched: list[str], switch_second
         "new_commits": journal.new_commits, "removed_commits": journal.removed_commits,
         "removed_sample": journal.removed_sample, "full_rescrape": journal.full_rescrape,
         "spelled_out_authors": spelled.get("authors"), "spelled_out_modules": spelled.get("modules"),
-        "steps": trained.get("steps"), "val_loss_before": trained.get("initial_val_loss"),
+        "steps": trained.get("steps"), "epochs": trained.get("epochs"), "train_examples": trained.get("train_examples"),
+        "val_loss_before": trained.get("initial_val_loss"),
         "val_loss_after": trained.get("best_val_loss"), "test_loss": trained.get("test_loss"),
         "examples": split.get("examples"), "split_update": split.get("update"),
         "previous_model": describe_model(journal.base), "model": describe_model(model_info(run.paths.model_dir)),
         "switched": switched, "switch_seconds": round(switch_seconds, 3), "started_at": journal.started_at,
+        "time_split": time_split(run, switch_seconds),
     }
     log.info("update: %d new commits, %d removed; %s authors and %s modules without a token spelled out; %s steps "
              "trained from the live model: validation loss %s -> %s (test %s) on the latest commits never trained on; "
@@ -207,6 +213,23 @@ def update_report(run: Run, journal: Journal, switched: list[str], switch_second
              fmt(report["spelled_out_modules"]), fmt(report["steps"]), fmt(report["val_loss_before"]),
              fmt(report["val_loss_after"]), fmt(report["test_loss"]), run.paths.output_dir / "previous")
     return report
+
+
+def time_split(run: Run, switch_seconds: float) -> dict:
+    """Where this run's time went: each stage's wall and CPU seconds (0 for a stage done by an earlier, interrupted
+    attempt or up to date), the switch, and the rest (locking, journal, logs); each stage's share of the total."""
+    total = time.perf_counter() - run.started
+    wall = {name: float(result.get("seconds", 0.0)) for name, result in run.results.items()}
+    wall["switch"] = switch_seconds
+    wall["other"] = max(0.0, total - sum(wall.values()))
+    cpu = {name: float(result.get("cpu_seconds", 0.0)) for name, result in run.results.items()}
+    split = {"seconds": {k: round(v, 2) for k, v in wall.items()},
+             "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
+             "share": {k: round(v / total, 3) if total else None for k, v in wall.items()},
+             "total_seconds": round(total, 2)}
+    log.info("update: %.1fs in all: %s", total, ", ".join(
+        f"{name} {seconds:.1f}s ({seconds / total:.0%})" for name, seconds in wall.items() if total and seconds >= 0.05))
+    return split
 
 
 def fmt(value: Any) -> str:

@@ -202,6 +202,8 @@ def finish(run: TrainingRun, state: TrainState) -> dict:
         "test_tokens": test_tokens, "test_examples": len(final_data.examples),
         "initial_val_loss": state.initial_val_loss, "best_val_loss": state.best_val_loss,
         "best_step": state.best_step, "steps": state.step, "stop_reason": state.stop_reason,
+        "epochs": round(state.step * run.plan.global_batch / max(1, len(run.data.train.rows)), 2),
+        "train_examples": len(run.data.train.examples),
         "tokens_seen": state.tokens_seen, "train_seconds": round(state.elapsed_s, 1),
         "mode": run.cfg.mode, "precision": hw.precision, "device": str(hw.device), "processes": hw.world_size,
         "micro_batch": run.plan.micro_batch, "accumulation": run.plan.accumulation, "seq_len": run.seq_len,

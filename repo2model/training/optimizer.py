@@ -41,6 +41,8 @@ def learning_rate(cfg: Config, step: int, total_steps: int) -> float:
 
 
 def total_steps(cfg: Config, n_rows: int, global_batch: int) -> int:
+    """max_steps, or fewer: max_epochs passes over the training rows (a row holds whole examples, so a pass over
+    the rows is one over the examples)."""
     steps = cfg.max_steps
     if cfg.max_epochs is not None:
         steps = min(steps, max(1, math.ceil(cfg.max_epochs * n_rows / global_batch)))

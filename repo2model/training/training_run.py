@@ -73,12 +73,15 @@ def setup(cfg: Config, paths: ArtifactPaths, hw: Hardware, seed: int, tokenizer_
              len(data.train.examples), len(data.train.rows), seq_len,
              100 * padding_share(data.train.lengths, plan.micro_batch, seed))
 
+    steps = total_steps(cfg, len(data.train.rows), plan.global_batch)
     torch.manual_seed(seed)
     model, new_token_ids = build_model(cfg, tokenizer, tok_dir, seq_len, hw)
     if warm is not None:
         load_warm_weights(model, warm)
-        log.info("train_model: warm start from %s (trained %s, last commit %s): %d steps, learning rate %g",
-                 warm.folder, warm.info.get("trained_at", "?"), (warm.info.get("last_commit") or "?")[:12],
+        log.info("train_model: warm start from %s (trained %s, last commit %s): %d steps (%.1f epochs over %d "
+                 "examples; update_epochs %s, update_max_steps %d), learning rate %g", warm.folder,
+                 warm.info.get("trained_at", "?"), (warm.info.get("last_commit") or "?")[:12], steps,
+                 steps * plan.global_batch / max(1, len(data.train.rows)), len(data.train.examples), cfg.max_epochs,
                  cfg.max_steps, cfg.learning_rate)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for _, p in trainable)
@@ -94,6 +97,6 @@ def setup(cfg: Config, paths: ArtifactPaths, hw: Hardware, seed: int, tokenizer_
         cfg=cfg, hw=hw, paths=paths, seed=seed, tokenizer=tokenizer, tok_dir=tok_dir, seq_len=seq_len, data=data,
         plan=plan, model=model, forward_model=forward_model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None,
-        new_token_ids=new_token_ids, total_steps=total_steps(cfg, len(data.train.rows), plan.global_batch),
+        new_token_ids=new_token_ids, total_steps=steps,
         fingerprint=run_fingerprint(cfg, paths, seed, hw, plan, seq_len, warm), warm=warm,
     )

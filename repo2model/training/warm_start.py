@@ -72,10 +72,14 @@ def read_warm_start(cfg: Config) -> WarmStart | None:
 
 
 def with_update_schedule(cfg: Config) -> Config:
-    """A warm-started run is short: update_max_steps steps, update_warmup_steps of warm-up, update_learning_rate."""
+    """A warm-started run is short and sized by what is new: update_epochs passes over its training examples (the
+    new ones and the replayed ones; null: no epoch limit), at most update_max_steps steps, update_warmup_steps of
+    warm-up, update_learning_rate. The model already knows the rest of the history, so an update trains its
+    examples about as often as the full run trained each of its own, not a fixed number of steps."""
     if cfg.warm_start is None:
         return cfg
-    return dataclasses.replace(cfg, max_steps=cfg.update_max_steps, warmup_steps=cfg.update_warmup_steps,
+    return dataclasses.replace(cfg, max_steps=cfg.update_max_steps, max_epochs=cfg.update_epochs,
+                               warmup_steps=cfg.update_warmup_steps,
                                learning_rate=cfg.update_learning_rate or cfg.learning_rate)
 
 
