@@ -104,7 +104,9 @@ def test_predict_watch_prints_a_line_per_change_and_stops_cleanly_on_ctrl_c(lear
                              "--watch", "--file-ranking", "likelihood", "--history", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             # PYTHONFAULTHANDLER: a process that does not stop prints every thread's stack on SIGABRT
-                            env={**os.environ, "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"})
+                            env={**os.environ, "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"},
+                            # Ctrl-C as in a terminal, even where this run inherited SIGINT ignored (a background job)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
