@@ -339,3 +339,16 @@ def test_a_stage_script_runs_with_the_set_values(tmp_path, make_repo, monkeypatc
     files = {f["path"]: f for c in commits["commits"] for f in c["files"]}
     assert files["src/lib.rs"]["patch"] and files["notes.txt"]["patch"] is None
     assert not (tmp_path / "conf" / "out").exists()
+
+
+def test_an_unquoted_off_is_the_word_where_it_is_a_choice(tmp_path):
+    """YAML 1.1 reads `off` as false: a setting whose choices include off gets the word, others still refuse it."""
+    from repo2model.ranking.config import RankerConfig
+
+    config = tmp_path / "config.yaml"
+    config.write_text("train_ranker:\n  language_model: off\n  prior: off\n", encoding="utf-8")
+    loaded = load_config(config, {"train_ranker": RankerConfig}, strict_sections=False)["train_ranker"]
+    assert (loaded.language_model, loaded.prior) == ("off", "off")
+    config.write_text("train_ranker:\n  language_model: on\n", encoding="utf-8")  # on is not one of its choices
+    with pytest.raises(UserError, match="train_ranker.language_model"):
+        load_config(config, {"train_ranker": RankerConfig}, strict_sections=False)

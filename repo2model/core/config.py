@@ -297,6 +297,9 @@ def coerce(value: Any, tp: Any, key: str, source: str, base_dir: Path, finite: b
         fail()
     origin = get_origin(tp)
     if origin is Literal:
+        # YAML 1.1 reads an unquoted off / on (and no / yes, false / true) as a boolean: the word, where it is a choice
+        if isinstance(value, bool) and ("on" if value else "off") in get_args(tp):
+            value = "on" if value else "off"
         if value in get_args(tp):
             return value
         fail()
