@@ -72,10 +72,10 @@ def read_warm_start(cfg: Config) -> WarmStart | None:
 
 
 def with_update_schedule(cfg: Config) -> Config:
-    """A warm-started run is short and sized by what is new: update_epochs passes over its training examples (the
-    new ones and the replayed ones; null: no epoch limit), at most update_max_steps steps, update_warmup_steps of
-    warm-up, update_learning_rate. The model already knows the rest of the history, so an update trains its
-    examples about as often as the full run trained each of its own, not a fixed number of steps."""
+    """A warm-started run is short: at most update_max_steps steps, and when update_epochs is set, that many passes
+    over its training examples (the new ones and the replayed ones), update_warmup_steps of warm-up,
+    update_learning_rate. (Few passes save little: on fd, 3 passes were 10 steps and left the new commits' loss
+    1.10x a fresh model's; the default lets update_max_steps decide.)"""
     if cfg.warm_start is None:
         return cfg
     return dataclasses.replace(cfg, max_steps=cfg.update_max_steps, max_epochs=cfg.update_epochs,
