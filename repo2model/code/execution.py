@@ -118,8 +118,8 @@ def execute_plan(plan: Iterator[Batch | str], commits_path: Path, cfg: ChunkerCo
         while in_flight:
             yield _resolve(in_flight.popleft())
     except BrokenProcessPool:
-        raise UserError(f"semantic_chunker: a worker process died (killed, or out of memory?); "
-                        f"fewer workers (semantic_chunker.workers, now {workers}) use less memory") from None
+        raise UserError(f"semantic_chunker: a worker process stopped (killed, out of memory, or it could not start: "
+                        f"see above); fewer workers (semantic_chunker.workers, now {workers}) use less memory") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
