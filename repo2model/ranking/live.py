@@ -48,7 +48,7 @@ from repo2model.ranking.features import (
     CandidateRows, DenseScorer, FeatureConfig, candidate_rows, candidates, file_kind, ranks_of,
 )
 from repo2model.ranking.history import PastCommits, folder_of
-from repo2model.ranking.metrics import Prediction, Truth, aggregate, score
+from repo2model.ranking.metrics import Prediction, Truth, aggregate, fmt, score
 from repo2model.ranking.ranker import BASE_SCORE, Ranker, fit_lambdarank, importances
 from repo2model.ranking.targets import TargetState
 from repo2model.retrieval.bm25 import path_words
@@ -385,7 +385,3 @@ def simulation_table(figures: dict) -> list[str]:
                  "n/a" for m in METHODS]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(per.get('candidate_recall'))} |")
     return lines
-
-
-def fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from repo2model.ranking.history import commit_time, rendered_files
 from repo2model.ranking.live import LiveRanker, LiveSimulation, simulation_table
+from repo2model.ranking.metrics import fmt
 from repo2model.ranking.people import (
     Activity, AuthorExamples, AuthorModel, NextCommit, author_accuracy, commits_baseline, next_commit_time,
 )
@@ -157,7 +158,3 @@ def live_report(result: dict) -> list[str]:
                          f"{fmt(figures.get('median_error_factor'))} | {fmt(figures.get('within_factor_2'))} | "
                          f"{fmt(figures.get('interval_coverage'))} |")
     return lines
-
-
-def fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -132,3 +132,8 @@ def candidate_recall_by_size(targets: list[tuple[list[str], list[str]]]) -> dict
                    "commits": len(buckets[name]),
                    "candidates": round(sum(n for _, n in buckets[name]) / len(buckets[name]), 1)}
             for name in order if name in buckets}
+
+
+def fmt(value) -> str:
+    """A figure in a report: three decimals, n/a when there is none."""
+    return "n/a" if value is None else f"{value:.3f}"

@@ -13,16 +13,13 @@ from pathlib import Path
 import matplotlib
 
 from repo2model.core.artifacts import atomic_path
+from repo2model.ranking.metrics import fmt
 from repo2model.ranking.ranker import BASE_SCORE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 METRIC_ROWS = ("recall@1", "recall@5", "recall@10", "mrr", "change_type_acc", "module_acc", "symbol_recall")
-
-
-def fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def markdown_report(result: dict) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from repo2model.ranking.features import CandidateRows, candidates
 from repo2model.ranking.history import PastCommits
-from repo2model.ranking.metrics import aggregate, candidate_recall_by_size
+from repo2model.ranking.metrics import aggregate, candidate_recall_by_size, fmt
 from repo2model.ranking.targets import TargetState
 
 SHOWN = ("recall@1", "recall@5", "recall@10", "mrr", "commits")
@@ -93,7 +93,3 @@ def situation_report(result: dict) -> list[str]:
                   "| candidates | " + " | ".join(f"{b['candidates']:.0f}" for b in sizes.values()) + " |",
                   "| commits | " + " | ".join(str(b["commits"]) for b in sizes.values()) + " |"]
     return lines
-
-
-def fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

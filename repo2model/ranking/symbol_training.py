@@ -37,7 +37,7 @@ from repo2model.core.progress import progress
 from repo2model.ranking.config import FitSettings
 from repo2model.ranking.features import CandidateRows, candidate_rows
 from repo2model.ranking.history import BaselineConfig
-from repo2model.ranking.metrics import aggregate, by_size
+from repo2model.ranking.metrics import aggregate, by_size, fmt
 from repo2model.ranking.ranker import fit_lambdarank, importances
 from repo2model.ranking.symbol_features import SymbolContext, symbol_rows, unit_key
 from repo2model.ranking.symbol_history import Key, SymbolHistory
@@ -238,10 +238,6 @@ def symbol_figures(targets: list[SymbolTarget], ranker: SymbolRanker | None) -> 
             "by_size": {name: by_size(r, SYMBOL_KS) for name, r in rows.items()},
             "candidate_recall": round(float(np.mean(reach)), 4) if reach else None,
             "targets": len(reach)}
-
-
-def fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------- in evaluate.py

@@ -91,7 +91,7 @@ from repo2model.ranking.config import EvaluationConfig
 from repo2model.ranking.features import CandidateRows, LMScorer, lm_scorer
 from repo2model.ranking.file_ranking import ranker_predictions
 from repo2model.ranking.live_evaluation import LiveEvaluation, live_report
-from repo2model.ranking.metrics import KS, Prediction, Truth, aggregate, by_size, score
+from repo2model.ranking.metrics import KS, Prediction, Truth, aggregate, by_size, fmt, score
 from repo2model.ranking.ranker import Ranker, find_ranker, language_model_identity, reusable_test_rows, rows_settings
 from repo2model.ranking.report import markdown_report, write_chart
 from repo2model.ranking.situation import Situation, situation_report
@@ -400,10 +400,6 @@ def stage_inputs(cfg: EvaluationConfig, paths: ArtifactPaths) -> list[Path]:
 
 def stage_outputs(cfg: EvaluationConfig, paths: ArtifactPaths) -> list[Path]:
     return [paths.evaluation, report_path(paths), chart_path(paths)]
-
-
-def fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------- CLI

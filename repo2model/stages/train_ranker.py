@@ -112,7 +112,7 @@ from repo2model.ranking.history import BaselineConfig, PastCommits
 from repo2model.ranking.live_training import LiveTraining
 from repo2model.ranking.messages import uninformative_figures
 from repo2model.ranking.metrics import (
-    Prediction, Truth, aggregate, by_size, candidate_recall, candidate_recall_by_size, score,
+    Prediction, Truth, aggregate, by_size, candidate_recall, candidate_recall_by_size, fmt, score,
 )
 from repo2model.ranking.prior import PRIOR_DIR, Prior, load_prior
 from repo2model.ranking.ranker import (
@@ -464,10 +464,6 @@ def summarize(metrics: dict, collected: Collected, fitted: Fitted, paths: Artifa
              fmt(test["ranker"]["recall@10"]), fmt(metrics["candidate_recall"]), collected.seconds, fitted.seconds,
              paths.ranker_dir)
     return summary
-
-
-def fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------- stage protocol
