@@ -107,6 +107,42 @@ def test_update_learns_new_commits_switches_the_model_then_is_a_no_op_and_rolls_
     assert project.marker("previous/model") == old_marker  # kept, not removed
 
 
+def test_an_update_refits_and_evaluates_what_is_new_and_carries_the_rest(project):
+    """A few new commits: the test split keeps some of the live evaluation's targets. Their figures are carried
+    (the history before them is the same), only the new targets are walked and scored; the ranker keeps the saved
+    LM columns of the model the update continued and the symbol ranker it fitted."""
+    live_eval = json.loads((project.out / "evaluation.json").read_text())
+    live_symbols = json.loads((project.out / "ranker" / "symbol_ranker.json").read_text())
+    new = add_commits(project.repo, 3, 40)
+    assert project.update("--update") == 0
+    evaluation = json.loads((project.out / "evaluation.json").read_text())
+    test = project.split("test").commits
+    update = evaluation["update"]
+    assert update["scored"] + update["carried"] == evaluation["targets"] == len(test)
+    assert update["carried"] >= 1 and update["scored"] >= 1
+    before = {row["commit"]: row for row in live_eval["per_commit"]}
+    scored = []
+    for row in evaluation["per_commit"]:
+        if row["commit"] in before and row["history"] == before[row["commit"]]["history"]:
+            assert row == before[row["commit"]]  # carried whole: every predictor's figures
+        else:
+            scored.append(row["commit"])
+    assert len(scored) == update["scored"] and set(scored) <= set(new)
+    assert update["metrics_scored"]["fusion"]["commits"] == update["scored"]
+    assert evaluation["metrics"]["fusion"]["commits"] == len(test)
+    assert "carries every other target" in update["note"]
+
+    ranker = json.loads((project.out / "ranker" / "metrics.json").read_text())
+    assert ranker["rows"]["computed"] == 3 and ranker["rows"]["lm_columns_computed"] == 0
+    assert ranker["rows"]["lm_columns_kept_from_an_earlier_model"] >= 1
+    symbols = json.loads((project.out / "ranker" / "symbol_ranker.json").read_text())
+    assert symbols["metrics"]["carried_over"]["fitted_at_targets"] == live_symbols["metrics"]["fitted_at_targets"]
+    history = json.loads((project.out / "ranker" / "symbol_history.json").read_text())
+    assert history != json.loads((project.out / "previous" / "ranker" / "symbol_history.json").read_text())
+    log = (project.out / "pipeline.log").read_text()
+    assert "the symbol ranker fitted at" in log and "is kept" in log
+
+
 def test_force_push_is_detected_and_the_update_goes_on(project):
     before = project.commits()
     gone = before[-3:]

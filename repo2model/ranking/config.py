@@ -21,6 +21,7 @@ class EvaluationConfig(BaselineConfig):
     baselines_only: bool = False
     test_from: int | None = None
     device: str = "cpu"
+    update: bool = False  # pipeline.py --update sets it: score the new targets, carry the rest (evaluate.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -84,12 +85,16 @@ class RankerConfig(FitSettings, FeatureConfig):
     # auto: the shipped prior (repo2model.ranking.prior) | off | a folder holding one. YAML reads an unquoted off
     # (and no, false) as false, and on as true: those mean off and auto.
     prior: str | bool = "auto"
+    update: bool = False  # pipeline.py --update sets it (repo2model.stages.train_ranker: what an update refits)
+    update_refit_share: float = 0.25
 
     def __post_init__(self):
         FitSettings.__post_init__(self)
         FeatureConfig.__post_init__(self)
         if self.max_train_targets < 0:
             raise ValueError("max_train_targets: must be >= 0 (0 = all)")
+        if not 0.0 <= self.update_refit_share:
+            raise ValueError("update_refit_share: must be >= 0")
         if self.language_model not in ("auto", "off"):
             raise ValueError("language_model: must be auto or off")
         if isinstance(self.prior, bool):

@@ -9,7 +9,7 @@ changed.
 
 What a target's rows depend on, and so what keys them:
 - the settings that shape every row (`shaping_settings`: the baseline and candidate settings, the feature names,
-  the repository, the dense settings, and the source of the code that computes rows; not the prior, which shapes
+  whether the repository is there, the dense settings, and the source of the code that computes rows; not the prior, which shapes
   the fit, not the rows): when one differs
   the whole cache is set aside, and the log says which;
 - the history up to the target: every commit before it with its chunks, in commits.json's order, then the target
@@ -18,7 +18,9 @@ What a target's rows depend on, and so what keys them:
   after the first change, and new commits appended to the history invalidate none;
 - the language model, for its columns (features.LM_FEATURES) only: they are kept with the identity of the model
   that scored them (`model_key`). Rows asked for with another model (or none) come back without them, and only
-  they are computed again.
+  they are computed again; unless the cache `keeps_lm_columns` (train_ranker in an update, whose model only
+  continued the last one for a few steps): then saved columns of an earlier model are kept as they are (and
+  counted), and only the targets that have none (the new val/test targets) are scored by the model.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def shaping_settings(baselines: BaselineConfig, features: FeatureConfig, names: 
                      dense: dict | None = None) -> dict:
     """Everything besides the history that shapes every target's rows."""
     return {"baselines": section_dict(baselines), "candidates": section_dict(features), "features": list(names),
-            "repository": str(repo) if repo is not None else None, "dense": dense, "code": code_digest()}
+            # Whether there is a repository, not where: rows are a function of the commits (hashes name their
+            # content), so a project folder moved elsewhere keeps its cache.
+            "repository": repo is not None, "dense": dense, "code": code_digest()}
 
 
 def code_digest() -> str:
@@ -76,7 +80,8 @@ class RowCache:
         self.saved, self.saved_history, self.saved_models = saved or {}, saved_history or {}, saved_models or {}
         self.history = hashlib.blake2b(digest_size=16)  # the chained digest of the commits observed so far
         self.kept: list[tuple[CandidateRows, str, str | None]] = []  # (rows, history digest, model key) to save
-        self.reused = self.computed = self.lm_computed = 0
+        self.reused = self.computed = self.lm_computed = self.lm_kept = 0
+        self.keeps_lm_columns = False  # True: an earlier model's saved LM columns are kept (see the docstring)
 
     @classmethod
     def load(cls, folders: list[Path | None], settings: dict) -> "RowCache":
@@ -124,7 +129,13 @@ class RowCache:
             self.computed += 1
         else:
             self.reused += 1
-            if model is None or self.saved_models.get(target.commit) != model:
+            scored_by = self.saved_models.get(target.commit)
+            if (lm is not None and self.keeps_lm_columns and scored_by is not None and scored_by != model
+                    and set(LM_FEATURES) <= set(rows.names)):
+                self.lm_kept += 1  # an earlier model's columns, kept: recorded with that model
+                self.kept.append((rows, digest, scored_by))
+                return rows
+            if model is None or scored_by != model:
                 rows = rows.select([n for n in rows.names if n not in LM_FEATURES])
                 if lm is not None:
                     rows = with_lm_columns(rows, lm)
@@ -142,7 +153,8 @@ class RowCache:
         })
 
     def summary(self) -> dict:
-        return {"reused": self.reused, "computed": self.computed, "lm_columns_computed": self.lm_computed}
+        return {"reused": self.reused, "computed": self.computed, "lm_columns_computed": self.lm_computed,
+                "lm_columns_kept_from_an_earlier_model": self.lm_kept}
 
 
 def with_lm_columns(rows: CandidateRows, lm: LMScorer) -> CandidateRows:

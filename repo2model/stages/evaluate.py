@@ -62,6 +62,11 @@ Config keys (section `evaluate`):
     test_from               evaluate commits from this 0-based position of commits.json on, mining from those
                             before; ignores the .pt splits, no language model (null)
     device                  cpu, cuda, cuda:0 ... (cpu)
+    update                  score only the targets the live evaluation (<output_dir>/evaluation.json, made
+                            with the same settings) has not scored, carrying the others' figures when the
+                            history before them is the same; generations for the scored ones, as many as
+                            their share of max_examples; `update` in evaluation.json says what was carried
+                            (pipeline.py --update sets it) (false)
 The baseline keys also shape the ranker's features (train_ranker reads them). Generation settings
 (decoding, max_new_tokens, file_ranking) come from the `predict` section.
 
@@ -73,16 +78,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from repo2model.core.artifacts import atomic_open, iter_commit_dicts, require, write_json
+from repo2model.core.artifacts import atomic_open, iter_commit_dicts, read_json, require, write_json
 from repo2model.core.cli import add_config_argument, apply_overrides, load_stage, user_errors_to_exit
 from repo2model.core.config import section_dict
-from repo2model.core.errors import UserError
+from repo2model.core.errors import UserError, first_line
 from repo2model.core.paths import ArtifactPaths
 from repo2model.core.progress import progress
 from repo2model.language.examples import ExampleSet
@@ -93,6 +99,7 @@ from repo2model.ranking.file_ranking import ranker_predictions
 from repo2model.ranking.live_evaluation import LiveEvaluation, live_report
 from repo2model.ranking.metrics import KS, Prediction, Truth, aggregate, by_size, fmt, score
 from repo2model.ranking.ranker import Ranker, find_ranker, language_model_identity, reusable_test_rows, rows_settings
+from repo2model.ranking.row_cache import chunks_digest
 from repo2model.ranking.report import markdown_report, write_chart
 from repo2model.ranking.situation import Situation, situation_report
 from repo2model.ranking.symbol_training import SymbolEvaluation, symbol_report
@@ -121,6 +128,18 @@ class Plan:
     mined_until: int | None  # last mined position (None: every commit before each target)
     examples: ExampleSet | None = None  # the split's examples (prompts for the language model)
     chosen: list[int] = dataclasses.field(default_factory=list)  # example indices that get a generation
+    scored: list[str] | None = None  # an update: the targets this run scores (None: every one)
+    history: dict[str, str] = dataclasses.field(default_factory=dict)  # target -> digest of the history up to it
+
+    def scored_order(self) -> list[str]:
+        return self.order if self.scored is None else [h for h in self.order if h in set(self.scored)]
+
+    def scored_examples(self) -> list[int] | None:
+        """The example indices of the scored targets (None: every example)."""
+        if self.scored is None or self.examples is None:
+            return None
+        scored = set(self.scored)
+        return [i for i, commit in enumerate(self.examples.commits) if commit in scored]
 
     def prompts(self) -> dict[str, list[int]]:
         """Each target's prompt: its example's ids up to the target, as the dataset builder made it."""
@@ -154,16 +173,95 @@ def run(cfg: EvaluationConfig, paths: ArtifactPaths, seed: int = 42,
     live = LiveEvaluation(ranker)  # the work in progress, who and when, on the same targets
     symbols = SymbolEvaluation(ranker, cfg.symbols_per_file)  # the symbol ranker's recall, on the same targets
     situation = Situation(ranker)  # uninformative messages, candidate recall by commit size
+    carried = carried_evaluation(cfg, paths, plan) if cfg.update else None
+    chosen = plan.chosen
+    if carried is not None:
+        plan.scored = [h for h in plan.order if h not in carried.rows]
+        plan.chosen = update_generations(cfg, plan)
     rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed, live, symbols,
                                      situation)
+    if carried is not None and any(carried.history[h] != plan.history.get(h) for h in carried.rows):
+        # The history before a carried target was rewritten (a force-push): nothing is carried, all scored again.
+        log.info("evaluate: update: the history before the live evaluation's targets changed: every target is scored")
+        carried, plan.scored, plan.chosen = None, None, chosen
+        live, symbols, situation = LiveEvaluation(ranker), SymbolEvaluation(ranker, cfg.symbols_per_file), Situation(ranker)
+        rows, generation = score_targets(cfg, paths, plan, repo, ranker, predictor, prediction, seed, live, symbols,
+                                         situation)
+    for commit, per in (carried.rows if carried is not None else {}).items():
+        for name, row in per.items():
+            rows.setdefault(name, {})[commit] = row
     model_info: dict = {}
     if predictor is not None:
-        model_info = {**target_loss(predictor.lm, plan.examples), **generation}
+        model_info = {**target_loss(predictor.lm, plan.examples, plan.scored_examples()), **generation}
     result = {**evaluation_result(cfg, plan, rows, repo is not None, ranker, model_info), **live.figures()}
     result.update(symbols.figures())
-    result.update(situation.figures(rows, plan.order))
+    result.update(situation.figures(rows, plan.scored_order()))
+    if carried is not None:
+        result["update"] = update_figures(plan, rows, carried)
     write_outputs(result, paths)
     return summarize(result, paths, started)
+
+
+@dataclass
+class Carried:
+    """What an update's evaluation keeps from the live evaluation: each target's figures (every predictor) and the
+    digest of the history up to it, which must still be the same."""
+
+    rows: dict[str, dict[str, dict]]  # commit -> predictor -> its per-commit row
+    history: dict[str, str]  # commit -> history digest
+    model: dict | None  # the live evaluation's model figures, for the record
+
+
+def carried_evaluation(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan) -> Carried | None:
+    """The live output folder's evaluation.json, when an update's evaluation can carry its targets' figures: the
+    same split and settings (baselines, mining, generation count), and targets of this plan among its own."""
+    live = ArtifactPaths.under(paths.output_dir).evaluation
+    if live == paths.evaluation or not live.is_file():
+        return None
+    try:
+        previous = read_json(live)
+    except (OSError, ValueError) as exc:
+        log.info("evaluate: update: %s is not readable (%s): every target is scored", live, first_line(exc))
+        return None
+    same = {k: v for k, v in section_dict(cfg).items() if k != "update"}
+    before = {k: v for k, v in (previous.get("config") or {}).items() if k != "update"}
+    if before != same or previous.get("split") != plan.split:
+        log.info("evaluate: update: the live evaluation was made with other settings: every target is scored")
+        return None
+    order = set(plan.order)
+    rows, history = {}, {}
+    for entry in previous.get("per_commit") or []:
+        commit = entry.get("commit")
+        if commit in order and entry.get("history"):
+            rows[commit] = {k: v for k, v in entry.items() if k not in ("commit", "history")}
+            history[commit] = entry["history"]
+    return Carried(rows, history, previous.get("model"))
+
+
+def update_generations(cfg: EvaluationConfig, plan: Plan) -> list[int]:
+    """An update's generations: evenly spaced over the targets it scores, as many as their share of the split."""
+    if cfg.baselines_only or plan.examples is None:
+        return []
+    scored = set(plan.scored or ())
+    indices = [i for i, commit in enumerate(plan.examples.commits) if commit in scored]
+    limit = len(indices) if not cfg.max_examples else max(1, round(cfg.max_examples * len(indices) / len(plan.order)))
+    return [indices[i] for i in evenly_spaced(len(indices), limit)] if indices else []
+
+
+def update_figures(plan: Plan, rows: dict[str, dict[str, dict]], carried: Carried) -> dict:
+    """evaluation.json's `update`: which targets this run scored, which it carried, and the figures of the scored
+    ones alone (the new model and ranker on the targets new since the last evaluation)."""
+    scored = plan.scored_order()
+    return {
+        "scored": len(scored),
+        "carried": len(plan.order) - len(scored),
+        "note": ("an update scores the targets new since the live evaluation with the updated model and ranker, and "
+                 "carries every other target's figures from the live evaluation (the model and ranker it replaced); "
+                 "the work-in-progress, who/when, symbol and message sections and the model's loss are of the scored "
+                 "targets only; a full run scores them all"),
+        "metrics_scored": {name: aggregate([per[h] for h in scored if h in per]) for name, per in rows.items()},
+        "replaced_model": carried.model and {k: carried.model.get(k) for k in ("loss", "perplexity", "target_tokens")},
+    }
 
 
 def evaluation_result(cfg: EvaluationConfig, plan: Plan, rows: dict[str, dict[str, dict]], code_search: bool,
@@ -183,9 +281,8 @@ def evaluation_result(cfg: EvaluationConfig, plan: Plan, rows: dict[str, dict[st
         "ranker": ranker_info(ranker),
         "model": model_info or None,
         "config": section_dict(cfg),
-        "per_commit": [
-            {"commit": h, **{name: {k: v for k, v in rows[name][h].items() if not k.startswith("change_type_")}
-                             for name in names if h in rows[name]}}
+        "per_commit": [  # with the history digest up to each target: what an update may carry (carried_evaluation)
+            {"commit": h, "history": plan.history.get(h), **{name: rows[name][h] for name in names if h in rows[name]}}
             for h in plan.order
         ],
     }
@@ -194,10 +291,25 @@ def evaluation_result(cfg: EvaluationConfig, plan: Plan, rows: dict[str, dict[st
 def write_outputs(result: dict, paths: ArtifactPaths) -> None:
     write_json(paths.evaluation, result)
     with atomic_open(report_path(paths)) as fh:
+        fh.write("".join(line + "\n" for line in update_report(result)))
         fh.write(markdown_report(result) + "".join(line + "\n" for line in live_report(result)))
         fh.write("".join(line + "\n" for line in symbol_report(result)))
         fh.write("".join(line + "\n" for line in situation_report(result)))
     write_chart(result["metrics"], chart_path(paths))
+
+
+def update_report(result: dict) -> list[str]:
+    """evaluation.md's first lines after an update: what was scored and what carried ([] otherwise)."""
+    update = result.get("update")
+    if not update:
+        return []
+    scored = update["metrics_scored"]
+    figures = ", ".join(f"{name} recall@5 {fmt(scored[name].get('recall@5'))}"
+                        for name in ("ranker_lm", "ranker", "fusion") if name in scored)
+    return [f"**Update:** {update['scored']} of {update['scored'] + update['carried']} targets scored by this model "
+            f"and ranker ({figures} on them); the other {update['carried']} carried from the evaluation of the model "
+            "it replaced. The work-in-progress, who/when, symbol and message sections and the model's loss are of "
+            "the scored targets only; a full run scores them all.", ""]
 
 
 def summarize(result: dict, paths: ArtifactPaths, started: float) -> dict:
@@ -212,7 +324,9 @@ def summarize(result: dict, paths: ArtifactPaths, started: float) -> dict:
                     for name, m in metrics.items()},
         "seconds": round(time.monotonic() - started, 1),
     }
-    log.info("evaluated %d target commits in %.1fs: %s -> %s", result["targets"], summary["seconds"],
+    update = result.get("update")
+    carried = f" ({update['scored']} scored, {update['carried']} carried from the live evaluation)" if update else ""
+    log.info("evaluated %d target commits%s in %.1fs: %s -> %s", result["targets"], carried, summary["seconds"],
              ", ".join(f"{name} recall@5 {fmt(m['recall@5'])}" for name, m in metrics.items()), paths.evaluation)
     return summary
 
@@ -274,17 +388,23 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
                     "evaluation's here", ranker.settings.get("baselines"))
     saved = saved_rows(cfg, paths, plan, repo, ranker, predictor, prediction)
     indexes = SymbolIndexes()
+    history, wanted = hashlib.blake2b(digest_size=16), set(plan.order)
 
     def on_commit(commit, chunks):
+        history.update(commit["hash"].encode())
+        history.update(chunks_digest(chunks))
+        if commit["hash"] in wanted:
+            plan.history[commit["hash"]] = history.hexdigest()
         pool.add_chunks(chunks)
         if live is not None:
             live.on_commit(commit, chunks)
         if symbols is not None:
             symbols.on_commit(commit, chunks)
 
-    walk = walk_targets(paths.commits, paths.chunks, {h: plan.split for h in plan.order}, baselines, repo,
+    order = plan.scored_order()
+    walk = walk_targets(paths.commits, paths.chunks, {h: plan.split for h in order}, baselines, repo,
                         plan.mined_until, on_commit=on_commit)
-    for state in progress(walk, total=len(plan.order), desc="evaluating", unit="targets"):
+    for state in progress(walk, total=len(order), desc="evaluating", unit="targets"):
         target = state.target
         truth = Truth.of(target.commit, target.chunks)
         predictions = baseline_predictions(state.past, state.rankings, max(KS))
@@ -356,11 +476,11 @@ def evenly_spaced(n: int, limit: int) -> list[int]:
     return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
 
 
-def target_loss(lm: LanguageModelBackend, examples: ExampleSet) -> dict:
-    """Mean cross-entropy (nats/token) and perplexity over the target tokens of every example, from the
-    prediction's backend (torch, or llama.cpp's GGUF)."""
+def target_loss(lm: LanguageModelBackend, examples: ExampleSet, indices: list[int] | None = None) -> dict:
+    """Mean cross-entropy (nats/token) and perplexity over the target tokens of every example (or of `indices`),
+    from the prediction's backend (torch, or llama.cpp's GGUF)."""
     total, count = 0.0, 0
-    for i in progress(range(len(examples)), desc="target loss", unit="examples"):
+    for i in progress(range(len(examples)) if indices is None else indices, desc="target loss", unit="examples"):
         loss, n = lm.target_loss(examples.ids(i).long(), examples.labels(i))
         total += loss
         count += n

@@ -76,6 +76,11 @@ Config keys (section `train_ranker`; the baseline keys of the `evaluate` section
     language_model           auto: the model's features when <output_dir>/model (or predict.model_dir)
                              exists | off
     device                   where the language model scores files: cpu, cuda, cuda:0 ... (cpu)
+    update                   refit as an update (pipeline.py --update sets it): the saved language-model columns
+                             of the old val/test targets are kept (the model only continued), the symbol
+                             ranker of the live ranker folder is kept with the whole history's symbols (false)
+    update_refit_share       update: the symbol ranker is fitted again once the targets grew by this share since
+                             it was fitted (0.25)
 
     python train_ranker.py --config config.yaml
     python train_ranker.py --output-dir outputs --no-language-model
@@ -120,6 +125,9 @@ from repo2model.ranking.ranker import (
     rows_settings,
 )
 from repo2model.ranking.row_cache import RowCache, model_key, shaping_settings
+from repo2model.ranking.symbol_features import SYMBOL_FEATURES
+from repo2model.ranking.symbol_history import SymbolHistory
+from repo2model.ranking.symbol_ranker import SymbolRanker
 from repo2model.ranking.symbol_training import SymbolTraining, train_symbol_ranker
 from repo2model.ranking.targets import repository_of, walk_targets
 from repo2model.retrieval.embedding import FileEmbeddings
@@ -203,12 +211,23 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
     dense_info = dense_settings(index or IndexConfig()) if cfg.dense else None
     embeddings = load_embeddings(dense_info, paths)
     cache = load_row_cache(paths, cfg, baselines, repo, dense_info)
+    cache.keeps_lm_columns = cfg.update  # an update's model continued the last one: its columns are kept
     live = LiveTraining(cfg.candidates(), scorer_of(embeddings) if embeddings is not None else None)
-    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores, embeddings, live, cache=cache)
+    carried = carried_symbol_ranker(cfg, paths, len(targets)) if cfg.update and repo is not None else None
+    symbol_history = SymbolHistory() if carried is not None else None
+    collected = collect(paths, targets, baselines, cfg.candidates(), repo, scores, embeddings, live, cache=cache,
+                        symbol_history=symbol_history)
     prior = load_prior(cfg.prior, cfg.candidates().names())
     fitted = fit(cfg, collected, seed, with_lm=scores is not None, prior=prior)
-    symbols = train_symbol_ranker(SymbolTraining(paths, targets, collected.rows, fitted.booster, cfg.candidates().names(),
-                                                 cfg.fit(), seed, baselines, repo, index or IndexConfig()))
+    if carried is not None:
+        carried.history = symbol_history  # the whole history's symbols, the new commits included
+        symbols = carried
+    else:
+        symbols = train_symbol_ranker(SymbolTraining(paths, targets, collected.rows, fitted.booster,
+                                                     cfg.candidates().names(), cfg.fit(), seed, baselines, repo,
+                                                     index or IndexConfig()))
+        if symbols is not None:
+            symbols.metrics["fitted_at_targets"] = len(targets)
     settings = ranker_settings(cfg, baselines, dense_info, collected, fitted, seed)
     settings["prior"] = prior.summary() if prior is not None else None
     shaped_by = rows_settings(baselines, repo, None, paths.commits, paths.chunks,
@@ -275,6 +294,32 @@ def load_embeddings(dense_info: dict | None, paths: ArtifactPaths) -> FileEmbedd
     return embeddings
 
 
+def carried_symbol_ranker(cfg: RankerConfig, paths: ArtifactPaths, targets: int) -> SymbolRanker | None:
+    """In an update: the live ranker folder's symbol ranker, to keep (its history is rebuilt by the walk), unless
+    the targets grew by more than `update_refit_share` since it was fitted (then None: it is fitted again). Its
+    rows depend on the file ranker's ranking of every train target, so refitting it costs a second walk over the
+    history; an update adds a few targets to hundreds."""
+    live_folder = ArtifactPaths.under(paths.output_dir).ranker_dir
+    try:
+        carried = SymbolRanker.load(live_folder) if live_folder.is_dir() else None
+    except UserError as exc:
+        log.info("ranker: update: the live symbol ranker is not usable (%s): fitted again", exc)
+        return None
+    if carried is None or carried.booster.feature_name()[: len(SYMBOL_FEATURES)] != list(SYMBOL_FEATURES):
+        return None  # none, or one of other features (another version of the code): fitted again
+    fitted_at = int(carried.metrics.get("fitted_at_targets") or 0)
+    if not fitted_at or targets > fitted_at * (1 + cfg.update_refit_share):
+        log.info("ranker: update: the symbol ranker is fitted again (%d targets now, %s when it was fitted; "
+                 "update_refit_share %.2f)", targets, fitted_at or "unknown", cfg.update_refit_share)
+        return None
+    carried.metrics = {**carried.metrics, "carried_over": {
+        "from": str(live_folder), "fitted_at_targets": fitted_at, "targets_now": targets,
+        "why": "an update keeps the symbol ranker until the targets grow by update_refit_share"}}
+    log.info("ranker: update: the symbol ranker fitted at %d targets is kept (%d now; refitted beyond %.0f%% more)",
+             fitted_at, targets, 100 * cfg.update_refit_share)
+    return carried
+
+
 def load_row_cache(paths: ArtifactPaths, cfg: RankerConfig, baselines: BaselineConfig, repo: Path | None,
                    dense_info: dict | None) -> RowCache:
     """The rows of the targets a previous fit computed: from this ranker folder, else from the live one (an update
@@ -287,10 +332,12 @@ def load_row_cache(paths: ArtifactPaths, cfg: RankerConfig, baselines: BaselineC
 
 def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineConfig, features: FeatureConfig,
             repo: Path | None, scores: LanguageModelScores | None, embeddings: FileEmbeddings | None,
-            live: LiveTraining | None = None, cache: RowCache | None = None) -> Collected:
+            live: LiveTraining | None = None, cache: RowCache | None = None,
+            symbol_history: SymbolHistory | None = None) -> Collected:
     """One pass over the history: each target's candidate rows, change-type examples, and (test) baselines;
     at the end, the statistics of the whole history. `live` gathers the partial commits and authors. `cache`: the
-    rows a previous fit computed, reused where the history up to the target is the same (and kept for the next)."""
+    rows a previous fit computed, reused where the history up to the target is the same (and kept for the next).
+    `symbol_history` observes every commit (a symbol ranker carried over by an update needs the whole history's)."""
     started, cpu = time.monotonic(), time.process_time()
     out = Collected(code_search=repo is not None)
     cache = cache if cache is not None else RowCache({})
@@ -312,6 +359,8 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
         cache.observe(commit, chunks)
         if live is not None:
             live.on_commit(commit, chunks)
+        if symbol_history is not None:
+            symbol_history.observe(chunks)
 
     for state in walk_targets(paths.commits, paths.chunks, targets, baselines, repo, past=past, on_commit=on_commit):
         target = state.target
@@ -337,7 +386,9 @@ def collect(paths: ArtifactPaths, targets: dict[str, str], baselines: BaselineCo
     out.seconds, out.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
     out.rows_cache = cache.summary()
     log.info("ranker: rows of %d targets reused from the last fit (%d of them with the language model's columns "
-             "computed again), %d computed", cache.reused, cache.lm_computed, cache.computed)
+             "computed again%s), %d computed", cache.reused, cache.lm_computed,
+             f", {cache.lm_kept} with those of the model the update continued" if cache.lm_kept else "",
+             cache.computed)
     return out
 
 

@@ -13,8 +13,10 @@ become val and test; train = the rest of them + a `replay_share` of earlier
 examples), train_model continues the live model (`warm_start`: its weights, a
 fresh short schedule: train_model.update_max_steps (or update_epochs passes over the
 update's examples within them), update_learning_rate,
-update_warmup_steps), then the ranker is refitted and the model evaluated
-again. Everything that belongs to one model (model/,
+update_warmup_steps), then the ranker is refitted (`train_ranker.update`: the old
+targets' rows, with the language-model columns the continued model gave them,
+and the symbol ranker are reused) and the model evaluated on the targets new
+since the live evaluation (`evaluate.update`: the others' figures carried). Everything that belongs to one model (model/,
 ranker/, the splits, training_logs/, evaluation.*) is written under
 `<output_dir>/next/` and switched in only when all of it is complete, the model
 folder last (generations.py); the replaced generation is kept in
@@ -58,6 +60,8 @@ UPDATE_SETTINGS = {
     "semantic_chunker": {"incremental": True},
     "tokenizer": {"frozen": True},
     "dataset_builder": {"update": True},
+    "train_ranker": {"update": True},
+    "evaluate": {"update": True},
 }
 
 
