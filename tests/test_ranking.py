@@ -103,7 +103,8 @@ def test_the_ranker_is_deterministic_and_loads_offline(text_world, tmp_path):
     # The second fit computed no row: every target's rows came from the first one's cache (the live ranker folder),
     # and gave the same bytes above.
     metrics = json.loads((again / "metrics.json").read_text())
-    assert metrics["rows"] == {"reused": sum(metrics["targets"].values()), "computed": 0, "lm_columns_computed": 0}
+    assert metrics["rows"] == {"reused": sum(metrics["targets"].values()), "computed": 0, "lm_columns_computed": 0,
+                               "lm_columns_kept_from_an_earlier_model": 0}
     assert first.startswith(b"tree\n") and b"objective=lambdarank" in first
     ranker = Ranker.load(again)
     assert ranker.features == json.loads((again / "settings.json").read_text())["features"]
