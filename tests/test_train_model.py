@@ -533,6 +533,11 @@ def test_warm_start_is_sized_in_epochs_over_the_update_examples(shared, tmp_path
     assert final["epochs"] == pytest.approx(steps * batch / rows, abs=0.01) and final["epochs"] >= 2.0
     assert final["train_examples"] == len(ExampleSet.load(warm.train_data))
 
+    # update_max_minutes bounds the update's wall time as max_minutes bounds a full run's (and replaces it).
+    capped = train_model.run(train_model.Config(**{**base, "max_minutes": 60.0}, update_max_steps=100,
+                                                update_max_minutes=0.0001), outputs(shared, tmp_path / "capped"), seed=6)
+    assert capped["stop_reason"] == "time_budget" and 1 <= capped["steps"] < 100
+
 
 def test_warm_start_lora_adapter_continues_also_as_qlora(extended, tmp_path):
     settings = dict(**TINY, mode="lora", base_model=str(extended["base"]), precision="fp32", learning_rate=1e-2,

@@ -66,7 +66,8 @@ Features, and the keys of the `train_model` section that switch them:
   new-token rows continue over the same base (a LoRA adapter may continue as QLoRA and back) -
   with a fresh optimizer and a short schedule: update_max_steps steps, or, when update_epochs is set, that
   many passes over the update's training examples (the new ones and the replayed ones) within those steps
-  (instead of max_steps and max_epochs), update_warmup_steps of warm-up, update_learning_rate (null = learning_rate).
+  (instead of max_steps and max_epochs), within update_max_minutes (null = max_minutes), update_warmup_steps of
+  warm-up, update_learning_rate (null = learning_rate).
   The tokenizer must be
   the one the model was trained with (tokenizer_digest in training_info.json), and the architecture
   or adapter shape the same; otherwise one line says which setting differs.  pipeline.py --update
@@ -168,6 +169,7 @@ class Config:
     # against 0.997x with update_max_steps (100) deciding (bench/bench_update.py --shipped)
     update_epochs: float | None = None
     update_max_steps: int = 100
+    update_max_minutes: float | None = None
     update_learning_rate: float | None = None
     update_warmup_steps: int = 5
 
@@ -196,7 +198,7 @@ class Config:
             raise ValueError(f"base_model: mode {self.mode} needs a base model (a local folder or a hub id)")
         if self.vram_budget_gb is not None and self.vram_budget_gb <= 0:
             raise ValueError("vram_budget_gb: must be positive (or null)")
-        for name in ("max_minutes", "max_epochs", "update_epochs"):
+        for name in ("max_minutes", "max_epochs", "update_epochs", "update_max_minutes"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive (or null)")
         if self.update_learning_rate is not None and self.update_learning_rate <= 0:

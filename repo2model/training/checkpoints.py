@@ -40,7 +40,7 @@ log = logging.getLogger("train_model")
 # identity (run_fingerprint), so they never change the fingerprint of a run without warm_start.
 NOT_IN_FINGERPRINT = {"resume", "merge", "max_minutes", "log_every", "keep_checkpoints", "save_every", "num_threads",
                       "max_steps", "max_epochs", "early_stopping_patience", "early_stopping_min_delta",
-                      "warm_start", "update_epochs", "update_max_steps", "update_learning_rate", "update_warmup_steps"}
+                      "warm_start", "update_epochs", "update_max_steps", "update_max_minutes", "update_learning_rate", "update_warmup_steps"}
 
 @dataclasses.dataclass
 class TrainState:

@@ -73,12 +73,14 @@ def read_warm_start(cfg: Config) -> WarmStart | None:
 
 def with_update_schedule(cfg: Config) -> Config:
     """A warm-started run is short: at most update_max_steps steps, and when update_epochs is set, that many passes
-    over its training examples (the new ones and the replayed ones), update_warmup_steps of warm-up,
+    over its training examples (the new ones and the replayed ones), within update_max_minutes (else max_minutes)
+    of wall time, update_warmup_steps of warm-up,
     update_learning_rate. (Few passes save little: on fd, 3 passes were 10 steps and left the new commits' loss
     1.10x a fresh model's; the default lets update_max_steps decide.)"""
     if cfg.warm_start is None:
         return cfg
     return dataclasses.replace(cfg, max_steps=cfg.update_max_steps, max_epochs=cfg.update_epochs,
+                               max_minutes=cfg.update_max_minutes or cfg.max_minutes,
                                warmup_steps=cfg.update_warmup_steps,
                                learning_rate=cfg.update_learning_rate or cfg.learning_rate)
 
