@@ -4,6 +4,8 @@
     python bench/bench_update.py ../shared/data/repos/axum.bundle --new-commits 50 --steps 150
     python bench/bench_update.py --work /tmp/bench-update --keep        # keep the clone and the outputs
     python bench/bench_update.py --shipped    # the shipped config.yaml's model and training budget (slower)
+    python bench/bench_update.py --shipped --work W --keep                       # once, then other update settings:
+    python bench/bench_update.py --shipped --work W --keep --reuse --set train_model.update_max_steps=30
 
 1. The history is cloned, and its refs are moved back so that the scraper sees it without its last
    `--new-commits` commits (the scraper's own order; a ref whose tip is cut moves to its newest kept
@@ -20,6 +22,10 @@
    - on the new commits (the targets among them): the updated model vs the full rerun's model
      (trained from scratch on the full history with the base's budget); target: within 5% or better;
    - on the base's test split: the updated model vs the base model; target: not worse by over 5%.
+
+`--reuse` (with the `--work` folder of an earlier run, kept): the base and the full rerun of that run stay, and
+only the update runs again, with `--set SECTION.KEY=VALUE` overrides (e.g. the update's training size); its
+ratios are against the earlier run's full rerun, and its losses against that rerun's model.
 
 Every process runs with the same bench profile (a small CPU scratch model: `--steps` optimizer steps
 for a full training, `--update-steps` for the update, no time budget, so that both do the same work
@@ -231,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--profile", action="store_true", help="print the bench profile (config) and exit")
+    parser.add_argument("--reuse", action="store_true", help="keep the base and the full rerun of the --work folder "
+                        "(an earlier run with --keep) and run only the update again")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override for the update (pipeline.py --set), repeatable")
     parser.add_argument("--shipped", action="store_true", help="the shipped config.yaml's training settings (model, "
                         "max_steps, max_minutes, update_max_steps) instead of the bench's tiny model; slower")
     args = parser.parse_args(argv)
@@ -247,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace, work: Path) -> int:
+    if args.reuse:
+        return bench_again(args, work)
     repo = work / "repo"
     if repo.exists():
         shutil.rmtree(repo)
@@ -270,12 +282,40 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     shutil.copytree(work / "base", work / "update", symlinks=True)
     shutil.copytree(work / "base", work / "rerun", symlinks=True)
 
-    update = run_pipeline(configs["update"], "--update")
+    update = run_pipeline(configs["update"], "--update", *overrides(args))
     rerun = run_pipeline(configs["rerun"], "--no-update")
-    report = update["update"] or {}
+    return report(work, new, base, update, rerun)
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    return [item for value in args.set for item in ("--set", value)]
+
+
+def bench_again(args: argparse.Namespace, work: Path) -> int:
+    """--reuse: only the update again, against the kept base and full rerun of an earlier run in `work`."""
+    earlier = work / "figures.json"
+    if not earlier.is_file() or not (work / "base").is_dir() or not (work / "rerun").is_dir():
+        print(f"bench_update: --reuse needs {work} from an earlier run with --keep (figures.json, base/, rerun/)",
+              file=sys.stderr)
+        return 2
+    figures = json.loads(earlier.read_text(encoding="utf-8"))
+    shutil.rmtree(work / "update", ignore_errors=True)
+    shutil.copytree(work / "base", work / "update", symlinks=True)
+    before = {c["hash"] for c in json.loads((work / "base" / "commits.json").read_text(encoding="utf-8"))}
+    new = [c["hash"] for c in json.loads((work / "rerun" / "commits.json").read_text(encoding="utf-8"))
+           if c["hash"] not in before]
+    print(f"{args.history.name}: the update again with {' '.join(args.set) or 'no override'} (base and full rerun "
+          f"kept from {earlier})", flush=True)
+    update = run_pipeline(work / "update.yaml", "--update", *overrides(args))
+    return report(work, new, figures["base"], update, figures["rerun"], again=args.set or ["none"])
+
+
+def report(work: Path, new: list[str], base: dict, update: dict, rerun: dict, again: list[str] | None = None) -> int:
+    """Print the figures and write figures.json (--reuse: figures-<overrides>.json beside it)."""
+    summary = update["update"] or {}
     print(f"  update (--update):    {update['wall']:7.1f} s wall, {update['cpu']:7.1f} s CPU   "
-          f"({report.get('new_commits')} new commits, {report.get('removed_commits')} removed, "
-          f"{report.get('steps')} steps)")
+          f"({summary.get('new_commits')} new commits, {summary.get('removed_commits')} removed, "
+          f"{summary.get('steps')} steps)")
     print(f"  full rerun:           {rerun['wall']:7.1f} s wall, {rerun['cpu']:7.1f} s CPU")
     print("  per stage (s)         " + " ".join(f"{name[:10]:>10}" for name in rerun["stages"]))
     for label, result in (("update", update), ("full rerun", rerun)):
@@ -307,6 +347,13 @@ def bench(args: argparse.Namespace, work: Path) -> int:
           f"(target <= {LOSS_TARGET}: {'met' if new_ratio <= LOSS_TARGET else 'MISSED'})")
     print(f"  base test split: after / before = {old_ratio:.3f} (target <= {LOSS_TARGET}: "
           f"{'met' if old_ratio <= LOSS_TARGET else 'MISSED'})")
+    if again is not None:  # --reuse: the earlier run's figures stay; this update's go beside them
+        name = "figures-" + "-".join(v.replace("=", "_").replace(".", "_") for v in again) + ".json"
+        (work / name).write_text(json.dumps({"update": {k: update[k] for k in ("wall", "cpu", "stages", "update")},
+                                             "ratios": {"wall": wall_ratio, "cpu": cpu_ratio, "new_loss": new_ratio,
+                                                        "old_loss": old_ratio}, "losses": figures}, indent=2),
+                                 encoding="utf-8")
+        return 0
     (work / "figures.json").write_text(json.dumps({
         "new_commits": len(new), "base": {k: base[k] for k in ("wall", "cpu", "stages")},
         "update": {k: update[k] for k in ("wall", "cpu", "stages", "update")},

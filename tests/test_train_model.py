@@ -491,6 +491,17 @@ def test_warm_start_scratch_continues_and_beats_a_fresh_model(shared, tmp_path):
     assert again["initial_val_loss"] == pytest.approx(continued["best_val_loss"], abs=1e-4) and again["steps"] == 2
     assert json.loads((warm.model_dir / "training_info.json").read_text())["warm_start"]["trained_at"] == marker["trained_at"]
 
+    # A warm start whose steps only make it worse (a learning rate that wrecks it) ends with its starting weights.
+    wrecked = outputs(shared, tmp_path / "wrecked")
+    kept = train_model.run(train_model.Config(**{**update, "update_learning_rate": 50.0}, warm_start=warm.model_dir),
+                           wrecked, seed=8)
+    assert kept["best_step"] == 0 and kept["steps"] == 4
+    assert kept["best_val_loss"] == pytest.approx(kept["initial_val_loss"], abs=1e-6)
+    assert kept["test_loss"] == pytest.approx(again["test_loss"], abs=1e-4)  # the weights `again` saved
+    started = load_trained_model(warm.model_dir)[0].state_dict()
+    ended = load_trained_model(wrecked.model_dir)[0].state_dict()
+    assert all(torch.equal(started[name], ended[name]) for name in started)
+
     # What cannot continue is refused in one line, before anything is trained.
     refused = outputs(shared, tmp_path / "refused")
     with pytest.raises(UserError, match=r"train_model.num_layers: 3, but the warm-start model .* has 2"):

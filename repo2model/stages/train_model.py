@@ -245,6 +245,10 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, tokenizer_dir: Path |
     log.info("train_model: %d steps (%s), val loss %.3f -> best %.3f at step %d, test loss %.3f (perplexity %.1f); "
              "model in %s", final["steps"], final["stop_reason"], final["initial_val_loss"], final["best_val_loss"],
              final["best_step"], final["test_loss"], final["test_perplexity"], paths.model_dir)
+    if final["warm_start"] and final["best_step"] == 0:
+        log.warning("train_model: no step of the warm start beat its starting weights on the validation split "
+                    "(%.3f): the model keeps them (fewer update_max_steps or a lower update_learning_rate may help)",
+                    final["initial_val_loss"])
     barrier(hw)
     return final
 

@@ -117,6 +117,12 @@ def train(run: TrainingRun, state: TrainState, logs: TrainingLogs) -> TrainState
     if state.initial_val_loss is None:
         state.initial_val_loss = state.last_val_loss = validation_loss(run)
         logs.write({"step": 0, "val_loss": state.initial_val_loss})
+        if run.warm is not None:
+            # A warm start's own weights are the first candidate: an update whose steps never beat them on the
+            # validation split (few examples, many passes) ends with them, not with a worse model.
+            state.best_val_loss, state.best_step, state.bad_evals = state.initial_val_loss, 0, 0
+            if hw.is_main:
+                save_best(run.paths, run.model, state)
     if state.stop_reason in ("max_steps", "time_budget"):
         state.stop_reason = None  # limits may have been raised since: re-check them
     if state.step >= run.total_steps:
