@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from repo2model.core.artifacts import iter_commit_dicts  # noqa: E402
 from repo2model.language.encoding import decode_ids  # noqa: E402
 from repo2model.language.examples import IGNORE_INDEX, ExampleSet  # noqa: E402
 from repo2model.git.commands import git  # noqa: E402
@@ -301,9 +302,8 @@ def bench_again(args: argparse.Namespace, work: Path) -> int:
     figures = json.loads(earlier.read_text(encoding="utf-8"))
     shutil.rmtree(work / "update", ignore_errors=True)
     shutil.copytree(work / "base", work / "update", symlinks=True)
-    before = {c["hash"] for c in json.loads((work / "base" / "commits.json").read_text(encoding="utf-8"))}
-    new = [c["hash"] for c in json.loads((work / "rerun" / "commits.json").read_text(encoding="utf-8"))
-           if c["hash"] not in before]
+    before = {c["hash"] for c in iter_commit_dicts(work / "base" / "commits.json")}
+    new = [c["hash"] for c in iter_commit_dicts(work / "rerun" / "commits.json") if c["hash"] not in before]
     print(f"{args.history.name}: the update again with {' '.join(args.set) or 'no override'} (base and full rerun "
           f"kept from {earlier})", flush=True)
     update = run_pipeline(work / "update.yaml", "--update", *overrides(args))

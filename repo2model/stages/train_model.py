@@ -67,7 +67,8 @@ Features, and the keys of the `train_model` section that switch them:
   with a fresh optimizer and a short schedule: update_max_steps steps, or, when update_epochs is set, that
   many passes over the update's training examples (the new ones and the replayed ones) within those steps
   (instead of max_steps and max_epochs), within update_max_minutes (null = max_minutes), update_warmup_steps of
-  warm-up, update_learning_rate (null = learning_rate).
+  warm-up, update_learning_rate (null = learning_rate); the starting weights are the first best, so steps that
+  never beat them on the validation split leave them as they were (with a warning).
   The tokenizer must be
   the one the model was trained with (tokenizer_digest in training_info.json), and the architecture
   or adapter shape the same; otherwise one line says which setting differs.  pipeline.py --update
