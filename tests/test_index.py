@@ -12,6 +12,7 @@ from conftest import ROOT
 from repo2model.core.artifacts import CommitsWriter
 from repo2model.core.paths import ArtifactPaths
 from repo2model.retrieval.index_config import IndexConfig
+from repo2model.retrieval.onnx_model import MIN_COSINE, MIN_MEAN_COSINE
 from repo2model.retrieval.unit_index import UnitIndex
 from repo2model.git.scraping import ScraperConfig
 
@@ -156,7 +157,7 @@ def test_onnx_vectors_match_torch_and_the_export_is_made_once(tmp_path, monkeypa
     assert np.allclose(np.linalg.norm(quantized, axis=1), 1.0, atol=1e-4)
     assert (plain * reference).sum(axis=1).min() > 0.9999  # the float graph is torch's model
     cosines = (quantized * reference).sum(axis=1)
-    assert cosines.min() >= 0.97 and cosines.mean() >= 0.99, cosines
+    assert cosines.min() >= MIN_COSINE and cosines.mean() >= MIN_MEAN_COSINE, cosines
     assert np.array_equal(quantized[0], quantized[len(CODE_TEXTS)])  # equal texts, equal vectors
     exports = sorted((tmp_path / "cache" / "embedders").glob("*/*.onnx"))
     assert [p.name for p in exports] == ["model-int8.onnx", "model.onnx"]

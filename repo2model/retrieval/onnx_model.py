@@ -33,16 +33,43 @@ from repo2model.core.errors import UserError
 log = logging.getLogger("index")
 
 RECIPE = "legacy-export opset17 eager-attention mean-pool l2; int8 dynamic per-channel MatMul; v1"
-MIN_COSINE, MIN_MEAN_COSINE = 0.97, 0.99  # against torch's vectors, per text and on average (measured on 300
-# code units of axum: mean 0.993, lowest 0.986; a one-character text is the most sensitive: 0.979)
+MIN_COSINE, MIN_MEAN_COSINE = 0.97, 0.985  # against torch's vectors, per text and on average: a guard that refuses
+# a broken export (a wrong graph or quantization gives far lower cosines), not the quality figure. That one is
+# measured on real units: 300 30-line pieces of axum in batches of 32 (onnxruntime 1.32, transformers 5.25) gave a
+# mean of 0.991, lowest 0.983 (0.993 / 0.986 in an earlier environment); `bench/bench_context.py` checks that the
+# context recall stays within 0.01 of torch's. The activations are quantized per batch, so a text's cosine depends
+# on the texts beside it; a one-character text is the most sensitive (0.978). On the first five check texts the mean
+# fell from above 0.99 to 0.989 in a newer environment (the same with onnxruntime 1.26 and 1.31): a 0.99 bar on
+# a handful of texts refused a sound export, and with it every index build.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CHECK_TEXTS = [
     ("src/routing/mod.rs\nfunction route\npub fn route(path: &str, method_router: MethodRouter) -> Self {\n"
      "    self.inner.route(path, method_router)\n}"),
+    ("src/extract/query.rs\nstruct Query\n/// Extractor that deserializes query strings into some type.\n"
+     "#[derive(Debug, Clone, Copy, Default)]\npub struct Query<T>(pub T);"),
+    ("src/error.rs\nimpl Error\nimpl std::fmt::Display for Error {\n    fn fmt(&self, f: &mut fmt::Formatter<'_>)"
+     " -> fmt::Result {\n        write!(f, \"{}\", self.inner)\n    }\n}"),
+    ("crates/market/src/dispute.rs\nfunction open_dispute\npub async fn open_dispute(db: &PgPool, trade_id: Uuid,"
+     " reason: String) -> Result<Dispute, MarketError> {\n    let trade = Trade::load(db, trade_id).await?;\n"
+     "    trade.ensure_settled()?;\n    Dispute::insert(db, trade_id, reason).await\n}"),
+    "Cargo.toml\nconfig workspace\n[workspace]\nmembers = [\"crates/*\"]\nresolver = \"2\"\n\n[workspace.dependencies]"
+    "\ntokio = { version = \"1\", features = [\"full\"] }",
     "README.md\ndoc Install > From source\nClone the repository and run `cargo install --path .` to build it.",
+    ("docs/usage.md\ndoc Usage > Filters\nUse `--type f` to list only files and `--extension rs` to keep Rust"
+     " sources; patterns are regular expressions unless `--glob` is given."),
     ("tests/test_cli.py\ntest test_help\ndef test_help(runner):\n    result = runner.invoke(cli, ['--help'])\n"
      "    assert result.exit_code == 0\n    assert 'Usage' in result.output"),
+    ("src/click/core.py\nmethod Context.invoke\ndef invoke(self, callback, *args, **kwargs):\n"
+     "    with augment_usage_errors(self):\n        return callback(*args, **kwargs)"),
+    ("web/src/api.ts\nfunction fetchOrders\nexport async function fetchOrders(token: string): Promise<Order[]> {\n"
+     "  const res = await fetch('/api/orders', { headers: { Authorization: `Bearer ${token}` } });\n"
+     "  return res.json();\n}"),
+    ".github/workflows/ci.yml\nconfig jobs.test\njobs:\n  test:\n    runs-on: ubuntu-latest\n    steps:\n"
+    "      - uses: actions/checkout@v4\n      - run: cargo test --workspace",
+    "scripts/release.sh\nscript\nset -euo pipefail\nversion=\"$1\"\ngit tag -a \"v$version\" -m \"release $version\"",
     "Add a retry to the scraper when git is busy",
+    "implement dispute resolution for the energy market",
+    "fix: handle a missing trailing slash in nested routers",
     "x",
 ]
 
