@@ -9,7 +9,7 @@ from typing import Literal
 import pytest
 
 from repo2model.core.cli import apply_overrides
-from repo2model.core.config import NONFINITE_OK, PipelineConfig, load_config
+from repo2model.core.config import NONFINITE_OK, ConfigSource, Override, PipelineConfig, load_config
 from repo2model.core.errors import UserError, first_line
 
 
@@ -339,6 +339,22 @@ def test_a_stage_script_runs_with_the_set_values(tmp_path, make_repo, monkeypatc
     files = {f["path"]: f for c in commits["commits"] for f in c["files"]}
     assert files["src/lib.rs"]["patch"] and files["notes.txt"]["patch"] is None
     assert not (tmp_path / "conf" / "out").exists()
+
+
+def test_a_float_in_exponent_form_without_a_dot_is_a_float(tmp_path):
+    """YAML 1.1 reads 1e-4 as a string: a float field takes it (from the file and from --set), a string field keeps
+    it, and a word is still refused."""
+    from repo2model.stages.train_model import Config as TrainConfig
+
+    config = tmp_path / "config.yaml"
+    config.write_text("train_model:\n  learning_rate: 1e-4\n  update_learning_rate: 3E-5\n", encoding="utf-8")
+    loaded = load_config(config, {"train_model": TrainConfig}, strict_sections=False)["train_model"]
+    assert (loaded.learning_rate, loaded.update_learning_rate) == (1e-4, 3e-5)
+    config.write_text("train_model:\n  learning_rate: one\n", encoding="utf-8")
+    with pytest.raises(UserError, match="train_model.learning_rate: expected"):
+        load_config(config, {"train_model": TrainConfig}, strict_sections=False)
+    source = ConfigSource(None, (Override.parse("train_model.update_learning_rate=1e-4"),))
+    assert load_config(source, {"train_model": TrainConfig}, strict_sections=False)["train_model"].update_learning_rate == 1e-4
 
 
 def test_an_unquoted_off_is_the_word_where_it_is_a_choice(tmp_path):

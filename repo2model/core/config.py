@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -47,6 +48,8 @@ log = logging.getLogger("config")
 
 # Field metadata for a float field that may be `.inf` or `.nan` (every other float must be finite).
 NONFINITE_OK = {"nonfinite_ok": True}
+# YAML 1.1 (PyYAML) reads a float in exponent form without a dot (1e-4, 3E+2) as a string: a float field takes it.
+EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclasses.dataclass
@@ -322,6 +325,8 @@ def coerce(value: Any, tp: Any, key: str, source: str, base_dir: Path, finite: b
             return value
         fail()
     if tp is float:
+        if isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if finite:
                 try:
