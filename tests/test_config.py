@@ -354,7 +354,8 @@ def test_a_float_in_exponent_form_without_a_dot_is_a_float(tmp_path):
     with pytest.raises(UserError, match="train_model.learning_rate: expected"):
         load_config(config, {"train_model": TrainConfig}, strict_sections=False)
     source = ConfigSource(None, (Override.parse("train_model.update_learning_rate=1e-4"),))
-    assert load_config(source, {"train_model": TrainConfig}, strict_sections=False)["train_model"].update_learning_rate == 1e-4
+    loaded = load_config(source, {"train_model": TrainConfig}, strict_sections=False)["train_model"]
+    assert loaded.update_learning_rate == 1e-4
 
 
 def test_an_unquoted_off_is_the_word_where_it_is_a_choice(tmp_path):

@@ -6,15 +6,15 @@ import json
 import subprocess
 import sys
 
-from repo2model.stages import index
-from repo2model.stages import pipeline
 from conftest import ROOT
+
 from repo2model.core.artifacts import CommitsWriter
 from repo2model.core.paths import ArtifactPaths
+from repo2model.git.scraping import ScraperConfig
 from repo2model.retrieval.index_config import IndexConfig
 from repo2model.retrieval.onnx_model import MIN_COSINE, MIN_MEAN_COSINE
 from repo2model.retrieval.unit_index import UnitIndex
-from repo2model.git.scraping import ScraperConfig
+from repo2model.stages import index, pipeline
 
 
 def run_script(*args, cwd=None):

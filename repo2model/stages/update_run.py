@@ -11,8 +11,8 @@ frozen (ids stable; new authors and modules are spelled out, and counted), the
 dataset builder moves the split forward (the newest commits never trained on
 become val and test; train = the rest of them + a `replay_share` of earlier
 examples), train_model continues the live model (`warm_start`: its weights, a
-fresh short schedule: train_model.update_max_steps (or update_epochs passes over the
-update's examples within them), update_learning_rate,
+fresh short schedule: train_model.update_epochs passes over the update's examples (at
+most update_max_steps steps), update_learning_rate,
 update_warmup_steps), then the ranker is refitted (`train_ranker.update`: the old
 targets' rows, with the language-model columns the continued model gave them,
 and the symbol ranker are reused) and the model evaluated on the targets new
