@@ -167,8 +167,8 @@ class Config:
     # update: continue from a trained model folder (pipeline.py --update points it at the current model)
     warm_start: Path | None = None
     # 3 passes (bench/bench_update.py --shipped, fd, 13 new + 13 replayed examples): 10 steps, the new commits'
-    # loss 0.964x a fresh model's and the old test split's 0.984x of the base's; 100 steps (30 passes) never beat
-    # the starting weights on the validation split and took as long as a full training
+    # loss 0.964x a fresh model's and the old test split's 0.984x of the base's; with 100 steps it ran 74 (23 passes,
+    # its 5-minute cap), none beat the starting weights on the validation split, and it took as long as a full training
     update_epochs: float | None = 3.0
     update_max_steps: int = 100
     update_max_minutes: float | None = None
@@ -249,7 +249,7 @@ def run(cfg: Config, paths: ArtifactPaths, seed: int = 42, tokenizer_dir: Path |
              final["best_step"], final["test_loss"], final["test_perplexity"], paths.model_dir)
     if final["warm_start"] and final["best_step"] == 0:
         log.warning("train_model: no step of the warm start beat its starting weights on the validation split "
-                    "(%.3f): the model keeps them (fewer update_max_steps or a lower update_learning_rate may help)",
+                    "(%.3f): the model keeps them (fewer update_epochs or a lower update_learning_rate may help)",
                     final["initial_val_loss"])
     barrier(hw)
     return final
