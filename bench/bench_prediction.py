@@ -6,6 +6,7 @@
     python bench/bench_prediction.py --repos fd --with-model --work /tmp/bench-prediction
     python bench/bench_prediction.py --dense                # the ranker with the dense similarity, and without
     python bench/bench_prediction.py --repos fd --dense --dense-candidates 20 --work /tmp/bench-dense20
+    python bench/bench_prediction.py --repos axum-agentic fd-squash8 click-squash8   # the agent-written ones
 
 For each git bundle (`../shared/data/repos/<name>.bundle`, relative to the project root): clone it into the
 work folder, run stages 1-4 through pipeline.py (git_scraper with remote branches, semantic_chunker,
@@ -29,6 +30,13 @@ the tested history, as a new repository's ranker starts from a prior that never 
 squashed), axum-agentic without axum (it is axum squashed); a history the shipped prior never saw uses the
 shipped one. The priors and the rows they learn from are built by bench/train_prior.py's code in <work>/prior
 (cached). --prior shipped: the shipped prior; --prior off: none.
+
+A name <base>-squash<N> (fd-squash8, click-squash8) is bundle <base> squashed as axum-agentic was made from
+axum (bench/train_prior.py's squash: every N first-parent commits become one, boilerplate messages but on the
+latest 10%, which carry the subject of their largest original commit), built in the work folder; its prior is
+fitted without <base> and its squashed copies. With axum-agentic they are three agent-written histories, 60-odd
+test targets together where one alone has about 20. --set SECTION.KEY=VALUE sets a config key for every
+history (e.g. train_ranker.pool_per_commit_size=0).
 
 --last-commits N: only each history's latest N commits are scraped (git_scraper.rev_range "--max-count=N
 HEAD"), split by the dataset builder as usual (test = the latest 10%): a young repository, where the prior
@@ -99,6 +107,8 @@ def main() -> None:
                         help="the prior the ranker starts from (default: one that never saw the tested history)")
     parser.add_argument("--last-commits", type=int, default=0, help="only each history's latest N commits (0: all)")
     parser.add_argument("--reference-code", type=Path, help="also this checkout's train_ranker and evaluate")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config key for every history (repeatable), e.g. train_ranker.pool_per_commit_size=0")
     args = parser.parse_args()
 
     results = {}
@@ -109,13 +119,18 @@ def main() -> None:
 
 
 def bench_repo(name: str, args: argparse.Namespace) -> dict:
-    bundle = (args.bundles / f"{name}.bundle").resolve()
-    if not bundle.is_file():
-        raise SystemExit(f"{bundle}: not found (give --bundles)")
     work = args.work.resolve() / (name + (f"-last{args.last_commits}" if args.last_commits else ""))
     repo = work / "repo"
-    if not repo.exists():
-        subprocess.run(["git", "clone", "-q", str(bundle), str(repo)], check=True)
+    base, group = squashed_name(name)
+    if group:  # a history squashed as axum-agentic was (train_prior's squash), its real tasks on the latest 10%
+        source = train_prior.clone((args.bundles / f"{base}.bundle").resolve(), args.work.resolve() / base / "repo")
+        train_prior.squash(source, repo, group)
+    else:
+        bundle = (args.bundles / f"{name}.bundle").resolve()
+        if not bundle.is_file():
+            raise SystemExit(f"{bundle}: not found (give --bundles)")
+        if not repo.exists():
+            subprocess.run(["git", "clone", "-q", str(bundle), str(repo)], check=True)
     config = write_config(work, repo, args, prior_for(name, args))
     for stage in STAGES + (("train_model",) if args.with_model else ()):
         if pipeline.run_pipeline(config, only=stage) != 0:
@@ -141,11 +156,17 @@ def bench_repo(name: str, args: argparse.Namespace) -> dict:
             "serve": latency, "load": os.getloadavg()[0]}
 
 
+def squashed_name(name: str) -> tuple[str, int]:
+    """("fd", 8) for fd-squash8 (a history the bench squashes itself), (name, 0) for a bundle's."""
+    base, sep, group = name.rpartition("-squash")
+    return (base, int(group)) if sep and group.isdigit() and int(group) > 1 else (name, 0)
+
+
 def prior_for(name: str, args: argparse.Namespace) -> str:
     """train_ranker.prior for history `name`: off, auto (the shipped prior), or a prior that never saw it."""
     if args.prior != "leave-out":
         return {"off": "off", "shipped": "auto"}[args.prior]
-    base = "axum" if name == "axum-agentic" else name  # axum-agentic is axum squashed
+    base = "axum" if name == "axum-agentic" else squashed_name(name)[0]  # axum-agentic is axum squashed
     if base not in train_prior.BASES:
         return "auto"  # the shipped prior never saw it
     return str(train_prior.prior_without([base], args.work.resolve() / "prior", args.bundles))
@@ -163,6 +184,10 @@ def write_config(work: Path, repo: Path, args: argparse.Namespace, prior: str) -
         "train_ranker": {"language_model": "auto" if args.with_model else "off", "dense": args.dense,
                          "dense_candidates": args.dense_candidates if args.dense else 0, "prior": prior},
     }
+    for setting in args.set:  # SECTION.KEY=VALUE, the value read as YAML (as pipeline.py --set reads it)
+        key, _, value = setting.partition("=")
+        section, _, name = key.partition(".")
+        config.setdefault(section, {})[name] = yaml.safe_load(value)
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
@@ -204,8 +229,14 @@ def serve_latency(work: Path, paths: ArtifactPaths, repo: Path, requests: int) -
     records = [{**c.to_dict(), "chunks": [ch.to_dict() for ch in chunks]} for c, chunks in history]
     task = history[-1][0].message or "Fix the tests"
     out = {}
+    limit = serve.Config().max_body_bytes
     try:
         for kind, body in (("repo", {"task": task, "repo": str(repo)}), ("commits", {"task": task, "commits": records})):
+            size = len(json.dumps(body).encode("utf-8"))
+            if size > limit:  # huge commits: a caller sends `repo`, or raises serve.max_body_bytes
+                print(f"/predict with a {kind} body: {size} bytes, over serve.max_body_bytes ({limit}): not timed")
+                out[kind] = None
+                continue
             times = []
             for _ in range(requests + 1):  # the first warms up (the code index at the newest commit)
                 started = time.monotonic()
@@ -295,8 +326,9 @@ def print_table(results: dict) -> None:
                   f"recall@5 {dense['recall@5'] - mine['recall@5']:+.3f}, recall@10 "
                   f"{dense['recall@10'] - mine['recall@10']:+.3f}, MRR {dense['mrr'] - mine['mrr']:+.3f}")
         print_situation(r)
+        commits = f"{r['serve']['commits']:.2f}s" if r["serve"]["commits"] is not None else "not timed (too large)"
         print(f"    /predict without generation, through serve.py: {r['serve']['repo']:.2f}s (repo body), "
-              f"{r['serve']['commits']:.2f}s (commit records); the first request {r['serve']['first']:.2f}s")
+              f"{commits} (commit records); the first request {r['serve']['first']:.2f}s")
 
 
 def print_situation(r: dict) -> None:

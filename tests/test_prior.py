@@ -182,17 +182,22 @@ def test_the_task_counts_from_the_prior_where_the_history_taught_to_ignore_it(ag
     config.write_text("train_ranker:\n  prior: off\n", encoding="utf-8")
     loaded = load_config(config, {"train_ranker": train_ranker.Config}, strict_sections=False)
     assert loaded["train_ranker"].prior == "off"
-    task = "Rework the charlie module: lexer first"
-    answers = {name: FileRanking.load(paths.ranker_dir).rank([], task) for name, paths in (("on", on), ("off", off))}
+    tasks = {"charlie": "Rework the charlie module: lexer first", "delta": "Rework the delta module: store first"}
+    answers = {(name, module): FileRanking.load(paths.ranker_dir).rank([], task)
+               for name, paths in (("on", on), ("off", off)) for module, task in tasks.items()}
     for answer in answers.values():
         assert answer["method"] == "ranker" and len(answer["files"]) == 20
-    charlie = {f"crates/charlie/{p}.py" for p in PARTS}
 
-    def found(answer) -> int:
-        return len({f["path"] for f in answer["files"][:8]} & charlie)
+    def top(name, module, n=8) -> list[str]:
+        return [f["path"] for f in answers[name, module]["files"][:n]]
 
-    assert answers["on"]["files"][0]["path"] == "crates/charlie/lexer.py"
-    assert found(answers["on"]) >= 2 and found(answers["on"]) > found(answers["off"])
+    # From nothing, the history taught it that a task says nothing: both tasks get the same files.
+    assert top("off", "charlie", 20) == top("off", "delta", 20)
+    # From the prior, each task's module and file come first, and its module's files outnumber another's.
+    assert top("on", "charlie")[0] == "crates/charlie/lexer.py" and top("on", "delta")[0] == "crates/delta/store.py"
+    for module, other in (("charlie", "delta"), ("delta", "charlie")):
+        mine = sum(path.startswith(f"crates/{module}/") for path in top("on", module))
+        assert mine >= 2 and mine > sum(path.startswith(f"crates/{other}/") for path in top("on", module))
 
 
 def test_the_evaluation_says_which_situation_it_measures(agent_rankers):
@@ -253,7 +258,8 @@ def test_small_commits_keep_their_candidates(make_repo):
     for state in walk_targets(paths.commits, paths.chunks, {c: "test" for c in last}, BaselineConfig(),
                               repository_of(paths.commits)):
         assert state.past.typical_size() == 1.0
-        assert candidates(state, FeatureConfig(pool_per_commit_size=15)) == candidates(state, FeatureConfig())
+        assert candidates(state, FeatureConfig(pool_per_commit_size=15)) == candidates(
+            state, FeatureConfig(pool_per_commit_size=0))
         assert candidates(state, FeatureConfig(candidates_per_baseline=1, sibling_sources=0,
                                                pool_per_commit_size=15))  # 15 x 1: some files join
 

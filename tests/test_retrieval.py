@@ -358,6 +358,13 @@ def test_context_pack_order_budget_and_reasons(tmp_path, make_repo, embedder):
     assert "1. src/lib.rs (module energy_market): MODIFIED_METHOD" in prompt and "symbols: settle" in prompt
     assert "```rust\n    /// Settle every open order." in prompt
     assert "## Recent test failures\ntest_settle failed: 0 != 3" in prompt and repo.head()[:12] in prompt
+    assert "New files" not in prompt  # this prediction names no folder for them
+    guessed = dataclasses.replace(prediction, new_files=[
+        {"folder": "src/market", "score": 2.0, "paths": ["src/market/closing_price.rs"]},
+        {"folder": "", "score": 1.0, "paths": []}, {"folder": "tests", "score": 0.5, "paths": []},
+        {"folder": "docs", "score": 0.1, "paths": []}])
+    assert ("New files, if the change needs any, most likely go in: src/market/ (e.g. src/market/closing_price.rs); "
+            "./; tests/\n") in render_prompt("Settle orders at the closing price", guessed, pack[:2])
 
 
 def test_fused_pack_ranks_predicted_symbols_and_search_hits_together(tmp_path, make_repo, embedder):

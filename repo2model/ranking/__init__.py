@@ -18,9 +18,10 @@ ranker, change types, symbols, and the metrics every predictor is scored with.
     symbol_ranker    the learned symbol ranker: lambdarank, calibrated probabilities, its files, UnitScorer
     symbol_training  fitting it in train_ranker; symbol recall@5/@10 there and in evaluate.py
     file_ranking  the ranker at prediction time (FileRanking), merged into the prediction JSON
+    new_files     where the commit will create files: folders (and names from the task's identifiers) for them
     metrics       Prediction / Truth, recall@k, MRR, change-type / module / symbol scores, per commit size
     situation     which situation an evaluation measures: uninformative test messages, recall on the informative
-                  ones, candidate recall by commit size (evaluation.md's section)
+                  ones, candidate recall by commit size, new files found (evaluation.md's section)
     row_cache     the feature rows of the targets a previous fit computed, reused by the next refit
     report        an evaluation's markdown tables (evaluation.md) and chart (evaluation.png)
     live          the work in progress as evidence: in-progress features, the live ranker, simulated partial commits

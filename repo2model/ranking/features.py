@@ -126,8 +126,10 @@ class FeatureConfig:
     siblings_per_folder: int = 10
     dense: bool = False  # DENSE_FEATURES (a DenseScorer must be given to candidate_rows)
     dense_candidates: int = 0  # with dense: the tree's N files nearest the task become candidates too
-    # At least this many x the typical commit size of candidates (0 = off). Off by default: on axum-agentic it
-    # raised candidate recall 0.65 -> 0.94 but not recall@5 (0.539 on, 0.548 off) and cost 1.8x the feature time.
+    # At least this many x the typical commit size of candidates (0 = off). Off by default: on the three
+    # agent-written histories (axum-agentic, fd-squash8, click-squash8; bench_prediction.py) 15 raised candidate
+    # recall (axum-agentic 0.65 -> 0.94) but lowered recall@5 (0.539 / 0.620 / 0.694 against 0.574 / 0.631 /
+    # 0.741 off, each with a prior fitted on rows gathered the same way).
     pool_per_commit_size: int = 0
     pool_max: int = 1000  # but never more than this many from the pre-score
 

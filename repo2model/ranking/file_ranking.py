@@ -29,6 +29,7 @@ from repo2model.ranking.change_types import type_example
 from repo2model.ranking.features import LM_FEATURES, CandidateRows, LMScorer, candidate_rows, lm_scorer, score_columns
 from repo2model.ranking.history import BaselineConfig, PastCommits
 from repo2model.ranking.metrics import KS, Prediction
+from repo2model.ranking.new_files import new_file_guesses
 from repo2model.ranking.ranker import HISTORY_FILE, Ranker, find_ranker
 from repo2model.ranking.symbol_features import SymbolContext
 from repo2model.ranking.symbol_history import SymbolHistory
@@ -100,8 +101,13 @@ def ranker_predictions(ranker: Ranker, state: TargetState, lm: LMScorer | None, 
     elif lm is not None and not set(LM_FEATURES) <= set(rows.names):
         rows = rows.with_columns(score_columns(lm(rows.paths), rows.paths, LM_FEATURES))
     variants = {"ranker": False, **({"ranker_lm": True} if lm is not None else {})}
-    return {name: ranked_prediction(ranker, state, ranker.rank(rows, lm=with_lm)[: max(KS)], symbols_per_file, indexes)
-            for name, with_lm in variants.items()}
+    out = {}
+    for name, with_lm in variants.items():
+        ranked = ranker.rank(rows, lm=with_lm)
+        out[name] = ranked_prediction(ranker, state, ranked[: max(KS)], symbols_per_file, indexes)
+        out[name].new_files = new_file_guesses(state.target.task, ranked, state.past,
+                                               state.code.blobs if state.code is not None else None)
+    return out
 
 
 class FileRanking:
@@ -242,7 +248,9 @@ class FileRanking:
                   "symbols": f.symbols, "symbol_scores": [{"symbol": s, "score": p} for s, p in f.symbol_scores]}
                  for f in describe_files(self.ranker, state, ranked, self.symbols_per_file, self.symbol_indexes,
                                          learned)]
-        return {"method": "ranker_lm" if lm is not None else "ranker", "files": files, "candidates": len(rows.paths)}
+        new = new_file_guesses(task, everything, self.past, code.blobs if code is not None else None)
+        return {"method": "ranker_lm" if lm is not None else "ranker", "files": files, "candidates": len(rows.paths),
+                "new_files": [g.to_json() for g in new]}
 
     def learned_symbols(self, state: TargetState, ranked: list[tuple[str, float]]) -> dict[str, list[tuple[str, float]]]:
         """The symbol ranker's most likely symbols of the best files (path -> [(symbol, probability)]), from
@@ -297,4 +305,5 @@ class FileRanking:
         files = files[:max_files]
         symbols = list(dict.fromkeys([s for f in files for s in f["symbols"]] + list(output.get("symbols") or [])))
         return {**output, "ranking": ranked["method"], "ranker_candidates": ranked["candidates"], "files": files,
+                "new_files": ranked["new_files"],
                 "modules": list(dict.fromkeys(f["module"] for f in files if f.get("module"))), "symbols": symbols}

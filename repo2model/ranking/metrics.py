@@ -31,6 +31,7 @@ class Prediction:
     change_types: dict[str, str] = field(default_factory=dict)  # file -> its main predicted change type
     modules: list[str] = field(default_factory=list)  # ranked
     symbols: list[str] = field(default_factory=list)
+    new_files: list = field(default_factory=list)  # the ranker's: repo2model.ranking.new_files.NewFolder, best first
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Which situation an evaluation measures: how many targets' messages say nothing, recall on the informative
-ones apart, and the share of a target's files among the ranker's candidates by commit size.
+ones apart, the share of a target's files among the ranker's candidates by commit size, and how many of its files
+the commit created and where the ranker's new-file guesses (repo2model.ranking.new_files) found them.
 
     situation = Situation(ranker)                     # evaluate.py, beside its other observers
     for state in walk_targets(...):
@@ -17,6 +18,7 @@ from __future__ import annotations
 from repo2model.ranking.features import CandidateRows, candidates
 from repo2model.ranking.history import PastCommits
 from repo2model.ranking.metrics import aggregate, candidate_recall_by_size, fmt
+from repo2model.ranking.new_files import FOLDERS, new_file_summary
 from repo2model.ranking.targets import TargetState
 
 SHOWN = ("recall@1", "recall@5", "recall@10", "mrr", "commits")
@@ -60,7 +62,7 @@ class Situation:
                                                                   if h in self.candidates]),
             # What the ranker was fitted on (train_ranker's judgement of its train and val messages)
             "ranker_training": (self.ranker.metrics.get("messages") if self.ranker is not None else None),
-        }}
+        }, "new_files": new_file_summary([rows["ranker"][h] for h in order if h in rows.get("ranker", {})])}
 
 
 def situation_report(result: dict) -> list[str]:
@@ -92,4 +94,19 @@ def situation_report(result: dict) -> list[str]:
                   "| candidate recall | " + " | ".join(fmt(b["candidate_recall"]) for b in sizes.values()) + " |",
                   "| candidates | " + " | ".join(f"{b['candidates']:.0f}" for b in sizes.values()) + " |",
                   "| commits | " + " | ".join(str(b["commits"]) for b in sizes.values()) + " |"]
+    return lines + new_files_report(result)
+
+
+def new_files_report(result: dict) -> list[str]:
+    """evaluation.md's lines on the files the targets created ([] without the figures)."""
+    new = result.get("new_files")
+    if not new:
+        return []
+    lines = ["", "## New files", "",
+             f"{new['new_files']} of the {new['changed_files']} changed files of the {new['targets']} targets were created "
+             f"by their commit ({fmt(new['share'])}; in {new['commits_with_new']} commits): no ranker can rank them."]
+    if new["new_files"]:
+        lines.append(f"The ranker's {FOLDERS} likeliest folders for new files (the prediction's `new_files`) held "
+                     f"{new['folder_found']} of them ({fmt(new['folder_share'])}); its named guesses (the task's "
+                     f"identifiers as file names) named {new['named']} exactly ({fmt(new['named_share'])}).")
     return lines

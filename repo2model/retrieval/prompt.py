@@ -2,7 +2,8 @@
 
     prompt = render_prompt(task, prediction, pack, test_failures, repository, commit)
 
-In order: the task, the predicted files with change types and symbols, the code context (each entry under its
+In order: the task, the predicted files with change types and symbols (and, with a ranker, the folders where new
+files would most likely go), the code context (each entry under its
 header, fenced in its language), recent test failures (from the request), and a short instruction to answer
 with a unified diff.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from repo2model.retrieval.context import ContextEntry, entry_header
 from repo2model.serving.prediction import Prediction
 
+NEW_FOLDERS = 3  # of the prediction's new-file folders, named in the prompt
 FENCE_LANGUAGE = {"rust": "rust", "python": "python", "markdown": "markdown", "toml": "toml", "yaml": "yaml",
                   "json": "json", "shell": "bash", "javascript": "javascript", "typescript": "typescript"}
 
@@ -34,6 +36,11 @@ def render_prompt(task: str, prediction: Prediction, context: list[ContextEntry]
         parts.append(f"{rank}. {entry.path}{module}" + (f": {types}" if types else ""))
         if entry.symbols:
             parts.append("   symbols: " + ", ".join(entry.symbols[:12]))
+    folders = [f for f in (prediction.new_files or [])[:NEW_FOLDERS]]
+    if folders:  # where a new file would go (repo2model.ranking.new_files): folders, with a guessed name or two
+        parts.append("New files, if the change needs any, most likely go in: " + "; ".join(
+            (f"{f['folder'] or '.'}/" + (f" (e.g. {', '.join(f['paths'][:2])})" if f.get("paths") else ""))
+            for f in folders))
     parts += ["", "## Code context (current code)"]
     if not context:
         parts.append("No code context available.")

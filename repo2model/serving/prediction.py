@@ -16,7 +16,8 @@ their change types from the chunker) and `work_in_progress` (HEAD, counts, which
 files); `files` then holds only files not yet changed.
 
 A key whose value does not apply is left out of the JSON, not null: `votes` (a file only the ranker named),
-`logprob` / `logprob_tokens` (a file the model did not score), `ranked_by` and `ranker_candidates` (no ranker),
+`logprob` / `logprob_tokens` (a file the model did not score), `ranked_by`, `ranker_candidates` and `new_files` (no
+ranker),
 `symbol_scores` (no symbol ranker named the file's symbols),
 `context` / `prompt` / `context_source` (no code index: repo2model.retrieval), `authors` and `when` (no activity
 saved with a ranker),
@@ -197,6 +198,7 @@ class Prediction:
     seconds: float = 0.0  # the language model's time
     ranking: str = ""  # what ranked the files: ranker, ranker_lm, or the file_ranking method
     ranker_candidates: int | None = None  # the files the learned ranker considered (None: no ranker)
+    new_files: list[dict] | None = None  # where new files are likely: {folder, score, paths} (None: no ranker)
     context: list[dict] | None = None  # the code context's entries (repo2model.retrieval ContextEntry.to_dict)
     prompt: str | None = None  # the text for a code-writing model
     context_source: dict | None = None  # where the context's code came from, and why not from the index
@@ -229,6 +231,8 @@ class Prediction:
         }
         if self.ranker_candidates is not None:
             out["ranker_candidates"] = self.ranker_candidates
+        if self.new_files is not None:
+            out["new_files"] = list(self.new_files)
         if self.context is not None:
             out.update(context=self.context, prompt=self.prompt, context_source=self.context_source)
         out["missing_objects"] = asdict(self.missing_objects)

@@ -367,4 +367,4 @@ def apply_ranker(ranking: FileRanking, prediction: Prediction, history: list, ma
                            history, prediction.task, max_files, score=score)
     return dataclasses.replace(prediction, files=[PredictedFile.from_json(f) for f in merged["files"]],
                                modules=merged["modules"], symbols=merged["symbols"], ranking=merged["ranking"],
-                               ranker_candidates=merged["ranker_candidates"])
+                               ranker_candidates=merged["ranker_candidates"], new_files=merged["new_files"])

@@ -98,6 +98,7 @@ from repo2model.ranking.features import CandidateRows, LMScorer, lm_scorer
 from repo2model.ranking.file_ranking import ranker_predictions
 from repo2model.ranking.live_evaluation import LiveEvaluation, live_report
 from repo2model.ranking.metrics import KS, Prediction, Truth, aggregate, by_size, fmt, score
+from repo2model.ranking.new_files import new_file_figures
 from repo2model.ranking.ranker import Ranker, find_ranker, language_model_identity, reusable_test_rows, rows_settings
 from repo2model.ranking.row_cache import chunks_digest
 from repo2model.ranking.report import markdown_report, write_chart
@@ -412,8 +413,11 @@ def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo:
             lm = model_scorer(predictor, prediction, prompts.get(target.commit), state.past.file_module)
             predictions.update(ranker_predictions(ranker, state, lm if ranker.booster_lm is not None else None,
                                                   saved.get(target.commit), cfg.symbols_per_file, indexes))
+        created = [f for f in truth.files if state.in_tree(f) == 0.0] if state.code is not None else None
         for name, predicted in predictions.items():
-            rows.setdefault(name, {})[target.commit] = score(predicted, truth)
+            row = rows.setdefault(name, {})[target.commit] = score(predicted, truth)
+            if created is not None and name.startswith("ranker"):
+                row.update(new_file_figures(predicted.new_files, created))
         if live is not None:
             live.add(state, [p for p, _ in predictions.get("ranker", predictions["fusion"]).files])
         if symbols is not None and ranker is not None:
