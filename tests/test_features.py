@@ -98,3 +98,34 @@ def test_candidates_and_their_features(make_repo):
     # code_search ranks by content at the parent; similar_commits by the earlier messages ("Parser handles ...").
     assert rankings["code_search"][0][0] == "src/parser.py"
     assert rankings["similar_commits"][0][0] in ("src/parser.py", "tests/test_parser.py")
+
+
+def test_the_language_model_scores_the_best_candidates_by_the_fusion(make_repo):
+    """lm_candidates: the model is asked about the best N candidates by the fusion's rank only (its scoring is
+    the costly part of the features); the others' LM columns are missing; 0 asks about every candidate."""
+    repo = make_repo("lm")
+    for message, files in HISTORY:
+        repo.commit(message, files)
+    paths = scrape_and_chunk(repo.path, repo.path.parent / "lm-out")
+    target = repo.git("rev-parse", "HEAD").strip()
+    asked: list[list[str]] = []
+
+    def lm(files: list[str]) -> dict[str, float]:  # a scorer as train_ranker builds one (features.lm_scorer)
+        asked.append(list(files))
+        return {path: -float(len(path)) for path in files}
+
+    rows = []
+    for state in walk_targets(paths.commits, paths.chunks, {target: "test"}, BaselineConfig(),
+                              repository_of(paths.commits)):
+        rows = [candidate_rows(state, FeatureConfig(candidates_per_baseline=10, lm_candidates=n), lm=lm)
+                for n in (2, 0)]
+    few, every = rows
+    assert len(few.paths) > 2 and asked[1] == every.paths
+    fusion = dict(zip(few.paths, few.columns(["fusion_rank"])[:, 0]))
+    assert sorted(asked[0], key=fusion.get) == sorted(few.paths, key=lambda p: (fusion[p], few.paths.index(p)))[:2]
+    scored = ~np.isnan(few.columns(["lm_logprob"])[:, 0])
+    assert [p for p, s in zip(few.paths, scored) if s] == asked[0]
+    assert sorted(few.columns(["lm_rank"])[scored, 0].tolist()) == [1.0, 2.0]  # ranked among those scored
+    assert not np.isnan(every.columns(["lm_logprob"])[:, 0]).any()
+    with pytest.raises(ValueError, match="lm_candidates"):
+        FeatureConfig(lm_candidates=-1)

@@ -132,6 +132,9 @@ class FeatureConfig:
     # 0.741 off, each with a prior fitted on rows gathered the same way).
     pool_per_commit_size: int = 0
     pool_max: int = 1000  # but never more than this many from the pre-score
+    # The language model scores the best this many candidates by the fusion's rank (0 = all): its scoring was
+    # two thirds of axum's train_ranker stage with every candidate (about 100) scored.
+    lm_candidates: int = 32
 
     def __post_init__(self):
         if self.candidates_per_baseline < 1:
@@ -142,6 +145,8 @@ class FeatureConfig:
             raise ValueError("sibling_sources, siblings_per_folder: must be >= 0")
         if self.dense_candidates < 0:
             raise ValueError("dense_candidates: must be >= 0")
+        if self.lm_candidates < 0:
+            raise ValueError("lm_candidates: must be >= 0 (0 = all)")
 
     def names(self, lm: bool = False) -> list[str]:
         """The feature columns candidate_rows gives with these settings."""
@@ -256,7 +261,7 @@ def candidate_rows(state: TargetState, cfg: FeatureConfig, lm: LMScorer | None =
             scores = tree_scores if cfg.dense_candidates else dense(state.target.task, state.code, paths)
         columns.update(score_columns(scores, paths, DENSE_FEATURES))
     if lm is not None:
-        columns.update(score_columns(lm(paths), paths, LM_FEATURES))
+        columns.update(lm_columns(paths, columns["fusion_rank"], lm, cfg.lm_candidates, keep=lm_extra))
     truth = set(state.target.files or ())
     labels = np.array([path in truth for path in paths], dtype=np.int8)
     names = cfg.names(lm=lm is not None)
@@ -283,6 +288,18 @@ def ranks_of(values: dict[str, float], wanted: list[str]) -> dict[str, int]:
     mine = np.array([values[p] for p in present], dtype=np.float64)
     ranks = len(ordered) - np.searchsorted(ordered, mine, side="right") + 1
     return dict(zip(present, ranks.tolist()))
+
+
+def lm_columns(paths: list[str], fusion_rank: list[float], lm: LMScorer, limit: int, keep=()) -> Columns:
+    """LM_FEATURES of `paths`: the language model scores the best `limit` of them by the fusion's rank (every one
+    when 0), and those in `keep`; the others' columns are missing values."""
+    scored = paths
+    if limit and len(paths) > limit:
+        order = sorted(range(len(paths)), key=lambda i: (fusion_rank[i] if fusion_rank[i] == fusion_rank[i]
+                                                         else float("inf"), i))
+        chosen = {paths[i] for i in order[:limit]} | set(keep)
+        scored = [p for p in paths if p in chosen]
+    return score_columns(lm(scored), paths, LM_FEATURES)
 
 
 def score_columns(scores: dict[str, float], paths: list[str], names: tuple[str, str, str]) -> Columns:

@@ -26,11 +26,12 @@ from repo2model.core.artifacts import iter_commits_with_chunks, read_json
 from repo2model.core.errors import UserError
 from repo2model.core.paths import ArtifactPaths
 from repo2model.ranking.change_types import type_example
-from repo2model.ranking.features import LM_FEATURES, CandidateRows, LMScorer, candidate_rows, lm_scorer, score_columns
+from repo2model.ranking.features import LM_FEATURES, CandidateRows, LMScorer, candidate_rows, lm_scorer
 from repo2model.ranking.history import BaselineConfig, PastCommits
 from repo2model.ranking.metrics import KS, Prediction
 from repo2model.ranking.new_files import new_file_guesses
 from repo2model.ranking.ranker import HISTORY_FILE, Ranker, find_ranker
+from repo2model.ranking.row_cache import with_lm_columns
 from repo2model.ranking.symbol_features import SymbolContext
 from repo2model.ranking.symbol_history import SymbolHistory
 from repo2model.ranking.symbol_ranker import FILE_RANKS, SYMBOL_FILES, SymbolRanker, TreeUnits, UnitScorer
@@ -99,7 +100,7 @@ def ranker_predictions(ranker: Ranker, state: TargetState, lm: LMScorer | None, 
     if rows is None:
         rows = candidate_rows(state, ranker.candidates(), lm=lm, dense=ranker.dense_scorer())
     elif lm is not None and not set(LM_FEATURES) <= set(rows.names):
-        rows = rows.with_columns(score_columns(lm(rows.paths), rows.paths, LM_FEATURES))
+        rows = with_lm_columns(rows, lm, ranker.candidates().lm_candidates)
     variants = {"ranker": False, **({"ranker_lm": True} if lm is not None else {})}
     out = {}
     for name, with_lm in variants.items():

@@ -87,6 +87,7 @@ class Ranker:
         known = {f.name for f in dataclasses.fields(FeatureConfig)}
         values = {k: v for k, v in (self.settings.get("candidates") or {}).items() if k in known}
         values.setdefault("pool_per_commit_size", 0)  # a folder written before the pool grew gathers as it did
+        values.setdefault("lm_candidates", 0)  # a folder written before the limit: the model scored every one
         return FeatureConfig(**{**values, "dense": any(name in self.features for name in DENSE_FEATURES)})
 
     def dense_scorer(self) -> DenseScorer | None:

@@ -33,7 +33,7 @@ from typing import Callable
 
 from repo2model.core.config import section_dict
 from repo2model.ranking.features import (
-    LM_FEATURES, CandidateRows, FeatureConfig, LMScorer, load_rows, save_rows, score_columns,
+    LM_FEATURES, CandidateRows, FeatureConfig, LMScorer, lm_columns, load_rows, save_rows,
 )
 from repo2model.ranking.history import BaselineConfig
 from repo2model.ranking.targets import Target
@@ -138,7 +138,7 @@ class RowCache:
             if model is None or scored_by != model:
                 rows = rows.select([n for n in rows.names if n not in LM_FEATURES])
                 if lm is not None:
-                    rows = with_lm_columns(rows, lm)
+                    rows = with_lm_columns(rows, lm, (self.settings.get("candidates") or {}).get("lm_candidates", 0))
                     self.lm_computed += 1
         self.kept.append((rows, digest, model if set(LM_FEATURES) <= set(rows.names) else None))
         return rows
@@ -157,10 +157,10 @@ class RowCache:
                 "lm_columns_kept_from_an_earlier_model": self.lm_kept}
 
 
-def with_lm_columns(rows: CandidateRows, lm: LMScorer) -> CandidateRows:
+def with_lm_columns(rows: CandidateRows, lm: LMScorer, limit: int = 0) -> CandidateRows:
     """Saved rows with the language model's columns computed again (the model changed): the same columns, in the
-    same place (last), as candidate_rows gives."""
-    return rows.with_columns(score_columns(lm(rows.paths), rows.paths, LM_FEATURES))
+    same place (last), for the same candidates (the best `limit` by the fusion's rank), as candidate_rows gives."""
+    return rows.with_columns(lm_columns(rows.paths, rows.columns(["fusion_rank"])[:, 0].tolist(), lm, limit))
 
 
 def chunks_digest(chunks: list[dict]) -> bytes:

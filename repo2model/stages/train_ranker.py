@@ -65,6 +65,8 @@ Config keys (section `train_ranker`; the baseline keys of the `evaluate` section
                              cheap pre-score (repo2model.ranking.pool), e.g. 15 (0 = off: on axum-agentic it raised
                              candidate recall 0.65 -> 0.94 but not recall@5, for 1.8x the feature time)
     pool_max                 but at most this many (1000)
+    lm_candidates            the language model scores the best this many candidates by the fusion's rank (32;
+                             0 = all): scoring about 100 per target was two thirds of axum's train_ranker stage
     prior                    auto: start from the shipped prior | off: from nothing | the folder of another
                              prior (prior.txt + prior.json, written by bench/train_prior.py) (auto)
     num_trees                boosting rounds at most; early stopping on val picks fewer (1000)
