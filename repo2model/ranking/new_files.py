@@ -80,10 +80,11 @@ def new_file_guesses(task: str, ranked: list[tuple[str, float]], past: PastCommi
         scores[folder] *= 1 + grown.get(folder, 0)
     best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:folders]
     stems = task_stems(task) if tree is not None else []
+    extensions = folder_extensions({folder for folder, _ in best}, tree) if stems else {}
     out = []
     for folder, score in best:
         paths = []
-        extension = folder_extension(folder, tree) if stems else None
+        extension = extensions.get(folder)
         if extension is not None:
             for stem in stems:
                 path = posixpath.join(folder, stem + extension)
@@ -95,13 +96,15 @@ def new_file_guesses(task: str, ranked: list[tuple[str, float]], past: PastCommi
     return out
 
 
-def folder_extension(folder: str, tree: Collection[str]) -> str | None:
-    """The most common extension of the files directly in `folder` (None: none has one)."""
-    prefix = folder + "/" if folder else ""
-    counts = Counter(posixpath.splitext(p)[1] for p in tree
-                     if p.startswith(prefix) and "/" not in p[len(prefix):])
-    counts.pop("", None)
-    return min(counts, key=lambda ext: (-counts[ext], ext)) if counts else None
+def folder_extensions(folders: set[str], tree: Collection[str]) -> dict[str, str]:
+    """The most common extension of the files directly in each of `folders` (one pass over the tree; a folder
+    whose files have none is left out)."""
+    counts: dict[str, Counter[str]] = {}
+    for path in tree:
+        folder, extension = posixpath.dirname(path), posixpath.splitext(path)[1]
+        if extension and folder in folders:
+            counts.setdefault(folder, Counter())[extension] += 1
+    return {folder: min(c, key=lambda ext: (-c[ext], ext)) for folder, c in counts.items()}
 
 
 def new_file_figures(guesses: list[NewFolder], new_paths: list[str]) -> dict:

@@ -36,7 +36,7 @@ def render_prompt(task: str, prediction: Prediction, context: list[ContextEntry]
         parts.append(f"{rank}. {entry.path}{module}" + (f": {types}" if types else ""))
         if entry.symbols:
             parts.append("   symbols: " + ", ".join(entry.symbols[:12]))
-    folders = [f for f in (prediction.new_files or [])[:NEW_FOLDERS]]
+    folders = (prediction.new_files or [])[:NEW_FOLDERS]
     if folders:  # where a new file would go (repo2model.ranking.new_files): folders, with a guessed name or two
         parts.append("New files, if the change needs any, most likely go in: " + "; ".join(
             (f"{f['folder'] or '.'}/" + (f" (e.g. {', '.join(f['paths'][:2])})" if f.get("paths") else ""))
