@@ -239,7 +239,7 @@ class FileRanking:
         target = Target(commit="", position=self.past.position, task=task, author=(author or "").lower(),
                         parent=parent)
         state = state_at(self.past, code, target)
-        with_lm = score is not None and self.ranker.booster_lm is not None
+        with_lm = score is not None and self.ranker.uses_lm
         lm = lm_scorer(score, self.past.file_module) if with_lm else None
         rows = candidate_rows(state, self.candidates, lm=lm, dense=self.dense)
         everything = self.ranker.rank(rows, lm=lm is not None)

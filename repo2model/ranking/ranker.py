@@ -8,7 +8,9 @@
 The ranker folder (written by train_ranker.py, atomically):
     ranker.txt          LightGBM text model over features.FEATURES (then DENSE_FEATURES when `dense` is on)
     ranker_lm.txt       optional: the same plus the language model's features (LM_FEATURES) and ranker.txt's
-                        score, fitted only on targets the language model never trained on
+                        score, fitted only on targets the language model never trained on; predictions use it
+                        only where it beat ranker.txt on held-out val targets (settings' `lm_used`, metrics'
+                        `lm_choice`), evaluation reports it either way
     change_types.txt    optional: LightGBM multiclass model for a file's main change type
     settings.json       the feature names, the baseline and candidate settings the features were computed with,
                         the embedding settings (dense), the change-type classes, LightGBM's parameters and version
@@ -100,6 +102,12 @@ class Ranker:
             if self.folder is not None:
                 self.file_embeddings.load(self.folder)
         return scorer_of(self.file_embeddings)
+
+    @property
+    def uses_lm(self) -> bool:
+        """Whether predictions rank with the LM ranker: it exists and beat ranker.txt on held-out val targets
+        (settings' `lm_used`; a folder written before that choice existed uses it whenever it exists)."""
+        return self.booster_lm is not None and bool(self.settings.get("lm_used", True))
 
     @property
     def classes(self) -> list[str]:
@@ -228,12 +236,22 @@ def with_base_score(booster: lgb.Booster, rows: list[CandidateRows], base: list[
             for r in rows]
 
 
+@dataclass
+class LMFit:
+    """The LM ranker, and its scores on the val targets from the half of val it was not fitted on (the first
+    ranker's scores beside them): what tells whether predictions should use it (train_ranker's lm_choice)."""
+
+    booster: lgb.Booster
+    held_out: list[tuple[CandidateRows, np.ndarray, np.ndarray]]  # (val rows, ranker.txt's scores, out-of-fold)
+
+
 def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettings, seed: int,
-                  base: list[str]) -> lgb.Booster | None:
+                  base: list[str]) -> LMFit | None:
     """The ranker with the language model's features, over `base` (the first ranker's features), LM_FEATURES
     and the first ranker's score, fitted on the val targets only: the language model trained on the train
     targets, so its scores there are optimistic. Its number of trees is chosen by cross-fitting the two halves
-    of val (fit on one, stop on the other, both ways). None when val has too few targets with those features."""
+    of val (fit on one, stop on the other, both ways); those two fits also score the half they were not fitted
+    on. None when val has too few targets with those features."""
     names = list(base) + list(LM_FEATURES) + [BASE_SCORE]
     rows = [r for r in with_base_score(booster, val, base) if r.names == names]
     if len(rows) < 4:
@@ -241,8 +259,13 @@ def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettin
         return None
     half = len(rows) // 2
     first, second = rows[:half], rows[half:]
-    trees = [fit_lambdarank(a, b, names, fit, seed).num_trees() for a, b in ((first, second), (second, first))]
-    return fit_lambdarank(rows, [], names, fit, seed, rounds=max(1, round(sum(trees) / len(trees))))
+    trees, held_out = [], []
+    for fitted_on, other in ((first, second), (second, first)):
+        model = fit_lambdarank(fitted_on, other, names, fit, seed)
+        trees.append(model.num_trees())
+        held_out += [(r, r.columns([BASE_SCORE])[:, 0], model.predict(r.columns(names))) for r in other]
+    final = fit_lambdarank(rows, [], names, fit, seed, rounds=max(1, round(sum(trees) / len(trees))))
+    return LMFit(final, held_out)
 
 
 def importances(booster: lgb.Booster, after: int = 0) -> dict[str, float]:

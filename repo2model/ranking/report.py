@@ -41,6 +41,7 @@ def markdown_report(result: dict) -> str:
         model = metrics["model"]
         lines.append("| target loss (nats/token) | " + " | ".join(fmt(model.get("loss")) if n == "model" else ""
                                                                  for n in names) + " |")
+    lines += lm_choice_lines((result.get("ranker") or {}).get("lm_choice"))
     lines += ["", "## Recall by commit size (changed files)", "",
               "recall@5 / recall@10 per bucket; the commits of each bucket in brackets.", "",
               "| predictor | " + " | ".join(bucket_names(result)) + " |", "|---|" + "---|" * len(bucket_names(result))]
@@ -64,6 +65,17 @@ def markdown_report(result: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def lm_choice_lines(choice: dict | None) -> list[str]:
+    """Which of the two rankers predictions use, and the held-out val figures that chose it ([] without both)."""
+    if not choice:
+        return []
+    used = "ranker_lm" if choice["used"] else "ranker"
+    return ["", f"Predictions rank with **{used}**: on {choice['val_targets']} val targets, each scored by a "
+            f"ranker_lm fitted on the other half of val, ranker_lm's recall@5 / MRR is "
+            f"{fmt(choice['ranker_lm'].get('recall@5'))} / {fmt(choice['ranker_lm'].get('mrr'))} against ranker's "
+            f"{fmt(choice['ranker'].get('recall@5'))} / {fmt(choice['ranker'].get('mrr'))}."]
 
 
 def bold_best(values: list) -> list[str]:

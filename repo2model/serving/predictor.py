@@ -205,7 +205,7 @@ class Predictor:
             # there is no code context (an older model folder, or train_ranker / index not run).
             "ranker": None if self.ranker is None else {
                 "folder": str(self.ranker.ranker.folder) if self.ranker.ranker.folder else None,
-                "language_model_features": self.ranker.ranker.booster_lm is not None,
+                "language_model_features": self.ranker.ranker.uses_lm,
                 "last_commit": self.ranker.last_commit,
             },
             "index": None if self.retriever is None else str(self.retriever.folder),

@@ -123,7 +123,7 @@ from repo2model.ranking.metrics import (
 )
 from repo2model.ranking.prior import PRIOR_DIR, Prior, load_prior
 from repo2model.ranking.ranker import (
-    BASE_SCORE, CHANGE_TYPES_FILE, Ranker, fit_lambdarank, fit_lm_ranker, importances, language_model_identity,
+    BASE_SCORE, CHANGE_TYPES_FILE, LMFit, Ranker, fit_lambdarank, fit_lm_ranker, importances, language_model_identity,
     rows_settings,
 )
 from repo2model.ranking.row_cache import RowCache, model_key, shaping_settings
@@ -173,6 +173,7 @@ class Fitted:
 
     booster: lgb.Booster
     booster_lm: lgb.Booster | None  # with the language model's features
+    lm_choice: dict | None  # whether predictions use booster_lm, and the held-out val figures that chose (lm_choice)
     without_dense: lgb.Booster | None  # the ablation (dense only)
     classes: list[str]  # the change-type classes
     type_model: lgb.Booster | None
@@ -407,13 +408,36 @@ def fit(cfg: RankerConfig, collected: Collected, seed: int, with_lm: bool, prior
     start = prior.booster if prior is not None else None
     started, cpu = time.monotonic(), time.process_time()
     booster = fit_lambdarank(train, val, names, cfg.fit(), seed, init_model=start)
-    booster_lm = fit_lm_ranker(booster, val, cfg.fit(), seed, names) if with_lm else None
+    lm_fit = fit_lm_ranker(booster, val, cfg.fit(), seed, names) if with_lm else None
+    choice = lm_choice(lm_fit, collected.truths) if lm_fit is not None else None
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     without_dense = fit_lambdarank(train, val, list(FEATURES), cfg.fit(), seed, init_model=start) if cfg.dense else None
     types_started = time.monotonic()
     classes, type_model = fit_classifier(collected.types, cfg.fit(), seed) if cfg.change_types else ([], None)
-    return Fitted(booster, booster_lm, without_dense, classes, type_model, seconds, cpu,
-                  time.monotonic() - types_started)
+    return Fitted(booster, lm_fit.booster if lm_fit is not None else None, choice, without_dense, classes, type_model,
+                  seconds, cpu, time.monotonic() - types_started)
+
+
+def lm_choice(lm_fit: LMFit, truths: dict[str, Truth]) -> dict:
+    """Whether predictions should rank with the LM ranker: on the val targets, each scored by the LM ranker fitted
+    on the other half of val, against ranker.txt's scores of the same rows. It is used when its recall@5 is
+    higher (equal: when its MRR is), else ranker.txt ranks and the LM ranker stays an ablation. ranker.txt was
+    early-stopped on these targets, so the comparison leans towards it: the LM ranker must win clearly."""
+    figures: dict[str, list[dict]] = {"ranker": [], "ranker_lm": []}
+    for rows, plain, held_out in lm_fit.held_out:
+        truth = truths[rows.commit]
+        for name, values in (("ranker", plain), ("ranker_lm", held_out)):
+            order = sorted(range(len(rows.paths)), key=lambda i: (-values[i], rows.paths[i]))[:10]
+            figures[name].append(score(Prediction([(rows.paths[i], float(values[i])) for i in order]), truth))
+    means = {name: aggregate(r) for name, r in figures.items()}
+    key = {name: (round(m["recall@5"] or 0.0, 6), round(m["mrr"] or 0.0, 6)) for name, m in means.items()}
+    used = key["ranker_lm"] > key["ranker"]
+    log.info("ranker: on %d held-out val targets the language-model ranker's recall@5 is %.3f against %.3f: "
+             "predictions use %s", len(lm_fit.held_out), key["ranker_lm"][0], key["ranker"][0],
+             "it" if used else "ranker.txt")
+    return {"used": used, "val_targets": len(lm_fit.held_out),
+            **{name: {k: round(m[k], 4) for k in ("recall@1", "recall@5", "recall@10", "mrr") if m[k] is not None}
+               for name, m in means.items()}}
 
 
 def ranker_settings(cfg: RankerConfig, baselines: BaselineConfig, dense_info: dict | None, collected: Collected,
@@ -422,6 +446,7 @@ def ranker_settings(cfg: RankerConfig, baselines: BaselineConfig, dense_info: di
     return {
         "features": cfg.candidates().names(),
         "lm_features": list(LM_FEATURES) + [BASE_SCORE] if fitted.booster_lm is not None else [],
+        "lm_used": bool(fitted.lm_choice and fitted.lm_choice["used"]),
         "baselines": section_dict(baselines),
         "candidates": section_dict(cfg.candidates()),
         "dense": dense_info,
@@ -453,6 +478,7 @@ def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddi
         "trees": fitted.booster.num_trees(),
         "own_trees": fitted.booster.num_trees() - prior_trees,
         "trees_lm": booster_lm.num_trees() if booster_lm is not None else None,
+        "lm_choice": fitted.lm_choice,
         "feature_importance": importances(fitted.booster, after=prior_trees),
         "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
         "features_seconds": round(collected.seconds, 2),
