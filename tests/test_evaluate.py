@@ -252,6 +252,9 @@ def test_evaluate_model_and_rankers_beside_baselines(trained_pipeline):
         assert set(sample["predicted_files"][:4]) == known, sample
     table = evaluate.report_path(paths).read_text()
     assert "## Where each predictor loses" in table and "| target loss (nats/token) |" in table
+    choice = json.loads((paths.ranker_dir / "metrics.json").read_text())["lm_choice"]
+    assert settings["lm_used"] is choice["used"] and choice["val_targets"] > 0
+    assert f"Predictions rank with **{'ranker_lm' if choice['used'] else 'ranker'}**" in table
     assert "feature importances" in table and "lm_logprob" in table
     assert evaluate.chart_path(paths).stat().st_size > 1000
     assert summary["targets"] == result["targets"]
