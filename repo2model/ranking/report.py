@@ -72,10 +72,11 @@ def lm_choice_lines(choice: dict | None) -> list[str]:
     if not choice:
         return []
     used = "ranker_lm" if choice["used"] else "ranker"
-    return ["", f"Predictions rank with **{used}**: on {choice['val_targets']} val targets, each scored by a "
-            f"ranker_lm fitted on the other half of val, ranker_lm's recall@5 / MRR is "
-            f"{fmt(choice['ranker_lm'].get('recall@5'))} / {fmt(choice['ranker_lm'].get('mrr'))} against ranker's "
-            f"{fmt(choice['ranker'].get('recall@5'))} / {fmt(choice['ranker'].get('mrr'))}."]
+    lm, plain = choice["ranker_lm"], choice["ranker"]
+    line = (f"Predictions rank with **{used}**: on {choice['val_targets']} val targets, each scored by a ranker_lm "
+            f"fitted on the other half of val, ranker_lm's recall@5 / MRR is {fmt(lm.get('recall@5'))} / "
+            f"{fmt(lm.get('mrr'))} against ranker's {fmt(plain.get('recall@5'))} / {fmt(plain.get('mrr'))}.")
+    return ["", line]
 
 
 def bold_best(values: list) -> list[str]:

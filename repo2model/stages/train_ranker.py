@@ -422,7 +422,7 @@ def lm_choice(lm_fit: LMFit, truths: dict[str, Truth]) -> dict:
     """Whether predictions should rank with the LM ranker: on the val targets, each scored by the LM ranker fitted
     on the other half of val, against ranker.txt's scores of the same rows. It is used when its recall@5 is
     higher (equal: when its MRR is), else ranker.txt ranks and the LM ranker stays an ablation. ranker.txt was
-    early-stopped on these targets, so the comparison leans towards it: the LM ranker must win clearly."""
+    early-stopped on these targets, so the comparison leans a little towards it."""
     figures: dict[str, list[dict]] = {"ranker": [], "ranker_lm": []}
     for rows, plain, held_out in lm_fit.held_out:
         truth = truths[rows.commit]
