@@ -44,7 +44,7 @@ def test_the_lm_ranker_is_used_only_where_it_wins_on_held_out_val_targets(lm_kno
     booster = fit_lambdarank(train, val, BASE, FIT, seed=1)
     fitted = fit_lm_ranker(booster, val, FIT, seed=1, base=BASE)
     assert fitted is not None and len(fitted.held_out) == len(val)
-    assert {rows.commit for rows, _, _ in fitted.held_out} == {rows.commit for rows in val}
+    assert {rows.commit for rows, _ in fitted.held_out} == {rows.commit for rows in val}
     choice = lm_choice(fitted, {rows.commit: truth(rows) for rows in val})
     assert choice["val_targets"] == 40
     assert choice["used"] is lm_knows

@@ -124,9 +124,7 @@ class Ranker:
         return base
 
     def rank(self, rows: CandidateRows, lm: bool = False) -> list[tuple[str, float]]:
-        values = self.scores(rows, lm)
-        order = sorted(range(len(rows.paths)), key=lambda i: (-values[i], rows.paths[i]))
-        return [(rows.paths[i], float(values[i])) for i in order]
+        return ranked(rows.paths, self.scores(rows, lm))
 
     def change_types(self, examples: list[TypeExample]) -> dict[str, str]:
         """Each file's predicted main change type (the classifier's, else the file's most frequent one)."""
@@ -178,6 +176,12 @@ class Ranker:
         if booster.feature_name() != list(settings.get("features", [])):
             raise UserError(f"{folder}: {RANKER_FILE} and {SETTINGS_FILE} disagree on the features: rerun train_ranker")
         return cls(booster, settings, booster_lm, types, metrics, folder)
+
+
+def ranked(paths: list[str], values: np.ndarray) -> list[tuple[str, float]]:
+    """(path, score), best first; equal scores in path order."""
+    order = sorted(range(len(paths)), key=lambda i: (-values[i], paths[i]))
+    return [(paths[i], float(values[i])) for i in order]
 
 
 def find_ranker(*folders: Path | None) -> Path | None:
@@ -238,11 +242,11 @@ def with_base_score(booster: lgb.Booster, rows: list[CandidateRows], base: list[
 
 @dataclass
 class LMFit:
-    """The LM ranker, and its scores on the val targets from the half of val it was not fitted on (the first
-    ranker's scores beside them): what tells whether predictions should use it (train_ranker's lm_choice)."""
+    """The LM ranker, and its scores on the val targets from the half of val it was not fitted on (the rows carry
+    ranker.txt's scores as BASE_SCORE): what tells whether predictions should use it (train_ranker's lm_choice)."""
 
     booster: lgb.Booster
-    held_out: list[tuple[CandidateRows, np.ndarray, np.ndarray]]  # (val rows, ranker.txt's scores, out-of-fold)
+    held_out: list[tuple[CandidateRows, np.ndarray]]  # (val rows, the LM ranker's out-of-fold scores)
 
 
 def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettings, seed: int,
@@ -263,7 +267,7 @@ def fit_lm_ranker(booster: lgb.Booster, val: list[CandidateRows], fit: FitSettin
     for fitted_on, other in ((first, second), (second, first)):
         model = fit_lambdarank(fitted_on, other, names, fit, seed)
         trees.append(model.num_trees())
-        held_out += [(r, r.columns([BASE_SCORE])[:, 0], model.predict(r.columns(names))) for r in other]
+        held_out += [(r, model.predict(r.columns(names))) for r in other]
     final = fit_lambdarank(rows, [], names, fit, seed, rounds=max(1, round(sum(trees) / len(trees))))
     return LMFit(final, held_out)
 

@@ -124,7 +124,7 @@ from repo2model.ranking.metrics import (
 from repo2model.ranking.prior import PRIOR_DIR, Prior, load_prior
 from repo2model.ranking.ranker import (
     BASE_SCORE, CHANGE_TYPES_FILE, LMFit, Ranker, fit_lambdarank, fit_lm_ranker, importances, language_model_identity,
-    rows_settings,
+    ranked, rows_settings,
 )
 from repo2model.ranking.row_cache import RowCache, model_key, shaping_settings
 from repo2model.ranking.symbol_features import SYMBOL_FEATURES
@@ -424,11 +424,9 @@ def lm_choice(lm_fit: LMFit, truths: dict[str, Truth]) -> dict:
     higher (equal: when its MRR is), else ranker.txt ranks and the LM ranker stays an ablation. ranker.txt was
     early-stopped on these targets, so the comparison leans a little towards it."""
     figures: dict[str, list[dict]] = {"ranker": [], "ranker_lm": []}
-    for rows, plain, held_out in lm_fit.held_out:
-        truth = truths[rows.commit]
-        for name, values in (("ranker", plain), ("ranker_lm", held_out)):
-            order = sorted(range(len(rows.paths)), key=lambda i: (-values[i], rows.paths[i]))[:10]
-            figures[name].append(score(Prediction([(rows.paths[i], float(values[i])) for i in order]), truth))
+    for rows, held_out in lm_fit.held_out:
+        for name, values in (("ranker", rows.columns([BASE_SCORE])[:, 0]), ("ranker_lm", held_out)):
+            figures[name].append(score(Prediction(ranked(rows.paths, values)[:10]), truths[rows.commit]))
     means = {name: aggregate(r) for name, r in figures.items()}
     key = {name: (round(m["recall@5"] or 0.0, 6), round(m["mrr"] or 0.0, 6)) for name, m in means.items()}
     used = key["ranker_lm"] > key["ranker"]
