@@ -3,6 +3,7 @@
     python bench/bench_prediction.py                       # fd, axum, click from ../shared/data/repos/
     python bench/bench_prediction.py --repos fd axum click axum-agentic --reference-code /tmp/before
     python bench/bench_prediction.py --last-commits 300    # only each history's latest 300 commits
+    python bench/bench_prediction.py --last-commits 300 --skip-commits 0 300 600 900   # four windows each
     python bench/bench_prediction.py --repos fd --with-model --work /tmp/bench-prediction
     python bench/bench_prediction.py --dense                # the ranker with the dense similarity, and without
     python bench/bench_prediction.py --repos fd --dense --dense-candidates 20 --work /tmp/bench-dense20
@@ -40,7 +41,10 @@ history (e.g. train_ranker.pool_per_commit_size=0).
 
 --last-commits N: only each history's latest N commits are scraped (git_scraper.rev_range "--max-count=N
 HEAD"), split by the dataset builder as usual (test = the latest 10%): a young repository, where the prior
-matters most. --reference-code DIR (a checkout of earlier code, e.g. `git worktree add /tmp/before <commit>`):
+matters most. --skip-commits S [S ...]: the N commits before the latest S instead (git's --skip), one window
+per S, each a young repository of its own (its name gets -last<N>-skip<S>), so that windows of one history give
+more test targets than its latest 15-30.
+--reference-code DIR (a checkout of earlier code, e.g. `git worktree add /tmp/before <commit>`):
 that code's train_ranker.py and evaluate.py also run on the same artifacts, as the table's row `reference`.
 
 Besides the table: per history the share of train and test targets whose message is uninformative
@@ -106,6 +110,8 @@ def main() -> None:
     parser.add_argument("--prior", choices=("leave-out", "shipped", "off"), default="leave-out",
                         help="the prior the ranker starts from (default: one that never saw the tested history)")
     parser.add_argument("--last-commits", type=int, default=0, help="only each history's latest N commits (0: all)")
+    parser.add_argument("--skip-commits", type=int, nargs="+", default=[0],
+                        help="with --last-commits: one window per S, the N commits before the latest S (0: the latest)")
     parser.add_argument("--reference-code", type=Path, help="also this checkout's train_ranker and evaluate")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config key for every history (repeatable), e.g. train_ranker.pool_per_commit_size=0")
@@ -113,13 +119,17 @@ def main() -> None:
 
     results = {}
     for name in args.repos:
-        print(f"== {name}", flush=True)
-        results[name] = bench_repo(name, args)
+        for skip in args.skip_commits if args.last_commits else [0]:
+            window = (f"-last{args.last_commits}" if args.last_commits else "") + (f"-skip{skip}" if skip else "")
+            print(f"== {name}{window}", flush=True)
+            results[name + window] = bench_repo(name, window, skip, args)
     print_table(results)
+    print_prior(results)
 
 
-def bench_repo(name: str, args: argparse.Namespace) -> dict:
-    work = args.work.resolve() / (name + (f"-last{args.last_commits}" if args.last_commits else ""))
+def bench_repo(name: str, window: str, skip: int, args: argparse.Namespace) -> dict:
+    """One history (`window`: its -last<N>[-skip<S>] suffix, the commits scraped: the N before the latest S)."""
+    work = args.work.resolve() / (name + window)
     repo = work / "repo"
     base, group = squashed_name(name)
     if group:  # a history squashed as axum-agentic was (train_prior's squash), its real tasks on the latest 10%
@@ -131,7 +141,7 @@ def bench_repo(name: str, args: argparse.Namespace) -> dict:
             raise SystemExit(f"{bundle}: not found (give --bundles)")
         if not repo.exists():
             subprocess.run(["git", "clone", "-q", str(bundle), str(repo)], check=True)
-    config = write_config(work, repo, args, prior_for(name, args))
+    config = write_config(work, repo, args, prior_for(name, args), skip)
     for stage in STAGES + (("train_model",) if args.with_model else ()):
         if pipeline.run_pipeline(config, only=stage) != 0:
             raise SystemExit(f"{name}: stage {stage} failed (see {work / 'out' / 'pipeline.log'})")
@@ -172,11 +182,11 @@ def prior_for(name: str, args: argparse.Namespace) -> str:
     return str(train_prior.prior_without([base], args.work.resolve() / "prior", args.bundles))
 
 
-def write_config(work: Path, repo: Path, args: argparse.Namespace, prior: str) -> Path:
+def write_config(work: Path, repo: Path, args: argparse.Namespace, prior: str, skip: int = 0) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     scraper = {"repo": str(repo), "include_remotes": True}
     if args.last_commits:
-        scraper["rev_range"] = f"--max-count={args.last_commits} HEAD"
+        scraper["rev_range"] = f"--max-count={args.last_commits}{f' --skip={skip}' if skip else ''} HEAD"
     config = {
         "pipeline": {"output_dir": str(work / "out")},
         "git_scraper": scraper,
@@ -331,6 +341,25 @@ def print_table(results: dict) -> None:
               f"{commits} (commit records); the first request {r['serve']['first']:.2f}s")
 
 
+def print_prior(results: dict) -> None:
+    """The prior's gain over every history benched (train_ranker's ablation: the ranker fitted from nothing on the
+    same rows), pooled over their test targets."""
+    rows = [(n, r["ranker"]["prior_ablation"]) for n, r in results.items() if r["ranker"].get("prior_ablation")]
+    if not rows:
+        return
+    total = sum(a["targets"] for _, a in rows)
+
+    def pooled(name: str, key: str) -> float:
+        return sum(a[name][key] * a["targets"] for _, a in rows) / total
+
+    wins = sum(a["ranker"]["recall@5"] > a["ranker_without_prior"]["recall@5"] for _, a in rows)
+    losses = sum(a["ranker"]["recall@5"] < a["ranker_without_prior"]["recall@5"] for _, a in rows)
+    print(f"\nthe prior over {len(rows)} histories ({total} test targets): recall@5 / MRR "
+          f"{pooled('ranker', 'recall@5'):.3f} / {pooled('ranker', 'mrr'):.3f} with it, "
+          f"{pooled('ranker_without_prior', 'recall@5'):.3f} / {pooled('ranker_without_prior', 'mrr'):.3f} fitted from "
+          f"nothing; recall@5 higher with it on {wins}, lower on {losses}")
+
+
 def print_situation(r: dict) -> None:
     """The messages, the ranker on the informative test targets, candidate recall by size, the prior."""
     messages, ranker, metrics = r["ranker"].get("messages") or {}, r["ranker"], r["metrics"]
@@ -345,8 +374,12 @@ def print_situation(r: dict) -> None:
         f"{b} files {s['candidate_recall']:.3f} ({s['commits']} commits, {s['candidates']:.0f} candidates)"
         for b, s in sizes.items()))
     prior = ranker.get("prior")
+    ablation = ranker.get("prior_ablation")
+    gain = (f"; test recall@5 / MRR {ablation['ranker']['recall@5']:.3f} / {ablation['ranker']['mrr']:.3f}, fitted "
+            f"from nothing {ablation['ranker_without_prior']['recall@5']:.3f} / "
+            f"{ablation['ranker_without_prior']['mrr']:.3f}" if ablation else "")
     print(f"    prior: {prior['trees']} trees ({', '.join(prior['histories'] or {})}); the ranker's own trees "
-          f"{ranker['own_trees']}" if prior else "    prior: none")
+          f"{ranker['own_trees']}{gain}" if prior else "    prior: none")
     if "reference" in metrics:
         mine, ref = metrics["ranker"], metrics["reference"]
         print("    ranker - reference: " + ", ".join(f"{k} {mine[k] - ref[k]:+.3f}" for k in COLUMNS))

@@ -255,6 +255,10 @@ def test_evaluate_model_and_rankers_beside_baselines(trained_pipeline):
     choice = json.loads((paths.ranker_dir / "metrics.json").read_text())["lm_choice"]
     assert settings["lm_used"] is choice["used"] and choice["val_targets"] > 0
     assert f"Predictions rank with **{'ranker_lm' if choice['used'] else 'ranker'}**" in table
+    ablation = result["ranker"]["prior_ablation"]  # the shipped prior (train_ranker.prior: auto), and without it
+    assert ablation["ranker"]["recall@5"] == round(result["metrics"]["ranker"]["recall@5"], 4)
+    assert (f"and {ablation['ranker_without_prior']['recall@5']:.3f} / {ablation['ranker_without_prior']['mrr']:.3f} "
+            "fitted from nothing on the same rows") in table
     assert "feature importances" in table and "lm_logprob" in table
     assert evaluate.chart_path(paths).stat().st_size > 1000
     assert summary["targets"] == result["targets"]

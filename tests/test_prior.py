@@ -21,6 +21,7 @@ from repo2model.core.artifacts import iter_commits_with_chunks
 from repo2model.core.config import load_config
 from repo2model.core.errors import UserError
 from repo2model.ranking import prior as prior_module
+from repo2model.ranking import report
 from repo2model.ranking.features import (
     FEATURES, PRIOR_FEATURES, SCALE_DEPENDENT, TASK_FEATURES, FeatureConfig, candidate_rows, candidates,
 )
@@ -157,6 +158,23 @@ def test_the_ranker_holds_the_prior_trees_then_its_own(agent_rankers):
     x = rows.columns(ranker.features)
     np.testing.assert_allclose(ranker.booster.predict(x, num_iteration=prior.booster.num_trees()),
                                prior.booster.predict(x), rtol=1e-9, atol=1e-9)
+
+
+def test_the_report_says_what_the_prior_did_against_the_ranker_fitted_from_nothing(agent_rankers):
+    """train_ranker's ablation is the ranker fitted from nothing on the same rows: the figures of `prior: off`'s
+    own ranker; evaluation.md's line gives both, and the gain between them."""
+    on, off = (json.loads((paths.ranker_dir / "metrics.json").read_text()) for paths in agent_rankers)
+    ablation = on["prior_ablation"]
+    assert off["prior_ablation"] is None and ablation["targets"] == on["targets"]["test"] == 12
+    for key in ("recall@1", "recall@5", "recall@10", "mrr"):
+        assert ablation["ranker_without_prior"][key] == round(off["test"]["ranker"][key], 4)
+        assert ablation["ranker"][key] == round(on["test"]["ranker"][key], 4)
+    [line] = [x for x in report.prior_lines({"prior": on["prior"], "prior_ablation": ablation}) if x]
+    gain = ablation["ranker"]["recall@5"] - ablation["ranker_without_prior"]["recall@5"]
+    assert f"{'gained' if gain >= 0 else 'lost'} {abs(gain):.3f} recall@5 on these 12 test targets" in line
+    assert f"{ablation['ranker_without_prior']['recall@5']:.3f} / {ablation['ranker_without_prior']['mrr']:.3f} " \
+           "fitted from nothing" in line
+    assert report.prior_lines({"prior": None, "prior_ablation": None}) == []
 
 
 def test_boilerplate_targets_teach_nothing_about_the_task(agent_rankers):

@@ -42,6 +42,7 @@ def markdown_report(result: dict) -> str:
         lines.append("| target loss (nats/token) | " + " | ".join(fmt(model.get("loss")) if n == "model" else ""
                                                                  for n in names) + " |")
     lines += lm_choice_lines((result.get("ranker") or {}).get("lm_choice"))
+    lines += prior_lines(result.get("ranker") or {})
     lines += ["", "## Recall by commit size (changed files)", "",
               "recall@5 / recall@10 per bucket; the commits of each bucket in brackets.", "",
               "| predictor | " + " | ".join(bucket_names(result)) + " |", "|---|" + "---|" * len(bucket_names(result))]
@@ -76,6 +77,22 @@ def lm_choice_lines(choice: dict | None) -> list[str]:
     line = (f"Predictions rank with **{used}**: on {choice['val_targets']} val targets, each scored by a ranker_lm "
             f"fitted on the other half of val, ranker_lm's recall@5 / MRR is {fmt(lm.get('recall@5'))} / "
             f"{fmt(lm.get('mrr'))} against ranker's {fmt(plain.get('recall@5'))} / {fmt(plain.get('mrr'))}.")
+    return ["", line]
+
+
+def prior_lines(ranker: dict) -> list[str]:
+    """What the prior did on this history: the ranker's test figures against the same ranker fitted from nothing
+    on the same rows (train_ranker's ablation; [] without a prior)."""
+    prior, ablation = ranker.get("prior"), ranker.get("prior_ablation")
+    if not prior or not ablation:
+        return []
+    with_it, without = ablation["ranker"], ablation["ranker_without_prior"]
+    gain = (with_it.get("recall@5") or 0.0) - (without.get("recall@5") or 0.0)
+    learned = ", ".join(prior.get("histories") or {}) or "other histories"
+    line = (f"The prior ({prior['trees']} trees learned from {learned}) {'gained' if gain >= 0 else 'lost'} "
+            f"{abs(gain):.3f} recall@5 on these {ablation['targets']} test targets: the ranker's recall@5 / MRR is "
+            f"{fmt(with_it.get('recall@5'))} / {fmt(with_it.get('mrr'))}, and {fmt(without.get('recall@5'))} / "
+            f"{fmt(without.get('mrr'))} fitted from nothing on the same rows (train_ranker.prior: off).")
     return ["", line]
 
 

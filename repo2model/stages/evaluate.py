@@ -370,7 +370,8 @@ def ranker_info(ranker: Ranker | None) -> dict | None:
     return {"folder": str(ranker.folder), "feature_importance": metrics.get("feature_importance"),
             "feature_importance_lm": metrics.get("feature_importance_lm"), "trees": metrics.get("trees"),
             "fit_seconds": metrics.get("fit_seconds"), "change_types": metrics.get("change_types"),
-            "lm_choice": metrics.get("lm_choice")}
+            "lm_choice": metrics.get("lm_choice"), "prior": metrics.get("prior"),
+            "prior_ablation": metrics.get("prior_ablation")}
 
 
 def score_targets(cfg: EvaluationConfig, paths: ArtifactPaths, plan: Plan, repo: Path | None, ranker: Ranker | None,

@@ -32,7 +32,9 @@ Steps (run() reads as this list):
        holds the prior's trees, then its own; the task's features are hidden on the train and val targets whose
        message is uninformative (repo2model.ranking.messages: boilerplate, near-empty), whose counts metrics.json
        gives per split; with `dense`, also the same ranker without the dense features on the same rows, reported
-       as ranker_without_dense (ablation)
+       as ranker_without_dense (ablation); with a prior, also the ranker fitted from nothing on the same rows,
+       reported as ranker_without_prior (ablation: what the prior gained or lost on this history, which
+       evaluation.md says)
     4. the language-model ranker (when a model exists): the model trained on the train targets, so its scores
        there are optimistic; this ranker is fitted on the val targets only (the model never trained on them),
        over the ranker's features, the model's and the first ranker's score; its number of trees is chosen by
@@ -175,6 +177,7 @@ class Fitted:
     booster_lm: lgb.Booster | None  # with the language model's features
     lm_choice: dict | None  # whether predictions use booster_lm, and the held-out val figures that chose (lm_choice)
     without_dense: lgb.Booster | None  # the ablation (dense only)
+    without_prior: lgb.Booster | None  # the ablation (with a prior only): fitted from nothing on the same rows
     classes: list[str]  # the change-type classes
     type_model: lgb.Booster | None
     seconds: float  # the two rankers (not the ablation)
@@ -412,10 +415,11 @@ def fit(cfg: RankerConfig, collected: Collected, seed: int, with_lm: bool, prior
     choice = lm_choice(lm_fit, collected.truths) if lm_fit is not None else None
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     without_dense = fit_lambdarank(train, val, list(FEATURES), cfg.fit(), seed, init_model=start) if cfg.dense else None
+    without_prior = fit_lambdarank(train, val, names, cfg.fit(), seed) if start is not None else None
     types_started = time.monotonic()
     classes, type_model = fit_classifier(collected.types, cfg.fit(), seed) if cfg.change_types else ([], None)
-    return Fitted(booster, lm_fit.booster if lm_fit is not None else None, choice, without_dense, classes, type_model,
-                  seconds, cpu, time.monotonic() - types_started)
+    return Fitted(booster, lm_fit.booster if lm_fit is not None else None, choice, without_dense, without_prior,
+                  classes, type_model, seconds, cpu, time.monotonic() - types_started)
 
 
 def lm_choice(lm_fit: LMFit, truths: dict[str, Truth]) -> dict:
@@ -459,8 +463,11 @@ def ranker_settings(cfg: RankerConfig, baselines: BaselineConfig, dense_info: di
 
 def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddings: FileEmbeddings | None) -> dict:
     """metrics.json: the test figures beside every baseline (and the ablation), importances, times."""
-    ablation = ({"ranker_without_dense": Ranker(fitted.without_dense, {**ranker.settings, "features": list(FEATURES)})}
-                if fitted.without_dense is not None else {})
+    ablation = {}
+    if fitted.without_dense is not None:
+        ablation["ranker_without_dense"] = Ranker(fitted.without_dense, {**ranker.settings, "features": list(FEATURES)})
+    if fitted.without_prior is not None:
+        ablation["ranker_without_prior"] = Ranker(fitted.without_prior, {**ranker.settings, "prior": None})
     metrics = measure(ranker, collected, ablation)
     metrics["change_types"] = change_type_figures(ranker.change_type_model, ranker.classes, collected.types["test"])
     if metrics["change_types"]:
@@ -477,6 +484,7 @@ def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddi
         "own_trees": fitted.booster.num_trees() - prior_trees,
         "trees_lm": booster_lm.num_trees() if booster_lm is not None else None,
         "lm_choice": fitted.lm_choice,
+        "prior_ablation": prior_ablation(metrics["test"]) if fitted.without_prior is not None else None,
         "feature_importance": importances(fitted.booster, after=prior_trees),
         "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
         "features_seconds": round(collected.seconds, 2),
@@ -491,6 +499,13 @@ def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddi
                                              if without_dense is not None else None),
     })
     return metrics
+
+
+def prior_ablation(test: dict) -> dict:
+    """The test figures of the ranker and of the same ranker fitted from nothing: what the prior did here."""
+    return {"targets": test["ranker"]["commits"], **{
+        name: {k: round(test[name][k], 4) for k in ("recall@1", "recall@5", "recall@10", "mrr")
+               if test[name].get(k) is not None} for name in ("ranker", "ranker_without_prior")}}
 
 
 def measure(ranker: Ranker, collected: Collected, others: dict[str, Ranker] | None = None) -> dict:
