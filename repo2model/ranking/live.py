@@ -49,7 +49,7 @@ from repo2model.ranking.features import (
 )
 from repo2model.ranking.history import PastCommits, folder_of
 from repo2model.ranking.metrics import Prediction, Truth, aggregate, fmt, score
-from repo2model.ranking.ranker import BASE_SCORE, Ranker, fit_lambdarank, importances
+from repo2model.ranking.ranker import BASE_SCORE, Ranker, fit_lambdarank, importances, ranked
 from repo2model.ranking.targets import TargetState
 from repo2model.retrieval.bm25 import path_words
 
@@ -275,9 +275,7 @@ class LiveRanker:
         return self.booster.predict(rows.columns(self.features))
 
     def rank(self, rows: CandidateRows, ranker: Ranker) -> list[tuple[str, float]]:
-        values = self.scores(rows, ranker)
-        order = sorted(range(len(rows.paths)), key=lambda i: (-values[i], rows.paths[i]))
-        return [(rows.paths[i], float(values[i])) for i in order]
+        return ranked(rows.paths, self.scores(rows, ranker))
 
     def save(self, folder: Path) -> None:
         with atomic_open(Path(folder) / LIVE_RANKER_FILE) as fh:
@@ -334,10 +332,10 @@ def simulate(partials: list[PartialTarget], ranker: Ranker, live: LiveRanker | N
     for partial in partials:
         truth = Truth(partial.commit, partial.remaining, {}, set(), set())
         normal = subset(partial.rows, list(np.flatnonzero(partial.normal)))
-        ranked = {"ranker": ranker.rank(normal)[:10], "cochange": partial.cochange}
+        rankings = {"ranker": ranker.rank(normal)[:10], "cochange": partial.cochange}
         if live is not None:
-            ranked["live"] = live.rank(partial.rows, ranker)[:10]
-        for method, files in ranked.items():
+            rankings["live"] = live.rank(partial.rows, ranker)[:10]
+        for method, files in rankings.items():
             rows[partial.label][method].append(score(Prediction(files), truth))
         found = set(partial.rows.paths) & set(partial.remaining)
         recall[partial.label].append(len(found) / len(partial.remaining))

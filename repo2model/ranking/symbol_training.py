@@ -38,7 +38,7 @@ from repo2model.ranking.config import FitSettings
 from repo2model.ranking.features import CandidateRows, candidate_rows
 from repo2model.ranking.history import BaselineConfig
 from repo2model.ranking.metrics import aggregate, by_size, fmt
-from repo2model.ranking.ranker import fit_lambdarank, importances
+from repo2model.ranking.ranker import fit_lambdarank, importances, ranked
 from repo2model.ranking.symbol_features import SymbolContext, symbol_rows, unit_key
 from repo2model.ranking.symbol_history import Key, SymbolHistory
 from repo2model.ranking.symbol_ranker import (
@@ -105,8 +105,7 @@ def file_ranking(booster: lgb.Booster, names: list[str], rows: CandidateRows) ->
     """A target's candidate files by the file ranker's score, best first."""
     if not len(rows.paths):
         return []
-    scores = booster.predict(rows.columns(names))
-    return [(rows.paths[i], float(scores[i])) for i in sorted(range(len(scores)), key=lambda i: (-scores[i], rows.paths[i]))]
+    return ranked(rows.paths, booster.predict(rows.columns(names)))
 
 
 def file_ranks(ranked: list[tuple[str, float]]) -> dict[str, tuple[int, float]]:
