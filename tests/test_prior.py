@@ -171,7 +171,7 @@ def test_the_report_says_what_the_prior_did_against_the_ranker_fitted_from_nothi
         assert ablation["ranker"][key] == round(on["test"]["ranker"][key], 4)
     [line] = [x for x in report.prior_lines({"prior": on["prior"], "prior_ablation": ablation}) if x]
     gain = ablation["ranker"]["recall@5"] - ablation["ranker_without_prior"]["recall@5"]
-    assert f"{'gained' if gain >= 0 else 'lost'} {abs(gain):.3f} recall@5 on these 12 test targets" in line
+    assert f"{'gained' if gain >= 0 else 'lost'} {abs(gain):.3f} recall@5 on train_ranker's 12 test targets" in line
     assert f"{ablation['ranker_without_prior']['recall@5']:.3f} / {ablation['ranker_without_prior']['mrr']:.3f} " \
            "fitted from nothing" in line
     assert report.prior_lines({"prior": None, "prior_ablation": None}) == []

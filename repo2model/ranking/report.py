@@ -90,8 +90,8 @@ def prior_lines(ranker: dict) -> list[str]:
     gain = (with_it.get("recall@5") or 0.0) - (without.get("recall@5") or 0.0)
     learned = ", ".join(prior.get("histories") or {}) or "other histories"
     line = (f"The prior ({prior['trees']} trees learned from {learned}) {'gained' if gain >= 0 else 'lost'} "
-            f"{abs(gain):.3f} recall@5 on these {ablation['targets']} test targets: the ranker's recall@5 / MRR is "
-            f"{fmt(with_it.get('recall@5'))} / {fmt(with_it.get('mrr'))}, and {fmt(without.get('recall@5'))} / "
+            f"{abs(gain):.3f} recall@5 on train_ranker's {ablation['targets']} test targets: the ranker's recall@5 / "
+            f"MRR is {fmt(with_it.get('recall@5'))} / {fmt(with_it.get('mrr'))}, and {fmt(without.get('recall@5'))} / "
             f"{fmt(without.get('mrr'))} fitted from nothing on the same rows (train_ranker.prior: off).")
     return ["", line]
 

@@ -32,9 +32,9 @@ Steps (run() reads as this list):
        holds the prior's trees, then its own; the task's features are hidden on the train and val targets whose
        message is uninformative (repo2model.ranking.messages: boilerplate, near-empty), whose counts metrics.json
        gives per split; with `dense`, also the same ranker without the dense features on the same rows, reported
-       as ranker_without_dense (ablation); with a prior, also the ranker fitted from nothing on the same rows,
-       reported as ranker_without_prior (ablation: what the prior gained or lost on this history, which
-       evaluation.md says)
+       as ranker_without_dense (ablation); with a prior (but in an update), also the ranker fitted from nothing
+       on the same rows, reported as ranker_without_prior (ablation: what the prior gained or lost on this
+       history, which evaluation.md says)
     4. the language-model ranker (when a model exists): the model trained on the train targets, so its scores
        there are optimistic; this ranker is fitted on the val targets only (the model never trained on them),
        over the ranker's features, the model's and the first ranker's score; its number of trees is chosen by
@@ -415,7 +415,8 @@ def fit(cfg: RankerConfig, collected: Collected, seed: int, with_lm: bool, prior
     choice = lm_choice(lm_fit, collected.truths) if lm_fit is not None else None
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     without_dense = fit_lambdarank(train, val, list(FEATURES), cfg.fit(), seed, init_model=start) if cfg.dense else None
-    without_prior = fit_lambdarank(train, val, names, cfg.fit(), seed) if start is not None else None
+    # an update keeps to what is new (its figures are the refit's; the last full run's metrics.json has the ablation)
+    without_prior = fit_lambdarank(train, val, names, cfg.fit(), seed) if start is not None and not cfg.update else None
     types_started = time.monotonic()
     classes, type_model = fit_classifier(collected.types, cfg.fit(), seed) if cfg.change_types else ([], None)
     return Fitted(booster, lm_fit.booster if lm_fit is not None else None, choice, without_dense, without_prior,
@@ -484,7 +485,7 @@ def ranker_metrics(ranker: Ranker, collected: Collected, fitted: Fitted, embeddi
         "own_trees": fitted.booster.num_trees() - prior_trees,
         "trees_lm": booster_lm.num_trees() if booster_lm is not None else None,
         "lm_choice": fitted.lm_choice,
-        "prior_ablation": prior_ablation(metrics["test"]) if fitted.without_prior is not None else None,
+        "prior_ablation": prior_ablation(metrics["test"]) if "ranker_without_prior" in metrics["test"] else None,
         "feature_importance": importances(fitted.booster, after=prior_trees),
         "feature_importance_lm": importances(booster_lm) if booster_lm is not None else None,
         "features_seconds": round(collected.seconds, 2),
