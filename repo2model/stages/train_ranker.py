@@ -32,7 +32,7 @@ Steps (run() reads as this list):
        holds the prior's trees, then its own; the task's features are hidden on the train and val targets whose
        message is uninformative (repo2model.ranking.messages: boilerplate, near-empty), whose counts metrics.json
        gives per split; with `dense`, also the same ranker without the dense features on the same rows, reported
-       as ranker_without_dense (ablation); with a prior (but in an update), also the ranker fitted from nothing
+       as ranker_without_dense (ablation); with a prior (not in an update), also the ranker fitted from nothing
        on the same rows, reported as ranker_without_prior (ablation: what the prior gained or lost on this
        history, which evaluation.md says)
     4. the language-model ranker (when a model exists): the model trained on the train targets, so its scores
