@@ -22,7 +22,7 @@ import yaml
 from repo2model.stages import git_scraper
 from repo2model.stages import semantic_chunker as sc
 from helpers_chunker import commit_record, coverage_problems, history, summary
-from repo2model.code import chunking
+from repo2model.code import chunking, execution
 from repo2model.code.patches import parse_patch
 from repo2model.code import units as code_units
 from repo2model.core.artifacts import CommitsWriter, iter_commits, iter_jsonl, open_text
@@ -875,6 +875,30 @@ def wait_for_temporary(folder: Path, proc: subprocess.Popen) -> None:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
         time.sleep(0.05)
     time.sleep(0.5)  # workers mid-batch, git cat-file processes running
+
+
+def test_a_ctrl_c_while_workers_start_is_handled_after_it_not_lost():
+    """Pool workers start inside `_interrupts_deferred`. A process started there inherits Ctrl-C held back,
+    and this one handles a Ctrl-C that came meanwhile as soon as the block ends (ignoring SIGINT there, as
+    before, lost it: the stage then ran to its end and exited 0)."""
+    child = [sys.executable, "-c", "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"]
+    steps = []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal gives (not a background job)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with execution._interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # a handler would have run by now
+                steps.append(subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip())
+            steps.append("after the block")
+        assert steps == ["True"]  # the child held it back too; the interrupt came at the block's end
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        with execution._interrupts_deferred():  # nothing to replay when no Ctrl-C came
+            steps.append("quiet")
+        assert steps == ["True", "quiet"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.slow

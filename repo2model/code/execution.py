@@ -110,7 +110,7 @@ def execute_plan(plan: Iterator[Batch | str], commits_path: Path, cfg: ChunkerCo
                 in_flight.append(Part(1, reused=item))
             else:
                 spool_file = spool / f"{number}.jsonl"
-                with _interrupts_ignored():  # workers start on a submit: from their start on, not only from
+                with _interrupts_deferred():  # workers start on a submit: from their start on, not only from
                     future = pool.submit(_chunk_lines, item.lines, str(spool_file))  # the initializer on
                 in_flight.append((future, spool_file))
             while len(in_flight) > limit:
@@ -125,16 +125,26 @@ def execute_plan(plan: Iterator[Batch | str], commits_path: Path, cfg: ChunkerCo
 
 
 @contextlib.contextmanager
-def _interrupts_ignored() -> Iterator[None]:
-    """SIGINT ignored while the block runs (only the main thread may change signal handlers)."""
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT held back while the block runs, then handled as if it came after the block.
+
+    Processes started in the block inherit SIGINT blocked (fork and exec keep the signal mask): a fork
+    server or worker starting up never sees Ctrl-C, and the initializer then ignores it for good. This
+    process does not lose it: ignoring SIGINT here instead (SIG_IGN) would drop a Ctrl-C that arrives
+    during the block, and the stage would run to its end. Only the main thread handles signals."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one held back is handled here, by the recorder
+        signal.signal(signal.SIGINT, previous)  # or, if its handler runs later, by this one
+        if received:
+            signal.raise_signal(signal.SIGINT)  # now as Ctrl-C would be: KeyboardInterrupt, or nothing if ignored
 
 
 def _resolve(entry) -> Part:
