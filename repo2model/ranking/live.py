@@ -8,10 +8,13 @@
 A developer who has changed some files (the working tree, repo2model.git.working_tree) has told the ranker
 much about the rest of the change: what changes with those files, what sits beside them, their tests. The
 live ranker is a LightGBM lambdarank over the ranker's own features (repo2model.ranking.features) plus the
-in-progress features below, trained on simulated partial commits: for each training target of at least two
-files, its first k files (k = 1, 2 and half of them) are revealed and the rest are the files to find. Its
-candidates are the ranker's plus what the revealed files point at (`in_progress_sources`), the revealed files
-left out.
+in-progress features below and the ranker's score (BASE_SCORE), trained on simulated partial commits: for each
+training target of at least two files, its first k files (k = 1, 2 and half of them) are revealed and the rest
+are the files to find. It is boosted from the ranker's score (its trees learn what to add to it: with no tree of
+its own it ranks as the ranker does) or from nothing, whichever ranks val's partial commits better, cross-fitted
+(`choose_start`; live.json: "chosen", "choice", and "starts_from": BASE_SCORE or null; a live ranker saved
+without it scores with its trees alone). Its candidates are the ranker's plus what the revealed files point at
+(`in_progress_sources`), the revealed files left out.
 
 In-progress features (LIVE_FEATURES; the revealed files R, the candidate p):
     wip_files, wip_new_files   |R|, and how many of R are not in the parent's tree (files being created)
@@ -266,15 +269,18 @@ class LiveRanker:
     features: list[str]
     info: dict = field(default_factory=dict)  # live.json: features, training counts, test figures
 
-    def scores(self, rows: CandidateRows, ranker: Ranker) -> np.ndarray:
+    def scores(self, rows: CandidateRows, ranker: Ranker | None = None) -> np.ndarray:
         """Each row's score; the ranker's score (BASE_SCORE) is computed when the rows lack it."""
         if not len(rows.paths):
             return np.zeros(0)
         if BASE_SCORE not in rows.names:
             rows = with_base_score(rows, ranker.booster, ranker.features)
-        return self.booster.predict(rows.columns(self.features))
+        values = self.booster.predict(rows.columns(self.features))
+        if self.info.get("starts_from") == BASE_SCORE:  # it learned what to add to the ranker's score
+            values = values + rows.columns([BASE_SCORE])[:, 0]
+        return values
 
-    def rank(self, rows: CandidateRows, ranker: Ranker) -> list[tuple[str, float]]:
+    def rank(self, rows: CandidateRows, ranker: Ranker | None = None) -> list[tuple[str, float]]:
         return ranked(rows.paths, self.scores(rows, ranker))
 
     def save(self, folder: Path) -> None:
@@ -301,20 +307,56 @@ class LiveRanker:
         return cls(booster, list(info["features"]), info)
 
 
+STARTS = {"from the ranker's score": BASE_SCORE, "from nothing": None}  # how the live ranker may be boosted
+
+
 def fit_live_ranker(train: list[PartialTarget], val: list[PartialTarget], base_names: list[str], fit: FitSettings,
                     seed: int) -> LiveRanker | None:
     """Lambdarank over the ranker's features, LIVE_FEATURES and the ranker's score on the train targets' partial
-    commits (their rows carrying BASE_SCORE), early-stopped on val's; None when there are too few of them."""
+    commits (their rows carrying BASE_SCORE), early-stopped on val's; boosted from the ranker's score or from nothing
+    (STARTS), whichever `choose_start` finds better. None when there are too few training partial commits."""
     names = list(base_names) + list(LIVE_FEATURES) + [BASE_SCORE]
     groups = [p.rows for p in train]
     if sum(int(g.labels.any()) for g in groups) < 10:
         log.warning("live ranker: %d training partial commits with a remaining file among the candidates: left out",
                     sum(int(g.labels.any()) for g in groups))
         return None
-    booster = fit_lambdarank(groups, [p.rows for p in val], names, fit, seed)
+    label, choice = choose_start(groups, val, names, fit, seed)
+    booster = fit_lambdarank(groups, [p.rows for p in val], names, fit, seed, start_column=STARTS[label])
     info = {"partial_targets": {"train": len(train), "val": len(val)}, "trees": booster.num_trees(),
-            "feature_importance": importances(booster)}
+            "starts_from": STARTS[label], "chosen": label, "choice": choice, "feature_importance": importances(booster)}
     return LiveRanker(booster, names, info)
+
+
+def choose_start(train: list[CandidateRows], val: list[PartialTarget], names: list[str], fit: FitSettings,
+                 seed: int) -> tuple[str, dict]:
+    """Which of STARTS ranks val's partial commits better (recall@5, then MRR; the first on a tie), cross-fitted:
+    each half of val's targets is scored by a fit early-stopped on the other half, since the half a fit stopped on
+    flatters it. From the ranker's score, early stopping keeps only the trees that improve on it; from nothing, it
+    can follow strong in-progress evidence (a file that always changes with the revealed one) further than a few
+    trees on top of the ranker's score reach. Which wins depends on the history. -> (the label, each one's figures)."""
+    commits = list(dict.fromkeys(p.commit for p in val))
+    if len(commits) < 4:
+        return next(iter(STARTS)), {}
+    first = set(commits[: len(commits) // 2])
+    halves = [[p for p in val if p.commit in first], [p for p in val if p.commit not in first]]
+    choice, ranked_by = {}, []
+    for label, start in STARTS.items():
+        found, trees = [], []
+        for stop, scored in ((halves[0], halves[1]), (halves[1], halves[0])):
+            booster = fit_lambdarank(train, [p.rows for p in stop], names, fit, seed, start_column=start)
+            found += partial_scores(LiveRanker(booster, names, {"starts_from": start}), scored)
+            trees.append(booster.num_trees())
+        figures = slim(aggregate(found)) if found else {}
+        choice[label] = {**figures, "trees": trees}
+        ranked_by.append((figures.get("recall@5", 0.0), figures.get("mrr", 0.0), -len(ranked_by), label))
+    return max(ranked_by)[-1], choice
+
+
+def partial_scores(live: LiveRanker, partials: list[PartialTarget]) -> list[dict]:
+    """The metrics of the remaining files of each partial commit (rows carrying BASE_SCORE), as `live` ranks them."""
+    return [score(Prediction(live.rank(p.rows)[:10]), Truth(p.commit, p.remaining, {}, set(), set()))
+            for p in partials if len(p.rows.paths)]
 
 
 # ---------------------------------------------------------------- the figures

@@ -21,10 +21,12 @@ import logging
 import time
 from pathlib import Path
 
+import lightgbm as lgb
+
 from repo2model.core.artifacts import write_json
 from repo2model.core.errors import UserError
 from repo2model.ranking.config import FitSettings
-from repo2model.ranking.features import CandidateRows, DenseScorer, FeatureConfig
+from repo2model.ranking.features import CandidateRows, DenseScorer, FeatureConfig, task_hidden, without_task
 from repo2model.ranking.live import PartialTarget, fit_live_ranker, partial_targets, simulate, with_base_score
 from repo2model.ranking.people import (
     PEOPLE_FILE, Activity, AuthorExamples, author_accuracy, fit_author_model,
@@ -70,10 +72,17 @@ class LiveTraining:
                 self.authors[target.split].add(state.past, self.activity, seen, target.author, task_similar, revealed)
         self.cpu_seconds += time.process_time() - cpu
 
-    def finish(self, ranker: Ranker, folder: Path, fit: FitSettings, seed: int) -> dict:
-        """Fit, score and save (see the module docstring); the figures, for the ranker's metrics."""
+    def finish(self, ranker: Ranker, folder: Path, fit: FitSettings, seed: int, prior: lgb.Booster | None = None,
+               uninformative: frozenset[str] | set[str] = frozenset()) -> dict:
+        """Fit, score and save (see the module docstring); the figures, for the ranker's metrics. `prior` and
+        `uninformative` are what the ranker was fitted with: the prior it was boosted on, and the targets whose
+        task's features it did not see (their partial commits hide them too)."""
         cpu = time.process_time()
-        self.add_base_scores(ranker, fit, seed)
+        for split in ("train", "val"):
+            for partial in self.partials[split]:
+                if partial.commit in uninformative:
+                    partial.rows = without_task(partial.rows)
+        self.add_base_scores(ranker, fit, seed, prior, uninformative)
         live = fit_live_ranker(self.partials["train"], self.partials["val"], ranker.features, fit, seed)
         figures = simulate(self.partials["test"], ranker, live)
         if live is not None:
@@ -94,16 +103,20 @@ class LiveTraining:
         self.cpu_seconds += time.process_time() - cpu
         return {"live": figures, "people": people, "cpu_seconds": round(self.cpu_seconds, 2)}
 
-    def add_base_scores(self, ranker: Ranker, fit: FitSettings, seed: int) -> None:
+    def add_base_scores(self, ranker: Ranker, fit: FitSettings, seed: int, prior: lgb.Booster | None = None,
+                        uninformative: frozenset[str] | set[str] = frozenset()) -> None:
         """BASE_SCORE on every partial commit: on a train target, from a ranker fitted on the other half of the
-        train targets (out of fold: the final ranker has seen it); on val and test, the ranker's own."""
+        train targets (out of fold: the final ranker has seen it) as the ranker was (boosted on the prior, the
+        uninformative tasks hidden), so that its scores are on the ranker's scale; on val and test, the ranker's
+        own."""
         names = ranker.features
-        train = self.base_rows["train"]
+        train = task_hidden(self.base_rows["train"], set(uninformative))
+        val = task_hidden(self.base_rows["val"], set(uninformative))
         folds = [train[0::2], train[1::2]]
         scorers = {}
         for i, fold in enumerate(folds):
             try:
-                booster = fit_lambdarank(folds[1 - i], self.base_rows["val"], names, fit, seed)
+                booster = fit_lambdarank(folds[1 - i], val, names, fit, seed, init_model=prior)
             except UserError:  # a half without a changed file among its candidates: the ranker's own scores
                 booster = ranker.booster
             scorers.update({rows.commit: booster for rows in fold})

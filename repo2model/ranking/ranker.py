@@ -206,10 +206,13 @@ def stack(groups: list[CandidateRows], names: list[str]) -> tuple[np.ndarray, np
 
 
 def fit_lambdarank(train: list[CandidateRows], val: list[CandidateRows], names: list[str], fit: FitSettings,
-                   seed: int, rounds: int | None = None, init_model: lgb.Booster | None = None) -> lgb.Booster:
+                   seed: int, rounds: int | None = None, init_model: lgb.Booster | None = None,
+                   start_column: str | None = None) -> lgb.Booster:
     """A lambdarank booster over the features `names` on `train`'s targets, early-stopped on `val`'s (or
     exactly `rounds` trees). `init_model` (e.g. the prior, repo2model.ranking.prior), a model over the first of
-    `names`, is boosted on: its scores start every row, and the booster holds its trees, then the new ones."""
+    `names`, is boosted on: its scores start every row, and the booster holds its trees, then the new ones.
+    `start_column` (one of `names`, e.g. BASE_SCORE) starts every row at that column's value instead: the
+    booster learns only what to add to it, so its score is `start_column` + its prediction."""
     x, y, groups = stack(train, names)
     if not groups or not y.any():
         raise UserError("no training target has a changed file among its candidates: the history is too short "
@@ -221,11 +224,13 @@ def fit_lambdarank(train: list[CandidateRows], val: list[CandidateRows], names: 
             raise ValueError("the model to boost on is over other features than the first of these")
         if init_model.num_feature() < len(names):  # it reads the first columns only
             params["predict_disable_shape_check"] = True
-    train_set = lgb.Dataset(x, y, group=groups, feature_name=list(names), free_raw_data=True)
+    column = names.index(start_column) if start_column is not None else None
+    start = (lambda features: features[:, column].astype(np.float64)) if column is not None else (lambda _: None)
+    train_set = lgb.Dataset(x, y, group=groups, init_score=start(x), feature_name=list(names), free_raw_data=True)
     callbacks, valid_sets = [], []
     xv, yv, gv = stack(val, names)
     if rounds is None and gv and yv.any():
-        valid_sets = [lgb.Dataset(xv, yv, group=gv, reference=train_set)]
+        valid_sets = [lgb.Dataset(xv, yv, group=gv, init_score=start(xv), reference=train_set)]
         callbacks = [lgb.early_stopping(fit.early_stopping_rounds, first_metric_only=False, verbose=False)]
     booster = lgb.train(params, train_set, num_boost_round=rounds or fit.num_trees, valid_sets=valid_sets,
                         callbacks=callbacks, init_model=init_model)

@@ -49,8 +49,9 @@ Steps (run() reads as this list):
     8. the ranker folder, with the history's statistics after its last commit and the test targets' rows
 
 Then, for predictions as you code (repo2model.ranking.live_training), beside them in the ranker folder: the live
-ranker (live_ranker.txt, live.json: the ranker's features plus the in-progress ones, fitted on the train targets'
-simulated partial commits, their first 1, 2 and half of the files revealed), the author model (authors.txt,
+ranker (live_ranker.txt, live.json: the ranker's features plus the in-progress ones and the ranker's score, fitted
+on the train targets' simulated partial commits, their first 1, 2 and half of the files revealed, from the
+ranker's score or from nothing, whichever does better on val's), the author model (authors.txt,
 people.json) and who committed when (activity.json).
 
 Config keys (section `train_ranker`; the baseline keys of the `evaluate` section set the signals):
@@ -246,7 +247,8 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
         ranker.metrics["symbols"] = symbols.metrics
     ranker.save(paths.ranker_dir)
     cache.save(paths.ranker_dir)  # every target's rows, for the next refit
-    extras = live.finish(ranker, paths.ranker_dir, cfg.fit(), seed)  # the live ranker, authors, activity
+    extras = live.finish(ranker, paths.ranker_dir, cfg.fit(), seed,  # the live ranker, authors, activity
+                         prior.booster if prior is not None else None, collected.uninformative)
     return {**summarize(ranker.metrics, collected, fitted, paths, started), "work_in_progress": extras}
 
 
