@@ -88,6 +88,8 @@ def test_evaluate_reports_the_work_in_progress_who_and_when(pairs_world):
     report = pairs_world["paths"].evaluation.with_suffix(".md").read_text(encoding="utf-8")
     for heading in ("## The work in progress", "## Who makes the change", "## When the predicted files change next"):
         assert heading in report
+    fit = result["work_in_progress"]["live_fit"]  # how train_ranker fitted the live ranker, and why
+    assert fit["chosen"] in fit["choice"] and f"The live ranker was fitted {fit['chosen']}, the better" in report
 
 
 def test_a_prediction_from_a_working_tree_ranks_the_remaining_files(pairs_world):

@@ -407,8 +407,10 @@ class LiveSimulation:
         self.partials += partial_targets(state, self.cfg, self.dense)
 
     def figures(self) -> dict:
+        fit = {key: self.live.info[key] for key in ("chosen", "choice") if key in self.live.info} if self.live else {}
         return {"ranker_folder": str(self.ranker.folder) if self.ranker.folder else None,
-                "live_ranker": self.live is not None, "by_revealed": simulate(self.partials, self.ranker, self.live)}
+                "live_ranker": self.live is not None, "live_fit": fit or None,
+                "by_revealed": simulate(self.partials, self.ranker, self.live)}
 
 
 def simulation_table(figures: dict) -> list[str]:
@@ -424,4 +426,9 @@ def simulation_table(figures: dict) -> list[str]:
         cells = [f"{fmt(per[m]['recall@5'])} / {fmt(per[m]['recall@10'])} ({per[m]['commits']})" if m in per else
                  "n/a" for m in METHODS]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(per.get('candidate_recall'))} |")
+    fit = figures.get("live_fit") or {}
+    if fit.get("chosen") and fit.get("choice"):
+        tried = "; ".join(f"{name} {fmt(f.get('recall@5'))}" for name, f in fit["choice"].items())
+        lines += ["", f"The live ranker was fitted {fit['chosen']}, the better on val's partial commits "
+                      f"(recall@5, each half of val scored by a fit early-stopped on the other: {tried})."]
     return lines
