@@ -213,6 +213,8 @@ def fit_lambdarank(train: list[CandidateRows], val: list[CandidateRows], names: 
     `names`, is boosted on: its scores start every row, and the booster holds its trees, then the new ones.
     `start_column` (one of `names`, e.g. BASE_SCORE) starts every row at that column's value instead: the
     booster learns only what to add to it, so its score is `start_column` + its prediction."""
+    if init_model is not None and start_column is not None:
+        raise ValueError("boost on a model or start from a column, not both")
     x, y, groups = stack(train, names)
     if not groups or not y.any():
         raise UserError("no training target has a changed file among its candidates: the history is too short "
