@@ -113,6 +113,7 @@ def test_an_update_refits_and_evaluates_what_is_new_and_carries_the_rest(project
     LM columns of the model the update continued and the symbol ranker it fitted."""
     live_eval = json.loads((project.out / "evaluation.json").read_text())
     live_symbols = json.loads((project.out / "ranker" / "symbol_ranker.json").read_text())
+    live_ranker = json.loads((project.out / "ranker" / "live.json").read_text())
     new = add_commits(project.repo, 3, 40)
     assert project.update("--update") == 0
     evaluation = json.loads((project.out / "evaluation.json").read_text())
@@ -141,6 +142,10 @@ def test_an_update_refits_and_evaluates_what_is_new_and_carries_the_rest(project
     assert history != json.loads((project.out / "previous" / "ranker" / "symbol_history.json").read_text())
     log = (project.out / "pipeline.log").read_text()
     assert "the symbol ranker fitted at" in log and "is kept" in log
+    # the live ranker is refitted as the last full fit chose (from the ranker's score or from nothing), not chosen again
+    refitted = json.loads((project.out / "ranker" / "live.json").read_text())
+    assert refitted["chosen"] == live_ranker["chosen"] and refitted["starts_from"] == live_ranker["starts_from"]
+    assert refitted["choice"] == {**live_ranker["choice"], "kept_from": "the last full fit"}
 
 
 def test_force_push_is_detected_and_the_update_goes_on(project):

@@ -311,17 +311,22 @@ STARTS = {"from the ranker's score": BASE_SCORE, "from nothing": None}  # how th
 
 
 def fit_live_ranker(train: list[PartialTarget], val: list[PartialTarget], base_names: list[str], fit: FitSettings,
-                    seed: int) -> LiveRanker | None:
+                    seed: int, previous: LiveRanker | None = None) -> LiveRanker | None:
     """Lambdarank over the ranker's features, LIVE_FEATURES and the ranker's score on the train targets' partial
     commits (their rows carrying BASE_SCORE), early-stopped on val's; boosted from the ranker's score or from nothing
-    (STARTS), whichever `choose_start` finds better. None when there are too few training partial commits."""
+    (STARTS), whichever `choose_start` finds better, or as `previous` was (an update keeps the last full fit's
+    choice: four fits fewer). None when there are too few training partial commits."""
     names = list(base_names) + list(LIVE_FEATURES) + [BASE_SCORE]
     groups = [p.rows for p in train]
     if sum(int(g.labels.any()) for g in groups) < 10:
         log.warning("live ranker: %d training partial commits with a remaining file among the candidates: left out",
                     sum(int(g.labels.any()) for g in groups))
         return None
-    label, choice = choose_start(groups, val, names, fit, seed)
+    kept = previous.info.get("chosen") if previous is not None else None
+    if kept in STARTS:
+        label, choice = kept, {**previous.info.get("choice", {}), "kept_from": "the last full fit"}
+    else:
+        label, choice = choose_start(groups, val, names, fit, seed)
     booster = fit_lambdarank(groups, [p.rows for p in val], names, fit, seed, start_column=STARTS[label])
     info = {"partial_targets": {"train": len(train), "val": len(val)}, "trees": booster.num_trees(),
             "starts_from": STARTS[label], "chosen": label, "choice": choice, "feature_importance": importances(booster)}
@@ -428,7 +433,9 @@ def simulation_table(figures: dict) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(per.get('candidate_recall'))} |")
     fit = figures.get("live_fit") or {}
     if fit.get("chosen") and fit.get("choice"):
-        tried = "; ".join(f"{name} {fmt(f.get('recall@5'))}" for name, f in fit["choice"].items())
+        tried = "; ".join(f"{name} {fmt(f.get('recall@5'))}" for name, f in fit["choice"].items() if name in STARTS)
+        kept = fit["choice"].get("kept_from")
         lines += ["", f"The live ranker was fitted {fit['chosen']}, the better on val's partial commits "
-                      f"(recall@5, each half of val scored by a fit early-stopped on the other: {tried})."]
+                      f"(recall@5, each half of val scored by a fit early-stopped on the other: {tried})"
+                      + (f"; the choice of {kept}, kept by this update." if kept else ".")]
     return lines

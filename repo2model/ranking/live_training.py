@@ -27,7 +27,9 @@ from repo2model.core.artifacts import write_json
 from repo2model.core.errors import UserError
 from repo2model.ranking.config import FitSettings
 from repo2model.ranking.features import CandidateRows, DenseScorer, FeatureConfig, task_hidden, without_task
-from repo2model.ranking.live import PartialTarget, fit_live_ranker, partial_targets, simulate, with_base_score
+from repo2model.ranking.live import (
+    LiveRanker, PartialTarget, fit_live_ranker, partial_targets, simulate, with_base_score,
+)
 from repo2model.ranking.people import (
     PEOPLE_FILE, Activity, AuthorExamples, author_accuracy, fit_author_model,
 )
@@ -73,17 +75,18 @@ class LiveTraining:
         self.cpu_seconds += time.process_time() - cpu
 
     def finish(self, ranker: Ranker, folder: Path, fit: FitSettings, seed: int, prior: lgb.Booster | None = None,
-               uninformative: frozenset[str] | set[str] = frozenset()) -> dict:
+               uninformative: frozenset[str] | set[str] = frozenset(), previous: LiveRanker | None = None) -> dict:
         """Fit, score and save (see the module docstring); the figures, for the ranker's metrics. `prior` and
         `uninformative` are what the ranker was fitted with: the prior it was boosted on, and the targets whose
-        task's features it did not see (their partial commits hide them too)."""
+        task's features it did not see (their partial commits hide them too). `previous` (in an update, the live
+        ranker being updated) passes on how it was fitted."""
         cpu = time.process_time()
         for split in ("train", "val"):
             for partial in self.partials[split]:
                 if partial.commit in uninformative:
                     partial.rows = without_task(partial.rows)
         self.add_base_scores(ranker, fit, seed, prior, uninformative)
-        live = fit_live_ranker(self.partials["train"], self.partials["val"], ranker.features, fit, seed)
+        live = fit_live_ranker(self.partials["train"], self.partials["val"], ranker.features, fit, seed, previous)
         figures = simulate(self.partials["test"], ranker, live)
         if live is not None:
             live.info["test"] = figures

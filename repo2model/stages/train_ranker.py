@@ -119,6 +119,7 @@ from repo2model.ranking.features import (
 )
 from repo2model.ranking.file_ranking import history_record
 from repo2model.ranking.history import BaselineConfig, PastCommits
+from repo2model.ranking.live import LiveRanker
 from repo2model.ranking.live_training import LiveTraining
 from repo2model.ranking.messages import uninformative_figures
 from repo2model.ranking.metrics import (
@@ -247,8 +248,9 @@ def run(cfg: RankerConfig, paths: ArtifactPaths, seed: int = 42, evaluation: Eva
         ranker.metrics["symbols"] = symbols.metrics
     ranker.save(paths.ranker_dir)
     cache.save(paths.ranker_dir)  # every target's rows, for the next refit
+    previous = LiveRanker.load(ArtifactPaths.under(paths.output_dir).ranker_dir) if cfg.update else None
     extras = live.finish(ranker, paths.ranker_dir, cfg.fit(), seed,  # the live ranker, authors, activity
-                         prior.booster if prior is not None else None, collected.uninformative)
+                         prior.booster if prior is not None else None, collected.uninformative, previous)
     return {**summarize(ranker.metrics, collected, fitted, paths, started), "work_in_progress": extras}
 
 
