@@ -881,7 +881,8 @@ def test_a_ctrl_c_while_workers_start_is_handled_after_it_not_lost():
     """Pool workers start inside `_interrupts_deferred`. A process started there inherits Ctrl-C held back,
     and this one handles a Ctrl-C that came meanwhile as soon as the block ends (ignoring SIGINT there, as
     before, lost it: the stage then ran to its end and exited 0)."""
-    child = [sys.executable, "-c", "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"]
+    child = [sys.executable, "-c",
+             "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"]
     steps = []
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal gives (not a background job)
     try:
