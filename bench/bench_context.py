@@ -25,8 +25,9 @@ For each history (a bundle or a repository; cloned into --work):
 5. For each test commit (its message is the task), packs at 2,000 and 4,000 tokens (the embedding tokenizer's
    tokens) from:
        ranker-guided   the learned ranker's predictions (step 3), then the pack as the service builds it
-                   (build_context with the index section's settings: the predicted symbols and the first
-                   file within index.predicted_share of the budget, then the guided search, then the other files)
+                   (build_context with the index section's settings: the predicted symbols, the symbol ranker's
+                   when there is one, and the first file within index.predicted_share of the budget, then the
+                   guided search, then the other files)
        guided      the same pack from a model-free stand-in's predictions: the 5 files of repo2model.ranking.baselines'
                    similar_commits (BM25 of the task against earlier commit messages) with each file's 5 most
                    often changed symbols (kept for comparison: what the pack gets from weaker predictions)
@@ -38,10 +39,10 @@ For each history (a bundle or a repository; cloned into --work):
    Recall: the share of a test commit's truth symbols whose code at the parent is in the pack (an entry of the
    same path and symbol, or a full-text entry whose lines cover the symbol's span), averaged over test commits.
    Also printed: recall@5 of the truth symbols' files for the ranker and the stand-in.
-   The symbol ranker (bench/bench_symbols.py): the pack chosen for recall per token against today's pack, plain
-   hybrid search and the true-files oracle at 1k / 2k / 4k / 8k tokens, with precision; symbol recall@5/@10 of the
-   symbol ranker, today's fusion and each single signal; where it loses, by commit size. "ranker-guided" above is
-   today's pack (the ranker's files with the untrained fusion's symbols).
+   The symbol ranker (bench/bench_symbols.py): the served pack (ranker-guided above), the pack chosen for recall
+   per token (`index.pack: chosen`), the same order with the untrained fusion's symbols, plain hybrid search and
+   the true-files oracle at 1k / 2k / 4k / 8k tokens, with precision; symbol recall@5/@10 of the symbol ranker,
+   today's fusion and each single signal; where the served pack loses, by commit size.
    --tune: the ranker-guided recall under other fusion settings (rrf_k, guided_weight) and under other pack
    strategies (PACKS: predicted_share, files first, the fused pack of build_context's fuse_weight, the same with
    the unguided hybrid search's hits, only the top predicted file).
@@ -133,8 +134,8 @@ class TestCommit:
     truth: list[Truth]
     prediction: Prediction  # the model-free stand-in's
     oracle: Prediction
-    ranked: Prediction  # the learned ranker's, as predict.py / serve.py make it (FileRanking.merge), today's symbols
-    learned: Prediction | None = None  # the same with the symbol ranker's symbols
+    ranked: Prediction  # the learned ranker's (FileRanking.merge) with the untrained fusion's symbols
+    learned: Prediction | None = None  # the same with the symbol ranker's symbols: what predict.py / serve.py make
     scorer: object = None  # the symbol ranker's scorer for its pack (None: no symbol ranker)
     files: int = 0  # changed files (the commit's size)
 
@@ -361,14 +362,15 @@ def update_after(index_dir: Path, repo: Path, start: str, commits: int, cfg: Ind
 def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: HistoryResult, tune: bool) -> None:
     task = test.message[:4000]
     base = index.cfg
+    served = test.learned or test.ranked  # the prediction the service packs from
     # One query as the service answers it: open the index, guided search, the 4,000-token pack, the prompt.
     retriever = Retriever(index.cfg, index.folder, embedder)
     for times in (result.cold_ms, result.query_ms):  # the first opens the index, the second finds it open
         started = time.perf_counter()
-        retriever.answer(task, test.learned or test.ranked, budget=max(BUDGETS), scorer=test.scorer)
+        retriever.answer(task, served, budget=max(BUDGETS), scorer=test.scorer)
         times.append(1000 * (time.perf_counter() - started))
     retriever.close()
-    predictions = {"ranker-guided": test.ranked, "guided": test.prediction, "guided-files-first": test.prediction,
+    predictions = {"ranker-guided": served, "guided": test.prediction, "guided-files-first": test.prediction,
                    "oracle": test.oracle}
     truth_files = {t.path for t in test.truth}
     for name in ("ranker-guided", "guided"):
@@ -391,12 +393,12 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                                      index.cfg.context_files, search_mode, index.cfg.predicted_share,
                                      files_first=mode == "guided-files-first")
                 result.recall.setdefault((mode, budget), []).append(recall(pack, test.truth))
-        files, modules, _ = predicted_parts(test.ranked, base.context_files)
+        files, modules, _ = predicted_parts(served, base.context_files)
         for k, weight in TUNING if tune else ():  # the ranker-guided search under other fusion settings
             index.cfg = dataclasses.replace(base, rrf_k=k, guided_weight=weight)
             hits = index.search(task, mode="guided", files=files, modules=modules)
             for budget in BUDGETS:
-                pack = build_context(task, test.ranked, index.units_of, lambda *a, **kw: hits, budget,
+                pack = build_context(task, served, index.units_of, lambda *a, **kw: hits, budget,
                                      embedder.count_tokens, base.context_files, "guided", base.predicted_share)
                 result.tuning.setdefault((k, weight, budget), []).append(recall(pack, test.truth))
         index.cfg = base
@@ -409,7 +411,7 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                 options = {"max_files": base.context_files, **options}
                 hits = found[options.pop("hits", "guided")]
                 for budget in BUDGETS:
-                    pack = build_context(task, test.ranked, index.units_of, lambda *a, hits=hits, **kw: hits, budget,
+                    pack = build_context(task, served, index.units_of, lambda *a, hits=hits, **kw: hits, budget,
                                          embedder.count_tokens, mode="guided", **options)
                     result.packs.setdefault((name, budget), []).append(recall(pack, test.truth))
 

@@ -6,10 +6,14 @@ bench_context.py calls these for each history (its --work folder, test commits a
                                              ranker's prediction with the symbol ranker's symbols, the same with
                                              today's untrained fusion's symbols, and the symbol ranker's scorer
     evaluate_packs(index, test, ...)         per test commit, at 1k / 2k / 4k / 8k tokens:
-        learned   the pack chosen for recall per token (context.chosen_pack: the symbol ranker's probabilities
-                  over the units of the predicted files and of the guided search's hits, a greedy knapsack)
-        today     today's pack: the ranker's files with the fusion's symbols, within index.predicted_share
-                  of the budget, then the guided search, then the other files (bench_context's ranker-guided)
+        served    the pack the service builds (`index.pack: ordered`): the ranker's files with the symbol
+                  ranker's symbols, within index.predicted_share of the budget, then the guided search, then
+                  the other files
+        learned   the pack chosen for recall per token (`index.pack: chosen`, context.chosen_pack: the symbol
+                  ranker's probabilities over the units of the predicted files and of the guided search's hits,
+                  a greedy knapsack)
+        today     the same order as `served` with the untrained fusion's symbols (bench_context's
+                  ranker-guided; the service's pack before the symbol ranker)
         hybrid    the search alone (dense + BM25, fused), no predictions
         oracle    today's pack guided by the commit's true files (no symbols)
       context recall (the share of the commit's changed symbols whose code at the parent is in the pack, as
@@ -17,7 +21,7 @@ bench_context.py calls these for each history (its --work folder, test commits a
       an entry of a changed symbol counts whole, a whole-file entry by the share of its lines that changed
       symbols span); symbol recall@5/@10 over the same candidates for the symbol ranker, today's fusion (its
       symbols file by file, as the prediction lists them) and each single signal.
-    print_symbol_results(results)            the tables, and where the learned pack loses (by commit size)
+    print_symbol_results(results)            the tables, and where the served pack loses (by commit size)
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from repo2model.serving.prediction import Prediction
 from repo2model.serving.predictor import apply_ranker
 
 BUDGETS = (1000, 2000, 4000, 8000)
-PACKS = ("learned", "today", "hybrid", "oracle")
+PACKS = ("served", "learned", "today", "hybrid", "oracle")
 
 
 @dataclass
@@ -74,7 +78,7 @@ def predictions_at(ranking: FileRanking, task: str, max_files: int) -> tuple[Pre
 
 def evaluate_packs(index, test, count_tokens, context_files: int, predicted_share: float, result: SymbolResult,
                    recall) -> None:
-    """The four packs at every budget, and the symbol rankings over the learned pack's candidates (see the
+    """The five packs at every budget, and the symbol rankings over the learned pack's candidates (see the
     module docstring); `recall(pack, truth)` is bench_context's."""
     task = test.message[:4000]
     result.sizes.append(size_bucket(test.files))
@@ -97,6 +101,8 @@ def evaluate_packs(index, test, count_tokens, context_files: int, predicted_shar
                                     context_files, "guided", predicted_share),
         }
         if test.scorer is not None:
+            packs["served"] = build_context(task, test.learned, index.units_of, search_as("today"), budget,
+                                            count_tokens, context_files, "guided", predicted_share)
             packs["learned"] = chosen_pack(task, test.learned, index.units_of, search_as("today"), budget,
                                            count_tokens, test.scorer, context_files, "guided")
         for name, pack in packs.items():
@@ -182,22 +188,22 @@ def cell(r: SymbolResult, pack: str, budget: int) -> str:
 
 
 def print_losses(named: list[tuple[str, SymbolResult]]) -> None:
-    """Recall of the learned pack and plain hybrid search per commit size, and the commits where it loses."""
-    print("\nWhere the learned pack loses to plain hybrid search, by commit size (changed files): "
-          "learned / hybrid recall @2k, @4k (commits)")
+    """Recall of the served pack and plain hybrid search per commit size, and the commits where it loses."""
+    print("\nWhere the served pack loses to plain hybrid search, by commit size (changed files): "
+          "served / hybrid recall @2k, @4k (commits)")
     for name, r in named:
-        if ("learned", 2000) not in r.recall:
+        if ("served", 2000) not in r.recall:
             continue
         cells = []
         for bucket in dict.fromkeys(sorted(r.sizes, key=lambda b: int(b.split("-")[0].rstrip("+")))):
             rows = [i for i, s in enumerate(r.sizes) if s == bucket]
             parts = []
             for budget in (2000, 4000):
-                learned = np.mean([r.recall[("learned", budget)][i] for i in rows])
+                served = np.mean([r.recall[("served", budget)][i] for i in rows])
                 hybrid = np.mean([r.recall[("hybrid", budget)][i] for i in rows])
-                parts.append(f"{learned:.2f}/{hybrid:.2f}")
+                parts.append(f"{served:.2f}/{hybrid:.2f}")
             cells.append(f"{bucket}: {', '.join(parts)} ({len(rows)})")
-        losses = {b: sum(r.recall[("learned", b)][i] < r.recall[("hybrid", b)][i] for i in range(len(r.sizes)))
+        losses = {b: sum(r.recall[("served", b)][i] < r.recall[("hybrid", b)][i] for i in range(len(r.sizes)))
                   for b in BUDGETS}
         print(f"  {name}: " + "; ".join(cells) + "; commits lost @1k/2k/4k/8k: "
               + "/".join(str(losses[b]) for b in BUDGETS))

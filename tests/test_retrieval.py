@@ -468,6 +468,30 @@ def test_chosen_pack_weighs_probability_per_token_whole_files_and_outlines(tmp_p
     assert roomy[0].symbol == "huge_settlement" and not [e for e in roomy if e.kind == "file" and not e.full]
 
 
+def test_the_service_packs_in_the_fixed_order_unless_index_pack_is_chosen(tmp_path, make_repo, embedder):
+    """`index.pack: ordered` (the default; it held more of the changed code on fd and click): the symbol
+    ranker's scorer is not used, the pack is build_context's fixed order; `chosen`: the scorer's knapsack."""
+    repo = make_project(make_repo)
+    UnitIndex(IndexConfig(), tmp_path / "index", embedder).update(repo.path, progress=False)
+    prediction = prediction_for("tools/parser.py", ["parse"])
+    scorer = FixedScorer(["tools/parser.py"], {"Parser.parse": 0.2, "Market::settle": 0.9})
+    packs = {}
+    for pack in ("ordered", "chosen"):
+        retriever = Retriever(IndexConfig(pack=pack), tmp_path / "index", embedder)
+        packs[pack] = retriever.answer("Parse JSON requests", prediction, repo=repo.path, budget=400,
+                                       scorer=scorer)["context"]
+        retriever.close()
+    plain = Retriever(IndexConfig(), tmp_path / "index", embedder)
+    assert packs["ordered"] == plain.answer("Parse JSON requests", prediction, repo=repo.path, budget=400)["context"]
+    plain.close()
+    assert packs["ordered"][0]["why"] == "predicted symbol parse of predicted file #1"
+    # The knapsack: every entry says its probability, the likeliest (settle, or the short file holding it) first.
+    assert all(e["why"].startswith("p ") for e in packs["chosen"]) and packs["chosen"] != packs["ordered"]
+    assert packs["chosen"][0]["path"] == "src/lib.rs" and packs["chosen"][0]["score"] >= 0.9
+    with pytest.raises(ValueError, match="pack: must be ordered or chosen"):
+        IndexConfig(pack="knapsack")
+
+
 def test_retriever_uses_the_index_of_the_repo_and_else_reads_the_tree(tmp_path, make_repo, embedder):
     repo = make_project(make_repo)
     cfg = IndexConfig()

@@ -3,7 +3,8 @@
 
     retriever = Retriever(load_index_config(config_path), paths.index_dir)   # once, by predict.py / serve.py
     retriever.answer(task, prediction, repo=repo, budget=2000, test_failures=...)  # {"context", "prompt", ...}
-    retriever.answer(..., scorer=ranking.symbol_scorer(prediction))   # the pack chosen by the symbol ranker
+    retriever.answer(..., scorer=ranking.symbol_scorer(prediction))   # with `index.pack: chosen`: the pack the
+                                                                      # symbol ranker chooses (ignored otherwise)
 
 The index is opened on a request and closed after `keep_open_s` without one, so that the index stage (which
 waits up to `lock_wait_s` for the embedded store's lock) can update it between bursts of requests.
@@ -69,8 +70,12 @@ class Retriever:
 
         The index serves when it is of `repo` (or no repo is given); otherwise the predicted files' current code
         is read from `repo`'s HEAD and no search is made (context_source says why). `scorer` (the symbol
-        ranker's, for this prediction) chooses the pack for recall per token (context.chosen_pack).
+        ranker's, for this prediction) chooses the pack for recall per token (context.chosen_pack) when
+        `index.pack` is `chosen`; with `ordered` (the default) the pack keeps build_context's fixed order, its
+        predicted symbols being whatever the prediction names (the symbol ranker's, when it named them).
         """
+        if self.cfg.pack != "chosen":
+            scorer = None
         try:
             with self._lock:
                 try:

@@ -253,7 +253,8 @@ class Predictor:
                                       score=lambda candidates: self.score_files(prompt, candidates, cfg))
         prediction = self.extras().apply(prediction, history, task, work, cfg.max_files)
         if self.retriever is not None:
-            scorer = self.ranker.symbol_scorer(prediction) if self.ranker is not None else None
+            chosen = self.ranker is not None and self.retriever.cfg.pack == "chosen"  # else the fixed order
+            scorer = self.ranker.symbol_scorer(prediction) if chosen else None
             answer = self.retriever.answer(task, prediction, repo, cfg.context_tokens, test_failures, scorer=scorer)
             prediction.context, prediction.prompt = answer["context"], answer["prompt"]
             prediction.context_source = answer["context_source"]
