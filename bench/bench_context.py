@@ -25,10 +25,10 @@ For each history (a bundle or a repository; cloned into --work):
 5. For each test commit (its message is the task), packs at 2,000 and 4,000 tokens (the embedding tokenizer's
    tokens) from:
        ranker-guided   the learned ranker's predictions (step 3), then the pack as the service builds it
-                   (build_context with the index section's settings: the predicted symbols, the symbol ranker's
-                   when there is one, and the first file within index.predicted_share of the budget, then the
-                   guided search, then the other files)
-       guided      the same pack from a model-free stand-in's predictions: the 5 files of repo2model.ranking.baselines'
+                   (context.service_pack with the index section's settings, `pack: fused` by default: the
+                   predicted symbols, the symbol ranker's when there is one, and the guided search's hits as
+                   one ranking, then the predicted files)
+       guided      the fixed-order pack (`pack: ordered`) from a model-free stand-in's predictions: the 5 files of repo2model.ranking.baselines'
                    similar_commits (BM25 of the task against earlier commit messages) with each file's 5 most
                    often changed symbols (kept for comparison: what the pack gets from weaker predictions)
        guided-files-first   the stand-in's predictions, every predicted file before the search
@@ -91,7 +91,7 @@ from repo2model.serving.predictor import apply_ranker  # noqa: E402
 from repo2model.serving.settings import PredictionConfig  # noqa: E402
 from repo2model.ranking.file_ranking import FileRanking  # noqa: E402
 from repo2model.ranking.ranker import Ranker  # noqa: E402
-from repo2model.retrieval.context import build_context, predicted_parts  # noqa: E402
+from repo2model.retrieval.context import build_context, predicted_parts, service_pack  # noqa: E402
 from repo2model.retrieval.embedding import Embedder  # noqa: E402
 from repo2model.retrieval.index_config import IndexConfig  # noqa: E402
 from repo2model.retrieval.retriever import Retriever  # noqa: E402
@@ -389,6 +389,11 @@ def evaluate(index: UnitIndex, test: TestCommit, embedder: Embedder, result: His
                 return hits
 
             for budget in sorted(BUDGETS, reverse=True):
+                if mode == "ranker-guided":  # the service's pack (index.pack), with its scorer when `chosen`
+                    pack = service_pack(task, prediction, index.units_of, search, budget, embedder.count_tokens,
+                                        index.cfg, test.scorer)
+                    result.recall.setdefault((mode, budget), []).append(recall(pack, test.truth))
+                    continue
                 pack = build_context(task, prediction, index.units_of, search, budget, embedder.count_tokens,
                                      index.cfg.context_files, search_mode, index.cfg.predicted_share,
                                      files_first=mode == "guided-files-first")

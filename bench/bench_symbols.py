@@ -6,16 +6,15 @@ bench_context.py calls these for each history (its --work folder, test commits a
                                              ranker's prediction with the symbol ranker's symbols, the same with
                                              today's untrained fusion's symbols, and the symbol ranker's scorer
     evaluate_packs(index, test, ...)         per test commit, at 1k / 2k / 4k / 8k tokens:
-        served    the pack the service builds (`index.pack: ordered`): the ranker's files with the symbol
-                  ranker's symbols, within index.predicted_share of the budget, then the guided search, then
-                  the other files
+        served    the pack the service builds (context.service_pack, `index.pack`: fused by default): the
+                  ranker's files with the symbol ranker's symbols and the guided search's hits
         learned   the pack chosen for recall per token (`index.pack: chosen`, context.chosen_pack: the symbol
                   ranker's probabilities over the units of the predicted files and of the guided search's hits,
                   a greedy knapsack)
-        today     the same order as `served` with the untrained fusion's symbols (bench_context's
-                  ranker-guided; the service's pack before the symbol ranker)
+        today     the fixed order (`pack: ordered`) with the untrained fusion's symbols (the service's pack
+                  before the symbol ranker)
         hybrid    the search alone (dense + BM25, fused), no predictions
-        oracle    today's pack guided by the commit's true files (no symbols)
+        oracle    the fixed-order pack guided by the commit's true files (no symbols)
       context recall (the share of the commit's changed symbols whose code at the parent is in the pack, as
       bench_context counts it) and precision (the share of the pack's tokens that belong to changed symbols:
       an entry of a changed symbol counts whole, a whole-file entry by the share of its lines that changed
@@ -36,7 +35,7 @@ from repo2model.ranking.symbol_features import symbol_rows, unit_key
 from repo2model.ranking.symbol_history import SymbolHistory
 from repo2model.ranking.symbol_ranker import SymbolRanker
 from repo2model.ranking.symbol_training import SIGNALS, recall_row
-from repo2model.retrieval.context import build_context, chosen_pack, gather_candidates
+from repo2model.retrieval.context import build_context, chosen_pack, gather_candidates, service_pack
 from repo2model.serving.prediction import Prediction
 from repo2model.serving.predictor import apply_ranker
 
@@ -101,8 +100,8 @@ def evaluate_packs(index, test, count_tokens, context_files: int, predicted_shar
                                     context_files, "guided", predicted_share),
         }
         if test.scorer is not None:
-            packs["served"] = build_context(task, test.learned, index.units_of, search_as("today"), budget,
-                                            count_tokens, context_files, "guided", predicted_share)
+            packs["served"] = service_pack(task, test.learned, index.units_of, search_as("today"), budget,
+                                           count_tokens, index.cfg, test.scorer)
             packs["learned"] = chosen_pack(task, test.learned, index.units_of, search_as("today"), budget,
                                            count_tokens, test.scorer, context_files, "guided")
         for name, pack in packs.items():

@@ -468,28 +468,43 @@ def test_chosen_pack_weighs_probability_per_token_whole_files_and_outlines(tmp_p
     assert roomy[0].symbol == "huge_settlement" and not [e for e in roomy if e.kind == "file" and not e.full]
 
 
-def test_the_service_packs_in_the_fixed_order_unless_index_pack_is_chosen(tmp_path, make_repo, embedder):
-    """`index.pack: ordered` (the default; it held more of the changed code on fd and click): the symbol
-    ranker's scorer is not used, the pack is build_context's fixed order; `chosen`: the scorer's knapsack."""
+def test_the_service_packs_as_index_pack_says(tmp_path, make_repo, embedder):
+    """`index.pack`: `fused` (the default) and `ordered` are build_context's fused and fixed orders, the symbol
+    ranker's scorer unused; `chosen`: the scorer's knapsack."""
     repo = make_project(make_repo)
     UnitIndex(IndexConfig(), tmp_path / "index", embedder).update(repo.path, progress=False)
     prediction = prediction_for("tools/parser.py", ["parse"])
     scorer = FixedScorer(["tools/parser.py"], {"Parser.parse": 0.2, "Market::settle": 0.9})
+    task = "Parse JSON requests"
     packs = {}
-    for pack in ("ordered", "chosen"):
-        retriever = Retriever(IndexConfig(pack=pack), tmp_path / "index", embedder)
-        packs[pack] = retriever.answer("Parse JSON requests", prediction, repo=repo.path, budget=400,
-                                       scorer=scorer)["context"]
+    for pack in ("fused", "ordered", "chosen", None):
+        cfg = IndexConfig() if pack is None else IndexConfig(pack=pack)
+        retriever = Retriever(cfg, tmp_path / "index", embedder)
+        packs[pack] = retriever.answer(task, prediction, repo=repo.path, budget=400, scorer=scorer)["context"]
         retriever.close()
-    plain = Retriever(IndexConfig(), tmp_path / "index", embedder)
-    assert packs["ordered"] == plain.answer("Parse JSON requests", prediction, repo=repo.path, budget=400)["context"]
-    plain.close()
+    index = UnitIndex(IndexConfig(), tmp_path / "index", embedder)
+    with index:
+        for pack, options in (("fused", {"fuse_weight": 1.0}), ("ordered", {"predicted_share": 0.5})):
+            expected = build_context(task, prediction, index.units_of, index.search, 400, embedder.count_tokens,
+                                     **options)
+            assert packs[pack] == [e.to_dict() for e in expected], pack
+    assert packs[None] == packs["fused"] and packs["fused"] != packs["ordered"]
     assert packs["ordered"][0]["why"] == "predicted symbol parse of predicted file #1"
     # The knapsack: every entry says its probability, the likeliest (settle, or the short file holding it) first.
-    assert all(e["why"].startswith("p ") for e in packs["chosen"]) and packs["chosen"] != packs["ordered"]
+    assert all(e["why"].startswith("p ") for e in packs["chosen"])
     assert packs["chosen"][0]["path"] == "src/lib.rs" and packs["chosen"][0]["score"] >= 0.9
-    with pytest.raises(ValueError, match="pack: must be ordered or chosen"):
+    with pytest.raises(ValueError, match="pack: must be ordered, fused or chosen"):
         IndexConfig(pack="knapsack")
+    # Ties in the fused search scores (here parse and json, 1.7 each) are broken by place in the tree, so the
+    # same request gets the same pack every time (the store returned them in either order).
+    orders = set()
+    for _ in range(6):
+        with UnitIndex(IndexConfig(), tmp_path / "index", embedder) as index:
+            hits = index.search(task, mode="guided", files=["tools/parser.py"])
+        orders.add(tuple((h.payload["path"], h.payload["start"], round(h.score, 6)) for h in hits))
+    (order,) = orders
+    assert [(-score, path, start) for path, start, score in order] == sorted(
+        (-score, path, start) for path, start, score in order)
 
 
 def test_retriever_uses_the_index_of_the_repo_and_else_reads_the_tree(tmp_path, make_repo, embedder):

@@ -15,6 +15,10 @@ file's whole text (when short) the probabilities of the units it holds, and a lo
 knapsack takes the item worth most per token that still fits, again and again, counting each unit once. Each
 entry says why it was chosen (the ranker's evidence, its probability) and carries the probability as its score.
 
+The service builds its pack with `service_pack` (the `index` section's `pack`): the scorer is used only with
+`pack: chosen`; the default, `fused`, is build_context's `fuse_weight` order below, and `ordered` the fixed order (which holds most of a change's code depends on the
+history: docs/benchmarks.md, "Which pack the service builds").
+
 Without one (no symbol ranker: an older ranker folder, or none), the order is fixed: the predicted symbols of
 the predicted files (their current code) and the first predicted file itself (its `file` unit: whole text or
 outline), within `predicted_share` of the budget; then the units the guided search finds; then the other
@@ -29,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from repo2model.retrieval.index_config import IndexConfig
 from repo2model.retrieval.stores import Hit
 from repo2model.retrieval.units import IndexUnit, module_prefixes
 from repo2model.serving.prediction import Prediction
@@ -117,6 +122,18 @@ def build_context(task: str, prediction: Prediction, units_of: Callable[[list[st
             break
     offer_files(pack, by_file, files, range(2, len(files) + 1))
     return pack.entries
+
+
+def service_pack(task: str, prediction: Prediction, units_of: Callable[[list[str]], list[IndexUnit]],
+                 search: Callable[..., list[Hit]] | None, budget: int, count_tokens: Callable[[str], int],
+                 cfg: IndexConfig, scorer: UnitScorer | None = None,
+                 predicted_share: float | None = None) -> list[ContextEntry]:
+    """The pack as the service builds it with the `index` section `cfg`: `pack: fused` (build_context's
+    fuse_weight order), `ordered` (the fixed order) or `chosen` (the scorer's knapsack, when there is one)."""
+    return build_context(task, prediction, units_of, search, budget, count_tokens, cfg.context_files,
+                         predicted_share=cfg.predicted_share if predicted_share is None else predicted_share,
+                         scorer=scorer if cfg.pack == "chosen" else None,
+                         fuse_weight=cfg.fuse_weight if cfg.pack == "fused" else None)
 
 
 class ContextPack:

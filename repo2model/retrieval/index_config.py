@@ -40,7 +40,8 @@ class IndexConfig:
     guided_weight: float = 4.0
     context_files: int = 5
     predicted_share: float = 0.5
-    pack: Literal["ordered", "chosen"] = "ordered"
+    pack: Literal["ordered", "fused", "chosen"] = "fused"
+    fuse_weight: float = 1.0
     lock_wait_s: float = 30.0
     keep_open_s: float = 5.0
     timeout_s: float = 30.0
@@ -59,8 +60,10 @@ class IndexConfig:
             raise ValueError("num_threads: must be >= 1 (or null)")
         if self.guided_weight <= 0:
             raise ValueError("guided_weight: must be > 0")
-        if self.pack not in ("ordered", "chosen"):
-            raise ValueError("pack: must be ordered or chosen")
+        if self.pack not in ("ordered", "fused", "chosen"):
+            raise ValueError("pack: must be ordered, fused or chosen")
+        if self.fuse_weight <= 0:
+            raise ValueError("fuse_weight: must be > 0")
         if not 0.0 <= self.predicted_share <= 1.0:
             raise ValueError("predicted_share: must be between 0 and 1")
         if self.lock_wait_s < 0 or self.keep_open_s < 0 or self.timeout_s <= 0:

@@ -4,7 +4,7 @@
     retriever = Retriever(load_index_config(config_path), paths.index_dir)   # once, by predict.py / serve.py
     retriever.answer(task, prediction, repo=repo, budget=2000, test_failures=...)  # {"context", "prompt", ...}
     retriever.answer(..., scorer=ranking.symbol_scorer(prediction))   # with `index.pack: chosen`: the pack the
-                                                                      # symbol ranker chooses (ignored otherwise)
+                                                                      # symbol ranker chooses (unused otherwise)
 
 The index is opened on a request and closed after `keep_open_s` without one, so that the index stage (which
 waits up to `lock_wait_s` for the embedded store's lock) can update it between bursts of requests.
@@ -19,7 +19,7 @@ from typing import Any
 
 from repo2model.core.errors import UserError
 from repo2model.git.commands import git, open_repository
-from repo2model.retrieval.context import UnitScorer, build_context
+from repo2model.retrieval.context import UnitScorer, service_pack
 from repo2model.retrieval.embedding import Embedder
 from repo2model.retrieval.index_config import IndexConfig
 from repo2model.retrieval.prompt import render_prompt
@@ -71,11 +71,11 @@ class Retriever:
         The index serves when it is of `repo` (or no repo is given); otherwise the predicted files' current code
         is read from `repo`'s HEAD and no search is made (context_source says why). `scorer` (the symbol
         ranker's, for this prediction) chooses the pack for recall per token (context.chosen_pack) when
-        `index.pack` is `chosen`; with `ordered` (the default) the pack keeps build_context's fixed order, its
-        predicted symbols being whatever the prediction names (the symbol ranker's, when it named them).
+        `index.pack` is `chosen`; otherwise it is not used: with `ordered` the pack keeps build_context's fixed
+        order, with `fused` the predicted symbols and the search hits are one ranking (build_context's
+        fuse_weight); the predicted symbols are whatever the prediction names (the symbol ranker's, when it
+        named them).
         """
-        if self.cfg.pack != "chosen":
-            scorer = None
         try:
             with self._lock:
                 try:
@@ -95,9 +95,8 @@ class Retriever:
         use_index = index.exists() and (top is None or index.info.get("repository") == str(top))
         commit = None
         if use_index:
-            context = build_context(task, prediction, index.units_of, index.search, budget,
-                                    self.embedder.count_tokens, self.cfg.context_files,
-                                    predicted_share=self.cfg.predicted_share, scorer=scorer)
+            context = service_pack(task, prediction, index.units_of, index.search, budget,
+                                   self.embedder.count_tokens, self.cfg, scorer)
             commit = index.info.get("commit")
             source["index"] = {k: index.info.get(k) for k in ("repository", "commit", "units", "updated_at")}
             if top is not None:
@@ -110,10 +109,10 @@ class Retriever:
             if top is not None:
                 commit = git(top, "rev-parse", "HEAD").strip()
                 missing: list[str] = []
-                context = build_context(task, prediction,
-                                        lambda paths: tree_units(top, commit, paths, self.cfg, missing=missing),
-                                        None, budget, self.embedder.count_tokens, self.cfg.context_files,
-                                        predicted_share=1.0, scorer=scorer)  # nothing else to show: no search
+                context = service_pack(task, prediction,
+                                       lambda paths: tree_units(top, commit, paths, self.cfg, missing=missing),
+                                       None, budget, self.embedder.count_tokens, self.cfg, scorer,
+                                       predicted_share=1.0)  # nothing else to show: no search
                 source["missing_objects"] = len(missing)  # predicted files whose blob the repository lacks
                 if missing:
                     log.warning("context: %d predicted files left out, their blobs missing from %s (e.g. %s)",

@@ -292,7 +292,11 @@ class UnitIndex:
         elif mode == "guided" and (files or modules):
             w = self.cfg.guided_weight
             lists = [Prefetch(DENSE, files, modules, w), Prefetch(SPARSE, files, modules, w), *lists]
-        return self.store.query(dense, sparse, lists, limit, self.cfg.rrf_k)
+        hits = self.store.query(dense, sparse, lists, limit, self.cfg.rrf_k)
+        # Equal fused scores come back from the store in no fixed order: by place in the tree, so that the same
+        # request always gets the same pack.
+        return sorted(hits, key=lambda h: (-round(h.score, 9), str(h.payload.get("path", "")),
+                                           h.payload.get("start") or 0, str(h.payload.get("symbol", ""))))
 
     def units_of(self, paths: Iterable[str]) -> list[IndexUnit]:
         """Every indexed unit of these files, in file order."""
