@@ -16,8 +16,9 @@ knapsack takes the item worth most per token that still fits, again and again, c
 entry says why it was chosen (the ranker's evidence, its probability) and carries the probability as its score.
 
 The service builds its pack with `service_pack` (the `index` section's `pack`): the scorer is used only with
-`pack: chosen`; the default, `fused`, is build_context's `fuse_weight` order below, and `ordered` the fixed order (which holds most of a change's code depends on the
-history: docs/benchmarks.md, "Which pack the service builds").
+`pack: chosen`; the default, `fused`, is build_context's `fuse_weight` order below, and `ordered` the fixed
+order. Which holds most of a change's code depends on the history (docs/benchmarks.md, "Which pack the service
+builds").
 
 Without one (no symbol ranker: an older ranker folder, or none), the order is fixed: the predicted symbols of
 the predicted files (their current code) and the first predicted file itself (its `file` unit: whole text or

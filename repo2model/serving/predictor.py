@@ -253,7 +253,7 @@ class Predictor:
                                       score=lambda candidates: self.score_files(prompt, candidates, cfg))
         prediction = self.extras().apply(prediction, history, task, work, cfg.max_files)
         if self.retriever is not None:
-            chosen = self.ranker is not None and self.retriever.cfg.pack == "chosen"  # else the fixed order
+            chosen = self.ranker is not None and self.retriever.cfg.pack == "chosen"  # the only pack that uses it
             scorer = self.ranker.symbol_scorer(prediction) if chosen else None
             answer = self.retriever.answer(task, prediction, repo, cfg.context_tokens, test_failures, scorer=scorer)
             prediction.context, prediction.prompt = answer["context"], answer["prompt"]
