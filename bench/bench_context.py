@@ -29,8 +29,9 @@ For each history (a bundle or a repository; cloned into --work):
                    predicted symbols, the symbol ranker's when there is one, and the guided search's hits as
                    one ranking, then the predicted files)
        guided      the fixed-order pack (`pack: ordered`) from a model-free stand-in's predictions: the 5 files
-                   of repo2model.ranking.baselines' similar_commits (BM25 of the task against earlier commit messages) with each file's 5 most
-                   often changed symbols (kept for comparison: what the pack gets from weaker predictions)
+                   of repo2model.ranking.baselines' similar_commits (BM25 of the task against earlier commit
+                   messages) with each file's 5 most often changed symbols (kept for comparison: what the pack
+                   gets from weaker predictions)
        guided-files-first   the stand-in's predictions, every predicted file before the search
        oracle      guided by the commit's true files (no symbols): what perfect file predictions would give
        hybrid      the search alone (dense + BM25, fused), no predictions
