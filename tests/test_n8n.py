@@ -165,7 +165,8 @@ def run_in_n8n(version: str, workflow: dict, token: str, tmp_path: Path, timeout
     proc = subprocess.run([str(RUNNER), str(path)], capture_output=True, text=True, env=env,
                           timeout=timeout if n8n_ready(version) else 3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    execution = json.loads(proc.stdout[proc.stdout.index("{"):])
+    # The execution's JSON; n8n may print log lines after it (seen: 'Registered runner "JS Task Runner"').
+    execution, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])
     assert execution["status"] == "success"
     return execution
 
